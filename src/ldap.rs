@@ -1,0 +1,591 @@
+//! The LDAP client both ends use: TLS (rustls) from a CA file, simple bind,
+//! paged streaming search, and the write operations, with errors that say
+//! which server, what failed and why.
+//!
+//! It never chases referrals: the search continuation references Active
+//! Directory returns from the domain root are collected, not followed (and
+//! never reach `SearchEntry::construct`, which panics on them).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+use ldap3::{LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry, SearchStream};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::secret::Secret;
+
+/// How the connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `ldaps://`: TLS from the first byte.
+    Ldaps,
+    /// `ldap://` upgraded with the StartTLS extended operation.
+    StartTls,
+    /// `ldap://` in clear text. Only allowed when explicitly configured, and
+    /// only to a loopback address.
+    Plain,
+}
+
+/// Where and how to connect and bind.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub url: String,
+    pub bind_dn: String,
+    pub password: Secret,
+    /// PEM file of the CA(s) that sign the server's certificate.
+    pub ca_file: Option<PathBuf>,
+    pub transport: Transport,
+    /// Applies to connecting and to every single operation.
+    pub timeout: Duration,
+}
+
+/// A failure talking to a directory server. Each names the server; none
+/// carries a password.
+#[derive(Debug, thiserror::Error)]
+pub enum LdapError {
+    #[error("cannot read CA file {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CA file {path} holds no usable PEM certificate{detail}")]
+    CaInvalid { path: PathBuf, detail: String },
+    #[error("{url}: invalid LDAP URL: {detail}")]
+    Url { url: String, detail: String },
+    #[error(
+        "{url}: plain-text LDAP would send the password in clear; use ldaps://, StartTLS, \
+         or allow plain text explicitly (loopback only)"
+    )]
+    PlainRefused { url: String },
+    #[error("{url}: cannot connect: {detail}")]
+    Connect { url: String, detail: String },
+    #[error("{url}: TLS handshake failed: {detail}{hint}")]
+    Tls {
+        url: String,
+        detail: String,
+        hint: String,
+    },
+    #[error("{url}: bind as \"{dn}\" refused: {text} (LDAP result {rc})")]
+    Bind {
+        url: String,
+        dn: String,
+        rc: u32,
+        text: String,
+    },
+    #[error("{url}: no answer within {secs} s ({what})")]
+    Timeout {
+        url: String,
+        secs: u64,
+        what: String,
+    },
+    #[error("{url}: {op} \"{dn}\" failed: {text} (LDAP result {rc})")]
+    Operation {
+        url: String,
+        op: &'static str,
+        dn: String,
+        rc: u32,
+        text: String,
+    },
+    #[error("{url}: {what}: {detail}")]
+    Protocol {
+        url: String,
+        what: String,
+        detail: String,
+    },
+}
+
+impl LdapError {
+    /// The LDAP result code of a refused operation, if that is what this is.
+    pub fn result_code(&self) -> Option<u32> {
+        match self {
+            LdapError::Operation { rc, .. } | LdapError::Bind { rc, .. } => Some(*rc),
+            _ => None,
+        }
+    }
+
+    /// Failures of one operation on one entry (the server said no), as
+    /// opposed to failures of the connection (which end the run).
+    pub fn is_entry_level(&self) -> bool {
+        match self {
+            // busy (51), unavailable (52), unwilling (53 is per entry),
+            // other (80) and the connection-level ones end the run.
+            LdapError::Operation { rc, .. } => !matches!(rc, 51 | 52 | 80 | 81),
+            _ => false,
+        }
+    }
+}
+
+/// Builds the rustls configuration that trusts exactly the CAs in `ca_file`.
+pub fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, LdapError> {
+    let pem = std::fs::read(ca_file).map_err(|source| LdapError::CaFile {
+        path: ca_file.to_path_buf(),
+        source,
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut detail = String::new();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        match cert {
+            Ok(cert) => {
+                if let Err(e) = roots.add(cert) {
+                    detail = format!(": {e}");
+                }
+            }
+            Err(e) => detail = format!(": {e}"),
+        }
+    }
+    if roots.is_empty() {
+        return Err(LdapError::CaInvalid {
+            path: ca_file.to_path_buf(),
+            detail,
+        });
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LdapError::CaInvalid {
+            path: ca_file.to_path_buf(),
+            detail: format!(": TLS setup: {e}"),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let host = rest.split('/').next().unwrap_or("");
+    let host = if let Some(h) = host.strip_prefix('[') {
+        h.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+/// Turns ldap3's I/O-level errors into messages an admin can act on:
+/// a refused connection, an unknown CA, a certificate for another name.
+fn classify_connect_error(ep: &Endpoint, err: ldap3::LdapError) -> LdapError {
+    let url = ep.url.clone();
+    match err {
+        ldap3::LdapError::Io { source } => {
+            if let Some(tls) = source
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+            {
+                let hint = match tls {
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+                        match &ep.ca_file {
+                            Some(ca) => format!(
+                                " (the server's certificate is not signed by a CA in {})",
+                                ca.display()
+                            ),
+                            None => " (no CA file configured)".to_string(),
+                        }
+                    }
+                    rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::NotValidForName
+                        | rustls::CertificateError::NotValidForNameContext { .. },
+                    ) => " (the certificate does not name the host in the URL)".to_string(),
+                    rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::Expired
+                        | rustls::CertificateError::ExpiredContext { .. },
+                    ) => " (the server's certificate has expired)".to_string(),
+                    _ => String::new(),
+                };
+                return LdapError::Tls {
+                    url,
+                    detail: tls.to_string(),
+                    hint,
+                };
+            }
+            let detail = match source.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    "connection refused (is the server running and the port right?)".to_string()
+                }
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                    format!("the server closed the connection ({source}); is this the right port for {}?",
+                        if url.starts_with("ldaps") { "LDAPS" } else { "LDAP" })
+                }
+                _ => source.to_string(),
+            };
+            LdapError::Connect { url, detail }
+        }
+        ldap3::LdapError::Timeout { .. } => LdapError::Timeout {
+            url,
+            secs: ep.timeout.as_secs(),
+            what: "connecting".into(),
+        },
+        ldap3::LdapError::UrlParsing { source } => LdapError::Url {
+            url,
+            detail: source.to_string(),
+        },
+        ldap3::LdapError::UnknownScheme(s) => LdapError::Url {
+            url,
+            detail: format!("unknown scheme {s}; use ldaps:// or ldap://"),
+        },
+        other => LdapError::Connect {
+            url,
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// An open, bound connection.
+pub struct Conn {
+    ldap: ldap3::Ldap,
+    url: String,
+    timeout: Duration,
+}
+
+/// The outcome of a finished search.
+#[derive(Debug, Default)]
+pub struct SearchSummary {
+    pub entries: u64,
+    /// Continuation references the server returned (not followed).
+    pub referrals: Vec<String>,
+}
+
+/// A paged search in progress. Entries arrive one at a time; nothing is
+/// buffered beyond the page the server is sending.
+pub struct PagedSearch {
+    stream: SearchStream<'static, String, Vec<String>>,
+    url: String,
+    base: String,
+    timeout: Duration,
+    entries: u64,
+}
+
+impl PagedSearch {
+    /// The next entry, or `None` when the search is complete.
+    pub async fn next(&mut self) -> Result<Option<SearchEntry>, LdapError> {
+        let next = tokio::time::timeout(self.timeout, self.stream.next()).await;
+        match next {
+            Err(_) => Err(LdapError::Timeout {
+                url: self.url.clone(),
+                secs: self.timeout.as_secs(),
+                what: format!("searching {}", self.base),
+            }),
+            Ok(Err(e)) => Err(LdapError::Protocol {
+                url: self.url.clone(),
+                what: format!("search under \"{}\"", self.base),
+                detail: e.to_string(),
+            }),
+            Ok(Ok(None)) => Ok(None),
+            Ok(Ok(Some(re))) => {
+                // EntriesOnly drops references and intermediates; checked
+                // again because SearchEntry::construct panics on a reference.
+                if re.is_ref() || re.is_intermediate() {
+                    return Box::pin(self.next()).await;
+                }
+                self.entries += 1;
+                Ok(Some(SearchEntry::construct(re)))
+            }
+        }
+    }
+
+    /// Ends the search and checks that the server completed it. A search that
+    /// stopped early (size or time limit, error) is an error, never a short
+    /// but successful read.
+    pub async fn finish(mut self) -> Result<SearchSummary, LdapError> {
+        let res = self.stream.finish().await;
+        let referrals = res.refs.clone();
+        if res.rc != 0 {
+            return Err(LdapError::Operation {
+                url: self.url,
+                op: "search under",
+                dn: self.base,
+                rc: res.rc,
+                text: result_text(res.rc, &res.text),
+            });
+        }
+        Ok(SearchSummary {
+            entries: self.entries,
+            referrals,
+        })
+    }
+}
+
+fn result_text(rc: u32, text: &str) -> String {
+    let name = match rc {
+        3 => "time limit exceeded",
+        4 => "size limit exceeded",
+        10 => "referral",
+        11 => "administrative limit exceeded",
+        16 => "no such attribute",
+        17 => "undefined attribute type",
+        19 => "constraint violation",
+        20 => "attribute or value exists",
+        21 => "invalid attribute syntax",
+        32 => "no such object",
+        34 => "invalid DN syntax",
+        49 => "invalid credentials",
+        50 => "insufficient access rights",
+        51 => "busy",
+        52 => "unavailable",
+        53 => "unwilling to perform",
+        64 => "naming violation",
+        65 => "object class violation",
+        66 => "not allowed on non-leaf",
+        67 => "not allowed on RDN",
+        68 => "entry already exists",
+        69 => "object class modifications prohibited",
+        80 => "other",
+        _ => "",
+    };
+    match (name.is_empty(), text.trim().is_empty()) {
+        (true, true) => "no message from the server".to_string(),
+        (true, false) => text.trim().to_string(),
+        (false, true) => name.to_string(),
+        (false, false) => format!("{name}: {}", text.trim()),
+    }
+}
+
+impl Conn {
+    /// Connects, sets up TLS as the endpoint asks, and binds.
+    pub async fn connect(ep: &Endpoint) -> Result<Conn, LdapError> {
+        let mut settings = LdapConnSettings::new().set_conn_timeout(ep.timeout);
+        match ep.transport {
+            Transport::Plain => {
+                if !is_loopback_url(&ep.url) {
+                    return Err(LdapError::PlainRefused {
+                        url: ep.url.clone(),
+                    });
+                }
+            }
+            Transport::Ldaps | Transport::StartTls => {
+                let scheme_ok = match ep.transport {
+                    Transport::Ldaps => ep.url.starts_with("ldaps://"),
+                    _ => ep.url.starts_with("ldap://"),
+                };
+                if !scheme_ok {
+                    return Err(LdapError::Url {
+                        url: ep.url.clone(),
+                        detail: "use ldaps:// for LDAPS, or ldap:// with StartTLS".into(),
+                    });
+                }
+                if let Some(ca) = &ep.ca_file {
+                    settings = settings.set_config(tls_config(ca)?);
+                }
+                settings = settings.set_starttls(ep.transport == Transport::StartTls);
+            }
+        }
+        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &ep.url)
+            .await
+            .map_err(|e| classify_connect_error(ep, e))?;
+        let url = ep.url.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.drive().await {
+                tracing::debug!(error = %e, "LDAP connection ended");
+            }
+        });
+        ldap.with_timeout(ep.timeout);
+        let res = ldap
+            .simple_bind(&ep.bind_dn, ep.password.expose())
+            .await
+            .map_err(|e| match e {
+                ldap3::LdapError::Timeout { .. } => LdapError::Timeout {
+                    url: url.clone(),
+                    secs: ep.timeout.as_secs(),
+                    what: "binding".into(),
+                },
+                other => LdapError::Connect {
+                    url: url.clone(),
+                    detail: other.to_string(),
+                },
+            })?;
+        if res.rc != 0 {
+            return Err(LdapError::Bind {
+                url,
+                dn: ep.bind_dn.clone(),
+                rc: res.rc,
+                text: result_text(res.rc, &res.text),
+            });
+        }
+        Ok(Conn {
+            ldap,
+            url,
+            timeout: ep.timeout,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn op_error(&self, op: &'static str, dn: &str, e: ldap3::LdapError) -> LdapError {
+        match e {
+            ldap3::LdapError::Timeout { .. } => LdapError::Timeout {
+                url: self.url.clone(),
+                secs: self.timeout.as_secs(),
+                what: format!("{op} {dn}"),
+            },
+            other => LdapError::Protocol {
+                url: self.url.clone(),
+                what: format!("{op} \"{dn}\""),
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    fn check(&self, op: &'static str, dn: &str, res: ldap3::LdapResult) -> Result<(), LdapError> {
+        if res.rc == 0 {
+            Ok(())
+        } else {
+            Err(LdapError::Operation {
+                url: self.url.clone(),
+                op,
+                dn: dn.to_string(),
+                rc: res.rc,
+                text: result_text(res.rc, &res.text),
+            })
+        }
+    }
+
+    /// Starts a paged subtree (or other scope) search.
+    pub async fn paged_search(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: Vec<String>,
+        page_size: u32,
+    ) -> Result<PagedSearch, LdapError> {
+        let page = i32::try_from(page_size.max(1)).unwrap_or(i32::MAX);
+        let adapters: Vec<Box<dyn Adapter<'static, String, Vec<String>>>> = vec![
+            Box::new(EntriesOnly::new()),
+            Box::new(PagedResults::new(page)),
+        ];
+        let mut ldap = self.ldap.clone();
+        let stream = ldap
+            .streaming_search_with(adapters, base, scope, filter, attrs)
+            .await
+            .map_err(|e| self.op_error("search under", base, e))?;
+        Ok(PagedSearch {
+            stream,
+            url: self.url.clone(),
+            base: base.to_string(),
+            timeout: self.timeout,
+            entries: 0,
+        })
+    }
+
+    /// Reads one entry by DN; `None` when it does not exist.
+    pub async fn read(
+        &mut self,
+        dn: &str,
+        attrs: &[&str],
+    ) -> Result<Option<SearchEntry>, LdapError> {
+        let res = self
+            .ldap
+            .search(dn, Scope::Base, "(objectClass=*)", attrs)
+            .await
+            .map_err(|e| self.op_error("read", dn, e))?;
+        if res.1.rc == 32 {
+            return Ok(None);
+        }
+        let (entries, result) = (res.0, res.1);
+        self.check("read", dn, result)?;
+        Ok(entries
+            .into_iter()
+            .find(|e| !e.is_ref() && !e.is_intermediate())
+            .map(SearchEntry::construct))
+    }
+
+    pub async fn add(
+        &mut self,
+        dn: &str,
+        attrs: Vec<(String, HashSet<String>)>,
+    ) -> Result<(), LdapError> {
+        let res = self
+            .ldap
+            .add(dn, attrs)
+            .await
+            .map_err(|e| self.op_error("add", dn, e))?;
+        self.check("add", dn, res)
+    }
+
+    pub async fn modify(&mut self, dn: &str, mods: Vec<Mod<String>>) -> Result<(), LdapError> {
+        let res = self
+            .ldap
+            .modify(dn, mods)
+            .await
+            .map_err(|e| self.op_error("modify", dn, e))?;
+        self.check("modify", dn, res)
+    }
+
+    /// Renames (new RDN) and optionally moves (new parent) an entry.
+    pub async fn rename(
+        &mut self,
+        dn: &str,
+        new_rdn: &str,
+        new_parent: Option<&str>,
+    ) -> Result<(), LdapError> {
+        let res = self
+            .ldap
+            .modifydn(dn, new_rdn, true, new_parent)
+            .await
+            .map_err(|e| self.op_error("rename", dn, e))?;
+        self.check("rename", dn, res)
+    }
+
+    pub async fn delete(&mut self, dn: &str) -> Result<(), LdapError> {
+        let res = self
+            .ldap
+            .delete(dn)
+            .await
+            .map_err(|e| self.op_error("delete", dn, e))?;
+        self.check("delete", dn, res)
+    }
+
+    pub async fn unbind(mut self) {
+        let _ = self.ldap.unbind().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        assert!(is_loopback_url("ldap://127.0.0.1:389"));
+        assert!(is_loopback_url("ldap://localhost"));
+        assert!(is_loopback_url("ldap://[::1]:389/"));
+        assert!(!is_loopback_url("ldap://dc1.example.org:389"));
+        assert!(!is_loopback_url("ldap://10.0.0.1"));
+    }
+
+    #[test]
+    fn result_text_names_the_code_and_keeps_server_text() {
+        assert_eq!(
+            result_text(21, "00000057: title too long"),
+            "invalid attribute syntax: 00000057: title too long"
+        );
+        assert_eq!(result_text(4, ""), "size limit exceeded");
+        assert_eq!(result_text(999, ""), "no message from the server");
+    }
+
+    #[test]
+    fn ca_file_errors_name_the_file() {
+        let err = tls_config(Path::new("/nonexistent/ca.pem")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        let dir = std::env::temp_dir().join(format!("absync-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("junk.pem");
+        std::fs::write(&f, "not a certificate").unwrap();
+        let err = tls_config(&f).unwrap_err();
+        assert!(
+            err.to_string().contains("holds no usable PEM certificate"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

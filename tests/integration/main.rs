@@ -1,0 +1,5 @@
+//! Integration tests against the real test bed (slapd and Samba AD).
+//! One binary with modules, so it compiles once.
+
+mod common;
+mod smoke;

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what the test bed needs from Debian's packages, non-interactively,
+# without leaving a system slapd or samba service configured or running.
+# Idempotent: installs only what is missing. Run as root.
+set -euo pipefail
+
+PKGS=(slapd ldap-utils samba samba-ad-dc samba-ad-provision samba-dsdb-modules
+      samba-vfs-modules winbind ldb-tools openssl python3 time procps)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "testbed: all packages present"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "testbed: missing packages (${missing[*]}); run this script as root" >&2
+  exit 1
+fi
+
+echo "testbed: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# slapd must not configure a system instance: the test bed runs its own.
+echo 'slapd slapd/no_configuration boolean true' | debconf-set-selections
+mkdir -p /etc/ldap && touch /etc/ldap/noslapd
+# Deny service starts while packages install (invoke-rc.d honours policy-rc.d).
+policy=/usr/sbin/policy-rc.d
+had_policy=0
+if [ -e "$policy" ]; then had_policy=1; cp -p "$policy" "$policy.absync-bak"; fi
+printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 755 "$policy"
+restore_policy() {
+  if [ "$had_policy" = 1 ]; then mv -f "$policy.absync-bak" "$policy"; else rm -f "$policy"; fi
+}
+trap restore_policy EXIT
+
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# Belt and braces: no distribution daemon may hold the LDAP ports.
+for svc in slapd samba-ad-dc smbd nmbd winbind; do
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  fi
+done
+pkill -x slapd 2>/dev/null || true
+echo "testbed: packages installed"
