@@ -2,8 +2,14 @@
 //! into a partner's Active Directory, and journals every change.
 //!
 //! Layout (the data's way through, top to bottom):
+//! - [`config`]: the configuration file, parsed then resolved.
+//! - [`agreements`]: the data-sharing agreements and the scope in force today.
 //! - [`secret`]: passwords, read from files and never printed.
+//! - [`dn`]: distinguished names (RFC 4514).
 //! - [`ldap`]: the LDAP client both ends use (rustls, bind, paged search, writes).
 
+pub mod agreements;
+pub mod config;
+pub mod dn;
 pub mod ldap;
 pub mod secret;

@@ -104,7 +104,10 @@ mod tests {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(read_password_file(&f).unwrap().1.is_none());
         std::fs::write(&f, "\n").unwrap();
-        assert!(matches!(read_password_file(&f), Err(SecretError::Empty { .. })));
+        assert!(matches!(
+            read_password_file(&f),
+            Err(SecretError::Empty { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

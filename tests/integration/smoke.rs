@@ -58,7 +58,10 @@ async fn paged_search_returns_every_entry_where_an_unpaged_one_stops_at_1000() {
     while let Some(e) = search.next().await.unwrap() {
         let uuid = e.attrs["entryUUID"][0].clone();
         assert!(e.attrs.contains_key("nhsOdsCode"), "{e:?}");
-        assert!(!e.attrs.contains_key("mail"), "only the requested attributes");
+        assert!(
+            !e.attrs.contains_key("mail"),
+            "only the requested attributes"
+        );
         uuids.insert(uuid);
     }
     let summary = search.finish().await.unwrap();
@@ -111,9 +114,12 @@ async fn service_account_creates_reads_renames_and_deletes_a_contact_in_its_ou()
     assert_eq!(e.attrs["mail"], vec!["sian.obrien@nhs.net"]);
     assert_eq!(e.attrs["sn"], vec!["O'Brien"]);
 
-    svc.modify(&dn, vec![Mod::Replace("title".into(), set(&["Staff Nurse"]))])
-        .await
-        .expect("modify");
+    svc.modify(
+        &dn,
+        vec![Mod::Replace("title".into(), set(&["Staff Nurse"]))],
+    )
+    .await
+    .expect("modify");
     svc.rename(&dn, "CN=Siân O'Brien", None)
         .await
         .expect("rename");
@@ -154,7 +160,14 @@ async fn mail_enabled_contact_with_exchange_attributes() {
     .await
     .expect("add mail-enabled contact");
     let e = svc
-        .read(&dn, &["mailNickname", "targetAddress", "msExchHideFromAddressLists"])
+        .read(
+            &dn,
+            &[
+                "mailNickname",
+                "targetAddress",
+                "msExchHideFromAddressLists",
+            ],
+        )
         .await
         .unwrap()
         .unwrap();
@@ -174,8 +187,14 @@ async fn wrong_ca_gives_a_clear_tls_error() {
     assert!(matches!(err, LdapError::Tls { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("TLS handshake failed"), "{msg}");
-    assert!(msg.contains(tb.get("SOURCE_CA")), "names the CA file: {msg}");
-    assert!(msg.contains(tb.get("TARGET_URL")), "names the server: {msg}");
+    assert!(
+        msg.contains(tb.get("SOURCE_CA")),
+        "names the CA file: {msg}"
+    );
+    assert!(
+        msg.contains(tb.get("TARGET_URL")),
+        "names the server: {msg}"
+    );
 }
 
 #[tokio::test]

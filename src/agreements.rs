@@ -1,0 +1,344 @@
+//! Data-sharing agreements: which organisations (ODS codes) may be copied,
+//! which of their attributes, and between which dates.
+//!
+//! Only agreements in force on the day of the run count. An organisation
+//! covered by several gets the union of their attributes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::Deserialize;
+use time::Date;
+use toml::Spanned;
+
+use crate::config::{line_of, parse_toml_file, FileError};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default, rename = "agreement")]
+    agreements: Vec<Spanned<RawAgreement>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgreement {
+    id: Spanned<String>,
+    title: String,
+    organisations: Vec<Spanned<String>>,
+    attributes: Vec<Spanned<String>>,
+    valid_from: Spanned<toml::value::Datetime>,
+    valid_until: Spanned<toml::value::Datetime>,
+}
+
+/// One agreement, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agreement {
+    pub id: String,
+    pub title: String,
+    /// ODS codes, upper-cased.
+    pub organisations: BTreeSet<String>,
+    /// Source attribute names, lower-cased.
+    pub attributes: BTreeSet<String>,
+    pub valid_from: Date,
+    pub valid_until: Date,
+}
+
+impl Agreement {
+    /// In force on `day`: from `valid_from` to `valid_until`, both included.
+    pub fn in_force(&self, day: Date) -> bool {
+        self.valid_from <= day && day <= self.valid_until
+    }
+}
+
+/// Every agreement in the file, and the scope in force on one day.
+#[derive(Debug, Clone)]
+pub struct Agreements {
+    pub all: Vec<Agreement>,
+    pub day: Date,
+}
+
+/// What may be held about one organisation's staff.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrgGrant {
+    /// Allowed source attributes (lower-case), the union over agreements.
+    pub attributes: BTreeSet<String>,
+    /// The agreements in force covering the organisation, by id.
+    pub agreements: BTreeSet<String>,
+}
+
+fn to_date(
+    v: &Spanned<toml::value::Datetime>,
+    key: &str,
+    file: &Path,
+    text: &str,
+) -> Result<Date, FileError> {
+    let err = |m: String| FileError::new(file, Some(line_of(text, v.span().start)), Some(key), m);
+    let d = v.get_ref();
+    match (d.date, d.time) {
+        (Some(date), None) => Date::from_calendar_date(
+            i32::from(date.year),
+            time::Month::try_from(date.month).map_err(|e| err(e.to_string()))?,
+            date.day,
+        )
+        .map_err(|e| err(e.to_string())),
+        _ => Err(err(format!(
+            "{d} is not a plain date; write it as YYYY-MM-DD"
+        ))),
+    }
+}
+
+fn is_ods_code(code: &str) -> bool {
+    (3..=5).contains(&code.len()) && code.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+fn is_attribute_name(a: &str) -> bool {
+    a.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+impl Agreements {
+    /// Loads the agreements file and takes `day` as "today".
+    pub fn load(path: &Path, day: Date) -> Result<Agreements, FileError> {
+        let (raw, text): (RawFile, String) = parse_toml_file(path)?;
+        let mut all = Vec::new();
+        let mut ids = BTreeSet::new();
+        for a in raw.agreements {
+            let line = |span: std::ops::Range<usize>| Some(line_of(&text, span.start));
+            let a_span = a.span();
+            let a = a.into_inner();
+            let id = a.id.get_ref().trim().to_string();
+            if id.is_empty() || !ids.insert(id.clone()) {
+                return Err(FileError::new(
+                    path,
+                    line(a.id.span()),
+                    Some("agreement.id"),
+                    format!("\"{id}\" is empty or used twice"),
+                ));
+            }
+            let mut organisations = BTreeSet::new();
+            for o in &a.organisations {
+                let code = o.get_ref().trim().to_uppercase();
+                // ODS codes are 3 to 5 letters and digits. Anything else is
+                // a typo or an attempt to smuggle a filter in.
+                if !is_ods_code(&code) {
+                    return Err(FileError::new(
+                        path,
+                        line(o.span()),
+                        Some(&format!("agreement {id}: organisations")),
+                        format!(
+                            "\"{}\" is not an ODS code (3 to 5 letters or digits)",
+                            o.get_ref()
+                        ),
+                    ));
+                }
+                organisations.insert(code);
+            }
+            let mut attributes = BTreeSet::new();
+            for at in &a.attributes {
+                let name = at.get_ref().trim();
+                if !is_attribute_name(name) {
+                    return Err(FileError::new(
+                        path,
+                        line(at.span()),
+                        Some(&format!("agreement {id}: attributes")),
+                        format!("\"{name}\" is not an LDAP attribute name"),
+                    ));
+                }
+                attributes.insert(name.to_lowercase());
+            }
+            let valid_from = to_date(&a.valid_from, "valid_from", path, &text)?;
+            let valid_until = to_date(&a.valid_until, "valid_until", path, &text)?;
+            if valid_until < valid_from {
+                return Err(FileError::new(
+                    path,
+                    line(a_span),
+                    Some(&format!("agreement {id}")),
+                    format!("valid_until {valid_until} is before valid_from {valid_from}"),
+                ));
+            }
+            all.push(Agreement {
+                id,
+                title: a.title,
+                organisations,
+                attributes,
+                valid_from,
+                valid_until,
+            });
+        }
+        Ok(Agreements { all, day })
+    }
+
+    /// The agreements in force on the run's day.
+    pub fn in_force(&self) -> impl Iterator<Item = &Agreement> {
+        self.all.iter().filter(move |a| a.in_force(self.day))
+    }
+
+    /// Per organisation in scope today: allowed attributes and agreements.
+    pub fn grants(&self) -> BTreeMap<String, OrgGrant> {
+        let mut out: BTreeMap<String, OrgGrant> = BTreeMap::new();
+        for a in self.in_force() {
+            for org in &a.organisations {
+                let g = out.entry(org.clone()).or_default();
+                g.attributes.extend(a.attributes.iter().cloned());
+                g.agreements.insert(a.id.clone());
+            }
+        }
+        out
+    }
+
+    /// The LDAP filter selecting the organisations in scope today, with each
+    /// ODS code escaped (RFC 4515). `None` when no agreement is in force.
+    pub fn org_filter(&self, org_attribute: &str) -> Option<String> {
+        let grants = self.grants();
+        if grants.is_empty() {
+            return None;
+        }
+        let parts: String = grants
+            .keys()
+            .map(|code| format!("({org_attribute}={})", ldap3::ldap_escape(code.as_str())))
+            .collect();
+        Some(if grants.len() == 1 {
+            parts
+        } else {
+            format!("(|{parts})")
+        })
+    }
+
+    /// Every source attribute any agreement in force allows (lower-case).
+    pub fn allowed_attributes(&self) -> BTreeSet<String> {
+        self.in_force()
+            .flat_map(|a| a.attributes.iter().cloned())
+            .collect()
+    }
+
+    /// Why an organisation that was in scope is not any more: its agreement
+    /// ended, or it was taken out of an agreement that is still in force.
+    pub fn why_out_of_scope(&self, org: &str, previous_agreements: &[String]) -> &'static str {
+        let org = org.to_uppercase();
+        let still_in_force: Vec<&Agreement> = self
+            .all
+            .iter()
+            .filter(|a| previous_agreements.contains(&a.id) && a.in_force(self.day))
+            .collect();
+        if still_in_force.is_empty() {
+            "agreement expired"
+        } else if still_in_force
+            .iter()
+            .all(|a| !a.organisations.contains(&org))
+        {
+            "organisation removed"
+        } else {
+            "left scope"
+        }
+    }
+}
+
+/// Today's date (UTC).
+pub fn today() -> Date {
+    time::OffsetDateTime::now_utc().date()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("absync-agr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const TWO: &str = r#"
+[[agreement]]
+id = "DSA-2026-014"
+title = "Northshire staff directory"
+organisations = ["RX1", "rx2"]
+attributes = ["givenName", "sn", "mail"]
+valid_from = 2026-01-01
+valid_until = 2026-12-31
+
+[[agreement]]
+id = "DSA-2026-015"
+title = "Phones for RX2"
+organisations = ["RX2"]
+attributes = ["telephoneNumber"]
+valid_from = 2026-01-01
+valid_until = 2026-06-30
+"#;
+
+    #[test]
+    fn union_of_attributes_for_orgs_under_several_agreements() {
+        let a = Agreements::load(&write("two.toml", TWO), date!(2026 - 03 - 01)).unwrap();
+        let g = a.grants();
+        assert_eq!(g.len(), 2);
+        assert!(g["RX2"].attributes.contains("telephonenumber"));
+        assert!(!g["RX1"].attributes.contains("telephonenumber"));
+        assert_eq!(g["RX2"].agreements.len(), 2);
+        assert_eq!(
+            a.org_filter("nhsOdsCode").unwrap(),
+            "(|(nhsOdsCode=RX1)(nhsOdsCode=RX2))"
+        );
+    }
+
+    #[test]
+    fn only_agreements_in_force_count() {
+        let a = Agreements::load(&write("two.toml", TWO), date!(2026 - 07 - 01)).unwrap();
+        assert!(!a.grants()["RX2"].attributes.contains("telephonenumber"));
+        let a = Agreements::load(&write("two.toml", TWO), date!(2027 - 01 - 01)).unwrap();
+        assert!(a.grants().is_empty());
+        assert_eq!(a.org_filter("nhsOdsCode"), None);
+        assert_eq!(
+            a.why_out_of_scope("RX1", &["DSA-2026-014".into()]),
+            "agreement expired"
+        );
+    }
+
+    #[test]
+    fn a_filter_injection_in_an_ods_code_is_rejected_with_its_line() {
+        let p = write(
+            "bad.toml",
+            "[[agreement]]\nid = \"X\"\ntitle = \"t\"\norganisations = [\"RX1\",\n  \"*)(objectClass=*\"]\nattributes = [\"sn\"]\nvalid_from = 2026-01-01\nvalid_until = 2026-12-31\n",
+        );
+        let e = Agreements::load(&p, date!(2026 - 03 - 01)).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("bad.toml:5"), "{msg}");
+        assert!(msg.contains("not an ODS code"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_dates_are_errors_with_lines() {
+        let p = write(
+            "unknown.toml",
+            "[[agreement]]\nid = \"X\"\ntitle = \"t\"\norganisations = [\"RX1\"]\nattributes = [\"sn\"]\nvalid_from = 2026-01-01\nvalid_until = 2026-12-31\nexpires = 1\n",
+        );
+        let msg = Agreements::load(&p, date!(2026 - 03 - 01))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("unknown.toml:8") && msg.contains("expires"),
+            "{msg}"
+        );
+        let p = write(
+            "dates.toml",
+            "[[agreement]]\nid = \"X\"\ntitle = \"t\"\norganisations = [\"RX1\"]\nattributes = [\"sn\"]\nvalid_from = 2026-05-01\nvalid_until = 2026-01-31\n",
+        );
+        let msg = Agreements::load(&p, date!(2026 - 03 - 01))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("before valid_from"), "{msg}");
+    }
+
+    #[test]
+    fn organisation_removed_versus_agreement_expired() {
+        let text = TWO.replace("[\"RX1\", \"rx2\"]", "[\"RX2\"]");
+        let a = Agreements::load(&write("removed.toml", &text), date!(2026 - 03 - 01)).unwrap();
+        assert_eq!(
+            a.why_out_of_scope("RX1", &["DSA-2026-014".into()]),
+            "organisation removed"
+        );
+    }
+}

@@ -1,0 +1,461 @@
+//! The configuration file: parsed as written ([`RawConfig`]), then resolved
+//! into a [`Config`] where nothing can be wrong any more (paths made absolute,
+//! URLs and DNs checked, passwords read). Every error names the file, the
+//! line and the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::ldap::{Endpoint, Transport};
+use crate::secret::{read_password_file, SecretError};
+
+/// A problem in one of absync's input files, located.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", file.display(), location(*line, key))]
+pub struct FileError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+fn location(line: Option<usize>, key: &Option<String>) -> String {
+    match (line, key) {
+        (Some(l), Some(k)) => format!(":{l}: {k}"),
+        (Some(l), None) => format!(":{l}"),
+        (None, Some(k)) => format!(": {k}"),
+        (None, None) => String::new(),
+    }
+}
+
+impl FileError {
+    pub fn new(file: &Path, line: Option<usize>, key: Option<&str>, message: String) -> Self {
+        FileError {
+            file: file.to_path_buf(),
+            line,
+            key: key.map(str::to_string),
+            message,
+        }
+    }
+}
+
+/// 1-based line of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Reads and parses a TOML file into `T`, rejecting unknown keys (when `T`
+/// says so) and naming the line of any error.
+pub fn parse_toml_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<(T, String), FileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| FileError::new(path, None, None, format!("cannot read: {e}")))?;
+    // A config file is small; a huge one is a mistake (or an attack).
+    if text.len() > 4 * 1024 * 1024 {
+        return Err(FileError::new(
+            path,
+            None,
+            None,
+            format!("{} bytes is too large for a configuration file", text.len()),
+        ));
+    }
+    let value = toml::from_str::<T>(&text).map_err(|e| {
+        let line = e.span().map(|s| line_of(&text, s.start));
+        FileError::new(path, line, None, e.message().to_string())
+    })?;
+    Ok((value, text))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub source: RawSource,
+    pub target: RawTarget,
+    pub mapping: RawFileRef,
+    pub agreements: RawFileRef,
+    pub state: RawState,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub url: Spanned<String>,
+    pub bind_dn: Spanned<String>,
+    pub password_file: Spanned<String>,
+    pub ca_file: Option<Spanned<String>>,
+    pub base_dn: Spanned<String>,
+    #[serde(default = "default_source_filter")]
+    pub filter: Spanned<String>,
+    #[serde(default = "default_org_attribute")]
+    pub org_attribute: Spanned<String>,
+    #[serde(default = "default_source_anchor")]
+    pub anchor_attribute: Spanned<String>,
+    #[serde(default = "default_page_size")]
+    pub page_size: Spanned<u32>,
+    #[serde(default)]
+    pub starttls: bool,
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: Spanned<u64>,
+    /// Attribute saying whether a person is still in post, and its values
+    /// that mean "has left".
+    #[serde(default = "default_status_attribute")]
+    pub status_attribute: Spanned<String>,
+    #[serde(default = "default_leaver_values")]
+    pub leaver_values: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub url: Spanned<String>,
+    pub bind_dn: Spanned<String>,
+    pub password_file: Spanned<String>,
+    pub ca_file: Option<Spanned<String>>,
+    pub base_dn: Spanned<String>,
+    #[serde(default = "default_target_anchor")]
+    pub anchor_attribute: Spanned<String>,
+    #[serde(default = "default_anchor_prefix")]
+    pub anchor_prefix: Spanned<String>,
+    #[serde(default)]
+    pub starttls: bool,
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: Spanned<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFileRef {
+    pub file: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub dir: Spanned<String>,
+}
+
+fn spanned<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+fn default_source_filter() -> Spanned<String> {
+    spanned("(objectClass=nhsPerson)".into())
+}
+fn default_org_attribute() -> Spanned<String> {
+    spanned("nhsOdsCode".into())
+}
+fn default_source_anchor() -> Spanned<String> {
+    spanned("entryUUID".into())
+}
+fn default_target_anchor() -> Spanned<String> {
+    spanned("adminDescription".into())
+}
+fn default_anchor_prefix() -> Spanned<String> {
+    spanned("absync:".into())
+}
+fn default_page_size() -> Spanned<u32> {
+    spanned(500)
+}
+fn default_timeout() -> Spanned<u64> {
+    spanned(30)
+}
+fn default_status_attribute() -> Spanned<String> {
+    spanned("nhsEntryStatus".into())
+}
+fn default_leaver_values() -> Vec<String> {
+    vec!["leaver".into()]
+}
+
+/// The source, resolved.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub endpoint: Endpoint,
+    pub base_dn: String,
+    pub filter: String,
+    pub org_attribute: String,
+    pub anchor_attribute: String,
+    pub page_size: u32,
+    pub status_attribute: String,
+    pub leaver_values: Vec<String>,
+}
+
+/// The target, resolved.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub endpoint: Endpoint,
+    /// The OU absync manages; it touches nothing outside it.
+    pub base_dn: String,
+    pub anchor_attribute: String,
+    pub anchor_prefix: String,
+}
+
+/// The whole configuration, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub source: SourceConfig,
+    pub target: TargetConfig,
+    pub mapping_file: PathBuf,
+    pub agreements_file: PathBuf,
+    pub state_dir: PathBuf,
+    /// Things worth telling the admin that do not stop a run.
+    pub warnings: Vec<String>,
+}
+
+struct Resolver<'a> {
+    file: &'a Path,
+    dir: &'a Path,
+    text: &'a str,
+}
+
+impl Resolver<'_> {
+    fn err(&self, span: std::ops::Range<usize>, key: &str, message: String) -> FileError {
+        let line = (span.end > 0).then(|| line_of(self.text, span.start));
+        FileError::new(self.file, line, Some(key), message)
+    }
+
+    fn path(&self, v: &Spanned<String>) -> PathBuf {
+        let p = Path::new(v.get_ref());
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    fn existing_file(&self, v: &Spanned<String>, key: &str) -> Result<PathBuf, FileError> {
+        let p = self.path(v);
+        if !p.is_file() {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!("{} does not exist or is not a file", p.display()),
+            ));
+        }
+        Ok(p)
+    }
+
+    fn dn(&self, v: &Spanned<String>, key: &str) -> Result<String, FileError> {
+        let dn = v.get_ref().trim();
+        let well_formed = !dn.is_empty()
+            && crate::dn::split_rdns(dn).iter().all(|rdn| {
+                rdn.split_once('=')
+                    .is_some_and(|(a, _)| !a.trim().is_empty())
+            });
+        if !well_formed {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!("\"{dn}\" is not a distinguished name (expected attr=value,...)"),
+            ));
+        }
+        Ok(dn.to_string())
+    }
+
+    fn attr(&self, v: &Spanned<String>, key: &str) -> Result<String, FileError> {
+        let a = v.get_ref().trim();
+        let ok = !a.is_empty()
+            && a.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !ok {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!("\"{a}\" is not an LDAP attribute name"),
+            ));
+        }
+        Ok(a.to_string())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn endpoint(
+        &self,
+        section: &str,
+        url: &Spanned<String>,
+        bind_dn: &Spanned<String>,
+        password_file: &Spanned<String>,
+        ca_file: &Option<Spanned<String>>,
+        starttls: bool,
+        allow_plaintext: bool,
+        timeout: &Spanned<u64>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Endpoint, FileError> {
+        let u = url.get_ref().trim();
+        let transport = if u.starts_with("ldaps://") {
+            if starttls {
+                return Err(self.err(
+                    url.span(),
+                    &format!("{section}.starttls"),
+                    "StartTLS is for ldap:// URLs; this one is ldaps://".into(),
+                ));
+            }
+            Transport::Ldaps
+        } else if u.starts_with("ldap://") {
+            if starttls {
+                Transport::StartTls
+            } else if allow_plaintext {
+                Transport::Plain
+            } else {
+                return Err(self.err(
+                    url.span(),
+                    &format!("{section}.url"),
+                    format!(
+                        "\"{u}\" is plain-text LDAP, which would send the password in clear; \
+                         use ldaps://, or set starttls = true, or (loopback tests only) \
+                         allow_plaintext = true"
+                    ),
+                ));
+            }
+        } else {
+            return Err(self.err(
+                url.span(),
+                &format!("{section}.url"),
+                format!("\"{u}\" is not an LDAP URL (ldaps://host:port)"),
+            ));
+        };
+        let ca = match ca_file {
+            Some(c) => Some(self.existing_file(c, &format!("{section}.ca_file"))?),
+            None if transport == Transport::Plain => None,
+            None => {
+                return Err(FileError::new(
+                    self.file,
+                    None,
+                    Some(&format!("{section}.ca_file")),
+                    "missing: the PEM file of the CA that signs the server's certificate".into(),
+                ))
+            }
+        };
+        let pw_path = self.path(password_file);
+        let (password, warning) = read_password_file(&pw_path).map_err(|e| {
+            let msg = match e {
+                SecretError::Read { source, .. } => {
+                    format!("cannot read {}: {source}", pw_path.display())
+                }
+                SecretError::Empty { .. } => format!("{} is empty", pw_path.display()),
+            };
+            self.err(
+                password_file.span(),
+                &format!("{section}.password_file"),
+                msg,
+            )
+        })?;
+        warnings.extend(warning);
+        if *timeout.get_ref() == 0 {
+            return Err(self.err(
+                timeout.span(),
+                &format!("{section}.timeout_secs"),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(Endpoint {
+            url: u.to_string(),
+            bind_dn: self.dn(bind_dn, &format!("{section}.bind_dn"))?,
+            password,
+            ca_file: ca,
+            transport,
+            timeout: Duration::from_secs(*timeout.get_ref()),
+        })
+    }
+}
+
+impl Config {
+    /// Loads, parses and resolves a configuration file.
+    pub fn load(file: &Path) -> Result<Config, FileError> {
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        let (raw, text): (RawConfig, String) = parse_toml_file(&file)?;
+        let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let r = Resolver {
+            file: &file,
+            dir: &dir,
+            text: &text,
+        };
+        let mut warnings = Vec::new();
+        let s = &raw.source;
+        let source_endpoint = r.endpoint(
+            "source",
+            &s.url,
+            &s.bind_dn,
+            &s.password_file,
+            &s.ca_file,
+            s.starttls,
+            s.allow_plaintext,
+            &s.timeout_secs,
+            &mut warnings,
+        )?;
+        let filter = s.filter.get_ref().trim().to_string();
+        if ldap3::parse_filter(&filter).is_err() {
+            return Err(r.err(
+                s.filter.span(),
+                "source.filter",
+                format!("\"{filter}\" is not a valid LDAP filter (RFC 4515)"),
+            ));
+        }
+        let page_size = *s.page_size.get_ref();
+        if !(1..=10_000).contains(&page_size) {
+            return Err(r.err(
+                s.page_size.span(),
+                "source.page_size",
+                format!("{page_size} is out of range (1 to 10000)"),
+            ));
+        }
+        let source = SourceConfig {
+            endpoint: source_endpoint,
+            base_dn: r.dn(&s.base_dn, "source.base_dn")?,
+            filter,
+            org_attribute: r.attr(&s.org_attribute, "source.org_attribute")?,
+            anchor_attribute: r.attr(&s.anchor_attribute, "source.anchor_attribute")?,
+            page_size,
+            status_attribute: r.attr(&s.status_attribute, "source.status_attribute")?,
+            leaver_values: s.leaver_values.iter().map(|v| v.to_lowercase()).collect(),
+        };
+        let t = &raw.target;
+        let target_endpoint = r.endpoint(
+            "target",
+            &t.url,
+            &t.bind_dn,
+            &t.password_file,
+            &t.ca_file,
+            t.starttls,
+            t.allow_plaintext,
+            &t.timeout_secs,
+            &mut warnings,
+        )?;
+        let prefix = t.anchor_prefix.get_ref().clone();
+        if prefix.is_empty() || prefix.contains(['*', '(', ')', '\\']) {
+            return Err(r.err(
+                t.anchor_prefix.span(),
+                "target.anchor_prefix",
+                "must be non-empty, without * ( ) or \\".into(),
+            ));
+        }
+        let target = TargetConfig {
+            endpoint: target_endpoint,
+            base_dn: r.dn(&t.base_dn, "target.base_dn")?,
+            anchor_attribute: r.attr(&t.anchor_attribute, "target.anchor_attribute")?,
+            anchor_prefix: prefix,
+        };
+        let mapping_file = r.existing_file(&raw.mapping.file, "mapping.file")?;
+        let agreements_file = r.existing_file(&raw.agreements.file, "agreements.file")?;
+        let state_dir = r.path(&raw.state.dir);
+        Ok(Config {
+            file,
+            source,
+            target,
+            mapping_file,
+            agreements_file,
+            state_dir,
+            warnings,
+        })
+    }
+}

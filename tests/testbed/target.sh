@@ -1,0 +1,481 @@
+#!/usr/bin/env bash
+# The test bed's target directory: a throwaway Samba Active Directory domain
+# controller (realm SYNC.TEST, host dc1.sync.test) serving only LDAP/LDAPS on
+# one loopback address.
+#
+#   target.sh start DIR [--ip 127.0.0.N] [--exchange-schema]
+#   target.sh stop DIR
+#
+# start provisions a fresh domain in DIR (which must not exist or be empty),
+# starts Samba with a minimal smb.conf (only the ldap service, every path under
+# DIR, certificates from tls.sh), waits until LDAPS answers, then creates
+#   OU=NHS Directory,DC=sync,DC=test      the OU absync writes into
+#   CN=absync-svc,CN=Users,DC=sync,DC=test  a least-privilege service account
+#                                         with rights on that OU only
+# and checks those rights over LDAPS. --exchange-schema adds the Exchange
+# attributes mailNickname, targetAddress and msExchHideFromAddressLists to the
+# schema (as mayContain of mailRecipient, so contacts can carry them).
+# Passwords are random, kept in DIR/secrets/*.pw (0600, no newline), never
+# printed. Everything for scripts and tests is in DIR/target.env (KEY='value').
+#
+# Without --ip it takes the first of 127.0.0.2..254 where nothing listens on
+# the LDAP ports, so several test beds can run at once (Samba's ports are
+# fixed: 389, 636, 3268, 3269).
+#
+# stop signals only the process group of the PID in DIR's pid file and leaves
+# DIR in place.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+REALM=SYNC.TEST
+DOMAIN=SYNC
+HOST=dc1.sync.test
+BASE_DN='DC=sync,DC=test'
+OU_DN="OU=NHS Directory,$BASE_DN"
+ADMIN_DN="CN=Administrator,CN=Users,$BASE_DN"
+SVC_NAME=absync-svc
+SVC_DN="CN=$SVC_NAME,CN=Users,$BASE_DN"
+SCHEMA_DN="CN=Schema,CN=Configuration,$BASE_DN"
+LDAP_PORTS='389 636 3268 3269'
+# Serialises "pick a free address, start Samba on it" between concurrent starts.
+IP_LOCK="${TMPDIR:-/tmp}/absync-target-ip.lock"
+
+die() { echo "target: $*" >&2; exit 1; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+# 24 random characters with upper case, lower case and digits: meets AD
+# complexity (3 of 4 classes) and needs no quoting anywhere.
+randpw() {
+  local pw
+  while :; do
+    pw=$(head -c 64 /dev/urandom | base64 -w0 | tr -dc 'A-Za-z0-9' | head -c 24)
+    [[ ${#pw} -eq 24 && $pw =~ [A-Z] && $pw =~ [a-z] && $pw =~ [0-9] ]] && break
+  done
+  printf %s "$pw"
+}
+
+# True if something listens on one of Samba's ports on $1 (or on all addresses).
+ip_busy() {
+  local ip=$1
+  ss -ltnH | awk -v ip="$ip" -v ports=" $LDAP_PORTS " '
+    { addr = $4; port = addr; sub(/.*:/, "", port); sub(/:[^:]*$/, "", addr)
+      if (index(ports, " " port " ") && (addr == ip || addr == "*" || addr == "0.0.0.0" || addr == "[::]"))
+        busy = 1 }
+    END { exit !busy }'
+}
+
+pid_of() { local f=$1/samba/run/samba.pid; [ -s "$f" ] && tr -dc 0-9 < "$f" || true; }
+
+# ---------------------------------------------------------------- stop
+stop() {
+  local dir=$1 pid
+  pid=$(pid_of "$dir")
+  [ -n "$pid" ] || return 0
+  # Guard against a recycled PID: only signal a samba process.
+  if kill -0 "$pid" 2>/dev/null && grep -qa '^samba' "/proc/$pid/cmdline" 2>/dev/null; then
+    # Samba's root process leads its own process group (pgid == pid), so the
+    # group holds all its workers and nothing else.
+    local target=$pid
+    [ "$(ps -o pgid= -p "$pid" | tr -d ' ')" = "$pid" ] && target=-$pid
+    kill -TERM -- "$target" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 -- "$target" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 -- "$target" 2>/dev/null; then
+      echo "target: samba ($pid) ignored SIGTERM for 10 s; sending SIGKILL" >&2
+      kill -KILL -- "$target" 2>/dev/null || true
+      for _ in $(seq 25); do kill -0 -- "$target" 2>/dev/null || break; sleep 0.2; done
+    fi
+  fi
+  rm -f "$dir/samba/run/samba.pid"
+}
+
+# ---------------------------------------------------------------- start
+start() {
+  local dir=$1; shift
+  local ip='' exchange=0
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --ip) [ $# -ge 2 ] || die "--ip needs an address"; ip=$2; shift 2 ;;
+      --exchange-schema) exchange=1; shift ;;
+      *) die "unknown option $1" ;;
+    esac
+  done
+  if [ -n "$ip" ] && ! [[ $ip =~ ^127\.0\.0\.([1-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-4])$ ]]; then
+    die "--ip must be a loopback address 127.0.0.N (N 1..254), not '$ip'"
+  fi
+  if [ -e "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
+    die "$dir is not empty; every start needs a fresh (missing or empty) directory"
+  fi
+  [ -e "$dir" ] && [ ! -d "$dir" ] && die "$dir is not a directory"
+  mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
+  # Values go into single-quoted KEY='value' lines and smb.conf lines.
+  [[ $dir == *[\'$'\n']* ]] && die "DIR must not contain quotes or newlines"
+
+  local t0 t_prov t_ready
+  t0=$(now)
+  local sam="$dir/samba"
+  local conf="$sam/etc/smb.conf"
+  local ca="$dir/tls/ca.pem"
+  local secrets="$dir/secrets"
+  local admin_pwf="$secrets/target-admin.pw" svc_pwf="$secrets/target-svc.pw"
+  local log="$sam/log/samba.log"
+
+  (umask 077; mkdir -p "$secrets")
+  chmod 700 "$secrets"
+  (umask 077; randpw > "$admin_pwf"; randpw > "$svc_pwf")
+  chmod 600 "$admin_pwf" "$svc_pwf"
+
+  # 1. Provision. It does not depend on the address, so concurrent starts run
+  #    it in parallel, outside the address lock. --adminpass is the only way to
+  #    pass the password non-interactively (it is briefly visible in ps; this
+  #    is a throwaway domain on loopback).
+  mkdir -p "$sam/log"
+  if ! samba-tool domain provision --targetdir="$sam" --realm="$REALM" --domain="$DOMAIN" \
+      --server-role=dc --dns-backend=NONE --host-name=dc1 \
+      --adminpass="$(cat "$admin_pwf")" \
+      --option="log file = $sam/log/provision-samba.log" \
+      > "$sam/log/provision.log" 2>&1 </dev/null; then
+    tail -n 30 "$sam/log/provision.log" >&2
+    die "samba-tool domain provision failed (full log: $sam/log/provision.log)"
+  fi
+  t_prov=$(now)
+
+  # 2. Pick the address and start Samba under a lock, so two concurrent starts
+  #    cannot choose the same address before either listens.
+  local lockfd
+  exec {lockfd}>>"$IP_LOCK"
+  flock -w 300 "$lockfd" || die "could not take $IP_LOCK within 300 s"
+  if [ -n "$ip" ]; then
+    ip_busy "$ip" && die "something already listens on $ip (ports $LDAP_PORTS); stop it or pick another --ip"
+  else
+    local n
+    for n in $(seq 2 254); do ip_busy "127.0.0.$n" || { ip=127.0.0.$n; break; }; done
+    [ -n "$ip" ] || die "no free address in 127.0.0.2..254 (or something listens on all addresses on $LDAP_PORTS)"
+  fi
+
+  "$here/tls.sh" "$dir/tls" target "$ip" "$HOST"
+
+  # Replace provision's smb.conf (Debian defaults: /var/log, printers, every
+  # AD service) with a minimal one: only the LDAP server, all state under DIR.
+  mkdir -p "$sam/run" "$sam/cache" "$sam/lock"
+  cat > "$conf" <<EOF
+# Written by tests/testbed/target.sh: a throwaway LDAP-only AD DC on $ip.
+[global]
+	netbios name = DC1
+	workgroup = $DOMAIN
+	realm = $REALM
+	server role = active directory domain controller
+	server services = ldap
+	interfaces = $ip/8
+	bind interfaces only = yes
+
+	private dir = $sam/private
+	state directory = $sam/state
+	cache directory = $sam/cache
+	lock directory = $sam/lock
+	pid directory = $sam/run
+	ncalrpc dir = $sam/run/ncalrpc
+	winbindd socket directory = $sam/run/winbindd
+	ntp signd socket directory = $sam/run/ntp_signd
+	binddns dir = $sam/bind-dns
+	usershare path = $sam/usershares
+
+	logging = file
+	log file = $log
+	log level = 1
+	max log size = 0
+
+	load printers = no
+	printcap name = /dev/null
+	disable spoolss = yes
+
+	tls enabled = yes
+	tls keyfile = $dir/tls/target.key
+	tls certfile = $dir/tls/target.pem
+	tls cafile = $ca
+EOF
+  [ "$exchange" = 1 ] && printf '\n\t# --exchange-schema: allow schema changes over LDAP\n\tdsdb:schema update allowed = true\n' >> "$conf"
+
+  # From here on, any failure stops Samba and shows its log (DIR is kept).
+  trap 'rc=$?; if [ $rc -ne 0 ]; then
+          echo "target: start failed (rc $rc); last lines of $log:" >&2
+          tail -n 40 "$log" >&2 2>/dev/null || true
+          stop "$dir"; fi' EXIT
+
+  # stdio to files: the daemon must not hold the caller's pipes open; the lock
+  # fd is not inherited.
+  samba -D -s "$conf" </dev/null >>"$sam/log/samba.stdout" 2>&1 {lockfd}>&- \
+    || die "samba -D failed to start"
+
+  # 3. Wait until LDAPS answers a rootDSE query with certificate verification
+  #    (max 60 s, every 0.2 s); stop early if Samba died.
+  local pid='' ok=0 i
+  for i in $(seq 300); do
+    [ -n "$pid" ] || pid=$(pid_of "$dir")
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      die "samba ($pid) exited during start-up"
+    fi
+    if LDAPTLS_CACERT=$ca ldapsearch -H "ldaps://$ip" -x -b '' -s base -o nettimeout=5 \
+         dnsHostName >/dev/null 2>&1; then ok=1; break; fi
+    sleep 0.2
+  done
+  [ "$ok" = 1 ] || die "LDAPS on $ip did not answer within 60 s"
+  [ -n "$pid" ] || pid=$(pid_of "$dir")
+  [ -n "$pid" ] || die "samba answers but wrote no pid file in $sam/run"
+  t_ready=$(now)
+  flock -u "$lockfd"; exec {lockfd}>&-
+
+  local url="ldaps://$ip:636"
+  # ldap_as admin|svc ldapadd|ldapmodify|... ARGS: a simple bind over LDAPS,
+  # password read from its file (-y), certificate verified against our CA.
+  ldap_as() {
+    local who=$1 cmd=$2; shift 2
+    local bdn=$ADMIN_DN pwf=$admin_pwf
+    [ "$who" = svc ] && { bdn=$SVC_DN; pwf=$svc_pwf; }
+    LDAPTLS_CACERT=$ca "$cmd" -H "$url" -x -D "$bdn" -y "$pwf" -o nettimeout=10 "$@"
+  }
+  # expect_refused CMD...: the command must fail with "Insufficient access (50)".
+  expect_refused() {
+    local out
+    if out=$("$@" 2>&1); then die "expected 'Insufficient access (50)' but it succeeded: $*"; fi
+    grep -q 'Insufficient access (50)' <<<"$out" || { echo "$out" >&2; die "expected 'Insufficient access (50)'"; }
+  }
+
+  # 4. Optional Exchange schema extension (before anything uses it).
+  if [ "$exchange" = 1 ]; then extend_schema; fi
+
+  # 5. The OU and the service account. The account is added over LDAPS with
+  #    its unicodePwd (the quoted password in UTF-16LE), built from the
+  #    password file on a pipe, so the password never reaches argv or a file.
+  ldap_as admin ldapadd -Q >/dev/null <<EOF
+dn: $OU_DN
+objectClass: organizationalUnit
+ou: NHS Directory
+description: absync target OU (test bed)
+EOF
+  # userAccountControl 66048 = NORMAL_ACCOUNT | DONT_EXPIRE_PASSWORD.
+  python3 - "$svc_pwf" "$SVC_DN" "$SVC_NAME" <<'PY' | ldap_as admin ldapadd >/dev/null
+import base64, sys
+pw = open(sys.argv[1]).read()
+dn, name = sys.argv[2], sys.argv[3]
+enc = base64.b64encode(('"%s"' % pw).encode("utf-16-le")).decode()
+print(f"dn: {dn}\nobjectClass: user\nsAMAccountName: {name}\n"
+      f"userPrincipalName: {name}@sync.test\n"
+      f"description: absync least-privilege service account (test bed)\n"
+      f"userAccountControl: 66048\nunicodePwd:: {enc}\n")
+PY
+
+  # 6. Rights on the OU only: create/delete children, list and read on the OU
+  #    itself, and full control inherited only by objects below it (contacts,
+  #    and sub-OUs with everything in them). The account cannot modify or
+  #    delete the OU object itself, and has no rights elsewhere.
+  local sid
+  sid=$(ldbsearch -H "$sam/private/sam.ldb" -s "$conf" -b "$SVC_DN" --scope=base objectSid 2>/dev/null \
+        | sed -n 's/^objectSid: //p')
+  [[ $sid == S-1-5-21-* ]] || die "could not read the objectSid of $SVC_DN"
+  local sddl="(A;;CCDCLCRP;;;$sid)(A;CIIO;GA;;;$sid)"
+  samba-tool dsacl set -H "$sam/private/sam.ldb" -s "$conf" --objectdn="$OU_DN" --sddl="$sddl" \
+    > "$sam/log/dsacl.log" 2>&1 || { cat "$sam/log/dsacl.log" >&2; die "samba-tool dsacl set failed"; }
+
+  # 7. Check the delegation works, and nothing more (fails loudly otherwise).
+  check_rights
+  [ "$exchange" = 1 ] && check_exchange
+
+  # 8. Environment for scripts and tests.
+  cat > "$dir/target.env" <<EOF
+TARGET_IP='$ip'
+TARGET_HOST='$HOST'
+TARGET_URL='$url'
+TARGET_CA='$ca'
+TARGET_BASE_DN='$BASE_DN'
+TARGET_OU='$OU_DN'
+TARGET_ADMIN_DN='$ADMIN_DN'
+TARGET_ADMIN_PASSWORD_FILE='$admin_pwf'
+TARGET_SVC_DN='$SVC_DN'
+TARGET_SVC_PASSWORD_FILE='$svc_pwf'
+TARGET_PID='$pid'
+TARGET_EXCHANGE_SCHEMA='$exchange'
+TARGET_SAM_LDB='$sam/private/sam.ldb'
+EOF
+  trap - EXIT
+  local t_end; t_end=$(now)
+  echo "target: Samba AD DC $HOST ready (pid $pid)"
+  echo "  url:     $url"
+  echo "  ca:      $ca"
+  echo "  ou:      $OU_DN"
+  echo "  svc dn:  $SVC_DN (password in $svc_pwf)"
+  [ "$exchange" = 1 ] && echo "  schema:  + mailNickname, targetAddress, msExchHideFromAddressLists"
+  echo "  env:     $dir/target.env"
+  echo "  time:    LDAPS ready after $(elapsed "$t0" "$t_ready") s (provision $(elapsed "$t0" "$t_prov") s), total $(elapsed "$t0" "$t_end") s"
+}
+
+# Adds the Exchange mail-recipient attributes Samba's schema lacks, with their
+# real Exchange definitions (attributeID, syntax, range, schemaIDGUID as
+# published in Exchange's schema files; cross-checked against OpenChange's
+# copy, setup/AD/oc_provision_schema_attributes.ldif):
+#   mailNickname               1.2.840.113556.1.2.447        Unicode, single, 1..64
+#   targetAddress              1.2.840.113556.1.2.352        Unicode, single, 1..1123
+#   msExchHideFromAddressLists 1.2.840.113556.1.4.7000.102.73 Boolean, single
+# schemaIDGUID values are the GUIDs' binary (little-endian) form in base64.
+# Samba wants the schema reloaded (schemaUpdateNow) before the new attributes
+# can be named in mayContain, and again before objects can use them.
+extend_schema() {
+  ldap_as admin ldapadd >/dev/null <<EOF
+dn: CN=ms-Exch-Mail-Nickname,$SCHEMA_DN
+objectClass: top
+objectClass: attributeSchema
+cn: ms-Exch-Mail-Nickname
+lDAPDisplayName: mailNickname
+attributeID: 1.2.840.113556.1.2.447
+attributeSyntax: 2.5.5.12
+oMSyntax: 64
+isSingleValued: TRUE
+rangeLower: 1
+rangeUpper: 64
+searchFlags: 1
+schemaIDGUID:: s3mWv+YN0BGihQCqADBJ4g==
+adminDisplayName: ms-Exch-Mail-Nickname
+adminDescription: ms-Exch-Mail-Nickname
+showInAdvancedViewOnly: TRUE
+
+dn: CN=ms-Exch-Target-Address,$SCHEMA_DN
+objectClass: top
+objectClass: attributeSchema
+cn: ms-Exch-Target-Address
+lDAPDisplayName: targetAddress
+attributeID: 1.2.840.113556.1.2.352
+attributeSyntax: 2.5.5.12
+oMSyntax: 64
+isSingleValued: TRUE
+rangeLower: 1
+rangeUpper: 1123
+searchFlags: 1
+schemaIDGUID:: n//48JER0BGgYACqAGwz7Q==
+adminDisplayName: ms-Exch-Target-Address
+adminDescription: ms-Exch-Target-Address
+showInAdvancedViewOnly: TRUE
+
+dn: CN=ms-Exch-Hide-From-Address-Lists,$SCHEMA_DN
+objectClass: top
+objectClass: attributeSchema
+cn: ms-Exch-Hide-From-Address-Lists
+lDAPDisplayName: msExchHideFromAddressLists
+attributeID: 1.2.840.113556.1.4.7000.102.73
+attributeSyntax: 2.5.5.8
+oMSyntax: 1
+isSingleValued: TRUE
+searchFlags: 0
+schemaIDGUID:: lgscopOw0hGqBgDAT47t2A==
+adminDisplayName: ms-Exch-Hide-From-Address-Lists
+adminDescription: ms-Exch-Hide-From-Address-Lists
+showInAdvancedViewOnly: TRUE
+EOF
+  schema_update_now
+  ldap_as admin ldapmodify >/dev/null <<EOF
+dn: CN=Mail-Recipient,$SCHEMA_DN
+changetype: modify
+add: mayContain
+mayContain: mailNickname
+mayContain: targetAddress
+mayContain: msExchHideFromAddressLists
+EOF
+  schema_update_now
+}
+
+schema_update_now() {
+  ldap_as admin ldapmodify >/dev/null <<EOF
+dn:
+changetype: modify
+add: schemaUpdateNow
+schemaUpdateNow: 1
+EOF
+}
+
+# Exercises the delegation over LDAPS as the service account: add, modify,
+# rename and delete a contact in the OU and in an admin-made sub-OU; adding
+# in CN=Users must be refused; the account must not be in a privileged group.
+check_rights() {
+  local tag sub c1 c2
+  tag=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  sub="OU=selftest-$tag,$OU_DN"
+  contact_cycle() { # PARENT
+    local parent=$1
+    ldap_as svc ldapadd >/dev/null <<EOF
+dn: CN=selftest $tag,$parent
+objectClass: contact
+cn: selftest $tag
+sn: selftest
+mail: selftest-$tag@example.nhs.uk
+EOF
+    ldap_as svc ldapmodify >/dev/null <<EOF
+dn: CN=selftest $tag,$parent
+changetype: modify
+replace: description
+description: modified by the service account
+EOF
+    ldap_as svc ldapmodrdn -r "CN=selftest $tag,$parent" "CN=selftest renamed $tag" >/dev/null
+    ldap_as svc ldapsearch -LLL -b "CN=selftest renamed $tag,$parent" -s base description \
+      | grep -q '^description: modified by the service account' \
+      || die "contact in $parent lost its change after the rename"
+    ldap_as svc ldapdelete "CN=selftest renamed $tag,$parent"
+  }
+  contact_cycle "$OU_DN"
+  ldap_as admin ldapadd >/dev/null <<EOF
+dn: $sub
+objectClass: organizationalUnit
+ou: selftest-$tag
+EOF
+  contact_cycle "$sub"
+  ldap_as admin ldapdelete "$sub"
+
+  expect_refused ldap_as svc ldapadd <<EOF
+dn: CN=selftest $tag,CN=Users,$BASE_DN
+objectClass: contact
+cn: selftest $tag
+EOF
+  # The OU object itself is not the account's to change.
+  expect_refused ldap_as svc ldapmodify <<EOF
+dn: $OU_DN
+changetype: modify
+replace: description
+description: must not be allowed
+EOF
+
+  # Transitive membership test (LDAP_MATCHING_RULE_IN_CHAIN); Administrator is
+  # the positive control, so a filter that never matches cannot pass.
+  local filter="(|(memberOf:1.2.840.113556.1.4.1941:=CN=Domain Admins,CN=Users,$BASE_DN)(memberOf:1.2.840.113556.1.4.1941:=CN=Enterprise Admins,CN=Users,$BASE_DN)(memberOf:1.2.840.113556.1.4.1941:=CN=Schema Admins,CN=Users,$BASE_DN)(memberOf:1.2.840.113556.1.4.1941:=CN=Administrators,CN=Builtin,$BASE_DN))"
+  ldap_as admin ldapsearch -LLL -b "$ADMIN_DN" -s base "$filter" 1.1 | grep -q '^dn:' \
+    || die "membership check is broken: Administrator not found in Domain Admins"
+  if ldap_as admin ldapsearch -LLL -b "$SVC_DN" -s base "$filter" 1.1 | grep -q '^dn:'; then
+    die "$SVC_DN is in a privileged group"
+  fi
+}
+
+# The service account can write the new attributes on a contact.
+check_exchange() {
+  local tag dn out
+  tag=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  dn="CN=selftest exchange $tag,$OU_DN"
+  ldap_as svc ldapadd >/dev/null <<EOF
+dn: $dn
+objectClass: contact
+cn: selftest exchange $tag
+mailNickname: selftest-$tag
+targetAddress: SMTP:x@nhs.net
+msExchHideFromAddressLists: TRUE
+EOF
+  out=$(ldap_as svc ldapsearch -LLL -b "$dn" -s base mailNickname targetAddress msExchHideFromAddressLists)
+  grep -q "^mailNickname: selftest-$tag$" <<<"$out" \
+    && grep -q '^targetAddress: SMTP:x@nhs.net$' <<<"$out" \
+    && grep -q '^msExchHideFromAddressLists: TRUE$' <<<"$out" \
+    || { echo "$out" >&2; die "Exchange attributes did not read back"; }
+  ldap_as svc ldapdelete "$dn"
+}
+
+case ${1:-} in
+  start) [ $# -ge 2 ] || die "usage: target.sh start DIR [--ip 127.0.0.N] [--exchange-schema]"
+         shift; start "$@" ;;
+  stop)  [ $# -eq 2 ] || die "usage: target.sh stop DIR"
+         stop "$2" ;;
+  *) die "usage: target.sh start DIR [--ip 127.0.0.N] [--exchange-schema] | stop DIR" ;;
+esac
