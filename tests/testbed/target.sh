@@ -73,7 +73,7 @@ stop() {
   pid=$(pid_of "$dir")
   [ -n "$pid" ] || return 0
   # Guard against a recycled PID: only signal a samba process.
-  if kill -0 "$pid" 2>/dev/null && grep -qa '^samba' "/proc/$pid/cmdline" 2>/dev/null; then
+  if kill -0 "$pid" 2>/dev/null && grep -qaE '^(/[^ ]*/)?samba' "/proc/$pid/cmdline" 2>/dev/null; then
     # Samba's root process leads its own process group (pgid == pid), so the
     # group holds all its workers and nothing else.
     local target=$pid
@@ -194,7 +194,9 @@ start() {
 	tls certfile = $dir/tls/target.pem
 	tls cafile = $ca
 EOF
-  [ "$exchange" = 1 ] && printf '\n\t# --exchange-schema: allow schema changes over LDAP\n\tdsdb:schema update allowed = true\n' >> "$conf"
+  if [ "$exchange" = 1 ]; then
+    printf '\n\t# --exchange-schema: allow schema changes over LDAP\n\tdsdb:schema update allowed = true\n' >> "$conf"
+  fi
 
   # From here on, any failure stops Samba and shows its log (DIR is kept).
   trap 'rc=$?; if [ $rc -ne 0 ]; then
@@ -247,7 +249,7 @@ EOF
   # 5. The OU and the service account. The account is added over LDAPS with
   #    its unicodePwd (the quoted password in UTF-16LE), built from the
   #    password file on a pipe, so the password never reaches argv or a file.
-  ldap_as admin ldapadd -Q >/dev/null <<EOF
+  ldap_as admin ldapadd >/dev/null <<EOF
 dn: $OU_DN
 objectClass: organizationalUnit
 ou: NHS Directory
@@ -265,21 +267,29 @@ print(f"dn: {dn}\nobjectClass: user\nsAMAccountName: {name}\n"
       f"userAccountControl: 66048\nunicodePwd:: {enc}\n")
 PY
 
-  # 6. Rights on the OU only: create/delete children, list and read on the OU
-  #    itself, and full control inherited only by objects below it (contacts,
-  #    and sub-OUs with everything in them). The account cannot modify or
-  #    delete the OU object itself, and has no rights elsewhere.
+  # 6. Rights on the OU only, and only over contacts:
+  #    (OA;CI;CCDC;contact;;SID)    create/delete contact objects in the OU and
+  #                                 in every container below it (sub-OUs the
+  #                                 admin makes inherit it);
+  #    (A;;LCRP;;;SID)              list and read the OU itself;
+  #    (OA;CIIO;GA;;contact;SID)    full control, inherited only by contact
+  #                                 objects below the OU.
+  #    It cannot change or delete the OU or sub-OUs, cannot create users,
+  #    groups or OUs, and has no rights anywhere else. This was checked to
+  #    be enough for add, modify, rename and delete of contacts in the OU and
+  #    in admin-made sub-OUs (check_rights does it again on every start).
   local sid
-  sid=$(ldbsearch -H "$sam/private/sam.ldb" -s "$conf" -b "$SVC_DN" --scope=base objectSid 2>/dev/null \
+  sid=$(ldbsearch -H "$sam/private/sam.ldb" -b "$SVC_DN" -s base objectSid 2>/dev/null \
         | sed -n 's/^objectSid: //p')
   [[ $sid == S-1-5-21-* ]] || die "could not read the objectSid of $SVC_DN"
-  local sddl="(A;;CCDCLCRP;;;$sid)(A;CIIO;GA;;;$sid)"
+  local contact=5cb41ed0-0e4c-11d0-a286-00aa003049e2  # schemaIDGUID of class contact
+  local sddl="(OA;CI;CCDC;$contact;;$sid)(A;;LCRP;;;$sid)(OA;CIIO;GA;;$contact;$sid)"
   samba-tool dsacl set -H "$sam/private/sam.ldb" -s "$conf" --objectdn="$OU_DN" --sddl="$sddl" \
     > "$sam/log/dsacl.log" 2>&1 || { cat "$sam/log/dsacl.log" >&2; die "samba-tool dsacl set failed"; }
 
   # 7. Check the delegation works, and nothing more (fails loudly otherwise).
   check_rights
-  [ "$exchange" = 1 ] && check_exchange
+  if [ "$exchange" = 1 ]; then check_exchange; fi
 
   # 8. Environment for scripts and tests.
   cat > "$dir/target.env" <<EOF
@@ -304,7 +314,7 @@ EOF
   echo "  ca:      $ca"
   echo "  ou:      $OU_DN"
   echo "  svc dn:  $SVC_DN (password in $svc_pwf)"
-  [ "$exchange" = 1 ] && echo "  schema:  + mailNickname, targetAddress, msExchHideFromAddressLists"
+  if [ "$exchange" = 1 ]; then echo "  schema:  + mailNickname, targetAddress, msExchHideFromAddressLists"; fi
   echo "  env:     $dir/target.env"
   echo "  time:    LDAPS ready after $(elapsed "$t0" "$t_ready") s (provision $(elapsed "$t0" "$t_prov") s), total $(elapsed "$t0" "$t_end") s"
 }
@@ -433,12 +443,21 @@ dn: CN=selftest $tag,CN=Users,$BASE_DN
 objectClass: contact
 cn: selftest $tag
 EOF
-  # The OU object itself is not the account's to change.
+  # Nor may it change the OU, or create anything but contacts in it.
   expect_refused ldap_as svc ldapmodify <<EOF
 dn: $OU_DN
 changetype: modify
 replace: description
 description: must not be allowed
+EOF
+  expect_refused ldap_as svc ldapadd <<EOF
+dn: OU=selftest-$tag,$OU_DN
+objectClass: organizationalUnit
+EOF
+  expect_refused ldap_as svc ldapadd <<EOF
+dn: CN=selftest-$tag,$OU_DN
+objectClass: user
+sAMAccountName: st-$tag
 EOF
 
   # Transitive membership test (LDAP_MATCHING_RULE_IN_CHAIN); Administrator is

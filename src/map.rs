@@ -1,0 +1,627 @@
+//! Stage 3, map: turns an in-scope source entry into the target object the
+//! mapping file describes (object classes, RDN, attributes).
+//!
+//! A mapping rule takes its values from exactly one of: `copy` (a source
+//! attribute), `template` (`"{givenName} {sn}"`), `first_of` (the first
+//! template that yields something), `value` (a constant). Then it applies
+//! `transform`s, keeps `values = "all" | "first" | "rest"`, and truncates to
+//! `max_length`, which Active Directory enforces.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::{line_of, parse_toml_file, FileError};
+use crate::scope::SourceEntry;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    object_class: Vec<String>,
+    rdn: RawRdn,
+    #[serde(default)]
+    attributes: BTreeMap<String, Spanned<RawRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRdn {
+    attribute: String,
+    first_of: Vec<Spanned<String>>,
+    #[serde(default = "default_rdn_max")]
+    max_length: usize,
+    #[serde(default)]
+    tie_breakers: Vec<Spanned<String>>,
+}
+
+fn default_rdn_max() -> usize {
+    64
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    copy: Option<String>,
+    template: Option<String>,
+    first_of: Option<Vec<String>>,
+    value: Option<String>,
+    #[serde(default)]
+    transform: Vec<String>,
+    #[serde(default)]
+    values: Option<String>,
+    max_length: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    Trim,
+    Lower,
+    Upper,
+    /// Telephone numbers to E.164 (`01632 960123` → `+441632960123`).
+    Phone,
+    /// The part of a mail address before the `@`.
+    LocalPart,
+    /// Only the characters Exchange allows in an alias (mailNickname).
+    Alias,
+}
+
+impl Transform {
+    fn parse(s: &str) -> Option<Transform> {
+        Some(match s {
+            "trim" => Transform::Trim,
+            "lower" => Transform::Lower,
+            "upper" => Transform::Upper,
+            "phone" => Transform::Phone,
+            "local_part" => Transform::LocalPart,
+            "alias" => Transform::Alias,
+            _ => return None,
+        })
+    }
+
+    fn apply(self, v: &str) -> String {
+        match self {
+            Transform::Trim => v.trim().to_string(),
+            Transform::Lower => v.to_lowercase(),
+            Transform::Upper => v.to_uppercase(),
+            Transform::Phone => normalize_phone(v),
+            Transform::LocalPart => v.split('@').next().unwrap_or("").to_string(),
+            Transform::Alias => v
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(*c))
+                .collect::<String>()
+                .trim_matches('.')
+                .to_string(),
+        }
+    }
+}
+
+/// E.164 for UK and international numbers; anything that does not look
+/// like a phone number is kept as written (trimmed), never dropped.
+pub fn normalize_phone(v: &str) -> String {
+    let trimmed = v.trim();
+    let plus = trimmed.starts_with('+');
+    let digits: String = trimmed.chars().filter(|c| c.is_ascii_digit()).collect();
+    let junk = trimmed
+        .chars()
+        .any(|c| !(c.is_ascii_digit() || " +-().".contains(c)));
+    if junk || digits.len() < 7 || digits.len() > 15 {
+        return trimmed.to_string();
+    }
+    if plus {
+        format!("+{digits}")
+    } else if let Some(rest) = digits.strip_prefix("00") {
+        format!("+{rest}")
+    } else if let Some(rest) = digits.strip_prefix('0') {
+        format!("+44{rest}")
+    } else {
+        trimmed.to_string()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Values {
+    All,
+    First,
+    Rest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Copy(String),
+    FirstOf(Vec<Template>),
+    Value(String),
+}
+
+/// A parsed template: literal text and `{attr}` / `{attr:N}` placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(Vec<Piece>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    /// Attribute (lower-case) and an optional maximum number of characters.
+    Attr(String, Option<usize>),
+}
+
+impl Template {
+    pub fn parse(s: &str) -> Result<Template, String> {
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    text.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    text.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => return Err(format!("unclosed {{ in \"{s}\"")),
+                        }
+                    }
+                    let (attr, len) = match name.split_once(':') {
+                        Some((a, n)) => (
+                            a,
+                            Some(
+                                n.parse::<usize>()
+                                    .map_err(|_| format!("bad length in {{{name}}}"))?,
+                            ),
+                        ),
+                        None => (name.as_str(), None),
+                    };
+                    let attr = attr.trim();
+                    if attr.is_empty()
+                        || !attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    {
+                        return Err(format!("\"{{{name}}}\" is not an attribute placeholder"));
+                    }
+                    if !text.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    }
+                    pieces.push(Piece::Attr(attr.to_lowercase(), len));
+                }
+                '}' => return Err(format!("unmatched }} in \"{s}\" (write }}}} for a literal)")),
+                c => text.push(c),
+            }
+        }
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        Ok(Template(pieces))
+    }
+
+    /// Renders with each placeholder's first value. Empty when every
+    /// placeholder is empty (literal text alone does not count).
+    pub fn render(&self, entry: &SourceEntry) -> String {
+        let mut out = String::new();
+        let mut any = false;
+        let mut has_placeholder = false;
+        for p in &self.0 {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Attr(a, len) => {
+                    has_placeholder = true;
+                    // {anchor} is the entry's anchor, whatever its attribute.
+                    let v = if a == "anchor" {
+                        entry.anchor.as_str()
+                    } else {
+                        entry.first(a).unwrap_or("").trim()
+                    };
+                    if !v.is_empty() {
+                        any = true;
+                    }
+                    match len {
+                        Some(n) => out.extend(v.chars().take(*n)),
+                        None => out.push_str(v),
+                    }
+                }
+            }
+        }
+        if has_placeholder && !any {
+            return String::new();
+        }
+        out.trim().to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub target: String,
+    source: Source,
+    transforms: Vec<Transform>,
+    values: Values,
+    max_length: Option<usize>,
+}
+
+/// The mapping, loaded and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub object_class: Vec<String>,
+    pub rdn_attribute: String,
+    rdn: Vec<Template>,
+    pub rdn_max_length: usize,
+    tie_breakers: Vec<Template>,
+    pub rules: Vec<Rule>,
+}
+
+/// A target object as the mapping wants it, before it has a DN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapped {
+    /// The RDN value (unescaped, truncated) before any tie-breaker.
+    pub rdn_value: String,
+    /// Candidate RDN values in order of preference: the plain one, then one
+    /// per tie-breaker. Deterministic for a given entry.
+    pub rdn_candidates: Vec<String>,
+    /// Target attribute → values. Never the RDN attribute; never empty.
+    pub attrs: BTreeMap<String, Vec<String>>,
+}
+
+/// Drops control characters (AD rejects NUL and most are never intended)
+/// and turns line breaks and tabs into spaces.
+fn clean(v: &str) -> String {
+    v.chars()
+        .map(|c| if c == '\n' || c == '\r' || c == '\t' { ' ' } else { c })
+        .filter(|c| !c.is_control())
+        .collect()
+}
+
+/// Truncates to `max` characters (AD counts characters, not bytes).
+pub fn truncate(v: &str, max: usize) -> String {
+    if v.chars().count() <= max {
+        v.to_string()
+    } else {
+        v.chars().take(max).collect::<String>().trim_end().to_string()
+    }
+}
+
+impl Mapping {
+    pub fn load(path: &Path) -> Result<Mapping, FileError> {
+        let (raw, text): (RawMapping, String) = parse_toml_file(path)?;
+        let err = |span: std::ops::Range<usize>, key: &str, m: String| {
+            FileError::new(path, Some(line_of(&text, span.start)), Some(key), m)
+        };
+        let parse_all = |ts: &[Spanned<String>], key: &str| -> Result<Vec<Template>, FileError> {
+            ts.iter()
+                .map(|t| Template::parse(t.get_ref()).map_err(|m| err(t.span(), key, m)))
+                .collect()
+        };
+        if raw.object_class.is_empty() {
+            return Err(FileError::new(
+                path,
+                None,
+                Some("object_class"),
+                "must name at least one object class".into(),
+            ));
+        }
+        let rdn = parse_all(&raw.rdn.first_of, "rdn.first_of")?;
+        if rdn.is_empty() {
+            return Err(FileError::new(
+                path,
+                None,
+                Some("rdn.first_of"),
+                "must hold at least one template".into(),
+            ));
+        }
+        let tie_breakers = parse_all(&raw.rdn.tie_breakers, "rdn.tie_breakers")?;
+        let rdn_attribute = raw.rdn.attribute.trim().to_string();
+        let mut rules = Vec::new();
+        for (target, spanned) in &raw.attributes {
+            let key = format!("attributes.{target}");
+            let r = spanned.get_ref();
+            let e = |m: String| err(spanned.span(), &key, m);
+            if target.eq_ignore_ascii_case(&rdn_attribute) {
+                return Err(e(format!(
+                    "{target} is the RDN attribute; it is set by [rdn], not here"
+                )));
+            }
+            let kinds = [
+                r.copy.is_some(),
+                r.template.is_some(),
+                r.first_of.is_some(),
+                r.value.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return Err(e(
+                    "needs exactly one of copy, template, first_of, value".into()
+                ));
+            }
+            let source = if let Some(c) = &r.copy {
+                Source::Copy(c.trim().to_lowercase())
+            } else if let Some(t) = &r.template {
+                Source::FirstOf(vec![Template::parse(t).map_err(e)?])
+            } else if let Some(ts) = &r.first_of {
+                Source::FirstOf(
+                    ts.iter()
+                        .map(|t| Template::parse(t))
+                        .collect::<Result<_, _>>()
+                        .map_err(e)?,
+                )
+            } else {
+                Source::Value(r.value.clone().unwrap_or_default())
+            };
+            let transforms = r
+                .transform
+                .iter()
+                .map(|t| {
+                    Transform::parse(t).ok_or_else(|| {
+                        e(format!(
+                            "unknown transform \"{t}\" (trim, lower, upper, phone, local_part, alias)"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let values = match r.values.as_deref() {
+                None | Some("all") => Values::All,
+                Some("first") => Values::First,
+                Some("rest") => Values::Rest,
+                Some(v) => return Err(e(format!("values = \"{v}\": use all, first or rest"))),
+            };
+            if values != Values::All && !matches!(source, Source::Copy(_)) {
+                return Err(e("values applies to copy rules only".into()));
+            }
+            if r.max_length == Some(0) {
+                return Err(e("max_length must be at least 1".into()));
+            }
+            rules.push(Rule {
+                target: target.clone(),
+                source,
+                transforms,
+                values,
+                max_length: r.max_length,
+            });
+        }
+        Ok(Mapping {
+            object_class: raw.object_class,
+            rdn_attribute,
+            rdn,
+            rdn_max_length: raw.rdn.max_length.max(1),
+            tie_breakers,
+            rules,
+        })
+    }
+
+    /// The source attributes the mapping reads (lower-case).
+    pub fn source_attributes(&self) -> std::collections::BTreeSet<String> {
+        let mut templates: Vec<&Template> = self.rdn.iter().chain(&self.tie_breakers).collect();
+        let mut out = std::collections::BTreeSet::new();
+        for r in &self.rules {
+            match &r.source {
+                Source::Copy(a) => {
+                    out.insert(a.clone());
+                }
+                Source::FirstOf(ts) => templates.extend(ts),
+                Source::Value(_) => {}
+            }
+        }
+        for t in templates {
+            for p in &t.0 {
+                if let Piece::Attr(a, _) = p {
+                    out.insert(a.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Maps one entry. `Err` names why the entry cannot become an object
+    /// (no RDN value), which the caller journals.
+    pub fn map(&self, entry: &SourceEntry) -> Result<Mapped, String> {
+        let rdn_value = self
+            .rdn
+            .iter()
+            .map(|t| clean(&t.render(entry)).trim().to_string())
+            .find(|v| !v.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "no value for the RDN ({}): every template in rdn.first_of is empty",
+                    self.rdn_attribute
+                )
+            })?;
+        let plain = truncate(&rdn_value, self.rdn_max_length);
+        let mut rdn_candidates = vec![plain.clone()];
+        for tb in &self.tie_breakers {
+            let suffix = clean(&tb.render(entry));
+            if suffix.is_empty() {
+                continue;
+            }
+            // Keep the suffix whole: shorten the name to make room for it.
+            let room = self.rdn_max_length.saturating_sub(suffix.chars().count() + 1);
+            let c = format!("{} {suffix}", truncate(&rdn_value, room));
+            if !rdn_candidates.contains(&c) {
+                rdn_candidates.push(c);
+            }
+        }
+        let mut attrs = BTreeMap::new();
+        for rule in &self.rules {
+            let mut vals: Vec<String> = match &rule.source {
+                Source::Copy(a) => {
+                    let all = entry.values(a);
+                    match rule.values {
+                        Values::All => all.to_vec(),
+                        Values::First => all.iter().take(1).cloned().collect(),
+                        Values::Rest => all.iter().skip(1).cloned().collect(),
+                    }
+                }
+                Source::FirstOf(ts) => ts
+                    .iter()
+                    .map(|t| t.render(entry))
+                    .find(|v| !v.is_empty())
+                    .into_iter()
+                    .collect(),
+                Source::Value(v) => vec![v.clone()],
+            };
+            for v in vals.iter_mut() {
+                let mut s = clean(v);
+                for t in &rule.transforms {
+                    s = t.apply(&s);
+                }
+                if let Some(max) = rule.max_length {
+                    s = truncate(&s, max);
+                }
+                *v = s.trim().to_string();
+            }
+            // AD rejects empty values and values equal but for case.
+            let mut seen = std::collections::HashSet::new();
+            vals.retain(|v| !v.is_empty() && seen.insert(v.to_lowercase()));
+            if !vals.is_empty() {
+                attrs.insert(rule.target.clone(), vals);
+            }
+        }
+        Ok(Mapped {
+            rdn_value: plain,
+            rdn_candidates,
+            attrs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(pairs: &[(&str, &[&str])]) -> SourceEntry {
+        SourceEntry {
+            anchor: "1b2c3d4e-0000-1111-2222-333344445555".into(),
+            dn: "uid=1,ou=People,o=nhs".into(),
+            org: "RX1".into(),
+            attrs: pairs
+                .iter()
+                .map(|(k, v)| (k.to_lowercase(), v.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+        }
+    }
+
+    fn mapping(text: &str) -> Mapping {
+        let dir = std::env::temp_dir().join(format!("absync-map-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(format!("{}.toml", text.len()));
+        std::fs::write(&p, text).unwrap();
+        Mapping::load(&p).unwrap()
+    }
+
+    const M: &str = r#"
+object_class = ["top", "contact"]
+[rdn]
+attribute = "cn"
+first_of = ["{givenName} {sn}", "{uid}"]
+max_length = 20
+tie_breakers = ["({nhsOdsCode})", "({nhsOdsCode} {anchor:6})"]
+[attributes.displayName]
+template = "{givenName} {sn}"
+[attributes.mail]
+copy = "mail"
+transform = ["trim", "lower"]
+[attributes.telephoneNumber]
+copy = "telephoneNumber"
+values = "first"
+transform = ["phone"]
+[attributes.otherTelephone]
+copy = "telephoneNumber"
+values = "rest"
+transform = ["phone"]
+[attributes.title]
+copy = "title"
+max_length = 10
+[attributes.company]
+value = "NHS"
+[attributes.info]
+first_of = ["{description}", "Job: {nhsJobRole}"]
+"#;
+
+    #[test]
+    fn maps_copy_template_constant_fallback_transforms_and_truncation() {
+        let m = mapping(M);
+        let e = entry(&[
+            ("givenName", &["Siân"]),
+            ("sn", &["O'Brien"]),
+            ("mail", &["  Sian.OBrien@NHS.net "]),
+            ("telephoneNumber", &["01632 960123", "+44 (1632) 960-124", "ext 42"]),
+            ("title", &["Associate Director of Nursing"]),
+            ("nhsJobRole", &["R8000:Clinical"]),
+        ]);
+        let o = m.map(&e).unwrap();
+        assert_eq!(o.rdn_value, "Siân O'Brien");
+        assert_eq!(o.attrs["displayName"], vec!["Siân O'Brien"]);
+        assert_eq!(o.attrs["mail"], vec!["sian.obrien@nhs.net"]);
+        assert_eq!(o.attrs["telephoneNumber"], vec!["+441632960123"]);
+        assert_eq!(o.attrs["otherTelephone"], vec!["+441632960124", "ext 42"]);
+        assert_eq!(o.attrs["title"], vec!["Associate"]);
+        assert_eq!(o.attrs["company"], vec!["NHS"]);
+        assert_eq!(o.attrs["info"], vec!["Job: R8000:Clinical"]);
+    }
+
+    #[test]
+    fn rdn_falls_back_truncates_and_offers_tie_breakers_that_fit() {
+        let m = mapping(M);
+        let o = m.map(&entry(&[("uid", &["0001234"])])).unwrap();
+        assert_eq!(o.rdn_value, "0001234");
+        assert!(!o.attrs.contains_key("displayName"));
+        let e = entry(&[("givenName", &["Gwenllïan"]), ("sn", &["Mac Giolla Phádraig"]), ("nhsOdsCode", &["RX1"])]);
+        let o = m.map(&e).unwrap();
+        assert_eq!(o.rdn_value, "Gwenllïan Mac Giolla");
+        assert_eq!(
+            o.rdn_candidates,
+            vec![
+                "Gwenllïan Mac Giolla".to_string(),
+                "Gwenllïan Mac (RX1)".to_string(),
+                "Gwenllï (RX1 1b2c3d)".to_string()
+            ]
+        );
+        assert!(o.rdn_candidates.iter().all(|c| c.chars().count() <= 20));
+    }
+
+    #[test]
+    fn no_rdn_value_is_an_error_naming_the_reason() {
+        let m = mapping(M);
+        let err = m.map(&entry(&[("mail", &["x@nhs.net"])])).unwrap_err();
+        assert!(err.contains("no value for the RDN"), "{err}");
+    }
+
+    #[test]
+    fn phone_normalisation_keeps_what_it_does_not_understand() {
+        assert_eq!(normalize_phone("01632 960123"), "+441632960123");
+        assert_eq!(normalize_phone("+33 6 12 34 56 78"), "+33612345678");
+        assert_eq!(normalize_phone("0033 6 12 34 56 78"), "+33612345678");
+        assert_eq!(normalize_phone("(01632) 960 123"), "+441632960123");
+        assert_eq!(normalize_phone("ext. 4410"), "ext. 4410");
+        assert_eq!(normalize_phone("123"), "123");
+    }
+
+    #[test]
+    fn control_characters_and_case_duplicates_are_dropped() {
+        let m = mapping(M);
+        let e = entry(&[
+            ("givenName", &["A\u{0}na"]),
+            ("sn", &["Lee\nPark"]),
+            ("telephoneNumber", &["x", "ABC", "abc"]),
+        ]);
+        let o = m.map(&e).unwrap();
+        assert_eq!(o.rdn_value, "Ana Lee Park");
+        assert_eq!(o.attrs["otherTelephone"], vec!["ABC"]);
+    }
+
+    #[test]
+    fn mapping_errors_name_file_line_and_key() {
+        let dir = std::env::temp_dir().join(format!("absync-map-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.toml");
+        std::fs::write(
+            &p,
+            "object_class = [\"contact\"]\n[rdn]\nattribute = \"cn\"\nfirst_of = [\"{sn}\"]\n[attributes.mail]\ncopy = \"mail\"\ntransform = [\"shout\"]\n",
+        )
+        .unwrap();
+        let msg = Mapping::load(&p).unwrap_err().to_string();
+        assert!(msg.contains("bad.toml:") && msg.contains("attributes.mail"), "{msg}");
+        assert!(msg.contains("unknown transform \"shout\""), "{msg}");
+    }
+}
