@@ -504,7 +504,9 @@ mod tests {
     fn mapping(text: &str) -> Mapping {
         let dir = std::env::temp_dir().join(format!("absync-map-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(format!("{}.toml", text.len()));
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = dir.join(format!("m{n}.toml"));
         std::fs::write(&p, text).unwrap();
         Mapping::load(&p).unwrap()
     }
