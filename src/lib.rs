@@ -6,14 +6,28 @@
 //! - [`agreements`]: the data-sharing agreements and the scope in force today.
 //! - [`scope`]: stage 2, which entries and attributes the agreements allow.
 //! - [`map`]: stage 3, source entry to target object through the mapping file.
+//! - [`pull`]: stage 1, the paged search of the source under the agreements.
+//! - [`diff`]: stage 4, mapped objects against the snapshot → planned changes.
+//! - [`apply`]: stage 5, changes to the target, then snapshot and journal.
+//! - [`snapshot`]: the SQLite state: what was written, intents in flight.
+//! - [`journal`]: stage 6, the record of every change, and the runs.
+//! - [`render`]: a plan as a table, LDIF or JSON.
+//! - [`sync`]: one run, all stages in order.
 //! - [`secret`]: passwords, read from files and never printed.
 //! - [`dn`]: distinguished names (RFC 4514).
 //! - [`ldap`]: the LDAP client both ends use (rustls, bind, paged search, writes).
 
 pub mod agreements;
+pub mod apply;
 pub mod config;
+pub mod diff;
 pub mod dn;
+pub mod journal;
 pub mod ldap;
 pub mod map;
+pub mod pull;
+pub mod render;
 pub mod scope;
 pub mod secret;
+pub mod snapshot;
+pub mod sync;

@@ -190,7 +190,11 @@ impl Template {
                     }
                     pieces.push(Piece::Attr(attr.to_lowercase(), len));
                 }
-                '}' => return Err(format!("unmatched }} in \"{s}\" (write }}}} for a literal)")),
+                '}' => {
+                    return Err(format!(
+                        "unmatched }} in \"{s}\" (write }}}} for a literal)"
+                    ))
+                }
                 c => text.push(c),
             }
         }
@@ -270,7 +274,13 @@ pub struct Mapped {
 /// and turns line breaks and tabs into spaces.
 fn clean(v: &str) -> String {
     v.chars()
-        .map(|c| if c == '\n' || c == '\r' || c == '\t' { ' ' } else { c })
+        .map(|c| {
+            if c == '\n' || c == '\r' || c == '\t' {
+                ' '
+            } else {
+                c
+            }
+        })
         .filter(|c| !c.is_control())
         .collect()
 }
@@ -280,7 +290,11 @@ pub fn truncate(v: &str, max: usize) -> String {
     if v.chars().count() <= max {
         v.to_string()
     } else {
-        v.chars().take(max).collect::<String>().trim_end().to_string()
+        v.chars()
+            .take(max)
+            .collect::<String>()
+            .trim_end()
+            .to_string()
     }
 }
 
@@ -435,7 +449,9 @@ impl Mapping {
                 continue;
             }
             // Keep the suffix whole: shorten the name to make room for it.
-            let room = self.rdn_max_length.saturating_sub(suffix.chars().count() + 1);
+            let room = self
+                .rdn_max_length
+                .saturating_sub(suffix.chars().count() + 1);
             let c = format!("{} {suffix}", truncate(&rdn_value, room));
             if !rdn_candidates.contains(&c) {
                 rdn_candidates.push(c);
@@ -547,7 +563,10 @@ first_of = ["{description}", "Job: {nhsJobRole}"]
             ("givenName", &["Siân"]),
             ("sn", &["O'Brien"]),
             ("mail", &["  Sian.OBrien@NHS.net "]),
-            ("telephoneNumber", &["01632 960123", "+44 (1632) 960-124", "ext 42"]),
+            (
+                "telephoneNumber",
+                &["01632 960123", "+44 (1632) 960-124", "ext 42"],
+            ),
             ("title", &["Associate Director of Nursing"]),
             ("nhsJobRole", &["R8000:Clinical"]),
         ]);
@@ -568,7 +587,11 @@ first_of = ["{description}", "Job: {nhsJobRole}"]
         let o = m.map(&entry(&[("uid", &["0001234"])])).unwrap();
         assert_eq!(o.rdn_value, "0001234");
         assert!(!o.attrs.contains_key("displayName"));
-        let e = entry(&[("givenName", &["Gwenllïan"]), ("sn", &["Mac Giolla Phádraig"]), ("nhsOdsCode", &["RX1"])]);
+        let e = entry(&[
+            ("givenName", &["Gwenllïan"]),
+            ("sn", &["Mac Giolla Phádraig"]),
+            ("nhsOdsCode", &["RX1"]),
+        ]);
         let o = m.map(&e).unwrap();
         assert_eq!(o.rdn_value, "Gwenllïan Mac Giolla");
         assert_eq!(
@@ -623,7 +646,10 @@ first_of = ["{description}", "Job: {nhsJobRole}"]
         )
         .unwrap();
         let msg = Mapping::load(&p).unwrap_err().to_string();
-        assert!(msg.contains("bad.toml:") && msg.contains("attributes.mail"), "{msg}");
+        assert!(
+            msg.contains("bad.toml:") && msg.contains("attributes.mail"),
+            "{msg}"
+        );
         assert!(msg.contains("unknown transform \"shout\""), "{msg}");
     }
 }

@@ -113,13 +113,15 @@ impl Scope {
         }
         let org_attr = self.org_attribute.to_lowercase();
         let anchor_attr = self.anchor_attribute.to_lowercase();
+        // Asked for to decide on leavers; kept only if an agreement allows it.
+        let status_attr = self.status_attribute.to_lowercase();
         let mut attrs = BTreeMap::new();
         let mut dropped = raw.bin_attrs.len();
         for (name, values) in raw.attrs {
             let lname = name.to_lowercase();
             if lname == anchor_attr || lname == org_attr || grant.attributes.contains(&lname) {
                 attrs.insert(lname, values);
-            } else {
+            } else if lname != status_attr {
                 dropped += 1;
             }
         }
@@ -208,7 +210,10 @@ mod tests {
             Verdict::Invalid { .. }
         ));
         assert!(matches!(
-            s.judge(raw(&[("entryUUID", &["u1", "u2"]), ("nhsOdsCode", &["RX1"])])),
+            s.judge(raw(&[
+                ("entryUUID", &["u1", "u2"]),
+                ("nhsOdsCode", &["RX1"])
+            ])),
             Verdict::Invalid { .. }
         ));
     }

@@ -24,8 +24,17 @@
 #
 # stop signals only the process group of the PID in DIR's pid file and leaves
 # DIR in place.
-set -euo pipefail
+set -Eeuo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# Say which step failed, with the chain of calls (set -E: also in functions).
+err_report() {
+  local rc=$? i where="line ${BASH_LINENO[0]} (${FUNCNAME[1]:-main})"
+  for ((i = 1; i < ${#FUNCNAME[@]} - 1; i++)); do
+    where+=" <- line ${BASH_LINENO[i]} (${FUNCNAME[i + 1]})"
+  done
+  echo "target: failed (exit $rc) at $where: $BASH_COMMAND" >&2
+}
+trap err_report ERR
 
 REALM=SYNC.TEST
 DOMAIN=SYNC
@@ -69,24 +78,42 @@ pid_of() { local f=$1/samba/run/samba.pid; [ -s "$f" ] && tr -dc 0-9 < "$f" || t
 
 # ---------------------------------------------------------------- stop
 stop() {
-  local dir=$1 pid
+  local dir=$1 pid target=''
   pid=$(pid_of "$dir")
   [ -n "$pid" ] || return 0
-  # Guard against a recycled PID: only signal a samba process.
   if kill -0 "$pid" 2>/dev/null && grep -qaE '^(/[^ ]*/)?samba' "/proc/$pid/cmdline" 2>/dev/null; then
-    # Samba's root process leads its own process group (pgid == pid), so the
-    # group holds all its workers and nothing else.
-    local target=$pid
+    # Samba's root process leads its own process group (pgid == pid): the
+    # group holds all its workers and nothing else. (The cmdline check guards
+    # against a recycled PID.)
+    target=$pid
     [ "$(ps -o pgid= -p "$pid" | tr -d ' ')" = "$pid" ] && target=-$pid
+  elif kill -0 -- "-$pid" 2>/dev/null; then
+    # The root process is gone but workers of its group are left. Linux does
+    # not hand out a PID that is still in use as a process group id, so this
+    # group can only be that Samba's.
+    target=-$pid
+  fi
+  if [ -n "$target" ]; then
     kill -TERM -- "$target" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 -- "$target" 2>/dev/null || break; sleep 0.2; done
     if kill -0 -- "$target" 2>/dev/null; then
-      echo "target: samba ($pid) ignored SIGTERM for 10 s; sending SIGKILL" >&2
+      echo "target: samba ($pid) still running 10 s after SIGTERM; sending SIGKILL" >&2
       kill -KILL -- "$target" 2>/dev/null || true
       for _ in $(seq 25); do kill -0 -- "$target" 2>/dev/null || break; sleep 0.2; done
     fi
   fi
   rm -f "$dir/samba/run/samba.pid"
+}
+
+# EXIT trap while start runs: on failure show Samba's log and stop it.
+on_start_failure() {
+  local rc=$?
+  [ "$rc" -ne 0 ] || return 0
+  echo "target: start failed (exit $rc); last lines of $FAIL_LOG:" >&2
+  tail -n 40 "$FAIL_LOG" >&2 2>/dev/null || true
+  stop "$FAIL_DIR"
+  echo "target: stopped samba; $FAIL_DIR is kept for inspection" >&2
+  exit "$rc"
 }
 
 # ---------------------------------------------------------------- start
@@ -107,6 +134,10 @@ start() {
     die "$dir is not empty; every start needs a fresh (missing or empty) directory"
   fi
   [ -e "$dir" ] && [ ! -d "$dir" ] && die "$dir is not a directory"
+  # Fail fast on a taken address (checked again under the lock below).
+  if [ -n "$ip" ] && ip_busy "$ip"; then
+    die "something already listens on $ip (ports $LDAP_PORTS); stop it or pick another --ip"
+  fi
   mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
   # Values go into single-quoted KEY='value' lines and smb.conf lines.
   [[ $dir == *[\'$'\n']* ]] && die "DIR must not contain quotes or newlines"
@@ -199,10 +230,9 @@ EOF
   fi
 
   # From here on, any failure stops Samba and shows its log (DIR is kept).
-  trap 'rc=$?; if [ $rc -ne 0 ]; then
-          echo "target: start failed (rc $rc); last lines of $log:" >&2
-          tail -n 40 "$log" >&2 2>/dev/null || true
-          stop "$dir"; fi' EXIT
+  # Globals: the EXIT trap runs after start's locals are gone.
+  FAIL_DIR=$dir FAIL_LOG=$log
+  trap on_start_failure EXIT
 
   # stdio to files: the daemon must not hold the caller's pipes open; the lock
   # fd is not inherited.
@@ -210,12 +240,17 @@ EOF
     || die "samba -D failed to start"
 
   # 3. Wait until LDAPS answers a rootDSE query with certificate verification
-  #    (max 60 s, every 0.2 s); stop early if Samba died.
-  local pid='' ok=0 i
-  for i in $(seq 300); do
+  #    (max 60 s, every 0.2 s). Stop early if Samba died: samba -D returns 0
+  #    even when the daemon fails, and may die before writing its pid file.
+  local pid='' ok=0 deadline=$((SECONDS + 60))
+  while [ "$SECONDS" -lt "$deadline" ]; do
     [ -n "$pid" ] || pid=$(pid_of "$dir")
     if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
       die "samba ($pid) exited during start-up"
+    fi
+    if grep -qs 'daemon failed to start' "$log"; then die "samba failed to start"; fi
+    if [ -z "$pid" ] && [ "$SECONDS" -gt $((deadline - 40)) ]; then
+      die "samba wrote no pid file in $sam/run within 20 s"
     fi
     if LDAPTLS_CACERT=$ca ldapsearch -H "ldaps://$ip" -x -b '' -s base -o nettimeout=5 \
          dnsHostName >/dev/null 2>&1; then ok=1; break; fi
@@ -405,7 +440,7 @@ EOF
 # rename and delete a contact in the OU and in an admin-made sub-OU; adding
 # in CN=Users must be refused; the account must not be in a privileged group.
 check_rights() {
-  local tag sub c1 c2
+  local tag sub
   tag=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
   sub="OU=selftest-$tag,$OU_DN"
   contact_cycle() { # PARENT

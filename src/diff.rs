@@ -1,0 +1,359 @@
+//! Stage 4, diff: compares each mapped object with the snapshot and plans
+//! the change that brings the target in line: add, update (rename and/or
+//! modify), delete, or a conflict / rejection that is only reported.
+//!
+//! Entries arrive one at a time and each is planned as it arrives; only the
+//! set of anchors seen and the names claimed in this run are kept, so memory
+//! does not hold a second copy of the directory.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use crate::journal::{AttrChange, Counts};
+use crate::map::Mapping;
+use crate::scope::Verdict;
+use crate::snapshot::{Attrs, ObjectRow, Snapshot, StateError};
+
+/// A planned change for one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub anchor: String,
+    pub reason: String,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Add {
+        after: ObjectRow,
+    },
+    /// A rename when the DN differs, a modify when attributes differ; both
+    /// may be needed. Neither means only the snapshot's bookkeeping changes
+    /// (organisation or agreements), with no write to the target.
+    Update {
+        before: ObjectRow,
+        after: ObjectRow,
+    },
+    Delete {
+        before: ObjectRow,
+    },
+    /// The object would collide with something absync does not own.
+    Conflict {
+        dn: String,
+        with: String,
+        what: String,
+        agreements: Vec<String>,
+    },
+    /// The source entry cannot become an object.
+    Reject {
+        source_dn: String,
+        why: String,
+    },
+}
+
+impl Change {
+    pub fn is_rename(&self) -> bool {
+        matches!(&self.kind, Kind::Update { before, after } if !same_dn(&before.dn, &after.dn))
+    }
+
+    pub fn is_modify(&self) -> bool {
+        matches!(&self.kind, Kind::Update { before, after } if !attr_changes(&before.attrs, &after.attrs).is_empty())
+    }
+
+    /// True when the change writes nothing to the target.
+    pub fn is_bookkeeping(&self) -> bool {
+        matches!(self.kind, Kind::Update { .. }) && !self.is_rename() && !self.is_modify()
+    }
+}
+
+pub fn same_dn(a: &str, b: &str) -> bool {
+    crate::dn::normalize(a) == crate::dn::normalize(b)
+}
+
+fn sorted(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+/// Per attribute, old and new values where they differ (as sets).
+pub fn attr_changes(before: &Attrs, after: &Attrs) -> BTreeMap<String, AttrChange> {
+    let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let empty = Vec::new();
+    keys.into_iter()
+        .filter_map(|k| {
+            let old = before.get(k).unwrap_or(&empty);
+            let new = after.get(k).unwrap_or(&empty);
+            (sorted(old) != sorted(new)).then(|| {
+                (
+                    k.clone(),
+                    AttrChange {
+                        old: old.clone(),
+                        new: new.clone(),
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+/// Objects in the managed OU that absync does not own, found by one search
+/// at the start of a run.
+#[derive(Debug, Default, Clone)]
+pub struct Unowned {
+    /// Normalised DN → DN as the target spells it.
+    pub dns: HashMap<String, String>,
+    /// Lower-case mail → DN.
+    pub mails: HashMap<String, String>,
+}
+
+pub struct Planner<'a> {
+    snapshot: &'a Snapshot,
+    mapping: &'a Mapping,
+    target_base: String,
+    unowned: Unowned,
+    /// Normalised DN → anchor, for names claimed by adds and renames this run.
+    claimed: HashMap<String, String>,
+    seen: HashSet<String>,
+    /// Why an anchor was seen but not held (leaver, left scope).
+    not_held: HashMap<String, String>,
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(
+        snapshot: &'a Snapshot,
+        mapping: &'a Mapping,
+        target_base: &str,
+        unowned: Unowned,
+    ) -> Self {
+        Planner {
+            snapshot,
+            mapping,
+            target_base: target_base.to_string(),
+            unowned,
+            claimed: HashMap::new(),
+            seen: HashSet::new(),
+            not_held: HashMap::new(),
+        }
+    }
+
+    fn dn_for(&self, rdn_value: &str) -> String {
+        format!(
+            "{}={},{}",
+            self.mapping.rdn_attribute,
+            crate::dn::escape_value(rdn_value),
+            self.target_base
+        )
+    }
+
+    /// Whether a name is free for `anchor`: not held by another managed
+    /// object, not claimed by another in this run.
+    fn free_for(&self, dn: &str, anchor: &str) -> Result<bool, StateError> {
+        let norm = crate::dn::normalize(dn);
+        if let Some(holder) = self.claimed.get(&norm) {
+            return Ok(holder == anchor);
+        }
+        Ok(match self.snapshot.holder_of(dn)? {
+            Some(holder) => holder == anchor,
+            None => true,
+        })
+    }
+
+    /// Plans one source entry. `None` when nothing needs doing.
+    pub fn plan(
+        &mut self,
+        verdict: Verdict,
+        counts: &mut Counts,
+    ) -> Result<Option<Change>, StateError> {
+        let (entry, agreements) = match verdict {
+            Verdict::Hold {
+                entry,
+                agreements,
+                dropped,
+            } => {
+                counts.dropped_attributes += dropped as u64;
+                (entry, agreements)
+            }
+            Verdict::Leaver { anchor, .. } => {
+                counts.leavers += 1;
+                self.not_held.insert(anchor, "leaver".into());
+                return Ok(None);
+            }
+            Verdict::OutOfScope { anchor, .. } => {
+                counts.out_of_scope += 1;
+                self.not_held.insert(anchor, "left scope".into());
+                return Ok(None);
+            }
+            Verdict::Invalid { dn, reason } => {
+                counts.rejected += 1;
+                return Ok(Some(Change {
+                    anchor: String::new(),
+                    reason: "invalid entry".into(),
+                    kind: Kind::Reject {
+                        source_dn: dn,
+                        why: reason,
+                    },
+                }));
+            }
+        };
+        counts.in_scope += 1;
+        if !self.seen.insert(entry.anchor.clone()) {
+            counts.rejected += 1;
+            return Ok(Some(Change {
+                anchor: entry.anchor.clone(),
+                reason: "invalid entry".into(),
+                kind: Kind::Reject {
+                    source_dn: entry.dn,
+                    why: "another source entry has the same anchor".into(),
+                },
+            }));
+        }
+        let agreements: Vec<String> = agreements.into_iter().collect();
+        let mapped = match self.mapping.map(&entry) {
+            Ok(m) => m,
+            Err(why) => {
+                counts.rejected += 1;
+                return Ok(Some(Change {
+                    anchor: entry.anchor,
+                    reason: "invalid entry".into(),
+                    kind: Kind::Reject {
+                        source_dn: entry.dn,
+                        why,
+                    },
+                }));
+            }
+        };
+        let before = self.snapshot.get(&entry.anchor)?;
+
+        // The name: keep the current one while it is still one of this
+        // entry's candidates; otherwise the first candidate that is free.
+        let candidates: Vec<String> = mapped
+            .rdn_candidates
+            .iter()
+            .map(|c| self.dn_for(c))
+            .collect();
+        let current = before
+            .as_ref()
+            .and_then(|b| candidates.iter().find(|c| same_dn(c, &b.dn)).cloned());
+        let dn = match current {
+            Some(dn) => before.as_ref().map(|b| b.dn.clone()).unwrap_or(dn),
+            None => {
+                let mut chosen = None;
+                for c in &candidates {
+                    if self.free_for(c, &entry.anchor)? {
+                        chosen = Some(c.clone());
+                        break;
+                    }
+                }
+                match chosen {
+                    Some(dn) => dn,
+                    None => {
+                        counts.rejected += 1;
+                        return Ok(Some(Change {
+                            anchor: entry.anchor,
+                            reason: "invalid entry".into(),
+                            kind: Kind::Reject {
+                                source_dn: entry.dn,
+                                why: "every candidate name is taken; add a tie-breaker with {anchor} to the mapping".into(),
+                            },
+                        }));
+                    }
+                }
+            }
+        };
+        let norm = crate::dn::normalize(&dn);
+        let is_new_name = before.as_ref().is_none_or(|b| !same_dn(&b.dn, &dn));
+        if is_new_name {
+            if let Some(other) = self.unowned.dns.get(&norm) {
+                counts.conflicts += 1;
+                return Ok(Some(Change {
+                    anchor: entry.anchor,
+                    reason: "conflict".into(),
+                    kind: Kind::Conflict {
+                        dn: dn.clone(),
+                        with: other.clone(),
+                        what: "an object absync does not own already has this name".into(),
+                        agreements,
+                    },
+                }));
+            }
+        }
+        if before.is_none() {
+            for mail in mapped.attrs.get("mail").into_iter().flatten() {
+                if let Some(other) = self.unowned.mails.get(&mail.to_lowercase()) {
+                    counts.conflicts += 1;
+                    return Ok(Some(Change {
+                        anchor: entry.anchor,
+                        reason: "conflict".into(),
+                        kind: Kind::Conflict {
+                            dn,
+                            with: other.clone(),
+                            what: format!("an object absync does not own already has mail {mail}"),
+                            agreements,
+                        },
+                    }));
+                }
+            }
+        }
+        if is_new_name {
+            self.claimed.insert(norm, entry.anchor.clone());
+        }
+        let after = ObjectRow {
+            anchor: entry.anchor.clone(),
+            dn,
+            org: entry.org.clone(),
+            agreements,
+            attrs: mapped.attrs,
+        };
+        Ok(match before {
+            None => Some(Change {
+                anchor: entry.anchor,
+                reason: "new entry".into(),
+                kind: Kind::Add { after },
+            }),
+            Some(before) if before == after => None,
+            Some(before) => {
+                let reason = if !same_dn(&before.dn, &after.dn) {
+                    "renamed in source"
+                } else if !attr_changes(&before.attrs, &after.attrs).is_empty() {
+                    "attributes changed"
+                } else {
+                    "scope changed"
+                };
+                Some(Change {
+                    anchor: entry.anchor,
+                    reason: reason.into(),
+                    kind: Kind::Update { before, after },
+                })
+            }
+        })
+    }
+
+    /// Managed objects not seen in this run's pull, each with the reason
+    /// known so far: from the pull itself (leaver, left scope) or from the
+    /// agreements (agreement expired, organisation removed). `None` means
+    /// the source must be asked.
+    pub fn unseen(
+        &self,
+        agreements: &crate::agreements::Agreements,
+    ) -> Result<Vec<(ObjectRow, Option<String>)>, StateError> {
+        let grants = agreements.grants();
+        let mut out = Vec::new();
+        self.snapshot.for_each(|row| {
+            if self.seen.contains(&row.anchor) {
+                return Ok(());
+            }
+            let reason = if !grants.contains_key(&row.org) {
+                Some(
+                    agreements
+                        .why_out_of_scope(&row.org, &row.agreements)
+                        .to_string(),
+                )
+            } else {
+                self.not_held.get(&row.anchor).cloned()
+            };
+            out.push((row, reason));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,345 @@
+//! The local state: a SQLite database (WAL) in the state directory holding
+//! the snapshot of what absync last wrote to the target, the write-ahead
+//! intents of changes in flight, and (see [`crate::journal`]) the runs and
+//! the journal.
+//!
+//! **Invariant:** an object's snapshot row changes only after the target
+//! accepted the change, in the same transaction as its journal record. An
+//! intent row is committed *before* each write, so after a crash (kill -9)
+//! the next run can look at the target and record what really happened.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+pub type Attrs = BTreeMap<String, Vec<String>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state database {path}: {source}")]
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state database {path} was written by a newer absync (schema {found}, this one knows {known})")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("state database: corrupt row for {anchor}: {detail}")]
+    Corrupt { anchor: String, detail: String },
+}
+
+/// One object absync created and manages in the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRow {
+    pub anchor: String,
+    pub dn: String,
+    pub org: String,
+    pub agreements: Vec<String>,
+    /// The managed attributes as the target accepted them.
+    pub attrs: Attrs,
+}
+
+/// A write about to be sent to the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub anchor: String,
+    pub run_id: i64,
+    /// add, update or delete
+    pub op: String,
+    /// The object before the change (none for an add).
+    pub before: Option<ObjectRow>,
+    /// The object after the change (none for a delete).
+    pub after: Option<ObjectRow>,
+    pub reason: String,
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE objects (
+    anchor     TEXT PRIMARY KEY,
+    dn         TEXT NOT NULL,
+    dn_norm    TEXT NOT NULL UNIQUE,
+    org        TEXT NOT NULL,
+    agreements TEXT NOT NULL,
+    attrs      TEXT NOT NULL,
+    run_id     INTEGER NOT NULL
+);
+CREATE INDEX objects_org ON objects(org);
+CREATE TABLE intents (
+    anchor  TEXT PRIMARY KEY,
+    payload TEXT NOT NULL
+);
+CREATE TABLE runs (
+    id          INTEGER PRIMARY KEY,
+    started_at  TEXT NOT NULL,
+    ended_at    TEXT,
+    mode        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    counts      TEXT,
+    config_hash TEXT NOT NULL,
+    unix_user   TEXT NOT NULL
+);
+CREATE TABLE journal (
+    id         INTEGER PRIMARY KEY,
+    run_id     INTEGER NOT NULL,
+    at         TEXT NOT NULL,
+    anchor     TEXT,
+    dn         TEXT,
+    old_dn     TEXT,
+    op         TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    agreements TEXT NOT NULL,
+    changes    TEXT NOT NULL,
+    error      TEXT
+);
+CREATE INDEX journal_run ON journal(run_id);
+CREATE INDEX journal_anchor ON journal(anchor);
+";
+
+/// The state database.
+pub struct Snapshot {
+    pub(crate) conn: Connection,
+    pub path: PathBuf,
+}
+
+impl Snapshot {
+    /// Opens (creating if needed) the state database in `dir`.
+    pub fn open(dir: &Path) -> Result<Snapshot, StateError> {
+        let derr = |source| StateError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(derr)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Personal data: readable by absync's user only.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(derr)?;
+        }
+        let path = dir.join("absync.db");
+        let db = |source| StateError::Db {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db)?;
+        // WAL + synchronous=NORMAL: a commit survives the process being
+        // killed at any point (it is in the WAL before commit returns).
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db)?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::TooNew {
+                path,
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if version == 0 {
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(db)?;
+        }
+        Ok(Snapshot { conn, path })
+    }
+
+    pub(crate) fn db_err(&self, source: rusqlite::Error) -> StateError {
+        StateError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn row_to_object(
+        anchor: String,
+        dn: String,
+        org: String,
+        agreements: String,
+        attrs: String,
+    ) -> Result<ObjectRow, StateError> {
+        let corrupt = |e: serde_json::Error| StateError::Corrupt {
+            anchor: anchor.clone(),
+            detail: e.to_string(),
+        };
+        Ok(ObjectRow {
+            agreements: serde_json::from_str(&agreements).map_err(corrupt)?,
+            attrs: serde_json::from_str(&attrs).map_err(corrupt)?,
+            anchor,
+            dn,
+            org,
+        })
+    }
+
+    /// The object held for an anchor.
+    pub fn get(&self, anchor: &str) -> Result<Option<ObjectRow>, StateError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT anchor, dn, org, agreements, attrs FROM objects WHERE anchor = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([anchor], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .optional()
+            })
+            .map_err(|e| self.db_err(e))?;
+        row.map(|(a, d, o, g, t)| Self::row_to_object(a, d, o, g, t))
+            .transpose()
+    }
+
+    /// The anchor of the managed object holding a DN, if any.
+    pub fn holder_of(&self, dn: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .prepare_cached("SELECT anchor FROM objects WHERE dn_norm = ?1")
+            .and_then(|mut s| {
+                s.query_row([crate::dn::normalize(dn)], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.db_err(e))
+    }
+
+    pub fn count(&self) -> Result<u64, StateError> {
+        self.conn
+            .query_row("SELECT count(*) FROM objects", [], |r| r.get::<_, i64>(0))
+            .map(|n| n.unsigned_abs())
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Calls `f` for every managed object (in anchor order).
+    pub fn for_each(
+        &self,
+        mut f: impl FnMut(ObjectRow) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT anchor, dn, org, agreements, attrs FROM objects ORDER BY anchor")
+            .map_err(|e| self.db_err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .map_err(|e| self.db_err(e))?;
+        for row in rows {
+            let (a, d, o, g, t) = row.map_err(|e| self.db_err(e))?;
+            f(Self::row_to_object(a, d, o, g, t)?)?;
+        }
+        Ok(())
+    }
+
+    /// Commits an intent before the write it describes is sent.
+    pub fn record_intent(&self, intent: &Intent) -> Result<(), StateError> {
+        let payload = serde_json::to_string(intent).map_err(|e| StateError::Corrupt {
+            anchor: intent.anchor.clone(),
+            detail: e.to_string(),
+        })?;
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO intents (anchor, payload) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![intent.anchor, payload]))
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    pub fn clear_intent(&self, anchor: &str) -> Result<(), StateError> {
+        self.conn
+            .prepare_cached("DELETE FROM intents WHERE anchor = ?1")
+            .and_then(|mut s| s.execute([anchor]))
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    /// Intents left by an interrupted run.
+    pub fn intents(&self) -> Result<Vec<Intent>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT anchor, payload FROM intents ORDER BY anchor")
+            .map_err(|e| self.db_err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (anchor, payload) = row.map_err(|e| self.db_err(e))?;
+            out.push(
+                serde_json::from_str(&payload).map_err(|e| StateError::Corrupt {
+                    anchor,
+                    detail: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Records, in one transaction, the target's acceptance of a change:
+    /// the object's new row (or its removal), the journal records, and the
+    /// end of its intent.
+    pub fn commit(
+        &self,
+        anchor: &str,
+        after: Option<&ObjectRow>,
+        run_id: i64,
+        records: &[crate::journal::Record],
+    ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let db = |source| StateError::Db {
+            path: path.clone(),
+            source,
+        };
+        // unchecked: callers never nest transactions on this connection.
+        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        match after {
+            Some(o) => {
+                let agreements = serde_json::to_string(&o.agreements).unwrap_or_default();
+                let attrs = serde_json::to_string(&o.attrs).unwrap_or_default();
+                tx.prepare_cached(
+                    "INSERT INTO objects (anchor, dn, dn_norm, org, agreements, attrs, run_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT(anchor) DO UPDATE SET dn = ?2, dn_norm = ?3, org = ?4,
+                       agreements = ?5, attrs = ?6, run_id = ?7",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        o.anchor,
+                        o.dn,
+                        crate::dn::normalize(&o.dn),
+                        o.org,
+                        agreements,
+                        attrs,
+                        run_id
+                    ])
+                })
+                .map_err(db)?;
+            }
+            None => {
+                tx.prepare_cached("DELETE FROM objects WHERE anchor = ?1")
+                    .and_then(|mut s| s.execute([anchor]))
+                    .map_err(db)?;
+            }
+        }
+        for r in records {
+            crate::journal::append(&tx, r).map_err(db)?;
+        }
+        tx.prepare_cached("DELETE FROM intents WHERE anchor = ?1")
+            .and_then(|mut s| s.execute([anchor]))
+            .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+}
