@@ -23,7 +23,8 @@
 # fixed: 389, 636, 3268, 3269).
 #
 # stop signals only the process group of the PID in DIR's pid file and leaves
-# DIR in place.
+# DIR in place. The one file outside DIR is an empty lock file,
+# ${TMPDIR:-/tmp}/absync-target-ip.lock, that serialises address picking.
 set -Eeuo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # Say which step failed, with the chain of calls (set -E: also in functions).
@@ -233,10 +234,11 @@ EOF
   # Globals: the EXIT trap runs after start's locals are gone.
   FAIL_DIR=$dir FAIL_LOG=$log
   trap on_start_failure EXIT
+  trap 'exit 130' INT; trap 'exit 143' TERM   # so that EXIT runs on Ctrl-C/kill
 
   # stdio to files: the daemon must not hold the caller's pipes open; the lock
-  # fd is not inherited.
-  samba -D -s "$conf" </dev/null >>"$sam/log/samba.stdout" 2>&1 {lockfd}>&- \
+  # fd is not inherited; its working directory is in DIR, not the caller's.
+  (cd "$sam" && exec samba -D -s "$conf") </dev/null >>"$sam/log/samba.stdout" 2>&1 {lockfd}>&- \
     || die "samba -D failed to start"
 
   # 3. Wait until LDAPS answers a rootDSE query with certificate verification
@@ -342,7 +344,7 @@ TARGET_PID='$pid'
 TARGET_EXCHANGE_SCHEMA='$exchange'
 TARGET_SAM_LDB='$sam/private/sam.ldb'
 EOF
-  trap - EXIT
+  trap - EXIT INT TERM
   local t_end; t_end=$(now)
   echo "target: Samba AD DC $HOST ready (pid $pid)"
   echo "  url:     $url"

@@ -4,6 +4,7 @@
 // Not every test module uses every helper.
 #![allow(dead_code)]
 
+pub mod env;
 pub mod testbed;
 
 pub use testbed::testbed;

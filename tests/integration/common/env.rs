@@ -1,0 +1,246 @@
+//! A sync environment of one test's own: a source subtree, a target OU, a
+//! state directory, agreements and a config file, and ways to run the
+//! `absync` binary and to look at AD independently of absync.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use absync::ldap::Conn;
+use ldap3::Scope;
+
+use super::testbed::{repo_root, Testbed};
+
+pub struct SyncEnv {
+    pub tb: &'static Testbed,
+    /// Source subtree (holds ou=People and ou=Organisations).
+    pub source_base: String,
+    pub target_ou: String,
+    pub dir: PathBuf,
+    pub seed: u64,
+    pub people: u32,
+    pub orgs: u32,
+}
+
+/// What `absync` printed and returned.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// An object in AD as an independent search sees it.
+pub type Objects = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
+impl SyncEnv {
+    /// Generates `people` over `orgs` into a fresh source subtree, makes a
+    /// fresh target OU, and writes a config using `mapping`.
+    pub async fn new(name: &str, seed: u64, people: u32, orgs: u32, mapping: &str) -> SyncEnv {
+        let tb = super::testbed();
+        let source_base = tb.new_source_subtree(name, seed, people, orgs);
+        let target_ou = tb.new_target_ou(name).await;
+        let dir = std::env::temp_dir().join(super::unique(&format!("absync-{name}")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let env = SyncEnv {
+            tb,
+            source_base,
+            target_ou,
+            dir,
+            seed,
+            people,
+            orgs,
+        };
+        env.write_config(mapping, "");
+        env
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("absync.toml")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// (Re)writes the config; `extra_source` is appended to [source].
+    pub fn write_config(&self, mapping: &str, extra_source: &str) {
+        let tb = self.tb;
+        let text = format!(
+            r#"[source]
+url = "{}"
+bind_dn = "{}"
+password_file = "{}"
+ca_file = "{}"
+base_dn = "ou=People,{}"
+filter = "(&(objectClass=nhsPerson)(!(nhsEntryStatus=leaver)))"
+org_attribute = "nhsOdsCode"
+anchor_attribute = "entryUUID"
+page_size = 200
+{extra_source}
+
+[target]
+url = "{}"
+bind_dn = "{}"
+password_file = "{}"
+ca_file = "{}"
+base_dn = "{}"
+anchor_attribute = "adminDescription"
+
+[mapping]
+file = "{}"
+
+[agreements]
+file = "agreements.toml"
+
+[state]
+dir = "state"
+"#,
+            tb.get("SOURCE_URL"),
+            tb.get("SOURCE_SYNC_DN"),
+            tb.get("SOURCE_SYNC_PASSWORD_FILE"),
+            tb.get("SOURCE_CA"),
+            self.source_base,
+            tb.get("TARGET_URL"),
+            tb.get("TARGET_SVC_DN"),
+            tb.get("TARGET_SVC_PASSWORD_FILE"),
+            tb.get("TARGET_CA"),
+            self.target_ou,
+            repo_root().join("mappings").join(mapping).display(),
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// The generated organisations' ODS codes, in generation order.
+    pub fn org_codes(&self) -> Vec<String> {
+        let out = Command::new("python3")
+            .arg(repo_root().join("tests/testbed/nhsgen.py"))
+            .args(["orgs", "--seed", &self.seed.to_string()])
+            .args(["--orgs", &self.orgs.to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.split('\t').next().unwrap().to_string())
+            .collect()
+    }
+
+    /// Writes the agreements file: one agreement per (id, orgs, attrs, from, until).
+    pub fn write_agreements(&self, agreements: &[(&str, &[String], &[&str], &str, &str)]) {
+        let mut text = String::new();
+        for (id, orgs, attrs, from, until) in agreements {
+            text.push_str(&format!(
+                "[[agreement]]\nid = \"{id}\"\ntitle = \"test agreement {id}\"\norganisations = {orgs:?}\nattributes = {attrs:?}\nvalid_from = {from}\nvalid_until = {until}\n\n"
+            ));
+        }
+        std::fs::write(self.dir.join("agreements.toml"), text).unwrap();
+    }
+
+    /// Runs the absync binary with this environment's config.
+    pub fn absync(&self, args: &[&str]) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_absync"))
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .env("ABSYNC_LOG", "warn")
+            .output()
+            .expect("run absync");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs `absync sync` and asserts it succeeded.
+    pub fn sync_ok(&self) -> Run {
+        let r = self.absync(&["sync"]);
+        assert_eq!(r.code, 0, "absync sync failed: {r:?}");
+        r
+    }
+
+    /// Every object in the test's OU (not the OU itself), read as the
+    /// domain administrator: DN → attribute (lower-case) → values.
+    pub async fn ad_objects(&self) -> Objects {
+        let mut admin = Conn::connect(&self.tb.target_admin()).await.unwrap();
+        let mut s = admin
+            .paged_search(
+                &self.target_ou,
+                Scope::OneLevel,
+                "(objectClass=*)",
+                vec!["*".into()],
+                500,
+            )
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        while let Some(e) = s.next().await.unwrap() {
+            let attrs = e
+                .attrs
+                .into_iter()
+                .map(|(k, v)| (k.to_lowercase(), v))
+                .collect();
+            out.insert(e.dn, attrs);
+        }
+        s.finish().await.unwrap();
+        out
+    }
+
+    /// People in the source subtree, read as the rootDN: entryUUID → attrs.
+    pub async fn source_people(&self, filter: &str) -> Objects {
+        let mut admin = Conn::connect(&self.tb.source_admin()).await.unwrap();
+        let mut s = admin
+            .paged_search(
+                &format!("ou=People,{}", self.source_base),
+                Scope::OneLevel,
+                filter,
+                vec!["*".into(), "entryUUID".into()],
+                500,
+            )
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        while let Some(e) = s.next().await.unwrap() {
+            let mut attrs: BTreeMap<String, Vec<String>> = e
+                .attrs
+                .into_iter()
+                .map(|(k, v)| (k.to_lowercase(), v))
+                .collect();
+            attrs.insert("dn".into(), vec![e.dn]);
+            let uuid = attrs["entryuuid"][0].clone();
+            out.insert(uuid, attrs);
+        }
+        s.finish().await.unwrap();
+        out
+    }
+
+    /// The highest USN Samba has committed: unchanged means no write.
+    pub async fn ad_usn(&self) -> u64 {
+        let mut admin = Conn::connect(&self.tb.target_admin()).await.unwrap();
+        let e = admin
+            .read("", &["highestCommittedUSN"])
+            .await
+            .unwrap()
+            .unwrap();
+        e.attrs["highestCommittedUSN"][0].parse().unwrap()
+    }
+
+    /// Applies LDIF to the source as the rootDN.
+    pub fn change_source(&self, ldif: &str) {
+        self.tb.ldapmodify_source(ldif.as_bytes(), false);
+    }
+
+    pub fn snapshot(&self) -> absync::snapshot::Snapshot {
+        absync::snapshot::Snapshot::open(&self.state_dir()).unwrap()
+    }
+}
+
+/// The anchor absync wrote on an AD object.
+pub fn anchor_of(attrs: &BTreeMap<String, Vec<String>>) -> Option<String> {
+    attrs
+        .get("admindescription")
+        .and_then(|v| v.first())
+        .and_then(|v| v.strip_prefix("absync:"))
+        .map(str::to_string)
+}

@@ -1,0 +1,249 @@
+//! The sync engine end to end: slapd → absync → Samba AD, checked with
+//! independent searches of AD and with the journal.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::common::env::{anchor_of, Objects, SyncEnv};
+
+const ALL_ATTRS: &[&str] = &[
+    "givenName",
+    "sn",
+    "cn",
+    "displayName",
+    "mail",
+    "title",
+    "telephoneNumber",
+    "mobile",
+    "nhsWorkArea",
+    "nhsJobRole",
+    "employeeNumber",
+];
+
+fn day(offset: i64) -> String {
+    (absync::agreements::today() + time::Duration::days(offset)).to_string()
+}
+
+/// AD objects owned by absync, by anchor. Fails on a duplicate anchor.
+fn by_anchor(objects: &Objects) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+    let mut out = BTreeMap::new();
+    for (dn, attrs) in objects {
+        if let Some(a) = anchor_of(attrs) {
+            let mut attrs = attrs.clone();
+            attrs.insert("dn".into(), vec![dn.clone()]);
+            assert!(
+                out.insert(a.clone(), attrs).is_none(),
+                "duplicate anchor {a}"
+            );
+        }
+    }
+    out
+}
+
+fn summary_line<'a>(r: &'a crate::common::env::Run, word: &str) -> &'a str {
+    r.stderr
+        .lines()
+        .find(|l| l.contains(word))
+        .unwrap_or_else(|| panic!("no summary line with {word:?} in {r:?}"))
+}
+
+#[tokio::test]
+async fn initial_sync_lands_exactly_the_authorised_entries_then_a_rerun_writes_nothing() {
+    let env = SyncEnv::new("initial", 21, 1500, 20, "nhs-to-ad-contact.toml").await;
+    let orgs = env.org_codes();
+    let covered: Vec<String> = orgs[..8].to_vec();
+    // No phone numbers under this agreement.
+    let attrs: Vec<&str> = ALL_ATTRS
+        .iter()
+        .copied()
+        .filter(|a| *a != "telephoneNumber" && *a != "mobile")
+        .collect();
+    env.write_agreements(&[("DSA-T-001", &covered, &attrs, &day(-30), &day(30))]);
+
+    let check = env.absync(&["check"]);
+    assert_eq!(check.code, 0, "{check:?}");
+    let run = env.sync_ok();
+
+    // Independent view of the source: active people in covered orgs.
+    let source = env.source_people("(objectClass=nhsPerson)").await;
+    let expected: BTreeSet<String> = source
+        .iter()
+        .filter(|(_, a)| covered.contains(&a["nhsodscode"][0]))
+        .filter(|(_, a)| a["nhsentrystatus"][0] != "leaver")
+        .map(|(u, _)| u.clone())
+        .collect();
+    assert!(expected.len() > 300, "enough test data: {}", expected.len());
+
+    let ad = by_anchor(&env.ad_objects().await);
+    let landed: BTreeSet<String> = ad.keys().cloned().collect();
+    assert_eq!(landed, expected, "exactly the authorised people");
+    for (anchor, attrs) in &ad {
+        let src = &source[anchor];
+        assert!(
+            !attrs.contains_key("telephonenumber"),
+            "no phones: {attrs:?}"
+        );
+        assert!(!attrs.contains_key("mobile"), "no mobiles: {attrs:?}");
+        assert_eq!(attrs["objectclass"].last().unwrap(), "contact");
+        if let Some(mail) = src.get("mail") {
+            assert_eq!(attrs["mail"], vec![mail[0].to_lowercase()]);
+        }
+        assert_eq!(attrs["sn"], vec![src["sn"][0].trim().to_string()]);
+        assert!(attrs["title"][0].chars().count() <= 128);
+    }
+    assert!(
+        summary_line(&run, "added").contains(&format!("added {}", expected.len())),
+        "{run:?}"
+    );
+
+    // A second run with no source change makes zero writes to AD.
+    let usn = env.ad_usn().await;
+    let again = env.sync_ok();
+    assert!(
+        summary_line(&again, "added").contains("added 0, modified 0, renamed 0, deleted 0"),
+        "{again:?}"
+    );
+    assert_eq!(env.ad_usn().await, usn, "AD's highestCommittedUSN moved");
+    let snap = env.snapshot();
+    let runs = snap.runs(10).unwrap();
+    assert_eq!(runs[0].status, "ok");
+    assert!(snap.records(runs[0].id).unwrap().is_empty());
+    let first = snap.records(runs[1].id).unwrap();
+    assert_eq!(first.len(), expected.len());
+    assert!(first
+        .iter()
+        .all(|r| r.op == "add" && r.outcome == "applied" && r.reason == "new entry"));
+    assert!(first.iter().all(|r| r.agreements == vec!["DSA-T-001"]));
+    assert!(first
+        .iter()
+        .all(|r| r.changes.contains_key("mail") || r.changes.contains_key("sn")));
+}
+
+#[tokio::test]
+async fn source_changes_become_modifies_renames_adds_and_deletes_with_reasons() {
+    let env = SyncEnv::new("changes", 22, 120, 4, "nhs-to-ad-contact.toml").await;
+    let orgs = env.org_codes();
+    let covered = orgs[..3].to_vec();
+    let outside = orgs[3].clone();
+    env.write_agreements(&[("DSA-T-002", &covered, ALL_ATTRS, &day(-1), &day(1))]);
+    env.sync_ok();
+
+    let source = env.source_people("(objectClass=nhsPerson)").await;
+    let ad = by_anchor(&env.ad_objects().await);
+    let mut held: Vec<&String> = ad.keys().collect();
+    held.sort();
+    let dn_of = |a: &String| source[a]["dn"][0].clone();
+    let (modified, renamed, deleted, leaver, moved) = (held[0], held[1], held[2], held[3], held[4]);
+    let new_uid = format!("new{}", std::process::id());
+    env.change_source(&format!(
+        "dn: {}\nchangetype: modify\nreplace: title\ntitle: Chief Clinical Information Officer\n-\n\n\
+         dn: {}\nchangetype: modify\nreplace: sn\nsn: Ó Súilleabháin\n-\nreplace: displayName\ndisplayName: Renamed Ó Súilleabháin\n-\n\n\
+         dn: {}\nchangetype: delete\n\n\
+         dn: {}\nchangetype: modify\nreplace: nhsEntryStatus\nnhsEntryStatus: leaver\n-\n\n\
+         dn: {}\nchangetype: modify\nreplace: nhsOdsCode\nnhsOdsCode: {outside}\n-\n\n\
+         dn: uid={new_uid},ou=People,{}\nchangetype: add\nobjectClass: inetOrgPerson\nobjectClass: nhsPerson\nuid: {new_uid}\ncn: Ffion Newydd\nsn: Newydd\ngivenName: Ffion\nmail: ffion.newydd@nhs.net\nnhsOdsCode: {}\nnhsEntryStatus: active\n\n",
+        dn_of(modified),
+        dn_of(renamed),
+        dn_of(deleted),
+        dn_of(leaver),
+        dn_of(moved),
+        env.source_base,
+        covered[0],
+    ));
+    let run = env.sync_ok();
+    assert!(
+        summary_line(&run, "added").contains("added 1, modified 2, renamed 1, deleted 3"),
+        "{run:?}"
+    );
+
+    let after = by_anchor(&env.ad_objects().await);
+    assert_eq!(
+        after[modified]["title"],
+        vec!["Chief Clinical Information Officer"]
+    );
+    let r = &after[renamed];
+    assert!(r["dn"][0].contains("Súilleabháin"), "{r:?}");
+    assert_eq!(r["sn"], vec!["Ó Súilleabháin"]);
+    for gone in [deleted, leaver, moved] {
+        assert!(!after.contains_key(gone));
+    }
+    assert!(after
+        .values()
+        .any(|a| a.get("mail") == Some(&vec!["ffion.newydd@nhs.net".to_string()])));
+
+    let snap = env.snapshot();
+    let run_id = snap.runs(1).unwrap()[0].id;
+    let records = snap.records(run_id).unwrap();
+    let reason = |anchor: &String, op: &str| {
+        records
+            .iter()
+            .find(|r| r.anchor.as_ref() == Some(anchor) && r.op == op)
+            .map(|r| r.reason.clone())
+            .unwrap_or_else(|| panic!("no {op} for {anchor} in {records:#?}"))
+    };
+    assert_eq!(reason(deleted, "delete"), "deleted from source");
+    assert_eq!(reason(leaver, "delete"), "leaver");
+    assert_eq!(reason(moved, "delete"), "left scope");
+    assert_eq!(reason(renamed, "rename"), "renamed in source");
+    let m = records
+        .iter()
+        .find(|r| r.anchor.as_ref() == Some(modified) && r.op == "modify")
+        .unwrap();
+    assert_eq!(
+        m.changes["title"].new,
+        vec!["Chief Clinical Information Officer"]
+    );
+    assert!(!m.changes["title"].old.is_empty());
+}
+
+#[tokio::test]
+async fn agreement_changes_remove_organisations_attributes_and_everything_on_expiry() {
+    let env = SyncEnv::new("agreements", 23, 150, 4, "nhs-to-ad-contact.toml").await;
+    let orgs = env.org_codes();
+    let a_orgs = orgs[..2].to_vec();
+    let b_orgs = orgs[2..3].to_vec();
+    env.write_agreements(&[
+        ("DSA-A", &a_orgs, ALL_ATTRS, &day(-10), &day(10)),
+        ("DSA-B", &b_orgs, ALL_ATTRS, &day(-10), &day(10)),
+    ]);
+    env.sync_ok();
+    let before = by_anchor(&env.ad_objects().await);
+    let org_of = |attrs: &BTreeMap<String, Vec<String>>| attrs["company"][0].replace("NHS ", "");
+    assert!(before.values().any(|a| org_of(a) == orgs[1]));
+    assert!(before.values().any(|a| a.contains_key("telephonenumber")));
+
+    // Organisation removed from A, telephoneNumber dropped from A, B expired.
+    let fewer: Vec<&str> = ALL_ATTRS
+        .iter()
+        .copied()
+        .filter(|a| *a != "telephoneNumber")
+        .collect();
+    env.write_agreements(&[
+        ("DSA-A", &a_orgs[..1], &fewer, &day(-10), &day(10)),
+        ("DSA-B", &b_orgs, ALL_ATTRS, &day(-10), &day(-1)),
+    ]);
+    env.sync_ok();
+    let after = by_anchor(&env.ad_objects().await);
+    assert!(!after.is_empty());
+    assert!(
+        after.values().all(|a| org_of(a) == orgs[0]),
+        "only the first org remains"
+    );
+    assert!(after.values().all(|a| !a.contains_key("telephonenumber")));
+
+    let snap = env.snapshot();
+    let records = snap.records(snap.runs(1).unwrap()[0].id).unwrap();
+    let reasons: BTreeSet<&str> = records
+        .iter()
+        .filter(|r| r.op == "delete")
+        .map(|r| r.reason.as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        BTreeSet::from(["agreement expired", "organisation removed"])
+    );
+    assert!(records.iter().any(|r| r.op == "modify"
+        && r.changes
+            .get("telephoneNumber")
+            .is_some_and(|c| c.new.is_empty())));
+    assert_eq!(snap.count().unwrap() as usize, after.len());
+}
