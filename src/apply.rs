@@ -27,6 +27,15 @@ pub enum ApplyError {
     State(#[from] StateError),
 }
 
+/// A change the target refused, for the journal.
+struct Refused<'r> {
+    anchor: &'r str,
+    op: &'r str,
+    dn: &'r str,
+    reason: &'r str,
+    agreements: &'r [String],
+}
+
 pub struct Applier<'a> {
     pub conn: Conn,
     pub target: &'a TargetConfig,
@@ -240,17 +249,21 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// Journals a change the target refused; it is retried next run.
     fn failed(
         &self,
         snapshot: &Snapshot,
-        anchor: &str,
-        op: &str,
-        dn: &str,
-        reason: &str,
-        agreements: &[String],
+        what: Refused<'_>,
         err: &LdapError,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
+        let Refused {
+            anchor,
+            op,
+            dn,
+            reason,
+            agreements,
+        } = what;
         counts.failed += 1;
         let mut r = self.record(anchor, op, "failed", reason);
         r.dn = Some(dn.to_string());
@@ -318,11 +331,13 @@ impl<'a> Applier<'a> {
             }
             Err(e) if e.is_entry_level() => self.failed(
                 snapshot,
-                &anchor,
-                "add",
-                &after.dn,
-                reason,
-                &after.agreements,
+                Refused {
+                    anchor: &anchor,
+                    op: "add",
+                    dn: &after.dn,
+                    reason,
+                    agreements: &after.agreements,
+                },
                 &e,
                 counts,
             ),
@@ -383,11 +398,13 @@ impl<'a> Applier<'a> {
                 Err(e) if e.is_entry_level() => {
                     return self.failed(
                         snapshot,
-                        &anchor,
-                        "rename",
-                        &before.dn,
-                        reason,
-                        &after.agreements,
+                        Refused {
+                            anchor: &anchor,
+                            op: "rename",
+                            dn: &before.dn,
+                            reason,
+                            agreements: &after.agreements,
+                        },
                         &e,
                         counts,
                     );
@@ -412,11 +429,13 @@ impl<'a> Applier<'a> {
                     snapshot.commit(&anchor, Some(&now), self.run_id, &records)?;
                     return self.failed(
                         snapshot,
-                        &anchor,
-                        "modify",
-                        &now.dn,
-                        reason,
-                        &after.agreements,
+                        Refused {
+                            anchor: &anchor,
+                            op: "modify",
+                            dn: &now.dn,
+                            reason,
+                            agreements: &after.agreements,
+                        },
                         &e,
                         counts,
                     );
@@ -473,11 +492,13 @@ impl<'a> Applier<'a> {
             }
             Err(e) if e.is_entry_level() => self.failed(
                 snapshot,
-                &anchor,
-                "delete",
-                &dn,
-                reason,
-                &before.agreements,
+                Refused {
+                    anchor: &anchor,
+                    op: "delete",
+                    dn: &dn,
+                    reason,
+                    agreements: &before.agreements,
+                },
                 &e,
                 counts,
             ),

@@ -230,8 +230,7 @@ async fn service_account_is_refused_outside_its_ou() {
             ],
         )
         .await
-        .err()
-        .expect("write outside the OU must be refused");
+        .expect_err("write outside the OU must be refused");
     assert_eq!(err.result_code(), Some(50), "{err}");
     assert!(err.to_string().contains("insufficient access"), "{err}");
 }

@@ -30,6 +30,9 @@ pub struct Run {
     pub stderr: String,
 }
 
+/// One agreement for a test: id, organisations, attributes, from, until.
+pub type Agreement<'a> = (&'a str, &'a [String], &'a [&'a str], &'a str, &'a str);
+
 /// An object in AD as an independent search sees it.
 pub type Objects = BTreeMap<String, BTreeMap<String, Vec<String>>>;
 
@@ -127,7 +130,7 @@ dir = "state"
     }
 
     /// Writes the agreements file: one agreement per (id, orgs, attrs, from, until).
-    pub fn write_agreements(&self, agreements: &[(&str, &[String], &[&str], &str, &str)]) {
+    pub fn write_agreements(&self, agreements: &[Agreement<'_>]) {
         let mut text = String::new();
         for (id, orgs, attrs, from, until) in agreements {
             text.push_str(&format!(
