@@ -247,3 +247,36 @@ async fn agreement_changes_remove_organisations_attributes_and_everything_on_exp
             .is_some_and(|c| c.new.is_empty())));
     assert_eq!(snap.count().unwrap() as usize, after.len());
 }
+
+#[tokio::test]
+async fn mail_enabled_mapping_writes_exchange_routing_attributes() {
+    let env = SyncEnv::new("mailmap", 24, 60, 2, "nhs-to-ad-mail-contact.toml").await;
+    let orgs = env.org_codes();
+    env.write_agreements(&[("DSA-M", &orgs, ALL_ATTRS, &day(-1), &day(1))]);
+    env.sync_ok();
+    let source = env.source_people("(objectClass=nhsPerson)").await;
+    let ad = by_anchor(&env.ad_objects().await);
+    assert!(!ad.is_empty());
+    let mut with_mail = 0;
+    for (anchor, attrs) in &ad {
+        match source[anchor].get("mail") {
+            Some(mail) => {
+                with_mail += 1;
+                let mail = &mail[0];
+                assert_eq!(attrs["targetaddress"], vec![format!("SMTP:{mail}")]);
+                assert_eq!(attrs["proxyaddresses"], vec![format!("SMTP:{mail}")]);
+                let alias = &attrs["mailnickname"][0];
+                assert!(mail.starts_with(&format!("{alias}@")), "{alias} {mail}");
+            }
+            None => {
+                for a in ["targetaddress", "proxyaddresses", "mailnickname", "mail"] {
+                    assert!(
+                        !attrs.contains_key(a),
+                        "{a} without a source mail: {attrs:?}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(with_mail > 0);
+}
