@@ -16,7 +16,7 @@ pub enum Format {
 }
 
 /// One LDIF line (RFC 2849), base64 when the value is not a safe string.
-fn ldif_line(out: &mut String, attr: &str, value: &str) {
+pub fn ldif_line(out: &mut String, attr: &str, value: &str) {
     let b = value.as_bytes();
     let safe = b
         .iter()

@@ -1,6 +1,8 @@
 //! Integration tests against the real test bed (slapd and Samba AD).
 //! One binary with modules, so it compiles once.
 
+mod cli;
 mod common;
+mod robust;
 mod smoke;
 mod sync;

@@ -3,48 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::common::env::{anchor_of, Objects, SyncEnv};
-
-const ALL_ATTRS: &[&str] = &[
-    "givenName",
-    "sn",
-    "cn",
-    "displayName",
-    "mail",
-    "title",
-    "telephoneNumber",
-    "mobile",
-    "nhsWorkArea",
-    "nhsJobRole",
-    "employeeNumber",
-];
-
-fn day(offset: i64) -> String {
-    (absync::agreements::today() + time::Duration::days(offset)).to_string()
-}
-
-/// AD objects owned by absync, by anchor. Fails on a duplicate anchor.
-fn by_anchor(objects: &Objects) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
-    let mut out = BTreeMap::new();
-    for (dn, attrs) in objects {
-        if let Some(a) = anchor_of(attrs) {
-            let mut attrs = attrs.clone();
-            attrs.insert("dn".into(), vec![dn.clone()]);
-            assert!(
-                out.insert(a.clone(), attrs).is_none(),
-                "duplicate anchor {a}"
-            );
-        }
-    }
-    out
-}
-
-fn summary_line<'a>(r: &'a crate::common::env::Run, word: &str) -> &'a str {
-    r.stderr
-        .lines()
-        .find(|l| l.contains(word))
-        .unwrap_or_else(|| panic!("no summary line with {word:?} in {r:?}"))
-}
+use crate::common::check::*;
+use crate::common::env::SyncEnv;
 
 #[tokio::test]
 async fn initial_sync_lands_exactly_the_authorised_entries_then_a_rerun_writes_nothing() {
@@ -96,13 +56,13 @@ async fn initial_sync_lands_exactly_the_authorised_entries_then_a_rerun_writes_n
     );
 
     // A second run with no source change makes zero writes to AD.
-    let usn = env.ad_usn().await;
+    let before = env.ad_objects().await;
     let again = env.sync_ok();
     assert!(
-        summary_line(&again, "added").contains("added 0, modified 0, renamed 0, deleted 0"),
+        summary_line(&again, "added").contains(NO_WRITES),
         "{again:?}"
     );
-    assert_eq!(env.ad_usn().await, usn, "AD's highestCommittedUSN moved");
+    assert_unchanged(&before, &env.ad_objects().await);
     let snap = env.snapshot();
     let runs = snap.runs(10).unwrap();
     assert_eq!(runs[0].status, "ok");

@@ -218,17 +218,6 @@ dir = "state"
         out
     }
 
-    /// The highest USN Samba has committed: unchanged means no write.
-    pub async fn ad_usn(&self) -> u64 {
-        let mut admin = Conn::connect(&self.tb.target_admin()).await.unwrap();
-        let e = admin
-            .read("", &["highestCommittedUSN"])
-            .await
-            .unwrap()
-            .unwrap();
-        e.attrs["highestCommittedUSN"][0].parse().unwrap()
-    }
-
     /// Applies LDIF to the source as the rootDN.
     pub fn change_source(&self, ldif: &str) {
         self.tb.ldapmodify_source(ldif.as_bytes(), false);
@@ -246,4 +235,48 @@ pub fn anchor_of(attrs: &BTreeMap<String, Vec<String>>) -> Option<String> {
         .and_then(|v| v.first())
         .and_then(|v| v.strip_prefix("absync:"))
         .map(str::to_string)
+}
+
+impl SyncEnv {
+    /// How many objects the test's OU holds (not the OU itself), read as
+    /// the domain administrator without attributes: cheap enough to poll
+    /// while a sync runs.
+    pub async fn ad_count(&self) -> usize {
+        let mut admin = Conn::connect(&self.tb.target_admin()).await.unwrap();
+        let mut s = admin
+            .paged_search(
+                &self.target_ou,
+                Scope::OneLevel,
+                "(objectClass=*)",
+                vec!["1.1".into()],
+                1000,
+            )
+            .await
+            .unwrap();
+        let mut n = 0;
+        while s.next().await.unwrap().is_some() {
+            n += 1;
+        }
+        s.finish().await.unwrap();
+        admin.unbind().await;
+        n
+    }
+
+    /// Another environment on the same source subtree with a target OU and
+    /// a state directory of its own; write its config and agreements before
+    /// running absync with it.
+    pub async fn sibling(&self, name: &str) -> SyncEnv {
+        let target_ou = self.tb.new_target_ou(name).await;
+        let dir = std::env::temp_dir().join(super::unique(&format!("absync-{name}")));
+        std::fs::create_dir_all(&dir).unwrap();
+        SyncEnv {
+            tb: self.tb,
+            source_base: self.source_base.clone(),
+            target_ou,
+            dir,
+            seed: self.seed,
+            people: self.people,
+            orgs: self.orgs,
+        }
+    }
 }

@@ -4,6 +4,7 @@
 // Not every test module uses every helper.
 #![allow(dead_code)]
 
+pub mod check;
 pub mod env;
 pub mod testbed;
 
