@@ -240,3 +240,80 @@ async fn mail_enabled_mapping_writes_exchange_routing_attributes() {
     }
     assert!(with_mail > 0);
 }
+
+#[tokio::test]
+async fn an_entry_ad_refuses_fails_alone_is_journaled_with_ads_text_and_retried() {
+    let env = SyncEnv::new("refused", 25, 40, 2, "nhs-to-ad-contact.toml").await;
+    let orgs = env.org_codes();
+    env.write_agreements(&[("DSA-R", &orgs, ALL_ATTRS, &day(-1), &day(1))]);
+    // A mapping without the title limit: AD refuses a title over 128 characters.
+    let shipped = std::fs::read_to_string(
+        crate::common::testbed::repo_root().join("mappings/nhs-to-ad-contact.toml"),
+    )
+    .unwrap();
+    let unlimited = shipped.replace("max_length = 128", "");
+    assert_ne!(unlimited, shipped);
+    let mapping = env.dir.join("no-title-limit.toml");
+    std::fs::write(&mapping, unlimited).unwrap();
+    env.write_config(mapping.to_str().unwrap(), "");
+    let people = env.source_people("(objectClass=nhsPerson)").await;
+    let victim = people
+        .iter()
+        .find(|(_, a)| a["nhsentrystatus"][0] == "active")
+        .map(|(u, a)| (u.clone(), a["dn"][0].clone()))
+        .unwrap();
+    env.change_source(&format!(
+        "dn: {}\nchangetype: modify\nreplace: title\ntitle: {}\n-\n",
+        victim.1,
+        "Consultant ".repeat(20)
+    ));
+
+    let first = env.absync(&["sync"]);
+    assert_eq!(first.code, 1, "some entries failed: {first:?}");
+    assert!(
+        summary_line(&first, "conflicts").contains("failed 1"),
+        "{first:?}"
+    );
+    let ad = by_anchor(&env.ad_objects().await);
+    assert!(!ad.contains_key(&victim.0));
+    let expected = expected_anchors(&people, &orgs);
+    assert_eq!(ad.len(), expected.len() - 1, "everyone else landed");
+
+    let snap = env.snapshot();
+    let run = snap.runs(1).unwrap()[0].clone();
+    assert_eq!(run.status, "done with failures");
+    let failed: Vec<_> = snap
+        .records(run.id)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.outcome == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(failed[0].anchor.as_deref(), Some(victim.0.as_str()));
+    let error = failed[0].error.as_deref().unwrap();
+    assert!(
+        error.contains("(LDAP result 21)"),
+        "AD's own error: {error}"
+    );
+
+    // Retried on the next run (and refused again, until the data is fixed).
+    let second = env.absync(&["sync"]);
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(
+        summary_line(&second, "conflicts").contains("added 0")
+            && summary_line(&second, "conflicts").contains("failed 1")
+    );
+    // Fixed in the mapping: the next run adds it.
+    env.write_config("nhs-to-ad-contact.toml", "");
+    let third = env.sync_ok();
+    assert!(
+        summary_line(&third, "added").contains("added 1,"),
+        "{third:?}"
+    );
+    assert_eq!(
+        by_anchor(&env.ad_objects().await)[&victim.0]["title"][0]
+            .chars()
+            .count(),
+        128
+    );
+}

@@ -109,7 +109,13 @@ dir = "state"
             tb.get("TARGET_SVC_PASSWORD_FILE"),
             tb.get("TARGET_CA"),
             self.target_ou,
-            repo_root().join("mappings").join(mapping).display(),
+            // A bare name is one of the shipped mappings.
+            if mapping.contains('/') {
+                PathBuf::from(mapping)
+            } else {
+                repo_root().join("mappings").join(mapping)
+            }
+            .display(),
         );
         std::fs::write(self.config_path(), text).unwrap();
     }
