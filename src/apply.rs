@@ -12,11 +12,12 @@ use std::collections::{BTreeMap, HashSet};
 
 use ldap3::{Mod, Scope};
 
-use crate::config::TargetConfig;
+use crate::config::{SafetyConfig, TargetConfig};
 use crate::diff::{attr_changes, same_dn, Change, Kind, Unowned};
 use crate::journal::{Counts, Record};
 use crate::ldap::{Conn, LdapError};
 use crate::map::Mapping;
+use crate::render::{render, Format};
 use crate::snapshot::{Attrs, Intent, ObjectRow, Snapshot, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +37,30 @@ struct Refused<'r> {
     agreements: &'r [String],
 }
 
-pub struct Applier<'a> {
+/// Where a plan goes instead of the target (`plan`, `sync --dry-run`).
+pub struct PlanOut<'o> {
+    pub format: Format,
+    /// Only deletes, hides and withheld deletes (`plan --only deletes`).
+    pub only_deletes: bool,
+    pub out: &'o mut dyn std::io::Write,
+}
+
+pub struct Applier<'a, 'o> {
     pub conn: Conn,
     pub target: &'a TargetConfig,
+    pub safety: &'a SafetyConfig,
     pub mapping: &'a Mapping,
     pub run_id: i64,
+    /// Set for a dry run: every read happens as in a real run, every write
+    /// is rendered here instead of sent.
+    pub plan: Option<PlanOut<'o>>,
+}
+
+/// An object with absync's anchor as the target holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    pub dn: String,
+    pub attrs: Attrs,
 }
 
 fn set(values: &[String]) -> HashSet<String> {
@@ -81,7 +101,7 @@ pub fn add_attributes(
     attrs
 }
 
-impl<'a> Applier<'a> {
+impl Applier<'_, '_> {
     fn anchor_value(&self, anchor: &str) -> String {
         format!("{}{anchor}", self.target.anchor_prefix)
     }
@@ -164,16 +184,68 @@ impl<'a> Applier<'a> {
             self.target.anchor_attribute,
             ldap3::ldap_escape(want.as_str())
         );
-        let mut search = self
-            .conn
-            .paged_search(&self.target.base_dn, Scope::OneLevel, &filter, attrs, 10)
-            .await?;
-        let mut found = None;
-        while let Some(e) = search.next().await? {
-            found.get_or_insert_with(|| (e.dn.clone(), self.managed_attrs(&e)));
+        for base in self.containers() {
+            let mut search = self
+                .conn
+                .paged_search(&base, Scope::OneLevel, &filter, attrs.clone(), 10)
+                .await?;
+            let mut found = None;
+            while let Some(e) = search.next().await? {
+                found.get_or_insert_with(|| (e.dn.clone(), self.managed_attrs(&e)));
+            }
+            search.finish().await?;
+            if found.is_some() {
+                return Ok(found);
+            }
         }
-        search.finish().await?;
-        Ok(found)
+        Ok(None)
+    }
+
+    /// The containers absync's objects live in: the managed OU and, when
+    /// configured, the quarantine OU.
+    fn containers(&self) -> Vec<String> {
+        let mut c = vec![self.target.base_dn.clone()];
+        c.extend(self.safety.quarantine_ou.clone());
+        c
+    }
+
+    /// Every object carrying absync's anchor, as the target holds it, for a
+    /// full reconcile: anchor → DN and managed attributes.
+    pub async fn scan_owned(&mut self) -> Result<BTreeMap<String, Live>, LdapError> {
+        let filter = format!(
+            "({}={}*)",
+            self.target.anchor_attribute,
+            ldap3::ldap_escape(self.target.anchor_prefix.as_str())
+        );
+        let mut attrs: Vec<String> = self
+            .mapping
+            .rules
+            .iter()
+            .map(|r| r.target.clone())
+            .collect();
+        attrs.push(self.target.anchor_attribute.clone());
+        let mut out = BTreeMap::new();
+        for base in self.containers() {
+            let mut search = self
+                .conn
+                .paged_search(&base, Scope::OneLevel, &filter, attrs.clone(), 500)
+                .await?;
+            while let Some(e) = search.next().await? {
+                for v in values_of(&e, &self.target.anchor_attribute) {
+                    if let Some(anchor) = v.strip_prefix(&self.target.anchor_prefix) {
+                        out.insert(
+                            anchor.to_string(),
+                            Live {
+                                dn: e.dn.clone(),
+                                attrs: self.managed_attrs(&e),
+                            },
+                        );
+                    }
+                }
+            }
+            search.finish().await?;
+        }
+        Ok(out)
     }
 
     fn managed_attrs(&self, e: &ldap3::SearchEntry) -> Attrs {
@@ -209,12 +281,16 @@ impl<'a> Applier<'a> {
 
     /// Applies one change. Entry-level refusals are journaled and counted;
     /// only a failure of the connection or the state database is an error.
+    /// In a dry run, the same reads happen and the write is rendered.
     pub async fn apply(
         &mut self,
         snapshot: &Snapshot,
         change: Change,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
+        if self.plan.is_some() {
+            return self.dry(change, counts).await;
+        }
         let anchor = change.anchor.clone();
         match change.kind {
             Kind::Reject { source_dn, why } => {
@@ -236,14 +312,113 @@ impl<'a> Applier<'a> {
                 r.agreements = agreements;
                 snapshot.journal(&[r])?;
             }
+            // Journaled once per run by the caller, not per object.
+            Kind::Withheld { .. } => {}
             Kind::Add { after } => self.add(snapshot, after, &change.reason, counts).await?,
             Kind::Update { before, after } => {
                 self.update(snapshot, before, after, &change.reason, counts)
                     .await?
             }
+            Kind::Hide { before, after } => {
+                self.hide(snapshot, before, after, &change.reason, counts)
+                    .await?
+            }
             Kind::Delete { before } => {
                 self.delete(snapshot, before, &change.reason, counts)
                     .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// The dry-run twin of [`Self::apply`]: the reads a real run makes before
+    /// writing (ownership, where the object is now, whether a name is taken),
+    /// then the change as the real run would send it, rendered.
+    async fn dry(&mut self, change: Change, counts: &mut Counts) -> Result<(), ApplyError> {
+        let Change {
+            anchor,
+            reason,
+            kind,
+        } = change;
+        let kind = match kind {
+            Kind::Add { after } => {
+                let names = [self.target.anchor_attribute.as_str()];
+                match self.conn.read(&after.dn, &names).await? {
+                    None => Kind::Add { after },
+                    Some(e) => match self.locate(&anchor, Some(&e.dn)).await? {
+                        Some((dn, attrs)) if same_dn(&dn, &after.dn) => Kind::Update {
+                            before: ObjectRow {
+                                dn,
+                                attrs,
+                                ..after.clone()
+                            },
+                            after,
+                        },
+                        _ => {
+                            counts.conflicts += 1;
+                            Kind::Conflict {
+                                with: e.dn,
+                                dn: after.dn,
+                                what: "an object absync does not own already has this name".into(),
+                                agreements: after.agreements,
+                            }
+                        }
+                    },
+                }
+            }
+            Kind::Update { before, after } => {
+                if same_dn(&before.dn, &after.dn)
+                    && attr_changes(&before.attrs, &after.attrs).is_empty()
+                {
+                    return Ok(());
+                }
+                match self.locate(&anchor, Some(&before.dn)).await? {
+                    None => Kind::Add { after },
+                    Some((dn, attrs)) => Kind::Update {
+                        before: ObjectRow {
+                            dn,
+                            attrs,
+                            ..before
+                        },
+                        after,
+                    },
+                }
+            }
+            Kind::Hide { before, after } => match self.locate(&anchor, Some(&before.dn)).await? {
+                None => return Ok(()),
+                Some((dn, attrs)) => Kind::Hide {
+                    before: ObjectRow {
+                        dn,
+                        attrs,
+                        ..before
+                    },
+                    after,
+                },
+            },
+            Kind::Delete { before } => match self.locate(&anchor, Some(&before.dn)).await? {
+                None => return Ok(()),
+                Some((dn, attrs)) => Kind::Delete {
+                    before: ObjectRow {
+                        dn,
+                        attrs,
+                        ..before
+                    },
+                },
+            },
+            other => other,
+        };
+        let change = Change {
+            anchor,
+            reason,
+            kind,
+        };
+        count_planned(&change, counts);
+        if let Some(plan) = self.plan.as_mut() {
+            if !plan.only_deletes || change.is_removal() {
+                let text = render(&change, plan.format, self.mapping, self.target);
+                plan.out
+                    .write_all(text.as_bytes())
+                    .map_err(|e| StateError::Output(e.to_string()))?;
             }
         }
         Ok(())
@@ -313,7 +488,8 @@ impl<'a> Applier<'a> {
                             ..after.clone()
                         };
                         counts.recovered += 1;
-                        self.update(snapshot, before, after, reason, counts).await
+                        snapshot.clear_intent(&anchor)?;
+                        Box::pin(self.update(snapshot, before, after, reason, counts)).await
                     }
                     None => {
                         counts.conflicts += 1;
@@ -345,6 +521,18 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// Renames or moves (new parent) an object; `op` names it in the journal.
+    async fn move_to(&mut self, from: &str, to: &str) -> Result<(), LdapError> {
+        let new_rdn = crate::dn::first_rdn(to).to_string();
+        let parent = crate::dn::parent(to);
+        let new_parent = (crate::dn::normalize(&crate::dn::parent(from))
+            != crate::dn::normalize(&parent))
+        .then_some(parent);
+        self.conn
+            .rename(from, &new_rdn, new_parent.as_deref())
+            .await
+    }
+
     async fn update(
         &mut self,
         snapshot: &Snapshot,
@@ -354,7 +542,9 @@ impl<'a> Applier<'a> {
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
         let anchor = after.anchor.clone();
-        let needs_write = !same_dn(&before.dn, &after.dn)
+        let restore = before.hidden.is_some();
+        let needs_write = restore
+            || !same_dn(&before.dn, &after.dn)
             || !attr_changes(&before.attrs, &after.attrs).is_empty();
         if !needs_write {
             // Only the organisation or agreements changed: bookkeeping.
@@ -384,16 +574,20 @@ impl<'a> Applier<'a> {
         let mut records = Vec::new();
         let mut now = before.clone();
         if !same_dn(&before.dn, &after.dn) {
-            let new_rdn = crate::dn::first_rdn(&after.dn).to_string();
-            match self.conn.rename(&before.dn, &new_rdn, None).await {
+            match self.move_to(&before.dn, &after.dn).await {
                 Ok(()) => {
-                    let mut r = self.record(&anchor, "rename", "applied", reason);
+                    let op = if restore { "restore" } else { "rename" };
+                    let mut r = self.record(&anchor, op, "applied", reason);
                     r.dn = Some(after.dn.clone());
                     r.old_dn = Some(before.dn.clone());
                     r.agreements = after.agreements.clone();
                     records.push(r);
                     now.dn = after.dn.clone();
-                    counts.renamed += 1;
+                    if restore {
+                        counts.restored += 1;
+                    } else {
+                        counts.renamed += 1;
+                    }
                 }
                 Err(e) if e.is_entry_level() => {
                     return self.failed(
@@ -412,17 +606,32 @@ impl<'a> Applier<'a> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mods = Self::mods(&before.attrs, &after.attrs);
+        let mut mods = Self::mods(&before.attrs, &after.attrs);
+        if restore {
+            if let Some((attr, _)) = &self.mapping.hide {
+                mods.push(Mod::Delete(attr.clone(), HashSet::new()));
+            }
+        }
         if !mods.is_empty() {
             match self.conn.modify(&now.dn, mods).await {
                 Ok(()) => {
-                    let mut r = self.record(&anchor, "modify", "applied", "attributes changed");
-                    r.dn = Some(now.dn.clone());
-                    r.agreements = after.agreements.clone();
-                    r.changes = attr_changes(&before.attrs, &after.attrs);
-                    records.push(r);
+                    let changes = attr_changes(&before.attrs, &after.attrs);
+                    if !changes.is_empty() {
+                        let mut r = self.record(&anchor, "modify", "applied", reason);
+                        r.dn = Some(now.dn.clone());
+                        r.agreements = after.agreements.clone();
+                        r.changes = changes;
+                        records.push(r);
+                        counts.modified += 1;
+                    }
+                    if restore && same_dn(&before.dn, &after.dn) {
+                        let mut r = self.record(&anchor, "restore", "applied", reason);
+                        r.dn = Some(now.dn.clone());
+                        r.agreements = after.agreements.clone();
+                        records.push(r);
+                        counts.restored += 1;
+                    }
                     now.attrs = after.attrs.clone();
-                    counts.modified += 1;
                 }
                 Err(e) if e.is_entry_level() => {
                     // Keep what the target did accept (a rename).
@@ -448,7 +657,83 @@ impl<'a> Applier<'a> {
         }
         now.org = after.org.clone();
         now.agreements = after.agreements.clone();
+        now.hidden = None;
         snapshot.commit(&anchor, Some(&now), self.run_id, &records)?;
+        Ok(())
+    }
+
+    /// Hides an object for its grace period: into the quarantine OU and/or
+    /// marked per the mapping's [hide]. It keeps its anchor.
+    async fn hide(
+        &mut self,
+        snapshot: &Snapshot,
+        before: ObjectRow,
+        after: ObjectRow,
+        reason: &str,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        let anchor = before.anchor.clone();
+        let Some((dn, attrs)) = self.locate(&anchor, Some(&before.dn)).await? else {
+            let mut r = self.record(&anchor, "hide", "already absent", reason);
+            r.dn = Some(before.dn.clone());
+            r.agreements = before.agreements.clone();
+            snapshot.commit(&anchor, None, self.run_id, &[r])?;
+            return Ok(());
+        };
+        let before = ObjectRow {
+            dn,
+            attrs,
+            ..before
+        };
+        snapshot.record_intent(&Intent {
+            anchor: anchor.clone(),
+            run_id: self.run_id,
+            op: "hide".into(),
+            before: Some(before.clone()),
+            after: Some(after.clone()),
+            reason: reason.into(),
+        })?;
+        let refused = |op| Refused {
+            anchor: &anchor,
+            op,
+            dn: &before.dn,
+            reason,
+            agreements: &before.agreements,
+        };
+        if !same_dn(&before.dn, &after.dn) {
+            match self.move_to(&before.dn, &after.dn).await {
+                Ok(()) => {}
+                Err(e) if e.is_entry_level() => {
+                    return self.failed(snapshot, refused("hide"), &e, counts)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some((attr, value)) = &self.mapping.hide {
+            let mods = vec![Mod::Replace(attr.clone(), [value.clone()].into())];
+            if let Err(e) = self.conn.modify(&after.dn, mods).await {
+                // The move happened: record it, then report the refusal.
+                let moved = ObjectRow {
+                    dn: after.dn.clone(),
+                    ..before.clone()
+                };
+                snapshot.commit(&anchor, Some(&moved), self.run_id, &[])?;
+                if e.is_entry_level() {
+                    return self.failed(snapshot, refused("hide"), &e, counts);
+                }
+                return Err(e.into());
+            }
+        }
+        let mut r = self.record(&anchor, "hide", "applied", reason);
+        r.dn = Some(after.dn.clone());
+        r.old_dn = Some(before.dn.clone());
+        r.agreements = before.agreements.clone();
+        let hidden = ObjectRow {
+            attrs: before.attrs.clone(),
+            ..after
+        };
+        snapshot.commit(&anchor, Some(&hidden), self.run_id, &[r])?;
+        counts.hidden += 1;
         Ok(())
     }
 
@@ -522,38 +807,48 @@ impl<'a> Applier<'a> {
                 .map(|o| o.dn.clone());
             let found = self.locate(&anchor, hint.as_deref()).await?;
             let reason = format!("{} (confirmed after an interrupted run)", intent.reason);
+            let record = |op: &str, dn: &str, row: &ObjectRow| {
+                let mut r = self.record(&anchor, op, "applied", &reason);
+                r.run_id = intent.run_id;
+                r.dn = Some(dn.to_string());
+                r.agreements = row.agreements.clone();
+                r
+            };
             let mut records = Vec::new();
             let row = match (&found, intent.before.as_ref(), intent.after.as_ref()) {
                 (Some((dn, attrs)), before, Some(after)) => {
+                    // Where the object is tells how far the change got.
+                    let reached = same_dn(dn, &after.dn);
                     let now = ObjectRow {
                         dn: dn.clone(),
                         attrs: attrs.clone(),
+                        hidden: if reached {
+                            after.hidden.clone()
+                        } else {
+                            before.and_then(|b| b.hidden.clone())
+                        },
                         ..after.clone()
                     };
                     match before {
                         None => {
-                            let mut r = self.record(&anchor, "add", "applied", &reason);
-                            r.run_id = intent.run_id;
-                            r.dn = Some(dn.clone());
-                            r.agreements = after.agreements.clone();
+                            let mut r = record("add", dn, after);
                             r.changes = attr_changes(&Attrs::new(), attrs);
                             records.push(r);
                         }
                         Some(b) => {
                             if !same_dn(&b.dn, dn) {
-                                let mut r = self.record(&anchor, "rename", "applied", &reason);
-                                r.run_id = intent.run_id;
-                                r.dn = Some(dn.clone());
+                                let op = match (b.hidden.is_some(), after.hidden.is_some()) {
+                                    (false, true) => "hide",
+                                    (true, false) => "restore",
+                                    _ => "rename",
+                                };
+                                let mut r = record(op, dn, after);
                                 r.old_dn = Some(b.dn.clone());
-                                r.agreements = after.agreements.clone();
                                 records.push(r);
                             }
                             let changes = attr_changes(&b.attrs, attrs);
                             if !changes.is_empty() {
-                                let mut r = self.record(&anchor, "modify", "applied", &reason);
-                                r.run_id = intent.run_id;
-                                r.dn = Some(dn.clone());
-                                r.agreements = after.agreements.clone();
+                                let mut r = record("modify", dn, after);
                                 r.changes = changes;
                                 records.push(r);
                             }
@@ -570,10 +865,7 @@ impl<'a> Applier<'a> {
                     })
                 }
                 (None, Some(before), None) => {
-                    let mut r = self.record(&anchor, "delete", "applied", &reason);
-                    r.run_id = intent.run_id;
-                    r.dn = Some(before.dn.clone());
-                    r.agreements = before.agreements.clone();
+                    let mut r = record("delete", &before.dn, before);
                     r.changes = attr_changes(&before.attrs, &Attrs::new());
                     records.push(r);
                     None
@@ -593,5 +885,25 @@ impl<'a> Applier<'a> {
             snapshot.commit(&anchor, row.as_ref(), intent.run_id, &records)?;
         }
         Ok(())
+    }
+}
+
+/// In a plan, counts what would be written.
+pub fn count_planned(c: &Change, counts: &mut Counts) {
+    match &c.kind {
+        Kind::Add { .. } => counts.added += 1,
+        Kind::Delete { .. } => counts.deleted += 1,
+        Kind::Hide { .. } => counts.hidden += 1,
+        Kind::Update { .. } => {
+            if c.is_restore() {
+                counts.restored += 1;
+            } else if c.is_rename() {
+                counts.renamed += 1;
+            }
+            if c.is_modify() {
+                counts.modified += 1;
+            }
+        }
+        Kind::Withheld { .. } | Kind::Conflict { .. } | Kind::Reject { .. } => {}
     }
 }

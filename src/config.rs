@@ -82,6 +82,85 @@ pub struct RawConfig {
     pub mapping: RawFileRef,
     pub agreements: RawFileRef,
     pub state: RawState,
+    #[serde(default)]
+    pub safety: RawSafety,
+}
+
+/// `[safety]`: the rails against mass deletion.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSafety {
+    #[serde(default = "default_max_deletes")]
+    pub max_deletes: u64,
+    #[serde(default = "default_max_delete_percent")]
+    pub max_delete_percent: Spanned<f64>,
+    #[serde(default = "default_delete_grace")]
+    pub delete_grace: Spanned<String>,
+    pub quarantine_ou: Option<Spanned<String>>,
+}
+
+impl Default for RawSafety {
+    fn default() -> Self {
+        RawSafety {
+            max_deletes: default_max_deletes(),
+            max_delete_percent: default_max_delete_percent(),
+            delete_grace: default_delete_grace(),
+            quarantine_ou: None,
+        }
+    }
+}
+
+fn default_max_deletes() -> u64 {
+    500
+}
+fn default_max_delete_percent() -> Spanned<f64> {
+    spanned(10.0)
+}
+fn default_delete_grace() -> Spanned<String> {
+    spanned("7d".into())
+}
+
+/// Parses a duration written as a number and a unit: `30s`, `15m`, `12h`,
+/// `7d`, `2w`, `1y` (365 days); `0` alone means none.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("\"{t}\" has no unit; write e.g. 30m, 12h, 7d"))?;
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("\"{t}\" does not start with a number"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "y" => 365 * 86_400,
+        _ => {
+            return Err(format!(
+                "\"{t}\": unknown unit \"{unit}\" (s, m, h, d, w, y)"
+            ))
+        }
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("\"{t}\" is too long"))
+}
+
+/// The safety rails, resolved.
+#[derive(Debug, Clone)]
+pub struct SafetyConfig {
+    pub max_deletes: u64,
+    pub max_delete_percent: f64,
+    /// How long a removed object stays hidden before it is deleted.
+    pub delete_grace: Duration,
+    /// Where hidden objects are moved; `None` hides in place (mapping [hide]).
+    pub quarantine_ou: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +223,22 @@ pub struct RawFileRef {
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub dir: Spanned<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert!(parse_duration("7").unwrap_err().contains("no unit"));
+        assert!(parse_duration("7x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("d").is_err());
+    }
 }
 
 fn spanned<T>(v: T) -> Spanned<T> {
@@ -209,6 +304,7 @@ pub struct Config {
     pub mapping_file: PathBuf,
     pub agreements_file: PathBuf,
     pub state_dir: PathBuf,
+    pub safety: SafetyConfig,
     /// Things worth telling the admin that do not stop a run.
     pub warnings: Vec<String>,
 }
@@ -448,6 +544,37 @@ impl Config {
         let mapping_file = r.existing_file(&raw.mapping.file, "mapping.file")?;
         let agreements_file = r.existing_file(&raw.agreements.file, "agreements.file")?;
         let state_dir = r.path(&raw.state.dir);
+        let sf = &raw.safety;
+        let delete_grace = parse_duration(sf.delete_grace.get_ref())
+            .map_err(|m| r.err(sf.delete_grace.span(), "safety.delete_grace", m))?;
+        let pct = *sf.max_delete_percent.get_ref();
+        if !(0.0..=100.0).contains(&pct) {
+            return Err(r.err(
+                sf.max_delete_percent.span(),
+                "safety.max_delete_percent",
+                format!("{pct} is not a percentage (0 to 100)"),
+            ));
+        }
+        let quarantine_ou = match &sf.quarantine_ou {
+            Some(q) => {
+                let dn = r.dn(q, "safety.quarantine_ou")?;
+                if crate::dn::normalize(&dn) == crate::dn::normalize(&target.base_dn) {
+                    return Err(r.err(
+                        q.span(),
+                        "safety.quarantine_ou",
+                        "must differ from target.base_dn".into(),
+                    ));
+                }
+                Some(dn)
+            }
+            None => None,
+        };
+        let safety = SafetyConfig {
+            max_deletes: sf.max_deletes,
+            max_delete_percent: pct,
+            delete_grace,
+            quarantine_ou,
+        };
         Ok(Config {
             file,
             source,
@@ -455,6 +582,7 @@ impl Config {
             mapping_file,
             agreements_file,
             state_dir,
+            safety,
             warnings,
         })
     }

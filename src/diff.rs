@@ -36,6 +36,18 @@ pub enum Kind {
     Delete {
         before: ObjectRow,
     },
+    /// The first step of a delete with a grace period: the object is moved
+    /// to the quarantine OU and/or marked hidden; `after.hidden` says when.
+    Hide {
+        before: ObjectRow,
+        after: ObjectRow,
+    },
+    /// A delete or hide a safety rail held back (threshold, unhealthy
+    /// source); shown by plans, applied by nobody.
+    Withheld {
+        change: Box<Change>,
+        why: String,
+    },
     /// The object would collide with something absync does not own.
     Conflict {
         dn: String,
@@ -62,6 +74,19 @@ impl Change {
     /// True when the change writes nothing to the target.
     pub fn is_bookkeeping(&self) -> bool {
         matches!(self.kind, Kind::Update { .. }) && !self.is_rename() && !self.is_modify()
+    }
+
+    /// Deletes, hides and deletes held back: what `--only deletes` shows.
+    pub fn is_removal(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Delete { .. } | Kind::Hide { .. } | Kind::Withheld { .. }
+        )
+    }
+
+    /// True when the update brings a hidden object back.
+    pub fn is_restore(&self) -> bool {
+        matches!(&self.kind, Kind::Update { before, after } if before.hidden.is_some() && after.hidden.is_none())
     }
 }
 
@@ -116,6 +141,11 @@ pub struct Planner<'a> {
     seen: HashSet<String>,
     /// Why an anchor was seen but not held (leaver, left scope).
     not_held: HashMap<String, String>,
+    /// Rows a full reconcile corrected from the live target: `Some` replaces
+    /// (or adds) the snapshot's row, `None` hides it.
+    overlay: HashMap<String, Option<ObjectRow>>,
+    /// Entries pulled per organisation, for the empty-organisation guard.
+    pub pulled_per_org: HashMap<String, u64>,
 }
 
 impl<'a> Planner<'a> {
@@ -133,6 +163,25 @@ impl<'a> Planner<'a> {
             claimed: HashMap::new(),
             seen: HashSet::new(),
             not_held: HashMap::new(),
+            overlay: HashMap::new(),
+            pulled_per_org: HashMap::new(),
+        }
+    }
+
+    /// Uses `row` instead of the snapshot's row for `anchor` (`None`: as if
+    /// the snapshot had none). Names held by overlaid rows count as taken.
+    pub fn overlay(&mut self, anchor: &str, row: Option<ObjectRow>) {
+        if let Some(r) = &row {
+            self.claimed
+                .insert(crate::dn::normalize(&r.dn), anchor.to_string());
+        }
+        self.overlay.insert(anchor.to_string(), row);
+    }
+
+    fn row(&self, anchor: &str) -> Result<Option<ObjectRow>, StateError> {
+        match self.overlay.get(anchor) {
+            Some(r) => Ok(r.clone()),
+            None => self.snapshot.get(anchor),
         }
     }
 
@@ -153,6 +202,15 @@ impl<'a> Planner<'a> {
             return Ok(holder == anchor);
         }
         Ok(match self.snapshot.holder_of(dn)? {
+            // A row the overlay removed or moved no longer holds its name.
+            Some(holder)
+                if self
+                    .overlay
+                    .get(&holder)
+                    .is_some_and(|r| r.as_ref().is_none_or(|r| !same_dn(&r.dn, dn))) =>
+            {
+                true
+            }
             Some(holder) => holder == anchor,
             None => true,
         })
@@ -173,8 +231,9 @@ impl<'a> Planner<'a> {
                 counts.dropped_attributes += dropped as u64;
                 (entry, agreements)
             }
-            Verdict::Leaver { anchor, .. } => {
+            Verdict::Leaver { anchor, org } => {
                 counts.leavers += 1;
+                *self.pulled_per_org.entry(org).or_default() += 1;
                 self.not_held.insert(anchor, "leaver".into());
                 return Ok(None);
             }
@@ -222,7 +281,8 @@ impl<'a> Planner<'a> {
                 }));
             }
         };
-        let before = self.snapshot.get(&entry.anchor)?;
+        *self.pulled_per_org.entry(entry.org.clone()).or_default() += 1;
+        let before = self.row(&entry.anchor)?;
 
         // The name: keep the current one while it is still one of this
         // entry's candidates; otherwise the first candidate that is free.
@@ -303,6 +363,7 @@ impl<'a> Planner<'a> {
             org: entry.org.clone(),
             agreements,
             attrs: mapped.attrs,
+            hidden: None,
         };
         Ok(match before {
             None => Some(Change {
@@ -312,7 +373,9 @@ impl<'a> Planner<'a> {
             }),
             Some(before) if before == after => None,
             Some(before) => {
-                let reason = if !same_dn(&before.dn, &after.dn) {
+                let reason = if before.hidden.is_some() {
+                    "back in scope"
+                } else if !same_dn(&before.dn, &after.dn) {
                     "renamed in source"
                 } else if !attr_changes(&before.attrs, &after.attrs).is_empty() {
                     "attributes changed"
@@ -338,11 +401,14 @@ impl<'a> Planner<'a> {
     ) -> Result<Vec<(ObjectRow, Option<String>)>, StateError> {
         let grants = agreements.grants();
         let mut out = Vec::new();
-        self.snapshot.for_each(|row| {
+        let mut visit = |row: ObjectRow| {
             if self.seen.contains(&row.anchor) {
                 return Ok(());
             }
-            let reason = if !grants.contains_key(&row.org) {
+            let reason = if row.org.is_empty() {
+                // Re-adopted by a full reconcile: ask the source.
+                None
+            } else if !grants.contains_key(&row.org) {
                 Some(
                     agreements
                         .why_out_of_scope(&row.org, &row.agreements)
@@ -353,7 +419,20 @@ impl<'a> Planner<'a> {
             };
             out.push((row, reason));
             Ok(())
-        })?;
+        };
+        self.snapshot
+            .for_each(|row| match self.overlay.get(&row.anchor) {
+                Some(Some(o)) => visit(o.clone()),
+                Some(None) => Ok(()),
+                None => visit(row),
+            })?;
+        for (anchor, row) in &self.overlay {
+            if let Some(row) = row {
+                if self.snapshot.get(anchor)?.is_none() {
+                    visit(row.clone())?;
+                }
+            }
+        }
         Ok(out)
     }
 }

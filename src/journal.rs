@@ -38,6 +38,14 @@ pub struct Record {
     pub error: Option<String>,
 }
 
+/// The Unix user running absync (the one who ran `sudo`, if any).
+pub fn unix_user() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 pub fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -68,6 +76,7 @@ pub(crate) fn append(conn: &Connection, r: &Record) -> rusqlite::Result<()> {
 
 /// Counts shown in the summary and stored with the run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counts {
     pub pulled: u64,
     pub in_scope: u64,
@@ -79,6 +88,14 @@ pub struct Counts {
     pub modified: u64,
     pub renamed: u64,
     pub deleted: u64,
+    /// Hidden for their grace period (soft deletes).
+    pub hidden: u64,
+    /// Brought back from hiding.
+    pub restored: u64,
+    /// Deletes and hides held back by a safety rail.
+    pub withheld: u64,
+    /// Differences between the snapshot and the live target (full runs).
+    pub drift: u64,
     pub conflicts: u64,
     pub failed: u64,
     pub recovered: u64,
@@ -86,7 +103,7 @@ pub struct Counts {
 
 impl Counts {
     pub fn writes(&self) -> u64 {
-        self.added + self.modified + self.renamed + self.deleted
+        self.added + self.modified + self.renamed + self.deleted + self.hidden + self.restored
     }
 }
 
@@ -105,10 +122,7 @@ impl Snapshot {
     /// Opens a run's row; its status stays "running" until [`Self::end_run`],
     /// so a run killed midway is visible as such.
     pub fn start_run(&self, mode: &str, config_hash: &str) -> Result<i64, StateError> {
-        let user = std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".into());
+        let user = unix_user();
         self.conn
             .execute(
                 "INSERT INTO runs (started_at, mode, status, config_hash, unix_user)

@@ -1,7 +1,8 @@
 //! The `absync` command. Parses arguments, sets up logging, runs one
 //! command, and maps its outcome to the documented exit codes:
 //! 0 = done, no failed entries; 1 = done, some entries failed (journaled);
-//! 2 = could not run (configuration, connection, TLS, bind, state).
+//! 2 = could not run (configuration, connection, TLS, bind, state);
+//! 3 = stopped by a safety rail: deletes held back (threshold, unhealthy source).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 use absync::config::Config;
 use absync::ldap::Conn;
 use absync::render::Format;
-use absync::sync::{self, Mode, Outcome};
+use absync::sync::{self, Mode, Options, Outcome, Status};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -38,12 +39,36 @@ enum Command {
         /// Output format of the plan with --dry-run.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Also read the live target OU and repair drift.
+        #[arg(long)]
+        full: bool,
+        /// Apply at most N deletes that a safety rail held back (once; the
+        /// override and the user are journaled).
+        #[arg(long, value_name = "N")]
+        allow_deletes: Option<u64>,
     },
     /// Print what a sync would do, without writing anything.
     Plan {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Show what a full run (`sync --full`) would repair.
+        #[arg(long)]
+        full: bool,
+        /// Show only deletes, hides and deletes held back.
+        #[arg(long, value_enum)]
+        only: Option<Only>,
     },
+    /// Show the last runs, their status, and what is managed.
+    Status {
+        /// How many runs to show.
+        #[arg(long, default_value = "10")]
+        runs: u32,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    Deletes,
 }
 
 fn init_logging() {
@@ -93,32 +118,121 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = load_config(cli.config)?;
     match cli.command {
         Command::Check => check(&cfg).await,
-        Command::Sync { dry_run: false, .. } => {
-            let outcome = sync::run(&cfg, Mode::Apply, &mut std::io::sink()).await?;
+        Command::Status { runs } => status(&cfg, runs),
+        Command::Sync {
+            dry_run: false,
+            full,
+            allow_deletes,
+            ..
+        } => {
+            let opts = Options {
+                full,
+                allow_deletes,
+                only_deletes: false,
+            };
+            let outcome = sync::run(&cfg, Mode::Apply, opts, &mut std::io::sink()).await?;
             print_summary(&outcome, "sync");
             Ok(exit_for(&outcome))
         }
         Command::Sync {
             dry_run: true,
             format,
+            full,
+            allow_deletes,
+        } => {
+            plan(
+                &cfg,
+                format,
+                Options {
+                    full,
+                    allow_deletes,
+                    only_deletes: false,
+                },
+            )
+            .await
         }
-        | Command::Plan { format } => {
-            let mut stdout = std::io::stdout().lock();
-            let outcome = sync::run(&cfg, Mode::Plan(format), &mut stdout).await?;
-            if format == Format::Table {
-                print_summary(&outcome, "plan");
-            }
-            Ok(ExitCode::SUCCESS)
+        Command::Plan { format, full, only } => {
+            let opts = Options {
+                full,
+                allow_deletes: None,
+                only_deletes: only == Some(Only::Deletes),
+            };
+            plan(&cfg, format, opts).await
         }
     }
 }
 
-fn exit_for(o: &Outcome) -> ExitCode {
-    if o.counts.failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
+async fn plan(cfg: &Config, format: Format, opts: Options) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
+    let outcome = sync::run(cfg, Mode::Plan(format), opts, &mut stdout).await?;
+    if format == Format::Table {
+        print_summary(&outcome, "plan");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exit_for(o: &Outcome) -> ExitCode {
+    match o.status {
+        Status::Withheld(_) => ExitCode::from(3),
+        _ if o.counts.failed > 0 => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn status(cfg: &Config, limit: u32) -> anyhow::Result<ExitCode> {
+    let db = cfg.state_dir.join("absync.db");
+    if !db.exists() {
+        println!("state {}: no runs yet", cfg.state_dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let snapshot = absync::snapshot::Snapshot::open(&cfg.state_dir)?;
+    let total = snapshot.count()?;
+    let visible = snapshot.count_visible()?;
+    println!(
+        "state      {}\nmanaged    {visible} objects in {}, {} hidden awaiting deletion",
+        cfg.state_dir.display(),
+        cfg.target.base_dn,
+        total - visible
+    );
+    // The daemon (absync run) keeps its schedule; a one-off sync has none.
+    println!("next run   not scheduled (no absync daemon is running)");
+    println!();
+    println!(
+        "{:>5}  {:<20}  {:>7}  {:<5}  {:<28}  counts",
+        "run", "started", "secs", "mode", "status"
+    );
+    for r in snapshot.runs(limit)? {
+        let secs = r
+            .ended_at
+            .as_deref()
+            .and_then(|e| seconds_between(&r.started_at, e))
+            .map(|s| format!("{s:.1}"))
+            .unwrap_or_else(|| "-".into());
+        let c = r.counts.unwrap_or_default();
+        println!(
+            "{:>5}  {:<20}  {:>7}  {:<5}  {:<28}  +{} ~{} >{} -{} hidden {} held {} failed {}",
+            r.id,
+            r.started_at.chars().take(19).collect::<String>(),
+            secs,
+            r.mode,
+            r.status.chars().take(60).collect::<String>(),
+            c.added,
+            c.modified,
+            c.renamed,
+            c.deleted,
+            c.hidden,
+            c.withheld,
+            c.failed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn seconds_between(a: &str, b: &str) -> Option<f64> {
+    let f = &time::format_description::well_known::Rfc3339;
+    let a = time::OffsetDateTime::parse(a, f).ok()?;
+    let b = time::OffsetDateTime::parse(b, f).ok()?;
+    Some((b - a).as_seconds_f64())
 }
 
 fn print_summary(o: &Outcome, what: &str) {
@@ -126,7 +240,8 @@ fn print_summary(o: &Outcome, what: &str) {
     let run = o.run_id.map(|id| format!(" run {id}")).unwrap_or_default();
     let verb = if what == "plan" { "would be " } else { "" };
     eprintln!(
-        "absync {what}{run}: {:.1} s\n  pulled {}, in scope {}, out of scope {}, leavers {}, rejected {}, attributes dropped {}\n  {verb}added {}, modified {}, renamed {}, deleted {}; conflicts {}, failed {}{}",
+        "absync {what}{run}: {} in {:.1} s\n  pulled {}, in scope {}, out of scope {}, leavers {}, rejected {}, attributes dropped {}\n  {verb}added {}, modified {}, renamed {}, deleted {}; hidden {}, restored {}, held back {}, drift {}; conflicts {}, failed {}{}",
+        o.status.text(),
         o.duration.as_secs_f64(),
         c.pulled,
         c.in_scope,
@@ -138,6 +253,10 @@ fn print_summary(o: &Outcome, what: &str) {
         c.modified,
         c.renamed,
         c.deleted,
+        c.hidden,
+        c.restored,
+        c.withheld,
+        c.drift,
         c.conflicts,
         c.failed,
         if c.recovered > 0 {

@@ -23,6 +23,15 @@ struct RawMapping {
     rdn: RawRdn,
     #[serde(default)]
     attributes: BTreeMap<String, Spanned<RawRule>>,
+    hide: Option<RawHide>,
+}
+
+/// `[hide]`: how to hide an object in place during its grace period.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHide {
+    attribute: String,
+    value: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,6 +265,8 @@ pub struct Mapping {
     pub rdn_max_length: usize,
     tie_breakers: Vec<Template>,
     pub rules: Vec<Rule>,
+    /// Attribute and value that hide an object (e.g. from address lists).
+    pub hide: Option<(String, String)>,
 }
 
 /// A target object as the mapping wants it, before it has a DN.
@@ -401,6 +412,7 @@ impl Mapping {
             rdn_max_length: raw.rdn.max_length.max(1),
             tie_breakers,
             rules,
+            hide: raw.hide.map(|h| (h.attribute, h.value)),
         })
     }
 

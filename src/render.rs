@@ -80,6 +80,19 @@ fn table(c: &Change) -> String {
             s
         }
         Kind::Delete { before } => format!("delete   {}  ({})\n", before.dn, c.reason),
+        Kind::Hide { before, after } => {
+            format!("hide     {}  ->  {}  ({})\n", before.dn, after.dn, c.reason)
+        }
+        Kind::Withheld { change, why } => {
+            let inner = table(change);
+            format!(
+                "withheld {}  [{why}]\n",
+                inner
+                    .trim_end()
+                    .trim_start_matches(|ch: char| ch.is_alphabetic())
+                    .trim_start()
+            )
+        }
         Kind::Conflict { dn, with, what, .. } => {
             format!("conflict {dn}  ({what}: {with})\n")
         }
@@ -105,13 +118,16 @@ fn ldif(c: &Change, mapping: &Mapping, target: &TargetConfig) -> String {
             let mut dn = before.dn.clone();
             if !same_dn(&before.dn, &after.dn) {
                 let _ = writeln!(s, "# {} ({})", c.anchor, c.reason);
-                ldif_line(&mut s, "dn", &before.dn);
-                s.push_str("changetype: modrdn\n");
-                ldif_line(&mut s, "newrdn", crate::dn::first_rdn(&after.dn));
-                s.push_str("deleteoldrdn: 1\n\n");
+                ldif_moddn(&mut s, &before.dn, &after.dn);
                 dn = after.dn.clone();
             }
             let changes = attr_changes(&before.attrs, &after.attrs);
+            let unhide = c.is_restore().then_some(mapping.hide.as_ref()).flatten();
+            if let Some((attr, _)) = unhide {
+                let _ = writeln!(s, "# {} (shown again)", c.anchor);
+                ldif_line(&mut s, "dn", &dn);
+                let _ = writeln!(s, "changetype: modify\ndelete: {attr}\n-\n");
+            }
             if !changes.is_empty() {
                 let _ = writeln!(s, "# {} (attributes changed)", c.anchor);
                 ldif_line(&mut s, "dn", &dn);
@@ -135,6 +151,27 @@ fn ldif(c: &Change, mapping: &Mapping, target: &TargetConfig) -> String {
             ldif_line(&mut s, "dn", &before.dn);
             s.push_str("changetype: delete\n\n");
         }
+        Kind::Hide { before, after } => {
+            let _ = writeln!(s, "# {} (hidden: {})", c.anchor, c.reason);
+            if !same_dn(&before.dn, &after.dn) {
+                ldif_moddn(&mut s, &before.dn, &after.dn);
+            }
+            if let Some((attr, value)) = &mapping.hide {
+                ldif_line(&mut s, "dn", &after.dn);
+                let _ = writeln!(s, "changetype: modify\nreplace: {attr}");
+                ldif_line(&mut s, attr, value);
+                s.push_str("-\n\n");
+            }
+        }
+        Kind::Withheld { change, why } => {
+            for line in ldif(change, mapping, target)
+                .lines()
+                .filter(|l| !l.is_empty())
+            {
+                let _ = writeln!(s, "# withheld ({why}): {line}");
+            }
+            s.push('\n');
+        }
         Kind::Conflict { dn, with, what, .. } => {
             let _ = writeln!(s, "# conflict, not applied: {dn}: {what}: {with}\n");
         }
@@ -150,6 +187,19 @@ fn ldif(c: &Change, mapping: &Mapping, target: &TargetConfig) -> String {
     s
 }
 
+/// A modrdn record; with `newsuperior` when the parent changes.
+fn ldif_moddn(s: &mut String, from: &str, to: &str) {
+    ldif_line(s, "dn", from);
+    s.push_str("changetype: modrdn\n");
+    ldif_line(s, "newrdn", crate::dn::first_rdn(to));
+    s.push_str("deleteoldrdn: 1\n");
+    let parent = crate::dn::parent(to);
+    if crate::dn::normalize(&crate::dn::parent(from)) != crate::dn::normalize(&parent) {
+        ldif_line(s, "newsuperior", &parent);
+    }
+    s.push('\n');
+}
+
 fn json(c: &Change, mapping: &Mapping, target: &TargetConfig) -> String {
     let v = match &c.kind {
         Kind::Add { after } => serde_json::json!({
@@ -159,7 +209,7 @@ fn json(c: &Change, mapping: &Mapping, target: &TargetConfig) -> String {
                 .into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         }),
         Kind::Update { before, after } => serde_json::json!({
-            "op": "update", "anchor": c.anchor, "reason": c.reason,
+            "op": if c.is_restore() { "restore" } else { "update" }, "anchor": c.anchor, "reason": c.reason,
             "old_dn": before.dn, "dn": after.dn, "agreements": after.agreements,
             "changes": attr_changes(&before.attrs, &after.attrs),
         }),
@@ -167,6 +217,15 @@ fn json(c: &Change, mapping: &Mapping, target: &TargetConfig) -> String {
             "op": "delete", "anchor": c.anchor, "reason": c.reason, "dn": before.dn,
             "agreements": before.agreements,
         }),
+        Kind::Hide { before, after } => serde_json::json!({
+            "op": "hide", "anchor": c.anchor, "reason": c.reason, "old_dn": before.dn,
+            "dn": after.dn, "agreements": before.agreements,
+        }),
+        Kind::Withheld { change, why } => {
+            let inner: serde_json::Value =
+                serde_json::from_str(json(change, mapping, target).trim()).unwrap_or_default();
+            serde_json::json!({ "op": "withheld", "why": why, "change": inner })
+        }
         Kind::Conflict {
             dn,
             with,

@@ -34,12 +34,14 @@ pub enum StateError {
         found: i64,
         known: i64,
     },
+    #[error("writing the plan: {0}")]
+    Output(String),
     #[error("state database: corrupt row for {anchor}: {detail}")]
     Corrupt { anchor: String, detail: String },
 }
 
 /// One object absync created and manages in the target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectRow {
     pub anchor: String,
     pub dn: String,
@@ -47,6 +49,17 @@ pub struct ObjectRow {
     pub agreements: Vec<String>,
     /// The managed attributes as the target accepted them.
     pub attrs: Attrs,
+    /// Set while the object is hidden, waiting out its grace period.
+    #[serde(default)]
+    pub hidden: Option<Hidden>,
+}
+
+/// When and why an object was hidden.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hidden {
+    /// RFC 3339 time.
+    pub at: String,
+    pub reason: String,
 }
 
 /// A write about to be sent to the target.
@@ -63,7 +76,7 @@ pub struct Intent {
     pub reason: String,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE objects (
@@ -73,7 +86,8 @@ CREATE TABLE objects (
     org        TEXT NOT NULL,
     agreements TEXT NOT NULL,
     attrs      TEXT NOT NULL,
-    run_id     INTEGER NOT NULL
+    run_id     INTEGER NOT NULL,
+    hidden     TEXT
 );
 CREATE INDEX objects_org ON objects(org);
 CREATE TABLE intents (
@@ -107,6 +121,8 @@ CREATE TABLE journal (
 CREATE INDEX journal_run ON journal(run_id);
 CREATE INDEX journal_anchor ON journal(anchor);
 ";
+
+type RawRow = (String, String, String, String, String, Option<String>);
 
 /// The state database.
 pub struct Snapshot {
@@ -157,6 +173,11 @@ impl Snapshot {
                 "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))
             .map_err(db)?;
+        } else if version == 1 {
+            conn.execute_batch(
+                "BEGIN; ALTER TABLE objects ADD COLUMN hidden TEXT; PRAGMA user_version = 2; COMMIT;",
+            )
+            .map_err(db)?;
         }
         Ok(Snapshot { conn, path })
     }
@@ -168,13 +189,8 @@ impl Snapshot {
         }
     }
 
-    fn row_to_object(
-        anchor: String,
-        dn: String,
-        org: String,
-        agreements: String,
-        attrs: String,
-    ) -> Result<ObjectRow, StateError> {
+    fn row_to_object(r: RawRow) -> Result<ObjectRow, StateError> {
+        let (anchor, dn, org, agreements, attrs, hidden) = r;
         let corrupt = |e: serde_json::Error| StateError::Corrupt {
             anchor: anchor.clone(),
             detail: e.to_string(),
@@ -182,10 +198,25 @@ impl Snapshot {
         Ok(ObjectRow {
             agreements: serde_json::from_str(&agreements).map_err(corrupt)?,
             attrs: serde_json::from_str(&attrs).map_err(corrupt)?,
+            hidden: hidden
+                .map(|h| serde_json::from_str(&h))
+                .transpose()
+                .map_err(corrupt)?,
             anchor,
             dn,
             org,
         })
+    }
+
+    fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
     }
 
     /// The object held for an anchor.
@@ -193,17 +224,11 @@ impl Snapshot {
         let row = self
             .conn
             .prepare_cached(
-                "SELECT anchor, dn, org, agreements, attrs FROM objects WHERE anchor = ?1",
+                "SELECT anchor, dn, org, agreements, attrs, hidden FROM objects WHERE anchor = ?1",
             )
-            .and_then(|mut s| {
-                s.query_row([anchor], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })
-                .optional()
-            })
+            .and_then(|mut s| s.query_row([anchor], Self::raw_row).optional())
             .map_err(|e| self.db_err(e))?;
-        row.map(|(a, d, o, g, t)| Self::row_to_object(a, d, o, g, t))
-            .transpose()
+        row.map(Self::row_to_object).transpose()
     }
 
     /// The anchor of the managed object holding a DN, if any.
@@ -218,8 +243,21 @@ impl Snapshot {
     }
 
     pub fn count(&self) -> Result<u64, StateError> {
+        self.count_where("1")
+    }
+
+    /// Managed objects that are not hidden.
+    pub fn count_visible(&self) -> Result<u64, StateError> {
+        self.count_where("hidden IS NULL")
+    }
+
+    fn count_where(&self, cond: &str) -> Result<u64, StateError> {
         self.conn
-            .query_row("SELECT count(*) FROM objects", [], |r| r.get::<_, i64>(0))
+            .query_row(
+                &format!("SELECT count(*) FROM objects WHERE {cond}"),
+                [],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|n| n.unsigned_abs())
             .map_err(|e| self.db_err(e))
     }
@@ -231,16 +269,15 @@ impl Snapshot {
     ) -> Result<(), StateError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT anchor, dn, org, agreements, attrs FROM objects ORDER BY anchor")
+            .prepare(
+                "SELECT anchor, dn, org, agreements, attrs, hidden FROM objects ORDER BY anchor",
+            )
             .map_err(|e| self.db_err(e))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
+            .query_map([], Self::raw_row)
             .map_err(|e| self.db_err(e))?;
         for row in rows {
-            let (a, d, o, g, t) = row.map_err(|e| self.db_err(e))?;
-            f(Self::row_to_object(a, d, o, g, t)?)?;
+            f(Self::row_to_object(row.map_err(|e| self.db_err(e))?)?)?;
         }
         Ok(())
     }
@@ -309,11 +346,15 @@ impl Snapshot {
             Some(o) => {
                 let agreements = serde_json::to_string(&o.agreements).unwrap_or_default();
                 let attrs = serde_json::to_string(&o.attrs).unwrap_or_default();
+                let hidden = o
+                    .hidden
+                    .as_ref()
+                    .and_then(|h| serde_json::to_string(h).ok());
                 tx.prepare_cached(
-                    "INSERT INTO objects (anchor, dn, dn_norm, org, agreements, attrs, run_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                    "INSERT INTO objects (anchor, dn, dn_norm, org, agreements, attrs, run_id, hidden)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT(anchor) DO UPDATE SET dn = ?2, dn_norm = ?3, org = ?4,
-                       agreements = ?5, attrs = ?6, run_id = ?7",
+                       agreements = ?5, attrs = ?6, run_id = ?7, hidden = ?8",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -323,7 +364,8 @@ impl Snapshot {
                         o.org,
                         agreements,
                         attrs,
-                        run_id
+                        run_id,
+                        hidden
                     ])
                 })
                 .map_err(db)?;

@@ -8,15 +8,15 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::agreements::{today, Agreements};
-use crate::apply::{Applier, ApplyError};
+use crate::apply::{Applier, ApplyError, PlanOut};
 use crate::config::{Config, FileError};
 use crate::diff::{Change, Kind, Planner};
-use crate::journal::Counts;
+use crate::journal::{Counts, Record};
 use crate::ldap::{Conn, LdapError};
 use crate::map::Mapping;
-use crate::render::{render, Format};
+use crate::render::Format;
 use crate::scope::Scope;
-use crate::snapshot::{Snapshot, StateError};
+use crate::snapshot::{Hidden, ObjectRow, Snapshot, StateError};
 
 /// What a run does with its plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,7 @@ pub struct Outcome {
     pub run_id: Option<i64>,
     pub counts: Counts,
     pub duration: Duration,
+    pub status: Status,
 }
 
 /// Why a run could not run (exit code 2).
@@ -45,6 +46,11 @@ pub enum RunError {
     State(#[from] StateError),
     #[error("writing the plan: {0}")]
     Output(#[from] std::io::Error),
+    #[error(
+        "the source read ended early after {pulled} entries ({cause}); source unhealthy: \
+         no deletes were applied"
+    )]
+    SourceIncomplete { pulled: u64, cause: Box<LdapError> },
 }
 
 impl From<ApplyError> for RunError {
@@ -106,58 +112,260 @@ impl Progress {
     }
 }
 
+/// What a run was asked to do, beyond its mode.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Read the live target too and repair drift (`--full`).
+    pub full: bool,
+    /// Release at most this many held-back deletes (`--allow-deletes N`).
+    pub allow_deletes: Option<u64>,
+    /// Plans show only deletes, hides and held-back deletes.
+    pub only_deletes: bool,
+}
+
+/// How a run ended, for the runs table, `absync status` and the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Some entries were refused by the target (journaled, retried).
+    Failures,
+    /// A safety rail held deletes back; the text says which.
+    Withheld(String),
+}
+
+impl Status {
+    pub fn text(&self) -> String {
+        match self {
+            Status::Ok => "ok".into(),
+            Status::Failures => "done with failures".into(),
+            Status::Withheld(why) => why.clone(),
+        }
+    }
+}
+
 /// Runs once. In [`Mode::Apply`] the target, snapshot and journal change;
-/// in [`Mode::Plan`] the same plan is computed and written to `out`.
-pub async fn run(cfg: &Config, mode: Mode, out: &mut dyn Write) -> Result<Outcome, RunError> {
+/// in [`Mode::Plan`] the same code runs up to each write, which is
+/// rendered to `out` instead.
+pub async fn run(
+    cfg: &Config,
+    mode: Mode,
+    opts: Options,
+    out: &mut dyn Write,
+) -> Result<Outcome, RunError> {
     let started = Instant::now();
     let inputs = load_inputs(cfg)?;
+    check_hide_method(cfg, &inputs)?;
     let snapshot = Snapshot::open(&cfg.state_dir)?;
     let mut counts = Counts::default();
     let run_id = match mode {
-        Mode::Apply => Some(snapshot.start_run("sync", &config_hash(cfg))?),
+        Mode::Apply => {
+            let kind = if opts.full { "full" } else { "sync" };
+            Some(snapshot.start_run(kind, &config_hash(cfg))?)
+        }
         Mode::Plan(_) => None,
     };
     let span = tracing::info_span!("run", run_id = run_id.unwrap_or(0));
-    let result = run_inner(cfg, mode, out, &inputs, &snapshot, run_id, &mut counts)
-        .instrument(span)
-        .await;
+    let result = run_inner(
+        cfg,
+        mode,
+        opts,
+        out,
+        &inputs,
+        &snapshot,
+        run_id,
+        &mut counts,
+    )
+    .instrument(span)
+    .await;
+    let status = match &result {
+        Ok(Some(why)) => Status::Withheld(why.clone()),
+        Ok(None) if counts.failed > 0 => Status::Failures,
+        Ok(None) => Status::Ok,
+        Err(_) => Status::Failures,
+    };
     if let Some(id) = run_id {
-        let status = match &result {
-            Ok(()) if counts.failed == 0 => "ok".to_string(),
-            Ok(()) => "done with failures".to_string(),
+        let text = match &result {
             Err(e) => format!("failed: {e}"),
+            Ok(_) => status.text(),
         };
-        snapshot.end_run(id, &status, &counts)?;
+        snapshot.end_run(id, &text, &counts)?;
     }
     result?;
     Ok(Outcome {
         run_id,
         counts,
         duration: started.elapsed(),
+        status,
     })
+}
+
+/// A grace period needs somewhere to hide objects.
+fn check_hide_method(cfg: &Config, inputs: &Inputs) -> Result<(), FileError> {
+    if !cfg.safety.delete_grace.is_zero()
+        && cfg.safety.quarantine_ou.is_none()
+        && inputs.mapping.hide.is_none()
+    {
+        return Err(FileError::new(
+            &cfg.file,
+            None,
+            Some("safety.delete_grace"),
+            "a grace period needs a way to hide objects: set [safety] quarantine_ou, or a \
+             [hide] section in the mapping, or delete_grace = \"0\" to delete at once"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The row of an object being hidden: in the quarantine OU (under a name
+/// made unique with its anchor) or in place, marked with when and why.
+fn hidden_row(cfg: &Config, mapping: &Mapping, row: &ObjectRow, reason: &str) -> ObjectRow {
+    let dn = match &cfg.safety.quarantine_ou {
+        Some(q) => {
+            let value = crate::dn::unescape_value(
+                crate::dn::first_rdn(&row.dn)
+                    .split_once('=')
+                    .map(|(_, v)| v)
+                    .unwrap_or(""),
+            );
+            let tag: String = row.anchor.chars().take(8).collect();
+            let room = mapping
+                .rdn_max_length
+                .saturating_sub(tag.chars().count() + 3);
+            let name = format!("{} [{tag}]", crate::map::truncate(&value, room));
+            format!(
+                "{}={},{q}",
+                mapping.rdn_attribute,
+                crate::dn::escape_value(&name)
+            )
+        }
+        None => row.dn.clone(),
+    };
+    ObjectRow {
+        dn,
+        hidden: Some(Hidden {
+            at: crate::journal::now(),
+            reason: reason.to_string(),
+        }),
+        ..row.clone()
+    }
+}
+
+fn grace_over(hidden: &Hidden, grace: Duration) -> bool {
+    let Ok(at) =
+        time::OffsetDateTime::parse(&hidden.at, &time::format_description::well_known::Rfc3339)
+    else {
+        return true;
+    };
+    time::OffsetDateTime::now_utc() - at >= grace
+}
+
+/// Compares the snapshot with the live target (full runs) and lays the
+/// differences over the planner, so the diff repairs them. In a real run
+/// each difference is journaled as drift and the snapshot corrected.
+async fn reconcile(
+    applier: &mut Applier<'_, '_>,
+    planner: &mut Planner<'_>,
+    snapshot: &Snapshot,
+    live_run: bool,
+    counts: &mut Counts,
+) -> Result<(), RunError> {
+    let mut live = applier.scan_owned().await?;
+    let mut drift: Vec<(String, Option<ObjectRow>, Record)> = Vec::new();
+    let record = |anchor: &str, reason: &str, dn: &str| Record {
+        run_id: applier.run_id,
+        anchor: Some(anchor.to_string()),
+        dn: Some(dn.to_string()),
+        old_dn: None,
+        op: "drift".into(),
+        outcome: "detected".into(),
+        reason: reason.into(),
+        agreements: Vec::new(),
+        changes: Default::default(),
+        error: None,
+    };
+    snapshot.for_each(|row| {
+        match live.remove(&row.anchor) {
+            None => {
+                let r = record(&row.anchor, "missing from target", &row.dn);
+                drift.push((row.anchor.clone(), None, r));
+            }
+            Some(l) => {
+                let changes = crate::diff::attr_changes(&row.attrs, &l.attrs);
+                if !changes.is_empty() || !crate::diff::same_dn(&row.dn, &l.dn) {
+                    let mut r = record(&row.anchor, "changed in target", &l.dn);
+                    r.old_dn = (!crate::diff::same_dn(&row.dn, &l.dn)).then(|| row.dn.clone());
+                    r.changes = changes;
+                    r.agreements = row.agreements.clone();
+                    let fixed = ObjectRow {
+                        dn: l.dn,
+                        attrs: l.attrs,
+                        ..row
+                    };
+                    drift.push((fixed.anchor.clone(), Some(fixed), r));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    for (anchor, l) in live {
+        let r = record(&anchor, "not in the snapshot (re-adopted)", &l.dn);
+        let row = ObjectRow {
+            anchor: anchor.clone(),
+            dn: l.dn,
+            attrs: l.attrs,
+            ..Default::default()
+        };
+        drift.push((anchor, Some(row), r));
+    }
+    for (anchor, row, r) in drift {
+        counts.drift += 1;
+        tracing::warn!(anchor, what = %r.reason, "drift between snapshot and target");
+        if live_run {
+            snapshot.commit(&anchor, row.as_ref(), applier.run_id, &[r])?;
+        }
+        planner.overlay(&anchor, row);
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn run_inner(
     cfg: &Config,
     mode: Mode,
+    opts: Options,
     out: &mut dyn Write,
     inputs: &Inputs,
     snapshot: &Snapshot,
     run_id: Option<i64>,
     counts: &mut Counts,
-) -> Result<(), RunError> {
+) -> Result<Option<String>, RunError> {
     let target_conn = Conn::connect(&cfg.target.endpoint).await?;
     let mut applier = Applier {
         conn: target_conn,
         target: &cfg.target,
+        safety: &cfg.safety,
         mapping: &inputs.mapping,
         run_id: run_id.unwrap_or(0),
+        plan: match mode {
+            Mode::Plan(format) => Some(PlanOut {
+                format,
+                only_deletes: opts.only_deletes,
+                out,
+            }),
+            Mode::Apply => None,
+        },
     };
-    if mode == Mode::Apply {
+    let live_run = mode == Mode::Apply;
+    if live_run {
         applier.recover(snapshot, counts).await?;
     }
+    let managed_at_start = snapshot.count_visible()?;
     let unowned = applier.scan_unowned().await?;
+    let mut planner = Planner::new(snapshot, &inputs.mapping, &cfg.target.base_dn, unowned);
+    if opts.full {
+        reconcile(&mut applier, &mut planner, snapshot, live_run, counts).await?;
+    }
     let mut source = Conn::connect(&cfg.source.endpoint).await?;
     let scope = Scope {
         grants: inputs.agreements.grants(),
@@ -167,45 +375,52 @@ async fn run_inner(
         leaver_values: cfg.source.leaver_values.clone(),
     };
     let mut progress = Progress {
-        on: mode == Mode::Apply && std::io::stderr().is_terminal(),
+        on: live_run && std::io::stderr().is_terminal(),
         last: Instant::now(),
     };
 
     // Stages 1 to 5, entry by entry: each change is applied (or rendered)
     // as soon as it is planned, so memory holds no copy of the directory.
-    let mut planner = Planner::new(snapshot, &inputs.mapping, &cfg.target.base_dn, unowned);
-    let mut sink = Sink {
-        mode,
-        out,
-        applier: &mut applier,
-        snapshot,
-        mapping: &inputs.mapping,
-        target: &cfg.target,
-    };
-    if let Some(filter) = crate::pull::filter(&cfg.source, &inputs.agreements) {
+    let filter = crate::pull::filter(&cfg.source, &inputs.agreements);
+    if let Some(filter) = &filter {
         let attrs = crate::pull::attributes(&cfg.source, &inputs.agreements);
         tracing::info!(%filter, attributes = attrs.len(), "pulling");
-        let mut search = crate::pull::start(&mut source, &cfg.source, &filter, attrs).await?;
-        while let Some(raw) = search.next().await? {
+        let incomplete = |pulled: u64, e: LdapError| RunError::SourceIncomplete {
+            pulled,
+            cause: Box::new(e),
+        };
+        let mut search = crate::pull::start(&mut source, &cfg.source, filter, attrs)
+            .await
+            .map_err(|e| incomplete(0, e))?;
+        loop {
+            let raw = match search.next().await {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(e) => return Err(incomplete(counts.pulled, e)),
+            };
             counts.pulled += 1;
             let verdict = scope.judge(raw);
             if let Some(change) = planner.plan(verdict, counts)? {
-                sink.handle(change, counts).await?;
+                applier.apply(snapshot, change, counts).await?;
             }
             progress.tick(counts);
         }
         // A search that ended early is an error: nothing is deleted on the
         // strength of a partial read.
-        search.finish().await?;
+        search
+            .finish()
+            .await
+            .map_err(|e| incomplete(counts.pulled, e))?;
     } else {
         tracing::warn!("no data-sharing agreement is in force");
     }
 
-    // Deletes: managed objects the pull did not return, with the reason.
+    // Managed objects the pull did not return: each gets its reason, then
+    // passes the source-health guards and the deletion threshold.
     let unseen = planner.unseen(&inputs.agreements)?;
     let ask: Vec<String> = unseen
         .iter()
-        .filter(|(_, r)| r.is_none())
+        .filter(|(row, r)| r.is_none() && row.hidden.is_none())
         .map(|(row, _)| row.anchor.clone())
         .collect();
     let found: std::collections::HashMap<String, (String, bool)> =
@@ -214,70 +429,178 @@ async fn run_inner(
             .into_iter()
             .map(|(a, org, leaver)| (a, (org, leaver)))
             .collect();
+    let grants = inputs.agreements.grants();
+    let mut removals: Vec<Change> = Vec::new();
+    let mut guarded: Vec<(Change, String)> = Vec::new();
+    let mut guard_notes: std::collections::BTreeMap<String, u64> = Default::default();
     for (row, reason) in unseen {
+        if let Some(h) = &row.hidden {
+            if grace_over(h, cfg.safety.delete_grace) {
+                let change = Change {
+                    anchor: row.anchor.clone(),
+                    reason: format!("grace period over ({})", h.reason),
+                    kind: Kind::Delete { before: row },
+                };
+                applier.apply(snapshot, change, counts).await?;
+            }
+            continue;
+        }
         let reason = reason.unwrap_or_else(|| match found.get(&row.anchor) {
             Some((_, true)) => "leaver".into(),
             Some((org, false)) if org != &row.org => "left scope".into(),
             Some(_) => "no longer matches the source filter".into(),
             None => "deleted from source".into(),
         });
+        let kind = if cfg.safety.delete_grace.is_zero() {
+            Kind::Delete {
+                before: row.clone(),
+            }
+        } else {
+            Kind::Hide {
+                after: hidden_row(cfg, &inputs.mapping, &row, &reason),
+                before: row.clone(),
+            }
+        };
         let change = Change {
             anchor: row.anchor.clone(),
             reason,
-            kind: Kind::Delete { before: row },
+            kind,
         };
-        sink.handle(change, counts).await?;
-        progress.tick(counts);
+        // Source health: nothing read at all, or an organisation in scope
+        // that returned nothing although objects are held for it.
+        let unhealthy = if filter.is_some() && counts.pulled == 0 {
+            Some("the source returned no entries".to_string())
+        } else if grants.contains_key(&row.org)
+            && planner.pulled_per_org.get(&row.org).copied().unwrap_or(0) == 0
+        {
+            Some(format!("organisation {} returned no entries", row.org))
+        } else {
+            None
+        };
+        match unhealthy {
+            Some(why) => {
+                *guard_notes.entry(why.clone()).or_default() += 1;
+                guarded.push((change, why));
+            }
+            None => removals.push(change),
+        }
+    }
+
+    // The deletion threshold.
+    let n = removals.len() as u64;
+    let percent = if managed_at_start == 0 {
+        0.0
+    } else {
+        n as f64 * 100.0 / managed_at_start as f64
+    };
+    let exceeded = n > cfg.safety.max_deletes || percent > cfg.safety.max_delete_percent;
+    let threshold_why = format!(
+        "deletion threshold: {n} deletes planned ({percent:.1}% of {managed_at_start} managed \
+         objects), limits {} and {}%",
+        cfg.safety.max_deletes, cfg.safety.max_delete_percent
+    );
+    let mut candidates: Vec<(Change, Option<String>)> = removals
+        .into_iter()
+        .map(|c| (c, exceeded.then(|| threshold_why.clone())))
+        .collect();
+    candidates.extend(guarded.into_iter().map(|(c, why)| {
+        let why = format!("source unhealthy: {why}");
+        (c, Some(why))
+    }));
+    let mut released = 0u64;
+    let mut held: Vec<(Change, String)> = Vec::new();
+    for (change, why) in candidates {
+        let go = match (opts.allow_deletes, &why) {
+            (Some(limit), _) => released < limit,
+            (None, None) => true,
+            (None, Some(_)) => false,
+        };
+        if go {
+            released += 1;
+            applier.apply(snapshot, change, counts).await?;
+        } else {
+            let why = why.unwrap_or_else(|| "over the --allow-deletes limit".into());
+            held.push((change, why));
+        }
+    }
+    counts.withheld = held.len() as u64;
+    let user = crate::journal::unix_user();
+    let mut notes = Vec::new();
+    if let Some(limit) = opts.allow_deletes {
+        notes.push(Record {
+            run_id: applier.run_id,
+            anchor: None,
+            dn: None,
+            old_dn: None,
+            op: "override".into(),
+            outcome: "applied".into(),
+            reason: format!("--allow-deletes {limit} by {user}"),
+            agreements: Vec::new(),
+            changes: Default::default(),
+            error: Some(format!(
+                "{released} deletes released, {} still held",
+                held.len()
+            )),
+        });
+    }
+    let mut stopped = None;
+    if !held.is_empty() {
+        let threshold_held = held.iter().filter(|(_, w)| w == &threshold_why).count();
+        let status = if threshold_held > 0 {
+            "stopped: deletion threshold"
+        } else {
+            "deletes held: source unhealthy"
+        };
+        let mut whys: Vec<String> = guard_notes
+            .iter()
+            .map(|(why, n)| format!("{why} ({n} objects held)"))
+            .collect();
+        if threshold_held > 0 {
+            whys.insert(0, threshold_why.clone());
+        }
+        let message = format!(
+            "{} deletes held back: {}. Review them with `absync plan --only deletes`; \
+             release them with `absync sync --allow-deletes N`",
+            held.len(),
+            whys.join("; ")
+        );
+        tracing::error!("{message}");
+        notes.push(Record {
+            run_id: applier.run_id,
+            anchor: None,
+            dn: None,
+            old_dn: None,
+            op: if threshold_held > 0 {
+                "threshold"
+            } else {
+                "guard"
+            }
+            .into(),
+            outcome: "withheld".into(),
+            reason: status.into(),
+            agreements: Vec::new(),
+            changes: Default::default(),
+            error: Some(message),
+        });
+        stopped = Some(status.to_string());
+    }
+    if live_run {
+        snapshot.journal(&notes)?;
+    }
+    for (change, why) in held {
+        // Plans show what is held back; a real run writes nothing for it.
+        let withheld = Change {
+            anchor: change.anchor.clone(),
+            reason: change.reason.clone(),
+            kind: Kind::Withheld {
+                change: Box::new(change),
+                why,
+            },
+        };
+        applier.apply(snapshot, withheld, counts).await?;
     }
     progress.done();
     source.unbind().await;
     applier.conn.unbind().await;
-    Ok(())
-}
-
-/// Where planned changes go: to the target, or to the plan's output.
-struct Sink<'s, 'a> {
-    mode: Mode,
-    out: &'s mut dyn Write,
-    applier: &'s mut Applier<'a>,
-    snapshot: &'s Snapshot,
-    mapping: &'s Mapping,
-    target: &'s crate::config::TargetConfig,
-}
-
-impl Sink<'_, '_> {
-    async fn handle(&mut self, change: Change, counts: &mut Counts) -> Result<(), RunError> {
-        match self.mode {
-            Mode::Plan(format) => {
-                count_planned(&change, counts);
-                let text = render(&change, format, self.mapping, self.target);
-                self.out.write_all(text.as_bytes())?;
-            }
-            Mode::Apply => {
-                let span = tracing::debug_span!("entry", anchor = %change.anchor);
-                self.applier
-                    .apply(self.snapshot, change, counts)
-                    .instrument(span)
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// In a plan, counts what would be written.
-fn count_planned(c: &Change, counts: &mut Counts) {
-    match &c.kind {
-        Kind::Add { .. } => counts.added += 1,
-        Kind::Delete { .. } => counts.deleted += 1,
-        Kind::Update { .. } => {
-            if c.is_rename() {
-                counts.renamed += 1;
-            }
-            if c.is_modify() {
-                counts.modified += 1;
-            }
-        }
-        Kind::Conflict { .. } | Kind::Reject { .. } => {}
-    }
+    Ok(stopped)
 }

@@ -72,6 +72,12 @@ file = "agreements.toml"
 
 [state]
 dir = "state"
+
+[safety]
+max_deletes = 500
+max_delete_percent = 10
+delete_grace = "7d"
+quarantine_ou = "$TARGET_QUARANTINE_OU"
 TOML
 
 echo; echo "== absync check"; "$absync" --config "$dir/absync.toml" check

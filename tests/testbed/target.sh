@@ -42,6 +42,9 @@ DOMAIN=SYNC
 HOST=dc1.sync.test
 BASE_DN='DC=sync,DC=test'
 OU_DN="OU=NHS Directory,$BASE_DN"
+# Where absync hides objects during their grace period before deleting them:
+# below the managed OU, so the account's inherited rights cover it.
+QUARANTINE_DN="OU=absync quarantine,$OU_DN"
 ADMIN_DN="CN=Administrator,CN=Users,$BASE_DN"
 SVC_NAME=absync-svc
 SVC_DN="CN=$SVC_NAME,CN=Users,$BASE_DN"
@@ -291,6 +294,11 @@ dn: $OU_DN
 objectClass: organizationalUnit
 ou: NHS Directory
 description: absync target OU (test bed)
+
+dn: $QUARANTINE_DN
+objectClass: organizationalUnit
+ou: absync quarantine
+description: absync hides objects here during their grace period (test bed)
 EOF
   # userAccountControl 66048 = NORMAL_ACCOUNT | DONT_EXPIRE_PASSWORD.
   python3 - "$svc_pwf" "$SVC_DN" "$SVC_NAME" <<'PY' | ldap_as admin ldapadd >/dev/null
@@ -336,6 +344,7 @@ TARGET_URL='$url'
 TARGET_CA='$ca'
 TARGET_BASE_DN='$BASE_DN'
 TARGET_OU='$OU_DN'
+TARGET_QUARANTINE_OU='$QUARANTINE_DN'
 TARGET_ADMIN_DN='$ADMIN_DN'
 TARGET_ADMIN_PASSWORD_FILE='$admin_pwf'
 TARGET_SVC_DN='$SVC_DN'

@@ -20,7 +20,13 @@ pub struct SyncEnv {
     pub seed: u64,
     pub people: u32,
     pub orgs: u32,
+    /// The config's [safety] section. Tests delete at once and without a
+    /// threshold unless they are about those rails.
+    pub safety: std::sync::Mutex<String>,
 }
+
+pub const NO_RAILS: &str =
+    "[safety]\ndelete_grace = \"0\"\nmax_deletes = 1000000\nmax_delete_percent = 100\n";
 
 /// What `absync` printed and returned.
 #[derive(Debug)]
@@ -53,6 +59,7 @@ impl SyncEnv {
             seed,
             people,
             orgs,
+            safety: std::sync::Mutex::new(NO_RAILS.to_string()),
         };
         env.write_config(mapping, "");
         env
@@ -98,6 +105,8 @@ file = "agreements.toml"
 
 [state]
 dir = "state"
+
+{safety}
 "#,
             tb.get("SOURCE_URL"),
             tb.get("SOURCE_SYNC_DN"),
@@ -116,6 +125,7 @@ dir = "state"
                 repo_root().join("mappings").join(mapping)
             }
             .display(),
+            safety = self.safety.lock().unwrap(),
         );
         std::fs::write(self.config_path(), text).unwrap();
     }
@@ -283,6 +293,7 @@ impl SyncEnv {
             seed: self.seed,
             people: self.people,
             orgs: self.orgs,
+            safety: std::sync::Mutex::new(NO_RAILS.to_string()),
         }
     }
 }
