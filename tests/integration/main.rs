@@ -4,5 +4,6 @@
 mod cli;
 mod common;
 mod robust;
+mod safety;
 mod smoke;
 mod sync;

@@ -73,3 +73,72 @@ pub fn expected_anchors(source: &Objects, covered: &[String]) -> BTreeSet<String
         .map(|(u, _)| u.clone())
         .collect()
 }
+
+/// What a JSON plan says will be written: (anchor, operation) pairs named
+/// as the journal names them.
+pub fn plan_ops(json_lines: &str) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for line in json_lines.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let anchor = v["anchor"].as_str().unwrap_or_default().to_string();
+        let op = v["op"].as_str().unwrap_or_default();
+        let mut push = |op: &str| {
+            out.insert((anchor.clone(), op.to_string()));
+        };
+        match op {
+            "update" | "restore" => {
+                let moved = !absync::diff::same_dn(
+                    v["old_dn"].as_str().unwrap_or_default(),
+                    v["dn"].as_str().unwrap_or_default(),
+                );
+                if op == "restore" {
+                    push("restore");
+                } else if moved {
+                    push("rename");
+                }
+                if v["changes"].as_object().is_some_and(|c| !c.is_empty()) {
+                    push("modify");
+                }
+            }
+            "withheld" => {}
+            other => push(other),
+        }
+    }
+    out
+}
+
+/// What a run journaled as written, refused or withheld per object.
+pub fn journal_ops(records: &[absync::journal::Record]) -> BTreeSet<(String, String)> {
+    records
+        .iter()
+        .filter(|r| {
+            [
+                "add", "rename", "modify", "delete", "hide", "restore", "conflict", "reject",
+            ]
+            .contains(&r.op.as_str())
+                && r.outcome != "already absent"
+        })
+        .map(|r| (r.anchor.clone().unwrap_or_default(), r.op.clone()))
+        .collect()
+}
+
+/// Runs `sync --dry-run --format json ARGS`, then `sync ARGS`, and checks
+/// the plan announced exactly what the run then did. Returns the run.
+pub fn plan_then_sync(env: &super::env::SyncEnv, args: &[&str]) -> Run {
+    let mut dry = vec!["sync", "--dry-run", "--format", "json"];
+    dry.extend_from_slice(args);
+    let plan = env.absync(&dry);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let mut real = vec!["sync"];
+    real.extend_from_slice(args);
+    let run = env.absync(&real);
+    let snap = env.snapshot();
+    let run_id = snap.runs(1).unwrap()[0].id;
+    assert_eq!(
+        plan_ops(&plan.stdout),
+        journal_ops(&snap.records(run_id).unwrap()),
+        "the dry run and the real run differ; plan:\n{}\nrun: {run:?}",
+        plan.stdout
+    );
+    run
+}

@@ -297,3 +297,79 @@ impl SyncEnv {
         }
     }
 }
+
+impl SyncEnv {
+    /// Replaces the config's [safety] section.
+    pub fn set_safety(&self, safety: &str) {
+        *self.safety.lock().unwrap() = safety.to_string();
+        let text = std::fs::read_to_string(self.config_path()).unwrap();
+        let head = &text[..text.find("[safety]").unwrap_or(text.len())];
+        std::fs::write(self.config_path(), format!("{head}{safety}")).unwrap();
+    }
+
+    /// Replaces one `key = value` line of the config.
+    pub fn set_config_line(&self, key: &str, value: &str) {
+        let text = std::fs::read_to_string(self.config_path()).unwrap();
+        let mut found = false;
+        let out: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if !found && l.starts_with(&format!("{key} =")) {
+                    found = true;
+                    format!("{key} = {value}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        assert!(found, "no {key} in the config");
+        std::fs::write(self.config_path(), out.join("\n") + "\n").unwrap();
+    }
+
+    /// Creates a quarantine OU below the test's OU and returns its DN.
+    pub async fn new_quarantine(&self) -> String {
+        let dn = format!("OU=quarantine,{}", self.target_ou);
+        let mut admin = Conn::connect(&self.tb.target_admin()).await.unwrap();
+        admin
+            .add(
+                &dn,
+                vec![
+                    ("objectClass".into(), ["organizationalUnit".into()].into()),
+                    ("ou".into(), ["quarantine".into()].into()),
+                ],
+            )
+            .await
+            .unwrap();
+        dn
+    }
+
+    /// Objects with absync's anchor anywhere below the test's OU (quarantine
+    /// included): anchor → (DN, objectGUID).
+    pub async fn ad_guids(&self) -> BTreeMap<String, (String, Vec<u8>)> {
+        let mut admin = Conn::connect(&self.tb.target_admin()).await.unwrap();
+        let mut s = admin
+            .paged_search(
+                &self.target_ou,
+                Scope::Subtree,
+                "(adminDescription=absync:*)",
+                vec!["adminDescription".into(), "objectGUID".into()],
+                500,
+            )
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        while let Some(e) = s.next().await.unwrap() {
+            let anchor = e.attrs["adminDescription"][0]
+                .strip_prefix("absync:")
+                .unwrap()
+                .to_string();
+            let guid = e.bin_attrs["objectGUID"][0].clone();
+            assert!(
+                out.insert(anchor.clone(), (e.dn, guid)).is_none(),
+                "duplicate anchor {anchor}"
+            );
+        }
+        s.finish().await.unwrap();
+        out
+    }
+}

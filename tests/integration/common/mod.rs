@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod env;
+pub mod proxy;
 pub mod testbed;
 
 pub use testbed::testbed;
