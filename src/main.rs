@@ -298,35 +298,35 @@ async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {
         "target      {}: bound as {}",
         cfg.target.endpoint.url, cfg.target.endpoint.bind_dn
     );
-    // AD computes which classes the bound account may create under an
-    // entry: no test write needed.
-    let ou = target
-        .read(&cfg.target.base_dn, &["allowedChildClassesEffective"])
-        .await?
-        .with_context(|| format!("target OU {} does not exist", cfg.target.base_dn))?;
-    let allowed: Vec<String> = ou
-        .attrs
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("allowedChildClassesEffective"))
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
     let class = inputs
         .mapping
         .object_class
         .last()
         .cloned()
         .unwrap_or_default();
-    if !allowed.iter().any(|c| c.eq_ignore_ascii_case(&class)) {
-        anyhow::bail!(
-            "target OU {}: {} may not create {class} objects there",
-            cfg.target.base_dn,
-            cfg.target.endpoint.bind_dn
-        );
+    let mut containers = vec![("target OU", cfg.target.base_dn.clone())];
+    containers.extend(cfg.safety.quarantine_ou.clone().map(|q| ("quarantine", q)));
+    for (what, dn) in containers {
+        // AD computes which classes the bound account may create under an
+        // entry: no test write needed.
+        let ou = target
+            .read(&dn, &["allowedChildClassesEffective"])
+            .await?
+            .with_context(|| format!("{what} {dn} does not exist"))?;
+        let allowed = ou
+            .attrs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("allowedChildClassesEffective"))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        if !allowed.iter().any(|c| c.eq_ignore_ascii_case(&class)) {
+            anyhow::bail!(
+                "{what} {dn}: {} may not create {class} objects there",
+                cfg.target.endpoint.bind_dn
+            );
+        }
+        println!("{what:<11} {dn}: exists; {class} objects may be created");
     }
-    println!(
-        "target OU   {}: exists; {class} objects may be created",
-        cfg.target.base_dn
-    );
     target.unbind().await;
     Ok(ExitCode::SUCCESS)
 }
