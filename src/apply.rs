@@ -367,9 +367,7 @@ impl Applier<'_, '_> {
                 }
             }
             Kind::Update { before, after } => {
-                if same_dn(&before.dn, &after.dn)
-                    && attr_changes(&before.attrs, &after.attrs).is_empty()
-                {
+                if !needs_write(&before, &after) {
                     return Ok(());
                 }
                 match self.locate(&anchor, Some(&before.dn)).await? {
@@ -543,10 +541,7 @@ impl Applier<'_, '_> {
     ) -> Result<(), ApplyError> {
         let anchor = after.anchor.clone();
         let restore = before.hidden.is_some();
-        let needs_write = restore
-            || !same_dn(&before.dn, &after.dn)
-            || !attr_changes(&before.attrs, &after.attrs).is_empty();
-        if !needs_write {
+        if !needs_write(&before, &after) {
             // Only the organisation or agreements changed: bookkeeping.
             snapshot.commit(&anchor, Some(&after), self.run_id, &[])?;
             return Ok(());
@@ -886,6 +881,14 @@ impl Applier<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Whether an update touches the target (a rename, a restore, or changed
+/// attributes) rather than only the snapshot's bookkeeping.
+fn needs_write(before: &ObjectRow, after: &ObjectRow) -> bool {
+    before.hidden.is_some()
+        || !same_dn(&before.dn, &after.dn)
+        || !attr_changes(&before.attrs, &after.attrs).is_empty()
 }
 
 /// In a plan, counts what would be written.

@@ -384,3 +384,42 @@ async fn a_full_run_repairs_hand_edits_hand_deletes_and_lost_snapshot_rows() {
     assert_eq!(again.code, 0);
     assert!(again.stderr.contains("drift 0"), "{again:?}");
 }
+
+#[tokio::test]
+async fn without_a_quarantine_ou_the_mapping_hides_in_place_and_unhides() {
+    let env = SyncEnv::new("hide-in-place", 42, 40, 2, "nhs-to-ad-mail-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-H", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    env.set_safety(&rails(1000, 100, "7d", None));
+    env.sync_ok();
+    let people = env.source_people("(objectClass=nhsPerson)").await;
+    let (anchor, dn) = people
+        .iter()
+        .find(|(_, a)| a["nhsentrystatus"][0] == "active")
+        .map(|(u, a)| (u.clone(), a["dn"][0].clone()))
+        .unwrap();
+    let before = env.ad_guids().await[&anchor].clone();
+    let leave =
+        "dn: DN\nchangetype: modify\nreplace: nhsEntryStatus\nnhsEntryStatus: leaver\n-\n\n";
+    env.change_source(&leave.replace("DN", &dn));
+    let hid = plan_then_sync(&env, &[]);
+    assert_eq!(hid.code, 0, "{hid:?}");
+    let ad = by_anchor(&env.ad_objects().await);
+    assert_eq!(ad[&anchor]["msexchhidefromaddresslists"], vec!["TRUE"]);
+    assert_eq!(
+        env.ad_guids().await[&anchor],
+        before,
+        "same place, same object"
+    );
+
+    env.change_source(&leave.replace("DN", &dn).replace(": leaver", ": active"));
+    let back = plan_then_sync(&env, &[]);
+    assert_eq!(back.code, 0, "{back:?}");
+    let ad = by_anchor(&env.ad_objects().await);
+    assert!(
+        !ad[&anchor].contains_key("msexchhidefromaddresslists"),
+        "{:?}",
+        ad[&anchor]
+    );
+    assert_eq!(env.ad_guids().await[&anchor], before);
+}
