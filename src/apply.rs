@@ -107,18 +107,9 @@ impl Applier<'_, '_> {
     }
 
     fn record(&self, anchor: &str, op: &str, outcome: &str, reason: &str) -> Record {
-        Record {
-            run_id: self.run_id,
-            anchor: (!anchor.is_empty()).then(|| anchor.to_string()),
-            dn: None,
-            old_dn: None,
-            op: op.into(),
-            outcome: outcome.into(),
-            reason: reason.into(),
-            agreements: Vec::new(),
-            changes: BTreeMap::new(),
-            error: None,
-        }
+        let mut r = Record::new(self.run_id, op, outcome, reason);
+        r.anchor = (!anchor.is_empty()).then(|| anchor.to_string());
+        r
     }
 
     /// Objects in the OU without absync's anchor: their names and mail

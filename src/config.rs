@@ -84,6 +84,28 @@ pub struct RawConfig {
     pub state: RawState,
     #[serde(default)]
     pub safety: RawSafety,
+    #[serde(default)]
+    pub journal: RawJournal,
+}
+
+/// `[journal]`: how long records are kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJournal {
+    #[serde(default = "default_retention")]
+    pub retention: Spanned<String>,
+}
+
+impl Default for RawJournal {
+    fn default() -> Self {
+        RawJournal {
+            retention: default_retention(),
+        }
+    }
+}
+
+fn default_retention() -> Spanned<String> {
+    spanned("7y".into())
 }
 
 /// `[safety]`: the rails against mass deletion.
@@ -305,6 +327,8 @@ pub struct Config {
     pub agreements_file: PathBuf,
     pub state_dir: PathBuf,
     pub safety: SafetyConfig,
+    /// Journal records older than this are pruned (the chain stays whole).
+    pub journal_retention: Duration,
     /// Things worth telling the admin that do not stop a run.
     pub warnings: Vec<String>,
 }
@@ -575,6 +599,15 @@ impl Config {
             delete_grace,
             quarantine_ou,
         };
+        let journal_retention = parse_duration(raw.journal.retention.get_ref())
+            .map_err(|m| r.err(raw.journal.retention.span(), "journal.retention", m))?;
+        if journal_retention.is_zero() {
+            return Err(r.err(
+                raw.journal.retention.span(),
+                "journal.retention",
+                "must be longer than 0 (records are evidence)".into(),
+            ));
+        }
         Ok(Config {
             file,
             source,
@@ -583,6 +616,7 @@ impl Config {
             agreements_file,
             state_dir,
             safety,
+            journal_retention,
             warnings,
         })
     }

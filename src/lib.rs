@@ -11,6 +11,7 @@
 //! - [`apply`]: stage 5, changes to the target, then snapshot and journal.
 //! - [`snapshot`]: the SQLite state: what was written, intents in flight.
 //! - [`journal`]: stage 6, the record of every change, and the runs.
+//! - [`audit`]: the auditor's side: verify the chain, queries, export, retention.
 //! - [`render`]: a plan as a table, LDIF or JSON.
 //! - [`sync`]: one run, all stages in order.
 //! - [`secret`]: passwords, read from files and never printed.
@@ -19,6 +20,7 @@
 
 pub mod agreements;
 pub mod apply;
+pub mod audit;
 pub mod config;
 pub mod diff;
 pub mod dn;

@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use absync::audit;
 use absync::config::Config;
+use absync::journal::Stored;
 use absync::ldap::Conn;
 use absync::render::Format;
 use absync::sync::{self, Mode, Options, Outcome, Status};
@@ -58,6 +60,15 @@ enum Command {
         #[arg(long, value_enum)]
         only: Option<Only>,
     },
+    /// The audit journal: verify, query, export.
+    Journal {
+        /// Read the journal in this state directory instead of the one the
+        /// configuration names (no configuration or passwords needed).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
     /// Show the last runs, their status, and what is managed.
     Status {
         /// How many runs to show.
@@ -69,6 +80,78 @@ enum Command {
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Only {
     Deletes,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Recompute the hash chain; report the first broken record, or "intact".
+    Verify,
+    /// One line per run: status, counts, duration.
+    Runs {
+        /// Only runs started on or after this day (YYYY-MM-DD) or time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+    },
+    /// Every record of one run.
+    Show {
+        run: i64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+    },
+    /// The whole life of one person's object, by anchor, mail or DN.
+    History {
+        who: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+    },
+    /// The objects and attributes held in the target on a day.
+    Held {
+        /// A day (YYYY-MM-DD: its end) or an RFC 3339 time.
+        #[arg(long)]
+        at: String,
+        /// Only one organisation (ODS code).
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+    },
+    /// Everything done under one data-sharing agreement.
+    Agreement {
+        id: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+    },
+    /// When the config, mapping and agreements files changed.
+    ConfigChanges {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+    },
+    /// Every record since a day, for other tools.
+    Export {
+        /// A day (YYYY-MM-DD: its start) or an RFC 3339 time.
+        #[arg(long)]
+        since: String,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+        /// Replace personal values (DNs, attribute values) with hashes.
+        #[arg(long)]
+        redact: bool,
+    },
 }
 
 fn init_logging() {
@@ -115,10 +198,18 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Journal {
+        state: Some(dir),
+        command,
+    } = cli.command
+    {
+        return journal(&dir, command);
+    }
     let cfg = load_config(cli.config)?;
     match cli.command {
         Command::Check => check(&cfg).await,
         Command::Status { runs } => status(&cfg, runs),
+        Command::Journal { command, .. } => journal(&cfg.state_dir, command),
         Command::Sync {
             dry_run: false,
             full,
@@ -224,6 +315,243 @@ fn status(cfg: &Config, limit: u32) -> anyhow::Result<ExitCode> {
             c.withheld,
             c.failed
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_state(dir: &std::path::Path) -> anyhow::Result<absync::snapshot::Snapshot> {
+    if !dir.join("absync.db").exists() {
+        anyhow::bail!("no journal in {}", dir.display());
+    }
+    Ok(absync::snapshot::Snapshot::open(dir)?)
+}
+
+fn when(text: &str, end_of_day: bool) -> anyhow::Result<String> {
+    audit::parse_when(text, end_of_day).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Prints records: a table for people, JSON or CSV for tools.
+fn print_records(records: &[Stored], format: Output) -> anyhow::Result<()> {
+    match format {
+        Output::Json => println!("{}", serde_json::to_string_pretty(records)?),
+        Output::Csv => {
+            println!("{}", audit::CSV_HEADER);
+            for r in records {
+                println!("{}", audit::csv_line(r));
+            }
+        }
+        Output::Table => {
+            for s in records {
+                let r = &s.record;
+                let agreements = if r.agreements.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", r.agreements.join(","))
+                };
+                println!(
+                    "{:>7}  {}  run {:<4} {:<8} {:<14} {}{}",
+                    s.id,
+                    s.at.chars().take(19).collect::<String>(),
+                    r.run_id,
+                    r.op,
+                    r.outcome,
+                    r.reason,
+                    agreements
+                );
+                if let Some(dn) = &r.dn {
+                    println!("         {dn}");
+                }
+                let changes = audit::describe_changes(r);
+                if !changes.is_empty() {
+                    println!("         {changes}");
+                }
+                if let Some(e) = &r.error {
+                    println!("         error: {e}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn journal(state_dir: &std::path::Path, command: JournalCommand) -> anyhow::Result<ExitCode> {
+    let s = open_state(state_dir)?;
+    match command {
+        JournalCommand::Verify => {
+            let verdict = audit::verify(&s)?;
+            println!("{verdict}");
+            return Ok(match verdict {
+                audit::Verdict::Intact { .. } => ExitCode::SUCCESS,
+                audit::Verdict::Broken { .. } => ExitCode::from(1),
+            });
+        }
+        JournalCommand::Runs { since, format } => {
+            let since = since.map(|d| when(&d, false)).transpose()?;
+            let runs = audit::runs(&s, since.as_deref())?;
+            match format {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
+                Output::Csv => {
+                    println!("run,started,ended,seconds,mode,status,added,modified,renamed,deleted,hidden,restored,withheld,conflicts,failed,user,config_hash,mapping_hash,agreements_hash");
+                    for r in &runs {
+                        let c = r.counts.clone().unwrap_or_default();
+                        let secs = r
+                            .ended_at
+                            .as_deref()
+                            .and_then(|e| seconds_between(&r.started_at, e))
+                            .unwrap_or(0.0);
+                        println!(
+                            "{},{},{},{secs:.1},{},\"{}\",{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                            r.id,
+                            r.started_at,
+                            r.ended_at.clone().unwrap_or_default(),
+                            r.mode,
+                            r.status.replace('"', "\"\""),
+                            c.added,
+                            c.modified,
+                            c.renamed,
+                            c.deleted,
+                            c.hidden,
+                            c.restored,
+                            c.withheld,
+                            c.conflicts,
+                            c.failed,
+                            r.unix_user,
+                            r.files.config,
+                            r.files.mapping,
+                            r.files.agreements
+                        );
+                    }
+                }
+                Output::Table => {
+                    for r in &runs {
+                        let c = r.counts.clone().unwrap_or_default();
+                        let secs = r
+                            .ended_at
+                            .as_deref()
+                            .and_then(|e| seconds_between(&r.started_at, e))
+                            .map(|v| format!("{v:.1}s"))
+                            .unwrap_or_else(|| "-".into());
+                        println!(
+                            "run {:<5} {}  {:>7}  {:<5} {:<30} +{} ~{} >{} -{} hidden {} restored {} held {} conflicts {} failed {}  by {}",
+                            r.id,
+                            r.started_at.chars().take(19).collect::<String>(),
+                            secs,
+                            r.mode,
+                            r.status,
+                            c.added, c.modified, c.renamed, c.deleted, c.hidden, c.restored,
+                            c.withheld, c.conflicts, c.failed, r.unix_user
+                        );
+                    }
+                }
+            }
+        }
+        JournalCommand::Show { run, format } => print_records(&audit::show(&s, run)?, format)?,
+        JournalCommand::History { who, format } => {
+            let records = audit::history(&s, &who)?;
+            if records.is_empty() {
+                anyhow::bail!("no journal record mentions {who}");
+            }
+            print_records(&records, format)?
+        }
+        JournalCommand::Held { at, org, format } => {
+            let at = when(&at, true)?;
+            let org = org.map(|o| o.to_uppercase());
+            let held = audit::held(&s, &at, org.as_deref())?;
+            match format {
+                Output::Table => {
+                    println!(
+                        "{} objects held at {at}{}",
+                        held.len(),
+                        org.as_ref()
+                            .map(|o| format!(" for {o}"))
+                            .unwrap_or_default()
+                    );
+                    for h in &held {
+                        let r = &h.record;
+                        let hidden = r.state.as_ref().is_some_and(|o| o.hidden.is_some());
+                        println!(
+                            "{}  {}  {}  [{}]{}",
+                            r.anchor.clone().unwrap_or_default(),
+                            r.org.clone().unwrap_or_default(),
+                            r.state.as_ref().map(|o| o.dn.as_str()).unwrap_or(""),
+                            r.state
+                                .as_ref()
+                                .map(|o| o.agreements.join(","))
+                                .unwrap_or_default(),
+                            if hidden { "  (hidden)" } else { "" }
+                        );
+                        for (k, v) in audit::describe_state(h) {
+                            println!("    {k}: {}", v.join(" | "));
+                        }
+                    }
+                }
+                other => print_records(&held, other)?,
+            }
+        }
+        JournalCommand::Agreement { id, format } => {
+            print_records(&audit::agreement(&s, &id)?, format)?
+        }
+        JournalCommand::ConfigChanges { format } => {
+            let changes = audit::config_changes(&s)?;
+            match format {
+                Output::Table => {
+                    for (run, what) in &changes {
+                        println!(
+                            "{}  run {:<5} changed: {:<28} config {} mapping {} agreements {}",
+                            run.started_at.chars().take(19).collect::<String>(),
+                            run.id,
+                            what.join(", "),
+                            &run.files.config.chars().take(12).collect::<String>(),
+                            &run.files.mapping.chars().take(12).collect::<String>(),
+                            &run.files.agreements.chars().take(12).collect::<String>(),
+                        );
+                    }
+                }
+                Output::Json => {
+                    let v: Vec<_> = changes
+                        .iter()
+                        .map(|(r, w)| serde_json::json!({"run": r.id, "at": r.started_at, "changed": w, "files": r.files}))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                Output::Csv => {
+                    println!("run,at,changed,config_hash,mapping_hash,agreements_hash");
+                    for (r, w) in &changes {
+                        println!(
+                            "{},{},\"{}\",{},{},{}",
+                            r.id,
+                            r.started_at,
+                            w.join(" "),
+                            r.files.config,
+                            r.files.mapping,
+                            r.files.agreements
+                        );
+                    }
+                }
+            }
+        }
+        JournalCommand::Export {
+            since,
+            format,
+            redact,
+        } => {
+            let since = when(&since, false)?;
+            let records = audit::since(&s, &since)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            use std::io::Write;
+            if format == ExportFormat::Csv {
+                // A byte-order mark, so spreadsheets read the file as UTF-8.
+                write!(out, "\u{feff}{}\r\n", audit::CSV_HEADER)?;
+            }
+            for r in records {
+                let r = if redact { audit::redact(r) } else { r };
+                match format {
+                    ExportFormat::Csv => write!(out, "{}\r\n", audit::csv_line(&r))?,
+                    ExportFormat::Jsonl => writeln!(out, "{}", serde_json::to_string(&r)?)?,
+                }
+            }
+            out.flush()?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

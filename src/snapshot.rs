@@ -76,8 +76,9 @@ pub struct Intent {
     pub reason: String,
 }
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
+/// Version 1; later versions are steps from it.
 const SCHEMA: &str = "
 CREATE TABLE objects (
     anchor     TEXT PRIMARY KEY,
@@ -86,8 +87,7 @@ CREATE TABLE objects (
     org        TEXT NOT NULL,
     agreements TEXT NOT NULL,
     attrs      TEXT NOT NULL,
-    run_id     INTEGER NOT NULL,
-    hidden     TEXT
+    run_id     INTEGER NOT NULL
 );
 CREATE INDEX objects_org ON objects(org);
 CREATE TABLE intents (
@@ -120,6 +120,28 @@ CREATE TABLE journal (
 );
 CREATE INDEX journal_run ON journal(run_id);
 CREATE INDEX journal_anchor ON journal(anchor);
+";
+
+/// Version 3: the hash chain, and what the auditor's queries need.
+const SCHEMA_V3: &str = "
+ALTER TABLE journal ADD COLUMN org TEXT;
+ALTER TABLE journal ADD COLUMN state TEXT;
+ALTER TABLE journal ADD COLUMN detail TEXT;
+ALTER TABLE journal ADD COLUMN mail TEXT;
+ALTER TABLE journal ADD COLUMN prev_hash TEXT;
+ALTER TABLE journal ADD COLUMN hash TEXT;
+ALTER TABLE runs ADD COLUMN mapping_hash TEXT;
+ALTER TABLE runs ADD COLUMN agreements_hash TEXT;
+ALTER TABLE runs ADD COLUMN head_hash TEXT;
+CREATE TABLE journal_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE INDEX journal_at ON journal(at);
+CREATE INDEX journal_dn ON journal(dn COLLATE NOCASE);
+CREATE INDEX journal_mail ON journal(mail);
+CREATE INDEX journal_anchor_id ON journal(anchor, id);
+CREATE INDEX journal_held ON journal(anchor, id)
+  WHERE op IN ('add','modify','rename','hide','restore','delete','drift')
+    AND outcome IN ('applied','already absent','detected');
+DROP INDEX journal_anchor;
 ";
 
 type RawRow = (String, String, String, String, String, Option<String>);
@@ -168,16 +190,24 @@ impl Snapshot {
                 known: SCHEMA_VERSION,
             });
         }
+        // Each step takes the schema one version up, in one transaction.
         if version == 0 {
-            conn.execute_batch(&format!(
-                "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            ))
-            .map_err(db)?;
-        } else if version == 1 {
+            conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = 1; COMMIT;"))
+                .map_err(db)?;
+        }
+        if version <= 1 {
             conn.execute_batch(
                 "BEGIN; ALTER TABLE objects ADD COLUMN hidden TEXT; PRAGMA user_version = 2; COMMIT;",
             )
             .map_err(db)?;
+        }
+        if version <= 2 {
+            conn.execute_batch(&format!("BEGIN; {SCHEMA_V3}"))
+                .map_err(db)?;
+            // Records written before the chain existed join it, in order.
+            crate::journal::rechain(&conn).map_err(db)?;
+            conn.execute_batch("PRAGMA user_version = 3; COMMIT;")
+                .map_err(db)?;
         }
         Ok(Snapshot { conn, path })
     }
@@ -342,6 +372,12 @@ impl Snapshot {
         };
         // unchecked: callers never nest transactions on this connection.
         let tx = self.conn.unchecked_transaction().map_err(db)?;
+        // Records carry the organisation and the object as now held.
+        let org = match after {
+            Some(o) => Some(o.org.clone()),
+            None => self.get(anchor)?.map(|o| o.org),
+        }
+        .filter(|o| !o.is_empty());
         match after {
             Some(o) => {
                 let agreements = serde_json::to_string(&o.agreements).unwrap_or_default();
@@ -377,7 +413,10 @@ impl Snapshot {
             }
         }
         for r in records {
-            crate::journal::append(&tx, r).map_err(db)?;
+            let mut r = r.clone();
+            r.org = r.org.or_else(|| org.clone());
+            r.state = after.cloned();
+            crate::journal::append(&tx, &r).map_err(db)?;
         }
         tx.prepare_cached("DELETE FROM intents WHERE anchor = ?1")
             .and_then(|mut s| s.execute([anchor]))

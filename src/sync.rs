@@ -11,7 +11,7 @@ use crate::agreements::{today, Agreements};
 use crate::apply::{Applier, ApplyError, PlanOut};
 use crate::config::{Config, FileError};
 use crate::diff::{Change, Kind, Planner};
-use crate::journal::{Counts, Record};
+use crate::journal::{Counts, FileHashes, Record};
 use crate::ldap::{Conn, LdapError};
 use crate::map::Mapping;
 use crate::render::Format;
@@ -62,19 +62,20 @@ impl From<ApplyError> for RunError {
     }
 }
 
-/// SHA-256 over the configuration, mapping and agreements files as they
-/// are on disk (passwords live in other files and are never hashed).
-pub fn config_hash(cfg: &Config) -> String {
-    let mut h = Sha256::new();
-    for (label, path) in [
-        ("config", &cfg.file),
-        ("mapping", &cfg.mapping_file),
-        ("agreements", &cfg.agreements_file),
-    ] {
-        h.update(label.as_bytes());
-        h.update(std::fs::read(path).unwrap_or_default());
+/// SHA-256 of the configuration, mapping and agreements files as they are
+/// on disk (passwords live in other files and are never hashed).
+pub fn file_hashes(cfg: &Config) -> FileHashes {
+    let hash = |path: &std::path::Path| {
+        format!(
+            "{:x}",
+            Sha256::digest(std::fs::read(path).unwrap_or_default())
+        )
+    };
+    FileHashes {
+        config: hash(&cfg.file),
+        mapping: hash(&cfg.mapping_file),
+        agreements: hash(&cfg.agreements_file),
     }
-    format!("{:x}", h.finalize())
 }
 
 /// Everything a run needs from the input files, loaded and checked.
@@ -160,7 +161,7 @@ pub async fn run(
     let run_id = match mode {
         Mode::Apply => {
             let kind = if opts.full { "full" } else { "sync" };
-            Some(snapshot.start_run(kind, &config_hash(cfg))?)
+            Some(snapshot.start_run(kind, &file_hashes(cfg))?)
         }
         Mode::Plan(_) => None,
     };
@@ -183,6 +184,9 @@ pub async fn run(
         Ok(None) => Status::Ok,
         Err(_) => Status::Failures,
     };
+    if let (Some(id), Ok(_)) = (run_id, &result) {
+        crate::audit::prune(&snapshot, cfg.journal_retention, id)?;
+    }
     if let Some(id) = run_id {
         let text = match &result {
             Err(e) => format!("failed: {e}"),
@@ -272,17 +276,11 @@ async fn reconcile(
 ) -> Result<(), RunError> {
     let mut live = applier.scan_owned().await?;
     let mut drift: Vec<(String, Option<ObjectRow>, Record)> = Vec::new();
-    let record = |anchor: &str, reason: &str, dn: &str| Record {
-        run_id: applier.run_id,
-        anchor: Some(anchor.to_string()),
-        dn: Some(dn.to_string()),
-        old_dn: None,
-        op: "drift".into(),
-        outcome: "detected".into(),
-        reason: reason.into(),
-        agreements: Vec::new(),
-        changes: Default::default(),
-        error: None,
+    let record = |anchor: &str, reason: &str, dn: &str| {
+        let mut r = Record::new(applier.run_id, "drift", "detected", reason);
+        r.anchor = Some(anchor.to_string());
+        r.dn = Some(dn.to_string());
+        r
     };
     snapshot.for_each(|row| {
         match live.remove(&row.anchor) {
@@ -527,21 +525,17 @@ async fn run_inner(
     let user = crate::journal::unix_user();
     let mut notes = Vec::new();
     if let Some(limit) = opts.allow_deletes {
-        notes.push(Record {
-            run_id: applier.run_id,
-            anchor: None,
-            dn: None,
-            old_dn: None,
-            op: "override".into(),
-            outcome: "applied".into(),
-            reason: format!("--allow-deletes {limit} by {user}"),
-            agreements: Vec::new(),
-            changes: Default::default(),
-            error: Some(format!(
-                "{released} deletes released, {} still held",
-                held.len()
-            )),
-        });
+        let mut r = Record::new(
+            applier.run_id,
+            "override",
+            "applied",
+            &format!("--allow-deletes {limit} by {user}"),
+        );
+        r.error = Some(format!(
+            "{released} deletes released, {} still held",
+            held.len()
+        ));
+        notes.push(r);
     }
     let mut stopped = None;
     if !held.is_empty() {
@@ -565,23 +559,14 @@ async fn run_inner(
             whys.join("; ")
         );
         tracing::error!("{message}");
-        notes.push(Record {
-            run_id: applier.run_id,
-            anchor: None,
-            dn: None,
-            old_dn: None,
-            op: if threshold_held > 0 {
-                "threshold"
-            } else {
-                "guard"
-            }
-            .into(),
-            outcome: "withheld".into(),
-            reason: status.into(),
-            agreements: Vec::new(),
-            changes: Default::default(),
-            error: Some(message),
-        });
+        let op = if threshold_held > 0 {
+            "threshold"
+        } else {
+            "guard"
+        };
+        let mut r = Record::new(applier.run_id, op, "withheld", status);
+        r.error = Some(message);
+        notes.push(r);
         stopped = Some(status.to_string());
     }
     if live_run {
