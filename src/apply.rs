@@ -603,7 +603,13 @@ impl Applier<'_, '_> {
                 Ok(()) => {
                     let changes = attr_changes(&before.attrs, &after.attrs);
                     if !changes.is_empty() {
-                        let mut r = self.record(&anchor, "modify", "applied", reason);
+                        // A rename's attribute changes are journaled as such.
+                        let why = if reason == "renamed in source" {
+                            "attributes changed"
+                        } else {
+                            reason
+                        };
+                        let mut r = self.record(&anchor, "modify", "applied", why);
                         r.dn = Some(now.dn.clone());
                         r.agreements = after.agreements.clone();
                         r.changes = changes;

@@ -3,14 +3,14 @@
 //! everything under one agreement, when the configuration changed), export,
 //! and prune past the retention period without breaking the chain.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use crate::journal::{canonical, chain_hash, stored_from_row, Record, Run, Stored, GENESIS};
-use crate::snapshot::{Snapshot, StateError};
+use crate::snapshot::{ObjectRow, Snapshot, StateError};
 
 const COLUMNS: &str = "id, at, run_id, anchor, dn, old_dn, op, outcome, reason, agreements,
                        changes, error, org, state, detail, prev_hash, hash";
@@ -162,17 +162,22 @@ pub fn runs(s: &Snapshot, since: Option<&str>) -> Result<Vec<Run>, StateError> {
     Ok(runs)
 }
 
+/// A callback receiving records one at a time.
+pub type Each<'f, T> = &'f mut dyn FnMut(T) -> Result<(), StateError>;
+
 /// Every record of one run, its start and end included.
-pub fn show(s: &Snapshot, run_id: i64) -> Result<Vec<Stored>, StateError> {
-    s.stored_where("run_id = ?1", &[&run_id])
+pub fn show(s: &Snapshot, run_id: i64, f: Each<'_, Stored>) -> Result<(), StateError> {
+    s.each_where("run_id = ?1", &[&run_id], f)
 }
 
 /// The anchors a person is known by: an anchor itself, a mail address, or
 /// a DN the object had.
 pub fn resolve(s: &Snapshot, who: &str) -> Result<Vec<String>, StateError> {
     let q = if who.contains('=') {
-        "SELECT DISTINCT anchor FROM journal WHERE anchor IS NOT NULL
-           AND (dn = ?1 COLLATE NOCASE OR old_dn = ?1 COLLATE NOCASE)"
+        // Two indexed lookups; an OR of the two would scan the journal.
+        "SELECT anchor FROM journal WHERE dn = ?1 COLLATE NOCASE AND anchor IS NOT NULL
+         UNION
+         SELECT anchor FROM journal WHERE old_dn = ?1 COLLATE NOCASE AND anchor IS NOT NULL"
     } else if who.contains('@') {
         "SELECT DISTINCT anchor FROM journal WHERE mail = lower(?1) AND anchor IS NOT NULL"
     } else {
@@ -195,10 +200,26 @@ pub fn history(s: &Snapshot, who: &str) -> Result<Vec<Stored>, StateError> {
     Ok(out)
 }
 
+/// One object held in the target at a given time, per the journal.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Held {
+    /// The record that left the object in this state, and when.
+    pub record: i64,
+    pub at: String,
+    pub anchor: String,
+    pub org: Option<String>,
+    pub state: ObjectRow,
+}
+
 /// The objects held in the target at `at`, as the journal records them:
 /// per object, the last state-changing record up to then, if it left the
 /// object in place. Optionally one organisation only.
-pub fn held(s: &Snapshot, at: &str, org: Option<&str>) -> Result<Vec<Stored>, StateError> {
+pub fn held(
+    s: &Snapshot,
+    at: &str,
+    org: Option<&str>,
+    f: Each<'_, Held>,
+) -> Result<(), StateError> {
     let last: Option<i64> = s
         .conn
         .query_row("SELECT max(id) FROM journal WHERE at <= ?1", [at], |r| {
@@ -206,23 +227,45 @@ pub fn held(s: &Snapshot, at: &str, org: Option<&str>) -> Result<Vec<Stored>, St
         })
         .map_err(|e| s.db_err(e))?;
     let Some(last) = last else {
-        return Ok(Vec::new());
+        return Ok(());
     };
     let sql = format!(
-        "SELECT {COLUMNS} FROM journal WHERE id IN (
+        "SELECT id, at, anchor, org, state FROM journal WHERE id IN (
             SELECT max(id) FROM journal WHERE anchor IS NOT NULL AND {STATE_OPS} AND id <= ?1
             GROUP BY anchor)
-         AND state IS NOT NULL AND (?2 IS NULL OR org = ?2) ORDER BY dn"
+         AND state IS NOT NULL AND (?2 IS NULL OR org = ?2)"
     );
     let mut stmt = s.conn.prepare(&sql).map_err(|e| s.db_err(e))?;
     let rows = stmt
-        .query_map(params![last, org], stored_from_row)
+        .query_map(params![last, org], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })
         .map_err(|e| s.db_err(e))?;
-    rows.collect::<Result<_, _>>().map_err(|e| s.db_err(e))
+    for row in rows {
+        let (record, at, anchor, org, state) = row.map_err(|e| s.db_err(e))?;
+        let state = serde_json::from_str(&state).map_err(|e| StateError::Corrupt {
+            anchor: anchor.clone(),
+            detail: format!("journal record {record}: {e}"),
+        })?;
+        f(Held {
+            record,
+            at,
+            anchor,
+            org,
+            state,
+        })?;
+    }
+    Ok(())
 }
 
 /// Everything done under one agreement.
-pub fn agreement(s: &Snapshot, id: &str) -> Result<Vec<Stored>, StateError> {
+pub fn agreement(s: &Snapshot, id: &str, f: Each<'_, Stored>) -> Result<(), StateError> {
     let quoted = serde_json::to_string(id).unwrap_or_default();
     // The id is matched as a JSON string inside the agreements array.
     let pattern = format!(
@@ -232,7 +275,7 @@ pub fn agreement(s: &Snapshot, id: &str) -> Result<Vec<Stored>, StateError> {
             .replace('%', "\\%")
             .replace('_', "\\_")
     );
-    s.stored_where("agreements LIKE ?1 ESCAPE '\\'", &[&pattern])
+    s.each_where("agreements LIKE ?1 ESCAPE '\\'", &[&pattern], f)
 }
 
 /// When the configuration, mapping or agreements file changed, by run.
@@ -261,34 +304,54 @@ pub fn config_changes(s: &Snapshot) -> Result<Vec<(Run, Vec<&'static str>)>, Sta
 }
 
 /// Records at or after `since`, for export.
-pub fn since(s: &Snapshot, since: &str) -> Result<Vec<Stored>, StateError> {
-    s.stored_where("at >= ?1", &[&since])
+pub fn since(s: &Snapshot, since: &str, f: Each<'_, Stored>) -> Result<(), StateError> {
+    s.each_where("at >= ?1", &[&since], f)
 }
 
-fn redact_value(v: &str) -> String {
-    let h = Sha256::digest(v.as_bytes());
-    format!("sha256:{:x}", h)[..23].to_string()
+/// Replaces personal values with salted hashes. One salt per export:
+/// equal values hash alike within it (a reviewer can still see that two
+/// records name the same value), but no dictionary of names or addresses
+/// can reverse them.
+pub struct Redactor {
+    salt: [u8; 16],
 }
 
-/// The record with every personal value replaced by a short hash: DNs,
-/// attribute values, the object's state, error texts. The anchor, the
-/// operation, the reason, the agreements and the chain hashes stay.
-pub fn redact(mut s: Stored) -> Stored {
-    let r = &mut s.record;
-    r.dn = r.dn.as_deref().map(redact_value);
-    r.old_dn = r.old_dn.as_deref().map(redact_value);
-    r.error = r.error.as_deref().map(redact_value);
-    for c in r.changes.values_mut() {
-        c.old = c.old.iter().map(|v| redact_value(v)).collect();
-        c.new = c.new.iter().map(|v| redact_value(v)).collect();
+impl Redactor {
+    /// A redactor with a fresh random salt, which is never written anywhere.
+    pub fn new() -> std::io::Result<Redactor> {
+        use std::io::Read;
+        let mut salt = [0u8; 16];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut salt)?;
+        Ok(Redactor { salt })
     }
-    if let Some(state) = r.state.as_mut() {
-        state.dn = redact_value(&state.dn);
-        for vs in state.attrs.values_mut() {
-            *vs = vs.iter().map(|v| redact_value(v)).collect();
+
+    fn value(&self, v: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(self.salt);
+        h.update(v.as_bytes());
+        format!("sha256:{:x}", h.finalize())[..23].to_string()
+    }
+
+    /// The record with every personal value hashed: DNs, attribute values,
+    /// the object's state, error texts. The anchor, the operation, the
+    /// reason, the agreements and the chain hashes stay.
+    pub fn redact(&self, mut s: Stored) -> Stored {
+        let r = &mut s.record;
+        r.dn = r.dn.as_deref().map(|v| self.value(v));
+        r.old_dn = r.old_dn.as_deref().map(|v| self.value(v));
+        r.error = r.error.as_deref().map(|v| self.value(v));
+        for c in r.changes.values_mut() {
+            c.old = c.old.iter().map(|v| self.value(v)).collect();
+            c.new = c.new.iter().map(|v| self.value(v)).collect();
         }
+        if let Some(state) = r.state.as_mut() {
+            state.dn = self.value(&state.dn);
+            for vs in state.attrs.values_mut() {
+                *vs = vs.iter().map(|v| self.value(v)).collect();
+            }
+        }
+        s
     }
-    s
 }
 
 /// One CSV field, quoted (RFC 4180).
@@ -395,13 +458,4 @@ pub fn describe_changes(r: &Record) -> String {
         parts.insert(0, format!("from {old}"));
     }
     parts.join("; ")
-}
-
-/// Attributes of a held object, as text.
-pub fn describe_state(s: &Stored) -> BTreeMap<String, Vec<String>> {
-    s.record
-        .state
-        .as_ref()
-        .map(|o| o.attrs.clone())
-        .unwrap_or_default()
 }

@@ -119,12 +119,29 @@ pub fn chain_hash(prev: &str, canonical: &str) -> String {
     format!("{:x}", h.finalize())
 }
 
-/// The Unix user running absync (the one who ran `sudo`, if any).
+/// The Unix user running absync: the one who ran `sudo`, if any, else the
+/// owner of this process as /etc/passwd names it.
 pub fn unix_user() -> String {
-    std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    if let Ok(u) = std::env::var("SUDO_USER") {
+        return u;
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(str::to_string))
+        });
+    if let Some(uid) = uid {
+        let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
+            })
+        });
+        return name.unwrap_or(format!("uid {uid}"));
+    }
+    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
 }
 
 pub fn now() -> String {
@@ -407,6 +424,31 @@ impl Snapshot {
             .query_map(args, stored_from_row)
             .map_err(|e| self.db_err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.db_err(e))
+    }
+
+    /// Calls `f` for each stored record matching an SQL condition, in order,
+    /// without holding them all in memory.
+    pub fn each_where(
+        &self,
+        cond: &str,
+        args: &[&dyn rusqlite::ToSql],
+        f: &mut dyn FnMut(Stored) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT id, at, run_id, anchor, dn, old_dn, op, outcome, reason, agreements,
+                        changes, error, org, state, detail, prev_hash, hash
+                 FROM journal WHERE {cond} ORDER BY id"
+            ))
+            .map_err(|e| self.db_err(e))?;
+        let rows = stmt
+            .query_map(args, stored_from_row)
+            .map_err(|e| self.db_err(e))?;
+        for row in rows {
+            f(row.map_err(|e| self.db_err(e))?)?;
+        }
+        Ok(())
     }
 
     /// The object records of a run (not its start and end), in order.

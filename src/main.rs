@@ -330,25 +330,48 @@ fn when(text: &str, end_of_day: bool) -> anyhow::Result<String> {
     audit::parse_when(text, end_of_day).map_err(|e| anyhow::anyhow!(e))
 }
 
-/// Prints records: a table for people, JSON or CSV for tools.
-fn print_records(records: &[Stored], format: Output) -> anyhow::Result<()> {
-    match format {
-        Output::Json => println!("{}", serde_json::to_string_pretty(records)?),
-        Output::Csv => {
-            println!("{}", audit::CSV_HEADER);
-            for r in records {
-                println!("{}", audit::csv_line(r));
-            }
+/// Writes query results as they come: a table for people, a JSON array or
+/// CSV for tools. Nothing is held in memory but the current record.
+struct Printer<W: std::io::Write> {
+    format: Output,
+    out: W,
+    count: u64,
+}
+
+impl<W: std::io::Write> Printer<W> {
+    fn new(format: Output, mut out: W, csv_header: &str) -> std::io::Result<Self> {
+        match format {
+            Output::Json => write!(out, "[")?,
+            Output::Csv => writeln!(out, "{csv_header}")?,
+            Output::Table => {}
         }
-        Output::Table => {
-            for s in records {
+        Ok(Printer {
+            format,
+            out,
+            count: 0,
+        })
+    }
+
+    fn json<T: serde::Serialize>(&mut self, item: &T) -> std::io::Result<()> {
+        let sep = if self.count == 0 { "\n" } else { ",\n" };
+        write!(self.out, "{sep}{}", serde_json::to_string_pretty(item)?)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    fn record(&mut self, s: &Stored) -> std::io::Result<()> {
+        match self.format {
+            Output::Json => return self.json(s),
+            Output::Csv => writeln!(self.out, "{}", audit::csv_line(s))?,
+            Output::Table => {
                 let r = &s.record;
                 let agreements = if r.agreements.is_empty() {
                     String::new()
                 } else {
                     format!(" [{}]", r.agreements.join(","))
                 };
-                println!(
+                writeln!(
+                    self.out,
                     "{:>7}  {}  run {:<4} {:<8} {:<14} {}{}",
                     s.id,
                     s.at.chars().take(19).collect::<String>(),
@@ -357,21 +380,104 @@ fn print_records(records: &[Stored], format: Output) -> anyhow::Result<()> {
                     r.outcome,
                     r.reason,
                     agreements
-                );
+                )?;
                 if let Some(dn) = &r.dn {
-                    println!("         {dn}");
+                    writeln!(self.out, "         {dn}")?;
                 }
                 let changes = audit::describe_changes(r);
                 if !changes.is_empty() {
-                    println!("         {changes}");
+                    writeln!(self.out, "         {changes}")?;
                 }
                 if let Some(e) = &r.error {
-                    println!("         error: {e}");
+                    writeln!(self.out, "         error: {e}")?;
                 }
             }
         }
+        self.count += 1;
+        Ok(())
     }
-    Ok(())
+
+    fn held(&mut self, h: &audit::Held) -> std::io::Result<()> {
+        match self.format {
+            Output::Json => return self.json(h),
+            Output::Csv => {
+                let attrs = serde_json::to_string(&h.state.attrs)?;
+                let agreements = h.state.agreements.join(";");
+                let fields = [
+                    h.anchor.as_str(),
+                    h.org.as_deref().unwrap_or(""),
+                    h.state.dn.as_str(),
+                    agreements.as_str(),
+                    if h.state.hidden.is_some() {
+                        "hidden"
+                    } else {
+                        ""
+                    },
+                    attrs.as_str(),
+                    h.at.as_str(),
+                ];
+                let line: Vec<String> = fields
+                    .iter()
+                    .map(|f| format!("\"{}\"", f.replace('"', "\"\"")))
+                    .collect();
+                writeln!(self.out, "{}", line.join(","))?;
+            }
+            Output::Table => {
+                writeln!(
+                    self.out,
+                    "{}  {}  {}  [{}]{}",
+                    h.anchor,
+                    h.org.as_deref().unwrap_or(""),
+                    h.state.dn,
+                    h.state.agreements.join(","),
+                    if h.state.hidden.is_some() {
+                        "  (hidden)"
+                    } else {
+                        ""
+                    }
+                )?;
+                for (k, v) in &h.state.attrs {
+                    writeln!(self.out, "    {k}: {}", v.join(" | "))?;
+                }
+            }
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<u64> {
+        if self.format == Output::Json {
+            writeln!(self.out, "{}]", if self.count == 0 { "" } else { "\n" })?;
+        }
+        self.out.flush()?;
+        Ok(self.count)
+    }
+}
+
+fn printer(format: Output, header: &str) -> anyhow::Result<Printer<impl std::io::Write>> {
+    let out = std::io::BufWriter::new(std::io::stdout().lock());
+    Ok(Printer::new(format, out, header)?)
+}
+
+/// Streams records through a printer.
+fn print_each(
+    format: Output,
+    query: impl FnOnce(audit::Each<'_, Stored>) -> Result<(), absync::snapshot::StateError>,
+) -> anyhow::Result<u64> {
+    let mut p = printer(format, audit::CSV_HEADER)?;
+    let mut io_err = None;
+    query(&mut |s| {
+        if io_err.is_none() {
+            if let Err(e) = p.record(&s) {
+                io_err = Some(e);
+            }
+        }
+        Ok(())
+    })?;
+    if let Some(e) = io_err {
+        return Err(e.into());
+    }
+    Ok(p.finish()?)
 }
 
 fn journal(state_dir: &std::path::Path, command: JournalCommand) -> anyhow::Result<ExitCode> {
@@ -445,51 +551,42 @@ fn journal(state_dir: &std::path::Path, command: JournalCommand) -> anyhow::Resu
                 }
             }
         }
-        JournalCommand::Show { run, format } => print_records(&audit::show(&s, run)?, format)?,
+        JournalCommand::Show { run, format } => {
+            if print_each(format, |f| audit::show(&s, run, f))? == 0 {
+                anyhow::bail!("no run {run} in the journal");
+            }
+        }
         JournalCommand::History { who, format } => {
             let records = audit::history(&s, &who)?;
             if records.is_empty() {
                 anyhow::bail!("no journal record mentions {who}");
             }
-            print_records(&records, format)?
+            print_each(format, |f| records.into_iter().try_for_each(f))?;
         }
         JournalCommand::Held { at, org, format } => {
             let at = when(&at, true)?;
             let org = org.map(|o| o.to_uppercase());
-            let held = audit::held(&s, &at, org.as_deref())?;
-            match format {
-                Output::Table => {
-                    println!(
-                        "{} objects held at {at}{}",
-                        held.len(),
-                        org.as_ref()
-                            .map(|o| format!(" for {o}"))
-                            .unwrap_or_default()
-                    );
-                    for h in &held {
-                        let r = &h.record;
-                        let hidden = r.state.as_ref().is_some_and(|o| o.hidden.is_some());
-                        println!(
-                            "{}  {}  {}  [{}]{}",
-                            r.anchor.clone().unwrap_or_default(),
-                            r.org.clone().unwrap_or_default(),
-                            r.state.as_ref().map(|o| o.dn.as_str()).unwrap_or(""),
-                            r.state
-                                .as_ref()
-                                .map(|o| o.agreements.join(","))
-                                .unwrap_or_default(),
-                            if hidden { "  (hidden)" } else { "" }
-                        );
-                        for (k, v) in audit::describe_state(h) {
-                            println!("    {k}: {}", v.join(" | "));
-                        }
+            let mut p = printer(format, "anchor,org,dn,agreements,hidden,attributes,since")?;
+            let mut io_err = None;
+            audit::held(&s, &at, org.as_deref(), &mut |h| {
+                if io_err.is_none() {
+                    if let Err(e) = p.held(&h) {
+                        io_err = Some(e);
                     }
                 }
-                other => print_records(&held, other)?,
+                Ok(())
+            })?;
+            if let Some(e) = io_err {
+                return Err(e.into());
+            }
+            let n = p.finish()?;
+            if format == Output::Table {
+                let scope = org.map(|o| format!(" for {o}")).unwrap_or_default();
+                println!("{n} objects held at {at}{scope}");
             }
         }
         JournalCommand::Agreement { id, format } => {
-            print_records(&audit::agreement(&s, &id)?, format)?
+            print_each(format, |f| audit::agreement(&s, &id, f))?;
         }
         JournalCommand::ConfigChanges { format } => {
             let changes = audit::config_changes(&s)?;
@@ -536,19 +633,36 @@ fn journal(state_dir: &std::path::Path, command: JournalCommand) -> anyhow::Resu
             redact,
         } => {
             let since = when(&since, false)?;
-            let records = audit::since(&s, &since)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             use std::io::Write;
             if format == ExportFormat::Csv {
                 // A byte-order mark, so spreadsheets read the file as UTF-8.
                 write!(out, "\u{feff}{}\r\n", audit::CSV_HEADER)?;
             }
-            for r in records {
-                let r = if redact { audit::redact(r) } else { r };
-                match format {
-                    ExportFormat::Csv => write!(out, "{}\r\n", audit::csv_line(&r))?,
-                    ExportFormat::Jsonl => writeln!(out, "{}", serde_json::to_string(&r)?)?,
+            let redactor = if redact {
+                Some(audit::Redactor::new()?)
+            } else {
+                None
+            };
+            let mut io_err: Option<std::io::Error> = None;
+            audit::since(&s, &since, &mut |r| {
+                let r = match &redactor {
+                    Some(x) => x.redact(r),
+                    None => r,
+                };
+                let res = match format {
+                    ExportFormat::Csv => write!(out, "{}\r\n", audit::csv_line(&r)),
+                    ExportFormat::Jsonl => serde_json::to_string(&r)
+                        .map_err(std::io::Error::from)
+                        .and_then(|line| writeln!(out, "{line}")),
+                };
+                if let (Err(e), None) = (res, &io_err) {
+                    io_err = Some(e);
                 }
+                Ok(())
+            })?;
+            if let Some(e) = io_err {
+                return Err(e.into());
             }
             out.flush()?;
         }

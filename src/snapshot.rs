@@ -136,6 +136,7 @@ ALTER TABLE runs ADD COLUMN head_hash TEXT;
 CREATE TABLE journal_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX journal_at ON journal(at);
 CREATE INDEX journal_dn ON journal(dn COLLATE NOCASE);
+CREATE INDEX journal_old_dn ON journal(old_dn COLLATE NOCASE);
 CREATE INDEX journal_mail ON journal(mail);
 CREATE INDEX journal_anchor_id ON journal(anchor, id);
 CREATE INDEX journal_held ON journal(anchor, id)

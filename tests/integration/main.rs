@@ -1,6 +1,7 @@
 //! Integration tests against the real test bed (slapd and Samba AD).
 //! One binary with modules, so it compiles once.
 
+mod audit;
 mod cli;
 mod common;
 mod robust;

@@ -1,0 +1,160 @@
+//! Measures the auditor's queries on a large journal.
+//!
+//!   cargo run --release --example journal_scale -- [RECORDS] [DIR]
+//!
+//! Writes RECORDS journal records (default 1,000,000: 100,000 people, each
+//! added, then modified, renamed, hidden, restored ... in turn) into a fresh
+//! state database in DIR, then times `history`, `held`, `agreement`,
+//! `verify` and an export, and prints the figures.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use absync::audit;
+use absync::journal::{AttrChange, Record};
+use absync::snapshot::{ObjectRow, Snapshot};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let total: u64 = args
+        .get(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
+    let dir = std::path::PathBuf::from(
+        args.get(2)
+            .cloned()
+            .unwrap_or_else(|| format!("/tmp/absync-journal-scale-{total}")),
+    );
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let snap = Snapshot::open(&dir)?;
+    let people = (total / 10).max(1);
+    let t = Instant::now();
+    let run = snap.start_run("sync", &Default::default())?;
+    let mut batch = Vec::with_capacity(10_000);
+    let mut written = 0u64;
+    let mut round = 0u64;
+    while written < total {
+        for p in 0..people {
+            if written >= total {
+                break;
+            }
+            let anchor = format!("{p:08x}-0000-1000-8000-000000000000");
+            let org = format!("R{:02}", p % 50);
+            let mail = format!("person{p}@nhs.net");
+            let title = format!("Title {round}");
+            let mut attrs = BTreeMap::new();
+            attrs.insert("mail".to_string(), vec![mail.clone()]);
+            attrs.insert("title".to_string(), vec![title.clone()]);
+            attrs.insert("sn".to_string(), vec![format!("Surname{p}")]);
+            let dn = format!("cn=Person {p},OU=NHS Directory,DC=sync,DC=test");
+            let op = if round == 0 { "add" } else { "modify" };
+            let mut r = Record::new(run, op, "applied", "new entry");
+            r.anchor = Some(anchor.clone());
+            r.dn = Some(dn.clone());
+            r.org = Some(org.clone());
+            r.agreements = vec![format!("DSA-{:02}", p % 5)];
+            r.changes.insert(
+                "title".into(),
+                AttrChange {
+                    old: if round == 0 {
+                        vec![]
+                    } else {
+                        vec![format!("Title {}", round - 1)]
+                    },
+                    new: vec![title],
+                },
+            );
+            r.state = Some(ObjectRow {
+                anchor,
+                dn,
+                org,
+                agreements: r.agreements.clone(),
+                attrs,
+                hidden: None,
+            });
+            batch.push(r);
+            written += 1;
+            if batch.len() == 10_000 {
+                snap.journal(&batch)?;
+                batch.clear();
+            }
+        }
+        round += 1;
+    }
+    snap.journal(&batch)?;
+    snap.end_run(run, "ok", &Default::default())?;
+    let write_secs = t.elapsed().as_secs_f64();
+    let size = std::fs::metadata(dir.join("absync.db"))?.len();
+    println!(
+        "wrote {written} records for {people} people in {write_secs:.1} s ({:.0} records/s); database {:.0} MB",
+        written as f64 / write_secs,
+        size as f64 / 1e6
+    );
+
+    let time = |what: &str, f: &mut dyn FnMut() -> usize| {
+        let t = Instant::now();
+        let n = f();
+        println!(
+            "{what:<40} {:>8.3} s  ({n} rows)",
+            t.elapsed().as_secs_f64()
+        );
+    };
+    let at = audit::parse_when("2999-01-01", true)?;
+    time("history by anchor", &mut || {
+        audit::history(&snap, "00000042-0000-1000-8000-000000000000")
+            .unwrap()
+            .len()
+    });
+    time("history by mail", &mut || {
+        audit::history(&snap, "person4242@nhs.net").unwrap().len()
+    });
+    time("history by DN", &mut || {
+        audit::history(&snap, "cn=Person 4242,OU=NHS Directory,DC=sync,DC=test")
+            .unwrap()
+            .len()
+    });
+    time("held --at (everyone)", &mut || {
+        let mut n = 0;
+        audit::held(&snap, &at, None, &mut |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        n
+    });
+    time("held --at --org R07", &mut || {
+        let mut n = 0;
+        audit::held(&snap, &at, Some("R07"), &mut |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        n
+    });
+    time("agreement DSA-03", &mut || {
+        let mut n = 0;
+        audit::agreement(&snap, "DSA-03", &mut |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        n
+    });
+    time("verify", &mut || match audit::verify(&snap).unwrap() {
+        audit::Verdict::Intact { records } => records as usize,
+        broken => panic!("{broken}"),
+    });
+    time("export (read every record)", &mut || {
+        let mut n = 0;
+        audit::since(&snap, "2000-01-01T00:00:00Z", &mut |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        n
+    });
+    Ok(())
+}

@@ -1,0 +1,507 @@
+//! The auditor's tools after a realistic sequence of runs: an initial load,
+//! source changes, a conflict, a failed entry, and an agreement expiring.
+//! Every `absync journal` command is run as an auditor would run it.
+
+use std::collections::BTreeSet;
+
+use absync::ldap::Conn;
+
+use crate::common::check::*;
+use crate::common::env::{Run, SyncEnv};
+
+/// The sequence, and what the tests need to know about it.
+struct History {
+    env: SyncEnv,
+    codes: Vec<String>,
+    /// A person renamed and modified in run 2.
+    changed: String,
+    changed_mail: String,
+    /// A person in the organisation whose agreement expires in run 3.
+    purged: String,
+    /// Time stamps between the runs.
+    after_run1: String,
+    after_run2: String,
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+async fn history(name: &str) -> History {
+    let env = SyncEnv::new(name, 51, 60, 3, "nhs-to-ad-contact.toml").await;
+    // A mapping without the title limit, so AD refuses an over-long title.
+    let shipped = std::fs::read_to_string(
+        crate::common::testbed::repo_root().join("mappings/nhs-to-ad-contact.toml"),
+    )
+    .unwrap();
+    let mapping = env.dir.join("no-title-limit.toml");
+    std::fs::write(&mapping, shipped.replace("max_length = 128", "")).unwrap();
+    let codes = env.org_codes();
+    let a = vec![codes[0].clone(), codes[1].clone()];
+    let b = vec![codes[2].clone()];
+    env.write_agreements(&[
+        ("DSA-AUD-A", &a, ALL_ATTRS, &day(-30), &day(30)),
+        ("DSA-AUD-B", &b, ALL_ATTRS, &day(-30), &day(30)),
+    ]);
+    let people = env.source_people("(objectClass=nhsPerson)").await;
+    let active: Vec<(&String, &std::collections::BTreeMap<String, Vec<String>>)> = people
+        .iter()
+        .filter(|(_, p)| p["nhsentrystatus"][0] == "active")
+        .collect();
+    let (changed, cp) = active
+        .iter()
+        .find(|(_, p)| p["nhsodscode"][0] == codes[0] && p.contains_key("mail"))
+        .unwrap();
+    let (purged, _) = active
+        .iter()
+        .find(|(_, p)| p["nhsodscode"][0] == codes[2])
+        .unwrap();
+    // A conflict: an object absync does not own holds a person's name.
+    let (victim_anchor, victim) = active
+        .iter()
+        .find(|(_, p)| p["nhsodscode"][0] == codes[1] && p.contains_key("givenname"))
+        .unwrap();
+    let mut admin = Conn::connect(&env.tb.target_admin()).await.unwrap();
+    admin
+        .add(
+            &format!(
+                "CN={} {},{}",
+                victim["givenname"][0], victim["sn"][0], env.target_ou
+            ),
+            vec![
+                ("objectClass".into(), ["contact".into()].into()),
+                ("description".into(), ["made by hand".into()].into()),
+            ],
+        )
+        .await
+        .unwrap();
+    env.sync_ok();
+    let after_run1 = now();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    // Run 2: a rename and a modify; with the title limit taken out of the
+    // mapping, entries AD refuses (exit 1).
+    env.write_config(mapping.to_str().unwrap(), "");
+    let (_, failing) = active
+        .iter()
+        .find(|(u, p)| p["nhsodscode"][0] == codes[1] && u != changed && u != victim_anchor)
+        .unwrap();
+    env.change_source(&format!(
+        "dn: {}\nchangetype: modify\nreplace: sn\nsn: Ó Súilleabháin\n-\nreplace: displayName\ndisplayName: Renamed Person\n-\nreplace: title\ntitle: Clinical Director\n-\n\n\
+         dn: {}\nchangetype: modify\nreplace: title\ntitle: {}\n-\n\n",
+        cp["dn"][0],
+        failing["dn"][0],
+        "Consultant ".repeat(20)
+    ));
+    let r2 = env.absync(&["sync"]);
+    assert_eq!(r2.code, 1, "one entry refused (title too long): {r2:?}");
+    let after_run2 = now();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    // Run 3: agreement B has expired: its organisation is purged.
+    env.write_agreements(&[
+        ("DSA-AUD-A", &a, ALL_ATTRS, &day(-30), &day(30)),
+        ("DSA-AUD-B", &b, ALL_ATTRS, &day(-30), &day(-1)),
+    ]);
+    let r3 = env.absync(&["sync"]);
+    assert_eq!(
+        r3.code, 1,
+        "the refused entry is retried and refused again: {r3:?}"
+    );
+    History {
+        changed: changed.to_string(),
+        changed_mail: cp["mail"][0].to_lowercase(),
+        purged: purged.to_string(),
+        codes,
+        env,
+        after_run1,
+        after_run2,
+    }
+}
+
+fn journal(env: &SyncEnv, args: &[&str]) -> Run {
+    let mut all = vec!["journal"];
+    all.extend_from_slice(args);
+    env.absync(&all)
+}
+
+#[tokio::test]
+async fn an_auditor_can_answer_what_when_under_which_agreement_and_who_held_what() {
+    let h = history("audit-queries").await;
+    let env = &h.env;
+
+    let verify = journal(env, &["verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    assert!(verify.stdout.starts_with("intact, "), "{verify:?}");
+
+    // runs: one line per run, status, counts; JSON for tools.
+    let runs = journal(env, &["runs"]);
+    assert_eq!(runs.stdout.lines().count(), 3, "{runs:?}");
+    assert!(
+        runs.stdout.lines().next().unwrap().contains(" ok "),
+        "{runs:?}"
+    );
+    assert!(runs.stdout.contains("done with failures"));
+    let json: serde_json::Value =
+        serde_json::from_str(&journal(env, &["runs", "--format", "json"]).stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3);
+    assert!(json[0]["files"]["agreements"].as_str().unwrap().len() == 64);
+    let since = journal(env, &["runs", "--since", &h.after_run1]);
+    assert_eq!(since.stdout.lines().count(), 2, "{since:?}");
+
+    // show: every change in a run, with its reason and agreement.
+    let show = journal(env, &["show", "1", "--format", "json"]);
+    let records: Vec<serde_json::Value> = serde_json::from_str(&show.stdout).unwrap();
+    assert!(records
+        .iter()
+        .any(|r| r["op"] == "conflict" && r["outcome"] == "withheld"));
+    assert!(records
+        .iter()
+        .filter(|r| r["op"] == "add")
+        .all(|r| r["agreements"][0].as_str().unwrap().starts_with("DSA-AUD-")));
+    assert_eq!(records.first().unwrap()["op"], "run");
+    assert_eq!(records.last().unwrap()["op"], "run");
+    let show2 = journal(env, &["show", "2"]);
+    assert!(
+        show2.stdout.contains("failed") && show2.stdout.contains("error: "),
+        "{show2:?}"
+    );
+
+    // history by anchor, by mail and by DN: the same life.
+    let by_id = journal(env, &["history", &h.changed, "--format", "json"]);
+    let life: Vec<serde_json::Value> = serde_json::from_str(&by_id.stdout).unwrap();
+    let ops: Vec<&str> = life.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, vec!["add", "rename", "modify"], "{by_id:?}");
+    let title = &life[2]["changes"]["title"];
+    assert_eq!(title["new"][0], "Clinical Director");
+    assert!(!title["old"].as_array().unwrap().is_empty());
+    let renamed_dn = life[1]["dn"].as_str().unwrap().to_string();
+    for who in [h.changed_mail.as_str(), renamed_dn.as_str()] {
+        let other = journal(env, &["history", who, "--format", "json"]);
+        assert_eq!(other.stdout, by_id.stdout, "history by {who}");
+    }
+    let table = journal(env, &["history", &h.changed_mail]);
+    assert!(table.stdout.contains("title: ") && table.stdout.contains("-> \"Clinical Director\""));
+    let nobody = journal(env, &["history", "nobody@example.org"]);
+    assert_eq!(nobody.code, 2);
+    assert!(nobody
+        .stderr
+        .contains("no journal record mentions nobody@example.org"));
+
+    // held: reconstructed at points in time, per organisation.
+    let held = |at: &str, org: Option<&str>| -> Vec<serde_json::Value> {
+        let mut args = vec!["held", "--at", at, "--format", "json"];
+        if let Some(o) = org {
+            args.extend(["--org", o]);
+        }
+        let r = journal(env, &args);
+        assert_eq!(r.code, 0, "{r:?}");
+        serde_json::from_str(&r.stdout).unwrap()
+    };
+    let now_held = held(&now(), None);
+    let ad = by_anchor(&env.ad_objects().await);
+    let held_anchors: BTreeSet<String> = now_held
+        .iter()
+        .map(|r| r["anchor"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        held_anchors,
+        ad.keys().cloned().collect(),
+        "held now = AD now"
+    );
+    let at1 = held(&h.after_run1, None);
+    assert!(
+        at1.iter().any(|r| r["anchor"] == h.purged.as_str()),
+        "held before the purge"
+    );
+    assert!(
+        !held_anchors.contains(&h.purged),
+        "not held after the purge"
+    );
+    let changed_then = at1
+        .iter()
+        .find(|r| r["anchor"] == h.changed.as_str())
+        .unwrap();
+    assert_ne!(
+        changed_then["state"]["attrs"]["title"][0], "Clinical Director",
+        "the attributes held then, not now"
+    );
+    let changed_later = held(&h.after_run2, None)
+        .into_iter()
+        .find(|r| r["anchor"] == h.changed.as_str())
+        .unwrap();
+    assert_eq!(
+        changed_later["state"]["attrs"]["title"][0],
+        "Clinical Director"
+    );
+    let org_b = held(&h.after_run1, Some(&h.codes[2]));
+    assert!(!org_b.is_empty() && org_b.iter().all(|r| r["org"] == h.codes[2].as_str()));
+    assert!(held("2000-01-01", None).is_empty());
+    let table = journal(env, &["held", "--at", &h.after_run1, "--org", &h.codes[2]]);
+    assert!(
+        table
+            .stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with(&format!("{} objects held at", org_b.len())),
+        "{table:?}"
+    );
+
+    // agreement: everything under DSA-AUD-B, the purge included.
+    let b = journal(env, &["agreement", "DSA-AUD-B", "--format", "json"]);
+    let under_b: Vec<serde_json::Value> = serde_json::from_str(&b.stdout).unwrap();
+    assert!(under_b.iter().any(|r| r["op"] == "add"));
+    let purge: Vec<&serde_json::Value> = under_b.iter().filter(|r| r["op"] == "delete").collect();
+    assert!(!purge.is_empty());
+    assert!(purge
+        .iter()
+        .all(|r| r["reason"] == "agreement expired" && r["run_id"] == 3));
+    assert_eq!(
+        purge.len(),
+        org_b.len(),
+        "every held object of B was purged"
+    );
+
+    // config-changes: the agreements file changed before run 3.
+    let cc = journal(env, &["config-changes"]);
+    let lines: Vec<&str> = cc.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{cc:?}");
+    assert!(lines[0].contains("run 1") && lines[0].contains("config, mapping, agreements"));
+    assert!(lines[1].contains("run 2") && lines[1].contains("changed: config, mapping "));
+    assert!(lines[2].contains("run 3") && lines[2].contains("changed: agreements "));
+}
+
+#[tokio::test]
+async fn exports_open_in_a_spreadsheet_and_redaction_hides_personal_values() {
+    let h = history("audit-export").await;
+    let env = &h.env;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_absync"))
+        .args(["--config", env.config_path().to_str().unwrap()])
+        .args([
+            "journal",
+            "export",
+            "--since",
+            "2000-01-01",
+            "--format",
+            "csv",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let bytes = out.stdout;
+    assert!(bytes.starts_with(b"\xef\xbb\xbf"), "UTF-8 byte-order mark");
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.contains("Ó Súilleabháin"), "UTF-8 kept");
+    let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert!(lines[0].ends_with(
+        "id,at,run,op,outcome,reason,anchor,org,dn,old_dn,agreements,changes,error,hash"
+    ));
+    // Every data line has 14 quoted fields (commas inside DNs stay inside).
+    for l in &lines[1..] {
+        assert!(l.starts_with('"') && l.ends_with('"'), "{l}");
+        assert_eq!(csv_fields(l), 14, "{l}");
+    }
+
+    let jsonl = journal(
+        env,
+        &["export", "--since", "2000-01-01", "--format", "jsonl"],
+    );
+    let all: Vec<serde_json::Value> = jsonl
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(all.len(), lines.len() - 1);
+    let recent = journal(
+        env,
+        &["export", "--since", &h.after_run2, "--format", "jsonl"],
+    );
+    assert!(recent.stdout.lines().count() < all.len());
+
+    let redacted = journal(
+        env,
+        &[
+            "export",
+            "--since",
+            "2000-01-01",
+            "--format",
+            "jsonl",
+            "--redact",
+        ],
+    );
+    assert!(
+        !redacted.stdout.contains(&h.changed_mail),
+        "no mail addresses"
+    );
+    assert!(!redacted.stdout.contains("Súilleabháin"), "no names");
+    assert!(!redacted.stdout.contains("OU=NHS Directory"), "no DNs");
+    assert!(
+        redacted.stdout.contains(&h.changed),
+        "anchors stay, to follow a person"
+    );
+    assert!(redacted.stdout.contains("sha256:"));
+    assert!(
+        redacted.stdout.contains("agreement expired"),
+        "reasons stay"
+    );
+}
+
+/// Counts the fields of one RFC 4180 line.
+fn csv_fields(line: &str) -> usize {
+    let (mut n, mut quoted, mut chars) = (1, false, line.chars().peekable());
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn verify_catches_an_edited_a_deleted_and_a_reordered_record() {
+    let h = history("audit-tamper").await;
+    let env = &h.env;
+    let db = env.state_dir().join("absync.db");
+    let pristine = std::fs::read(&db).unwrap();
+    let tamper = |sql: &str| -> Run {
+        std::fs::write(&db, &pristine).unwrap();
+        let _ = std::fs::remove_file(env.state_dir().join("absync.db-wal"));
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        journal(env, &["verify"])
+    };
+    let edited = tamper("UPDATE journal SET reason = 'nothing to see' WHERE id = 7;");
+    assert_eq!(edited.code, 1, "{edited:?}");
+    assert!(
+        edited.stdout.contains("BROKEN at record 7") && edited.stdout.contains("edited"),
+        "{edited:?}"
+    );
+
+    let deleted = tamper("DELETE FROM journal WHERE id = 9;");
+    assert_eq!(deleted.code, 1);
+    assert!(
+        deleted.stdout.contains("BROKEN at record 9") && deleted.stdout.contains("missing"),
+        "{deleted:?}"
+    );
+
+    // Two records swap places (their ids), as a reordering would.
+    let reordered = tamper(
+        "UPDATE journal SET id = -1 WHERE id = 11; UPDATE journal SET id = 11 WHERE id = 12;
+         UPDATE journal SET id = 12 WHERE id = -1;",
+    );
+    assert_eq!(reordered.code, 1);
+    assert!(
+        reordered.stdout.contains("BROKEN at record 11"),
+        "{reordered:?}"
+    );
+
+    let tail = tamper("DELETE FROM journal WHERE id = (SELECT max(id) FROM journal);");
+    assert_eq!(tail.code, 1);
+    assert!(tail.stdout.contains("head hash"), "{tail:?}");
+
+    let runs_row = tamper("UPDATE runs SET status = 'ok' WHERE id = 2;");
+    assert_eq!(runs_row.code, 1);
+    assert!(
+        runs_row.stdout.contains("run 2 in the runs table differs"),
+        "{runs_row:?}"
+    );
+
+    std::fs::write(&db, &pristine).unwrap();
+    let fine = journal(env, &["verify"]);
+    assert_eq!(fine.code, 0, "{fine:?}");
+}
+
+#[tokio::test]
+async fn each_run_logs_its_head_hash_and_no_password_reaches_the_journal() {
+    let env = SyncEnv::new("audit-head", 52, 20, 2, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-H", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_absync"))
+        .args(["--config", env.config_path().to_str().unwrap(), "sync"])
+        .env("ABSYNC_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let snap = env.snapshot();
+    let head = snap.runs(1).unwrap()[0].head_hash.clone().unwrap();
+    assert!(
+        stderr.contains("journal head") && stderr.contains(&head),
+        "{stderr}"
+    );
+    // The journal can be read with nothing but the state directory.
+    let by_dir = std::process::Command::new(env!("CARGO_BIN_EXE_absync"))
+        .args([
+            "journal",
+            "--state",
+            env.state_dir().to_str().unwrap(),
+            "verify",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&by_dir.stdout).starts_with("intact, "));
+    let db = std::fs::read(env.state_dir().join("absync.db")).unwrap();
+    for key in ["SOURCE_SYNC_PASSWORD_FILE", "TARGET_SVC_PASSWORD_FILE"] {
+        let pw = std::fs::read(env.tb.get(key)).unwrap();
+        assert!(
+            !db.windows(pw.len()).any(|w| w == pw.as_slice()),
+            "a password is in the state database"
+        );
+    }
+}
+
+#[tokio::test]
+async fn retention_prunes_old_records_and_the_chain_still_verifies() {
+    let env = SyncEnv::new("audit-retention", 53, 20, 2, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-R", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    env.sync_ok();
+    let first = env.snapshot().stored_where("1", &[]).unwrap().len();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!("{text}\n[journal]\nretention = \"2s\"\n"),
+    )
+    .unwrap();
+    env.sync_ok();
+    let snap = env.snapshot();
+    let kept = snap.stored_where("1", &[]).unwrap();
+    assert!(
+        kept.iter().all(|r| r.record.run_id == 2),
+        "run 1's records are gone"
+    );
+    let prune = kept
+        .iter()
+        .find(|r| r.record.op == "prune")
+        .expect("pruning is journaled");
+    assert_eq!(
+        prune.record.detail.as_ref().unwrap()["records"],
+        first as u64
+    );
+    let verify = journal(&env, &["verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    assert_eq!(
+        verify.stdout.trim(),
+        format!("intact, {} records", kept.len())
+    );
+    // Deleting the oldest kept record is still caught.
+    rusqlite::Connection::open(env.state_dir().join("absync.db"))
+        .unwrap()
+        .execute(
+            "DELETE FROM journal WHERE id = (SELECT min(id) FROM journal)",
+            [],
+        )
+        .unwrap();
+    let broken = journal(&env, &["verify"]);
+    assert_eq!(broken.code, 1, "{broken:?}");
+}
