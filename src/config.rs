@@ -69,7 +69,13 @@ pub fn parse_toml_file<T: serde::de::DeserializeOwned>(
     }
     let value = toml::from_str::<T>(&text).map_err(|e| {
         let line = e.span().map(|s| line_of(&text, s.start));
-        FileError::new(path, line, None, e.message().to_string())
+        // Name the key written on that line, when there is one.
+        let key = line
+            .and_then(|l| text.lines().nth(l - 1))
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim().to_string())
+            .filter(|k| !k.is_empty() && !k.starts_with('#') && !k.starts_with('['));
+        FileError::new(path, line, key.as_deref(), e.message().to_string())
     })?;
     Ok((value, text))
 }
@@ -86,6 +92,70 @@ pub struct RawConfig {
     pub safety: RawSafety,
     #[serde(default)]
     pub journal: RawJournal,
+    #[serde(default)]
+    pub schedule: RawSchedule,
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[schedule]`: when `absync run` syncs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    pub interval: Option<Spanned<String>>,
+    pub cron: Option<Spanned<String>>,
+    pub full_every: Option<Spanned<String>>,
+}
+
+/// `[daemon]`: where `absync run` listens for `absync resync`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub socket: Option<Spanned<String>>,
+}
+
+/// `[metrics]`: an optional Prometheus endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<Spanned<String>>,
+}
+
+/// When the daemon runs.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// Every so long, counted from the end of the previous run.
+    Interval(Duration),
+    /// A cron expression with seconds (sec min hour day month weekday),
+    /// evaluated in UTC.
+    Cron(Box<cron::Schedule>),
+}
+
+impl Schedule {
+    /// How long from now until the next run.
+    pub fn next_after_now(&self) -> Duration {
+        match self {
+            Schedule::Interval(d) => *d,
+            Schedule::Cron(c) => c
+                .upcoming(chrono::Utc)
+                .next()
+                .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
+                .unwrap_or(Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// The daemon's settings, resolved.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub schedule: Schedule,
+    /// A full reconcile at least this often.
+    pub full_every: Duration,
+    /// The Unix socket `absync resync` talks to.
+    pub socket: PathBuf,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `[journal]`: how long records are kept.
@@ -190,7 +260,9 @@ pub struct SafetyConfig {
 pub struct RawSource {
     pub url: Spanned<String>,
     pub bind_dn: Spanned<String>,
-    pub password_file: Spanned<String>,
+    pub password_file: Option<Spanned<String>>,
+    /// A systemd credential (LoadCredential=) holding the password.
+    pub password_credential: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
     pub base_dn: Spanned<String>,
     #[serde(default = "default_source_filter")]
@@ -220,7 +292,9 @@ pub struct RawSource {
 pub struct RawTarget {
     pub url: Spanned<String>,
     pub bind_dn: Spanned<String>,
-    pub password_file: Spanned<String>,
+    pub password_file: Option<Spanned<String>>,
+    /// A systemd credential (LoadCredential=) holding the password.
+    pub password_credential: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
     pub base_dn: Spanned<String>,
     #[serde(default = "default_target_anchor")]
@@ -329,6 +403,7 @@ pub struct Config {
     pub safety: SafetyConfig,
     /// Journal records older than this are pruned (the chain stays whole).
     pub journal_retention: Duration,
+    pub service: ServiceConfig,
     /// Things worth telling the admin that do not stop a run.
     pub warnings: Vec<String>,
 }
@@ -404,7 +479,7 @@ impl Resolver<'_> {
         section: &str,
         url: &Spanned<String>,
         bind_dn: &Spanned<String>,
-        password_file: &Spanned<String>,
+        password: (&Option<Spanned<String>>, &Option<Spanned<String>>),
         ca_file: &Option<Spanned<String>>,
         starttls: bool,
         allow_plaintext: bool,
@@ -456,7 +531,30 @@ impl Resolver<'_> {
                 ))
             }
         };
-        let pw_path = self.path(password_file);
+        let (pw_path, pw_span, pw_key) = match password {
+            (Some(f), None) => (self.path(f), f.span(), format!("{section}.password_file")),
+            (None, Some(c)) => {
+                let key = format!("{section}.password_credential");
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    self.err(
+                        c.span(),
+                        &key,
+                        "CREDENTIALS_DIRECTORY is not set: a credential is handed over by \
+                         systemd (LoadCredential=); outside systemd use password_file"
+                            .into(),
+                    )
+                })?;
+                (PathBuf::from(dir).join(c.get_ref()), c.span(), key)
+            }
+            _ => {
+                return Err(FileError::new(
+                    self.file,
+                    None,
+                    Some(&format!("{section}.password_file")),
+                    "give exactly one of password_file and password_credential".into(),
+                ))
+            }
+        };
         let (password, warning) = read_password_file(&pw_path).map_err(|e| {
             let msg = match e {
                 SecretError::Read { source, .. } => {
@@ -464,11 +562,7 @@ impl Resolver<'_> {
                 }
                 SecretError::Empty { .. } => format!("{} is empty", pw_path.display()),
             };
-            self.err(
-                password_file.span(),
-                &format!("{section}.password_file"),
-                msg,
-            )
+            self.err(pw_span.clone(), &pw_key, msg)
         })?;
         warnings.extend(warning);
         if *timeout.get_ref() == 0 {
@@ -506,7 +600,7 @@ impl Config {
             "source",
             &s.url,
             &s.bind_dn,
-            &s.password_file,
+            (&s.password_file, &s.password_credential),
             &s.ca_file,
             s.starttls,
             s.allow_plaintext,
@@ -544,7 +638,7 @@ impl Config {
             "target",
             &t.url,
             &t.bind_dn,
-            &t.password_file,
+            (&t.password_file, &t.password_credential),
             &t.ca_file,
             t.starttls,
             t.allow_plaintext,
@@ -608,6 +702,68 @@ impl Config {
                 "must be longer than 0 (records are evidence)".into(),
             ));
         }
+        let sc = &raw.schedule;
+        let schedule = match (&sc.interval, &sc.cron) {
+            (Some(_), Some(c)) => {
+                return Err(r.err(
+                    c.span(),
+                    "schedule.cron",
+                    "give either interval or cron, not both".into(),
+                ))
+            }
+            (None, Some(c)) => {
+                let expr = c.get_ref().trim();
+                let parsed =
+                    <cron::Schedule as std::str::FromStr>::from_str(expr).map_err(|e| {
+                        r.err(
+                            c.span(),
+                            "schedule.cron",
+                            format!(
+                                "\"{expr}\" is not a cron expression with seconds \
+                             (sec min hour day month weekday): {e}"
+                            ),
+                        )
+                    })?;
+                Schedule::Cron(Box::new(parsed))
+            }
+            (Some(i), None) => {
+                let d = parse_duration(i.get_ref())
+                    .map_err(|m| r.err(i.span(), "schedule.interval", m))?;
+                if d < Duration::from_secs(1) {
+                    return Err(r.err(i.span(), "schedule.interval", "must be at least 1s".into()));
+                }
+                Schedule::Interval(d)
+            }
+            (None, None) => Schedule::Interval(Duration::from_secs(30 * 60)),
+        };
+        let full_every = match &sc.full_every {
+            Some(f) => parse_duration(f.get_ref())
+                .map_err(|m| r.err(f.span(), "schedule.full_every", m))?,
+            None => Duration::from_secs(7 * 86_400),
+        };
+        let socket = match &raw.daemon.socket {
+            Some(p) => r.path(p),
+            None => match std::env::var_os("RUNTIME_DIRECTORY") {
+                Some(dir) => PathBuf::from(dir).join("absync.sock"),
+                None => state_dir.join("absync.sock"),
+            },
+        };
+        let metrics_listen = match &raw.metrics.listen {
+            Some(l) => Some(l.get_ref().parse().map_err(|e| {
+                r.err(
+                    l.span(),
+                    "metrics.listen",
+                    format!("\"{}\" is not an address:port ({e})", l.get_ref()),
+                )
+            })?),
+            None => None,
+        };
+        let service = ServiceConfig {
+            schedule,
+            full_every,
+            socket,
+            metrics_listen,
+        };
         Ok(Config {
             file,
             source,
@@ -617,6 +773,7 @@ impl Config {
             state_dir,
             safety,
             journal_retention,
+            service,
             warnings,
         })
     }

@@ -14,6 +14,8 @@
 //! - [`audit`]: the auditor's side: verify the chain, queries, export, retention.
 //! - [`render`]: a plan as a table, LDIF or JSON.
 //! - [`sync`]: one run, all stages in order.
+//! - [`daemon`]: `absync run`, the scheduled service; [`control`] (the
+//!   resync socket, the file watcher) and [`metrics`] are its adapters.
 //! - [`secret`]: passwords, read from files and never printed.
 //! - [`dn`]: distinguished names (RFC 4514).
 //! - [`ldap`]: the LDAP client both ends use (rustls, bind, paged search, writes).
@@ -22,11 +24,14 @@ pub mod agreements;
 pub mod apply;
 pub mod audit;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod diff;
 pub mod dn;
 pub mod journal;
 pub mod ldap;
 pub mod map;
+pub mod metrics;
 pub mod pull;
 pub mod render;
 pub mod scope;

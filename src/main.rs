@@ -69,11 +69,40 @@ enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Run as a service: sync on the schedule until stopped (SIGTERM);
+    /// reload on SIGHUP or when a configuration file changes.
+    Run,
+    /// Ask the running daemon to sync now, and wait for its summary.
+    Resync {
+        /// A full reconcile (reads the live target too).
+        #[arg(long)]
+        full: bool,
+        /// Return once the daemon has the request.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Write a commented starter configuration.
+    Init {
+        /// Where to write it ("-" for standard output).
+        #[arg(default_value = "-")]
+        path: PathBuf,
+    },
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    Man,
     /// Show the last runs, their status, and what is managed.
     Status {
         /// How many runs to show.
         #[arg(long, default_value = "10")]
         runs: u32,
+        /// Read this state directory instead of the configuration's (works
+        /// while the configuration file is broken).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
     },
 }
 
@@ -154,9 +183,23 @@ enum JournalCommand {
     },
 }
 
+/// Logs go to journald, with structured fields (run id, anchor,
+/// operation), when systemd connected stderr to the journal; otherwise to
+/// stderr, for people.
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ABSYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(journald.with_syslog_identifier("absync".into()))
+                .init();
+            return;
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -205,10 +248,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     {
         return journal(&dir, command);
     }
+    match &cli.command {
+        Command::Init { path } => return init(path),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "absync", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Status {
+            runs,
+            state: Some(dir),
+        } => return status(dir, None, *runs),
+        Command::Run => {
+            let path = cli
+                .config
+                .context("no configuration: give --config FILE or set ABSYNC_CONFIG")?;
+            return daemon(path).await;
+        }
+        _ => {}
+    }
     let cfg = load_config(cli.config)?;
     match cli.command {
+        Command::Run | Command::Init { .. } | Command::Completions { .. } | Command::Man => {
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resync { full, no_wait } => resync(&cfg, full, !no_wait).await,
         Command::Check => check(&cfg).await,
-        Command::Status { runs } => status(&cfg, runs),
+        Command::Status { runs, .. } => status(&cfg.state_dir, Some(&cfg.target.base_dn), runs),
         Command::Journal { command, .. } => journal(&cfg.state_dir, command),
         Command::Sync {
             dry_run: false,
@@ -219,7 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = Options {
                 full,
                 allow_deletes,
-                only_deletes: false,
+                ..Default::default()
             };
             let outcome = sync::run(&cfg, Mode::Apply, opts, &mut std::io::sink()).await?;
             print_summary(&outcome, "sync");
@@ -237,7 +308,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Options {
                     full,
                     allow_deletes,
-                    only_deletes: false,
+                    ..Default::default()
                 },
             )
             .await
@@ -245,8 +316,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan { format, full, only } => {
             let opts = Options {
                 full,
-                allow_deletes: None,
                 only_deletes: only == Some(Only::Deletes),
+                ..Default::default()
             };
             plan(&cfg, format, opts).await
         }
@@ -270,23 +341,135 @@ fn exit_for(o: &Outcome) -> ExitCode {
     }
 }
 
-fn status(cfg: &Config, limit: u32) -> anyhow::Result<ExitCode> {
-    let db = cfg.state_dir.join("absync.db");
+/// `absync run`: the daemon, with SIGTERM/SIGINT as shutdown and SIGHUP
+/// as reload, telling systemd what it does.
+async fn daemon(path: PathBuf) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut hup = signal(SignalKind::hangup())?;
+    let reload = tx.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let why = "SIGHUP".to_string();
+            if reload
+                .send(absync::daemon::Trigger::Reload { why })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    absync::daemon::serve(
+        path,
+        shutdown,
+        rx,
+        tx,
+        std::sync::Arc::new(absync::daemon::Systemd),
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `absync resync`: asks the daemon to run now.
+async fn resync(cfg: &Config, full: bool, wait: bool) -> anyhow::Result<ExitCode> {
+    let req = absync::control::Request { full, wait };
+    match absync::control::request(&cfg.service.socket, &req).await {
+        Err(e) => {
+            eprintln!("absync: {e}");
+            Ok(ExitCode::from(2))
+        }
+        Ok(absync::control::Answer::Queued) => {
+            println!("resync requested; the daemon runs it now");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(absync::control::Answer::Done(report)) => {
+            eprintln!("{}", report.summary);
+            Ok(ExitCode::from(report.code))
+        }
+        Ok(absync::control::Answer::Refused(why)) => {
+            eprintln!("absync: the daemon refused: {why}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+const STARTER: &str = include_str!("../examples/absync.toml");
+
+/// `absync init`: a commented starter configuration.
+fn init(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    if path == std::path::Path::new("-") {
+        print!("{STARTER}");
+    } else {
+        if path.exists() {
+            anyhow::bail!("{} exists; not overwritten", path.display());
+        }
+        std::fs::write(path, STARTER).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}; edit it, then run `absync check`", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(state_dir: &std::path::Path, ou: Option<&str>, limit: u32) -> anyhow::Result<ExitCode> {
+    let db = state_dir.join("absync.db");
     if !db.exists() {
-        println!("state {}: no runs yet", cfg.state_dir.display());
+        println!("state {}: no runs yet", state_dir.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let snapshot = absync::snapshot::Snapshot::open(&cfg.state_dir)?;
+    let snapshot = absync::snapshot::Snapshot::open(state_dir)?;
     let total = snapshot.count()?;
     let visible = snapshot.count_visible()?;
     println!(
-        "state      {}\nmanaged    {visible} objects in {}, {} hidden awaiting deletion",
-        cfg.state_dir.display(),
-        cfg.target.base_dn,
+        "state      {}\nmanaged    {visible} objects{}, {} hidden awaiting deletion",
+        state_dir.display(),
+        ou.map(|o| format!(" in {o}")).unwrap_or_default(),
         total - visible
     );
-    // The daemon (absync run) keeps its schedule; a one-off sync has none.
-    println!("next run   not scheduled (no absync daemon is running)");
+    match absync::daemon::DaemonStatus::read(state_dir) {
+        Some(d) => {
+            let state = if d.state == "running" {
+                format!(
+                    "running since {} ({} entries pulled so far)",
+                    d.since, d.progress
+                )
+            } else {
+                format!("idle since {}", d.since)
+            };
+            println!("daemon     pid {}, {state}", d.pid);
+            println!(
+                "next run   {}{}",
+                d.next_run.as_deref().unwrap_or("-"),
+                if d.next_run_full { " (full)" } else { "" }
+            );
+            if d.consecutive_failures > 0 {
+                println!(
+                    "failures   {} runs in a row could not run",
+                    d.consecutive_failures
+                );
+            }
+            if let Some(e) = &d.config_error {
+                println!("config     REFUSED, still running the previous one: {e}");
+            }
+        }
+        None => println!("daemon     not running; next run not scheduled"),
+    }
+    if let Some(last) = snapshot.runs(1)?.first() {
+        if last.status.starts_with("stopped") || last.status.starts_with("deletes held") {
+            println!(
+                "attention  run {} {}: deletes are waiting for an admin \
+                 (absync plan --only deletes; absync sync --allow-deletes N)",
+                last.id, last.status
+            );
+        }
+    }
     println!();
     println!(
         "{:>5}  {:<20}  {:>7}  {:<5}  {:<28}  counts",
@@ -678,35 +861,7 @@ fn seconds_between(a: &str, b: &str) -> Option<f64> {
 }
 
 fn print_summary(o: &Outcome, what: &str) {
-    let c = &o.counts;
-    let run = o.run_id.map(|id| format!(" run {id}")).unwrap_or_default();
-    let verb = if what == "plan" { "would be " } else { "" };
-    eprintln!(
-        "absync {what}{run}: {} in {:.1} s\n  pulled {}, in scope {}, out of scope {}, leavers {}, rejected {}, attributes dropped {}\n  {verb}added {}, modified {}, renamed {}, deleted {}; hidden {}, restored {}, held back {}, drift {}; conflicts {}, failed {}{}",
-        o.status.text(),
-        o.duration.as_secs_f64(),
-        c.pulled,
-        c.in_scope,
-        c.out_of_scope,
-        c.leavers,
-        c.rejected,
-        c.dropped_attributes,
-        c.added,
-        c.modified,
-        c.renamed,
-        c.deleted,
-        c.hidden,
-        c.restored,
-        c.withheld,
-        c.drift,
-        c.conflicts,
-        c.failed,
-        if c.recovered > 0 {
-            format!("; recovered after an interrupted run {}", c.recovered)
-        } else {
-            String::new()
-        }
-    );
+    eprintln!("{}", o.summary(what));
 }
 
 async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {

@@ -36,6 +36,11 @@ pub enum StateError {
     },
     #[error("writing the plan: {0}")]
     Output(String),
+    #[error(
+        "the state directory {dir} is in use by another absync ({holder}); a daemon takes \
+         `absync resync`, or wait for the other run to end"
+    )]
+    Locked { dir: PathBuf, holder: String },
     #[error("state database: corrupt row for {anchor}: {detail}")]
     Corrupt { anchor: String, detail: String },
 }
@@ -145,6 +150,65 @@ CREATE INDEX journal_held ON journal(anchor, id)
 DROP INDEX journal_anchor;
 ";
 
+enum Migrate {
+    TooNew(i64),
+    Db(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Migrate {
+    fn from(e: rusqlite::Error) -> Self {
+        Migrate::Db(e)
+    }
+}
+
+/// An exclusive lock on a state directory: one daemon or one `sync` at a
+/// time. Released when dropped (or when the process dies).
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    pub fn acquire(dir: &Path) -> Result<StateLock, StateError> {
+        use std::io::{Read, Seek, Write};
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("absync.lock");
+        let io = |source| StateError::Dir {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(StateError::Locked {
+                    dir: dir.to_path_buf(),
+                    holder: match holder.trim() {
+                        "" => "unknown process".into(),
+                        h => h.to_string(),
+                    },
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        let what = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+        write!(file, "pid {}: absync {what}", std::process::id()).map_err(io)?;
+        Ok(StateLock { _file: file })
+    }
+}
+
 type RawRow = (String, String, String, String, String, Option<String>);
 
 /// The state database.
@@ -181,36 +245,50 @@ impl Snapshot {
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(db)?;
-        if version > SCHEMA_VERSION {
-            return Err(StateError::TooNew {
-                path,
-                found: version,
-                known: SCHEMA_VERSION,
-            });
-        }
-        // Each step takes the schema one version up, in one transaction.
-        if version == 0 {
-            conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = 1; COMMIT;"))
-                .map_err(db)?;
-        }
-        if version <= 1 {
-            conn.execute_batch(
-                "BEGIN; ALTER TABLE objects ADD COLUMN hidden TEXT; PRAGMA user_version = 2; COMMIT;",
-            )
-            .map_err(db)?;
-        }
-        if version <= 2 {
-            conn.execute_batch(&format!("BEGIN; {SCHEMA_V3}"))
-                .map_err(db)?;
-            // Records written before the chain existed join it, in order.
-            crate::journal::rechain(&conn).map_err(db)?;
-            conn.execute_batch("PRAGMA user_version = 3; COMMIT;")
-                .map_err(db)?;
+        // The schema is brought up to date under a write lock, so two
+        // processes opening a new state directory at once cannot both try.
+        let read_version =
+            |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0));
+        if read_version(&conn).map_err(db)? != SCHEMA_VERSION {
+            conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+            let migrated = Self::migrate(&conn, read_version(&conn).map_err(db)?);
+            match migrated {
+                Ok(()) => conn.execute_batch("COMMIT").map_err(db)?,
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return Err(match e {
+                        Migrate::TooNew(found) => StateError::TooNew {
+                            path,
+                            found,
+                            known: SCHEMA_VERSION,
+                        },
+                        Migrate::Db(source) => StateError::Db { path, source },
+                    });
+                }
+            }
         }
         Ok(Snapshot { conn, path })
+    }
+
+    /// Takes the schema from `version` to the current one, step by step,
+    /// inside the caller's transaction.
+    fn migrate(conn: &Connection, version: i64) -> Result<(), Migrate> {
+        if version > SCHEMA_VERSION {
+            return Err(Migrate::TooNew(version));
+        }
+        if version == 0 {
+            conn.execute_batch(SCHEMA)?;
+        }
+        if version <= 1 {
+            conn.execute_batch("ALTER TABLE objects ADD COLUMN hidden TEXT;")?;
+        }
+        if version <= 2 {
+            conn.execute_batch(SCHEMA_V3)?;
+            // Records written before the chain existed join it, in order.
+            crate::journal::rechain(conn)?;
+        }
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(())
     }
 
     pub(crate) fn db_err(&self, source: rusqlite::Error) -> StateError {

@@ -2,6 +2,8 @@
 //! then the deletes for objects no longer in scope, then the summary.
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -35,6 +37,44 @@ pub struct Outcome {
     pub status: Status,
 }
 
+impl Outcome {
+    /// The summary people read after a run (`what`: sync or plan).
+    pub fn summary(&self, what: &str) -> String {
+        let c = &self.counts;
+        let run = self
+            .run_id
+            .map(|id| format!(" run {id}"))
+            .unwrap_or_default();
+        let verb = if what == "plan" { "would be " } else { "" };
+        let recovered = if c.recovered > 0 {
+            format!("; recovered after an interrupted run {}", c.recovered)
+        } else {
+            String::new()
+        };
+        format!(
+            "absync {what}{run}: {} in {:.1} s\n  pulled {}, in scope {}, out of scope {}, leavers {}, rejected {}, attributes dropped {}\n  {verb}added {}, modified {}, renamed {}, deleted {}; hidden {}, restored {}, held back {}, drift {}; conflicts {}, failed {}{recovered}",
+            self.status.text(),
+            self.duration.as_secs_f64(),
+            c.pulled,
+            c.in_scope,
+            c.out_of_scope,
+            c.leavers,
+            c.rejected,
+            c.dropped_attributes,
+            c.added,
+            c.modified,
+            c.renamed,
+            c.deleted,
+            c.hidden,
+            c.restored,
+            c.withheld,
+            c.drift,
+            c.conflicts,
+            c.failed,
+        )
+    }
+}
+
 /// Why a run could not run (exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -51,6 +91,8 @@ pub enum RunError {
          no deletes were applied"
     )]
     SourceIncomplete { pulled: u64, cause: Box<LdapError> },
+    #[error("interrupted (shutdown) after {pulled} entries; no deletes were applied")]
+    Interrupted { pulled: u64 },
 }
 
 impl From<ApplyError> for RunError {
@@ -114,7 +156,7 @@ impl Progress {
 }
 
 /// What a run was asked to do, beyond its mode.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Read the live target too and repair drift (`--full`).
     pub full: bool,
@@ -122,6 +164,22 @@ pub struct Options {
     pub allow_deletes: Option<u64>,
     /// Plans show only deletes, hides and held-back deletes.
     pub only_deletes: bool,
+    /// Set from outside to stop the run after the entry in flight.
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Entries pulled so far, for someone watching (the daemon's status).
+    pub progress: Option<Arc<AtomicU64>>,
+    /// The caller already holds the state directory's lock (the daemon).
+    pub lock_held: bool,
+    /// Who asked for this run, for the journal (a resync's Unix user).
+    pub requested_by: Option<String>,
+}
+
+impl Options {
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 /// How a run ended, for the runs table, `absync status` and the exit code.
@@ -156,12 +214,30 @@ pub async fn run(
     let started = Instant::now();
     let inputs = load_inputs(cfg)?;
     check_hide_method(cfg, &inputs)?;
+    // One writer per state directory; plans only read.
+    let _lock = match mode {
+        Mode::Apply if !opts.lock_held => {
+            Some(crate::snapshot::StateLock::acquire(&cfg.state_dir)?)
+        }
+        _ => None,
+    };
     let snapshot = Snapshot::open(&cfg.state_dir)?;
     let mut counts = Counts::default();
     let run_id = match mode {
         Mode::Apply => {
             let kind = if opts.full { "full" } else { "sync" };
-            Some(snapshot.start_run(kind, &file_hashes(cfg))?)
+            let id = snapshot.start_run(kind, &file_hashes(cfg))?;
+            if let Some(who) = &opts.requested_by {
+                let mut r = Record::new(
+                    id,
+                    "request",
+                    "applied",
+                    &format!("resync requested by {who}"),
+                );
+                r.detail = Some(serde_json::json!({ "full": opts.full, "unix_user": who }));
+                snapshot.journal(&[r])?;
+            }
+            Some(id)
         }
         Mode::Plan(_) => None,
     };
@@ -169,7 +245,7 @@ pub async fn run(
     let result = run_inner(
         cfg,
         mode,
-        opts,
+        &opts,
         out,
         &inputs,
         &snapshot,
@@ -204,7 +280,7 @@ pub async fn run(
 }
 
 /// A grace period needs somewhere to hide objects.
-fn check_hide_method(cfg: &Config, inputs: &Inputs) -> Result<(), FileError> {
+pub fn check_hide_method(cfg: &Config, inputs: &Inputs) -> Result<(), FileError> {
     if !cfg.safety.delete_grace.is_zero()
         && cfg.safety.quarantine_ou.is_none()
         && inputs.mapping.hide.is_none()
@@ -331,7 +407,7 @@ async fn reconcile(
 async fn run_inner(
     cfg: &Config,
     mode: Mode,
-    opts: Options,
+    opts: &Options,
     out: &mut dyn Write,
     inputs: &Inputs,
     snapshot: &Snapshot,
@@ -397,6 +473,14 @@ async fn run_inner(
                 Err(e) => return Err(incomplete(counts.pulled, e)),
             };
             counts.pulled += 1;
+            if let Some(p) = &opts.progress {
+                p.store(counts.pulled, Ordering::Relaxed);
+            }
+            if opts.cancelled() {
+                return Err(RunError::Interrupted {
+                    pulled: counts.pulled,
+                });
+            }
             let verdict = scope.judge(raw);
             if let Some(change) = planner.plan(verdict, counts)? {
                 applier.apply(snapshot, change, counts).await?;

@@ -6,5 +6,6 @@ mod cli;
 mod common;
 mod robust;
 mod safety;
+mod service;
 mod smoke;
 mod sync;

@@ -373,3 +373,23 @@ impl SyncEnv {
         out
     }
 }
+
+/// Blocking twins of the async checks, for tests that drive a subprocess
+/// from a blocking section.
+impl SyncEnv {
+    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Handle::current().block_on(f)
+    }
+
+    pub fn ad_objects_blocking(&self) -> Objects {
+        Self::block(self.ad_objects())
+    }
+
+    pub fn ad_count_blocking(&self) -> usize {
+        Self::block(self.ad_count())
+    }
+
+    pub fn source_people_blocking(&self) -> Objects {
+        Self::block(self.source_people("(objectClass=nhsPerson)"))
+    }
+}

@@ -1,0 +1,193 @@
+//! How the world reaches a running daemon: the control socket that
+//! `absync resync` talks to (file permissions are the access control; the
+//! caller's Unix user, from the socket's peer credentials, is journaled),
+//! and the watcher that reloads the configuration when a file changes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::daemon::{DaemonError, Report, Trigger};
+
+/// One request on the control socket (one JSON line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub full: bool,
+    pub wait: bool,
+}
+
+/// The answer (one JSON line): queued, or the finished run's report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Answer {
+    Queued,
+    Done(Report),
+    Refused(String),
+}
+
+fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// Listens on the control socket. The socket is created mode 0660: its
+/// owner (the service user) and group (the admins) may use it.
+pub async fn listen(
+    path: &Path,
+    triggers: mpsc::Sender<Trigger>,
+) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+    let err = |source| DaemonError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    // A socket file left by a daemon that died; we hold the state lock, so
+    // no other daemon is using it.
+    if path.exists() {
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    }
+    Ok(tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let triggers = triggers.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(stream, triggers).await {
+                    tracing::warn!(error = %e, "control socket client");
+                }
+            });
+        }
+    }))
+}
+
+async fn handle(stream: UnixStream, triggers: mpsc::Sender<Trigger>) -> std::io::Result<()> {
+    let by = stream
+        .peer_cred()
+        .map(|c| user_name(c.uid()))
+        .unwrap_or_else(|_| "unknown".into());
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let answer = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Answer::Refused(format!("bad request: {e}")),
+        Ok(req) => {
+            tracing::info!(by = %by, full = req.full, "resync requested");
+            let (tx, rx) = oneshot::channel();
+            let reply = req.wait.then_some(tx);
+            let sent = triggers
+                .send(Trigger::Resync {
+                    full: req.full,
+                    by,
+                    reply,
+                })
+                .await;
+            match (sent, req.wait) {
+                (Err(_), _) => Answer::Refused("the daemon is stopping".into()),
+                (Ok(()), false) => Answer::Queued,
+                (Ok(()), true) => match rx.await {
+                    Ok(report) => Answer::Done(report),
+                    Err(_) => Answer::Refused("the daemon stopped before the run ended".into()),
+                },
+            }
+        }
+    };
+    let mut text = serde_json::to_string(&answer).unwrap_or_default();
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    write.shutdown().await
+}
+
+/// `absync resync`: asks the daemon behind `path` to run now.
+pub async fn request(path: &Path, req: &Request) -> Result<Answer, String> {
+    let mut stream = UnixStream::connect(path).await.map_err(|e| {
+        format!(
+            "no absync daemon is running (cannot reach {}: {e}); for a one-off run use `absync sync`",
+            path.display()
+        )
+    })?;
+    let mut text = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    text.push('\n');
+    stream
+        .write_all(text.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&line).map_err(|e| format!("unexpected answer from the daemon: {e}"))
+}
+
+/// Watches the configuration, mapping, agreements and CA files (their
+/// directories, so editors that replace files are seen) and asks for a
+/// reload, debounced, when one of them changes.
+pub fn watch_files(
+    cfg: &Config,
+    triggers: mpsc::Sender<Trigger>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut files: Vec<PathBuf> = vec![
+        cfg.file.clone(),
+        cfg.mapping_file.clone(),
+        cfg.agreements_file.clone(),
+    ];
+    files.extend(cfg.source.endpoint.ca_file.clone());
+    files.extend(cfg.target.endpoint.ca_file.clone());
+    let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+    let watched = files.clone();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            for p in ev.paths {
+                if watched.iter().any(|w| w == &p) {
+                    let _ = tx.send(p);
+                }
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch the configuration files"))
+    .ok()?;
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in &dirs {
+        if let Err(e) = watcher.watch(d, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %d.display(), error = %e, "cannot watch");
+        }
+    }
+    tracing::debug!(files = ?files, "watching the configuration files");
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            // Debounce: an editor's save is several events.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            while rx.try_recv().is_ok() {}
+            let why = format!("{} changed", first.display());
+            if triggers.send(Trigger::Reload { why }).await.is_err() {
+                break;
+            }
+        }
+    });
+    Some(watcher)
+}

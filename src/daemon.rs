@@ -1,0 +1,475 @@
+//! `absync run`: the service. Syncs on a schedule, with a full reconcile
+//! every so often; never overlaps runs (it holds the state directory's lock
+//! for its lifetime); retries failed runs with backoff; reloads its
+//! configuration on request (SIGHUP, a changed file) without interrupting a
+//! run; runs now when asked (`absync resync`); stops cleanly.
+//!
+//! The core, [`serve`], is a function of (config file, shutdown signal,
+//! trigger channel, notifier): systemd, signals, the control socket and
+//! the file watcher are adapters around it, and tests drive it directly.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::config::{Config, FileError};
+use crate::journal::Record;
+use crate::snapshot::{Snapshot, StateError, StateLock};
+use crate::sync::{self, file_hashes, Mode, Options, Outcome, RunError, Status};
+
+/// What can wake the daemon besides its schedule.
+#[derive(Debug)]
+pub enum Trigger {
+    /// Run now (`absync resync`); `reply` gets the run's report.
+    Resync {
+        full: bool,
+        by: String,
+        reply: Option<oneshot::Sender<Report>>,
+    },
+    /// Reload the configuration (SIGHUP, or a watched file changed).
+    Reload { why: String },
+}
+
+/// How a run went, as `absync resync` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub run_id: Option<i64>,
+    /// 0 done, 1 entries failed, 2 could not run, 3 deletes held back.
+    pub code: u8,
+    pub summary: String,
+}
+
+/// Telling the service manager (systemd) what the daemon is doing.
+pub trait Notifier: Send + Sync {
+    fn ready(&self) {}
+    fn reloading(&self) {}
+    fn stopping(&self) {}
+    fn status(&self, _text: &str) {}
+    fn watchdog(&self) {}
+}
+
+/// For tests and for running outside systemd.
+pub struct Silent;
+impl Notifier for Silent {}
+
+/// The sd_notify protocol, over `$NOTIFY_SOCKET` (a no-op without it).
+pub struct Systemd;
+impl Notifier for Systemd {
+    fn ready(&self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+    fn reloading(&self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+    }
+    fn stopping(&self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    }
+    fn status(&self, text: &str) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(text)]);
+    }
+    fn watchdog(&self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+    }
+}
+
+/// What `absync status` and the metrics show about a running daemon; kept
+/// in `STATE_DIR/daemon.json` while it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    /// "idle" or "running"
+    pub state: String,
+    pub since: String,
+    /// Entries pulled so far in the run in flight.
+    pub progress: u64,
+    pub next_run: Option<String>,
+    pub next_run_full: bool,
+    pub last_run: Option<i64>,
+    pub last_status: Option<String>,
+    pub last_success: Option<String>,
+    pub consecutive_failures: u32,
+    /// Set while a new configuration was refused (the old one stays).
+    pub config_error: Option<String>,
+    pub config_file: String,
+}
+
+impl DaemonStatus {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("daemon.json")
+    }
+
+    /// The status of a daemon that is running on `state_dir`, if any.
+    pub fn read(state_dir: &Path) -> Option<DaemonStatus> {
+        let s: DaemonStatus =
+            serde_json::from_str(&std::fs::read_to_string(Self::path(state_dir)).ok()?).ok()?;
+        Path::new(&format!("/proc/{}", s.pid)).exists().then_some(s)
+    }
+
+    fn write(&self, state_dir: &Path) {
+        let tmp = state_dir.join("daemon.json.tmp");
+        let ok = serde_json::to_vec_pretty(self)
+            .ok()
+            .and_then(|b| std::fs::write(&tmp, b).ok())
+            .and_then(|_| std::fs::rename(&tmp, Self::path(state_dir)).ok());
+        if ok.is_none() {
+            tracing::warn!("cannot write {}", Self::path(state_dir).display());
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("control socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("metrics listener {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+fn now_text() -> String {
+    crate::journal::now()
+}
+
+fn in_text(d: Duration) -> String {
+    let t = time::OffsetDateTime::now_utc() + d;
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Loads and checks a configuration the way a run would.
+fn load(path: &Path) -> Result<Config, FileError> {
+    let cfg = Config::load(path)?;
+    let inputs = sync::load_inputs(&cfg)?;
+    sync::check_hide_method(&cfg, &inputs)?;
+    Ok(cfg)
+}
+
+/// When the last full run started, from the runs table.
+fn last_full(snapshot: &Snapshot) -> Option<time::OffsetDateTime> {
+    let runs = snapshot.runs(1000).ok()?;
+    runs.iter()
+        .find(|r| r.mode == "full" && r.status == "ok")
+        .and_then(|r| {
+            time::OffsetDateTime::parse(
+                &r.started_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()
+        })
+}
+
+/// Backoff after `failures` failed runs in a row: 30 s, 1 min, 2 min, ...
+/// never longer than the schedule's own interval (and at most an hour).
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    let d = Duration::from_secs(30u64.saturating_mul(1 << failures.saturating_sub(1).min(10)));
+    d.min(cap).min(Duration::from_secs(3600))
+}
+
+/// Runs the daemon until `shutdown` completes. Triggers arrive on
+/// `triggers`; `sender` is handed to the control socket and the watcher.
+pub async fn serve(
+    config_file: PathBuf,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut triggers: mpsc::Receiver<Trigger>,
+    sender: mpsc::Sender<Trigger>,
+    notifier: Arc<dyn Notifier>,
+) -> Result<(), DaemonError> {
+    let mut cfg = load(&config_file)?;
+    let _lock = StateLock::acquire(&cfg.state_dir)?;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let status = Arc::new(Mutex::new(DaemonStatus {
+        pid: std::process::id(),
+        state: "idle".into(),
+        since: now_text(),
+        config_file: config_file.display().to_string(),
+        ..Default::default()
+    }));
+    let control = crate::control::listen(&cfg.service.socket, sender.clone()).await?;
+    let metrics = match cfg.service.metrics_listen {
+        Some(addr) => Some(crate::metrics::serve(addr, cfg.state_dir.clone()).await?),
+        None => None,
+    };
+    let _watcher = crate::control::watch_files(&cfg, sender.clone());
+    notifier.ready();
+    tracing::info!(config = %config_file.display(), "absync daemon ready");
+
+    let watchdog_every = sd_notify::watchdog_enabled()
+        .map(|d| d / 2)
+        .unwrap_or(Duration::from_secs(3600));
+    let mut watchdog = tokio::time::interval(watchdog_every);
+    let mut failures = 0u32;
+    // The first run starts at once; the schedule counts from its end.
+    let mut next = Instant::now();
+    let mut queued: Vec<Trigger> = Vec::new();
+
+    loop {
+        let full_due = {
+            let snapshot = Snapshot::open(&cfg.state_dir)?;
+            match last_full(&snapshot) {
+                None => true,
+                Some(t) => {
+                    time::OffsetDateTime::now_utc() - t
+                        >= time::Duration::try_from(cfg.service.full_every)
+                            .unwrap_or(time::Duration::WEEK)
+                }
+            }
+        };
+        {
+            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+            s.state = "idle".into();
+            s.progress = 0;
+            s.next_run = Some(in_text(next.saturating_duration_since(Instant::now())));
+            s.next_run_full = full_due;
+            s.write(&cfg.state_dir);
+            notifier.status(&format!(
+                "idle; next run {}",
+                s.next_run.clone().unwrap_or_default()
+            ));
+        }
+        let trigger = if let Some(t) = queued.pop() {
+            Some(t)
+        } else {
+            tokio::select! {
+                _ = stop_rx.changed() => break,
+                _ = watchdog.tick() => { notifier.watchdog(); continue; }
+                _ = tokio::time::sleep_until(next) => None,
+                t = triggers.recv() => match t {
+                    Some(t) => Some(t),
+                    None => break,
+                },
+            }
+        };
+        let (full, by, reply) = match trigger {
+            Some(Trigger::Reload { why }) => {
+                reload(&config_file, &mut cfg, &status, notifier.as_ref(), &why);
+                continue;
+            }
+            Some(Trigger::Resync { full, by, reply }) => (full || full_due, Some(by), reply),
+            None => (full_due, None, None),
+        };
+
+        // A run, in its own task, so the loop keeps the watchdog fed,
+        // queues what arrives meanwhile, and can stop it on shutdown.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicU64::new(0));
+        let opts = Options {
+            full,
+            cancel: Some(cancel.clone()),
+            progress: Some(progress.clone()),
+            lock_held: true,
+            requested_by: by,
+            ..Default::default()
+        };
+        {
+            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+            s.state = "running".into();
+            s.since = now_text();
+            s.write(&cfg.state_dir);
+        }
+        notifier.status(if full {
+            "running a full sync"
+        } else {
+            "running a sync"
+        });
+        // The run's state database connection stays on one thread: the run
+        // gets a thread and a small runtime of its own.
+        let run_cfg = cfg.clone();
+        let mut run = tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(RunError::Output)?;
+            rt.block_on(sync::run(&run_cfg, Mode::Apply, opts, &mut std::io::sink()))
+        });
+        let mut stopping = false;
+        let result = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = stop_rx.changed(), if !stopping => {
+                    // Finish the entry in flight, then stop: the run ends
+                    // with everything it applied recorded.
+                    tracing::info!("stopping: the run in flight ends after its current entry");
+                    notifier.stopping();
+                    cancel.store(true, Ordering::Relaxed);
+                    stopping = true;
+                }
+                _ = watchdog.tick() => {
+                    notifier.watchdog();
+                    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                    s.progress = progress.load(Ordering::Relaxed);
+                    s.write(&cfg.state_dir);
+                }
+                t = triggers.recv() => if let Some(t) = t { queued.insert(0, t) },
+            }
+        };
+        let report = match result {
+            Ok(Ok(outcome)) => report(&outcome),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "run failed");
+                Report {
+                    run_id: None,
+                    code: 2,
+                    summary: format!("absync: {e}"),
+                }
+            }
+            Err(e) => Report {
+                run_id: None,
+                code: 2,
+                summary: format!("absync: the run stopped unexpectedly: {e}"),
+            },
+        };
+        tracing::info!(code = report.code, "{}", report.summary);
+        {
+            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+            if report.code == 2 {
+                failures += 1;
+            } else {
+                failures = 0;
+                s.last_success = Some(now_text());
+            }
+            s.consecutive_failures = failures;
+            s.last_run = report.run_id.or(s.last_run);
+            s.last_status = Some(report.summary.lines().next().unwrap_or("").to_string());
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(report);
+        }
+        if stopping {
+            break;
+        }
+        let wait = if failures > 0 {
+            let d = backoff(failures, cfg.service.schedule.next_after_now());
+            tracing::warn!(
+                failures,
+                retry_in_secs = d.as_secs(),
+                "retrying with backoff"
+            );
+            d
+        } else {
+            cfg.service.schedule.next_after_now()
+        };
+        next = Instant::now() + wait;
+    }
+
+    notifier.stopping();
+    tracing::info!("absync daemon stopped");
+    control.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    let _ = std::fs::remove_file(&cfg.service.socket);
+    let _ = std::fs::remove_file(DaemonStatus::path(&cfg.state_dir));
+    Ok(())
+}
+
+/// The report of a finished run, worded as `absync sync` prints it.
+pub fn report(o: &Outcome) -> Report {
+    let code = match o.status {
+        Status::Withheld(_) => 3,
+        _ if o.counts.failed > 0 => 1,
+        _ => 0,
+    };
+    Report {
+        run_id: o.run_id,
+        code,
+        summary: o.summary("sync"),
+    }
+}
+
+/// Reloads the configuration: checked first; if it is wrong the daemon
+/// keeps the old one and says exactly what is wrong. Journaled either way.
+fn reload(
+    path: &Path,
+    cfg: &mut Config,
+    status: &Mutex<DaemonStatus>,
+    notifier: &dyn Notifier,
+    why: &str,
+) {
+    notifier.reloading();
+    let before = file_hashes(cfg);
+    let mut record = Record::new(0, "reload", "applied", why);
+    match load(path) {
+        Ok(new) => {
+            let after = file_hashes(&new);
+            if new.state_dir != cfg.state_dir {
+                record.outcome = "rejected".into();
+                record.error = Some(format!(
+                    "state.dir cannot change while running ({} -> {}); restart the service",
+                    cfg.state_dir.display(),
+                    new.state_dir.display()
+                ));
+            } else {
+                *cfg = new;
+            }
+            record.detail = Some(serde_json::json!({ "before": before, "after": after }));
+        }
+        Err(e) => {
+            record.outcome = "rejected".into();
+            record.error = Some(e.to_string());
+            record.detail = Some(serde_json::json!({ "before": before }));
+        }
+    }
+    {
+        let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+        s.config_error = record.error.clone();
+        s.write(&cfg.state_dir);
+    }
+    match &record.error {
+        Some(e) => tracing::error!("configuration not reloaded, keeping the old one: {e}"),
+        None => tracing::info!(why, "configuration reloaded"),
+    }
+    if let Ok(s) = Snapshot::open(&cfg.state_dir) {
+        if let Err(e) = s.journal(&[record]) {
+            tracing::error!(error = %e, "cannot journal the reload");
+        }
+    }
+    notifier.ready();
+}
+
+impl From<RunError> for Report {
+    fn from(e: RunError) -> Self {
+        Report {
+            run_id: None,
+            code: 2,
+            summary: format!("absync: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cap = Duration::from_secs(1800);
+        assert_eq!(backoff(1, cap), Duration::from_secs(30));
+        assert_eq!(backoff(2, cap), Duration::from_secs(60));
+        assert_eq!(backoff(3, cap), Duration::from_secs(120));
+        assert_eq!(backoff(20, cap), cap);
+        assert_eq!(
+            backoff(20, Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+    }
+}

@@ -1,0 +1,447 @@
+//! The service: `absync run` as a subprocess (as systemd runs it, with a
+//! NOTIFY_SOCKET the test reads) and in-process; resync, reload, status,
+//! metrics, lock, shutdown; and the systemd unit checked offline.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::check::*;
+use crate::common::env::SyncEnv;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A daemon started as systemd would, with a notify socket that is read
+/// all the time (as systemd does: an unread socket would block the sender).
+struct Daemon {
+    child: Child,
+    messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(env: &SyncEnv) -> Daemon {
+        let sock = env.dir.join("notify.sock");
+        let _ = std::fs::remove_file(&sock);
+        let notify = UnixDatagram::bind(&sock).unwrap();
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = notify.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                sink.lock().unwrap().push(msg);
+            }
+        });
+        let log = env.dir.join("daemon.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_absync"))
+            .args(["--config", env.config_path().to_str().unwrap(), "run"])
+            .env("NOTIFY_SOCKET", &sock)
+            .env("ABSYNC_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            messages,
+            log,
+        }
+    }
+
+    /// Waits for a notify message containing `what`.
+    fn expect(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(m) = self
+                .messages
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|m| m.contains(what))
+            {
+                return m.clone();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no {what} from the daemon; log:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not stop within {within:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn service_config(env: &SyncEnv, extra: &str) {
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let socket = env.dir.join("absync.sock");
+    std::fs::write(
+        env.config_path(),
+        format!(
+            "{text}\n[schedule]\ninterval = \"1h\"\n\n[daemon]\nsocket = \"{}\"\n{extra}",
+            socket.display()
+        ),
+    )
+    .unwrap();
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
+    let env = SyncEnv::new("daemon", 61, 40, 2, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-D", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    let port = free_port();
+    service_config(
+        &env,
+        &format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let env = &env;
+    tokio::task::block_in_place(|| {
+        let mut d = Daemon::start(env);
+        d.expect("READY=1");
+
+        // The first run starts at once.
+        let first = wait_for("the first run", || {
+            env.snapshot()
+                .runs(1)
+                .ok()?
+                .first()
+                .filter(|r| r.ended_at.is_some())
+                .cloned()
+        });
+        assert_eq!(first.status, "ok", "{}", d.log());
+        assert_eq!(first.mode, "full", "a fresh state starts with a full run");
+        assert!(!by_anchor(&env.ad_objects_blocking()).is_empty());
+
+        // One daemon per state directory; a manual sync is refused too.
+        let second = Command::new(env!("CARGO_BIN_EXE_absync"))
+            .args(["--config", env.config_path().to_str().unwrap(), "run"])
+            .output()
+            .unwrap();
+        assert_eq!(second.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&second.stderr).contains("is in use by another absync"));
+        let manual = env.absync(&["sync"]);
+        assert_eq!(manual.code, 2, "{manual:?}");
+        assert!(
+            manual.stderr.contains("in use by another absync (pid"),
+            "{manual:?}"
+        );
+
+        // status shows the daemon; metrics answer.
+        let status = env.absync(&["status"]);
+        assert!(status.stdout.contains("daemon     pid"), "{status:?}");
+        assert!(status.stdout.contains("next run   20"), "{status:?}");
+        let metrics = http_get(port, "/metrics");
+        assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+        assert!(
+            metrics.contains("absync_runs_total{status=\"ok\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("absync_managed_objects{hidden=\"false\"}"),
+            "{metrics}"
+        );
+
+        // A source change, then `absync resync`: it waits and prints the summary.
+        let new_uid = format!("svc{}", std::process::id());
+        env.change_source(&format!(
+            "dn: uid={new_uid},ou=People,{}\nchangetype: add\nobjectClass: inetOrgPerson\nobjectClass: nhsPerson\nuid: {new_uid}\ncn: Nia Resync\nsn: Resync\ngivenName: Nia\nnhsOdsCode: {}\nnhsEntryStatus: active\n\n",
+            env.source_base, codes[0]
+        ));
+        let resync = env.absync(&["resync"]);
+        assert_eq!(resync.code, 0, "{resync:?}\n{}", d.log());
+        assert!(resync.stderr.contains("added 1,"), "{resync:?}");
+        let snap = env.snapshot();
+        let run = snap.runs(1).unwrap()[0].clone();
+        let request = snap
+            .stored_where("run_id = ?1 AND op = 'request'", &[&run.id])
+            .unwrap();
+        assert_eq!(request.len(), 1);
+        assert!(
+            request[0].record.reason.starts_with("resync requested by "),
+            "{request:?}"
+        );
+        let queued = env.absync(&["resync", "--no-wait"]);
+        assert_eq!(queued.code, 0);
+        assert!(queued.stdout.contains("resync requested"));
+
+        // A broken configuration on SIGHUP: the old one stays; the error is
+        // shown with its file and line, and journaled.
+        let good = std::fs::read_to_string(env.config_path()).unwrap();
+        std::fs::write(
+            env.config_path(),
+            good.replace("page_size = 200", "page_size = \"many\""),
+        )
+        .unwrap();
+        d.signal("HUP");
+        let state = env.state_dir();
+        let state = state.to_str().unwrap();
+        let status = wait_for("the refused reload", || {
+            let s = env.absync(&["status", "--state", state]);
+            s.stdout.contains("REFUSED").then_some(s)
+        });
+        assert!(
+            status
+                .stdout
+                .contains(&format!("{}:", env.config_path().display())),
+            "{status:?}"
+        );
+        assert!(status.stdout.contains("page_size"), "{status:?}");
+        let rejected = env
+            .snapshot()
+            .stored_where("op = 'reload' AND outcome = 'rejected'", &[])
+            .unwrap();
+        assert!(!rejected.is_empty());
+        // Still serving, with the old configuration.
+        let resync = env.absync(&["resync"]);
+        assert_eq!(
+            resync.code, 2,
+            "the CLI itself reads the broken config: {resync:?}"
+        );
+        std::fs::write(env.config_path(), &good).unwrap();
+        // Fixed: the file watcher reloads it without a signal.
+        wait_for("the reload of the fixed file", || {
+            let s = env.absync(&["status", "--state", state]);
+            (s.code == 0 && !s.stdout.contains("REFUSED")).then_some(())
+        });
+        let resync = env.absync(&["resync"]);
+        assert_eq!(resync.code, 0, "{resync:?}");
+
+        // SIGTERM: a clean stop.
+        d.signal("TERM");
+        d.expect("STOPPING=1");
+        let exit = d.wait_exit(Duration::from_secs(30));
+        assert!(exit.success(), "{exit:?}\n{}", d.log());
+        assert!(!env.dir.join("absync.sock").exists());
+        let after = env.absync(&["status"]);
+        assert!(after.stdout.contains("daemon     not running"), "{after:?}");
+        let verify = env.absync(&["journal", "verify"]);
+        assert_eq!(verify.code, 0, "{verify:?}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_middle_of_a_run_stops_cleanly_and_loses_nothing() {
+    let env = SyncEnv::new("daemon-term", 62, 900, 4, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-T", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    service_config(&env, "");
+    let env = &env;
+    tokio::task::block_in_place(|| {
+        let mut d = Daemon::start(env);
+        d.expect("READY=1");
+        wait_for("a run in flight", || {
+            (env.ad_count_blocking() >= 50).then_some(())
+        });
+        let t = Instant::now();
+        d.signal("TERM");
+        let exit = d.wait_exit(Duration::from_secs(60));
+        assert!(exit.success(), "{exit:?}\n{}", d.log());
+        let stopped_in = t.elapsed();
+        let snap = env.snapshot();
+        let run = snap.runs(1).unwrap()[0].clone();
+        assert!(
+            run.status.starts_with("failed: interrupted (shutdown)"),
+            "{run:?} after {stopped_in:?}"
+        );
+        let landed = env.ad_count_blocking();
+        assert_eq!(
+            snap.count().unwrap() as usize,
+            landed,
+            "snapshot = AD after the stop"
+        );
+        assert!(snap.intents().unwrap().is_empty(), "nothing left in flight");
+        // The next run converges.
+        env.sync_ok();
+        let source = env.source_people_blocking();
+        let expected = expected_anchors(&source, &codes);
+        let ad = by_anchor(&env.ad_objects_blocking());
+        assert_eq!(
+            ad.keys()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>(),
+            expected
+        );
+    });
+}
+
+#[tokio::test]
+async fn in_process_the_schedule_fires_and_a_trigger_runs_at_once() {
+    let env = SyncEnv::new("daemon-inproc", 63, 10, 1, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-I", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    service_config(&env, "");
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        text.replace("interval = \"1h\"", "interval = \"2s\""),
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(absync::daemon::serve(
+        env.config_path(),
+        async move {
+            let _ = stop_rx.await;
+        },
+        rx,
+        tx.clone(),
+        std::sync::Arc::new(absync::daemon::Silent),
+    ));
+    let runs = |env: &SyncEnv| env.snapshot().runs(100).unwrap_or_default().len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runs(&env) < 3 {
+        assert!(Instant::now() < deadline, "the schedule did not fire");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+    tx.send(absync::daemon::Trigger::Resync {
+        full: true,
+        by: "a test".into(),
+        reply: Some(reply_tx),
+    })
+    .await
+    .unwrap();
+    let report = reply_rx.await.unwrap();
+    assert_eq!(report.code, 0, "{report:?}");
+    let snap = env.snapshot();
+    let run = snap.runs(1).unwrap()[0].clone();
+    assert_eq!(Some(run.id), report.run_id);
+    assert_eq!(run.mode, "full");
+    stop_tx.send(()).unwrap();
+    daemon.await.unwrap().unwrap();
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let root = crate::common::testbed::repo_root();
+    let unit = std::fs::read_to_string(root.join("systemd/absync.service")).unwrap();
+    // Checked as installed, with the binary where the package puts it.
+    let dir = std::env::temp_dir().join(crate::common::unique("unit"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("absync.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/absync", env!("CARGO_BIN_EXE_absync")),
+    )
+    .unwrap();
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (package systemd)");
+    let text = String::from_utf8_lossy(&verify.stderr).to_string()
+        + &String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success() && text.trim().is_empty(), "{text}");
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&security.stdout);
+    let score: f64 = out
+        .lines()
+        .find_map(|l| l.split("exposure level for absync.service: ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{out}"));
+    assert!(score <= 2.0, "exposure {score} > 2.0:\n{out}");
+}
+
+#[test]
+fn init_writes_a_starter_config_that_only_lacks_real_servers() {
+    let dir = std::env::temp_dir().join(crate::common::unique("init"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("absync.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_absync"))
+        .args(["init", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let again = Command::new(env!("CARGO_BIN_EXE_absync"))
+        .args(["init", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "never overwrites");
+    // It parses: the first complaint is a file this machine lacks (the
+    // source's CA), not the syntax.
+    let check = Command::new(env!("CARGO_BIN_EXE_absync"))
+        .args(["--config", path.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(2));
+    assert!(
+        err.contains("source.ca_file") && err.contains("does not exist"),
+        "{err}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let c = Command::new(env!("CARGO_BIN_EXE_absync"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(c.status.success() && String::from_utf8_lossy(&c.stdout).contains("resync"));
+    }
+    let man = Command::new(env!("CARGO_BIN_EXE_absync"))
+        .arg("man")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&man.stdout).contains(".TH absync"));
+}
