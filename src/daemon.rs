@@ -97,6 +97,8 @@ pub struct DaemonStatus {
     /// Set while a new configuration was refused (the old one stays).
     pub config_error: Option<String>,
     pub config_file: String,
+    /// Where the Prometheus metrics are served, if they are.
+    pub metrics: Option<String>,
 }
 
 impl DaemonStatus {
@@ -197,18 +199,19 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
 
-    let status = Arc::new(Mutex::new(DaemonStatus {
-        pid: std::process::id(),
-        state: "idle".into(),
-        since: now_text(),
-        config_file: config_file.display().to_string(),
-        ..Default::default()
-    }));
     let control = crate::control::listen(&cfg.service.socket, sender.clone()).await?;
     let metrics = match cfg.service.metrics_listen {
         Some(addr) => Some(crate::metrics::serve(addr, cfg.state_dir.clone()).await?),
         None => None,
     };
+    let status = Arc::new(Mutex::new(DaemonStatus {
+        pid: std::process::id(),
+        state: "idle".into(),
+        since: now_text(),
+        config_file: config_file.display().to_string(),
+        metrics: metrics.as_ref().map(|(_, a)| a.to_string()),
+        ..Default::default()
+    }));
     let _watcher = crate::control::watch_files(&cfg, sender.clone());
     notifier.ready();
     tracing::info!(config = %config_file.display(), "absync daemon ready");
@@ -374,7 +377,7 @@ pub async fn serve(
     notifier.stopping();
     tracing::info!("absync daemon stopped");
     control.abort();
-    if let Some(m) = metrics {
+    if let Some((m, _)) = metrics {
         m.abort();
     }
     let _ = std::fs::remove_file(&cfg.service.socket);

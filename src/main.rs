@@ -455,6 +455,9 @@ fn status(state_dir: &std::path::Path, ou: Option<&str>, limit: u32) -> anyhow::
                     d.consecutive_failures
                 );
             }
+            if let Some(m) = &d.metrics {
+                println!("metrics    http://{m}/metrics");
+            }
             if let Some(e) = &d.config_error {
                 println!("config     REFUSED, still running the previous one: {e}");
             }

@@ -11,15 +11,20 @@ use tokio::net::TcpListener;
 use crate::daemon::{DaemonError, DaemonStatus};
 use crate::snapshot::Snapshot;
 
+/// Serves the metrics; returns the task and the address it listens on
+/// (port 0 in the configuration picks a free one).
 pub async fn serve(
     addr: SocketAddr,
     state_dir: PathBuf,
-) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), DaemonError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| DaemonError::Metrics { addr, source })?;
-    tracing::info!(%addr, "metrics listening");
-    Ok(tokio::spawn(async move {
+    let bound = listener
+        .local_addr()
+        .map_err(|source| DaemonError::Metrics { addr, source })?;
+    tracing::info!(addr = %bound, "metrics listening");
+    let task = tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let dir = state_dir.clone();
             tokio::spawn(async move {
@@ -37,7 +42,8 @@ pub async fn serve(
                 let _ = stream.shutdown().await;
             });
         }
-    }))
+    });
+    Ok((task, bound))
 }
 
 fn epoch(text: &str) -> Option<i64> {

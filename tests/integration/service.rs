@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 use crate::common::check::*;
 use crate::common::env::SyncEnv;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A daemon started as systemd would, with a notify socket that is read
 /// all the time (as systemd does: an unread socket would block the sender).
 struct Daemon {
@@ -147,11 +139,8 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
     let env = SyncEnv::new("daemon", 61, 40, 2, "nhs-to-ad-contact.toml").await;
     let codes = env.org_codes();
     env.write_agreements(&[("DSA-D", &codes, ALL_ATTRS, &day(-1), &day(1))]);
-    let port = free_port();
-    service_config(
-        &env,
-        &format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
-    );
+    // Port 0: the daemon picks a free port and tells `absync status`.
+    service_config(&env, "\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
     let env = &env;
     tokio::task::block_in_place(|| {
         let mut d = Daemon::start(env);
@@ -188,6 +177,13 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
         let status = env.absync(&["status"]);
         assert!(status.stdout.contains("daemon     pid"), "{status:?}");
         assert!(status.stdout.contains("next run   20"), "{status:?}");
+        let port: u16 = status
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("metrics    http://127.0.0.1:"))
+            .and_then(|l| l.strip_suffix("/metrics"))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics address in {status:?}"));
         let metrics = http_get(port, "/metrics");
         assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
         assert!(
