@@ -195,7 +195,12 @@ fn init_logging() {
         if let Ok(journald) = tracing_journald::layer() {
             tracing_subscriber::registry()
                 .with(filter)
-                .with(journald.with_syslog_identifier("absync".into()))
+                .with(
+                    journald
+                        .with_syslog_identifier("absync".into())
+                        // Field names as written: RUN_ID, ANCHOR, OP.
+                        .with_field_prefix(None),
+                )
                 .init();
             return;
         }

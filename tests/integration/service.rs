@@ -36,6 +36,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_absync"))
             .args(["--config", env.config_path().to_str().unwrap(), "run"])
             .env("NOTIFY_SOCKET", &sock)
+            .env("WATCHDOG_USEC", "2000000")
             .env("ABSYNC_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -145,6 +146,7 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
     tokio::task::block_in_place(|| {
         let mut d = Daemon::start(env);
         d.expect("READY=1");
+        d.expect("WATCHDOG=1");
 
         // The first run starts at once.
         let first = wait_for("the first run", || {
@@ -268,6 +270,13 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
         assert!(!env.dir.join("absync.sock").exists());
         let after = env.absync(&["status"]);
         assert!(after.stdout.contains("daemon     not running"), "{after:?}");
+        let nobody = env.absync(&["resync"]);
+        assert_eq!(nobody.code, 2);
+        assert!(
+            nobody.stderr.contains("no absync daemon is running")
+                && nobody.stderr.contains("absync sync"),
+            "{nobody:?}"
+        );
         let verify = env.absync(&["journal", "verify"]);
         assert_eq!(verify.code, 0, "{verify:?}");
     });
@@ -440,4 +449,58 @@ fn init_writes_a_starter_config_that_only_lacks_real_servers() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&man.stdout).contains(".TH absync"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_is_retried_with_backoff_and_shows_in_status_and_metrics() {
+    let env = SyncEnv::new("daemon-retry", 64, 10, 1, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-F", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    service_config(&env, "\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    // The source is down: nothing listens on its port.
+    let url = env.tb.get("SOURCE_URL").to_string();
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        text.replacen(&url, "ldaps://127.0.0.1:1", 1),
+    )
+    .unwrap();
+    let env = &env;
+    tokio::task::block_in_place(|| {
+        let mut d = Daemon::start(env);
+        d.expect("READY=1");
+        let state = env.state_dir();
+        let status = wait_for("a failed run", || {
+            let s = env.absync(&["status", "--state", state.to_str().unwrap()]);
+            s.stdout.contains("failures   1 runs in a row").then_some(s)
+        });
+        // Retried in 30 s, not in a busy loop and not only at the next hour.
+        let next = status
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("next run   "))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        let next =
+            time::OffsetDateTime::parse(&next, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+        let wait = next - time::OffsetDateTime::now_utc();
+        assert!(
+            wait > time::Duration::seconds(20) && wait <= time::Duration::seconds(31),
+            "next run in {wait}: {status:?}"
+        );
+        assert_eq!(env.snapshot().runs(10).unwrap().len(), 1, "no busy loop");
+        let metrics = absync::metrics::render(&state);
+        assert!(metrics.contains("absync_last_run_failed 1"), "{metrics}");
+        assert!(
+            metrics.contains("absync_consecutive_failures 1"),
+            "{metrics}"
+        );
+        assert!(d.log().contains("connection refused"), "{}", d.log());
+        d.signal("TERM");
+        assert!(d.wait_exit(Duration::from_secs(30)).success());
+    });
 }
