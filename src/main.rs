@@ -432,9 +432,15 @@ fn status(state_dir: &std::path::Path, ou: Option<&str>, limit: u32) -> anyhow::
     let snapshot = absync::snapshot::Snapshot::open(state_dir)?;
     let total = snapshot.count()?;
     let visible = snapshot.count_visible()?;
+    let size: u64 = ["absync.db", "absync.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(state_dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
     println!(
-        "state      {}\nmanaged    {visible} objects{}, {} hidden awaiting deletion",
+        "state      {} ({:.1} MB)\nmanaged    {visible} objects{}, {} hidden awaiting deletion",
         state_dir.display(),
+        size as f64 / 1e6,
         ou.map(|o| format!(" in {o}")).unwrap_or_default(),
         total - visible
     );
