@@ -654,6 +654,22 @@ impl Applier<'_, '_> {
         Ok(())
     }
 
+    /// The object to hide or delete is already gone from the target: only
+    /// the snapshot forgets it, and the journal says so.
+    fn forget_absent(
+        &self,
+        snapshot: &Snapshot,
+        before: &ObjectRow,
+        op: &str,
+        reason: &str,
+    ) -> Result<(), ApplyError> {
+        let mut r = self.record(&before.anchor, op, "already absent", reason);
+        r.dn = Some(before.dn.clone());
+        r.agreements = before.agreements.clone();
+        snapshot.commit(&before.anchor, None, self.run_id, &[r])?;
+        Ok(())
+    }
+
     /// Hides an object for its grace period: into the quarantine OU and/or
     /// marked per the mapping's [hide]. It keeps its anchor.
     async fn hide(
@@ -666,11 +682,7 @@ impl Applier<'_, '_> {
     ) -> Result<(), ApplyError> {
         let anchor = before.anchor.clone();
         let Some((dn, attrs)) = self.locate(&anchor, Some(&before.dn)).await? else {
-            let mut r = self.record(&anchor, "hide", "already absent", reason);
-            r.dn = Some(before.dn.clone());
-            r.agreements = before.agreements.clone();
-            snapshot.commit(&anchor, None, self.run_id, &[r])?;
-            return Ok(());
+            return self.forget_absent(snapshot, &before, "hide", reason);
         };
         let before = ObjectRow {
             dn,
@@ -738,12 +750,7 @@ impl Applier<'_, '_> {
     ) -> Result<(), ApplyError> {
         let anchor = before.anchor.clone();
         let Some((dn, attrs)) = self.locate(&anchor, Some(&before.dn)).await? else {
-            // Already gone from the target: only the snapshot forgets it.
-            let mut r = self.record(&anchor, "delete", "already absent", reason);
-            r.dn = Some(before.dn.clone());
-            r.agreements = before.agreements.clone();
-            snapshot.commit(&anchor, None, self.run_id, &[r])?;
-            return Ok(());
+            return self.forget_absent(snapshot, &before, "delete", reason);
         };
         snapshot.record_intent(&Intent {
             anchor: anchor.clone(),

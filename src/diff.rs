@@ -62,6 +62,16 @@ pub enum Kind {
     },
 }
 
+/// A source entry that cannot become an object, counted and explained.
+fn reject(anchor: &str, source_dn: String, why: String, counts: &mut Counts) -> Option<Change> {
+    counts.rejected += 1;
+    Some(Change {
+        anchor: anchor.to_string(),
+        reason: "invalid entry".into(),
+        kind: Kind::Reject { source_dn, why },
+    })
+}
+
 impl Change {
     pub fn is_rename(&self) -> bool {
         matches!(&self.kind, Kind::Update { before, after } if !same_dn(&before.dn, &after.dn))
@@ -242,44 +252,17 @@ impl<'a> Planner<'a> {
                 self.not_held.insert(anchor, "left scope".into());
                 return Ok(None);
             }
-            Verdict::Invalid { dn, reason } => {
-                counts.rejected += 1;
-                return Ok(Some(Change {
-                    anchor: String::new(),
-                    reason: "invalid entry".into(),
-                    kind: Kind::Reject {
-                        source_dn: dn,
-                        why: reason,
-                    },
-                }));
-            }
+            Verdict::Invalid { dn, reason } => return Ok(reject("", dn, reason, counts)),
         };
         counts.in_scope += 1;
         if !self.seen.insert(entry.anchor.clone()) {
-            counts.rejected += 1;
-            return Ok(Some(Change {
-                anchor: entry.anchor.clone(),
-                reason: "invalid entry".into(),
-                kind: Kind::Reject {
-                    source_dn: entry.dn,
-                    why: "another source entry has the same anchor".into(),
-                },
-            }));
+            let why = "another source entry has the same anchor".to_string();
+            return Ok(reject(&entry.anchor, entry.dn, why, counts));
         }
         let agreements: Vec<String> = agreements.into_iter().collect();
         let mapped = match self.mapping.map(&entry) {
             Ok(m) => m,
-            Err(why) => {
-                counts.rejected += 1;
-                return Ok(Some(Change {
-                    anchor: entry.anchor,
-                    reason: "invalid entry".into(),
-                    kind: Kind::Reject {
-                        source_dn: entry.dn,
-                        why,
-                    },
-                }));
-            }
+            Err(why) => return Ok(reject(&entry.anchor, entry.dn, why, counts)),
         };
         *self.pulled_per_org.entry(entry.org.clone()).or_default() += 1;
         let before = self.row(&entry.anchor)?;
@@ -307,15 +290,9 @@ impl<'a> Planner<'a> {
                 match chosen {
                     Some(dn) => dn,
                     None => {
-                        counts.rejected += 1;
-                        return Ok(Some(Change {
-                            anchor: entry.anchor,
-                            reason: "invalid entry".into(),
-                            kind: Kind::Reject {
-                                source_dn: entry.dn,
-                                why: "every candidate name is taken; add a tie-breaker with {anchor} to the mapping".into(),
-                            },
-                        }));
+                        let why = "every candidate name is taken; add a tie-breaker with \
+                                   {anchor} to the mapping";
+                        return Ok(reject(&entry.anchor, entry.dn, why.into(), counts));
                     }
                 }
             }

@@ -412,18 +412,12 @@ impl Snapshot {
         cond: &str,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<Stored>, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
-                "SELECT id, at, run_id, anchor, dn, old_dn, op, outcome, reason, agreements,
-                        changes, error, org, state, detail, prev_hash, hash
-                 FROM journal WHERE {cond} ORDER BY id"
-            ))
-            .map_err(|e| self.db_err(e))?;
-        let rows = stmt
-            .query_map(args, stored_from_row)
-            .map_err(|e| self.db_err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.db_err(e))
+        let mut out = Vec::new();
+        self.each_where(cond, args, &mut |s| {
+            out.push(s);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Calls `f` for each stored record matching an SQL condition, in order,

@@ -651,6 +651,11 @@ impl<W: std::io::Write> Printer<W> {
     }
 }
 
+/// Writing results failed (a closed pipe, a full disk): stops the query.
+fn output_error(e: std::io::Error) -> absync::snapshot::StateError {
+    absync::snapshot::StateError::Output(e.to_string())
+}
+
 fn printer(format: Output, header: &str) -> anyhow::Result<Printer<impl std::io::Write>> {
     let out = std::io::BufWriter::new(std::io::stdout().lock());
     Ok(Printer::new(format, out, header)?)
@@ -662,18 +667,7 @@ fn print_each(
     query: impl FnOnce(audit::Each<'_, Stored>) -> Result<(), absync::snapshot::StateError>,
 ) -> anyhow::Result<u64> {
     let mut p = printer(format, audit::CSV_HEADER)?;
-    let mut io_err = None;
-    query(&mut |s| {
-        if io_err.is_none() {
-            if let Err(e) = p.record(&s) {
-                io_err = Some(e);
-            }
-        }
-        Ok(())
-    })?;
-    if let Some(e) = io_err {
-        return Err(e.into());
-    }
+    query(&mut |s| p.record(&s).map_err(output_error))?;
     Ok(p.finish()?)
 }
 
@@ -764,18 +758,9 @@ fn journal(state_dir: &std::path::Path, command: JournalCommand) -> anyhow::Resu
             let at = when(&at, true)?;
             let org = org.map(|o| o.to_uppercase());
             let mut p = printer(format, "anchor,org,dn,agreements,hidden,attributes,since")?;
-            let mut io_err = None;
             audit::held(&s, &at, org.as_deref(), &mut |h| {
-                if io_err.is_none() {
-                    if let Err(e) = p.held(&h) {
-                        io_err = Some(e);
-                    }
-                }
-                Ok(())
+                p.held(&h).map_err(output_error)
             })?;
-            if let Some(e) = io_err {
-                return Err(e.into());
-            }
             let n = p.finish()?;
             if format == Output::Table {
                 let scope = org.map(|o| format!(" for {o}")).unwrap_or_default();
@@ -841,26 +826,19 @@ fn journal(state_dir: &std::path::Path, command: JournalCommand) -> anyhow::Resu
             } else {
                 None
             };
-            let mut io_err: Option<std::io::Error> = None;
             audit::since(&s, &since, &mut |r| {
                 let r = match &redactor {
                     Some(x) => x.redact(r),
                     None => r,
                 };
-                let res = match format {
+                match format {
                     ExportFormat::Csv => write!(out, "{}\r\n", audit::csv_line(&r)),
                     ExportFormat::Jsonl => serde_json::to_string(&r)
                         .map_err(std::io::Error::from)
                         .and_then(|line| writeln!(out, "{line}")),
-                };
-                if let (Err(e), None) = (res, &io_err) {
-                    io_err = Some(e);
                 }
-                Ok(())
+                .map_err(output_error)
             })?;
-            if let Some(e) = io_err {
-                return Err(e.into());
-            }
             out.flush()?;
         }
     }

@@ -34,7 +34,7 @@ pub enum StateError {
         found: i64,
         known: i64,
     },
-    #[error("writing the plan: {0}")]
+    #[error("writing the output: {0}")]
     Output(String),
     #[error(
         "the state directory {dir} is in use by another absync ({holder}); a daemon takes \
