@@ -588,13 +588,25 @@ impl Config {
     pub fn load(file: &Path) -> Result<Config, FileError> {
         let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
         let (raw, text): (RawConfig, String) = parse_toml_file(&file)?;
+        let mut warnings = Vec::new();
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(&file) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o007 != 0 {
+                warnings.push(format!(
+                    "configuration file {} is readable by every user (mode {mode:04o}); it names \
+                     the servers and accounts: chmod o-rwx it",
+                    file.display()
+                ));
+            }
+        }
         let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
         let r = Resolver {
             file: &file,
             dir: &dir,
             text: &text,
         };
-        let mut warnings = Vec::new();
         let s = &raw.source;
         let source_endpoint = r.endpoint(
             "source",

@@ -114,10 +114,21 @@ impl DaemonStatus {
     }
 
     fn write(&self, state_dir: &Path) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = state_dir.join("daemon.json.tmp");
         let ok = serde_json::to_vec_pretty(self)
             .ok()
-            .and_then(|b| std::fs::write(&tmp, b).ok())
+            .and_then(|b| {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .ok()?;
+                f.write_all(&b).ok()
+            })
             .and_then(|_| std::fs::rename(&tmp, Self::path(state_dir)).ok());
         if ok.is_none() {
             tracing::warn!("cannot write {}", Self::path(state_dir).display());

@@ -179,13 +179,17 @@ impl StateLock {
             path: path.clone(),
             source,
         };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io)?
+        };
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -237,6 +241,18 @@ impl Snapshot {
             source,
         };
         let conn = Connection::open(&path).map_err(db)?;
+        // Personal data: the database (and the WAL and index files SQLite
+        // creates with the same mode) for absync's user only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| StateError::Dir {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
+        }
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db)?;
         // WAL + synchronous=NORMAL: a commit survives the process being

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod robust;
 mod safety;
+mod security;
 mod service;
 mod smoke;
 mod sync;

@@ -216,6 +216,27 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
             request[0].record.reason.starts_with("resync requested by "),
             "{request:?}"
         );
+        // The socket is the access control: mode 0660, owned by the service
+        // user; anyone else cannot even connect.
+        let socket = env.dir.join("absync.sock");
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o660
+        );
+        let outsider = Command::new("runuser")
+            .args(["-u", "nobody", "--", "python3", "-c"])
+            .arg(format!(
+                "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?})",
+                socket.to_str().unwrap()
+            ))
+            .output()
+            .unwrap();
+        assert!(!outsider.status.success());
+        assert!(
+            String::from_utf8_lossy(&outsider.stderr).contains("PermissionError"),
+            "{outsider:?}"
+        );
         let queued = env.absync(&["resync", "--no-wait"]);
         assert_eq!(queued.code, 0);
         assert!(queued.stdout.contains("resync requested"));

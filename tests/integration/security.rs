@@ -1,0 +1,121 @@
+//! Security review, each point checked: passwords never leak (logs at
+//! trace level, output, errors, journal, status, Debug), state files are
+//! private, loose permissions are warned about.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::common::check::*;
+use crate::common::env::SyncEnv;
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn passwords_never_appear_in_logs_output_errors_journal_or_status() {
+    let env = SyncEnv::new("sec-leak", 71, 20, 2, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-L", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    let passwords: Vec<Vec<u8>> = ["SOURCE_SYNC_PASSWORD_FILE", "TARGET_SVC_PASSWORD_FILE"]
+        .iter()
+        .map(|k| std::fs::read(env.tb.get(k)).unwrap())
+        .collect();
+    let mut seen = Vec::new();
+    let mut run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_absync"))
+            .args(["--config", env.config_path().to_str().unwrap()])
+            .args(args)
+            .env("ABSYNC_LOG", "trace")
+            .output()
+            .unwrap();
+        seen.extend(out.stdout);
+        seen.extend(out.stderr);
+    };
+    run(&["check"]);
+    run(&["sync"]);
+    run(&["plan", "--format", "json"]);
+    run(&["plan", "--format", "ldif"]);
+    run(&["status"]);
+    run(&[
+        "journal",
+        "export",
+        "--since",
+        "2000-01-01",
+        "--format",
+        "jsonl",
+    ]);
+    // An error path: a wrong CA (the password file is read, the bind fails).
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        text.replacen(env.tb.get("TARGET_CA"), env.tb.get("SOURCE_CA"), 1),
+    )
+    .unwrap();
+    run(&["sync"]);
+    std::fs::write(env.config_path(), &text).unwrap();
+    assert!(seen.len() > 10_000, "trace output was produced");
+    let db = std::fs::read(env.state_dir().join("absync.db")).unwrap();
+    for pw in &passwords {
+        assert!(
+            !seen.windows(pw.len()).any(|w| w == pw.as_slice()),
+            "a password was printed"
+        );
+        assert!(
+            !db.windows(pw.len()).any(|w| w == pw.as_slice()),
+            "a password is in the state"
+        );
+    }
+    // Debug output of the whole configuration shows no password either.
+    let cfg = absync::config::Config::load(&env.config_path()).unwrap();
+    let debug = format!("{cfg:?}");
+    for pw in &passwords {
+        assert!(!debug.contains(std::str::from_utf8(pw).unwrap()));
+    }
+    assert!(debug.contains("Secret(***)"));
+}
+
+#[tokio::test]
+async fn state_files_are_private_and_loose_permissions_are_warned_about() {
+    let env = SyncEnv::new("sec-perms", 72, 10, 1, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-P", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    std::fs::set_permissions(env.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let quiet = env.sync_ok();
+    assert!(
+        !quiet.stderr.contains("readable by every user"),
+        "{quiet:?}"
+    );
+    let state = env.state_dir();
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("absync.db")), 0o600);
+    assert_eq!(mode(&state.join("absync.lock")), 0o600);
+
+    // A configuration readable by everyone: warned about, not refused.
+    std::fs::set_permissions(env.config_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let warned = env.sync_ok();
+    assert!(
+        warned.stderr.contains("readable by every user (mode 0644)"),
+        "{warned:?}"
+    );
+    // A password file readable by others: warned about, naming it.
+    let pw = env.dir.join("loose.pw");
+    std::fs::copy(env.tb.get("TARGET_SVC_PASSWORD_FILE"), &pw).unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        text.replacen(
+            env.tb.get("TARGET_SVC_PASSWORD_FILE"),
+            pw.to_str().unwrap(),
+            1,
+        ),
+    )
+    .unwrap();
+    let loose = env.sync_ok();
+    assert!(
+        loose
+            .stderr
+            .contains(&format!("password file {} has mode 0644", pw.display())),
+        "{loose:?}"
+    );
+}
