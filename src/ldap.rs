@@ -512,6 +512,24 @@ impl Conn {
         self.check("add", dn, res)
     }
 
+    /// Adds an entry whose values are bytes (for example a `unicodePwd`).
+    pub async fn add_binary(
+        &mut self,
+        dn: &str,
+        attrs: Vec<(&str, Vec<Vec<u8>>)>,
+    ) -> Result<(), LdapError> {
+        let attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> = attrs
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.into_iter().collect()))
+            .collect();
+        let res = self
+            .ldap
+            .add(dn, attrs)
+            .await
+            .map_err(|e| self.op_error("add", dn, e))?;
+        self.check("add", dn, res)
+    }
+
     pub async fn modify(&mut self, dn: &str, mods: Vec<Mod<String>>) -> Result<(), LdapError> {
         let res = self
             .ldap

@@ -93,6 +93,12 @@ pub enum RunError {
     SourceIncomplete { pulled: u64, cause: Box<LdapError> },
     #[error("interrupted (shutdown) after {pulled} entries; no deletes were applied")]
     Interrupted { pulled: u64 },
+    #[error("{what} {dn} does not exist on {url}; create it (and delegate it to the account) or fix the configuration")]
+    MissingContainer {
+        what: &'static str,
+        dn: String,
+        url: String,
+    },
 }
 
 impl From<ApplyError> for RunError {
@@ -430,6 +436,24 @@ async fn run_inner(
             Mode::Apply => None,
         },
     };
+    // The containers absync writes in must exist before anything is read
+    // or planned against them.
+    let mut containers = vec![("target OU", cfg.target.base_dn.clone())];
+    containers.extend(
+        cfg.safety
+            .quarantine_ou
+            .clone()
+            .map(|q| ("quarantine OU", q)),
+    );
+    for (what, dn) in containers {
+        if applier.conn.read(&dn, &["1.1"]).await?.is_none() {
+            return Err(RunError::MissingContainer {
+                what,
+                dn,
+                url: cfg.target.endpoint.url.clone(),
+            });
+        }
+    }
     let live_run = mode == Mode::Apply;
     if live_run {
         applier.recover(snapshot, counts).await?;

@@ -4,6 +4,7 @@
 mod audit;
 mod cli;
 mod common;
+mod faults;
 mod robust;
 mod safety;
 mod security;

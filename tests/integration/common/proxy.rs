@@ -8,7 +8,13 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Listens on 127.0.0.1 and forwards to `upstream`; returns the port.
 pub async fn cut_after(upstream: SocketAddr, server_bytes: usize) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    forward_on("127.0.0.1", upstream, server_bytes).await
+}
+
+/// Listens on `ip` (any loopback address) and forwards to `upstream`,
+/// cutting after `server_bytes`; returns the port.
+pub async fn forward_on(ip: &str, upstream: SocketAddr, server_bytes: usize) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
@@ -42,4 +48,17 @@ async fn forward(client: TcpStream, upstream: SocketAddr, limit: usize) {
     // Cut: both directions close.
     up.abort();
     let _ = cw.shutdown().await;
+}
+
+/// Accepts connections and never answers: a server that stalls.
+pub async fn stall() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((client, _)) = listener.accept().await {
+            held.push(client);
+        }
+    });
+    port
 }
