@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod common;
 mod faults;
+mod hostile;
 mod robust;
 mod safety;
 mod security;

@@ -1,0 +1,203 @@
+//! A corpus of entries built to break things, synced in one run: each ends
+//! escaped and stored, truncated as the mapping says, or refused with a
+//! journal record naming the reason; none crashes the run or harms another.
+
+use std::collections::BTreeMap;
+
+use crate::common::check::*;
+use crate::common::env::SyncEnv;
+
+struct Case {
+    uid: String,
+    given: String,
+    sn: String,
+    ods: String,
+    extra: Vec<(&'static str, String)>,
+}
+
+fn ldif(base: &str, c: &Case) -> String {
+    let mut lines = vec![
+        format!("dn: uid={},ou=People,{base}", c.uid),
+        "changetype: add".into(),
+        "objectClass: inetOrgPerson".into(),
+        "objectClass: nhsPerson".into(),
+        format!("uid: {}", c.uid),
+    ];
+    let mut attr = |k: &str, v: &str| {
+        let mut s = String::new();
+        absync::render::ldif_line(&mut s, k, v);
+        lines.push(s.trim_end().to_string());
+    };
+    attr("givenName", &c.given);
+    attr("sn", &c.sn);
+    attr("cn", &format!("{} {}", c.given, c.sn));
+    attr("nhsOdsCode", &c.ods);
+    attr("nhsEntryStatus", "active");
+    for (k, v) in &c.extra {
+        attr(k, v);
+    }
+    lines.join("\n") + "\n\n"
+}
+
+#[tokio::test]
+async fn a_corpus_of_hostile_entries_is_escaped_truncated_or_refused_one_by_one() {
+    let env = SyncEnv::new("hostile-corpus", 91, 5, 1, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    let ods = codes[0].clone();
+    env.write_agreements(&[("DSA-H", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    let mut cases = Vec::new();
+    let mut add = |given: &str, sn: &str, ods: &str, extra: Vec<(&'static str, String)>| {
+        cases.push(Case {
+            uid: format!("h{:03}", cases.len()),
+            given: given.into(),
+            sn: sn.into(),
+            ods: ods.into(),
+            extra,
+        });
+    };
+    for c in [",", "+", "\"", "\\", "<", ">", ";", "=", "#"] {
+        add("Mid", &format!("A{c}B"), &ods, vec![]);
+        add("Lead", &format!("{c}Lead"), &ods, vec![]);
+        add("Trail", &format!("Trail{c}"), &ods, vec![]);
+    }
+    add("Spaced", "  Both Ends  ", &ods, vec![]);
+    add("Nul", "Nul\u{0}Byte", &ods, vec![]);
+    add("Tab", "Tab\tAnd\nNewline", &ods, vec![]);
+    add("Rtl", "\u{202E}lortnoc", &ods, vec![]);
+    add("محمد", "عبدالله", &ods, vec![]);
+    add("דוד", "כהן", &ods, vec![]);
+    add("Combining", "Zoe\u{0308}", &ods, vec![]);
+    add("Emoji", "😀 Smile", &ods, vec![]);
+    add("Doctor", "👩\u{200D}⚕️", &ods, vec![]);
+    add(
+        "Long",
+        "Title",
+        &ods,
+        vec![("title", "Consultant ".repeat(1000))],
+    );
+    add(
+        "Huge",
+        "Name",
+        &ods,
+        vec![("displayName", "N".repeat(10_240))],
+    );
+    let phones: Vec<(&'static str, String)> = (0..1000)
+        .map(|i| ("telephoneNumber", format!("01632 {:06}", 100_000 + i)))
+        .collect();
+    add("Many", "Phones", &ods, phones);
+    add("Filter", "*)(objectClass=*", &ods, vec![]);
+    add("admin)(|(uid=*", "Injection", &ods, vec![]);
+    add("Dn", "x,OU=Evil,DC=sync,DC=test", &ods, vec![]);
+    add("Dn2", "x\\,OU=Evil", &ods, vec![]);
+    add("Ods", "Injected", &format!("{ods})(uid=*"), vec![]);
+    add("Ods2", "Star", "*", vec![]);
+    add("Same", "Person", &ods, vec![]);
+    add("Same", "Person", &ods, vec![]);
+    add("Same", "Person", &ods, vec![]);
+    add(
+        "Mail",
+        "Collision",
+        &ods,
+        vec![("mail", "taken@nhs.net".into())],
+    );
+    add(
+        "Mail",
+        "Upper",
+        &ods,
+        vec![("mail", "  MIXED.Case@NHS.net ".into())],
+    );
+    add("Empty", " ", &ods, vec![]);
+    assert!(cases.len() >= 50, "{} cases", cases.len());
+    let text: String = cases.iter().map(|c| ldif(&env.source_base, c)).collect();
+    env.change_source(&text);
+
+    // An object absync does not own already has one person's mail.
+    let mut admin = absync::ldap::Conn::connect(&env.tb.target_admin())
+        .await
+        .unwrap();
+    admin
+        .add(
+            &format!("CN=Someone Else,{}", env.target_ou),
+            vec![
+                ("objectClass".into(), ["contact".into()].into()),
+                ("mail".into(), ["taken@nhs.net".into()].into()),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let run = env.absync(&["sync"]);
+    assert!(run.code == 0 || run.code == 1, "the run completes: {run:?}");
+    let people = env.source_people("(objectClass=nhsPerson)").await;
+    let uuid_of: BTreeMap<String, String> = people
+        .iter()
+        .map(|(u, a)| (a["uid"][0].clone(), u.clone()))
+        .collect();
+    let ad = by_anchor(&env.ad_objects().await);
+    let snap = env.snapshot();
+    let records = snap.records(snap.runs(1).unwrap()[0].id).unwrap();
+    let journaled = |anchor: &str| {
+        records
+            .iter()
+            .find(|r| r.anchor.as_deref() == Some(anchor) && r.outcome != "applied")
+    };
+    let mut stored = 0;
+    for c in &cases {
+        let uuid = &uuid_of[&c.uid];
+        if c.ods != ods {
+            assert!(!ad.contains_key(uuid), "{}: outside every agreement", c.uid);
+            continue;
+        }
+        match ad.get(uuid) {
+            Some(o) => {
+                stored += 1;
+                let dn = &o["dn"][0];
+                assert!(dn.ends_with(&env.target_ou), "{dn} escaped the OU");
+                assert_eq!(
+                    absync::dn::parent(dn).to_lowercase(),
+                    env.target_ou.to_lowercase()
+                );
+                let cn = &o["cn"][0];
+                assert!(
+                    cn.chars().count() <= 64 && !cn.chars().any(char::is_control),
+                    "{cn:?}"
+                );
+                assert_eq!(cn, cn.trim());
+                if let Some(t) = o.get("title") {
+                    assert!(t[0].chars().count() <= 128);
+                }
+                if let Some(d) = o.get("displayname") {
+                    assert!(d[0].chars().count() <= 256);
+                }
+            }
+            None => {
+                let r = journaled(uuid)
+                    .unwrap_or_else(|| panic!("{} is neither in AD nor journaled: {run:?}", c.uid));
+                assert!(r.error.as_deref().is_some_and(|e| !e.is_empty()), "{r:?}");
+            }
+        }
+    }
+    assert!(
+        stored >= 45,
+        "only {stored} of {} stored: {run:?}",
+        cases.len()
+    );
+    let mail_case = &uuid_of[&cases.iter().find(|c| c.sn == "Collision").unwrap().uid];
+    assert!(!ad.contains_key(mail_case));
+    assert_eq!(journaled(mail_case).unwrap().op, "conflict");
+    let upper = &uuid_of[&cases.iter().find(|c| c.sn == "Upper").unwrap().uid];
+    assert_eq!(ad[upper]["mail"], vec!["mixed.case@nhs.net"]);
+    let many = &uuid_of[&cases.iter().find(|c| c.sn == "Phones").unwrap().uid];
+    if let Some(o) = ad.get(many) {
+        assert_eq!(o["telephonenumber"].len(), 1);
+    }
+    // A second run changes nothing that was stored.
+    let again = env.absync(&["sync"]);
+    assert!(again.code == 0 || again.code == 1, "{again:?}");
+    assert!(
+        summary_line(&again, "added").contains("modified 0, renamed 0, deleted 0"),
+        "{again:?}"
+    );
+    let verify = env.absync(&["journal", "verify"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+}
