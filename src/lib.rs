@@ -28,6 +28,7 @@ pub mod control;
 pub mod daemon;
 pub mod diff;
 pub mod dn;
+pub mod failpoint;
 mod fuzz;
 pub mod journal;
 pub mod ldap;

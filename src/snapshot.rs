@@ -417,6 +417,7 @@ impl Snapshot {
             .prepare_cached("INSERT OR REPLACE INTO intents (anchor, payload) VALUES (?1, ?2)")
             .and_then(|mut s| s.execute(params![intent.anchor, payload]))
             .map_err(|e| self.db_err(e))?;
+        crate::failpoint::hit("after-intent");
         Ok(())
     }
 
@@ -516,6 +517,9 @@ impl Snapshot {
         tx.prepare_cached("DELETE FROM intents WHERE anchor = ?1")
             .and_then(|mut s| s.execute([anchor]))
             .map_err(db)?;
-        tx.commit().map_err(db)
+        crate::failpoint::hit("before-commit");
+        tx.commit().map_err(db)?;
+        crate::failpoint::hit("after-commit");
+        Ok(())
     }
 }

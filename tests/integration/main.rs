@@ -4,6 +4,7 @@
 mod audit;
 mod cli;
 mod common;
+mod crash;
 mod faults;
 mod hostile;
 mod robust;
