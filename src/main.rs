@@ -245,7 +245,33 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// absync writes to Active Directory and keeps personal data: as root, a
+/// mistake reaches everything. `sync` and `run` refuse root unless told
+/// (`ABSYNC_ALLOW_ROOT=1`), as a test bed run by root has to.
+fn refuse_root() -> anyhow::Result<()> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(str::to_string))
+        });
+    if uid.as_deref() == Some("0") && std::env::var("ABSYNC_ALLOW_ROOT").as_deref() != Ok("1") {
+        anyhow::bail!(
+            "refusing to run as root: run absync as its service user (the package's \
+             absync.service does), or set ABSYNC_ALLOW_ROOT=1 to insist"
+        );
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if matches!(
+        cli.command,
+        Command::Run | Command::Sync { dry_run: false, .. }
+    ) {
+        refuse_root()?;
+    }
     if let Command::Journal {
         state: Some(dir),
         command,

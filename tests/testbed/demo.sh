@@ -80,6 +80,9 @@ delete_grace = "7d"
 quarantine_ou = "$TARGET_QUARANTINE_OU"
 TOML
 
+# The demo runs as root (it installs packages and runs Samba); absync
+# refuses root unless told, as a real installation runs it as "absync".
+export ABSYNC_ALLOW_ROOT=1
 echo; echo "== absync check"; "$absync" --config "$dir/absync.toml" check
 echo; echo "== absync sync"; "$absync" --config "$dir/absync.toml" sync
 echo; echo "== what landed in Active Directory (independent ldapsearch as the service account)"

@@ -24,9 +24,16 @@ static TESTBED: OnceLock<Testbed> = OnceLock::new();
 
 /// The shared test bed, started on first use.
 pub fn testbed() -> &'static Testbed {
-    TESTBED.get_or_init(|| match std::env::var_os("ABSYNC_TESTBED") {
-        Some(p) => Testbed::load(Path::new(&p)),
-        None => Testbed::start_own(),
+    TESTBED.get_or_init(|| {
+        // The suite runs as root (Samba needs it); absync refuses root
+        // unless told. Set before any child process starts.
+        if std::env::var_os("ABSYNC_ALLOW_ROOT").is_none() {
+            std::env::set_var("ABSYNC_ALLOW_ROOT", "1");
+        }
+        match std::env::var_os("ABSYNC_TESTBED") {
+            Some(p) => Testbed::load(Path::new(&p)),
+            None => Testbed::start_own(),
+        }
     })
 }
 
