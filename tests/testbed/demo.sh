@@ -98,5 +98,6 @@ cat <<TXT
 Demo ready in $dir:
   config     $dir/absync.toml   (agreements $dir/agreements.toml)
   try        $absync --config $dir/absync.toml plan
+             ABSYNC_ALLOW_ROOT=1 $absync --config $dir/absync.toml sync   (as root, absync needs to be told)
   stop with  $here/down.sh $dir/bed
 TXT
