@@ -154,3 +154,109 @@ async fn a_missing_target_ou_is_named_and_nothing_is_written() {
         "{again:?}"
     );
 }
+
+fn script(tb: &crate::common::testbed::Testbed, which: &str, dir: &str) {
+    let out = std::process::Command::new(
+        crate::common::testbed::repo_root().join(format!("tests/testbed/{which}.sh")),
+    )
+    .args(["restart", tb.dir.join(dir).to_str().unwrap()])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{which} restart: {out:?}");
+}
+
+fn kill9(pid_file: &std::path::Path, group: bool) {
+    let pid = std::fs::read_to_string(pid_file).unwrap();
+    let target = if group {
+        format!("-{}", pid.trim())
+    } else {
+        pid.trim().to_string()
+    };
+    let ok = std::process::Command::new("kill")
+        .args(["-KILL", "--", &target])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -9 {target}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_samba_or_slapd_mid_run_loses_nothing() {
+    let tb = tokio::task::block_in_place(|| crate::common::testbed::Testbed::start_private("kill"));
+    let env = SyncEnv::new_on(tb, "kill", 111, 700, 4, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-K", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    let env = &env;
+    tokio::task::block_in_place(|| {
+        let spawn = || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_absync"))
+                .args(["--config", env.config_path().to_str().unwrap(), "sync"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let converged = |phase: &str| {
+            let source = env.source_people_blocking();
+            let expected = expected_anchors(&source, &codes);
+            let ad = by_anchor(&env.ad_objects_blocking());
+            assert_eq!(
+                ad.keys()
+                    .cloned()
+                    .collect::<std::collections::BTreeSet<_>>(),
+                expected,
+                "{phase}"
+            );
+            let snap = env.snapshot();
+            assert_eq!(snap.count().unwrap() as usize, ad.len(), "{phase}");
+            assert!(snap.intents().unwrap().is_empty(), "{phase}");
+            assert_eq!(env.absync(&["journal", "verify"]).code, 0, "{phase}");
+        };
+
+        // Samba (the whole process group) killed in the middle of a load.
+        let child = spawn();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while env.ad_count_blocking() < 100 {
+            assert!(Instant::now() < deadline, "the load did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kill9(&tb.dir.join("target/samba/run/samba.pid"), true);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        script(tb, "target", "target");
+        env.sync_ok();
+        converged("after Samba was killed");
+
+        // slapd killed while a change set (mostly adds) is pulled and applied.
+        let gen = std::process::Command::new("python3")
+            .arg(crate::common::testbed::repo_root().join("tests/testbed/nhsgen.py"))
+            .args(["changes", "--base", &env.source_base, "--seed", "111"])
+            .args(["--people", "700", "--orgs", "4", "--change-seed", "7"])
+            .args(["--adds", "300", "--modifies", "30", "--deletes", "10"])
+            .output()
+            .unwrap();
+        env.change_source(&String::from_utf8(gen.stdout).unwrap());
+        let before = env.ad_count_blocking();
+        let child = spawn();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while env.ad_count_blocking() < before + 20 {
+            assert!(Instant::now() < deadline, "the change set did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill9(&tb.dir.join("source/slapd.pid"), false);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("no deletes were applied"), "{err}");
+        let snap = env.snapshot();
+        let last = snap.runs(1).unwrap()[0].clone();
+        assert_eq!(
+            last.counts.unwrap().deleted,
+            0,
+            "no delete on a partial read"
+        );
+        script(tb, "source", "source");
+        env.sync_ok();
+        converged("after slapd was killed");
+    });
+}

@@ -194,8 +194,34 @@ ENV
   echo "source: CA $dir/tls/ca.pem; sync account $SYNC_DN; env $dir/source.env"
 }
 
+# Starts the existing directory in DIR again (after stop, or after it was
+# killed), on the same ports, and waits until LDAPS answers.
+restart() {
+  local dir=$1
+  [ -f "$dir/source.env" ] || die "$dir holds no test-bed source (no source.env)"
+  # shellcheck disable=SC1091
+  . "$dir/source.env"
+  stop "$dir"
+  local urls="$SOURCE_LDAP_URL/ $SOURCE_URL/ $SOURCE_LDAPI_URL"
+  setsid slapd -d 0 -F "$dir/config" -h "$urls" >>"$dir/log/slapd.log" 2>&1 < /dev/null &
+  local pid=$!
+  for _ in $(seq 300); do
+    if LDAPTLS_CACERT="$SOURCE_CA" ldapsearch -H "$SOURCE_URL" -x -b '' -s base \
+         -o nettimeout=2 namingContexts >/dev/null 2>&1; then
+      echo "$pid" > "$dir/slapd.pid"
+      echo "source: restarted (pid $pid)"
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -20 "$dir/log/slapd.log" >&2
+  die "slapd did not answer on $SOURCE_URL after a restart"
+}
+
 case ${1:-} in
   start) shift; [ $# -ge 1 ] || die "usage: source.sh start DIR [options]"; start "$@" ;;
   stop) shift; [ $# -ge 1 ] || die "usage: source.sh stop DIR"; stop "$1" ;;
+  restart) shift; [ $# -ge 1 ] || die "usage: source.sh restart DIR"; restart "$1" ;;
   *) die "usage: source.sh start DIR [--port N] [--tls-port N] [--load FILE]... | stop DIR" ;;
 esac

@@ -537,10 +537,34 @@ EOF
   ldap_as svc ldapdelete "$dn"
 }
 
+# Starts the already provisioned domain in DIR again (after stop, or after
+# it was killed), on the same address, and waits until LDAPS answers.
+restart() {
+  local dir=$1
+  [ -f "$dir/target.env" ] || die "$dir holds no test-bed target (no target.env)"
+  # shellcheck disable=SC1091
+  . "$dir/target.env"
+  stop "$dir"
+  local sam="$dir/samba"
+  # A killed Samba leaves its pid file; the new one writes its own.
+  rm -f "$sam/run/samba.pid"
+  (cd "$sam" && exec samba -D -s "$sam/etc/smb.conf") </dev/null >>"$sam/log/samba.stdout" 2>&1 \
+    || die "samba -D failed to start"
+  local deadline=$((SECONDS + 60))
+  until LDAPTLS_CACERT=$TARGET_CA ldapsearch -H "$TARGET_URL" -x -b '' -s base -o nettimeout=5 \
+          dnsHostName >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || die "LDAPS on $TARGET_IP did not answer within 60 s"
+    sleep 0.2
+  done
+  echo "target: restarted (pid $(pid_of "$dir"))"
+}
+
 case ${1:-} in
   start) [ $# -ge 2 ] || die "usage: target.sh start DIR [--ip 127.0.0.N] [--exchange-schema]"
          shift; start "$@" ;;
   stop)  [ $# -eq 2 ] || die "usage: target.sh stop DIR"
          stop "$2" ;;
-  *) die "usage: target.sh start DIR [--ip 127.0.0.N] [--exchange-schema] | stop DIR" ;;
+  restart) [ $# -eq 2 ] || die "usage: target.sh restart DIR"
+         restart "$2" ;;
+  *) die "usage: target.sh start DIR [--ip 127.0.0.N] [--exchange-schema] | stop DIR | restart DIR" ;;
 esac

@@ -65,11 +65,24 @@ trap - ERR
 if [ -n "$owner" ]; then
   # A reaper outlives this script and stops the servers once the owner exits,
   # even if the owner was killed with SIGKILL.
+  # It stops the servers by their PIDs itself, so it works even if this
+  # checkout is gone by then.
   setsid bash -c '
     while kill -0 "$1" 2>/dev/null; do sleep 1; done
-    "$2/down.sh" "$3" >/dev/null 2>&1
-    if [ "$4" = 1 ]; then rm -rf "$3"; fi
-  ' reaper "$owner" "$here" "$dir" "$remove" </dev/null >/dev/null 2>&1 &
+    dir=$2
+    slapd=$(cat "$dir/source/slapd.pid" 2>/dev/null)
+    samba=$(tr -dc 0-9 < "$dir/target/samba/run/samba.pid" 2>/dev/null)
+    [ -n "$slapd" ] && kill -TERM "$slapd" 2>/dev/null
+    [ -n "$samba" ] && kill -TERM -- "-$samba" 2>/dev/null
+    for _ in $(seq 50); do
+      { [ -n "$slapd" ] && kill -0 "$slapd" 2>/dev/null; } || \
+        { [ -n "$samba" ] && kill -0 "$samba" 2>/dev/null; } || break
+      sleep 0.2
+    done
+    [ -n "$slapd" ] && kill -KILL "$slapd" 2>/dev/null
+    [ -n "$samba" ] && kill -KILL -- "-$samba" 2>/dev/null
+    if [ "$3" = 1 ]; then rm -rf "$dir"; fi
+  ' reaper "$owner" "$dir" "$remove" </dev/null >/dev/null 2>&1 &
 fi
 
 t1=$(date +%s.%N)

@@ -46,7 +46,19 @@ impl SyncEnv {
     /// Generates `people` over `orgs` into a fresh source subtree, makes a
     /// fresh target OU, and writes a config using `mapping`.
     pub async fn new(name: &str, seed: u64, people: u32, orgs: u32, mapping: &str) -> SyncEnv {
-        let tb = super::testbed();
+        Self::new_on(super::testbed(), name, seed, people, orgs, mapping).await
+    }
+
+    /// The same, on a given test bed (a private one, for tests that kill
+    /// servers).
+    pub async fn new_on(
+        tb: &'static Testbed,
+        name: &str,
+        seed: u64,
+        people: u32,
+        orgs: u32,
+        mapping: &str,
+    ) -> SyncEnv {
         let source_base = tb.new_source_subtree(name, seed, people, orgs);
         let target_ou = tb.new_target_ou(name).await;
         let dir = std::env::temp_dir().join(super::unique(&format!("absync-{name}")));

@@ -25,16 +25,20 @@ static TESTBED: OnceLock<Testbed> = OnceLock::new();
 /// The shared test bed, started on first use.
 pub fn testbed() -> &'static Testbed {
     TESTBED.get_or_init(|| {
-        // The suite runs as root (Samba needs it); absync refuses root
-        // unless told. Set before any child process starts.
-        if std::env::var_os("ABSYNC_ALLOW_ROOT").is_none() {
-            std::env::set_var("ABSYNC_ALLOW_ROOT", "1");
-        }
+        allow_root();
         match std::env::var_os("ABSYNC_TESTBED") {
             Some(p) => Testbed::load(Path::new(&p)),
             None => Testbed::start_own(),
         }
     })
+}
+
+/// The suite runs as root (Samba needs it); absync refuses root unless
+/// told. Set before any child process starts.
+fn allow_root() {
+    if std::env::var_os("ABSYNC_ALLOW_ROOT").is_none() {
+        std::env::set_var("ABSYNC_ALLOW_ROOT", "1");
+    }
 }
 
 pub fn repo_root() -> PathBuf {
@@ -77,11 +81,24 @@ impl Testbed {
         }
     }
 
+    /// A test bed of its own for one test that kills and restarts servers
+    /// (the shared one must stay up for the others). Stopped when the test
+    /// process exits.
+    pub fn start_private(name: &str) -> &'static Testbed {
+        allow_root();
+        let dir = std::env::temp_dir().join(super::unique(&format!("absync-bed-{name}")));
+        Box::leak(Box::new(Testbed::start_in(dir, false)))
+    }
+
     fn start_own() -> Testbed {
         let dir = std::env::temp_dir().join(format!("absync-testbed-{}", std::process::id()));
+        Testbed::start_in(dir, true)
+    }
+
+    fn start_in(dir: PathBuf, exchange: bool) -> Testbed {
         let out = Command::new(repo_root().join("tests/testbed/up.sh"))
             .arg(&dir)
-            .arg("--exchange-schema")
+            .args(exchange.then_some("--exchange-schema"))
             .args(["--owner-pid", &std::process::id().to_string()])
             .arg("--remove-when-done")
             .output()
