@@ -327,6 +327,27 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn a_huge_or_malformed_input_file_is_an_error_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("absync-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let huge = dir.join("huge.toml");
+        std::fs::write(&huge, "# x\n".repeat(1_500_000)).unwrap();
+        let e = super::Config::load(&huge).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&huge.display().to_string()) && e.contains("too large"),
+            "{e}"
+        );
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[source]\nurl = \"ldaps://x\"\n[source\n").unwrap();
+        let e = super::Config::load(&bad).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:3", bad.display())), "{e}");
+        let missing = dir.join("missing.toml");
+        let e = super::Config::load(&missing).unwrap_err().to_string();
+        assert!(e.contains("cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
