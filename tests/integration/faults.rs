@@ -260,3 +260,92 @@ async fn killing_samba_or_slapd_mid_run_loses_nothing() {
         converged("after slapd was killed");
     });
 }
+
+/// A CA and a server certificate that expired in 2020 (openssl ca can
+/// back-date, which `openssl x509` cannot).
+fn expired_certificate(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("db")).unwrap();
+    let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -keyout ca.key -out ca.pem -subj "/CN=expired test CA" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj "/CN=localhost" 2>/dev/null
+: > db/index; echo 01 > db/serial
+cat > ca.cnf <<CNF
+[ca]
+default_ca = c
+[c]
+database = db/index
+serial = db/serial
+new_certs_dir = db
+default_md = sha256
+policy = p
+[p]
+commonName = supplied
+[ext]
+subjectAltName = DNS:localhost,IP:127.0.0.1
+basicConstraints = CA:FALSE
+extendedKeyUsage = serverAuth
+CNF
+openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in srv.csr -out srv.pem \
+  -startdate 20200101000000Z -enddate 20200201000000Z -extensions ext 2>/dev/null
+"#;
+    let ok = std::process::Command::new("bash")
+        .args(["-c", script])
+        .current_dir(dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "making an expired certificate");
+}
+
+#[tokio::test]
+async fn an_expired_server_certificate_is_refused_as_expired() {
+    let (env, _) = synced("fault-expired").await;
+    let before = env.ad_objects().await;
+    let dir = env.dir.join("expired");
+    expired_certificate(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // An LDAPS impostor that presents the expired certificate.
+    let mut server = std::process::Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["-cert", "srv.pem", "-key", "srv.key"])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let url = env.tb.get("SOURCE_URL").to_string();
+    let text = replace_in_config(&env, &url, &format!("ldaps://127.0.0.1:{port}"));
+    std::fs::write(
+        env.config_path(),
+        std::fs::read_to_string(env.config_path())
+            .unwrap()
+            .replacen(
+                env.tb.get("SOURCE_CA"),
+                dir.join("ca.pem").to_str().unwrap(),
+                1,
+            ),
+    )
+    .unwrap();
+    let r = env.absync(&["sync"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("TLS handshake failed") && r.stderr.contains("has expired"),
+        "{r:?}"
+    );
+    assert_unchanged(&before, &env.ad_objects().await);
+    std::fs::write(env.config_path(), text).unwrap();
+    env.sync_ok();
+}
