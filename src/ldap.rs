@@ -504,12 +504,16 @@ impl Conn {
         dn: &str,
         attrs: Vec<(String, HashSet<String>)>,
     ) -> Result<(), LdapError> {
-        let res = self
-            .ldap
-            .add(dn, attrs)
-            .await
-            .map_err(|e| self.op_error("add", dn, e))?;
-        self.check("add", dn, res)
+        let attrs = attrs
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.into_bytes(),
+                    v.into_iter().map(String::into_bytes).collect(),
+                )
+            })
+            .collect();
+        self.add_raw(dn, attrs).await
     }
 
     /// Adds an entry whose values are bytes (for example a `unicodePwd`).
@@ -518,10 +522,18 @@ impl Conn {
         dn: &str,
         attrs: Vec<(&str, Vec<Vec<u8>>)>,
     ) -> Result<(), LdapError> {
-        let attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> = attrs
+        let attrs = attrs
             .into_iter()
             .map(|(k, v)| (k.as_bytes().to_vec(), v.into_iter().collect()))
             .collect();
+        self.add_raw(dn, attrs).await
+    }
+
+    async fn add_raw(
+        &mut self,
+        dn: &str,
+        attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)>,
+    ) -> Result<(), LdapError> {
         let res = self
             .ldap
             .add(dn, attrs)
