@@ -29,18 +29,6 @@ pub enum Answer {
     Refused(String),
 }
 
-fn user_name(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|p| {
-            p.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
-            })
-        })
-        .unwrap_or_else(|| format!("uid {uid}"))
-}
-
 /// Listens on the control socket. The socket is created mode 0660: its
 /// owner (the service user) and group (the admins) may use it.
 pub async fn listen(
@@ -79,7 +67,7 @@ pub async fn listen(
 async fn handle(stream: UnixStream, triggers: mpsc::Sender<Trigger>) -> std::io::Result<()> {
     let by = stream
         .peer_cred()
-        .map(|c| user_name(c.uid()))
+        .map(|c| crate::journal::user_name(c.uid()))
         .unwrap_or_else(|_| "unknown".into());
     let (read, mut write) = stream.into_split();
     let mut line = String::new();

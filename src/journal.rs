@@ -119,29 +119,41 @@ pub fn chain_hash(prev: &str, canonical: &str) -> String {
     format!("{:x}", h.finalize())
 }
 
+/// The real user id of this process (from /proc/self/status).
+pub fn current_uid() -> Option<u32> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+}
+
+/// The name /etc/passwd gives a user id, or `uid N`.
+pub fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
 /// The Unix user running absync: the one who ran `sudo`, if any, else the
 /// owner of this process as /etc/passwd names it.
 pub fn unix_user() -> String {
     if let Ok(u) = std::env::var("SUDO_USER") {
         return u;
     }
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().next().map(str::to_string))
-        });
-    if let Some(uid) = uid {
-        let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
-            p.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
-            })
-        });
-        return name.unwrap_or(format!("uid {uid}"));
+    match current_uid() {
+        Some(uid) => user_name(uid),
+        None => std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
     }
-    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
 }
 
 pub fn now() -> String {
@@ -298,6 +310,16 @@ pub struct Run {
     pub files: FileHashes,
     pub unix_user: String,
     pub head_hash: Option<String>,
+}
+
+impl Run {
+    /// How long the run took; `None` while it runs (or if it was killed).
+    pub fn seconds(&self) -> Option<f64> {
+        let f = &time::format_description::well_known::Rfc3339;
+        let start = time::OffsetDateTime::parse(&self.started_at, f).ok()?;
+        let end = time::OffsetDateTime::parse(self.ended_at.as_deref()?, f).ok()?;
+        Some((end - start).as_seconds_f64())
+    }
 }
 
 /// Decodes a journal row selected with the columns `stored_where` names.

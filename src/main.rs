@@ -249,14 +249,8 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
 /// mistake reaches everything. `sync` and `run` refuse root unless told
 /// (`ABSYNC_ALLOW_ROOT=1`), as a test bed run by root has to.
 fn refuse_root() -> anyhow::Result<()> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().next().map(str::to_string))
-        });
-    if uid.as_deref() == Some("0") && std::env::var("ABSYNC_ALLOW_ROOT").as_deref() != Ok("1") {
+    let root = absync::journal::current_uid() == Some(0);
+    if root && std::env::var("ABSYNC_ALLOW_ROOT").as_deref() != Ok("1") {
         anyhow::bail!(
             "refusing to run as root: run absync as its service user (the package's \
              absync.service does), or set ABSYNC_ALLOW_ROOT=1 to insist"
@@ -517,9 +511,7 @@ fn status(state_dir: &std::path::Path, ou: Option<&str>, limit: u32) -> anyhow::
     );
     for r in snapshot.runs(limit)? {
         let secs = r
-            .ended_at
-            .as_deref()
-            .and_then(|e| seconds_between(&r.started_at, e))
+            .seconds()
             .map(|s| format!("{s:.1}"))
             .unwrap_or_else(|| "-".into());
         let c = r.counts.unwrap_or_default();
@@ -717,11 +709,7 @@ fn journal(state_dir: &std::path::Path, command: JournalCommand) -> anyhow::Resu
                     println!("run,started,ended,seconds,mode,status,added,modified,renamed,deleted,hidden,restored,withheld,conflicts,failed,user,config_hash,mapping_hash,agreements_hash");
                     for r in &runs {
                         let c = r.counts.clone().unwrap_or_default();
-                        let secs = r
-                            .ended_at
-                            .as_deref()
-                            .and_then(|e| seconds_between(&r.started_at, e))
-                            .unwrap_or(0.0);
+                        let secs = r.seconds().unwrap_or(0.0);
                         println!(
                             "{},{},{},{secs:.1},{},\"{}\",{},{},{},{},{},{},{},{},{},{},{},{},{}",
                             r.id,
@@ -749,9 +737,7 @@ fn journal(state_dir: &std::path::Path, command: JournalCommand) -> anyhow::Resu
                     for r in &runs {
                         let c = r.counts.clone().unwrap_or_default();
                         let secs = r
-                            .ended_at
-                            .as_deref()
-                            .and_then(|e| seconds_between(&r.started_at, e))
+                            .seconds()
                             .map(|v| format!("{v:.1}s"))
                             .unwrap_or_else(|| "-".into());
                         println!(
@@ -869,13 +855,6 @@ fn journal(state_dir: &std::path::Path, command: JournalCommand) -> anyhow::Resu
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn seconds_between(a: &str, b: &str) -> Option<f64> {
-    let f = &time::format_description::well_known::Rfc3339;
-    let a = time::OffsetDateTime::parse(a, f).ok()?;
-    let b = time::OffsetDateTime::parse(b, f).ok()?;
-    Some((b - a).as_seconds_f64())
 }
 
 fn print_summary(o: &Outcome, what: &str) {

@@ -106,13 +106,7 @@ pub fn render(state_dir: &std::path::Path) -> String {
             .unwrap_or(0)
     );
     if let Some(last) = runs.first() {
-        let secs = match (
-            epoch(&last.started_at),
-            last.ended_at.as_deref().and_then(epoch),
-        ) {
-            (Some(a), Some(b)) => b - a,
-            _ => 0,
-        };
+        let secs = last.seconds().unwrap_or(0.0);
         let _ = writeln!(out, "# HELP absync_last_run_duration_seconds Duration of the last run.\n# TYPE absync_last_run_duration_seconds gauge\nabsync_last_run_duration_seconds {secs}");
         let stopped =
             u8::from(last.status.starts_with("stopped") || last.status.starts_with("deletes held"));

@@ -197,16 +197,7 @@ async fn killing_samba_or_slapd_mid_run_loses_nothing() {
                 .unwrap()
         };
         let converged = |phase: &str| {
-            let source = env.source_people_blocking();
-            let expected = expected_anchors(&source, &codes);
-            let ad = by_anchor(&env.ad_objects_blocking());
-            assert_eq!(
-                ad.keys()
-                    .cloned()
-                    .collect::<std::collections::BTreeSet<_>>(),
-                expected,
-                "{phase}"
-            );
+            let ad = assert_ad_holds_expected(env, &codes, phase);
             let snap = env.snapshot();
             assert_eq!(snap.count().unwrap() as usize, ad.len(), "{phase}");
             assert!(snap.intents().unwrap().is_empty(), "{phase}");

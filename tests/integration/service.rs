@@ -336,15 +336,7 @@ async fn sigterm_in_the_middle_of_a_run_stops_cleanly_and_loses_nothing() {
         assert!(snap.intents().unwrap().is_empty(), "nothing left in flight");
         // The next run converges.
         env.sync_ok();
-        let source = env.source_people_blocking();
-        let expected = expected_anchors(&source, &codes);
-        let ad = by_anchor(&env.ad_objects_blocking());
-        assert_eq!(
-            ad.keys()
-                .cloned()
-                .collect::<std::collections::BTreeSet<_>>(),
-            expected
-        );
+        assert_ad_holds_expected(env, &codes, "after the stop");
     });
 }
 

@@ -142,3 +142,20 @@ pub fn plan_then_sync(env: &super::env::SyncEnv, args: &[&str]) -> Run {
     );
     run
 }
+
+/// From a blocking section: AD holds exactly the active people of `codes`
+/// (as the source's rootDN sees them), each once. Returns them by anchor.
+pub fn assert_ad_holds_expected(
+    env: &super::env::SyncEnv,
+    codes: &[String],
+    what: &str,
+) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+    let expected = expected_anchors(&env.source_people_blocking(), codes);
+    let ad = by_anchor(&env.ad_objects_blocking());
+    assert_eq!(
+        ad.keys().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "{what}: AD holds exactly the expected people"
+    );
+    ad
+}
