@@ -28,8 +28,12 @@ pub async fn serve(
         while let Ok((mut stream, _)) = listener.accept().await {
             let dir = state_dir.clone();
             tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let _ = stream.read(&mut buf).await;
+                // Read the whole request head before answering: closing a
+                // socket with unread bytes makes the kernel reset it, and
+                // the client then loses the response (a broken pipe).
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), read_head(&mut stream))
+                        .await;
                 let body = tokio::task::spawn_blocking(move || render(&dir))
                     .await
                     .unwrap_or_default();
@@ -44,6 +48,23 @@ pub async fn serve(
         }
     });
     Ok((task, bound))
+}
+
+/// Reads until the blank line that ends an HTTP request head (or 8 KiB, or
+/// the end of the stream). The path is not looked at: every request gets
+/// the metrics.
+async fn read_head(stream: &mut tokio::net::TcpStream) {
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 1024];
+    while head.len() < 8192 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            return;
+        }
+    }
 }
 
 fn epoch(text: &str) -> Option<i64> {

@@ -11,7 +11,7 @@ debian/build >/dev/null
 deb=$(ls -t target/debian/absync_*.deb | head -1)
 echo "package: installing $deb"
 export DEBIAN_FRONTEND=noninteractive
-apt-get install -y -q "./$deb" >/dev/null
+apt-get -o DPkg::Lock::Timeout=600 install -y -q "./$deb" >/dev/null
 
 /usr/bin/absync --version | grep -q '^absync ' || fail "absync --version"
 getent passwd absync >/dev/null || fail "no system user absync"
@@ -33,7 +33,7 @@ python3 -c "import sys; sys.exit(0 if float('$score') <= 2.0 else 1)" || fail "e
 msg=$(/usr/bin/absync --config /etc/absync/absync.toml check 2>&1 || true)
 echo "$msg" | grep -q 'source.ca_file' || fail "unexpected check output: $msg"
 
-apt-get purge -y -q absync >/dev/null
+apt-get -o DPkg::Lock::Timeout=600 purge -y -q absync >/dev/null
 ! getent passwd absync >/dev/null || fail "user absync left after purge"
 [ ! -e /usr/bin/absync ] || fail "/usr/bin/absync left after purge"
 echo "package: ok ($deb: installed, checked, purged; unit exposure $score)"

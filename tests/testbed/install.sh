@@ -37,8 +37,11 @@ restore_policy() {
 }
 trap restore_policy EXIT
 
-apt-get update -q
-apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Wait for the dpkg lock (a fresh machine may run its own apt jobs at boot)
+# and retry downloads, rather than failing on the first hiccup.
+apt_opts=(-o DPkg::Lock::Timeout=600 -o Acquire::Retries=5)
+for i in 1 2 3; do apt-get "${apt_opts[@]}" update -q && break; sleep $((i * 10)); done
+apt-get "${apt_opts[@]}" install -y -q --no-install-recommends "${missing[@]}"
 
 # Belt and braces: no distribution daemon may hold the LDAP ports.
 for svc in slapd samba-ad-dc smbd nmbd winbind; do
