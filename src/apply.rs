@@ -54,6 +54,9 @@ pub struct Applier<'a, 'o> {
     /// Set for a dry run: every read happens as in a real run, every write
     /// is rendered here instead of sent.
     pub plan: Option<PlanOut<'o>>,
+    /// Anchors whose change did not land this run (refused, conflict,
+    /// rejected), with why: a delta pull reads them again next run.
+    pub retry: Vec<(String, String)>,
 }
 
 /// An object with absync's anchor as the target holds it.
@@ -285,6 +288,9 @@ impl Applier<'_, '_> {
         let anchor = change.anchor.clone();
         match change.kind {
             Kind::Reject { source_dn, why } => {
+                if !anchor.is_empty() {
+                    self.retry.push((anchor.clone(), why.clone()));
+                }
                 let mut r = self.record(&anchor, "reject", "withheld", &change.reason);
                 r.dn = Some(source_dn);
                 r.error = Some(why);
@@ -296,6 +302,7 @@ impl Applier<'_, '_> {
                 what,
                 agreements,
             } => {
+                self.retry.push((anchor.clone(), what.clone()));
                 let mut r = self.record(&anchor, "conflict", "withheld", "conflict");
                 r.dn = Some(dn);
                 r.old_dn = Some(with);
@@ -415,7 +422,7 @@ impl Applier<'_, '_> {
 
     /// Journals a change the target refused; it is retried next run.
     fn failed(
-        &self,
+        &mut self,
         snapshot: &Snapshot,
         what: Refused<'_>,
         err: &LdapError,
@@ -429,6 +436,8 @@ impl Applier<'_, '_> {
             agreements,
         } = what;
         counts.failed += 1;
+        self.retry
+            .push((anchor.to_string(), format!("{op} failed")));
         let mut r = self.record(anchor, op, "failed", reason);
         r.dn = Some(dn.to_string());
         r.agreements = agreements.to_vec();
@@ -482,6 +491,7 @@ impl Applier<'_, '_> {
                     }
                     None => {
                         counts.conflicts += 1;
+                        self.retry.push((anchor.clone(), "conflict".into()));
                         let mut r = self.record(&anchor, "conflict", "withheld", "conflict");
                         r.dn = Some(after.dn.clone());
                         r.agreements = after.agreements.clone();

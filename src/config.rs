@@ -285,6 +285,10 @@ pub struct RawSource {
     pub status_attribute: Spanned<String>,
     #[serde(default = "default_leaver_values")]
     pub leaver_values: Vec<String>,
+    /// Pull only what changed since the last run (RFC 4533) when the source
+    /// offers it.
+    #[serde(default = "default_true")]
+    pub delta: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -389,6 +393,10 @@ fn default_leaver_values() -> Vec<String> {
     vec!["leaver".into()]
 }
 
+fn default_true() -> bool {
+    true
+}
+
 /// The source, resolved.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
@@ -400,6 +408,8 @@ pub struct SourceConfig {
     pub page_size: u32,
     pub status_attribute: String,
     pub leaver_values: Vec<String>,
+    /// Delta pulls (RFC 4533) allowed.
+    pub delta: bool,
 }
 
 /// The target, resolved.
@@ -665,6 +675,7 @@ impl Config {
             page_size,
             status_attribute: r.attr(&s.status_attribute, "source.status_attribute")?,
             leaver_values: s.leaver_values.iter().map(|v| v.to_lowercase()).collect(),
+            delta: s.delta,
         };
         let t = &raw.target;
         let target_endpoint = r.endpoint(

@@ -149,6 +149,8 @@ pub struct Planner<'a> {
     /// Normalised DN → anchor, for names claimed by adds and renames this run.
     claimed: HashMap<String, String>,
     seen: HashSet<String>,
+    /// Anchors a delta pull's present phase named as unchanged.
+    present: HashSet<String>,
     /// Why an anchor was seen but not held (leaver, left scope).
     not_held: HashMap<String, String>,
     /// Rows a full reconcile corrected from the live target: `Some` replaces
@@ -172,6 +174,7 @@ impl<'a> Planner<'a> {
             unowned,
             claimed: HashMap::new(),
             seen: HashSet::new(),
+            present: HashSet::new(),
             not_held: HashMap::new(),
             overlay: HashMap::new(),
             pulled_per_org: HashMap::new(),
@@ -368,6 +371,48 @@ impl<'a> Planner<'a> {
         })
     }
 
+    /// Whether this run has already planned an entry with this anchor.
+    pub fn has_seen(&self, anchor: &str) -> bool {
+        self.seen.contains(anchor)
+    }
+
+    /// A delta's present phase: the entry is unchanged since the cookie.
+    /// It counts as read, for its organisation too.
+    pub fn mark_present(&mut self, anchor: String) -> Result<(), StateError> {
+        if let Some(org) = self.snapshot.org_of(&anchor)? {
+            *self.pulled_per_org.entry(org).or_default() += 1;
+        }
+        self.present.insert(anchor);
+        Ok(())
+    }
+
+    /// Anchors named present by a delta's present phase.
+    pub fn present_count(&self) -> u64 {
+        self.present.len() as u64
+    }
+
+    /// Why a managed object that was not pulled is no longer held, as far
+    /// as the run knows: `None` means the source must be asked.
+    fn reason_for(
+        &self,
+        row: &ObjectRow,
+        grants: &BTreeMap<String, crate::agreements::OrgGrant>,
+        agreements: &crate::agreements::Agreements,
+    ) -> Option<String> {
+        if row.org.is_empty() {
+            // Re-adopted by a full reconcile: ask the source.
+            None
+        } else if !grants.contains_key(&row.org) {
+            Some(
+                agreements
+                    .why_out_of_scope(&row.org, &row.agreements)
+                    .to_string(),
+            )
+        } else {
+            self.not_held.get(&row.anchor).cloned()
+        }
+    }
+
     /// Managed objects not seen in this run's pull, each with the reason
     /// known so far: from the pull itself (leaver, left scope) or from the
     /// agreements (agreement expired, organisation removed). `None` means
@@ -379,21 +424,10 @@ impl<'a> Planner<'a> {
         let grants = agreements.grants();
         let mut out = Vec::new();
         let mut visit = |row: ObjectRow| {
-            if self.seen.contains(&row.anchor) {
+            if self.seen.contains(&row.anchor) || self.present.contains(&row.anchor) {
                 return Ok(());
             }
-            let reason = if row.org.is_empty() {
-                // Re-adopted by a full reconcile: ask the source.
-                None
-            } else if !grants.contains_key(&row.org) {
-                Some(
-                    agreements
-                        .why_out_of_scope(&row.org, &row.agreements)
-                        .to_string(),
-                )
-            } else {
-                self.not_held.get(&row.anchor).cloned()
-            };
+            let reason = self.reason_for(&row, &grants, agreements);
             out.push((row, reason));
             Ok(())
         };
@@ -410,6 +444,39 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+        Ok(out)
+    }
+
+    /// The delta's counterpart of [`Self::unseen`]: only the objects the
+    /// source said are gone (`gone`), those the pull saw leave (leavers,
+    /// out of scope), and the hidden ones, whose grace period may be over.
+    /// Everything else is unchanged since the cookie.
+    pub fn unseen_listed(
+        &self,
+        agreements: &crate::agreements::Agreements,
+        gone: &HashSet<String>,
+    ) -> Result<Vec<(ObjectRow, Option<String>)>, StateError> {
+        let grants = agreements.grants();
+        let mut anchors: BTreeSet<&String> = gone.iter().collect();
+        anchors.extend(self.not_held.keys());
+        let mut out = Vec::new();
+        let mut listed = HashSet::new();
+        for anchor in anchors {
+            if self.seen.contains(anchor) {
+                continue;
+            }
+            if let Some(row) = self.snapshot.get(anchor)? {
+                listed.insert(row.anchor.clone());
+                let reason = self.reason_for(&row, &grants, agreements);
+                out.push((row, reason));
+            }
+        }
+        self.snapshot.for_each_hidden(|row| {
+            if !listed.contains(&row.anchor) && !self.seen.contains(&row.anchor) {
+                out.push((row, None));
+            }
+            Ok(())
+        })?;
         Ok(out)
     }
 }

@@ -285,6 +285,17 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Forgets what a pull read (a delta abandoned for a full pull), keeping
+    /// what was written.
+    pub fn reset_pull(&mut self) {
+        self.pulled = 0;
+        self.in_scope = 0;
+        self.out_of_scope = 0;
+        self.leavers = 0;
+        self.dropped_attributes = 0;
+        self.rejected = 0;
+    }
+
     pub fn writes(&self) -> u64 {
         self.added + self.modified + self.renamed + self.deleted + self.hidden + self.restored
     }

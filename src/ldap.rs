@@ -313,7 +313,7 @@ impl PagedSearch {
     }
 }
 
-fn result_text(rc: u32, text: &str) -> String {
+pub(crate) fn result_text(rc: u32, text: &str) -> String {
     let name = match rc {
         3 => "time limit exceeded",
         4 => "size limit exceeded",
@@ -418,6 +418,17 @@ impl Conn {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The per-operation timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A handle on the same connection, for operations other modules build
+    /// (the RFC 4533 search).
+    pub(crate) fn handle(&self) -> ldap3::Ldap {
+        self.ldap.clone()
     }
 
     fn op_error(&self, op: &'static str, dn: &str, e: ldap3::LdapError) -> LdapError {

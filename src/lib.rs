@@ -18,7 +18,8 @@
 //!   resync socket, the file watcher) and [`metrics`] are its adapters.
 //! - [`secret`]: passwords, read from files and never printed.
 //! - [`dn`]: distinguished names (RFC 4514).
-//! - [`ldap`]: the LDAP client both ends use (rustls, bind, paged search, writes).
+//! - [`ldap`]: the LDAP client both ends use (rustls, bind, paged search, writes);
+//!   [`syncrepl`]: its RFC 4533 content-synchronisation search (delta pulls).
 
 pub mod agreements;
 pub mod apply;
@@ -40,3 +41,4 @@ pub mod scope;
 pub mod secret;
 pub mod snapshot;
 pub mod sync;
+pub mod syncrepl;

@@ -2,14 +2,131 @@
 //! with the configured filter ANDed with the agreements' organisations,
 //! asking only for the attributes the agreements allow plus the anchor and
 //! the organisation. Entries stream through one at a time.
+//!
+//! A run pulls either everything in scope (a full pull, paged) or only what
+//! changed since the last run (a delta pull: RFC 4533 content
+//! synchronisation from the cookie the last run stored, see
+//! [`crate::syncrepl`]). A delta needs the same scope as the run that took
+//! the cookie: any change of filter, attributes, agreements, mapping or
+//! configuration makes the run a full pull.
 
 use std::collections::BTreeSet;
 
 use ldap3::Scope;
+use sha2::{Digest, Sha256};
 
 use crate::agreements::Agreements;
 use crate::config::SourceConfig;
+use crate::journal::FileHashes;
 use crate::ldap::{Conn, LdapError, PagedSearch};
+use crate::snapshot::SourceCookie;
+
+/// How a run reads the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullMode {
+    /// Everything in scope; `why` says why not a delta.
+    Full { why: String },
+    /// Only the changes since the stored cookie.
+    Delta { cookie: Vec<u8> },
+}
+
+/// Identifies the scope a cookie was taken under: the filter, the
+/// attributes, who is covered under which agreements, and the files in
+/// force. Two runs with the same key read the source the same way.
+pub fn scope_key(
+    filter: &str,
+    attrs: &[String],
+    agreements: &Agreements,
+    files: &FileHashes,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        filter,
+        &attrs.join(","),
+        &files.config,
+        &files.mapping,
+        &files.agreements,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    for (org, grant) in agreements.grants() {
+        h.update(format!("{org}:{:?}:{:?}", grant.attributes, grant.agreements).as_bytes());
+        h.update([0]);
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// Delta or full, and why.
+pub fn choose(
+    source: &SourceConfig,
+    full_requested: bool,
+    stored: Option<&SourceCookie>,
+    key: &str,
+) -> PullMode {
+    let full = |why: &str| PullMode::Full { why: why.into() };
+    if full_requested {
+        return full("full run requested");
+    }
+    if !source.delta {
+        return full("delta pulls are off ([source] delta = false)");
+    }
+    if !supports_delta(source) {
+        return full("delta pulls need entryUUID as the anchor");
+    }
+    match stored {
+        None => full("no cookie from an earlier run"),
+        Some(c) if c.scope_key != key => {
+            full("the scope changed since the last run (agreements, mapping or configuration)")
+        }
+        Some(c) => PullMode::Delta {
+            cookie: c.cookie.clone(),
+        },
+    }
+}
+
+/// RFC 4533 names entries by entryUUID: deltas work only with that anchor.
+pub fn supports_delta(source: &SourceConfig) -> bool {
+    source.delta && source.anchor_attribute.eq_ignore_ascii_case("entryUUID")
+}
+
+/// Reads the given anchors again with the run's filter and attributes (for
+/// changes that did not land last time). Returns the entries found.
+pub async fn reread(
+    conn: &mut Conn,
+    source: &SourceConfig,
+    filter: &str,
+    attrs: &[String],
+    anchors: &[String],
+) -> Result<Vec<ldap3::SearchEntry>, LdapError> {
+    let mut out = Vec::new();
+    for chunk in anchors.chunks(50) {
+        let parts: String = chunk
+            .iter()
+            .map(|a| {
+                format!(
+                    "({}={})",
+                    source.anchor_attribute,
+                    ldap3::ldap_escape(a.as_str())
+                )
+            })
+            .collect();
+        let mut search = conn
+            .paged_search(
+                &source.base_dn,
+                Scope::Subtree,
+                &format!("(&{filter}(|{parts}))"),
+                attrs.to_vec(),
+                source.page_size,
+            )
+            .await?;
+        while let Some(e) = search.next().await? {
+            out.push(e);
+        }
+        search.finish().await?;
+    }
+    Ok(out)
+}
 
 /// The filter for this run: `None` when no agreement is in force.
 pub fn filter(source: &SourceConfig, agreements: &Agreements) -> Option<String> {

@@ -81,7 +81,7 @@ pub struct Intent {
     pub reason: String,
 }
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Version 1; later versions are steps from it.
 const SCHEMA: &str = "
@@ -149,6 +149,30 @@ CREATE INDEX journal_held ON journal(anchor, id)
     AND outcome IN ('applied','already absent','detected');
 DROP INDEX journal_anchor;
 ";
+
+/// Version 4: delta pulls. The source's RFC 4533 cookie with the scope it
+/// was taken under, and the anchors to pull again on the next delta (their
+/// change failed or was held, so the source will not send them again).
+const SCHEMA_V4: &str = "
+CREATE TABLE source_cookie (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    cookie    BLOB NOT NULL,
+    scope_key TEXT NOT NULL,
+    run_id    INTEGER NOT NULL
+);
+CREATE TABLE retry_anchors (
+    anchor TEXT PRIMARY KEY,
+    reason TEXT NOT NULL
+);
+";
+
+/// Where the next delta pull starts: the cookie, and the scope (filter,
+/// attributes, files) it belongs to. A different scope needs a full pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceCookie {
+    pub cookie: Vec<u8>,
+    pub scope_key: String,
+}
 
 enum Migrate {
     TooNew(i64),
@@ -303,6 +327,9 @@ impl Snapshot {
             // Records written before the chain existed join it, in order.
             crate::journal::rechain(conn)?;
         }
+        if version <= 3 {
+            conn.execute_batch(SCHEMA_V4)?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(())
     }
@@ -449,6 +476,110 @@ impl Snapshot {
             );
         }
         Ok(out)
+    }
+
+    /// The cookie the next delta pull starts from, if any.
+    pub fn source_cookie(&self) -> Result<Option<SourceCookie>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT cookie, scope_key FROM source_cookie WHERE id = 1",
+                [],
+                |r| {
+                    Ok(SourceCookie {
+                        cookie: r.get(0)?,
+                        scope_key: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Ends a pull: the new cookie (or none: the next run pulls everything)
+    /// and the anchors to pull again, in one transaction. Called only after
+    /// every change of the run was committed, so the cookie never runs ahead
+    /// of what the target accepted.
+    pub fn finish_pull(
+        &self,
+        cookie: Option<&SourceCookie>,
+        retry: &[(String, String)],
+        run_id: i64,
+    ) -> Result<(), StateError> {
+        let db = |e| self.db_err(e);
+        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        tx.execute("DELETE FROM source_cookie", []).map_err(db)?;
+        if let Some(c) = cookie {
+            tx.execute(
+                "INSERT INTO source_cookie (id, cookie, scope_key, run_id) VALUES (1, ?1, ?2, ?3)",
+                params![c.cookie, c.scope_key, run_id],
+            )
+            .map_err(db)?;
+        }
+        tx.execute("DELETE FROM retry_anchors", []).map_err(db)?;
+        for (anchor, reason) in retry {
+            tx.execute(
+                "INSERT OR REPLACE INTO retry_anchors (anchor, reason) VALUES (?1, ?2)",
+                params![anchor, reason],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Anchors a delta pull must read again (their last change did not land).
+    pub fn retry_anchors(&self) -> Result<Vec<String>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT anchor FROM retry_anchors ORDER BY anchor")
+            .map_err(|e| self.db_err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(|e| self.db_err(e))?;
+        rows.collect::<Result<Vec<String>, _>>()
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// The organisation of a managed object, without reading its attributes.
+    pub fn org_of(&self, anchor: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .prepare_cached("SELECT org FROM objects WHERE anchor = ?1")
+            .and_then(|mut s| s.query_row([anchor], |r| r.get(0)).optional())
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Visible (not hidden) managed objects per organisation.
+    pub fn visible_per_org(&self) -> Result<std::collections::HashMap<String, u64>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT org, count(*) FROM objects WHERE hidden IS NULL GROUP BY org")
+            .map_err(|e| self.db_err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.db_err(e))?;
+        rows.map(|r| r.map(|(o, n)| (o, n.unsigned_abs())))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Calls `f` for every hidden object (waiting out its grace period).
+    pub fn for_each_hidden(
+        &self,
+        mut f: impl FnMut(ObjectRow) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT anchor, dn, org, agreements, attrs, hidden FROM objects
+                 WHERE hidden IS NOT NULL ORDER BY anchor",
+            )
+            .map_err(|e| self.db_err(e))?;
+        let rows = stmt
+            .query_map([], Self::raw_row)
+            .map_err(|e| self.db_err(e))?;
+        for row in rows {
+            f(Self::row_to_object(row.map_err(|e| self.db_err(e))?)?)?;
+        }
+        Ok(())
     }
 
     /// Records, in one transaction, the target's acceptance of a change:

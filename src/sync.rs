@@ -1,6 +1,7 @@
 //! One run: pull → scope → map → diff → apply (or render, for a plan),
 //! then the deletes for objects no longer in scope, then the summary.
 
+use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,9 +17,11 @@ use crate::diff::{Change, Kind, Planner};
 use crate::journal::{Counts, FileHashes, Record};
 use crate::ldap::{Conn, LdapError};
 use crate::map::Mapping;
+use crate::pull::PullMode;
 use crate::render::Format;
 use crate::scope::Scope;
-use crate::snapshot::{Hidden, ObjectRow, Snapshot, StateError};
+use crate::snapshot::{Hidden, ObjectRow, Snapshot, SourceCookie, StateError};
+use crate::syncrepl::SyncMessage;
 
 /// What a run does with its plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,37 @@ pub struct Outcome {
     pub counts: Counts,
     pub duration: Duration,
     pub status: Status,
+    pub pull: PullReport,
+}
+
+/// How the source was read, for the summary and the log.
+#[derive(Debug, Clone, Default)]
+pub struct PullReport {
+    /// `full` or `delta`.
+    pub mode: &'static str,
+    /// Why a full pull (no cookie, scope changed, cookie refused, ...).
+    pub why: Option<String>,
+    /// Entries the source reported gone since the cookie (delta).
+    pub gone: u64,
+    /// Entries named unchanged by a delta's present phase.
+    pub present: u64,
+    /// Time spent waiting for the source.
+    pub source_time: Duration,
+}
+
+impl PullReport {
+    fn text(&self) -> String {
+        let secs = self.source_time.as_secs_f64();
+        match (self.mode, &self.why) {
+            ("delta", _) if self.present > 0 => format!(
+                "pull: delta (present phase: {} unchanged), {} gone, source time {secs:.3} s",
+                self.present, self.gone
+            ),
+            ("delta", _) => format!("pull: delta, {} gone, source time {secs:.3} s", self.gone),
+            (_, Some(why)) => format!("pull: full ({why}), source time {secs:.3} s"),
+            _ => format!("pull: {}, source time {secs:.3} s", self.mode),
+        }
+    }
 }
 
 impl Outcome {
@@ -52,9 +86,10 @@ impl Outcome {
             String::new()
         };
         format!(
-            "absync {what}{run}: {} in {:.1} s\n  pulled {}, in scope {}, out of scope {}, leavers {}, rejected {}, attributes dropped {}\n  {verb}added {}, modified {}, renamed {}, deleted {}; hidden {}, restored {}, held back {}, drift {}; conflicts {}, failed {}{recovered}",
+            "absync {what}{run}: {} in {:.1} s\n  {}\n  pulled {}, in scope {}, out of scope {}, leavers {}, rejected {}, attributes dropped {}\n  {verb}added {}, modified {}, renamed {}, deleted {}; hidden {}, restored {}, held back {}, drift {}; conflicts {}, failed {}{recovered}",
             self.status.text(),
             self.duration.as_secs_f64(),
+            self.pull.text(),
             c.pulled,
             c.in_scope,
             c.out_of_scope,
@@ -248,6 +283,7 @@ pub async fn run(
         Mode::Plan(_) => None,
     };
     let span = tracing::info_span!("run", run_id = run_id.unwrap_or(0));
+    let mut pull = PullReport::default();
     let result = run_inner(
         cfg,
         mode,
@@ -257,6 +293,7 @@ pub async fn run(
         &snapshot,
         run_id,
         &mut counts,
+        &mut pull,
     )
     .instrument(span)
     .await;
@@ -282,6 +319,7 @@ pub async fn run(
         counts,
         duration: started.elapsed(),
         status,
+        pull,
     })
 }
 
@@ -409,6 +447,192 @@ async fn reconcile(
     Ok(())
 }
 
+/// The stages an entry goes through after the pull, with what they need.
+struct Stages<'s, 'a, 'o> {
+    scope: &'s Scope,
+    planner: &'s mut Planner<'a>,
+    applier: &'s mut Applier<'a, 'o>,
+    snapshot: &'a Snapshot,
+    counts: &'s mut Counts,
+    opts: &'s Options,
+    progress: &'s mut Progress,
+}
+
+impl Stages<'_, '_, '_> {
+    /// One source entry: scope, map, diff, apply.
+    async fn take(&mut self, raw: ldap3::SearchEntry) -> Result<(), RunError> {
+        self.counts.pulled += 1;
+        if let Some(p) = &self.opts.progress {
+            p.store(self.counts.pulled, Ordering::Relaxed);
+        }
+        if self.opts.cancelled() {
+            return Err(RunError::Interrupted {
+                pulled: self.counts.pulled,
+            });
+        }
+        let verdict = self.scope.judge(raw);
+        if let Some(change) = self.planner.plan(verdict, self.counts)? {
+            self.applier
+                .apply(self.snapshot, change, self.counts)
+                .await?;
+        }
+        self.progress.tick(self.counts);
+        Ok(())
+    }
+}
+
+/// A delta pull that could not be done: the server refused the cookie
+/// (the run falls back to a full pull), or the run cannot go on.
+enum DeltaError {
+    Refused(LdapError),
+    Run(RunError),
+}
+
+impl<E: Into<RunError>> From<E> for DeltaError {
+    fn from(e: E) -> Self {
+        DeltaError::Run(e.into())
+    }
+}
+
+/// The full pull: a paged search of everything in scope.
+async fn full_pull(
+    st: &mut Stages<'_, '_, '_>,
+    source: &mut Conn,
+    cfg: &Config,
+    filter: &str,
+    attrs: Vec<String>,
+    pull: &mut PullReport,
+) -> Result<(), RunError> {
+    let incomplete = |pulled: u64, e: LdapError| RunError::SourceIncomplete {
+        pulled,
+        cause: Box::new(e),
+    };
+    let waited = Instant::now();
+    let mut search = crate::pull::start(source, &cfg.source, filter, attrs)
+        .await
+        .map_err(|e| incomplete(0, e))?;
+    pull.source_time += waited.elapsed();
+    loop {
+        let waited = Instant::now();
+        let next = search.next().await;
+        pull.source_time += waited.elapsed();
+        match next {
+            Ok(Some(raw)) => st.take(raw).await?,
+            Ok(None) => break,
+            Err(e) => return Err(incomplete(st.counts.pulled, e)),
+        }
+    }
+    // A search that ended early is an error: nothing is deleted on the
+    // strength of a partial read.
+    search
+        .finish()
+        .await
+        .map_err(|e| incomplete(st.counts.pulled, e))?;
+    Ok(())
+}
+
+/// The delta pull: RFC 4533 from `cookie`, then the anchors whose change did
+/// not land last run, read again. Returns how the server ended the refresh
+/// and the anchors it reported gone.
+async fn delta_pull(
+    st: &mut Stages<'_, '_, '_>,
+    source: &mut Conn,
+    cfg: &Config,
+    filter: &str,
+    attrs: &[String],
+    cookie: Vec<u8>,
+    pull: &mut PullReport,
+) -> Result<(crate::syncrepl::SyncDone, HashSet<String>), DeltaError> {
+    // Refusals of the cookie or of the request itself: a full pull can
+    // still be done. Anything else (connection, timeout) ends the run.
+    let refused = |e: &LdapError| {
+        matches!(
+            e.result_code(),
+            Some(crate::syncrepl::REFRESH_REQUIRED | 2 | 4 | 11 | 12 | 53)
+        )
+    };
+    let incomplete = |pulled: u64, e: LdapError| {
+        if refused(&e) {
+            DeltaError::Refused(e)
+        } else {
+            DeltaError::Run(RunError::SourceIncomplete {
+                pulled,
+                cause: Box::new(e),
+            })
+        }
+    };
+    let mut deleted = HashSet::new();
+    let waited = Instant::now();
+    let mut search = source
+        .sync_search(&cfg.source.base_dn, filter, attrs.to_vec(), Some(cookie))
+        .await
+        .map_err(|e| incomplete(0, e))?;
+    pull.source_time += waited.elapsed();
+    loop {
+        let waited = Instant::now();
+        let next = search.next().await;
+        pull.source_time += waited.elapsed();
+        match next {
+            Ok(Some(SyncMessage::Changed(raw))) => st.take(raw).await?,
+            Ok(Some(SyncMessage::Present(uuid))) => st.planner.mark_present(uuid)?,
+            Ok(Some(SyncMessage::Deleted(uuid))) => {
+                deleted.insert(uuid);
+            }
+            Ok(Some(SyncMessage::IdSet { deletes, uuids })) => {
+                for uuid in uuids {
+                    if deletes {
+                        deleted.insert(uuid);
+                    } else {
+                        st.planner.mark_present(uuid)?;
+                    }
+                }
+            }
+            Ok(Some(SyncMessage::Other)) => {}
+            Ok(None) => break,
+            Err(e) => return Err(incomplete(st.counts.pulled, e)),
+        }
+    }
+    let waited = Instant::now();
+    let done = search
+        .finish()
+        .await
+        .map_err(|e| incomplete(st.counts.pulled, e))?;
+    // Changes that did not land last run are not sent again: read them.
+    let retry: Vec<String> = st
+        .snapshot
+        .retry_anchors()?
+        .into_iter()
+        .filter(|a| !st.planner.has_seen(a) && !deleted.contains(a))
+        .collect();
+    if !retry.is_empty() {
+        let entries = crate::pull::reread(source, &cfg.source, filter, attrs, &retry)
+            .await
+            .map_err(|e| incomplete(st.counts.pulled, e))?;
+        pull.source_time += waited.elapsed();
+        let mut found = HashSet::new();
+        for raw in entries {
+            let anchor = raw
+                .attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(&cfg.source.anchor_attribute))
+                .and_then(|(_, v)| v.first().cloned());
+            if let Some(a) = anchor {
+                if st.planner.has_seen(&a) {
+                    continue;
+                }
+                found.insert(a);
+            }
+            st.take(raw).await?;
+        }
+        // No longer in scope: a change (a delete, say) that failed last
+        // time is planned again.
+        deleted.extend(retry.into_iter().filter(|a| !found.contains(a)));
+    } else {
+        pull.source_time += waited.elapsed();
+    }
+    Ok((done, deleted))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_inner(
     cfg: &Config,
@@ -419,6 +643,7 @@ async fn run_inner(
     snapshot: &Snapshot,
     run_id: Option<i64>,
     counts: &mut Counts,
+    pull: &mut PullReport,
 ) -> Result<Option<String>, RunError> {
     let target_conn = Conn::connect(&cfg.target.endpoint).await?;
     let mut applier = Applier {
@@ -435,6 +660,7 @@ async fn run_inner(
             }),
             Mode::Apply => None,
         },
+        retry: Vec::new(),
     };
     // The containers absync writes in must exist before anything is read
     // or planned against them.
@@ -460,7 +686,12 @@ async fn run_inner(
     }
     let managed_at_start = snapshot.count_visible()?;
     let unowned = applier.scan_unowned().await?;
-    let mut planner = Planner::new(snapshot, &inputs.mapping, &cfg.target.base_dn, unowned);
+    let mut planner = Planner::new(
+        snapshot,
+        &inputs.mapping,
+        &cfg.target.base_dn,
+        unowned.clone(),
+    );
     if opts.full {
         reconcile(&mut applier, &mut planner, snapshot, live_run, counts).await?;
     }
@@ -476,54 +707,129 @@ async fn run_inner(
         on: live_run && std::io::stderr().is_terminal(),
         last: Instant::now(),
     };
+    let mut stages = Stages {
+        scope: &scope,
+        planner: &mut planner,
+        applier: &mut applier,
+        snapshot,
+        counts,
+        opts,
+        progress: &mut progress,
+    };
 
     // Stages 1 to 5, entry by entry: each change is applied (or rendered)
     // as soon as it is planned, so memory holds no copy of the directory.
     let filter = crate::pull::filter(&cfg.source, &inputs.agreements);
+    // Deltas: what the source said is gone, and the cookie for next time.
+    let mut gone: Option<HashSet<String>> = None;
+    let mut next_cookie: Option<SourceCookie> = None;
     if let Some(filter) = &filter {
         let attrs = crate::pull::attributes(&cfg.source, &inputs.agreements);
-        tracing::info!(%filter, attributes = attrs.len(), "pulling");
-        let incomplete = |pulled: u64, e: LdapError| RunError::SourceIncomplete {
-            pulled,
-            cause: Box::new(e),
-        };
-        let mut search = crate::pull::start(&mut source, &cfg.source, filter, attrs)
+        let key = crate::pull::scope_key(filter, &attrs, &inputs.agreements, &file_hashes(cfg));
+        let stored = snapshot.source_cookie()?;
+        let mut mode = crate::pull::choose(&cfg.source, opts.full, stored.as_ref(), &key);
+        if let PullMode::Delta { cookie } = &mode {
+            tracing::info!(%filter, attributes = attrs.len(), "pulling the changes since the last run");
+            match delta_pull(
+                &mut stages,
+                &mut source,
+                cfg,
+                filter,
+                &attrs,
+                cookie.clone(),
+                pull,
+            )
             .await
-            .map_err(|e| incomplete(0, e))?;
-        loop {
-            let raw = match search.next().await {
-                Ok(Some(raw)) => raw,
-                Ok(None) => break,
-                Err(e) => return Err(incomplete(counts.pulled, e)),
-            };
-            counts.pulled += 1;
-            if let Some(p) = &opts.progress {
-                p.store(counts.pulled, Ordering::Relaxed);
+            {
+                Ok((done, deleted)) => {
+                    pull.mode = "delta";
+                    pull.gone = deleted.len() as u64;
+                    pull.present = stages.planner.present_count();
+                    next_cookie = Some(SourceCookie {
+                        cookie: done.cookie.unwrap_or_else(|| cookie.clone()),
+                        scope_key: key.clone(),
+                    });
+                    // The present phase names every unchanged entry: what it
+                    // does not name is gone, as after a full pull.
+                    gone = done.refresh_deletes.then_some(deleted);
+                }
+                Err(DeltaError::Refused(e)) => {
+                    let why = format!("the delta could not be read: {e}");
+                    tracing::warn!("{why}; pulling everything instead");
+                    if live_run {
+                        let mut r = Record::new(stages.applier.run_id, "pull", "full", &why);
+                        r.detail = Some(serde_json::json!({ "fallback": "full pull" }));
+                        snapshot.journal(&[r])?;
+                    }
+                    // What the delta applied is in the snapshot: a fresh
+                    // planner sees it as done.
+                    *stages.planner = Planner::new(
+                        snapshot,
+                        &inputs.mapping,
+                        &cfg.target.base_dn,
+                        unowned.clone(),
+                    );
+                    stages.counts.reset_pull();
+                    mode = PullMode::Full { why };
+                }
+                Err(DeltaError::Run(e)) => return Err(e),
             }
-            if opts.cancelled() {
-                return Err(RunError::Interrupted {
-                    pulled: counts.pulled,
-                });
-            }
-            let verdict = scope.judge(raw);
-            if let Some(change) = planner.plan(verdict, counts)? {
-                applier.apply(snapshot, change, counts).await?;
-            }
-            progress.tick(counts);
         }
-        // A search that ended early is an error: nothing is deleted on the
-        // strength of a partial read.
-        search
-            .finish()
-            .await
-            .map_err(|e| incomplete(counts.pulled, e))?;
+        if let PullMode::Full { why } = mode {
+            tracing::info!(%filter, attributes = attrs.len(), why, "pulling everything in scope");
+            pull.mode = "full";
+            pull.why = Some(why);
+            // The cookie is taken before the read, so changes made during it
+            // come again in the next delta.
+            if crate::pull::supports_delta(&cfg.source) {
+                match source.current_cookie(&cfg.source.base_dn).await {
+                    Ok(Some(cookie)) => {
+                        next_cookie = Some(SourceCookie {
+                            cookie,
+                            scope_key: key.clone(),
+                        })
+                    }
+                    Ok(None) => tracing::info!(
+                        "the source does not offer content synchronisation (RFC 4533): \
+                         every run pulls everything"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "no cookie for a delta next run"),
+                }
+            }
+            full_pull(&mut stages, &mut source, cfg, filter, attrs, pull).await?;
+        }
     } else {
         tracing::warn!("no data-sharing agreement is in force");
     }
-
-    // Managed objects the pull did not return: each gets its reason, then
-    // passes the source-health guards and the deletion threshold.
-    let unseen = planner.unseen(&inputs.agreements)?;
+    let unseen = match &gone {
+        Some(gone) => planner.unseen_listed(&inputs.agreements, gone)?,
+        None => planner.unseen(&inputs.agreements)?,
+    };
+    // Source health is judged on reads that claim to be complete: a full
+    // pull, or a delta's present phase. A delta that lists what is gone says
+    // so explicitly; only the threshold applies to it.
+    let judge_health = gone.is_none();
+    let pulled_total = counts.pulled + planner.present_count();
+    // A delta that would take every object of an organisation at once is
+    // held like an organisation returning nothing.
+    let emptied: HashSet<String> = if judge_health {
+        HashSet::new()
+    } else {
+        let mut leaving: std::collections::HashMap<&str, u64> = Default::default();
+        for (row, _) in unseen.iter().filter(|(r, _)| r.hidden.is_none()) {
+            *leaving.entry(row.org.as_str()).or_default() += 1;
+        }
+        let held = snapshot.visible_per_org()?;
+        leaving
+            .into_iter()
+            .filter(|(org, n)| {
+                held.get(*org) == Some(n)
+                    && inputs.agreements.grants().contains_key(*org)
+                    && planner.pulled_per_org.get(*org).copied().unwrap_or(0) == 0
+            })
+            .map(|(org, _)| org.to_string())
+            .collect()
+    };
     let ask: Vec<String> = unseen
         .iter()
         .filter(|(row, r)| r.is_none() && row.hidden.is_none())
@@ -531,7 +837,12 @@ async fn run_inner(
         .collect();
     let found: std::collections::HashMap<String, (String, bool)> =
         crate::pull::lookup(&mut source, &cfg.source, &ask)
-            .await?
+            .await
+            // Without the reasons the read is incomplete: nothing is deleted.
+            .map_err(|e| RunError::SourceIncomplete {
+                pulled: counts.pulled,
+                cause: Box::new(e),
+            })?
             .into_iter()
             .map(|(a, org, leaver)| (a, (org, leaver)))
             .collect();
@@ -574,7 +885,11 @@ async fn run_inner(
         };
         // Source health: nothing read at all, or an organisation in scope
         // that returned nothing although objects are held for it.
-        let unhealthy = if filter.is_some() && counts.pulled == 0 {
+        let unhealthy = if !judge_health {
+            emptied
+                .contains(&row.org)
+                .then(|| format!("organisation {} returned no entries", row.org))
+        } else if filter.is_some() && pulled_total == 0 {
             Some("the source returned no entries".to_string())
         } else if grants.contains_key(&row.org)
             && planner.pulled_per_org.get(&row.org).copied().unwrap_or(0) == 0
@@ -693,6 +1008,16 @@ async fn run_inner(
         applier.apply(snapshot, withheld, counts).await?;
     }
     progress.done();
+    if live_run {
+        // The next delta starts here, unless deletes were held back: the
+        // source reports a delete only once, so the next run must pull
+        // everything to see them again.
+        let cookie = match &stopped {
+            None => next_cookie.as_ref(),
+            Some(_) => None,
+        };
+        snapshot.finish_pull(cookie, &applier.retry, applier.run_id)?;
+    }
     source.unbind().await;
     applier.conn.unbind().await;
     Ok(stopped)

@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod common;
 mod crash;
+mod delta;
 mod faults;
 mod hostile;
 mod robust;
