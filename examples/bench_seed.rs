@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &snapshot,
         &inputs.mapping,
         &cfg.target.base_dn,
-        Unowned::default(),
+        Some(Unowned::default()),
     );
     let filter =
         absync::pull::filter(&cfg.source, &inputs.agreements).ok_or("no agreement is in force")?;

@@ -18,7 +18,7 @@ use crate::journal::{Counts, Record};
 use crate::ldap::{Conn, LdapError};
 use crate::map::Mapping;
 use crate::render::{render, Format};
-use crate::snapshot::{Attrs, Intent, ObjectRow, Snapshot, StateError};
+use crate::snapshot::{Accepted, Attrs, Intent, ObjectRow, Snapshot, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -57,7 +57,16 @@ pub struct Applier<'a, 'o> {
     /// Anchors whose change did not land this run (refused, conflict,
     /// rejected), with why: a delta pull reads them again next run.
     pub retry: Vec<(String, String)>,
+    /// Adds planned but not yet sent: they go to the target together
+    /// (pipelined on one connection) when [`ADD_WINDOW`] are waiting, when
+    /// another kind of change comes, and at [`Applier::flush`].
+    pub pending: Vec<(ObjectRow, String)>,
 }
+
+/// How many adds are sent to the target at once. Samba answers a pipelined
+/// add as fast as a lone one, so the round trips and absync's own work
+/// overlap with the server's.
+pub const ADD_WINDOW: usize = 16;
 
 /// An object with absync's anchor as the target holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,7 +262,7 @@ impl Applier<'_, '_> {
             .collect()
     }
 
-    fn add_attrs(&self, after: &ObjectRow) -> Vec<(String, HashSet<String>)> {
+    fn add_attrs_map(&self, after: &ObjectRow) -> Vec<(String, HashSet<String>)> {
         add_attributes(self.mapping, self.target, after)
             .into_iter()
             .map(|(k, v)| (k, set(&v)))
@@ -285,6 +294,15 @@ impl Applier<'_, '_> {
         if self.plan.is_some() {
             return self.dry(change, counts).await;
         }
+        if let Kind::Add { after } = change.kind {
+            self.pending.push((after, change.reason));
+            if self.pending.len() >= ADD_WINDOW {
+                self.flush(snapshot, counts).await?;
+            }
+            return Ok(());
+        }
+        // Changes keep their order: waiting adds go first.
+        self.flush(snapshot, counts).await?;
         let anchor = change.anchor.clone();
         match change.kind {
             Kind::Reject { source_dn, why } => {
@@ -448,6 +466,19 @@ impl Applier<'_, '_> {
         Ok(())
     }
 
+    /// Sends the adds waiting in [`Self::pending`].
+    pub async fn flush(
+        &mut self,
+        snapshot: &Snapshot,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let adds = std::mem::take(&mut self.pending);
+        self.add_batch(snapshot, adds, counts).await
+    }
+
     async fn add(
         &mut self,
         snapshot: &Snapshot,
@@ -455,27 +486,82 @@ impl Applier<'_, '_> {
         reason: &str,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
-        let anchor = after.anchor.clone();
-        snapshot.record_intent(&Intent {
-            anchor: anchor.clone(),
-            run_id: self.run_id,
-            op: "add".into(),
-            before: None,
-            after: Some(after.clone()),
-            reason: reason.into(),
-        })?;
-        match self.conn.add(&after.dn, self.add_attrs(&after)).await {
-            Ok(()) => {
-                let mut r = self.record(&anchor, "add", "applied", reason);
-                r.dn = Some(after.dn.clone());
-                r.agreements = after.agreements.clone();
-                r.changes = attr_changes(&Attrs::new(), &after.attrs);
-                snapshot.commit(&anchor, Some(&after), self.run_id, &[r])?;
-                counts.added += 1;
-                tracing::debug!(anchor, dn = %after.dn, "added");
-                Ok(())
+        self.add_batch(snapshot, vec![(after, reason.to_string())], counts)
+            .await
+    }
+
+    /// Adds several objects: their intents in one transaction, the adds
+    /// pipelined, then what the target accepted in one transaction. Each
+    /// refusal is then handled on its own, as for a single add.
+    async fn add_batch(
+        &mut self,
+        snapshot: &Snapshot,
+        adds: Vec<(ObjectRow, String)>,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        let intents: Vec<Intent> = adds
+            .iter()
+            .map(|(after, reason)| Intent {
+                anchor: after.anchor.clone(),
+                run_id: self.run_id,
+                op: "add".into(),
+                before: None,
+                after: Some(after.clone()),
+                reason: reason.clone(),
+            })
+            .collect();
+        snapshot.record_intents(&intents)?;
+        let requests = adds
+            .iter()
+            .map(|(after, _)| (after.dn.clone(), self.add_attrs_map(after)))
+            .collect();
+        let results = self.conn.add_many(requests).await;
+        let mut accepted: Vec<(ObjectRow, Vec<Record>)> = Vec::new();
+        let mut refused = Vec::new();
+        for ((after, reason), result) in adds.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    let mut r = self.record(&after.anchor, "add", "applied", &reason);
+                    r.dn = Some(after.dn.clone());
+                    r.agreements = after.agreements.clone();
+                    r.changes = attr_changes(&Attrs::new(), &after.attrs);
+                    tracing::debug!(anchor = %after.anchor, dn = %after.dn, "added");
+                    accepted.push((after, vec![r]));
+                }
+                Err(e) => refused.push((after, reason, e)),
             }
-            Err(e) if e.result_code() == Some(68) => {
+        }
+        let rows: Vec<Accepted<'_>> = accepted
+            .iter()
+            .map(|(after, records)| Accepted {
+                anchor: &after.anchor,
+                after: Some(after),
+                records,
+            })
+            .collect();
+        snapshot.commit_many(&rows, self.run_id)?;
+        counts.added += accepted.len() as u64;
+        for (after, reason, e) in refused {
+            self.add_refused(snapshot, after, &reason, e, counts)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// An add the target refused: a name already taken (ours, left by a
+    /// crash: adopted; someone else's: a conflict), a refusal of this entry
+    /// (journaled, retried), or a failure of the connection (ends the run).
+    async fn add_refused(
+        &mut self,
+        snapshot: &Snapshot,
+        after: ObjectRow,
+        reason: &str,
+        e: LdapError,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        let anchor = after.anchor.clone();
+        match e {
+            e if e.result_code() == Some(68) => {
                 // Something holds the name. Ours (left by a crash before the
                 // snapshot recorded it)? Then adopt it; otherwise a conflict.
                 match self.locate(&anchor, Some(&after.dn)).await? {
@@ -504,7 +590,7 @@ impl Applier<'_, '_> {
                     }
                 }
             }
-            Err(e) if e.is_entry_level() => self.failed(
+            e if e.is_entry_level() => self.failed(
                 snapshot,
                 Refused {
                     anchor: &anchor,
@@ -516,7 +602,7 @@ impl Applier<'_, '_> {
                 &e,
                 counts,
             ),
-            Err(e) => Err(e.into()),
+            e => Err(e.into()),
         }
     }
 

@@ -62,6 +62,24 @@ pub enum Kind {
     },
 }
 
+/// What planning an entry came to.
+#[derive(Debug)]
+pub enum Planned {
+    /// The change (or nothing to do).
+    Done(Option<Change>),
+    /// An add or a new name: the target's unowned objects must be read
+    /// first (see [`Planner::plan_step`]).
+    NeedsTarget(Draft),
+}
+
+/// An entry planned up to the conflict checks.
+#[derive(Debug)]
+pub struct Draft {
+    is_new_name: bool,
+    before: Option<ObjectRow>,
+    after: ObjectRow,
+}
+
 /// A source entry that cannot become an object, counted and explained.
 fn reject(anchor: &str, source_dn: String, why: String, counts: &mut Counts) -> Option<Change> {
     counts.rejected += 1;
@@ -101,7 +119,8 @@ impl Change {
 }
 
 pub fn same_dn(a: &str, b: &str) -> bool {
-    crate::dn::normalize(a) == crate::dn::normalize(b)
+    // Byte-equal names are the common case (a name absync wrote itself).
+    a == b || crate::dn::normalize(a) == crate::dn::normalize(b)
 }
 
 fn sorted(v: &[String]) -> Vec<String> {
@@ -145,7 +164,8 @@ pub struct Planner<'a> {
     snapshot: &'a Snapshot,
     mapping: &'a Mapping,
     target_base: String,
-    unowned: Unowned,
+    /// Read from the target when first needed (`None` until then).
+    unowned: Option<Unowned>,
     /// Normalised DN → anchor, for names claimed by adds and renames this run.
     claimed: HashMap<String, String>,
     seen: HashSet<String>,
@@ -165,7 +185,7 @@ impl<'a> Planner<'a> {
         snapshot: &'a Snapshot,
         mapping: &'a Mapping,
         target_base: &str,
-        unowned: Unowned,
+        unowned: Option<Unowned>,
     ) -> Self {
         Planner {
             snapshot,
@@ -229,12 +249,15 @@ impl<'a> Planner<'a> {
         })
     }
 
-    /// Plans one source entry. `None` when nothing needs doing.
-    pub fn plan(
+    /// Plans one source entry, up to the point where the target's list of
+    /// objects absync does not own is needed (an add or a new name) and has
+    /// not been read yet: then the caller reads it, hands it over with
+    /// [`Self::set_unowned`], and calls [`Self::finish`].
+    pub fn plan_step(
         &mut self,
         verdict: Verdict,
         counts: &mut Counts,
-    ) -> Result<Option<Change>, StateError> {
+    ) -> Result<Planned, StateError> {
         let (entry, agreements) = match verdict {
             Verdict::Hold {
                 entry,
@@ -248,24 +271,26 @@ impl<'a> Planner<'a> {
                 counts.leavers += 1;
                 *self.pulled_per_org.entry(org).or_default() += 1;
                 self.not_held.insert(anchor, "leaver".into());
-                return Ok(None);
+                return Ok(Planned::Done(None));
             }
             Verdict::OutOfScope { anchor, .. } => {
                 counts.out_of_scope += 1;
                 self.not_held.insert(anchor, "left scope".into());
-                return Ok(None);
+                return Ok(Planned::Done(None));
             }
-            Verdict::Invalid { dn, reason } => return Ok(reject("", dn, reason, counts)),
+            Verdict::Invalid { dn, reason } => {
+                return Ok(Planned::Done(reject("", dn, reason, counts)))
+            }
         };
         counts.in_scope += 1;
         if !self.seen.insert(entry.anchor.clone()) {
             let why = "another source entry has the same anchor".to_string();
-            return Ok(reject(&entry.anchor, entry.dn, why, counts));
+            return Ok(Planned::Done(reject(&entry.anchor, entry.dn, why, counts)));
         }
         let agreements: Vec<String> = agreements.into_iter().collect();
         let mapped = match self.mapping.map(&entry) {
             Ok(m) => m,
-            Err(why) => return Ok(reject(&entry.anchor, entry.dn, why, counts)),
+            Err(why) => return Ok(Planned::Done(reject(&entry.anchor, entry.dn, why, counts))),
         };
         *self.pulled_per_org.entry(entry.org.clone()).or_default() += 1;
         let before = self.row(&entry.anchor)?;
@@ -277,9 +302,14 @@ impl<'a> Planner<'a> {
             .iter()
             .map(|c| self.dn_for(c))
             .collect();
-        let current = before
-            .as_ref()
-            .and_then(|b| candidates.iter().find(|c| same_dn(c, &b.dn)).cloned());
+        // Byte-equal first: normalising every candidate is the costly way.
+        let current = before.as_ref().and_then(|b| {
+            candidates
+                .iter()
+                .find(|c| **c == b.dn)
+                .or_else(|| candidates.iter().find(|c| same_dn(c, &b.dn)))
+                .cloned()
+        });
         let dn = match current {
             Some(dn) => before.as_ref().map(|b| b.dn.clone()).unwrap_or(dn),
             None => {
@@ -295,59 +325,96 @@ impl<'a> Planner<'a> {
                     None => {
                         let why = "every candidate name is taken; add a tie-breaker with \
                                    {anchor} to the mapping";
-                        return Ok(reject(&entry.anchor, entry.dn, why.into(), counts));
+                        return Ok(Planned::Done(reject(
+                            &entry.anchor,
+                            entry.dn,
+                            why.into(),
+                            counts,
+                        )));
                     }
                 }
             }
         };
-        let norm = crate::dn::normalize(&dn);
         let is_new_name = before.as_ref().is_none_or(|b| !same_dn(&b.dn, &dn));
+        let draft = Draft {
+            is_new_name,
+            after: ObjectRow {
+                anchor: entry.anchor,
+                dn,
+                org: entry.org,
+                agreements,
+                attrs: mapped.attrs,
+                hidden: None,
+            },
+            before,
+        };
+        // A new name or a new object must not collide with what absync
+        // does not own: that needs the target's list, read on first need.
+        if (draft.is_new_name || draft.before.is_none()) && self.unowned.is_none() {
+            return Ok(Planned::NeedsTarget(draft));
+        }
+        Ok(Planned::Done(self.finish(draft, counts)))
+    }
+
+    /// The objects absync does not own in its OU, once read.
+    pub fn set_unowned(&mut self, unowned: Unowned) {
+        self.unowned = Some(unowned);
+    }
+
+    /// The second half of planning an entry: conflicts with objects absync
+    /// does not own, then the change.
+    pub fn finish(&mut self, draft: Draft, counts: &mut Counts) -> Option<Change> {
+        let Draft {
+            is_new_name,
+            before,
+            after,
+        } = draft;
+        let empty = Unowned::default();
+        let unowned = self.unowned.as_ref().unwrap_or(&empty);
+        let norm = if is_new_name {
+            crate::dn::normalize(&after.dn)
+        } else {
+            String::new()
+        };
         if is_new_name {
-            if let Some(other) = self.unowned.dns.get(&norm) {
+            if let Some(other) = unowned.dns.get(&norm) {
                 counts.conflicts += 1;
-                return Ok(Some(Change {
-                    anchor: entry.anchor,
+                return Some(Change {
+                    anchor: after.anchor,
                     reason: "conflict".into(),
                     kind: Kind::Conflict {
-                        dn: dn.clone(),
+                        dn: after.dn,
                         with: other.clone(),
                         what: "an object absync does not own already has this name".into(),
-                        agreements,
+                        agreements: after.agreements,
                     },
-                }));
+                });
             }
         }
         if before.is_none() {
-            for mail in mapped.attrs.get("mail").into_iter().flatten() {
-                if let Some(other) = self.unowned.mails.get(&mail.to_lowercase()) {
+            for mail in after.attrs.get("mail").into_iter().flatten() {
+                if let Some(other) = unowned.mails.get(&mail.to_lowercase()) {
                     counts.conflicts += 1;
-                    return Ok(Some(Change {
-                        anchor: entry.anchor,
+                    let what = format!("an object absync does not own already has mail {mail}");
+                    return Some(Change {
+                        anchor: after.anchor,
                         reason: "conflict".into(),
                         kind: Kind::Conflict {
-                            dn,
+                            dn: after.dn,
                             with: other.clone(),
-                            what: format!("an object absync does not own already has mail {mail}"),
-                            agreements,
+                            what,
+                            agreements: after.agreements,
                         },
-                    }));
+                    });
                 }
             }
         }
         if is_new_name {
-            self.claimed.insert(norm, entry.anchor.clone());
+            self.claimed.insert(norm, after.anchor.clone());
         }
-        let after = ObjectRow {
-            anchor: entry.anchor.clone(),
-            dn,
-            org: entry.org.clone(),
-            agreements,
-            attrs: mapped.attrs,
-            hidden: None,
-        };
-        Ok(match before {
+        match before {
             None => Some(Change {
-                anchor: entry.anchor,
+                anchor: after.anchor.clone(),
                 reason: "new entry".into(),
                 kind: Kind::Add { after },
             }),
@@ -363,11 +430,27 @@ impl<'a> Planner<'a> {
                     "scope changed"
                 };
                 Some(Change {
-                    anchor: entry.anchor,
+                    anchor: after.anchor.clone(),
                     reason: reason.into(),
                     kind: Kind::Update { before, after },
                 })
             }
+        }
+    }
+
+    /// Plans one source entry with the list of unowned objects already
+    /// read (or known to be empty). `None` when nothing needs doing.
+    pub fn plan(
+        &mut self,
+        verdict: Verdict,
+        counts: &mut Counts,
+    ) -> Result<Option<Change>, StateError> {
+        if self.unowned.is_none() {
+            self.unowned = Some(Unowned::default());
+        }
+        Ok(match self.plan_step(verdict, counts)? {
+            Planned::Done(change) => change,
+            Planned::NeedsTarget(draft) => self.finish(draft, counts),
         })
     }
 
@@ -431,8 +514,14 @@ impl<'a> Planner<'a> {
             out.push((row, reason));
             Ok(())
         };
+        // Rows of anchors the pull saw are skipped before they are decoded:
+        // in a no-change run that is all of them.
+        let unseen = |anchor: &str| {
+            self.overlay.contains_key(anchor)
+                || !(self.seen.contains(anchor) || self.present.contains(anchor))
+        };
         self.snapshot
-            .for_each(|row| match self.overlay.get(&row.anchor) {
+            .for_each_kept(unseen, |row| match self.overlay.get(&row.anchor) {
                 Some(Some(o)) => visit(o.clone()),
                 Some(None) => Ok(()),
                 None => visit(row),

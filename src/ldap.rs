@@ -238,6 +238,9 @@ fn classify_connect_error(ep: &Endpoint, err: ldap3::LdapError) -> LdapError {
     }
 }
 
+/// An add's attributes: name and values.
+pub type AddAttrs = Vec<(String, HashSet<String>)>;
+
 /// An open, bound connection.
 pub struct Conn {
     ldap: ldap3::Ldap,
@@ -431,6 +434,50 @@ impl Conn {
         self.ldap.clone()
     }
 
+    /// The handle for the next operation, with the configured timeout (in
+    /// ldap3 a timeout applies to one operation only).
+    fn op(&mut self) -> &mut ldap3::Ldap {
+        self.ldap.with_timeout(self.timeout);
+        &mut self.ldap
+    }
+
+    /// Sends several adds at once on this connection (pipelined: the server
+    /// gets the next request while it answers the last) and returns each
+    /// one's outcome, in order.
+    pub async fn add_many(&mut self, items: Vec<(String, AddAttrs)>) -> Vec<Result<(), LdapError>> {
+        let mut tasks = Vec::with_capacity(items.len());
+        for (dn, attrs) in items {
+            let mut ldap = self.ldap.clone();
+            ldap.with_timeout(self.timeout);
+            let attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> = attrs
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.into_bytes(),
+                        v.into_iter().map(String::into_bytes).collect(),
+                    )
+                })
+                .collect();
+            tasks.push((
+                dn.clone(),
+                tokio::spawn(async move { ldap.add(&dn, attrs).await }),
+            ));
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for (dn, task) in tasks {
+            out.push(match task.await {
+                Ok(Ok(res)) => self.check("add", &dn, res),
+                Ok(Err(e)) => Err(self.op_error("add", &dn, e)),
+                Err(e) => Err(LdapError::Protocol {
+                    url: self.url.clone(),
+                    what: format!("add \"{dn}\""),
+                    detail: e.to_string(),
+                }),
+            });
+        }
+        out
+    }
+
     fn op_error(&self, op: &'static str, dn: &str, e: ldap3::LdapError) -> LdapError {
         match e {
             ldap3::LdapError::Timeout { .. } => LdapError::Timeout {
@@ -495,7 +542,7 @@ impl Conn {
         attrs: &[&str],
     ) -> Result<Option<SearchEntry>, LdapError> {
         let res = self
-            .ldap
+            .op()
             .search(dn, Scope::Base, "(objectClass=*)", attrs)
             .await
             .map_err(|e| self.op_error("read", dn, e))?;
@@ -546,7 +593,7 @@ impl Conn {
         attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)>,
     ) -> Result<(), LdapError> {
         let res = self
-            .ldap
+            .op()
             .add(dn, attrs)
             .await
             .map_err(|e| self.op_error("add", dn, e))?;
@@ -555,7 +602,7 @@ impl Conn {
 
     pub async fn modify(&mut self, dn: &str, mods: Vec<Mod<String>>) -> Result<(), LdapError> {
         let res = self
-            .ldap
+            .op()
             .modify(dn, mods)
             .await
             .map_err(|e| self.op_error("modify", dn, e))?;
@@ -570,7 +617,7 @@ impl Conn {
         new_parent: Option<&str>,
     ) -> Result<(), LdapError> {
         let res = self
-            .ldap
+            .op()
             .modifydn(dn, new_rdn, true, new_parent)
             .await
             .map_err(|e| self.op_error("rename", dn, e))?;
@@ -579,7 +626,7 @@ impl Conn {
 
     pub async fn delete(&mut self, dn: &str) -> Result<(), LdapError> {
         let res = self
-            .ldap
+            .op()
             .delete(dn)
             .await
             .map_err(|e| self.op_error("delete", dn, e))?;

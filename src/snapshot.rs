@@ -166,6 +166,15 @@ CREATE TABLE retry_anchors (
 );
 ";
 
+/// A change the target accepted, to be recorded: the object's new row (or
+/// `None`: it is gone) and the journal records.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted<'a> {
+    pub anchor: &'a str,
+    pub after: Option<&'a ObjectRow>,
+    pub records: &'a [crate::journal::Record],
+}
+
 /// Where the next delta pull starts: the cookie, and the scope (filter,
 /// attributes, files) it belongs to. A different scope needs a full pull.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -414,6 +423,34 @@ impl Snapshot {
             .map_err(|e| self.db_err(e))
     }
 
+    /// Calls `f` for every managed object whose anchor `keep` accepts (in
+    /// anchor order); the others are not even decoded.
+    pub fn for_each_kept(
+        &self,
+        keep: impl Fn(&str) -> bool,
+        mut f: impl FnMut(ObjectRow) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let db = |e| self.db_err(e);
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT anchor, dn, org, agreements, attrs, hidden FROM objects ORDER BY anchor",
+            )
+            .map_err(db)?;
+        let mut rows = stmt.query([]).map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            let anchor = r
+                .get_ref(0)
+                .map_err(db)?
+                .as_str()
+                .map_err(|e| db(e.into()))?;
+            if keep(anchor) {
+                f(Self::row_to_object(Self::raw_row(r).map_err(db)?)?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Calls `f` for every managed object (in anchor order).
     pub fn for_each(
         &self,
@@ -444,6 +481,25 @@ impl Snapshot {
             .prepare_cached("INSERT OR REPLACE INTO intents (anchor, payload) VALUES (?1, ?2)")
             .and_then(|mut s| s.execute(params![intent.anchor, payload]))
             .map_err(|e| self.db_err(e))?;
+        crate::failpoint::hit("after-intent");
+        Ok(())
+    }
+
+    /// Commits the intents of a batch of writes, in one transaction, before
+    /// any of them is sent.
+    pub fn record_intents(&self, intents: &[Intent]) -> Result<(), StateError> {
+        let db = |e| self.db_err(e);
+        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        for intent in intents {
+            let payload = serde_json::to_string(intent).map_err(|e| StateError::Corrupt {
+                anchor: intent.anchor.clone(),
+                detail: e.to_string(),
+            })?;
+            tx.prepare_cached("INSERT OR REPLACE INTO intents (anchor, payload) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![intent.anchor, payload]))
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
         crate::failpoint::hit("after-intent");
         Ok(())
     }
@@ -592,6 +648,19 @@ impl Snapshot {
         run_id: i64,
         records: &[crate::journal::Record],
     ) -> Result<(), StateError> {
+        self.commit_many(
+            &[Accepted {
+                anchor,
+                after,
+                records,
+            }],
+            run_id,
+        )
+    }
+
+    /// [`Self::commit`] for several changes in one transaction (a pipelined
+    /// batch the target accepted).
+    pub fn commit_many(&self, changes: &[Accepted<'_>], run_id: i64) -> Result<(), StateError> {
         let path = self.path.clone();
         let db = |source| StateError::Db {
             path: path.clone(),
@@ -599,6 +668,27 @@ impl Snapshot {
         };
         // unchecked: callers never nest transactions on this connection.
         let tx = self.conn.unchecked_transaction().map_err(db)?;
+        for c in changes {
+            self.commit_in(&tx, c, run_id)?;
+        }
+        crate::failpoint::hit("before-commit");
+        tx.commit().map_err(db)?;
+        crate::failpoint::hit("after-commit");
+        Ok(())
+    }
+
+    fn commit_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        change: &Accepted<'_>,
+        run_id: i64,
+    ) -> Result<(), StateError> {
+        let Accepted {
+            anchor,
+            after,
+            records,
+        } = *change;
+        let db = |e| self.db_err(e);
         // Records carry the organisation and the object as now held.
         let org = match after {
             Some(o) => Some(o.org.clone()),
@@ -643,14 +733,11 @@ impl Snapshot {
             let mut r = r.clone();
             r.org = r.org.or_else(|| org.clone());
             r.state = after.cloned();
-            crate::journal::append(&tx, &r).map_err(db)?;
+            crate::journal::append(tx, &r).map_err(db)?;
         }
         tx.prepare_cached("DELETE FROM intents WHERE anchor = ?1")
             .and_then(|mut s| s.execute([anchor]))
             .map_err(db)?;
-        crate::failpoint::hit("before-commit");
-        tx.commit().map_err(db)?;
-        crate::failpoint::hit("after-commit");
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use tracing::Instrument;
 use crate::agreements::{today, Agreements};
 use crate::apply::{Applier, ApplyError, PlanOut};
 use crate::config::{Config, FileError};
-use crate::diff::{Change, Kind, Planner};
+use crate::diff::{Change, Kind, Planned, Planner};
 use crate::journal::{Counts, FileHashes, Record};
 use crate::ldap::{Conn, LdapError};
 use crate::map::Mapping;
@@ -471,7 +471,15 @@ impl Stages<'_, '_, '_> {
             });
         }
         let verdict = self.scope.judge(raw);
-        if let Some(change) = self.planner.plan(verdict, self.counts)? {
+        let change = match self.planner.plan_step(verdict, self.counts)? {
+            Planned::Done(change) => change,
+            Planned::NeedsTarget(draft) => {
+                let unowned = self.applier.scan_unowned().await?;
+                self.planner.set_unowned(unowned);
+                self.planner.finish(draft, self.counts)
+            }
+        };
+        if let Some(change) = change {
             self.applier
                 .apply(self.snapshot, change, self.counts)
                 .await?;
@@ -661,6 +669,7 @@ async fn run_inner(
             Mode::Apply => None,
         },
         retry: Vec::new(),
+        pending: Vec::new(),
     };
     // The containers absync writes in must exist before anything is read
     // or planned against them.
@@ -685,13 +694,9 @@ async fn run_inner(
         applier.recover(snapshot, counts).await?;
     }
     let managed_at_start = snapshot.count_visible()?;
-    let unowned = applier.scan_unowned().await?;
-    let mut planner = Planner::new(
-        snapshot,
-        &inputs.mapping,
-        &cfg.target.base_dn,
-        unowned.clone(),
-    );
+    // The target's objects absync does not own are read when an add or a
+    // new name first needs them: a run without either never reads them.
+    let mut planner = Planner::new(snapshot, &inputs.mapping, &cfg.target.base_dn, None);
     if opts.full {
         reconcile(&mut applier, &mut planner, snapshot, live_run, counts).await?;
     }
@@ -763,12 +768,9 @@ async fn run_inner(
                     }
                     // What the delta applied is in the snapshot: a fresh
                     // planner sees it as done.
-                    *stages.planner = Planner::new(
-                        snapshot,
-                        &inputs.mapping,
-                        &cfg.target.base_dn,
-                        unowned.clone(),
-                    );
+                    stages.applier.flush(snapshot, stages.counts).await?;
+                    *stages.planner =
+                        Planner::new(snapshot, &inputs.mapping, &cfg.target.base_dn, None);
                     stages.counts.reset_pull();
                     mode = PullMode::Full { why };
                 }
@@ -801,6 +803,8 @@ async fn run_inner(
     } else {
         tracing::warn!("no data-sharing agreement is in force");
     }
+    // The last adds of the pull go now: what follows reads the snapshot.
+    applier.flush(snapshot, counts).await?;
     let unseen = match &gone {
         Some(gone) => planner.unseen_listed(&inputs.agreements, gone)?,
         None => planner.unseen(&inputs.agreements)?,
@@ -1008,6 +1012,7 @@ async fn run_inner(
         applier.apply(snapshot, withheld, counts).await?;
     }
     progress.done();
+    applier.flush(snapshot, counts).await?;
     if live_run {
         // The next delta starts here, unless deletes were held back: the
         // source reports a delete only once, so the next run must pull
