@@ -256,41 +256,95 @@ pub struct SearchSummary {
     pub referrals: Vec<String>,
 }
 
-/// A paged search in progress. Entries arrive one at a time; nothing is
-/// buffered beyond the page the server is sending.
+/// How many entries a paged search reads ahead of the caller: about two
+/// pages, so the server prepares the next page (and the entries are
+/// decoded) while the caller works on this one. Bounded: memory holds no
+/// more than this, whatever the directory's size.
+const READ_AHEAD: usize = 1024;
+
+/// What the read-ahead task passes on.
+enum Ahead {
+    Entry(SearchEntry),
+    Failed(LdapError),
+    Done(ldap3::LdapResult),
+}
+
+/// A paged search in progress. Entries arrive one at a time, read ahead by
+/// at most [`READ_AHEAD`].
 pub struct PagedSearch {
-    stream: SearchStream<'static, String, Vec<String>>,
+    rx: tokio::sync::mpsc::Receiver<Ahead>,
+    task: tokio::task::JoinHandle<()>,
+    done: Option<ldap3::LdapResult>,
+    url: String,
+    base: String,
+    entries: u64,
+}
+
+impl Drop for PagedSearch {
+    fn drop(&mut self) {
+        // An abandoned search stops reading.
+        self.task.abort();
+    }
+}
+
+/// Reads the stream into the channel until it ends, fails or the reader
+/// goes away. Each wait for the server has the configured timeout.
+async fn read_ahead(
+    mut stream: SearchStream<'static, String, Vec<String>>,
+    tx: tokio::sync::mpsc::Sender<Ahead>,
     url: String,
     base: String,
     timeout: Duration,
-    entries: u64,
+) {
+    loop {
+        let next = tokio::time::timeout(timeout, stream.next()).await;
+        let item = match next {
+            Err(_) => Ahead::Failed(LdapError::Timeout {
+                url: url.clone(),
+                secs: timeout.as_secs(),
+                what: format!("searching {base}"),
+            }),
+            Ok(Err(e)) => Ahead::Failed(LdapError::Protocol {
+                url: url.clone(),
+                what: format!("search under \"{base}\""),
+                detail: e.to_string(),
+            }),
+            Ok(Ok(None)) => break,
+            // EntriesOnly drops references and intermediates; checked again
+            // because SearchEntry::construct panics on a reference.
+            Ok(Ok(Some(re))) if re.is_ref() || re.is_intermediate() => continue,
+            Ok(Ok(Some(re))) => Ahead::Entry(SearchEntry::construct(re)),
+        };
+        let failed = matches!(item, Ahead::Failed(_));
+        if tx.send(item).await.is_err() || failed {
+            return;
+        }
+    }
+    let res = stream.finish().await;
+    let _ = tx.send(Ahead::Done(res)).await;
 }
 
 impl PagedSearch {
     /// The next entry, or `None` when the search is complete.
     pub async fn next(&mut self) -> Result<Option<SearchEntry>, LdapError> {
-        let next = tokio::time::timeout(self.timeout, self.stream.next()).await;
-        match next {
-            Err(_) => Err(LdapError::Timeout {
-                url: self.url.clone(),
-                secs: self.timeout.as_secs(),
-                what: format!("searching {}", self.base),
-            }),
-            Ok(Err(e)) => Err(LdapError::Protocol {
+        if self.done.is_some() {
+            return Ok(None);
+        }
+        match self.rx.recv().await {
+            Some(Ahead::Entry(e)) => {
+                self.entries += 1;
+                Ok(Some(e))
+            }
+            Some(Ahead::Failed(e)) => Err(e),
+            Some(Ahead::Done(res)) => {
+                self.done = Some(res);
+                Ok(None)
+            }
+            None => Err(LdapError::Protocol {
                 url: self.url.clone(),
                 what: format!("search under \"{}\"", self.base),
-                detail: e.to_string(),
+                detail: "the search ended without a result".into(),
             }),
-            Ok(Ok(None)) => Ok(None),
-            Ok(Ok(Some(re))) => {
-                // EntriesOnly drops references and intermediates; checked
-                // again because SearchEntry::construct panics on a reference.
-                if re.is_ref() || re.is_intermediate() {
-                    return Box::pin(self.next()).await;
-                }
-                self.entries += 1;
-                Ok(Some(SearchEntry::construct(re)))
-            }
         }
     }
 
@@ -298,20 +352,30 @@ impl PagedSearch {
     /// stopped early (size or time limit, error) is an error, never a short
     /// but successful read.
     pub async fn finish(mut self) -> Result<SearchSummary, LdapError> {
-        let res = self.stream.finish().await;
-        let referrals = res.refs.clone();
+        while self.done.is_none() {
+            if self.next().await?.is_none() && self.done.is_none() {
+                break;
+            }
+        }
+        let Some(res) = self.done.take() else {
+            return Err(LdapError::Protocol {
+                url: self.url.clone(),
+                what: format!("search under \"{}\"", self.base),
+                detail: "the search ended without a result".into(),
+            });
+        };
         if res.rc != 0 {
             return Err(LdapError::Operation {
-                url: self.url,
+                url: self.url.clone(),
                 op: "search under",
-                dn: self.base,
+                dn: self.base.clone(),
                 rc: res.rc,
                 text: result_text(res.rc, &res.text),
             });
         }
         Ok(SearchSummary {
             entries: self.entries,
-            referrals,
+            referrals: res.refs,
         })
     }
 }
@@ -522,15 +586,25 @@ impl Conn {
             Box::new(PagedResults::new(page)),
         ];
         let mut ldap = self.ldap.clone();
+        ldap.with_timeout(self.timeout);
         let stream = ldap
             .streaming_search_with(adapters, base, scope, filter, attrs)
             .await
             .map_err(|e| self.op_error("search under", base, e))?;
-        Ok(PagedSearch {
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let task = tokio::spawn(read_ahead(
             stream,
+            tx,
+            self.url.clone(),
+            base.to_string(),
+            self.timeout,
+        ));
+        Ok(PagedSearch {
+            rx,
+            task,
+            done: None,
             url: self.url.clone(),
             base: base.to_string(),
-            timeout: self.timeout,
             entries: 0,
         })
     }
