@@ -823,16 +823,17 @@ async fn run_inner(
         for (row, _) in unseen.iter().filter(|(r, _)| r.hidden.is_none()) {
             *leaving.entry(row.org.as_str()).or_default() += 1;
         }
-        let held = snapshot.visible_per_org()?;
-        leaving
-            .into_iter()
-            .filter(|(org, n)| {
-                held.get(*org) == Some(n)
-                    && inputs.agreements.grants().contains_key(*org)
-                    && planner.pulled_per_org.get(*org).copied().unwrap_or(0) == 0
-            })
-            .map(|(org, _)| org.to_string())
-            .collect()
+        let grants = inputs.agreements.grants();
+        let mut emptied = HashSet::new();
+        for (org, n) in leaving {
+            if grants.contains_key(org)
+                && planner.pulled_per_org.get(org).copied().unwrap_or(0) == 0
+                && snapshot.visible_in_org(org)? == n
+            {
+                emptied.insert(org.to_string());
+            }
+        }
+        emptied
     };
     let ask: Vec<String> = unseen
         .iter()

@@ -157,8 +157,10 @@ async fn kills_at_any_point_converge_on_the_next_run() {
             println!("{phase}: {} kill points tried", plan.len());
         };
 
-        // Phase A: the initial load.
-        kills("initial", people as u64 / 3, 2500, &mut rng);
+        // Phase A: the initial load. Adds commit 16 at a time (one intent
+        // transaction and one commit per batch), so the failpoints count
+        // batches here.
+        kills("initial", people as u64 / 16 / 3, 2500, &mut rng);
         env.sync_ok();
         assert_converged(env, &codes, "initial");
 
