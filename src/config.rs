@@ -285,10 +285,9 @@ pub struct RawSource {
     pub status_attribute: Spanned<String>,
     #[serde(default = "default_leaver_values")]
     pub leaver_values: Vec<String>,
-    /// Pull only what changed since the last run (RFC 4533) when the source
-    /// offers it.
-    #[serde(default = "default_true")]
-    pub delta: bool,
+    /// How a run after the first reads only what changed.
+    #[serde(default)]
+    pub delta: DeltaMode,
 }
 
 #[derive(Debug, Deserialize)]
@@ -393,8 +392,21 @@ fn default_leaver_values() -> Vec<String> {
     vec!["leaver".into()]
 }
 
-fn default_true() -> bool {
-    true
+/// How runs after the first read only what changed in the source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaMode {
+    /// RFC 4533 when the source offers it (and the anchor is entryUUID),
+    /// else `modifyTimestamp`.
+    #[default]
+    Auto,
+    /// RFC 4533 only.
+    Sync,
+    /// `modifyTimestamp >=` the newest change seen by the last run; deletes
+    /// are found by the periodic full pull.
+    Timestamp,
+    /// Every run reads everything in scope.
+    Off,
 }
 
 /// The source, resolved.
@@ -408,8 +420,8 @@ pub struct SourceConfig {
     pub page_size: u32,
     pub status_attribute: String,
     pub leaver_values: Vec<String>,
-    /// Delta pulls (RFC 4533) allowed.
-    pub delta: bool,
+    /// How runs after the first read only the changes.
+    pub delta: DeltaMode,
 }
 
 /// The target, resolved.

@@ -16,7 +16,7 @@ use ldap3::Scope;
 use sha2::{Digest, Sha256};
 
 use crate::agreements::Agreements;
-use crate::config::SourceConfig;
+use crate::config::{DeltaMode, SourceConfig};
 use crate::journal::FileHashes;
 use crate::ldap::{Conn, LdapError, PagedSearch};
 use crate::snapshot::SourceCookie;
@@ -26,8 +26,9 @@ use crate::snapshot::SourceCookie;
 pub enum PullMode {
     /// Everything in scope; `why` says why not a delta.
     Full { why: String },
-    /// Only the changes since the stored cookie.
-    Delta { cookie: Vec<u8> },
+    /// Only the changes since the stored cookie (RFC 4533) or watermark
+    /// (`modifyTimestamp`).
+    Delta { from: SourceCookie },
 }
 
 /// Identifies the scope a cookie was taken under: the filter, the
@@ -68,26 +69,65 @@ pub fn choose(
     if full_requested {
         return full("full run requested");
     }
-    if !source.delta {
-        return full("delta pulls are off ([source] delta = false)");
-    }
-    if !supports_delta(source) {
-        return full("delta pulls need entryUUID as the anchor");
+    if source.delta == DeltaMode::Off {
+        return full("delta pulls are off ([source] delta = \"off\")");
     }
     match stored {
         None => full("no cookie from an earlier run"),
         Some(c) if c.scope_key != key => {
             full("the scope changed since the last run (agreements, mapping or configuration)")
         }
-        Some(c) => PullMode::Delta {
-            cookie: c.cookie.clone(),
-        },
+        Some(c)
+            if c.kind == crate::snapshot::CookieKind::Timestamp
+                && !valid_timestamp(&String::from_utf8_lossy(&c.cookie)) =>
+        {
+            full("the stored modifyTimestamp is not a valid time")
+        }
+        Some(c) => PullMode::Delta { from: c.clone() },
     }
 }
 
-/// RFC 4533 names entries by entryUUID: deltas work only with that anchor.
-pub fn supports_delta(source: &SourceConfig) -> bool {
-    source.delta && source.anchor_attribute.eq_ignore_ascii_case("entryUUID")
+/// RFC 4533 names entries by entryUUID: content synchronisation works only
+/// with that anchor, and only when the configuration allows it.
+pub fn rfc4533_possible(source: &SourceConfig) -> bool {
+    matches!(source.delta, DeltaMode::Auto | DeltaMode::Sync)
+        && source.anchor_attribute.eq_ignore_ascii_case("entryUUID")
+}
+
+/// `modifyTimestamp` deltas, when RFC 4533 is not used.
+pub fn timestamps_allowed(source: &SourceConfig) -> bool {
+    matches!(source.delta, DeltaMode::Auto | DeltaMode::Timestamp)
+}
+
+/// How far back a stored `modifyTimestamp` watermark reaches before the
+/// newest change read: a change made while a search ran may carry an older
+/// time than one the search returned. Re-reading a few minutes of changes
+/// costs little; missing one would last until the next full pull.
+pub const TIMESTAMP_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `t` (generalized time) moved back by `by`, as `YYYYMMDDHHMMSSZ`.
+pub fn rewind(t: &str, by: std::time::Duration) -> Option<String> {
+    let digits = t.get(..14)?;
+    if !valid_timestamp(t) {
+        return None;
+    }
+    let fmt = time::macros::format_description!("[year][month][day][hour][minute][second]");
+    let at = time::PrimitiveDateTime::parse(digits, &fmt).ok()?;
+    let back = at.checked_sub(time::Duration::try_from(by).ok()?)?;
+    Some(format!("{}Z", back.format(&fmt).ok()?))
+}
+
+/// The operational attribute timestamp deltas read.
+pub const MODIFY_TIMESTAMP: &str = "modifyTimestamp";
+
+/// A watermark as it may appear in a filter: generalized time, nothing else.
+pub fn valid_timestamp(t: &str) -> bool {
+    t.len() >= 15
+        && t.len() <= 32
+        && t.ends_with('Z')
+        && t[..t.len() - 1]
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.')
 }
 
 /// Reads the given anchors again with the run's filter and attributes (for
@@ -217,4 +257,24 @@ pub async fn lookup(
         search.finish().await?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermarks_rewind_and_only_times_pass() {
+        assert_eq!(
+            rewind("20261125142830Z", TIMESTAMP_MARGIN).as_deref(),
+            Some("20261125142330Z")
+        );
+        assert_eq!(
+            rewind("20260101000100.123456Z", TIMESTAMP_MARGIN).as_deref(),
+            Some("20251231235600Z")
+        );
+        assert!(rewind("2026)(uid=*", TIMESTAMP_MARGIN).is_none());
+        assert!(!valid_timestamp("20261125142830Z)(objectClass=*"));
+        assert!(!valid_timestamp("*"));
+    }
 }

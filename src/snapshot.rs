@@ -156,6 +156,7 @@ DROP INDEX journal_anchor;
 const SCHEMA_V4: &str = "
 CREATE TABLE source_cookie (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
+    kind      TEXT NOT NULL,
     cookie    BLOB NOT NULL,
     scope_key TEXT NOT NULL,
     run_id    INTEGER NOT NULL
@@ -180,8 +181,28 @@ pub struct Accepted<'a> {
 /// attributes, files) it belongs to. A different scope needs a full pull.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceCookie {
+    pub kind: CookieKind,
+    /// The RFC 4533 cookie, or the newest `modifyTimestamp` seen.
     pub cookie: Vec<u8>,
     pub scope_key: String,
+}
+
+/// Which kind of delta a stored cookie starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieKind {
+    /// An RFC 4533 content-synchronisation cookie.
+    Rfc4533,
+    /// A `modifyTimestamp` (generalized time) watermark.
+    Timestamp,
+}
+
+impl CookieKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            CookieKind::Rfc4533 => "rfc4533",
+            CookieKind::Timestamp => "timestamp",
+        }
+    }
 }
 
 enum Migrate {
@@ -542,12 +563,16 @@ impl Snapshot {
     pub fn source_cookie(&self) -> Result<Option<SourceCookie>, StateError> {
         self.conn
             .query_row(
-                "SELECT cookie, scope_key FROM source_cookie WHERE id = 1",
+                "SELECT cookie, scope_key, kind FROM source_cookie WHERE id = 1",
                 [],
                 |r| {
                     Ok(SourceCookie {
                         cookie: r.get(0)?,
                         scope_key: r.get(1)?,
+                        kind: match r.get_ref(2)?.as_str()? {
+                            "timestamp" => CookieKind::Timestamp,
+                            _ => CookieKind::Rfc4533,
+                        },
                     })
                 },
             )
@@ -570,8 +595,9 @@ impl Snapshot {
         tx.execute("DELETE FROM source_cookie", []).map_err(db)?;
         if let Some(c) = cookie {
             tx.execute(
-                "INSERT INTO source_cookie (id, cookie, scope_key, run_id) VALUES (1, ?1, ?2, ?3)",
-                params![c.cookie, c.scope_key, run_id],
+                "INSERT INTO source_cookie (id, kind, cookie, scope_key, run_id)
+                 VALUES (1, ?1, ?2, ?3, ?4)",
+                params![c.kind.as_str(), c.cookie, c.scope_key, run_id],
             )
             .map_err(db)?;
         }

@@ -20,7 +20,7 @@ use crate::map::Mapping;
 use crate::pull::PullMode;
 use crate::render::Format;
 use crate::scope::Scope;
-use crate::snapshot::{Hidden, ObjectRow, Snapshot, SourceCookie, StateError};
+use crate::snapshot::{CookieKind, Hidden, ObjectRow, Snapshot, SourceCookie, StateError};
 use crate::syncrepl::SyncMessage;
 
 /// What a run does with its plan.
@@ -54,6 +54,8 @@ pub struct PullReport {
     pub present: u64,
     /// Time spent waiting for the source.
     pub source_time: Duration,
+    /// The delta used `modifyTimestamp` rather than RFC 4533.
+    pub by_timestamp: bool,
 }
 
 impl PullReport {
@@ -63,6 +65,10 @@ impl PullReport {
             ("delta", _) if self.present > 0 => format!(
                 "pull: delta (present phase: {} unchanged), {} gone, source time {secs:.3} s",
                 self.present, self.gone
+            ),
+            ("delta", _) if self.by_timestamp => format!(
+                "pull: delta (modifyTimestamp), {} gone, source time {secs:.3} s",
+                self.gone
             ),
             ("delta", _) => format!("pull: delta, {} gone, source time {secs:.3} s", self.gone),
             (_, Some(why)) => format!("pull: full ({why}), source time {secs:.3} s"),
@@ -456,11 +462,29 @@ struct Stages<'s, 'a, 'o> {
     counts: &'s mut Counts,
     opts: &'s Options,
     progress: &'s mut Progress,
+    /// When set, the newest `modifyTimestamp` read so far (timestamp
+    /// deltas); the attribute itself goes no further.
+    watermark: Option<String>,
 }
 
 impl Stages<'_, '_, '_> {
     /// One source entry: scope, map, diff, apply.
-    async fn take(&mut self, raw: ldap3::SearchEntry) -> Result<(), RunError> {
+    async fn take(&mut self, mut raw: ldap3::SearchEntry) -> Result<(), RunError> {
+        if let Some(w) = self.watermark.as_mut() {
+            let key = raw
+                .attrs
+                .keys()
+                .find(|k| k.eq_ignore_ascii_case(crate::pull::MODIFY_TIMESTAMP))
+                .cloned();
+            if let Some(stamp) = key
+                .and_then(|k| raw.attrs.remove(&k))
+                .and_then(|v| v.into_iter().next())
+            {
+                if crate::pull::valid_timestamp(&stamp) && stamp > *w {
+                    *w = stamp;
+                }
+            }
+        }
         self.counts.pulled += 1;
         if let Some(p) = &self.opts.progress {
             p.store(self.counts.pulled, Ordering::Relaxed);
@@ -605,40 +629,150 @@ async fn delta_pull(
         .finish()
         .await
         .map_err(|e| incomplete(st.counts.pulled, e))?;
-    // Changes that did not land last run are not sent again: read them.
+    pull.source_time += waited.elapsed();
+    reread_retry(st, source, cfg, filter, attrs, &mut deleted, pull)
+        .await
+        .map_err(DeltaError::Run)?;
+    Ok((done, deleted))
+}
+
+/// Changes that did not land last run are not sent again by a delta: the
+/// anchors are read again. Those no longer in scope join `gone` (a delete
+/// that failed last time is planned again).
+async fn reread_retry(
+    st: &mut Stages<'_, '_, '_>,
+    source: &mut Conn,
+    cfg: &Config,
+    filter: &str,
+    attrs: &[String],
+    gone: &mut HashSet<String>,
+    pull: &mut PullReport,
+) -> Result<(), RunError> {
     let retry: Vec<String> = st
         .snapshot
         .retry_anchors()?
         .into_iter()
-        .filter(|a| !st.planner.has_seen(a) && !deleted.contains(a))
+        .filter(|a| !st.planner.has_seen(a) && !gone.contains(a))
         .collect();
-    if !retry.is_empty() {
-        let entries = crate::pull::reread(source, &cfg.source, filter, attrs, &retry)
-            .await
-            .map_err(|e| incomplete(st.counts.pulled, e))?;
-        pull.source_time += waited.elapsed();
-        let mut found = HashSet::new();
-        for raw in entries {
-            let anchor = raw
-                .attrs
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(&cfg.source.anchor_attribute))
-                .and_then(|(_, v)| v.first().cloned());
-            if let Some(a) = anchor {
-                if st.planner.has_seen(&a) {
-                    continue;
-                }
-                found.insert(a);
-            }
-            st.take(raw).await?;
-        }
-        // No longer in scope: a change (a delete, say) that failed last
-        // time is planned again.
-        deleted.extend(retry.into_iter().filter(|a| !found.contains(a)));
-    } else {
-        pull.source_time += waited.elapsed();
+    if retry.is_empty() {
+        return Ok(());
     }
-    Ok((done, deleted))
+    let waited = Instant::now();
+    let entries = crate::pull::reread(source, &cfg.source, filter, attrs, &retry)
+        .await
+        .map_err(|e| RunError::SourceIncomplete {
+            pulled: st.counts.pulled,
+            cause: Box::new(e),
+        })?;
+    pull.source_time += waited.elapsed();
+    let mut found = HashSet::new();
+    for raw in entries {
+        let anchor = raw
+            .attrs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&cfg.source.anchor_attribute))
+            .and_then(|(_, v)| v.first().cloned());
+        if let Some(a) = anchor {
+            if st.planner.has_seen(&a) {
+                continue;
+            }
+            found.insert(a);
+        }
+        st.take(raw).await?;
+    }
+    gone.extend(retry.into_iter().filter(|a| !found.contains(a)));
+    Ok(())
+}
+
+/// The delta for sources without RFC 4533: the entries in scope whose
+/// `modifyTimestamp` is at or after `since`, then the anchors of entries
+/// changed since then that no longer match the filter (moved out of scope,
+/// leavers; only the anchor is read), then the anchors to read again.
+/// Deleted entries leave no trace here: the periodic full pull finds them.
+/// Returns the next watermark and the anchors gone.
+async fn timestamp_pull(
+    st: &mut Stages<'_, '_, '_>,
+    source: &mut Conn,
+    cfg: &Config,
+    filter: &str,
+    attrs: &[String],
+    since: &str,
+    pull: &mut PullReport,
+) -> Result<(String, HashSet<String>), RunError> {
+    let started = Instant::now();
+    let incomplete = |pulled: u64, e: LdapError| RunError::SourceIncomplete {
+        pulled,
+        cause: Box::new(e),
+    };
+    let stamp = crate::pull::MODIFY_TIMESTAMP;
+    st.watermark = Some(since.to_string());
+    let mut with_stamp = attrs.to_vec();
+    with_stamp.push(stamp.to_string());
+    let changed = format!("(&{filter}({stamp}>={since}))");
+    let waited = Instant::now();
+    let mut search = source
+        .paged_search(
+            &cfg.source.base_dn,
+            ldap3::Scope::Subtree,
+            &changed,
+            with_stamp,
+            cfg.source.page_size,
+        )
+        .await
+        .map_err(|e| incomplete(0, e))?;
+    pull.source_time += waited.elapsed();
+    loop {
+        let waited = Instant::now();
+        let next = search.next().await;
+        pull.source_time += waited.elapsed();
+        match next {
+            Ok(Some(raw)) => st.take(raw).await?,
+            Ok(None) => break,
+            Err(e) => return Err(incomplete(st.counts.pulled, e)),
+        }
+    }
+    search
+        .finish()
+        .await
+        .map_err(|e| incomplete(st.counts.pulled, e))?;
+    let newest = st.watermark.take().unwrap_or_else(|| since.to_string());
+
+    let left = format!("(&({stamp}>={since})(!{filter}))");
+    let waited = Instant::now();
+    let mut gone = HashSet::new();
+    let mut search = source
+        .paged_search(
+            &cfg.source.base_dn,
+            ldap3::Scope::Subtree,
+            &left,
+            vec![cfg.source.anchor_attribute.clone()],
+            cfg.source.page_size,
+        )
+        .await
+        .map_err(|e| incomplete(st.counts.pulled, e))?;
+    while let Some(e) = search
+        .next()
+        .await
+        .map_err(|e| incomplete(st.counts.pulled, e))?
+    {
+        if let Some((_, v)) = e
+            .attrs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&cfg.source.anchor_attribute))
+        {
+            gone.extend(v.first().cloned());
+        }
+    }
+    search
+        .finish()
+        .await
+        .map_err(|e| incomplete(st.counts.pulled, e))?;
+    pull.source_time += waited.elapsed();
+    reread_retry(st, source, cfg, filter, attrs, &mut gone, pull).await?;
+    let next = crate::pull::rewind(&newest, crate::pull::TIMESTAMP_MARGIN + started.elapsed())
+        .unwrap_or_else(|| since.to_string());
+    // Never move the watermark back past where this delta started.
+    Ok((next.max(since.to_string()), gone))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -720,6 +854,7 @@ async fn run_inner(
         counts,
         opts,
         progress: &mut progress,
+        watermark: None,
     };
 
     // Stages 1 to 5, entry by entry: each change is applied (or rendered)
@@ -733,48 +868,66 @@ async fn run_inner(
         let key = crate::pull::scope_key(filter, &attrs, &inputs.agreements, &file_hashes(cfg));
         let stored = snapshot.source_cookie()?;
         let mut mode = crate::pull::choose(&cfg.source, opts.full, stored.as_ref(), &key);
-        if let PullMode::Delta { cookie } = &mode {
-            tracing::info!(%filter, attributes = attrs.len(), "pulling the changes since the last run");
-            match delta_pull(
-                &mut stages,
-                &mut source,
-                cfg,
-                filter,
-                &attrs,
-                cookie.clone(),
-                pull,
-            )
-            .await
-            {
-                Ok((done, deleted)) => {
-                    pull.mode = "delta";
-                    pull.gone = deleted.len() as u64;
-                    pull.present = stages.planner.present_count();
-                    next_cookie = Some(SourceCookie {
-                        cookie: done.cookie.unwrap_or_else(|| cookie.clone()),
-                        scope_key: key.clone(),
-                    });
-                    // The present phase names every unchanged entry: what it
-                    // does not name is gone, as after a full pull.
-                    gone = done.refresh_deletes.then_some(deleted);
-                }
-                Err(DeltaError::Refused(e)) => {
-                    let why = format!("the delta could not be read: {e}");
-                    tracing::warn!("{why}; pulling everything instead");
-                    if live_run {
-                        let mut r = Record::new(stages.applier.run_id, "pull", "full", &why);
-                        r.detail = Some(serde_json::json!({ "fallback": "full pull" }));
-                        snapshot.journal(&[r])?;
+        if let PullMode::Delta { from } = &mode {
+            if from.kind == CookieKind::Timestamp {
+                let since = String::from_utf8_lossy(&from.cookie).into_owned();
+                tracing::info!(%filter, since, "pulling the changes since the last run (modifyTimestamp)");
+                let newest =
+                    timestamp_pull(&mut stages, &mut source, cfg, filter, &attrs, &since, pull)
+                        .await?;
+                pull.mode = "delta";
+                pull.by_timestamp = true;
+                next_cookie = Some(SourceCookie {
+                    kind: CookieKind::Timestamp,
+                    cookie: newest.0.into_bytes(),
+                    scope_key: key.clone(),
+                });
+                gone = Some(newest.1);
+            } else {
+                tracing::info!(%filter, attributes = attrs.len(), "pulling the changes since the last run");
+                let cookie = from.cookie.clone();
+                match delta_pull(
+                    &mut stages,
+                    &mut source,
+                    cfg,
+                    filter,
+                    &attrs,
+                    cookie.clone(),
+                    pull,
+                )
+                .await
+                {
+                    Ok((done, deleted)) => {
+                        pull.mode = "delta";
+                        pull.gone = deleted.len() as u64;
+                        pull.present = stages.planner.present_count();
+                        next_cookie = Some(SourceCookie {
+                            kind: CookieKind::Rfc4533,
+                            cookie: done.cookie.unwrap_or(cookie),
+                            scope_key: key.clone(),
+                        });
+                        // The present phase names every unchanged entry: what
+                        // it does not name is gone, as after a full pull.
+                        gone = done.refresh_deletes.then_some(deleted);
                     }
-                    // What the delta applied is in the snapshot: a fresh
-                    // planner sees it as done.
-                    stages.applier.flush(snapshot, stages.counts).await?;
-                    *stages.planner =
-                        Planner::new(snapshot, &inputs.mapping, &cfg.target.base_dn, None);
-                    stages.counts.reset_pull();
-                    mode = PullMode::Full { why };
+                    Err(DeltaError::Refused(e)) => {
+                        let why = format!("the delta could not be read: {e}");
+                        tracing::warn!("{why}; pulling everything instead");
+                        if live_run {
+                            let mut r = Record::new(stages.applier.run_id, "pull", "full", &why);
+                            r.detail = Some(serde_json::json!({ "fallback": "full pull" }));
+                            snapshot.journal(&[r])?;
+                        }
+                        // What the delta applied is in the snapshot: a fresh
+                        // planner sees it as done.
+                        stages.applier.flush(snapshot, stages.counts).await?;
+                        *stages.planner =
+                            Planner::new(snapshot, &inputs.mapping, &cfg.target.base_dn, None);
+                        stages.counts.reset_pull();
+                        mode = PullMode::Full { why };
+                    }
+                    Err(DeltaError::Run(e)) => return Err(e),
                 }
-                Err(DeltaError::Run(e)) => return Err(e),
             }
         }
         if let PullMode::Full { why } = mode {
@@ -783,22 +936,44 @@ async fn run_inner(
             pull.why = Some(why);
             // The cookie is taken before the read, so changes made during it
             // come again in the next delta.
-            if crate::pull::supports_delta(&cfg.source) {
+            let mut rfc4533 = false;
+            if crate::pull::rfc4533_possible(&cfg.source) {
                 match source.current_cookie(&cfg.source.base_dn).await {
                     Ok(Some(cookie)) => {
+                        rfc4533 = true;
                         next_cookie = Some(SourceCookie {
+                            kind: CookieKind::Rfc4533,
                             cookie,
                             scope_key: key.clone(),
                         })
                     }
                     Ok(None) => tracing::info!(
-                        "the source does not offer content synchronisation (RFC 4533): \
-                         every run pulls everything"
+                        "the source does not offer content synchronisation (RFC 4533)"
                     ),
-                    Err(e) => tracing::warn!(error = %e, "no cookie for a delta next run"),
+                    Err(e) => tracing::warn!(error = %e, "no RFC 4533 cookie for a delta next run"),
                 }
             }
+            // Without a cookie, the newest modifyTimestamp read starts the
+            // next delta.
+            let mut attrs = attrs;
+            if !rfc4533 && crate::pull::timestamps_allowed(&cfg.source) {
+                stages.watermark = Some(String::new());
+                attrs.push(crate::pull::MODIFY_TIMESTAMP.to_string());
+            }
+            let started = Instant::now();
             full_pull(&mut stages, &mut source, cfg, filter, attrs, pull).await?;
+            let margin = crate::pull::TIMESTAMP_MARGIN + started.elapsed();
+            if let Some(w) = stages
+                .watermark
+                .take()
+                .and_then(|w| crate::pull::rewind(&w, margin))
+            {
+                next_cookie = Some(SourceCookie {
+                    kind: CookieKind::Timestamp,
+                    cookie: w.into_bytes(),
+                    scope_key: key.clone(),
+                });
+            }
         }
     } else {
         tracing::warn!("no data-sharing agreement is in force");
@@ -806,7 +981,16 @@ async fn run_inner(
     // The last adds of the pull go now: what follows reads the snapshot.
     applier.flush(snapshot, counts).await?;
     let unseen = match &gone {
-        Some(gone) => planner.unseen_listed(&inputs.agreements, gone)?,
+        Some(gone) => {
+            // A source may name entries absync never held (syncprov reports
+            // what left any filter below the base): count the held ones.
+            let mut held = 0;
+            for anchor in gone {
+                held += u64::from(snapshot.org_of(anchor)?.is_some());
+            }
+            pull.gone = held;
+            planner.unseen_listed(&inputs.agreements, gone)?
+        }
         None => planner.unseen(&inputs.agreements)?,
     };
     // Source health is judged on reads that claim to be complete: a full

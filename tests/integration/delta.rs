@@ -168,3 +168,105 @@ async fn more_changes_than_the_source_will_send_fall_back_to_a_full_pull_visibly
     assert!(pull_line(&next).contains("pull: delta"), "{next:?}");
     assert!(next.stderr.contains(NO_WRITES), "{next:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_modify_timestamp_a_delta_reads_the_changes_and_the_full_pull_finds_deletes() {
+    let env = SyncEnv::new("delta-ts", 133, 150, 3, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    let covered = codes[..2].to_vec();
+    env.write_agreements(&[("DSA-TS", &covered, ALL_ATTRS, &day(-1), &day(1))]);
+    env.write_config("nhs-to-ad-contact.toml", "delta = \"timestamp\"\n");
+
+    let first = env.sync_ok();
+    assert!(
+        pull_line(&first).contains("pull: full (no cookie from an earlier run)"),
+        "{first:?}"
+    );
+    let stored = env.snapshot().source_cookie().unwrap().unwrap();
+    assert_eq!(stored.kind, absync::snapshot::CookieKind::Timestamp);
+    // The source was loaded moments ago, inside the watermark's margin: move
+    // the watermark to now, so the next delta sees only what changes next.
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let db = rusqlite::Connection::open(env.state_dir().join("absync.db")).unwrap();
+    db.execute("UPDATE source_cookie SET cookie = ?1", [stamp.as_bytes()])
+        .unwrap();
+    let idle = env.sync_ok();
+    assert!(
+        pull_line(&idle).contains("pull: delta (modifyTimestamp), 0 gone"),
+        "{idle:?}"
+    );
+    assert!(idle.stderr.contains(NO_WRITES), "{idle:?}");
+
+    let people = env.source_people("(objectClass=nhsPerson)").await;
+    let mut active = people.iter().filter(|(_, a)| {
+        covered.contains(&a["nhsodscode"][0]) && a["nhsentrystatus"][0] == "active"
+    });
+    let mut next = || {
+        let (uuid, a) = active.next().unwrap();
+        (uuid.clone(), a["dn"][0].clone())
+    };
+    let (modified, modified_dn) = next();
+    let (leaver, leaver_dn) = next();
+    let (moved, moved_dn) = next();
+    let (deleted, deleted_dn) = next();
+    let new_uid = format!("ts{}", std::process::id());
+    env.change_source(&format!(
+        "dn: {modified_dn}\nchangetype: modify\nreplace: title\ntitle: Timestamp Lead\n-\n\n\
+         dn: {leaver_dn}\nchangetype: modify\nreplace: nhsEntryStatus\nnhsEntryStatus: leaver\n-\n\n\
+         dn: {moved_dn}\nchangetype: modify\nreplace: nhsOdsCode\nnhsOdsCode: {}\n-\n\n\
+         dn: {deleted_dn}\nchangetype: delete\n\n\
+         dn: uid={new_uid},ou=People,{}\nchangetype: add\nobjectClass: inetOrgPerson\n\
+         objectClass: nhsPerson\nuid: {new_uid}\ncn: Tess Stamp\nsn: Stamp\ngivenName: Tess\n\
+         nhsOdsCode: {}\nnhsEntryStatus: active\n\n",
+        codes[2], env.source_base, covered[0]
+    ));
+
+    // Only the two changed entries in scope are read; the leaver and the
+    // move are seen by their anchors; the delete is not seen yet.
+    let run = env.sync_ok();
+    assert!(
+        pull_line(&run).contains("pull: delta (modifyTimestamp), 2 gone"),
+        "{run:?}"
+    );
+    assert!(
+        summary_line(&run, "pulled").contains("pulled 2,"),
+        "{run:?}"
+    );
+    let run_id = env.snapshot().runs(1).unwrap()[0].id;
+    let done = journal_reasons(&env, run_id);
+    for (op, anchor, reason) in [
+        ("modify", &modified, "attributes changed"),
+        ("delete", &leaver, "leaver"),
+        ("delete", &moved, "left scope"),
+    ] {
+        assert!(
+            done.iter()
+                .any(|(o, a, r)| o == op && a == anchor && r == reason),
+            "{op} {anchor} ({reason}) in {done:#?}"
+        );
+    }
+    assert!(done.iter().any(|(o, _, r)| o == "add" && r == "new entry"));
+    let ad = by_anchor(&env.ad_objects().await);
+    assert!(
+        ad.contains_key(&deleted),
+        "a delete waits for the full pull"
+    );
+
+    // The full pull finds the delete.
+    let full = env.absync(&["sync", "--full"]);
+    assert_eq!(full.code, 0, "{full:?}");
+    let run_id = env.snapshot().runs(1).unwrap()[0].id;
+    assert!(journal_reasons(&env, run_id)
+        .iter()
+        .any(|(o, a, r)| o == "delete" && a == &deleted && r == "deleted from source"));
+    tokio::task::block_in_place(|| assert_ad_holds_expected(&env, &covered, "after the full pull"));
+}
