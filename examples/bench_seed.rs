@@ -33,13 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if snapshot.count()? > 0 {
         return Err(format!("{} already holds a snapshot", cfg.state_dir.display()).into());
     }
-    let scope = Scope {
-        grants: inputs.agreements.grants(),
-        org_attribute: cfg.source.org_attribute.clone(),
-        anchor_attribute: cfg.source.anchor_attribute.clone(),
-        status_attribute: cfg.source.status_attribute.clone(),
-        leaver_values: cfg.source.leaver_values.clone(),
-    };
+    let scope = Scope::new(&cfg.source, &inputs.agreements);
     let mut planner = Planner::new(
         &snapshot,
         &inputs.mapping,

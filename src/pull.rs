@@ -140,17 +140,7 @@ pub async fn reread(
     anchors: &[String],
 ) -> Result<Vec<ldap3::SearchEntry>, LdapError> {
     let mut out = Vec::new();
-    for chunk in anchors.chunks(50) {
-        let parts: String = chunk
-            .iter()
-            .map(|a| {
-                format!(
-                    "({}={})",
-                    source.anchor_attribute,
-                    ldap3::ldap_escape(a.as_str())
-                )
-            })
-            .collect();
+    for parts in anchor_filters(source, anchors) {
         let mut search = conn
             .paged_search(
                 &source.base_dn,
@@ -204,6 +194,26 @@ pub async fn start(
     .await
 }
 
+/// The anchors as filter terms, `(entryUUID=…)(entryUUID=…)`, fifty to a
+/// search (escaped: an anchor is data, never filter syntax).
+fn anchor_filters<'a>(
+    source: &'a SourceConfig,
+    anchors: &'a [String],
+) -> impl Iterator<Item = String> + 'a {
+    anchors.chunks(50).map(move |chunk| {
+        chunk
+            .iter()
+            .map(|a| {
+                format!(
+                    "({}={})",
+                    source.anchor_attribute,
+                    ldap3::ldap_escape(a.as_str())
+                )
+            })
+            .collect()
+    })
+}
+
 /// Asks the source about anchors that were not pulled, to tell why:
 /// returns, per anchor found, its organisation and whether it is a leaver.
 /// Anchors not returned were deleted from the source.
@@ -213,17 +223,7 @@ pub async fn lookup(
     anchors: &[String],
 ) -> Result<Vec<(String, String, bool)>, LdapError> {
     let mut out = Vec::new();
-    for chunk in anchors.chunks(50) {
-        let parts: String = chunk
-            .iter()
-            .map(|a| {
-                format!(
-                    "({}={})",
-                    source.anchor_attribute,
-                    ldap3::ldap_escape(a.as_str())
-                )
-            })
-            .collect();
+    for parts in anchor_filters(source, anchors) {
         let mut search = conn
             .paged_search(
                 &source.base_dn,

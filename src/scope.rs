@@ -69,6 +69,20 @@ fn get<'a>(
 }
 
 impl Scope {
+    /// The rules of the agreements in force, for this source.
+    pub fn new(
+        source: &crate::config::SourceConfig,
+        agreements: &crate::agreements::Agreements,
+    ) -> Scope {
+        Scope {
+            grants: agreements.grants(),
+            org_attribute: source.org_attribute.clone(),
+            anchor_attribute: source.anchor_attribute.clone(),
+            status_attribute: source.status_attribute.clone(),
+            leaver_values: source.leaver_values.clone(),
+        }
+    }
+
     pub fn judge(&self, raw: ldap3::SearchEntry) -> Verdict {
         let anchor = match get(&raw.attrs, &self.anchor_attribute).map(Vec::as_slice) {
             Some([a]) if !a.trim().is_empty() => a.trim().to_string(),

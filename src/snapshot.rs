@@ -453,14 +453,34 @@ impl Snapshot {
     pub fn for_each_kept(
         &self,
         keep: impl Fn(&str) -> bool,
+        f: impl FnMut(ObjectRow) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        self.each_row("", keep, f)
+    }
+
+    /// Calls `f` for every managed object (in anchor order).
+    pub fn for_each(
+        &self,
+        f: impl FnMut(ObjectRow) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        self.each_row("", |_| true, f)
+    }
+
+    /// The rows `cond` (SQL after FROM objects) selects, in anchor order,
+    /// decoded only when `keep` accepts the anchor.
+    fn each_row(
+        &self,
+        cond: &str,
+        keep: impl Fn(&str) -> bool,
         mut f: impl FnMut(ObjectRow) -> Result<(), StateError>,
     ) -> Result<(), StateError> {
         let db = |e| self.db_err(e);
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT anchor, dn, org, agreements, attrs, hidden FROM objects ORDER BY anchor",
-            )
+            .prepare(&format!(
+                "SELECT anchor, dn, org, agreements, attrs, hidden FROM objects {cond} \
+                 ORDER BY anchor"
+            ))
             .map_err(db)?;
         let mut rows = stmt.query([]).map_err(db)?;
         while let Some(r) = rows.next().map_err(db)? {
@@ -472,26 +492,6 @@ impl Snapshot {
             if keep(anchor) {
                 f(Self::row_to_object(Self::raw_row(r).map_err(db)?)?)?;
             }
-        }
-        Ok(())
-    }
-
-    /// Calls `f` for every managed object (in anchor order).
-    pub fn for_each(
-        &self,
-        mut f: impl FnMut(ObjectRow) -> Result<(), StateError>,
-    ) -> Result<(), StateError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT anchor, dn, org, agreements, attrs, hidden FROM objects ORDER BY anchor",
-            )
-            .map_err(|e| self.db_err(e))?;
-        let rows = stmt
-            .query_map([], Self::raw_row)
-            .map_err(|e| self.db_err(e))?;
-        for row in rows {
-            f(Self::row_to_object(row.map_err(|e| self.db_err(e))?)?)?;
         }
         Ok(())
     }
@@ -645,22 +645,13 @@ impl Snapshot {
     /// Calls `f` for every hidden object (waiting out its grace period).
     pub fn for_each_hidden(
         &self,
-        mut f: impl FnMut(ObjectRow) -> Result<(), StateError>,
+        f: impl FnMut(ObjectRow) -> Result<(), StateError>,
     ) -> Result<(), StateError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT anchor, dn, org, agreements, attrs, hidden FROM objects
-                 INDEXED BY objects_hidden WHERE hidden IS NOT NULL ORDER BY anchor",
-            )
-            .map_err(|e| self.db_err(e))?;
-        let rows = stmt
-            .query_map([], Self::raw_row)
-            .map_err(|e| self.db_err(e))?;
-        for row in rows {
-            f(Self::row_to_object(row.map_err(|e| self.db_err(e))?)?)?;
-        }
-        Ok(())
+        self.each_row(
+            "INDEXED BY objects_hidden WHERE hidden IS NOT NULL",
+            |_| true,
+            f,
+        )
     }
 
     /// Records, in one transaction, the target's acceptance of a change:

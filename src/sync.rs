@@ -540,10 +540,25 @@ async fn full_pull(
         cause: Box::new(e),
     };
     let waited = Instant::now();
-    let mut search = crate::pull::start(source, &cfg.source, filter, attrs)
+    let search = crate::pull::start(source, &cfg.source, filter, attrs)
         .await
         .map_err(|e| incomplete(0, e))?;
     pull.source_time += waited.elapsed();
+    take_all(st, search, pull).await
+}
+
+/// Every entry of a paged search through the stages, then the search's end:
+/// one that ended early is an error, so nothing is deleted on the strength
+/// of a partial read.
+async fn take_all(
+    st: &mut Stages<'_, '_, '_>,
+    mut search: crate::ldap::PagedSearch,
+    pull: &mut PullReport,
+) -> Result<(), RunError> {
+    let incomplete = |pulled: u64, e: LdapError| RunError::SourceIncomplete {
+        pulled,
+        cause: Box::new(e),
+    };
     loop {
         let waited = Instant::now();
         let next = search.next().await;
@@ -554,8 +569,6 @@ async fn full_pull(
             Err(e) => return Err(incomplete(st.counts.pulled, e)),
         }
     }
-    // A search that ended early is an error: nothing is deleted on the
-    // strength of a partial read.
     search
         .finish()
         .await
@@ -710,7 +723,7 @@ async fn timestamp_pull(
     with_stamp.push(stamp.to_string());
     let changed = format!("(&{filter}({stamp}>={since}))");
     let waited = Instant::now();
-    let mut search = source
+    let search = source
         .paged_search(
             &cfg.source.base_dn,
             ldap3::Scope::Subtree,
@@ -721,20 +734,7 @@ async fn timestamp_pull(
         .await
         .map_err(|e| incomplete(0, e))?;
     pull.source_time += waited.elapsed();
-    loop {
-        let waited = Instant::now();
-        let next = search.next().await;
-        pull.source_time += waited.elapsed();
-        match next {
-            Ok(Some(raw)) => st.take(raw).await?,
-            Ok(None) => break,
-            Err(e) => return Err(incomplete(st.counts.pulled, e)),
-        }
-    }
-    search
-        .finish()
-        .await
-        .map_err(|e| incomplete(st.counts.pulled, e))?;
+    take_all(st, search, pull).await?;
     let newest = st.watermark.take().unwrap_or_else(|| since.to_string());
 
     let left = format!("(&({stamp}>={since})(!{filter}))");
@@ -835,13 +835,7 @@ async fn run_inner(
         reconcile(&mut applier, &mut planner, snapshot, live_run, counts).await?;
     }
     let mut source = Conn::connect(&cfg.source.endpoint).await?;
-    let scope = Scope {
-        grants: inputs.agreements.grants(),
-        org_attribute: cfg.source.org_attribute.clone(),
-        anchor_attribute: cfg.source.anchor_attribute.clone(),
-        status_attribute: cfg.source.status_attribute.clone(),
-        leaver_values: cfg.source.leaver_values.clone(),
-    };
+    let scope = Scope::new(&cfg.source, &inputs.agreements);
     let mut progress = Progress {
         on: live_run && std::io::stderr().is_terminal(),
         last: Instant::now(),

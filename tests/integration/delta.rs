@@ -10,6 +10,20 @@ fn pull_line(r: &crate::common::env::Run) -> &str {
     summary_line(r, "pull: ")
 }
 
+/// (entryUUID, DN) of the active people of the covered organisations.
+fn active_people(
+    people: &crate::common::env::Objects,
+    covered: &[String],
+) -> Vec<(String, String)> {
+    people
+        .iter()
+        .filter(|(_, a)| {
+            covered.contains(&a["nhsodscode"][0]) && a["nhsentrystatus"][0] == "active"
+        })
+        .map(|(uuid, a)| (uuid.clone(), a["dn"][0].clone()))
+        .collect()
+}
+
 fn journal_reasons(env: &SyncEnv, run_id: i64) -> Vec<(String, String, String)> {
     env.snapshot()
         .records(run_id)
@@ -45,13 +59,8 @@ async fn a_delta_reads_only_the_changes_and_still_sees_deletes_leavers_and_moves
 
     // One of each change, in covered organisations.
     let people = env.source_people("(objectClass=nhsPerson)").await;
-    let mut active = people.iter().filter(|(_, a)| {
-        covered.contains(&a["nhsodscode"][0]) && a["nhsentrystatus"][0] == "active"
-    });
-    let mut next = || {
-        let (uuid, a) = active.next().unwrap();
-        (uuid.clone(), a["dn"][0].clone())
-    };
+    let mut active = active_people(&people, &covered).into_iter();
+    let mut next = || active.next().unwrap();
     let (modified, modified_dn) = next();
     let (deleted, deleted_dn) = next();
     let (leaver, leaver_dn) = next();
@@ -207,13 +216,8 @@ async fn by_modify_timestamp_a_delta_reads_the_changes_and_the_full_pull_finds_d
     assert!(idle.stderr.contains(NO_WRITES), "{idle:?}");
 
     let people = env.source_people("(objectClass=nhsPerson)").await;
-    let mut active = people.iter().filter(|(_, a)| {
-        covered.contains(&a["nhsodscode"][0]) && a["nhsentrystatus"][0] == "active"
-    });
-    let mut next = || {
-        let (uuid, a) = active.next().unwrap();
-        (uuid.clone(), a["dn"][0].clone())
-    };
+    let mut active = active_people(&people, &covered).into_iter();
+    let mut next = || active.next().unwrap();
     let (modified, modified_dn) = next();
     let (leaver, leaver_dn) = next();
     let (moved, moved_dn) = next();
