@@ -15,7 +15,7 @@ use ldap3::{Mod, Scope};
 use crate::config::{SafetyConfig, TargetConfig};
 use crate::diff::{attr_changes, same_dn, Change, Kind, Unowned};
 use crate::journal::{Counts, Record};
-use crate::ldap::{Conn, LdapError};
+use crate::ldap::{values_of, Conn, LdapError};
 use crate::map::Mapping;
 use crate::render::{render, Format};
 use crate::snapshot::{Accepted, Attrs, Intent, ObjectRow, Snapshot, StateError};
@@ -77,15 +77,6 @@ pub struct Live {
 
 fn set(values: &[String]) -> HashSet<String> {
     values.iter().cloned().collect()
-}
-
-/// Case-insensitive lookup in a search entry's attributes.
-fn values_of(e: &ldap3::SearchEntry, name: &str) -> Vec<String> {
-    e.attrs
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default()
 }
 
 /// Everything an add sends: object classes, the RDN attribute, the anchor,
@@ -262,7 +253,7 @@ impl Applier<'_, '_> {
             .collect()
     }
 
-    fn add_attrs_map(&self, after: &ObjectRow) -> Vec<(String, HashSet<String>)> {
+    fn add_attrs(&self, after: &ObjectRow) -> Vec<(String, HashSet<String>)> {
         add_attributes(self.mapping, self.target, after)
             .into_iter()
             .map(|(k, v)| (k, set(&v)))
@@ -513,7 +504,7 @@ impl Applier<'_, '_> {
         snapshot.record_intents(&intents)?;
         let requests = adds
             .iter()
-            .map(|(after, _)| (after.dn.clone(), self.add_attrs_map(after)))
+            .map(|(after, _)| (after.dn.clone(), self.add_attrs(after)))
             .collect();
         let results = self.conn.add_many(requests).await;
         let mut accepted: Vec<(ObjectRow, Vec<Record>)> = Vec::new();

@@ -438,16 +438,14 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Plans one source entry with the list of unowned objects already
-    /// read (or known to be empty). `None` when nothing needs doing.
+    /// Plans one source entry in one step, with the unowned objects handed
+    /// over so far (none, if they never were). `None` when nothing needs
+    /// doing.
     pub fn plan(
         &mut self,
         verdict: Verdict,
         counts: &mut Counts,
     ) -> Result<Option<Change>, StateError> {
-        if self.unowned.is_none() {
-            self.unowned = Some(Unowned::default());
-        }
         Ok(match self.plan_step(verdict, counts)? {
             Planned::Done(change) => change,
             Planned::NeedsTarget(draft) => self.finish(draft, counts),

@@ -241,6 +241,37 @@ fn classify_connect_error(ep: &Endpoint, err: ldap3::LdapError) -> LdapError {
 /// An add's attributes: name and values.
 pub type AddAttrs = Vec<(String, HashSet<String>)>;
 
+/// An add's attributes as the wire wants them.
+fn add_bytes(attrs: AddAttrs) -> Vec<(Vec<u8>, HashSet<Vec<u8>>)> {
+    attrs
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.into_bytes(),
+                v.into_iter().map(String::into_bytes).collect(),
+            )
+        })
+        .collect()
+}
+
+/// The values of an attribute of an entry, whatever the case the server
+/// spelt its name in (`entryUUID`, `entryuuid`).
+pub fn values_of(e: &SearchEntry, name: &str) -> Vec<String> {
+    e.attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// The first value of an attribute of an entry (see [`values_of`]).
+pub fn first_value(e: &SearchEntry, name: &str) -> Option<String> {
+    e.attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.first().cloned())
+}
+
 /// An open, bound connection.
 pub struct Conn {
     ldap: ldap3::Ldap,
@@ -513,15 +544,7 @@ impl Conn {
         for (dn, attrs) in items {
             let mut ldap = self.ldap.clone();
             ldap.with_timeout(self.timeout);
-            let attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> = attrs
-                .into_iter()
-                .map(|(k, v)| {
-                    (
-                        k.into_bytes(),
-                        v.into_iter().map(String::into_bytes).collect(),
-                    )
-                })
-                .collect();
+            let attrs = add_bytes(attrs);
             tasks.push((
                 dn.clone(),
                 tokio::spawn(async move { ldap.add(&dn, attrs).await }),
@@ -631,21 +654,8 @@ impl Conn {
             .map(SearchEntry::construct))
     }
 
-    pub async fn add(
-        &mut self,
-        dn: &str,
-        attrs: Vec<(String, HashSet<String>)>,
-    ) -> Result<(), LdapError> {
-        let attrs = attrs
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k.into_bytes(),
-                    v.into_iter().map(String::into_bytes).collect(),
-                )
-            })
-            .collect();
-        self.add_raw(dn, attrs).await
+    pub async fn add(&mut self, dn: &str, attrs: AddAttrs) -> Result<(), LdapError> {
+        self.add_raw(dn, add_bytes(attrs)).await
     }
 
     /// Adds an entry whose values are bytes (for example a `unicodePwd`).

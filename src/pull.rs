@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::agreements::Agreements;
 use crate::config::{DeltaMode, SourceConfig};
 use crate::journal::FileHashes;
-use crate::ldap::{Conn, LdapError, PagedSearch};
+use crate::ldap::{first_value, Conn, LdapError, PagedSearch};
 use crate::snapshot::SourceCookie;
 
 /// How a run reads the source.
@@ -238,13 +238,7 @@ pub async fn lookup(
             )
             .await?;
         while let Some(e) = search.next().await? {
-            let get = |name: &str| {
-                e.attrs
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .and_then(|(_, v)| v.first().cloned())
-                    .unwrap_or_default()
-            };
+            let get = |name: &str| first_value(&e, name).unwrap_or_default();
             let leaver = source
                 .leaver_values
                 .contains(&get(&source.status_attribute).to_lowercase());

@@ -498,16 +498,7 @@ impl Snapshot {
 
     /// Commits an intent before the write it describes is sent.
     pub fn record_intent(&self, intent: &Intent) -> Result<(), StateError> {
-        let payload = serde_json::to_string(intent).map_err(|e| StateError::Corrupt {
-            anchor: intent.anchor.clone(),
-            detail: e.to_string(),
-        })?;
-        self.conn
-            .prepare_cached("INSERT OR REPLACE INTO intents (anchor, payload) VALUES (?1, ?2)")
-            .and_then(|mut s| s.execute(params![intent.anchor, payload]))
-            .map_err(|e| self.db_err(e))?;
-        crate::failpoint::hit("after-intent");
-        Ok(())
+        self.record_intents(std::slice::from_ref(intent))
     }
 
     /// Commits the intents of a batch of writes, in one transaction, before

@@ -15,7 +15,7 @@ use crate::apply::{Applier, ApplyError, PlanOut};
 use crate::config::{Config, FileError};
 use crate::diff::{Change, Kind, Planned, Planner};
 use crate::journal::{Counts, FileHashes, Record};
-use crate::ldap::{Conn, LdapError};
+use crate::ldap::{first_value, Conn, LdapError};
 use crate::map::Mapping;
 use crate::pull::PullMode;
 use crate::render::Format;
@@ -140,6 +140,16 @@ pub enum RunError {
         dn: String,
         url: String,
     },
+}
+
+impl RunError {
+    /// The source read ended early after `pulled` entries.
+    fn incomplete(pulled: u64, cause: LdapError) -> RunError {
+        RunError::SourceIncomplete {
+            pulled,
+            cause: Box::new(cause),
+        }
+    }
 }
 
 impl From<ApplyError> for RunError {
@@ -269,11 +279,14 @@ pub async fn run(
         _ => None,
     };
     let snapshot = Snapshot::open(&cfg.state_dir)?;
+    // The files in force: recorded with the run, and the key a delta's
+    // cookie belongs to.
+    let files = file_hashes(cfg);
     let mut counts = Counts::default();
     let run_id = match mode {
         Mode::Apply => {
             let kind = if opts.full { "full" } else { "sync" };
-            let id = snapshot.start_run(kind, &file_hashes(cfg))?;
+            let id = snapshot.start_run(kind, &files)?;
             if let Some(who) = &opts.requested_by {
                 let mut r = Record::new(
                     id,
@@ -300,6 +313,7 @@ pub async fn run(
         run_id,
         &mut counts,
         &mut pull,
+        &files,
     )
     .instrument(span)
     .await;
@@ -535,14 +549,10 @@ async fn full_pull(
     attrs: Vec<String>,
     pull: &mut PullReport,
 ) -> Result<(), RunError> {
-    let incomplete = |pulled: u64, e: LdapError| RunError::SourceIncomplete {
-        pulled,
-        cause: Box::new(e),
-    };
     let waited = Instant::now();
     let search = crate::pull::start(source, &cfg.source, filter, attrs)
         .await
-        .map_err(|e| incomplete(0, e))?;
+        .map_err(|e| RunError::incomplete(0, e))?;
     pull.source_time += waited.elapsed();
     take_all(st, search, pull).await
 }
@@ -555,10 +565,6 @@ async fn take_all(
     mut search: crate::ldap::PagedSearch,
     pull: &mut PullReport,
 ) -> Result<(), RunError> {
-    let incomplete = |pulled: u64, e: LdapError| RunError::SourceIncomplete {
-        pulled,
-        cause: Box::new(e),
-    };
     loop {
         let waited = Instant::now();
         let next = search.next().await;
@@ -566,13 +572,13 @@ async fn take_all(
         match next {
             Ok(Some(raw)) => st.take(raw).await?,
             Ok(None) => break,
-            Err(e) => return Err(incomplete(st.counts.pulled, e)),
+            Err(e) => return Err(RunError::incomplete(st.counts.pulled, e)),
         }
     }
     search
         .finish()
         .await
-        .map_err(|e| incomplete(st.counts.pulled, e))?;
+        .map_err(|e| RunError::incomplete(st.counts.pulled, e))?;
     Ok(())
 }
 
@@ -600,10 +606,7 @@ async fn delta_pull(
         if refused(&e) {
             DeltaError::Refused(e)
         } else {
-            DeltaError::Run(RunError::SourceIncomplete {
-                pulled,
-                cause: Box::new(e),
-            })
+            DeltaError::Run(RunError::incomplete(pulled, e))
         }
     };
     let mut deleted = HashSet::new();
@@ -673,19 +676,11 @@ async fn reread_retry(
     let waited = Instant::now();
     let entries = crate::pull::reread(source, &cfg.source, filter, attrs, &retry)
         .await
-        .map_err(|e| RunError::SourceIncomplete {
-            pulled: st.counts.pulled,
-            cause: Box::new(e),
-        })?;
+        .map_err(|e| RunError::incomplete(st.counts.pulled, e))?;
     pull.source_time += waited.elapsed();
     let mut found = HashSet::new();
     for raw in entries {
-        let anchor = raw
-            .attrs
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(&cfg.source.anchor_attribute))
-            .and_then(|(_, v)| v.first().cloned());
-        if let Some(a) = anchor {
+        if let Some(a) = first_value(&raw, &cfg.source.anchor_attribute) {
             if st.planner.has_seen(&a) {
                 continue;
             }
@@ -713,10 +708,6 @@ async fn timestamp_pull(
     pull: &mut PullReport,
 ) -> Result<(String, HashSet<String>), RunError> {
     let started = Instant::now();
-    let incomplete = |pulled: u64, e: LdapError| RunError::SourceIncomplete {
-        pulled,
-        cause: Box::new(e),
-    };
     let stamp = crate::pull::MODIFY_TIMESTAMP;
     st.watermark = Some(since.to_string());
     let mut with_stamp = attrs.to_vec();
@@ -732,7 +723,7 @@ async fn timestamp_pull(
             cfg.source.page_size,
         )
         .await
-        .map_err(|e| incomplete(0, e))?;
+        .map_err(|e| RunError::incomplete(0, e))?;
     pull.source_time += waited.elapsed();
     take_all(st, search, pull).await?;
     let newest = st.watermark.take().unwrap_or_else(|| since.to_string());
@@ -749,24 +740,18 @@ async fn timestamp_pull(
             cfg.source.page_size,
         )
         .await
-        .map_err(|e| incomplete(st.counts.pulled, e))?;
+        .map_err(|e| RunError::incomplete(st.counts.pulled, e))?;
     while let Some(e) = search
         .next()
         .await
-        .map_err(|e| incomplete(st.counts.pulled, e))?
+        .map_err(|e| RunError::incomplete(st.counts.pulled, e))?
     {
-        if let Some((_, v)) = e
-            .attrs
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(&cfg.source.anchor_attribute))
-        {
-            gone.extend(v.first().cloned());
-        }
+        gone.extend(first_value(&e, &cfg.source.anchor_attribute));
     }
     search
         .finish()
         .await
-        .map_err(|e| incomplete(st.counts.pulled, e))?;
+        .map_err(|e| RunError::incomplete(st.counts.pulled, e))?;
     pull.source_time += waited.elapsed();
     reread_retry(st, source, cfg, filter, attrs, &mut gone, pull).await?;
     let next = crate::pull::rewind(&newest, crate::pull::TIMESTAMP_MARGIN + started.elapsed())
@@ -786,6 +771,7 @@ async fn run_inner(
     run_id: Option<i64>,
     counts: &mut Counts,
     pull: &mut PullReport,
+    files: &FileHashes,
 ) -> Result<Option<String>, RunError> {
     let target_conn = Conn::connect(&cfg.target.endpoint).await?;
     let mut applier = Applier {
@@ -859,7 +845,7 @@ async fn run_inner(
     let mut next_cookie: Option<SourceCookie> = None;
     if let Some(filter) = &filter {
         let attrs = crate::pull::attributes(&cfg.source, &inputs.agreements);
-        let key = crate::pull::scope_key(filter, &attrs, &inputs.agreements, &file_hashes(cfg));
+        let key = crate::pull::scope_key(filter, &attrs, &inputs.agreements, files);
         let stored = snapshot.source_cookie()?;
         let mut mode = crate::pull::choose(&cfg.source, opts.full, stored.as_ref(), &key);
         if let PullMode::Delta { from } = &mode {
@@ -976,14 +962,14 @@ async fn run_inner(
     applier.flush(snapshot, counts).await?;
     let unseen = match &gone {
         Some(gone) => {
+            let unseen = planner.unseen_listed(&inputs.agreements, gone)?;
             // A source may name entries absync never held (syncprov reports
             // what left any filter below the base): count the held ones.
-            let mut held = 0;
-            for anchor in gone {
-                held += u64::from(snapshot.org_of(anchor)?.is_some());
-            }
-            pull.gone = held;
-            planner.unseen_listed(&inputs.agreements, gone)?
+            pull.gone = unseen
+                .iter()
+                .filter(|(row, _)| gone.contains(&row.anchor))
+                .count() as u64;
+            unseen
         }
         None => planner.unseen(&inputs.agreements)?,
     };
@@ -1001,10 +987,9 @@ async fn run_inner(
         for (row, _) in unseen.iter().filter(|(r, _)| r.hidden.is_none()) {
             *leaving.entry(row.org.as_str()).or_default() += 1;
         }
-        let grants = inputs.agreements.grants();
         let mut emptied = HashSet::new();
         for (org, n) in leaving {
-            if grants.contains_key(org)
+            if scope.grants.contains_key(org)
                 && planner.pulled_per_org.get(org).copied().unwrap_or(0) == 0
                 && snapshot.visible_in_org(org)? == n
             {
@@ -1022,14 +1007,11 @@ async fn run_inner(
         crate::pull::lookup(&mut source, &cfg.source, &ask)
             .await
             // Without the reasons the read is incomplete: nothing is deleted.
-            .map_err(|e| RunError::SourceIncomplete {
-                pulled: counts.pulled,
-                cause: Box::new(e),
-            })?
+            .map_err(|e| RunError::incomplete(counts.pulled, e))?
             .into_iter()
             .map(|(a, org, leaver)| (a, (org, leaver)))
             .collect();
-    let grants = inputs.agreements.grants();
+    let grants = &scope.grants;
     let mut removals: Vec<Change> = Vec::new();
     let mut guarded: Vec<(Change, String)> = Vec::new();
     let mut guard_notes: std::collections::BTreeMap<String, u64> = Default::default();
