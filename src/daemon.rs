@@ -167,8 +167,7 @@ fn in_text(d: Duration) -> String {
 /// Loads and checks a configuration the way a run would.
 fn load(path: &Path) -> Result<Config, FileError> {
     let cfg = Config::load(path)?;
-    let inputs = sync::load_inputs(&cfg)?;
-    sync::check_hide_method(&cfg, &inputs)?;
+    sync::load_inputs(&cfg)?;
     Ok(cfg)
 }
 

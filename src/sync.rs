@@ -183,11 +183,16 @@ pub struct Inputs {
     pub agreements: Agreements,
 }
 
+/// Reads and validates the mapping and agreements, and checks that the
+/// config, mapping and safety settings fit together, so `check`, `plan`,
+/// `sync` and a reload all refuse the same inputs.
 pub fn load_inputs(cfg: &Config) -> Result<Inputs, FileError> {
-    Ok(Inputs {
+    let inputs = Inputs {
         mapping: Mapping::load(&cfg.mapping_file)?,
         agreements: Agreements::load(&cfg.agreements_file, today())?,
-    })
+    };
+    check_hide_method(cfg, &inputs)?;
+    Ok(inputs)
 }
 
 struct Progress {
@@ -270,7 +275,6 @@ pub async fn run(
 ) -> Result<Outcome, RunError> {
     let started = Instant::now();
     let inputs = load_inputs(cfg)?;
-    check_hide_method(cfg, &inputs)?;
     // One writer per state directory; plans only read.
     let _lock = match mode {
         Mode::Apply if !opts.lock_held => {
@@ -344,7 +348,7 @@ pub async fn run(
 }
 
 /// A grace period needs somewhere to hide objects.
-pub fn check_hide_method(cfg: &Config, inputs: &Inputs) -> Result<(), FileError> {
+fn check_hide_method(cfg: &Config, inputs: &Inputs) -> Result<(), FileError> {
     if !cfg.safety.delete_grace.is_zero()
         && cfg.safety.quarantine_ou.is_none()
         && inputs.mapping.hide.is_none()
@@ -1016,37 +1020,41 @@ async fn run_inner(
     let mut guarded: Vec<(Change, String)> = Vec::new();
     let mut guard_notes: std::collections::BTreeMap<String, u64> = Default::default();
     for (row, reason) in unseen {
-        if let Some(h) = &row.hidden {
-            if grace_over(h, cfg.safety.delete_grace) {
-                let change = Change {
-                    anchor: row.anchor.clone(),
-                    reason: format!("grace period over ({})", h.reason),
-                    kind: Kind::Delete { before: row },
-                };
-                applier.apply(snapshot, change, counts).await?;
+        // A hidden object whose grace period is over is deleted; like any
+        // other delete it passes the source-health guard and the threshold.
+        let change = if let Some(h) = &row.hidden {
+            if !grace_over(h, cfg.safety.delete_grace) {
+                continue;
             }
-            continue;
-        }
-        let reason = reason.unwrap_or_else(|| match found.get(&row.anchor) {
-            Some((_, true)) => "leaver".into(),
-            Some((org, false)) if org != &row.org => "left scope".into(),
-            Some(_) => "no longer matches the source filter".into(),
-            None => "deleted from source".into(),
-        });
-        let kind = if cfg.safety.delete_grace.is_zero() {
-            Kind::Delete {
-                before: row.clone(),
+            Change {
+                anchor: row.anchor.clone(),
+                reason: format!("grace period over ({})", h.reason),
+                kind: Kind::Delete {
+                    before: row.clone(),
+                },
             }
         } else {
-            Kind::Hide {
-                after: hidden_row(cfg, &inputs.mapping, &row, &reason),
-                before: row.clone(),
+            let reason = reason.unwrap_or_else(|| match found.get(&row.anchor) {
+                Some((_, true)) => "leaver".into(),
+                Some((org, false)) if org != &row.org => "left scope".into(),
+                Some(_) => "no longer matches the source filter".into(),
+                None => "deleted from source".into(),
+            });
+            let kind = if cfg.safety.delete_grace.is_zero() {
+                Kind::Delete {
+                    before: row.clone(),
+                }
+            } else {
+                Kind::Hide {
+                    after: hidden_row(cfg, &inputs.mapping, &row, &reason),
+                    before: row.clone(),
+                }
+            };
+            Change {
+                anchor: row.anchor.clone(),
+                reason,
+                kind,
             }
-        };
-        let change = Change {
-            anchor: row.anchor.clone(),
-            reason,
-            kind,
         };
         // Source health: nothing read at all, or an organisation in scope
         // that returned nothing although objects are held for it.

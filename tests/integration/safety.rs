@@ -32,8 +32,20 @@ async fn synced(name: &str, people: u32, orgs: u32) -> (SyncEnv, Vec<String>) {
 #[tokio::test]
 async fn a_filter_typo_stops_at_the_threshold_until_an_admin_allows_the_deletes() {
     let (env, _) = synced("threshold", 200, 4).await;
-    env.set_safety(&rails(500, 10, "0", None));
-    let before = env.ad_objects().await;
+    // At most 4 deletes, or 10% of the managed objects.
+    env.set_safety(&rails(4, 10, "0", None));
+
+    // A person the typo keeps changes title: modifies still flow.
+    let people = env.source_people("(objectClass=nhsPerson)").await;
+    let (kept, kept_dn) = people
+        .iter()
+        .find(|(_, a)| a["givenname"][0].starts_with('A') && a["nhsentrystatus"][0] == "active")
+        .map(|(u, a)| (u.clone(), a["dn"][0].clone()))
+        .unwrap();
+    env.change_source(&format!(
+        "dn: {kept_dn}\nchangetype: modify\nreplace: title\ntitle: Threshold Test Lead\n-\n\n"
+    ));
+    let before = by_anchor(&env.ad_objects().await);
 
     // The typo keeps only people whose given name starts with A, C or E.
     env.set_config_line(
@@ -51,7 +63,18 @@ async fn a_filter_typo_stops_at_the_threshold_until_an_admin_allows_the_deletes(
         "logged at error level: {stopped:?}"
     );
     assert!(stopped.stderr.contains("--allow-deletes"), "{stopped:?}");
-    assert_unchanged(&before, &env.ad_objects().await);
+    // Nothing was deleted; the one modify went through.
+    let after = by_anchor(&env.ad_objects().await);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(after[&kept]["title"], vec!["Threshold Test Lead"]);
+    for (anchor, attrs) in &before {
+        if anchor != &kept {
+            assert_eq!(attrs["usnchanged"], after[anchor]["usnchanged"], "{anchor}");
+        }
+    }
 
     let status = env.absync(&["status"]);
     assert_eq!(status.code, 0, "{status:?}");
@@ -85,30 +108,47 @@ async fn a_filter_typo_stops_at_the_threshold_until_an_admin_allows_the_deletes(
         .lines()
         .any(|l| l.starts_with("add") || l.starts_with("modify")));
 
-    // The admin releases them, once; the override and the user are journaled.
-    let released = plan_then_sync(&env, &["--allow-deletes", &held.to_string()]);
-    assert_eq!(released.code, 0, "{released:?}");
+    // The admin releases all but five, once; the override and the user are
+    // journaled, and the rest stay held.
+    let first = held - 5;
+    let partial = plan_then_sync(&env, &["--allow-deletes", &first.to_string()]);
+    assert_eq!(partial.code, 3, "five are still held: {partial:?}");
     let snap = env.snapshot();
     let run = snap.runs(1).unwrap()[0].clone();
+    assert_eq!(run.counts.as_ref().unwrap().withheld, 5);
     let records = snap.records(run.id).unwrap();
     let ov = records
         .iter()
         .find(|r| r.op == "override")
         .expect("override journaled");
+    let user = absync::journal::unix_user();
     assert!(
-        ov.reason.contains(&format!("--allow-deletes {held} by ")),
+        ov.reason == format!("--allow-deletes {first} by {user}"),
         "{ov:?}"
     );
     assert_eq!(
         records.iter().filter(|r| r.op == "delete").count() as u64,
-        held
+        first
     );
+
+    // The override was for one run: the next plain run holds the five again
+    // (5 > max_deletes 4).
+    let again = env.absync(&["sync"]);
+    assert_eq!(again.code, 3, "{again:?}");
+    assert!(
+        summary_line(&again, "added").contains(NO_WRITES),
+        "{again:?}"
+    );
+
+    let rest = plan_then_sync(&env, &["--allow-deletes", "5"]);
+    assert_eq!(rest.code, 0, "{rest:?}");
     let left = by_anchor(&env.ad_objects().await);
     assert!(left.values().all(|a| ["A", "C", "E"]
         .iter()
         .any(|p| a["givenname"][0].starts_with(p))));
+    assert_eq!(left.len() as u64, before.len() as u64 - held);
 
-    // The next run applies the threshold again (nothing left to delete).
+    // Nothing left to delete: the next run writes nothing and ends well.
     let next = env.sync_ok();
     assert!(summary_line(&next, "added").contains(NO_WRITES), "{next:?}");
 }
@@ -140,18 +180,27 @@ async fn a_source_dropping_the_connection_after_the_first_page_deletes_nothing()
     env.set_config_line("url", &format!("\"ldaps://127.0.0.1:{port}\""));
     env.set_config_line("page_size", "50");
     let env_ref = &env;
-    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync"]));
-    assert_eq!(r.code, 2, "{r:?}");
-    assert!(
-        r.stderr.contains("the source read ended early after"),
-        "{r:?}"
-    );
-    assert!(r.stderr.contains("no deletes were applied"), "{r:?}");
+    // The dry run meets the same cut and says the same.
+    for args in [&["sync", "--dry-run"][..], &["sync"]] {
+        let r = tokio::task::block_in_place(|| env_ref.absync(args));
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains("the source read ended early after"),
+            "{r:?}"
+        );
+        assert!(r.stderr.contains("no deletes were applied"), "{r:?}");
+    }
     assert_unchanged(&before, &env.ad_objects().await);
     let snap = env.snapshot();
     assert!(snap.runs(1).unwrap()[0]
         .status
         .starts_with("failed: the source read ended early"));
+
+    // With the source reachable again, the next run makes no writes.
+    env.set_config_line("url", &format!("\"{url}\""));
+    let next = tokio::task::block_in_place(|| env_ref.sync_ok());
+    assert!(summary_line(&next, "added").contains(NO_WRITES), "{next:?}");
+    assert_unchanged(&before, &env.ad_objects().await);
 }
 
 #[tokio::test]
@@ -280,27 +329,54 @@ async fn staff_moving_through_a_closed_organisation_are_hidden_then_restored_not
 }
 
 #[tokio::test]
-async fn hidden_objects_are_deleted_when_the_grace_period_is_over() {
+async fn hidden_objects_are_deleted_when_the_grace_period_is_over_within_the_threshold() {
     let (env, _) = synced("grace-over", 40, 2).await;
     let quarantine = env.new_quarantine().await;
     env.set_safety(&rails(1000, 100, "2s", Some(&quarantine)));
     let people = env.source_people("(objectClass=nhsPerson)").await;
-    let (anchor, dn) = people
+    let leavers: Vec<(String, String)> = people
         .iter()
-        .find(|(_, a)| a["nhsentrystatus"][0] == "active")
+        .filter(|(_, a)| a["nhsentrystatus"][0] == "active")
+        .take(3)
         .map(|(u, a)| (u.clone(), a["dn"][0].clone()))
-        .unwrap();
-    env.change_source(&format!("dn: {dn}\nchangetype: delete\n\n"));
+        .collect();
+    let ldif: String = leavers
+        .iter()
+        .map(|(_, dn)| format!("dn: {dn}\nchangetype: delete\n\n"))
+        .collect();
+    env.change_source(&ldif);
     env.sync_ok();
-    assert!(env.ad_guids().await[&anchor].0.ends_with(&quarantine));
+    for (anchor, _) in &leavers {
+        assert!(env.ad_guids().await[anchor].0.ends_with(&quarantine));
+    }
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let r = plan_then_sync(&env, &[]);
+
+    // The purge at the end of the grace period meets the threshold too.
+    env.set_safety(&rails(2, 100, "2s", Some(&quarantine)));
+    let held = plan_then_sync(&env, &[]);
+    assert_eq!(held.code, 3, "{held:?}");
+    assert!(
+        held.stderr
+            .contains("deletion threshold: 3 deletes planned"),
+        "{held:?}"
+    );
+    let guids = env.ad_guids().await;
+    assert!(
+        leavers.iter().all(|(a, _)| guids.contains_key(a)),
+        "nothing deleted"
+    );
+
+    let r = plan_then_sync(&env, &["--allow-deletes", "3"]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(!env.ad_guids().await.contains_key(&anchor));
+    let guids = env.ad_guids().await;
+    assert!(leavers.iter().all(|(a, _)| !guids.contains_key(a)));
     let snap = env.snapshot();
     let records = snap.records(snap.runs(1).unwrap()[0].id).unwrap();
-    let del = records.iter().find(|r| r.op == "delete").unwrap();
-    assert_eq!(del.reason, "grace period over (deleted from source)");
+    let dels: Vec<_> = records.iter().filter(|r| r.op == "delete").collect();
+    assert_eq!(dels.len(), 3, "{records:#?}");
+    assert!(dels
+        .iter()
+        .all(|d| d.reason == "grace period over (deleted from source)"));
 }
 
 #[tokio::test]
@@ -308,7 +384,8 @@ async fn a_full_run_repairs_hand_edits_hand_deletes_and_lost_snapshot_rows() {
     let (env, _) = synced("drift", 40, 2).await;
     let ad = by_anchor(&env.ad_objects().await);
     let mut anchors = ad.keys();
-    let (edited, deleted, lost) = (
+    let (edited, deleted, lost, gone) = (
+        anchors.next().unwrap().clone(),
         anchors.next().unwrap().clone(),
         anchors.next().unwrap().clone(),
         anchors.next().unwrap().clone(),
@@ -327,6 +404,7 @@ async fn a_full_run_repairs_hand_edits_hand_deletes_and_lost_snapshot_rows() {
         .await
         .unwrap();
     admin.delete(&ad[&deleted]["dn"][0]).await.unwrap();
+    admin.delete(&ad[&gone]["dn"][0]).await.unwrap();
 
     // A normal run trusts the snapshot: the hand edit and delete stay.
     let normal = env.sync_ok();
@@ -342,10 +420,14 @@ async fn a_full_run_repairs_hand_edits_hand_deletes_and_lost_snapshot_rows() {
         .unwrap()
         .execute("DELETE FROM objects WHERE anchor = ?1", [&lost])
         .unwrap();
+    // One object deleted by hand belongs to a person who has since left the
+    // source too: its snapshot row goes, nothing is recreated.
+    let gone_dn = env.source_people("(objectClass=nhsPerson)").await[&gone]["dn"][0].clone();
+    env.change_source(&format!("dn: {gone_dn}\nchangetype: delete\n\n"));
 
     let plan = env.absync(&["plan", "--full"]);
     assert_eq!(plan.code, 0, "{plan:?}");
-    assert!(plan.stderr.contains("drift 3"), "{plan:?}");
+    assert!(plan.stderr.contains("drift 4"), "{plan:?}");
     let full = plan_then_sync(&env, &["--full"]);
     assert_eq!(full.code, 0, "{full:?}");
     let after = by_anchor(&env.ad_objects().await);
@@ -377,8 +459,12 @@ async fn a_full_run_repairs_hand_edits_hand_deletes_and_lost_snapshot_rows() {
             (edited.clone(), "changed in target".to_string()),
             (deleted.clone(), "missing from target".to_string()),
             (lost.clone(), "not in the snapshot (re-adopted)".to_string()),
+            (gone.clone(), "missing from target".to_string()),
         ])
     );
+    assert!(!after.contains_key(&gone), "not recreated");
+    // Its snapshot row went with the drift record: the snapshot holds
+    // exactly what AD holds.
     assert_eq!(snap.count().unwrap() as usize, after.len());
     let again = env.absync(&["sync", "--full"]);
     assert_eq!(again.code, 0);

@@ -140,6 +140,17 @@ pub fn plan_then_sync(env: &super::env::SyncEnv, args: &[&str]) -> Run {
         "the dry run and the real run differ; plan:\n{}\nrun: {run:?}",
         plan.stdout
     );
+    let withheld = plan
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["op"] == "withheld")
+        .count() as u64;
+    let counts = snap.runs(1).unwrap()[0].counts.clone().unwrap_or_default();
+    assert_eq!(
+        withheld, counts.withheld,
+        "the dry run and the real run hold back different deletes: {run:?}"
+    );
     run
 }
 
