@@ -14,7 +14,7 @@ use ldap3::{Mod, Scope};
 
 use crate::config::{SafetyConfig, TargetConfig};
 use crate::diff::{attr_changes, same_dn, Change, Kind, Unowned};
-use crate::journal::{Counts, Record};
+use crate::journal::{AttrChange, Counts, Record};
 use crate::ldap::{values_of, Conn, LdapError};
 use crate::map::Mapping;
 use crate::render::{render, Format};
@@ -33,8 +33,12 @@ struct Refused<'r> {
     anchor: &'r str,
     op: &'r str,
     dn: &'r str,
+    /// For a rename or move: the name it had (and keeps).
+    old_dn: Option<&'r str>,
     reason: &'r str,
     agreements: &'r [String],
+    /// What the refused write would have changed, old and new values.
+    changes: BTreeMap<String, AttrChange>,
 }
 
 /// Where a plan goes instead of the target (`plan`, `sync --dry-run`).
@@ -441,15 +445,19 @@ impl Applier<'_, '_> {
             anchor,
             op,
             dn,
+            old_dn,
             reason,
             agreements,
+            changes,
         } = what;
         counts.failed += 1;
         self.retry
             .push((anchor.to_string(), format!("{op} failed")));
         let mut r = self.record(anchor, op, "failed", reason);
         r.dn = Some(dn.to_string());
+        r.old_dn = old_dn.map(str::to_string);
         r.agreements = agreements.to_vec();
+        r.changes = changes;
         r.error = Some(err.to_string());
         snapshot.journal(&[r])?;
         snapshot.clear_intent(anchor)?;
@@ -587,8 +595,10 @@ impl Applier<'_, '_> {
                     anchor: &anchor,
                     op: "add",
                     dn: &after.dn,
+                    old_dn: None,
                     reason,
                     agreements: &after.agreements,
+                    changes: attr_changes(&Attrs::new(), &after.attrs),
                 },
                 &e,
                 counts,
@@ -668,9 +678,11 @@ impl Applier<'_, '_> {
                         Refused {
                             anchor: &anchor,
                             op: "rename",
-                            dn: &before.dn,
+                            dn: &after.dn,
+                            old_dn: Some(&before.dn),
                             reason,
                             agreements: &after.agreements,
+                            changes: BTreeMap::new(),
                         },
                         &e,
                         counts,
@@ -721,8 +733,10 @@ impl Applier<'_, '_> {
                             anchor: &anchor,
                             op: "modify",
                             dn: &now.dn,
+                            old_dn: None,
                             reason,
                             agreements: &after.agreements,
+                            changes: attr_changes(&before.attrs, &after.attrs),
                         },
                         &e,
                         counts,
@@ -787,9 +801,11 @@ impl Applier<'_, '_> {
         let refused = |op| Refused {
             anchor: &anchor,
             op,
-            dn: &before.dn,
+            dn: &after.dn,
+            old_dn: Some(&before.dn),
             reason,
             agreements: &before.agreements,
+            changes: attr_changes(&before.attrs, &after.attrs),
         };
         if !same_dn(&before.dn, &after.dn) {
             match self.move_to(&before.dn, &after.dn).await {
@@ -867,8 +883,10 @@ impl Applier<'_, '_> {
                     anchor: &anchor,
                     op: "delete",
                     dn: &dn,
+                    old_dn: None,
                     reason,
                     agreements: &before.agreements,
+                    changes: attr_changes(&attrs, &Attrs::new()),
                 },
                 &e,
                 counts,

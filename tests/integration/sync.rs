@@ -295,6 +295,12 @@ async fn an_entry_ad_refuses_fails_alone_is_journaled_with_ads_text_and_retried(
         error.contains("(LDAP result 21)"),
         "AD's own error: {error}"
     );
+    // The record says what the refused add would have written.
+    assert_eq!(failed[0].op, "add");
+    assert_eq!(failed[0].reason, "new entry");
+    let title = &failed[0].changes["title"];
+    assert!(title.old.is_empty(), "{title:?}");
+    assert_eq!(title.new, vec!["Consultant ".repeat(20).trim().to_string()]);
 
     // Retried on the next run (and refused again, until the data is fixed).
     let second = env.absync(&["sync"]);
