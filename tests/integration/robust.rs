@@ -565,8 +565,74 @@ async fn plan_ldif_applied_with_ldapmodify_matches_sync() {
         assert!(snap.runs(10).unwrap().is_empty(), "plan recorded a run");
         assert_eq!(snap.count().unwrap(), 0, "plan recorded objects");
     }
-    let ldif_file = planned.dir.join("plan.ldif");
-    std::fs::write(&ldif_file, &plan.stdout).unwrap();
+    apply_ldif(&planned, &plan.stdout);
+
+    let run = env.sync_ok();
+    let source = env.source_people("(objectClass=nhsPerson)").await;
+    let expected = expected_anchors(&source, &covered);
+    assert!(
+        summary_line(&run, "added").contains(&format!("added {}", expected.len())),
+        "{run:?}"
+    );
+    assert_eq!(
+        plan.stdout.matches("changetype: add").count(),
+        expected.len(),
+        "{}",
+        plan.stdout
+    );
+    let compared = same_content(&env, &planned, &expected).await;
+    // The data exercises (nearly) every mapped attribute.
+    assert!(compared.len() >= WRITTEN.len() - 1, "{compared:?}");
+
+    // Changes: the sibling adopts what the LDIF created (a full run), then
+    // plans the changes as LDIF while the first environment syncs them.
+    let adopt = planned.absync(&["sync", "--full"]);
+    assert_eq!(adopt.code, 0, "{adopt:?}");
+    assert!(
+        summary_line(&adopt, "added").contains("added 0, modified 0, renamed 0, deleted 0"),
+        "{adopt:?}"
+    );
+    let active: Vec<(&String, &String)> = source
+        .iter()
+        .filter(|(u, _)| expected.contains(*u))
+        .map(|(u, a)| (u, &a["dn"][0]))
+        .collect();
+    let ldif = format!(
+        "dn: {}\nchangetype: modify\nreplace: title\ntitle: Planned Change Lead\n-\n\n\
+         dn: {}\nchangetype: modify\nreplace: sn\nsn: Renamed-Byplan\n-\n\n\
+         dn: {}\nchangetype: delete\n\n\
+         dn: {}\nchangetype: modify\nreplace: nhsEntryStatus\nnhsEntryStatus: leaver\n-\n\n",
+        active[0].1, active[1].1, active[2].1, active[3].1
+    );
+    env.change_source(&ldif);
+    let plan = planned.absync(&["plan", "--format", "ldif"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    for op in [
+        "changetype: modify",
+        "changetype: modrdn",
+        "changetype: delete",
+    ] {
+        assert!(plan.stdout.contains(op), "{op} in\n{}", plan.stdout);
+    }
+    apply_ldif(&planned, &plan.stdout);
+    let run = env.sync_ok();
+    assert!(
+        summary_line(&run, "added").contains("renamed 1, deleted 2"),
+        "{run:?}"
+    );
+    let mut expected = expected;
+    expected.remove(active[2].0);
+    expected.remove(active[3].0);
+    same_content(&env, &planned, &expected).await;
+    let ad = by_anchor(&env.ad_objects().await);
+    assert_eq!(ad[active[0].0]["title"], vec!["Planned Change Lead"]);
+    assert_eq!(ad[active[1].0]["sn"], vec!["Renamed-Byplan"]);
+}
+
+/// Applies LDIF to `env`'s target as its service account, with ldapmodify.
+fn apply_ldif(env: &SyncEnv, ldif: &str) {
+    let ldif_file = env.dir.join("plan.ldif");
+    std::fs::write(&ldif_file, ldif).unwrap();
     let tb = env.tb;
     let applied = std::process::Command::new("ldapmodify")
         .args(["-H", tb.get("TARGET_URL"), "-x"])
@@ -583,31 +649,25 @@ async fn plan_ldif_applied_with_ldapmodify_matches_sync() {
         ldif_file.display(),
         String::from_utf8_lossy(&applied.stderr)
     );
+}
 
-    let run = env.sync_ok();
-    let source = env.source_people("(objectClass=nhsPerson)").await;
-    let expected = expected_anchors(&source, &covered);
-    assert!(
-        summary_line(&run, "added").contains(&format!("added {}", expected.len())),
-        "{run:?}"
-    );
-    assert_eq!(
-        plan.stdout.matches("changetype: add").count(),
-        expected.len(),
-        "{}",
-        plan.stdout
-    );
-
-    let synced = by_anchor(&env.ad_objects().await);
+/// Both OUs hold exactly `expected`, with the same RDNs and written
+/// attributes. Returns the attributes that were compared.
+async fn same_content(
+    synced: &SyncEnv,
+    planned: &SyncEnv,
+    expected: &BTreeSet<String>,
+) -> BTreeSet<&'static str> {
+    let synced = by_anchor(&synced.ad_objects().await);
     let by_hand = by_anchor(&planned.ad_objects().await);
     assert_eq!(
         synced.keys().cloned().collect::<BTreeSet<_>>(),
-        expected,
+        *expected,
         "sync landed the authorised people"
     );
     assert_eq!(
         by_hand.keys().cloned().collect::<BTreeSet<_>>(),
-        expected,
+        *expected,
         "the plan's LDIF landed the same people"
     );
     let sorted = |v: Option<&Vec<String>>| {
@@ -631,6 +691,5 @@ async fn plan_ldif_applied_with_ldapmodify_matches_sync() {
             }
         }
     }
-    // The data exercises (nearly) every mapped attribute.
-    assert!(compared.len() >= WRITTEN.len() - 1, "{compared:?}");
+    compared
 }
