@@ -132,3 +132,40 @@ async fn dry_run_and_plan_write_nothing_anywhere() {
     assert!(snap.runs(10).unwrap().is_empty(), "plan recorded a run");
     assert_eq!(snap.count().unwrap(), 0);
 }
+
+#[tokio::test]
+async fn check_passes_on_the_test_bed_and_fails_where_the_account_may_not_write() {
+    let env = env("cli-check").await;
+    let ok = env.absync(&["check"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(
+        ok.stdout.contains("exists; contact objects may be created"),
+        "{ok:?}"
+    );
+    // The domain's Users container exists, but the service account may
+    // create nothing there.
+    let domain = &env.target_ou[env.target_ou.find("DC=").unwrap()..];
+    let users = format!("CN=Users,{domain}");
+    edit_config(&env, &env.target_ou, &users);
+    let r = env.absync(&["check"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains(&users) && r.stderr.contains("may not create contact objects there"),
+        "{r:?}"
+    );
+    assert!(env.ad_objects().await.is_empty(), "check wrote nothing");
+    edit_config(&env, &users, &env.target_ou);
+
+    // A grace period with no way to hide is refused by check, as by sync.
+    env.set_safety("[safety]\ndelete_grace = \"7d\"\n");
+    for cmd in ["check", "sync"] {
+        let r = env.absync(&[cmd]);
+        assert_eq!(r.code, 2, "{cmd}: {r:?}");
+        assert!(
+            r.stderr.contains("safety.delete_grace")
+                && r.stderr
+                    .contains("a grace period needs a way to hide objects"),
+            "{cmd}: {r:?}"
+        );
+    }
+}
