@@ -8,7 +8,7 @@ use crate::common::env::SyncEnv;
 
 #[tokio::test]
 async fn initial_sync_lands_exactly_the_authorised_entries_then_a_rerun_writes_nothing() {
-    let env = SyncEnv::new("initial", 21, 1500, 20, "nhs-to-ad-contact.toml").await;
+    let env = SyncEnv::new("initial", 21, 2500, 20, "nhs-to-ad-contact.toml").await;
     let orgs = env.org_codes();
     let covered: Vec<String> = orgs[..8].to_vec();
     // No phone numbers under this agreement.
@@ -36,19 +36,39 @@ async fn initial_sync_lands_exactly_the_authorised_entries_then_a_rerun_writes_n
     let ad = by_anchor(&env.ad_objects().await);
     let landed: BTreeSet<String> = ad.keys().cloned().collect();
     assert_eq!(landed, expected, "exactly the authorised people");
+    // Every attribute as the default mapping says, computed here from the
+    // source entry independently of absync's mapper.
+    let cut = |v: &str, n: usize| v.trim().chars().take(n).collect::<String>();
+    let first = |src: &BTreeMap<String, Vec<String>>, a: &str| src.get(a).map(|v| v[0].clone());
     for (anchor, attrs) in &ad {
         let src = &source[anchor];
-        assert!(
-            !attrs.contains_key("telephonenumber"),
-            "no phones: {attrs:?}"
-        );
-        assert!(!attrs.contains_key("mobile"), "no mobiles: {attrs:?}");
-        assert_eq!(attrs["objectclass"].last().unwrap(), "contact");
-        if let Some(mail) = src.get("mail") {
-            assert_eq!(attrs["mail"], vec![mail[0].to_lowercase()]);
+        for absent in ["telephonenumber", "othertelephone", "mobile"] {
+            assert!(!attrs.contains_key(absent), "no phones: {attrs:?}");
         }
-        assert_eq!(attrs["sn"], vec![src["sn"][0].trim().to_string()]);
-        assert!(attrs["title"][0].chars().count() <= 128);
+        assert_eq!(attrs["objectclass"].last().unwrap(), "contact");
+        let expect = |attr: &str, want: Option<String>| {
+            let got = attrs.get(attr).map(|v| v.join("|"));
+            assert_eq!(
+                got.as_deref().map(str::trim),
+                want.as_deref().map(str::trim).filter(|w| !w.is_empty()),
+                "{attr} of {anchor}: {attrs:#?}\nsource {src:#?}"
+            );
+        };
+        expect("mail", first(src, "mail").map(|m| m.trim().to_lowercase()));
+        expect("sn", first(src, "sn").map(|v| cut(&v, 64)));
+        expect("givenname", first(src, "givenname").map(|v| cut(&v, 64)));
+        expect("title", first(src, "title").map(|v| cut(&v, 128)));
+        expect("department", first(src, "nhsworkarea").map(|v| cut(&v, 64)));
+        expect(
+            "employeeid",
+            first(src, "employeenumber").map(|v| cut(&v, 16)),
+        );
+        expect("info", first(src, "nhsjobrole").map(|v| cut(&v, 1024)));
+        expect("company", Some(format!("NHS {}", src["nhsodscode"][0])));
+        let display = first(src, "displayname")
+            .filter(|d| !d.trim().is_empty())
+            .unwrap_or_else(|| format!("{} {}", src["givenname"][0], src["sn"][0]));
+        expect("displayname", Some(cut(&display, 256)));
     }
     assert!(
         summary_line(&run, "added").contains(&format!("added {}", expected.len())),
@@ -116,6 +136,43 @@ async fn source_changes_become_modifies_renames_adds_and_deletes_with_reasons() 
     );
 
     let after = by_anchor(&env.ad_objects().await);
+    // Phone numbers (allowed here) in E.164: the first in telephoneNumber,
+    // the rest in the multi-valued otherTelephone.
+    let e164 = |v: &str| {
+        let digits: String = v.chars().filter(char::is_ascii_digit).collect();
+        if v.trim_start().starts_with('+') {
+            format!("+{digits}")
+        } else if let Some(rest) = digits.strip_prefix("00") {
+            format!("+{rest}")
+        } else {
+            format!("+44{}", &digits[1..])
+        }
+    };
+    let mut several = 0;
+    for (anchor, attrs) in &after {
+        let Some(src) = source.get(anchor) else {
+            continue;
+        };
+        let phones: Vec<String> = src
+            .get("telephonenumber")
+            .map(|v| v.iter().map(|p| e164(p)).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            attrs.get("telephonenumber").cloned().unwrap_or_default(),
+            phones.iter().take(1).cloned().collect::<Vec<_>>(),
+            "{anchor}"
+        );
+        let mut rest: Vec<String> = phones.iter().skip(1).cloned().collect();
+        let mut other = attrs.get("othertelephone").cloned().unwrap_or_default();
+        rest.sort();
+        other.sort();
+        assert_eq!(other, rest, "{anchor}");
+        several += usize::from(rest.len() > 1);
+        if let Some(m) = src.get("mobile") {
+            assert_eq!(attrs["mobile"], vec![e164(&m[0])], "{anchor}");
+        }
+    }
+    assert!(several > 0, "someone has three phone numbers");
     assert_eq!(
         after[modified]["title"],
         vec!["Chief Clinical Information Officer"]
