@@ -263,6 +263,38 @@ async fn agreement_changes_remove_organisations_attributes_and_everything_on_exp
             .get("telephoneNumber")
             .is_some_and(|c| c.new.is_empty())));
     assert_eq!(snap.count().unwrap() as usize, after.len());
+
+    // A second agreement for the same organisation, allowing only phone
+    // numbers: the organisation gets the union of the two.
+    env.write_agreements(&[
+        ("DSA-A", &a_orgs[..1], &fewer, &day(-10), &day(10)),
+        ("DSA-B", &b_orgs, ALL_ATTRS, &day(-10), &day(-1)),
+        (
+            "DSA-C",
+            &a_orgs[..1],
+            &["telephoneNumber"],
+            &day(-10),
+            &day(10),
+        ),
+    ]);
+    env.sync_ok();
+    let union = by_anchor(&env.ad_objects().await);
+    assert_eq!(union.len(), after.len());
+    assert!(union.values().any(|a| a.contains_key("telephonenumber")));
+    assert!(union.values().all(|a| a.contains_key("sn")));
+    let snap = env.snapshot();
+    let records = snap.records(snap.runs(1).unwrap()[0].id).unwrap();
+    let phones: Vec<_> = records
+        .iter()
+        .filter(|r| r.op == "modify" && r.changes.contains_key("telephoneNumber"))
+        .collect();
+    assert!(!phones.is_empty());
+    assert!(
+        phones
+            .iter()
+            .all(|r| r.agreements == vec!["DSA-A".to_string(), "DSA-C".to_string()]),
+        "{phones:#?}"
+    );
 }
 
 #[tokio::test]
