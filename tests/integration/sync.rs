@@ -113,6 +113,10 @@ async fn source_changes_become_modifies_renames_adds_and_deletes_with_reasons() 
     held.sort();
     let dn_of = |a: &String| source[a]["dn"][0].clone();
     let (modified, renamed, deleted, leaver, moved) = (held[0], held[1], held[2], held[3], held[4]);
+    // The source entry of another is itself renamed (a new uid, same
+    // entryUUID): its contact must not change at all.
+    let source_renamed = held[5];
+    let guids = env.ad_guids().await;
     let new_uid = format!("new{}", std::process::id());
     env.change_source(&format!(
         "dn: {}\nchangetype: modify\nreplace: title\ntitle: Chief Clinical Information Officer\n-\n\n\
@@ -120,7 +124,8 @@ async fn source_changes_become_modifies_renames_adds_and_deletes_with_reasons() 
          dn: {}\nchangetype: delete\n\n\
          dn: {}\nchangetype: modify\nreplace: nhsEntryStatus\nnhsEntryStatus: leaver\n-\n\n\
          dn: {}\nchangetype: modify\nreplace: nhsOdsCode\nnhsOdsCode: {outside}\n-\n\n\
-         dn: uid={new_uid},ou=People,{}\nchangetype: add\nobjectClass: inetOrgPerson\nobjectClass: nhsPerson\nuid: {new_uid}\ncn: Ffion Newydd\nsn: Newydd\ngivenName: Ffion\nmail: ffion.newydd@nhs.net\nnhsOdsCode: {}\nnhsEntryStatus: active\n\n",
+         dn: uid={new_uid},ou=People,{}\nchangetype: add\nobjectClass: inetOrgPerson\nobjectClass: nhsPerson\nuid: {new_uid}\ncn: Ffion Newydd\nsn: Newydd\ngivenName: Ffion\nmail: ffion.newydd@nhs.net\nnhsOdsCode: {}\nnhsEntryStatus: active\n\n\
+         dn: {}\nchangetype: modrdn\nnewrdn: uid=moved{new_uid}\ndeleteoldrdn: 1\n\n",
         dn_of(modified),
         dn_of(renamed),
         dn_of(deleted),
@@ -128,6 +133,7 @@ async fn source_changes_become_modifies_renames_adds_and_deletes_with_reasons() 
         dn_of(moved),
         env.source_base,
         covered[0],
+        dn_of(source_renamed),
     ));
     let run = env.sync_ok();
     assert!(
@@ -136,6 +142,15 @@ async fn source_changes_become_modifies_renames_adds_and_deletes_with_reasons() 
     );
 
     let after = by_anchor(&env.ad_objects().await);
+    assert_eq!(
+        env.ad_guids().await[source_renamed],
+        guids[source_renamed],
+        "a renamed source entry keeps its contact, name and objectGUID"
+    );
+    assert_eq!(
+        after[source_renamed]["usnchanged"],
+        ad[source_renamed]["usnchanged"]
+    );
     // Phone numbers (allowed here) in E.164: the first in telephoneNumber,
     // the rest in the multi-valued otherTelephone.
     let e164 = |v: &str| {

@@ -7,10 +7,12 @@ Deterministic from a seed: the same arguments always give the same LDIF.
       Organisations and people as LDIF for slapadd (offline) or ldapadd.
   nhsgen.py changes --seed S --people N --orgs M [--base DN] --change-seed C
                     [--adds A] [--modifies M] [--renames R] [--deletes D]
-                    [--leavers L] [--moves V]
+                    [--leavers L] [--moves V] [--dn-renames X]
       An ldapmodify change LDIF against the directory the same arguments
       generate: new people, attribute changes, surname changes (a rename in
-      the target), deletions, leavers and moves to another organisation.
+      the target), deletions, leavers, moves to another organisation, and
+      renames of the source entry itself (modrdn to a new uid; the entryUUID
+      stays, so the target contact must not change).
   nhsgen.py orgs --seed S --orgs M
       The organisations' ODS codes, one per line with status and type
       (to write agreements against).
@@ -260,7 +262,8 @@ class Directory:
         for p in self.people:
             write_entry(out, self.person_entry(p))
 
-    def write_changes(self, out, change_seed, adds, modifies, renames, deletes, leavers, moves):
+    def write_changes(self, out, change_seed, adds, modifies, renames, deletes, leavers, moves,
+                      dn_renames=0):
         """Change LDIF for ldapmodify. Each existing person is changed at most once."""
         rng = random.Random(f"nhsgen-changes:{change_seed}")
         pool = list(range(len(self.people)))
@@ -293,6 +296,9 @@ class Directory:
             others = [o["code"] for o in self.orgs if o["code"] != p["ods"]]
             write_entry(out, [f"dn: {self.person_dn(p)}", "changetype: modify",
                               "replace: nhsOdsCode", f"nhsOdsCode: {rng.choice(others)}", "-"])
+        for p in take(dn_renames):
+            write_entry(out, [f"dn: {self.person_dn(p)}", "changetype: modrdn",
+                              f"newrdn: uid={p['uid']}-r{change_seed}", "deleteoldrdn: 1"])
         start = len(self.people)
         for i in range(adds):
             p = self._person(start + i)
@@ -323,7 +329,7 @@ def main(argv):
     c = sub.add_parser("changes")
     common(c)
     c.add_argument("--change-seed", type=int, default=1)
-    for k in ("adds", "modifies", "renames", "deletes", "leavers", "moves"):
+    for k in ("adds", "modifies", "renames", "deletes", "leavers", "moves", "dn-renames"):
         c.add_argument(f"--{k}", type=int, default=0)
     o = sub.add_parser("orgs")
     common(o)
@@ -336,7 +342,7 @@ def main(argv):
         d.write_directory(out, args.emit_base)
     elif args.cmd == "changes":
         d.write_changes(out, args.change_seed, args.adds, args.modifies, args.renames,
-                        args.deletes, args.leavers, args.moves)
+                        args.deletes, args.leavers, args.moves, args.dn_renames)
     else:
         for org in d.orgs:
             out.write(f"{org['code']}\t{org['status']}\t{org['type']}\t{org['name']}\n")
