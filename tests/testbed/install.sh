@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PKGS=(slapd ldap-utils samba samba-ad-dc samba-ad-provision samba-dsdb-modules
-      samba-vfs-modules winbind ldb-tools openssl python3 time procps)
+      samba-vfs-modules winbind ldb-tools openssl python3 time procps iproute2)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -49,5 +49,8 @@ for svc in slapd samba-ad-dc smbd nmbd winbind; do
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   fi
 done
-pkill -x slapd 2>/dev/null || true
+# Only the distribution's own instance (its pid file), never a test bed's.
+if [ -s /run/slapd/slapd.pid ]; then
+  kill "$(cat /run/slapd/slapd.pid)" 2>/dev/null || true
+fi
 echo "testbed: packages installed"
