@@ -80,6 +80,9 @@ delete_grace = "7d"
 quarantine_ou = "$TARGET_QUARANTINE_OU"
 TOML
 
+# The config names the servers and accounts: readable by its owner only.
+chmod 600 "$dir/absync.toml" "$dir/agreements.toml"
+
 # The demo runs as root (it installs packages and runs Samba); absync
 # refuses root unless told, as a real installation runs it as "absync".
 export ABSYNC_ALLOW_ROOT=1
@@ -91,7 +94,8 @@ n=$(ldapsearch -LLL -H "$TARGET_URL" -x -D "$TARGET_SVC_DN" -y "$TARGET_SVC_PASS
      -b "$TARGET_OU" -s one -E pr=500/noprompt '(objectClass=contact)' dn | grep -c '^dn')
 echo "$n contacts in $TARGET_OU; three of them:"
 ldapsearch -LLL -o ldif-wrap=no -H "$TARGET_URL" -x -D "$TARGET_SVC_DN" -y "$TARGET_SVC_PASSWORD_FILE" \
-  -b "$TARGET_OU" -s one -z 3 '(objectClass=contact)' cn mail title telephoneNumber company adminDescription 2>/dev/null || true
+  -b "$TARGET_OU" -s one '(objectClass=contact)' cn mail title telephoneNumber company adminDescription \
+  | awk 'BEGIN { RS = ""; ORS = "\n\n" } NR <= 3'
 echo "== a second sync has nothing to do"; "$absync" --config "$dir/absync.toml" sync
 cat <<TXT
 
