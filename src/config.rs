@@ -350,6 +350,104 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A config whose password files do not exist, with `schedule`.
+    fn service_only(name: &str, schedule: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("absync-view-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("absync.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[source]\nurl = \"ldaps://s.example:636\"\nbind_dn = \"cn=r,o=nhs\"\n\
+                 password_file = \"/nonexistent/source.pw\"\nca_file = \"/nonexistent/ca.pem\"\n\
+                 base_dn = \"ou=People,o=nhs\"\n\
+                 [target]\nurl = \"ldaps://dc.example:636\"\nbind_dn = \"CN=svc,DC=x\"\n\
+                 password_credential = \"target.pw\"\nca_file = \"/nonexistent/ca.pem\"\n\
+                 base_dn = \"OU=NHS Directory,DC=x\"\n\
+                 [mapping]\nfile = \"/nonexistent/m.toml\"\n[agreements]\nfile = \"a.toml\"\n\
+                 [state]\ndir = \"state\"\n{schedule}\n"
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn the_daemons_clients_read_no_password_and_no_other_file() {
+        let path = service_only("light", "[daemon]\nsocket = \"/run/absync/absync.sock\"");
+        let view = super::ServiceView::load(&path).unwrap();
+        assert_eq!(view.state_dir, path.parent().unwrap().join("state"));
+        assert_eq!(view.target_base_dn, "OU=NHS Directory,DC=x");
+        assert_eq!(
+            view.service.socket,
+            std::path::Path::new("/run/absync/absync.sock")
+        );
+        assert!(
+            matches!(view.service.schedule, super::Schedule::Interval(d) if d == Duration::from_secs(1800))
+        );
+        assert_eq!(view.service.full_every, Duration::from_secs(7 * 86_400));
+        // The whole configuration needs what the view does not.
+        let e = super::Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        // A syntax error anywhere is still an error.
+        std::fs::write(&path, "[source]\nurl = \n").unwrap();
+        assert!(super::ServiceView::load(&path).is_err());
+    }
+
+    #[test]
+    fn cron_schedules_parse_and_fire_when_they_say() {
+        let path = service_only(
+            "cron",
+            "[schedule]\ncron = \"0 */30 * * * *\"\nfull_every = \"1d\"",
+        );
+        let view = super::ServiceView::load(&path).unwrap();
+        assert_eq!(view.service.full_every, Duration::from_secs(86_400));
+        let super::Schedule::Cron(c) = &view.service.schedule else {
+            panic!("not a cron schedule: {:?}", view.service.schedule);
+        };
+        // The next :00 or :30 of the hour, in UTC.
+        let next = c.upcoming(chrono::Utc).next().unwrap();
+        assert!(chrono::Timelike::minute(&next) % 30 == 0);
+        assert_eq!(chrono::Timelike::second(&next), 0);
+        let wait = view.service.schedule.next_after_now();
+        assert!(wait <= Duration::from_secs(1800), "{wait:?}");
+        // Every second: the next run is within a second.
+        let every = super::Schedule::Cron(Box::new("* * * * * *".parse().unwrap()));
+        assert!(every.next_after_now() <= Duration::from_secs(1));
+        // An interval counts from now.
+        let interval = super::Schedule::Interval(Duration::from_secs(90));
+        assert_eq!(interval.next_after_now(), Duration::from_secs(90));
+
+        for (schedule, line, says) in [
+            (
+                "[schedule]\ncron = \"*/30 * * * *\"",
+                20,
+                "not a cron expression with seconds",
+            ),
+            (
+                "[schedule]\ncron = \"0 0 25 * * *\"",
+                20,
+                "not a cron expression",
+            ),
+            (
+                "[schedule]\ninterval = \"1m\"\ncron = \"0 * * * * *\"",
+                21,
+                "either interval or cron",
+            ),
+            ("[schedule]\ninterval = \"0\"", 20, "at least 1s"),
+            ("[schedule]\nfull_every = \"7\"", 20, "no unit"),
+        ] {
+            let path = service_only("bad-cron", schedule);
+            let e = super::ServiceView::load(&path).unwrap_err();
+            assert_eq!(e.line, Some(line), "{e}");
+            assert!(
+                e.key.as_deref().unwrap_or("").starts_with("schedule."),
+                "{e}"
+            );
+            assert!(e.message.contains(says), "{schedule}: {e}");
+        }
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
@@ -758,68 +856,7 @@ impl Config {
                 "must be longer than 0 (records are evidence)".into(),
             ));
         }
-        let sc = &raw.schedule;
-        let schedule = match (&sc.interval, &sc.cron) {
-            (Some(_), Some(c)) => {
-                return Err(r.err(
-                    c.span(),
-                    "schedule.cron",
-                    "give either interval or cron, not both".into(),
-                ))
-            }
-            (None, Some(c)) => {
-                let expr = c.get_ref().trim();
-                let parsed =
-                    <cron::Schedule as std::str::FromStr>::from_str(expr).map_err(|e| {
-                        r.err(
-                            c.span(),
-                            "schedule.cron",
-                            format!(
-                                "\"{expr}\" is not a cron expression with seconds \
-                             (sec min hour day month weekday): {e}"
-                            ),
-                        )
-                    })?;
-                Schedule::Cron(Box::new(parsed))
-            }
-            (Some(i), None) => {
-                let d = parse_duration(i.get_ref())
-                    .map_err(|m| r.err(i.span(), "schedule.interval", m))?;
-                if d < Duration::from_secs(1) {
-                    return Err(r.err(i.span(), "schedule.interval", "must be at least 1s".into()));
-                }
-                Schedule::Interval(d)
-            }
-            (None, None) => Schedule::Interval(Duration::from_secs(30 * 60)),
-        };
-        let full_every = match &sc.full_every {
-            Some(f) => parse_duration(f.get_ref())
-                .map_err(|m| r.err(f.span(), "schedule.full_every", m))?,
-            None => Duration::from_secs(7 * 86_400),
-        };
-        let socket = match &raw.daemon.socket {
-            Some(p) => r.path(p),
-            None => match std::env::var_os("RUNTIME_DIRECTORY") {
-                Some(dir) => PathBuf::from(dir).join("absync.sock"),
-                None => state_dir.join("absync.sock"),
-            },
-        };
-        let metrics_listen = match &raw.metrics.listen {
-            Some(l) => Some(l.get_ref().parse().map_err(|e| {
-                r.err(
-                    l.span(),
-                    "metrics.listen",
-                    format!("\"{}\" is not an address:port ({e})", l.get_ref()),
-                )
-            })?),
-            None => None,
-        };
-        let service = ServiceConfig {
-            schedule,
-            full_every,
-            socket,
-            metrics_listen,
-        };
+        let service = resolve_service(&raw, &r, &state_dir)?;
         Ok(Config {
             file,
             source,
@@ -831,6 +868,112 @@ impl Config {
             journal_retention,
             service,
             warnings,
+        })
+    }
+}
+
+/// `[schedule]`, `[daemon]` and `[metrics]`, resolved.
+fn resolve_service(
+    raw: &RawConfig,
+    r: &Resolver<'_>,
+    state_dir: &Path,
+) -> Result<ServiceConfig, FileError> {
+    let sc = &raw.schedule;
+    let schedule = match (&sc.interval, &sc.cron) {
+        (Some(_), Some(c)) => {
+            return Err(r.err(
+                c.span(),
+                "schedule.cron",
+                "give either interval or cron, not both".into(),
+            ))
+        }
+        (None, Some(c)) => {
+            let expr = c.get_ref().trim();
+            let parsed = <cron::Schedule as std::str::FromStr>::from_str(expr).map_err(|e| {
+                r.err(
+                    c.span(),
+                    "schedule.cron",
+                    format!(
+                        "\"{expr}\" is not a cron expression with seconds \
+                         (sec min hour day month weekday): {e}"
+                    ),
+                )
+            })?;
+            Schedule::Cron(Box::new(parsed))
+        }
+        (Some(i), None) => {
+            let d =
+                parse_duration(i.get_ref()).map_err(|m| r.err(i.span(), "schedule.interval", m))?;
+            if d < Duration::from_secs(1) {
+                return Err(r.err(i.span(), "schedule.interval", "must be at least 1s".into()));
+            }
+            Schedule::Interval(d)
+        }
+        (None, None) => Schedule::Interval(Duration::from_secs(30 * 60)),
+    };
+    let full_every = match &sc.full_every {
+        Some(f) => {
+            parse_duration(f.get_ref()).map_err(|m| r.err(f.span(), "schedule.full_every", m))?
+        }
+        None => Duration::from_secs(7 * 86_400),
+    };
+    let socket = match &raw.daemon.socket {
+        Some(p) => r.path(p),
+        None => match std::env::var_os("RUNTIME_DIRECTORY") {
+            Some(dir) => PathBuf::from(dir).join("absync.sock"),
+            None => state_dir.join("absync.sock"),
+        },
+    };
+    let metrics_listen = match &raw.metrics.listen {
+        Some(l) => Some(l.get_ref().parse().map_err(|e| {
+            r.err(
+                l.span(),
+                "metrics.listen",
+                format!("\"{}\" is not an address:port ({e})", l.get_ref()),
+            )
+        })?),
+        None => None,
+    };
+    Ok(ServiceConfig {
+        schedule,
+        full_every,
+        socket,
+        metrics_listen,
+    })
+}
+
+/// What `absync resync` and `absync status` need from a configuration: the
+/// state directory, the target OU's name, the schedule and the daemon's
+/// socket. Read without the password files, which an admin's shell can
+/// neither read (they are root's) nor be handed (`CREDENTIALS_DIRECTORY`
+/// exists only inside the service).
+#[derive(Debug, Clone)]
+pub struct ServiceView {
+    pub file: PathBuf,
+    pub state_dir: PathBuf,
+    pub target_base_dn: String,
+    pub service: ServiceConfig,
+}
+
+impl ServiceView {
+    /// Parses the whole file (a broken one is still an error) but resolves
+    /// only what the daemon's clients need; no other file is opened.
+    pub fn load(file: &Path) -> Result<ServiceView, FileError> {
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        let (raw, text): (RawConfig, String) = parse_toml_file(&file)?;
+        let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let r = Resolver {
+            file: &file,
+            dir: &dir,
+            text: &text,
+        };
+        let state_dir = r.path(&raw.state.dir);
+        let service = resolve_service(&raw, &r, &state_dir)?;
+        Ok(ServiceView {
+            target_base_dn: r.dn(&raw.target.base_dn, "target.base_dn")?,
+            file,
+            state_dir,
+            service,
         })
     }
 }

@@ -123,6 +123,18 @@ pub async fn request(path: &Path, req: &Request) -> Result<Answer, String> {
     serde_json::from_str(&line).map_err(|e| format!("unexpected answer from the daemon: {e}"))
 }
 
+/// The files whose change reloads the configuration.
+pub fn watched_files(cfg: &Config) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = vec![
+        cfg.file.clone(),
+        cfg.mapping_file.clone(),
+        cfg.agreements_file.clone(),
+    ];
+    files.extend(cfg.source.endpoint.ca_file.clone());
+    files.extend(cfg.target.endpoint.ca_file.clone());
+    files
+}
+
 /// Watches the configuration, mapping, agreements and CA files (their
 /// directories, so editors that replace files are seen) and asks for a
 /// reload, debounced, when one of them changes.
@@ -131,13 +143,7 @@ pub fn watch_files(
     triggers: mpsc::Sender<Trigger>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let mut files: Vec<PathBuf> = vec![
-        cfg.file.clone(),
-        cfg.mapping_file.clone(),
-        cfg.agreements_file.clone(),
-    ];
-    files.extend(cfg.source.endpoint.ca_file.clone());
-    files.extend(cfg.target.endpoint.ca_file.clone());
+    let files = watched_files(cfg);
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let watched = files.clone();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {

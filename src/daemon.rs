@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, FileError};
-use crate::journal::Record;
+use crate::journal::{FileHashes, Record};
 use crate::snapshot::{Snapshot, StateError, StateLock};
 use crate::sync::{self, file_hashes, Mode, Options, Outcome, RunError, Status};
 
@@ -171,18 +171,23 @@ fn load(path: &Path) -> Result<Config, FileError> {
     Ok(cfg)
 }
 
-/// When the last full run started, from the runs table.
+/// When the latest full run that went to its end started.
 fn last_full(snapshot: &Snapshot) -> Option<time::OffsetDateTime> {
-    let runs = snapshot.runs(1000).ok()?;
-    runs.iter()
-        .find(|r| r.mode == "full" && r.status == "ok")
-        .and_then(|r| {
-            time::OffsetDateTime::parse(
-                &r.started_at,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .ok()
-        })
+    let started = snapshot.last_full_run().ok()??;
+    time::OffsetDateTime::parse(&started, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Whether the next run is a full one: when none has gone to its end yet,
+/// or the last one started at least `full_every` before `now`.
+fn full_due(
+    last: Option<time::OffsetDateTime>,
+    now: time::OffsetDateTime,
+    full_every: Duration,
+) -> bool {
+    match last {
+        None => true,
+        Some(t) => now - t >= time::Duration::try_from(full_every).unwrap_or(time::Duration::WEEK),
+    }
 }
 
 /// Backoff after `failures` failed runs in a row: 30 s, 1 min, 2 min, ...
@@ -202,6 +207,9 @@ pub async fn serve(
     notifier: Arc<dyn Notifier>,
 ) -> Result<(), DaemonError> {
     let mut cfg = load(&config_file)?;
+    // The files as they were when the configuration in force was loaded:
+    // a reload journals them as "before".
+    let mut loaded = file_hashes(&cfg);
     let _lock = StateLock::acquire(&cfg.state_dir)?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -222,7 +230,7 @@ pub async fn serve(
         metrics: metrics.as_ref().map(|(_, a)| a.to_string()),
         ..Default::default()
     }));
-    let _watcher = crate::control::watch_files(&cfg, sender.clone());
+    let mut _watcher = crate::control::watch_files(&cfg, sender.clone());
     notifier.ready();
     tracing::info!(config = %config_file.display(), "absync daemon ready");
 
@@ -238,14 +246,11 @@ pub async fn serve(
     loop {
         let full_due = {
             let snapshot = Snapshot::open(&cfg.state_dir)?;
-            match last_full(&snapshot) {
-                None => true,
-                Some(t) => {
-                    time::OffsetDateTime::now_utc() - t
-                        >= time::Duration::try_from(cfg.service.full_every)
-                            .unwrap_or(time::Duration::WEEK)
-                }
-            }
+            full_due(
+                last_full(&snapshot),
+                time::OffsetDateTime::now_utc(),
+                cfg.service.full_every,
+            )
         };
         {
             let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
@@ -274,7 +279,20 @@ pub async fn serve(
         };
         let (full, by, reply) = match trigger {
             Some(Trigger::Reload { why }) => {
-                reload(&config_file, &mut cfg, &status, notifier.as_ref(), &why);
+                let watched = crate::control::watched_files(&cfg);
+                reload(
+                    &config_file,
+                    &mut cfg,
+                    &mut loaded,
+                    &status,
+                    notifier.as_ref(),
+                    &why,
+                );
+                // The mapping, agreements or a CA file moved: watch the
+                // new paths (the old watcher stops when dropped).
+                if crate::control::watched_files(&cfg) != watched {
+                    _watcher = crate::control::watch_files(&cfg, sender.clone());
+                }
                 continue;
             }
             Some(Trigger::Resync { full, by, reply }) => (full || full_due, Some(by), reply),
@@ -409,38 +427,79 @@ pub fn report(o: &Outcome) -> Report {
     }
 }
 
-/// Reloads the configuration: checked first; if it is wrong the daemon
-/// keeps the old one and says exactly what is wrong. Journaled either way.
+/// What a running daemon sets up once, at start, and a reload therefore
+/// cannot change: the state directory (and its lock), the control socket
+/// and the metrics listener.
+fn fixed_at_start(old: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    if new.state_dir != old.state_dir {
+        changed.push(format!(
+            "state.dir ({} -> {})",
+            old.state_dir.display(),
+            new.state_dir.display()
+        ));
+    }
+    if new.service.socket != old.service.socket {
+        changed.push(format!(
+            "daemon.socket ({} -> {})",
+            old.service.socket.display(),
+            new.service.socket.display()
+        ));
+    }
+    if new.service.metrics_listen != old.service.metrics_listen {
+        let show = |a: Option<std::net::SocketAddr>| {
+            a.map(|a| a.to_string()).unwrap_or_else(|| "none".into())
+        };
+        changed.push(format!(
+            "metrics.listen ({} -> {})",
+            show(old.service.metrics_listen),
+            show(new.service.metrics_listen)
+        ));
+    }
+    changed
+}
+
+/// Reloads the configuration: checked first; if it is wrong, or changes
+/// what only a restart can, the daemon keeps the old one and says exactly
+/// why. Journaled either way, with the hashes of the files in force
+/// (`before`, as they were when loaded) and of the candidate (`after`).
 fn reload(
     path: &Path,
     cfg: &mut Config,
+    loaded: &mut FileHashes,
     status: &Mutex<DaemonStatus>,
     notifier: &dyn Notifier,
     why: &str,
 ) {
     notifier.reloading();
-    let before = file_hashes(cfg);
     let mut record = Record::new(0, "reload", "applied", why);
-    match load(path) {
+    let after = match load(path) {
         Ok(new) => {
             let after = file_hashes(&new);
-            if new.state_dir != cfg.state_dir {
+            let fixed = fixed_at_start(cfg, &new);
+            if fixed.is_empty() {
+                *cfg = new;
+            } else {
                 record.outcome = "rejected".into();
                 record.error = Some(format!(
-                    "state.dir cannot change while running ({} -> {}); restart the service",
-                    cfg.state_dir.display(),
-                    new.state_dir.display()
+                    "{} cannot change while the daemon runs; restart it \
+                     (systemctl restart absync) to use this configuration",
+                    fixed.join(", ")
                 ));
-            } else {
-                *cfg = new;
             }
-            record.detail = Some(serde_json::json!({ "before": before, "after": after }));
+            after
         }
         Err(e) => {
             record.outcome = "rejected".into();
             record.error = Some(e.to_string());
-            record.detail = Some(serde_json::json!({ "before": before }));
+            // The candidate could not be read as a whole: its files are
+            // hashed where the configuration in force finds them.
+            file_hashes(cfg)
         }
+    };
+    record.detail = Some(serde_json::json!({ "before": &*loaded, "after": &after }));
+    if record.error.is_none() {
+        *loaded = after;
     }
     {
         let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
@@ -472,6 +531,53 @@ impl From<RunError> for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_run_is_due_when_none_went_to_its_end_or_the_last_is_old() {
+        let now = time::OffsetDateTime::now_utc();
+        let week = Duration::from_secs(7 * 86_400);
+        assert!(full_due(None, now, week));
+        assert!(!full_due(Some(now - time::Duration::hours(1)), now, week));
+        assert!(!full_due(Some(now - time::Duration::days(6)), now, week));
+        assert!(full_due(Some(now - time::Duration::days(7)), now, week));
+        assert!(full_due(Some(now - time::Duration::days(30)), now, week));
+        assert!(full_due(Some(now), now, Duration::ZERO));
+    }
+
+    #[test]
+    fn the_last_full_run_counts_with_entry_failures_and_however_long_ago() {
+        let dir = std::env::temp_dir().join(format!("absync-lastfull-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Snapshot::open(&dir).unwrap();
+        assert_eq!(last_full(&s), None, "a fresh state has none");
+        let files = FileHashes::default();
+        let counts = crate::journal::Counts::default();
+        let full = s.start_run("full", &files).unwrap();
+        s.end_run(full, "done with failures", &counts).unwrap();
+        let when = last_full(&s).expect("a full run with entry failures counts");
+        // Later full runs that did not go to their end do not count.
+        let failed = s.start_run("full", &files).unwrap();
+        s.end_run(
+            failed,
+            "failed: interrupted (shutdown) after 3 entries; no deletes were applied",
+            &counts,
+        )
+        .unwrap();
+        s.start_run("full", &files).unwrap(); // still running
+                                              // Many ordinary runs later, it is still found.
+        for _ in 0..1500 {
+            let id = s.start_run("sync", &files).unwrap();
+            s.end_run(id, "ok", &counts).unwrap();
+        }
+        assert_eq!(last_full(&s), Some(when));
+        assert!(!full_due(
+            last_full(&s),
+            time::OffsetDateTime::now_utc(),
+            Duration::from_secs(3600)
+        ));
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

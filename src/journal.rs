@@ -487,6 +487,23 @@ impl Snapshot {
             .collect())
     }
 
+    /// When the latest full run that went to its end started. Entry
+    /// failures and held deletes do not matter (the reconcile was done); a
+    /// run that could not run or was interrupted (`failed: ...`) does not
+    /// count.
+    pub fn last_full_run(&self) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT started_at FROM runs
+                 WHERE mode = 'full' AND ended_at IS NOT NULL AND status NOT LIKE 'failed%'
+                 ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))
+    }
+
     /// The most recent runs, newest first.
     pub fn runs(&self, limit: u32) -> Result<Vec<Run>, StateError> {
         let mut stmt = self

@@ -245,6 +245,12 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// The part of the configuration the daemon's clients need (no passwords).
+fn load_view(path: Option<PathBuf>) -> anyhow::Result<absync::config::ServiceView> {
+    let path = path.context("no configuration: give --config FILE or set ABSYNC_CONFIG")?;
+    Ok(absync::config::ServiceView::load(&path)?)
+}
+
 /// absync writes to Active Directory and keeps personal data: as root, a
 /// mistake reaches everything. `sync` and `run` refuse root unless told
 /// (`ABSYNC_ALLOW_ROOT=1`), as a test bed run by root has to.
@@ -295,16 +301,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("no configuration: give --config FILE or set ABSYNC_CONFIG")?;
             return daemon(path).await;
         }
+        // The daemon's clients need neither the passwords nor the other
+        // input files: an admin in the absync group can use them.
+        Command::Resync { full, no_wait } => {
+            let view = load_view(cli.config)?;
+            return resync(&view.service.socket, *full, !*no_wait).await;
+        }
+        Command::Status { runs, state: None } => {
+            let view = load_view(cli.config)?;
+            return status(&view.state_dir, Some(&view.target_base_dn), *runs);
+        }
         _ => {}
     }
     let cfg = load_config(cli.config)?;
     match cli.command {
-        Command::Run | Command::Init { .. } | Command::Completions { .. } | Command::Man => {
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Resync { full, no_wait } => resync(&cfg, full, !no_wait).await,
+        Command::Run
+        | Command::Init { .. }
+        | Command::Completions { .. }
+        | Command::Man
+        | Command::Resync { .. }
+        | Command::Status { .. } => Ok(ExitCode::SUCCESS),
         Command::Check => check(&cfg).await,
-        Command::Status { runs, .. } => status(&cfg.state_dir, Some(&cfg.target.base_dn), runs),
         Command::Journal { command, .. } => journal(&cfg.state_dir, command),
         Command::Sync {
             dry_run: false,
@@ -405,9 +422,9 @@ async fn daemon(path: PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 /// `absync resync`: asks the daemon to run now.
-async fn resync(cfg: &Config, full: bool, wait: bool) -> anyhow::Result<ExitCode> {
+async fn resync(socket: &std::path::Path, full: bool, wait: bool) -> anyhow::Result<ExitCode> {
     let req = absync::control::Request { full, wait };
-    match absync::control::request(&cfg.service.socket, &req).await {
+    match absync::control::request(socket, &req).await {
         Err(e) => {
             eprintln!("absync: {e}");
             Ok(ExitCode::from(2))
@@ -452,11 +469,7 @@ fn status(state_dir: &std::path::Path, ou: Option<&str>, limit: u32) -> anyhow::
     let snapshot = absync::snapshot::Snapshot::open(state_dir)?;
     let total = snapshot.count()?;
     let visible = snapshot.count_visible()?;
-    let size: u64 = ["absync.db", "absync.db-wal"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(state_dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum();
+    let size = absync::metrics::state_bytes(state_dir);
     println!(
         "state      {} ({:.1} MB)\nmanaged    {visible} objects{}, {} hidden awaiting deletion",
         state_dir.display(),

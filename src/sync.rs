@@ -132,8 +132,10 @@ pub enum RunError {
          no deletes were applied"
     )]
     SourceIncomplete { pulled: u64, cause: Box<LdapError> },
-    #[error("interrupted (shutdown) after {pulled} entries; no deletes were applied")]
-    Interrupted { pulled: u64 },
+    /// A stop was asked for; the run ended between two entries, with
+    /// everything applied before it committed and journaled.
+    #[error("interrupted (shutdown) after {pulled} entries; {deletes}")]
+    Interrupted { pulled: u64, deletes: &'static str },
     #[error("{what} {dn} does not exist on {url}; create it (and delegate it to the account) or fix the configuration")]
     MissingContainer {
         what: &'static str,
@@ -242,7 +244,24 @@ impl Options {
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))
     }
+
+    /// Between two entries: ends the run if a stop was asked for.
+    /// `deletes` says how far the deletes got, for the run's status.
+    fn stop_point(&self, counts: &Counts, deletes: &'static str) -> Result<(), RunError> {
+        if self.cancelled() {
+            return Err(RunError::Interrupted {
+                pulled: counts.pulled,
+                deletes,
+            });
+        }
+        Ok(())
+    }
 }
+
+/// How far the deletes got when a run was interrupted.
+const NO_DELETES: &str = "no deletes were applied";
+const SOME_DELETES: &str =
+    "the deletes applied before the stop are journaled; the rest wait for the next run";
 
 /// How a run ended, for the runs table, `absync status` and the exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -507,11 +526,7 @@ impl Stages<'_, '_, '_> {
         if let Some(p) = &self.opts.progress {
             p.store(self.counts.pulled, Ordering::Relaxed);
         }
-        if self.opts.cancelled() {
-            return Err(RunError::Interrupted {
-                pulled: self.counts.pulled,
-            });
-        }
+        self.opts.stop_point(self.counts, NO_DELETES)?;
         let verdict = self.scope.judge(raw);
         let change = match self.planner.plan_step(verdict, self.counts)? {
             Planned::Done(change) => change,
@@ -823,6 +838,7 @@ async fn run_inner(
     let mut planner = Planner::new(snapshot, &inputs.mapping, &cfg.target.base_dn, None);
     if opts.full {
         reconcile(&mut applier, &mut planner, snapshot, live_run, counts).await?;
+        opts.stop_point(counts, NO_DELETES)?;
     }
     let mut source = Conn::connect(&cfg.source.endpoint).await?;
     let scope = Scope::new(&cfg.source, &inputs.agreements);
@@ -1110,6 +1126,7 @@ async fn run_inner(
             (None, Some(_)) => false,
         };
         if go {
+            opts.stop_point(counts, SOME_DELETES)?;
             released += 1;
             applier.apply(snapshot, change, counts).await?;
         } else {

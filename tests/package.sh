@@ -17,8 +17,27 @@ apt-get -o DPkg::Lock::Timeout=600 install -y -q "./$deb" >/dev/null
 getent passwd absync >/dev/null || fail "no system user absync"
 unit=$(ls /lib/systemd/system/absync.service /usr/lib/systemd/system/absync.service 2>/dev/null | head -1)
 [ -n "$unit" ] || fail "no absync.service installed"
-[ "$(stat -c '%U:%G %a' /etc/absync/absync.toml)" = "root:absync 640" ] \
-  || fail "/etc/absync/absync.toml is $(stat -c '%U:%G %a' /etc/absync/absync.toml)"
+mode() { stat -c '%U:%G %a' "$1"; }
+[ "$(mode /etc/absync)" = "root:absync 750" ] || fail "/etc/absync is $(mode /etc/absync)"
+[ "$(mode /etc/absync/absync.toml)" = "root:absync 640" ] \
+  || fail "/etc/absync/absync.toml is $(mode /etc/absync/absync.toml)"
+# The state directory is systemd's (StateDirectory=), not the package's.
+grep -qx 'StateDirectory=absync' "$unit" || fail "the unit has no StateDirectory=absync"
+grep -qx 'User=absync' "$unit" || fail "the unit does not run as absync"
+grep -q '^LoadCredential=source.pw:/etc/absync/source.pw$' "$unit" || fail "no LoadCredential for source.pw"
+# The shipped configuration points the CLI at the service's control socket.
+grep -q '^socket = "/run/absync/absync.sock"' /etc/absync/absync.toml \
+  || fail "the shipped configuration does not name /run/absync/absync.sock"
+# A bind password the admin put in place stays root's alone when the
+# package is configured again (reinstall, upgrade).
+install -m 0600 -o root -g root /dev/null /etc/absync/source.pw
+echo not-a-real-password > /etc/absync/source.pw
+apt-get -o DPkg::Lock::Timeout=600 install --reinstall -y -q "./$deb" >/dev/null
+[ "$(mode /etc/absync/source.pw)" = "root:root 600" ] \
+  || fail "/etc/absync/source.pw is $(mode /etc/absync/source.pw) after a reinstall"
+[ "$(mode /etc/absync/absync.toml)" = "root:absync 640" ] \
+  || fail "/etc/absync/absync.toml is $(mode /etc/absync/absync.toml) after a reinstall"
+rm -f /etc/absync/source.pw
 for f in /etc/absync/agreements.toml /etc/absync/mappings/nhs-to-ad-contact.toml \
          /usr/share/man/man1/absync.1.gz /usr/share/bash-completion/completions/absync \
          /usr/share/doc/absync/README.md; do

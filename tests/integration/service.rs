@@ -116,6 +116,39 @@ fn service_config(env: &SyncEnv, extra: &str) {
     .unwrap();
 }
 
+/// Runs the absync binary with another configuration file.
+fn absync_with(config: &std::path::Path, args: &[&str]) -> crate::common::env::Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_absync"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("ABSYNC_LOG", "warn")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("RUNTIME_DIRECTORY")
+        .output()
+        .unwrap();
+    crate::common::env::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// The reload records of the journal, oldest first.
+fn reloads(env: &SyncEnv) -> Vec<absync::journal::Record> {
+    env.snapshot()
+        .stored_where("op = 'reload'", &[])
+        .unwrap()
+        .into_iter()
+        .map(|s| s.record)
+        .collect()
+}
+
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -141,13 +174,24 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
     let env = SyncEnv::new("daemon", 61, 40, 2, "nhs-to-ad-contact.toml").await;
     let codes = env.org_codes();
     env.write_agreements(&[("DSA-D", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    // One delete is allowed per run: more stop at the threshold.
+    env.set_safety("[safety]\ndelete_grace = \"0\"\nmax_deletes = 1\nmax_delete_percent = 100\n");
     // Port 0: the daemon picks a free port and tells `absync status`.
     service_config(&env, "\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    // An admin's view of the same configuration: the password files are
+    // not there for them (root's, or handed to the service by systemd).
+    let admin = env.dir.join("admin.toml");
+    let mut admin_text = std::fs::read_to_string(env.config_path()).unwrap();
+    for key in ["SOURCE_SYNC_PASSWORD_FILE", "TARGET_SVC_PASSWORD_FILE"] {
+        admin_text = admin_text.replace(env.tb.get(key), "/nonexistent/absync.pw");
+    }
+    std::fs::write(&admin, admin_text).unwrap();
     let env = &env;
     tokio::task::block_in_place(|| {
         let mut d = Daemon::start(env);
         d.expect("READY=1");
         d.expect("WATCHDOG=1");
+        d.expect("STATUS=idle; next run");
 
         // The first run starts at once.
         let first = wait_for("the first run", || {
@@ -204,19 +248,38 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
             "dn: uid={new_uid},ou=People,{}\nchangetype: add\nobjectClass: inetOrgPerson\nobjectClass: nhsPerson\nuid: {new_uid}\ncn: Nia Resync\nsn: Resync\ngivenName: Nia\nnhsOdsCode: {}\nnhsEntryStatus: active\n\n",
             env.source_base, codes[0]
         ));
-        let resync = env.absync(&["resync"]);
+        let resync = env.absync(&["resync", "--full"]);
         assert_eq!(resync.code, 0, "{resync:?}\n{}", d.log());
         assert!(resync.stderr.contains("added 1,"), "{resync:?}");
         let snap = env.snapshot();
         let run = snap.runs(1).unwrap()[0].clone();
+        assert_eq!(run.mode, "full", "{run:?}");
         let request = snap
             .stored_where("run_id = ?1 AND op = 'request'", &[&run.id])
             .unwrap();
         assert_eq!(request.len(), 1);
-        assert!(
-            request[0].record.reason.starts_with("resync requested by "),
+        // The user the socket's peer credentials name: the one who ran
+        // the command.
+        let me = absync::journal::unix_user();
+        assert_eq!(
+            request[0].record.reason,
+            format!("resync requested by {me}"),
             "{request:?}"
         );
+        let detail = request[0].record.detail.clone().unwrap();
+        assert_eq!(detail["unix_user"], me.as_str(), "{detail}");
+        assert_eq!(detail["full"], true, "{detail}");
+
+        // An admin without the passwords: resync and status still work.
+        let resync = absync_with(&admin, &["resync"]);
+        assert_eq!(resync.code, 0, "{resync:?}\n{}", d.log());
+        assert!(resync.stderr.contains("added 0,"), "{resync:?}");
+        let status = absync_with(&admin, &["status"]);
+        assert_eq!(status.code, 0, "{status:?}");
+        assert!(status.stdout.contains("daemon     pid"), "{status:?}");
+        let sync = absync_with(&admin, &["sync"]);
+        assert_eq!(sync.code, 2, "a run needs the passwords: {sync:?}");
+        assert!(sync.stderr.contains("/nonexistent/absync.pw"), "{sync:?}");
         // The socket is the access control: mode 0660, owned by the service
         // user; anyone else cannot even connect.
         let socket = env.dir.join("absync.sock");
@@ -250,7 +313,9 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
             good.replace("page_size = 200", "page_size = \"many\""),
         )
         .unwrap();
+        let broken = std::fs::read_to_string(env.config_path()).unwrap();
         d.signal("HUP");
+        d.expect("RELOADING=1");
         let state = env.state_dir();
         let state = state.to_str().unwrap();
         let status = wait_for("the refused reload", || {
@@ -264,11 +329,15 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
             "{status:?}"
         );
         assert!(status.stdout.contains("page_size"), "{status:?}");
-        let rejected = env
-            .snapshot()
-            .stored_where("op = 'reload' AND outcome = 'rejected'", &[])
-            .unwrap();
-        assert!(!rejected.is_empty());
+        // Journaled with the hashes of the config in force and of the
+        // refused candidate.
+        let rejected = wait_for("the journaled refusal", || {
+            reloads(env).into_iter().find(|r| r.outcome == "rejected")
+        });
+        let detail = rejected.detail.clone().unwrap();
+        assert_eq!(detail["before"]["config"], sha256(&good), "{detail}");
+        assert_eq!(detail["after"]["config"], sha256(&broken), "{detail}");
+        assert_ne!(detail["before"]["config"], detail["after"]["config"]);
         // Still serving, with the old configuration.
         let resync = env.absync(&["resync"]);
         assert_eq!(
@@ -283,6 +352,63 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
         });
         let resync = env.absync(&["resync"]);
         assert_eq!(resync.code, 0, "{resync:?}");
+
+        // The control socket is set up once: a new one is refused, with
+        // the way out; the old one keeps serving.
+        let other = env.dir.join("other.sock");
+        let socket_line = format!("socket = \"{}\"", socket.display());
+        std::fs::write(
+            env.config_path(),
+            good.replace(&socket_line, &format!("socket = \"{}\"", other.display())),
+        )
+        .unwrap();
+        let status = wait_for("the refused socket change", || {
+            let s = env.absync(&["status", "--state", state]);
+            s.stdout.contains("REFUSED").then_some(s)
+        });
+        assert!(
+            status.stdout.contains("daemon.socket") && status.stdout.contains("restart"),
+            "{status:?}"
+        );
+        std::fs::write(env.config_path(), &good).unwrap();
+        wait_for("the reload of the restored file", || {
+            let s = env.absync(&["status", "--state", state]);
+            (s.code == 0 && !s.stdout.contains("REFUSED")).then_some(())
+        });
+        assert!(!other.exists());
+
+        // A threshold stop: an admin sees it in status and in the metrics.
+        let kept = vec![codes[0].clone()];
+        env.write_agreements(&[("DSA-D", &kept, ALL_ATTRS, &day(-1), &day(1))]);
+        let stopped = absync_with(&admin, &["resync"]);
+        assert_eq!(stopped.code, 3, "{stopped:?}\n{}", d.log());
+        let status = absync_with(&admin, &["status"]);
+        assert!(
+            status.stdout.contains("attention  run")
+                && status.stdout.contains("stopped: deletion threshold"),
+            "{status:?}"
+        );
+        let metrics = http_get(port, "/metrics");
+        assert!(metrics.contains("\nabsync_deletes_held 1\n"), "{metrics}");
+        let bytes: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("absync_state_bytes "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no absync_state_bytes in {metrics}"));
+        let on_disk = std::fs::metadata(env.state_dir().join("absync.db"))
+            .unwrap()
+            .len();
+        assert!(bytes >= on_disk && on_disk > 0, "{bytes} < {on_disk}");
+        // The agreements change was reloaded, its hashes journaled.
+        let changed = wait_for("the reload of the agreements", || {
+            reloads(env).into_iter().rev().find(|r| {
+                r.outcome == "applied"
+                    && r.detail
+                        .as_ref()
+                        .is_some_and(|d| d["before"]["agreements"] != d["after"]["agreements"])
+            })
+        });
+        assert!(changed.reason.contains("agreements.toml"), "{changed:?}");
 
         // SIGTERM: a clean stop.
         d.signal("TERM");
@@ -338,6 +464,46 @@ async fn sigterm_in_the_middle_of_a_run_stops_cleanly_and_loses_nothing() {
         // The next run converges.
         env.sync_ok();
         assert_ad_holds_expected(env, &codes, "after the stop");
+
+        // A stop while deletes are being applied: the run ends between two
+        // deletes, each applied delete committed and journaled.
+        let kept = vec![codes[0].clone()];
+        env.write_agreements(&[("DSA-T", &kept, ALL_ATTRS, &day(-1), &day(1))]);
+        let before = env.ad_count_blocking();
+        let mut d = Daemon::start(env);
+        d.expect("READY=1");
+        wait_for("deletes in flight", || {
+            (env.ad_count_blocking() + 30 <= before).then_some(())
+        });
+        d.signal("TERM");
+        let exit = d.wait_exit(Duration::from_secs(60));
+        assert!(exit.success(), "{exit:?}\n{}", d.log());
+        let snap = env.snapshot();
+        let run = snap.runs(1).unwrap()[0].clone();
+        assert!(
+            run.status.starts_with("failed: interrupted (shutdown)")
+                && run.status.contains("deletes applied before the stop"),
+            "{run:?}"
+        );
+        let landed = env.ad_count_blocking();
+        let expected = expected_anchors(&env.source_people_blocking(), &kept).len();
+        assert!(
+            landed > expected,
+            "the run stopped before its last delete ({landed} left, {expected} when done)"
+        );
+        assert_eq!(snap.count().unwrap() as usize, landed, "snapshot = AD");
+        assert!(snap.intents().unwrap().is_empty(), "nothing left in flight");
+        let deleted = snap
+            .stored_where(
+                "run_id = ?1 AND op = 'delete' AND outcome = 'applied'",
+                &[&run.id],
+            )
+            .unwrap();
+        assert_eq!(deleted.len(), before - landed, "each delete journaled once");
+        let verify = env.absync(&["journal", "verify"]);
+        assert_eq!(verify.code, 0, "{verify:?}");
+        env.sync_ok();
+        assert_ad_holds_expected(env, &kept, "after the stop in the deletes");
     });
 }
 
