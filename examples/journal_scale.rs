@@ -144,7 +144,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         n
     });
     time("verify", &mut || match audit::verify(&snap).unwrap() {
-        audit::Verdict::Intact { records } => records as usize,
+        audit::Verdict::Intact { records, .. } => records as usize,
         broken => panic!("{broken}"),
     });
     time("export (read every record)", &mut || {

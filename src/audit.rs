@@ -23,14 +23,35 @@ const STATE_OPS: &str = "op IN ('add','modify','rename','hide','restore','delete
 /// What `verify` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Intact { records: u64 },
-    Broken { record: i64, why: String },
+    /// The chain holds, and every runs row agrees with its run's records.
+    /// `unchecked_runs`: rows of runs older than every run record kept
+    /// (from a journal upgraded from before the chain), which nothing can
+    /// check.
+    Intact {
+        records: u64,
+        unchecked_runs: u64,
+    },
+    Broken {
+        record: i64,
+        why: String,
+    },
 }
 
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Verdict::Intact { records } => write!(f, "intact, {records} records"),
+            Verdict::Intact {
+                records,
+                unchecked_runs: 0,
+            } => write!(f, "intact, {records} records"),
+            Verdict::Intact {
+                records,
+                unchecked_runs,
+            } => write!(
+                f,
+                "intact, {records} records ({unchecked_runs} runs older than the journal's \
+                 first run record cannot be checked)"
+            ),
             Verdict::Broken { record, why } => write!(f, "BROKEN at record {record}: {why}"),
         }
     }
@@ -47,22 +68,99 @@ fn meta(s: &Snapshot, key: &str) -> Result<Option<String>, StateError> {
         .map_err(|e| s.db_err(e))
 }
 
+/// Two times the same, or (rows written before a run's row and records
+/// shared one time stamp) less than a second apart.
+fn same_time(a: &str, b: &str) -> bool {
+    let f = &time::format_description::well_known::Rfc3339;
+    a == b
+        || match (
+            time::OffsetDateTime::parse(a, f),
+            time::OffsetDateTime::parse(b, f),
+        ) {
+            (Ok(a), Ok(b)) => (a - b).abs() < time::Duration::SECOND,
+            _ => false,
+        }
+}
+
+/// The columns of a runs row that differ from its run's start record.
+fn start_differs(run: &Run, at: &str, r: &Record) -> Vec<&'static str> {
+    let d = r.detail.clone().unwrap_or_default();
+    let text = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+    [
+        ("started_at", !same_time(&run.started_at, at)),
+        ("mode", run.mode != r.reason),
+        ("config_hash", run.files.config != text("config_hash")),
+        ("mapping_hash", run.files.mapping != text("mapping_hash")),
+        (
+            "agreements_hash",
+            run.files.agreements != text("agreements_hash"),
+        ),
+        ("unix_user", run.unix_user != text("unix_user")),
+    ]
+    .into_iter()
+    .filter(|(_, differs)| *differs)
+    .map(|(k, _)| k)
+    .collect()
+}
+
+/// The columns of a runs row that differ from its run's end record.
+fn end_differs(run: &Run, at: &str, hash: &str, r: &Record) -> Vec<&'static str> {
+    let d = r.detail.clone().unwrap_or_default();
+    let counts: Option<crate::journal::Counts> = serde_json::from_value(d["counts"].clone()).ok();
+    [
+        (
+            "ended_at",
+            !run.ended_at.as_deref().is_some_and(|e| same_time(e, at)),
+        ),
+        ("status", d["status"] != run.status.as_str()),
+        ("counts", counts.is_none() || counts != run.counts),
+        ("head_hash", run.head_hash.as_deref() != Some(hash)),
+    ]
+    .into_iter()
+    .filter(|(_, differs)| *differs)
+    .map(|(k, _)| k)
+    .collect()
+}
+
 /// Recomputes the chain from the first record kept and reports the first
 /// record that does not fit: edited (content and hash disagree), deleted or
-/// reordered (ids or links do not follow), or a runs row that differs from
-/// its journaled end record.
+/// reordered (ids or links do not follow), a pruned start the chain's own
+/// prune record does not vouch for, or a runs row that is missing, added or
+/// differs from its run's start and end records.
 pub fn verify(s: &Snapshot) -> Result<Verdict, StateError> {
-    let mut expected_prev = meta(s, "pruned_hash")?.unwrap_or_else(|| GENESIS.to_string());
-    let mut expected_id: i64 = meta(s, "pruned_id")?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-        + 1;
+    let pruned_hash = meta(s, "pruned_hash")?;
+    let pruned_id = match meta(s, "pruned_id")? {
+        None => None,
+        Some(v) => match v.parse::<i64>() {
+            Ok(id) if pruned_hash.is_some() => Some(id),
+            _ => {
+                return Ok(Verdict::Broken {
+                    record: 1,
+                    why: "journal_meta's record of pruning is malformed (edited)".into(),
+                })
+            }
+        },
+    };
+    if pruned_id.is_none() && pruned_hash.is_some() {
+        return Ok(Verdict::Broken {
+            record: 1,
+            why: "journal_meta's record of pruning is malformed (edited)".into(),
+        });
+    }
+    let mut expected_prev = pruned_hash.clone().unwrap_or_else(|| GENESIS.to_string());
+    let mut expected_id: i64 = pruned_id.unwrap_or(0) + 1;
+    // A pruned start is only as good as the chained prune record that
+    // names it: anyone can write journal_meta.
+    let mut prune_vouched = pruned_id.is_none();
     let runs: HashMap<i64, Run> = s.runs(u32::MAX)?.into_iter().map(|r| (r.id, r)).collect();
     let last_head = runs
         .values()
         .max_by_key(|r| r.id)
         .and_then(|r| r.head_hash.clone());
     let mut head_seen = last_head.is_none();
+    // Per run: the ids of its start and end records, where kept.
+    let mut started: HashMap<i64, i64> = HashMap::new();
+    let mut ended: HashMap<i64, i64> = HashMap::new();
     let mut stmt = s
         .conn
         .prepare(&format!("SELECT {COLUMNS} FROM journal ORDER BY id"))
@@ -100,16 +198,33 @@ pub fn verify(s: &Snapshot) -> Result<Verdict, StateError> {
             return broken("its content does not match its hash (edited)".into());
         }
         let r = &row.record;
-        if r.op == "run" && r.outcome == "ended" {
-            if let (Some(run), Some(d)) = (runs.get(&r.run_id), &r.detail) {
-                let counts = serde_json::to_value(&run.counts).unwrap_or_default();
-                if d["status"] != run.status.as_str() || d["counts"] != counts {
-                    return broken(format!(
-                        "run {} in the runs table differs from its journaled end (status or \
-                         counts edited)",
-                        r.run_id
-                    ));
+        if r.op == "prune" {
+            if let (Some(d), Some(id), Some(hash)) = (&r.detail, pruned_id, &pruned_hash) {
+                if d["pruned_through_id"] == id && d["pruned_last_hash"] == hash.as_str() {
+                    prune_vouched = true;
                 }
+            }
+        }
+        if r.op == "run" && (r.outcome == "started" || r.outcome == "ended") {
+            let Some(run) = runs.get(&r.run_id) else {
+                return broken(format!(
+                    "run {} is journaled but has no row in the runs table (deleted)",
+                    r.run_id
+                ));
+            };
+            let (which, differs) = if r.outcome == "started" {
+                started.insert(r.run_id, row.id);
+                ("start", start_differs(run, &row.at, r))
+            } else {
+                ended.insert(r.run_id, row.id);
+                ("end", end_differs(run, &row.at, &row.hash, r))
+            };
+            if !differs.is_empty() {
+                return broken(format!(
+                    "run {} in the runs table differs from its journaled {which} ({} edited)",
+                    r.run_id,
+                    differs.join(", ")
+                ));
             }
         }
         if Some(&row.hash) == last_head.as_ref() {
@@ -119,6 +234,16 @@ pub fn verify(s: &Snapshot) -> Result<Verdict, StateError> {
         expected_id += 1;
         n += 1;
     }
+    if !prune_vouched {
+        return Ok(Verdict::Broken {
+            record: expected_id.min(pruned_id.unwrap_or(0) + 1),
+            why: format!(
+                "the journal starts after record {}, but no prune record in the chain says so \
+                 (older records deleted)",
+                pruned_id.unwrap_or(0)
+            ),
+        });
+    }
     if !head_seen {
         return Ok(Verdict::Broken {
             record: expected_id,
@@ -127,7 +252,41 @@ pub fn verify(s: &Snapshot) -> Result<Verdict, StateError> {
                 .into(),
         });
     }
-    Ok(Verdict::Intact { records: n })
+    // Every runs row needs its run's records; only rows older than the
+    // first run record kept (written before the chain existed) cannot have
+    // them.
+    let first_journaled = started.keys().chain(ended.keys()).min().copied();
+    let mut unchecked_runs = 0;
+    let mut ids: Vec<&i64> = runs.keys().collect();
+    ids.sort();
+    for id in ids {
+        let run = &runs[id];
+        if !started.contains_key(id) && !ended.contains_key(id) {
+            if first_journaled.is_some_and(|first| *id > first) {
+                return Ok(Verdict::Broken {
+                    record: expected_id,
+                    why: format!("run {id} in the runs table has no journaled start (inserted)"),
+                });
+            }
+            unchecked_runs += 1;
+        } else if !ended.contains_key(id)
+            && (run.status != "running"
+                || run.ended_at.is_some()
+                || run.counts.is_some()
+                || run.head_hash.is_some())
+        {
+            return Ok(Verdict::Broken {
+                record: started[id],
+                why: format!(
+                    "run {id} in the runs table has an end its journal does not record (edited)"
+                ),
+            });
+        }
+    }
+    Ok(Verdict::Intact {
+        records: n,
+        unchecked_runs,
+    })
 }
 
 /// A day (`YYYY-MM-DD`, meaning its end for "at", its start for "since")
@@ -391,9 +550,10 @@ pub fn csv_line(s: &Stored) -> String {
     .join(",")
 }
 
-/// Deletes records older than the retention period. The chain stays
-/// verifiable: the last pruned record's id and hash are kept, and the prune
-/// is itself a chained record. Returns how many records went.
+/// Deletes records older than the retention period, and the rows of the
+/// runs they were all of. The chain stays verifiable: the last pruned
+/// record's id and hash are kept, and the prune is itself a chained record
+/// naming them. Returns how many records went.
 pub fn prune(s: &Snapshot, retention: Duration, run_id: i64) -> Result<u64, StateError> {
     let cutoff = time::OffsetDateTime::now_utc() - retention;
     let cutoff = cutoff
@@ -416,6 +576,15 @@ pub fn prune(s: &Snapshot, retention: Duration, run_id: i64) -> Result<u64, Stat
     let n = tx
         .execute("DELETE FROM journal WHERE id <= ?1", [last_id])
         .map_err(db)? as u64;
+    // The rows of runs none of whose run records are kept go too: nothing
+    // could check them against the chain any more.
+    let runs = tx
+        .execute(
+            "DELETE FROM runs WHERE id < ?1 AND NOT EXISTS (
+                 SELECT 1 FROM journal WHERE journal.run_id = runs.id AND journal.op = 'run')",
+            [run_id],
+        )
+        .map_err(db)? as u64;
     for (k, v) in [
         ("pruned_id", last_id.to_string()),
         ("pruned_hash", last_hash.clone()),
@@ -430,13 +599,14 @@ pub fn prune(s: &Snapshot, retention: Duration, run_id: i64) -> Result<u64, Stat
     let mut r = Record::new(run_id, "prune", "applied", "retention period over");
     r.detail = Some(serde_json::json!({
         "records": n,
+        "runs": runs,
         "older_than": cutoff,
         "pruned_through_id": last_id,
         "pruned_last_hash": last_hash,
     }));
     crate::journal::append(&tx, &r).map_err(db)?;
     tx.commit().map_err(db)?;
-    tracing::info!(records = n, older_than = %cutoff, "journal pruned");
+    tracing::info!(records = n, runs, older_than = %cutoff, "journal pruned");
     Ok(n)
 }
 

@@ -416,6 +416,57 @@ async fn verify_catches_an_edited_a_deleted_and_a_reordered_record() {
         "{runs_row:?}"
     );
 
+    // The oldest records deleted, and journal_meta written as if a prune
+    // had removed them: no prune record in the chain vouches for it.
+    let forged = tamper(
+        "INSERT INTO journal_meta SELECT 'pruned_id', id FROM journal WHERE id = 5;
+         INSERT INTO journal_meta SELECT 'pruned_hash', hash FROM journal WHERE id = 5;
+         DELETE FROM journal WHERE id <= 5;",
+    );
+    assert_eq!(forged.code, 1, "{forged:?}");
+    assert!(
+        forged.stdout.contains("BROKEN at record 6")
+            && forged.stdout.contains("no prune record in the chain"),
+        "{forged:?}"
+    );
+
+    // The runs table is what `runs` and `config-changes` show: every
+    // column is checked against the run's start and end records.
+    let files = tamper("UPDATE runs SET agreements_hash = mapping_hash WHERE id = 2;");
+    assert_eq!(files.code, 1, "{files:?}");
+    assert!(
+        files.stdout.contains(
+            "run 2 in the runs table differs from its journaled start (agreements_hash edited)"
+        ),
+        "{files:?}"
+    );
+    let who = tamper("UPDATE runs SET unix_user = 'someone else' WHERE id = 1;");
+    assert_eq!(who.code, 1, "{who:?}");
+    assert!(
+        who.stdout.contains(
+            "run 1 in the runs table differs from its journaled start (unix_user edited)"
+        ),
+        "{who:?}"
+    );
+    let gone = tamper("DELETE FROM runs WHERE id = 2;");
+    assert_eq!(gone.code, 1, "{gone:?}");
+    assert!(
+        gone.stdout
+            .contains("run 2 is journaled but has no row in the runs table (deleted)"),
+        "{gone:?}"
+    );
+    let added = tamper(
+        "INSERT INTO runs (id, started_at, mode, status, config_hash, unix_user)
+         SELECT 4, started_at, mode, 'ok', config_hash, unix_user FROM runs WHERE id = 3;",
+    );
+    assert_eq!(added.code, 1, "{added:?}");
+    assert!(
+        added
+            .stdout
+            .contains("run 4 in the runs table has no journaled start"),
+        "{added:?}"
+    );
+
     std::fs::write(&db, &pristine).unwrap();
     let fine = journal(env, &["verify"]);
     assert_eq!(fine.code, 0, "{fine:?}");
@@ -494,6 +545,39 @@ async fn retention_prunes_old_records_and_the_chain_still_verifies() {
         verify.stdout.trim(),
         format!("intact, {} records", kept.len())
     );
+    assert_eq!(
+        snap.runs(10)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>(),
+        vec![2],
+        "run 1's row went with its records"
+    );
+    drop(snap);
+    // Deleting the oldest kept records, the prune record among them, and
+    // moving journal_meta's pruned start up to match, is caught.
+    let db = env.state_dir().join("absync.db");
+    let pristine = std::fs::read(&db).unwrap();
+    let _ = std::fs::remove_file(env.state_dir().join("absync.db-wal"));
+    let prune_id = prune.id;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(&format!(
+            "UPDATE journal_meta SET value = (SELECT id FROM journal WHERE id = {prune_id})
+               WHERE key = 'pruned_id';
+             UPDATE journal_meta SET value = (SELECT hash FROM journal WHERE id = {prune_id})
+               WHERE key = 'pruned_hash';
+             DELETE FROM journal WHERE id <= {prune_id};"
+        ))
+        .unwrap();
+    let forged = journal(&env, &["verify"]);
+    assert_eq!(forged.code, 1, "{forged:?}");
+    assert!(
+        forged.stdout.contains("no prune record in the chain"),
+        "{forged:?}"
+    );
+    std::fs::write(&db, &pristine).unwrap();
     // Deleting the oldest kept record is still caught.
     rusqlite::Connection::open(env.state_dir().join("absync.db"))
         .unwrap()
