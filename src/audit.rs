@@ -362,7 +362,8 @@ pub fn history(s: &Snapshot, who: &str) -> Result<Vec<Stored>, StateError> {
 /// One object held in the target at a given time, per the journal.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Held {
-    /// The record that left the object in this state, and when.
+    /// The record that left the object in this state (a `checkpoint`, when
+    /// that record was pruned), and when the object came to be in it.
     pub record: i64,
     pub at: String,
     pub anchor: String,
@@ -370,55 +371,150 @@ pub struct Held {
     pub state: ObjectRow,
 }
 
+/// When the journal was last pruned, the time before which its records
+/// were removed (the `older_than` of the newest prune record).
+pub fn pruned_before(s: &Snapshot) -> Result<Option<String>, StateError> {
+    if meta(s, "pruned_id")?.is_none() {
+        return Ok(None);
+    }
+    let detail: Option<String> = s
+        .conn
+        .query_row(
+            "SELECT detail FROM journal WHERE op = 'prune' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| s.db_err(e))?
+        .flatten();
+    Ok(detail
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+        .and_then(|d| d["older_than"].as_str().map(str::to_string)))
+}
+
+/// Per anchor, the last state-changing record up to record `last`
+/// (checkpoints aside): its id, time, org and state (`None`: not held).
+/// Optionally only those held, or one organisation's.
+type Latest = (i64, String, String, Option<String>, Option<String>);
+
+fn latest_states(
+    s: &Snapshot,
+    last: i64,
+    held_only: bool,
+    org: Option<&str>,
+    f: &mut dyn FnMut(Latest) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    let sql = format!(
+        "SELECT id, at, anchor, org, state FROM journal WHERE id IN (
+            SELECT max(id) FROM journal WHERE anchor IS NOT NULL AND {STATE_OPS} AND id <= ?1
+            GROUP BY anchor)
+         AND (?3 = 0 OR state IS NOT NULL) AND (?2 IS NULL OR org = ?2)"
+    );
+    let mut stmt = s.conn.prepare(&sql).map_err(|e| s.db_err(e))?;
+    let rows = stmt
+        .query_map(params![last, org, held_only], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .map_err(|e| s.db_err(e))?;
+    for row in rows {
+        f(row.map_err(|e| s.db_err(e))?)?;
+    }
+    Ok(())
+}
+
+fn held_from(
+    record: i64,
+    at: String,
+    anchor: String,
+    org: Option<String>,
+    state: &str,
+) -> Result<Held, StateError> {
+    let state = serde_json::from_str(state).map_err(|e| StateError::Corrupt {
+        anchor: anchor.clone(),
+        detail: format!("journal record {record}: {e}"),
+    })?;
+    Ok(Held {
+        record,
+        at,
+        anchor,
+        org,
+        state,
+    })
+}
+
 /// The objects held in the target at `at`, as the journal records them:
 /// per object, the last state-changing record up to then, if it left the
-/// object in place. Optionally one organisation only.
+/// object in place. An object whose records up to then were all pruned is
+/// as the newest `checkpoint` pruning left for it. Optionally one
+/// organisation only. A time before the records kept is
+/// [`StateError::Pruned`]: the journal no longer knows.
 pub fn held(
     s: &Snapshot,
     at: &str,
     org: Option<&str>,
     f: Each<'_, Held>,
 ) -> Result<(), StateError> {
+    let pruned = pruned_before(s)?;
+    if let Some(before) = &pruned {
+        if at < before.as_str() {
+            return Err(StateError::Pruned(before.clone()));
+        }
+    }
     let last: Option<i64> = s
         .conn
         .query_row("SELECT max(id) FROM journal WHERE at <= ?1", [at], |r| {
             r.get(0)
         })
         .map_err(|e| s.db_err(e))?;
-    let Some(last) = last else {
-        return Ok(());
-    };
-    let sql = format!(
-        "SELECT id, at, anchor, org, state FROM journal WHERE id IN (
-            SELECT max(id) FROM journal WHERE anchor IS NOT NULL AND {STATE_OPS} AND id <= ?1
-            GROUP BY anchor)
-         AND state IS NOT NULL AND (?2 IS NULL OR org = ?2)"
-    );
-    let mut stmt = s.conn.prepare(&sql).map_err(|e| s.db_err(e))?;
-    let rows = stmt
-        .query_map(params![last, org], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, String>(4)?,
-            ))
-        })
-        .map_err(|e| s.db_err(e))?;
-    for row in rows {
-        let (record, at, anchor, org, state) = row.map_err(|e| s.db_err(e))?;
-        let state = serde_json::from_str(&state).map_err(|e| StateError::Corrupt {
-            anchor: anchor.clone(),
-            detail: format!("journal record {record}: {e}"),
-        })?;
-        f(Held {
+    if let Some(last) = last {
+        latest_states(s, last, true, org, &mut |(
             record,
             at,
             anchor,
             org,
             state,
+        )| {
+            f(held_from(
+                record,
+                at,
+                anchor,
+                org,
+                &state.unwrap_or_default(),
+            )?)
         })?;
+    }
+    if pruned.is_none() {
+        return Ok(());
+    }
+    // Objects none of whose records up to `at` are kept: as the newest
+    // checkpoint left them (it holds their state at the cut, whenever it
+    // was written).
+    let sql = format!(
+        "SELECT c.id, c.anchor, c.org, c.state, c.detail FROM journal c WHERE c.id IN (
+            SELECT max(id) FROM journal WHERE op = 'checkpoint' GROUP BY anchor)
+         AND c.state IS NOT NULL AND (?2 IS NULL OR c.org = ?2)
+         AND NOT EXISTS (SELECT 1 FROM journal WHERE anchor = c.anchor AND {STATE_OPS}
+                         AND id <= ?1)"
+    );
+    let mut stmt = s.conn.prepare(&sql).map_err(|e| s.db_err(e))?;
+    let rows = stmt
+        .query_map(params![last.unwrap_or(0), org], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })
+        .map_err(|e| s.db_err(e))?;
+    for row in rows {
+        let (record, anchor, org, state, detail) = row.map_err(|e| s.db_err(e))?;
+        let since = detail
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+            .and_then(|d| d["since"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        f(held_from(record, since, anchor, org, &state)?)?;
     }
     Ok(())
 }
@@ -573,6 +669,7 @@ pub fn prune(s: &Snapshot, retention: Duration, run_id: i64) -> Result<u64, Stat
         return Ok(0);
     };
     let tx = s.conn.unchecked_transaction().map_err(db)?;
+    let checkpoints = checkpoint(s, &tx, last_id, run_id)?;
     let n = tx
         .execute("DELETE FROM journal WHERE id <= ?1", [last_id])
         .map_err(db)? as u64;
@@ -600,14 +697,83 @@ pub fn prune(s: &Snapshot, retention: Duration, run_id: i64) -> Result<u64, Stat
     r.detail = Some(serde_json::json!({
         "records": n,
         "runs": runs,
+        "checkpoints": checkpoints,
         "older_than": cutoff,
         "pruned_through_id": last_id,
         "pruned_last_hash": last_hash,
     }));
     crate::journal::append(&tx, &r).map_err(db)?;
     tx.commit().map_err(db)?;
-    tracing::info!(records = n, runs, older_than = %cutoff, "journal pruned");
+    tracing::info!(
+        records = n,
+        runs,
+        checkpoints,
+        older_than = %cutoff,
+        "journal pruned"
+    );
     Ok(n)
+}
+
+/// Before pruning through record `last`, appends what `held` needs to
+/// still know what was held at the cut: for each object whose last state
+/// record up to the cut is about to go, a `checkpoint` with the state that
+/// record left (or, if it left the object gone while an older checkpoint
+/// still says held, one saying it is not held). Returns how many.
+fn checkpoint(
+    s: &Snapshot,
+    tx: &rusqlite::Transaction<'_>,
+    last: i64,
+    run_id: i64,
+) -> Result<u64, StateError> {
+    let mut live = std::collections::HashSet::new();
+    let mut stmt = s
+        .conn
+        .prepare(
+            "SELECT anchor FROM journal WHERE id IN (
+                 SELECT max(id) FROM journal WHERE op = 'checkpoint' GROUP BY anchor)
+             AND state IS NOT NULL",
+        )
+        .map_err(|e| s.db_err(e))?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(|e| s.db_err(e))?;
+    for a in rows {
+        live.insert(a.map_err(|e| s.db_err(e))?);
+    }
+    let mut ids = Vec::new();
+    latest_states(s, last, false, None, &mut |(id, _, anchor, _, state)| {
+        if state.is_some() || live.contains(&anchor) {
+            ids.push(id);
+        }
+        Ok(())
+    })?;
+    ids.sort_unstable();
+    // One record at a time: the states of a whole directory need not be in
+    // memory at once.
+    for &id in &ids {
+        for src in s.stored_where("id = ?1", &[&id])? {
+            let held = src.record.state.is_some();
+            let mut r = Record::new(
+                run_id,
+                "checkpoint",
+                if held { "held" } else { "not held" },
+                "older records removed after the retention period",
+            );
+            r.anchor = src.record.anchor;
+            r.dn = src
+                .record
+                .state
+                .as_ref()
+                .map(|o| o.dn.clone())
+                .or(src.record.dn);
+            r.org = src.record.org;
+            r.agreements = src.record.agreements;
+            r.state = src.record.state;
+            r.detail = Some(serde_json::json!({ "since": src.at, "record": src.id }));
+            crate::journal::append(tx, &r).map_err(|e| s.db_err(e))?;
+        }
+    }
+    Ok(ids.len() as u64)
 }
 
 /// A short text of a record's changes: `title: "A" -> "B"`.
@@ -628,4 +794,94 @@ pub fn describe_changes(r: &Record) -> String {
         parts.insert(0, format!("from {old}"));
     }
     parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(anchor: &str, title: &str) -> ObjectRow {
+        let mut attrs = std::collections::BTreeMap::new();
+        attrs.insert("title".to_string(), vec![title.to_string()]);
+        ObjectRow {
+            anchor: anchor.into(),
+            dn: format!("cn={anchor},OU=T"),
+            org: "RX1".into(),
+            agreements: vec!["DSA-1".into()],
+            attrs,
+            hidden: None,
+        }
+    }
+
+    fn record(run: i64, op: &str, anchor: &str, state: Option<ObjectRow>) -> Record {
+        let mut r = Record::new(run, op, "applied", "test");
+        r.anchor = Some(anchor.into());
+        r.org = Some("RX1".into());
+        r.dn = Some(format!("cn={anchor},OU=T"));
+        r.state = state;
+        r
+    }
+
+    #[test]
+    fn held_survives_two_prunes_with_a_change_and_a_delete_between_them() {
+        let dir = std::env::temp_dir().join(format!("absync-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Snapshot::open(&dir).unwrap();
+        let run = s.start_run("sync", &Default::default()).unwrap();
+        let gap = Duration::from_millis(1000);
+        s.journal(&[
+            record(run, "add", "a", Some(object("a", "one"))),
+            record(run, "add", "b", Some(object("b", "one"))),
+            record(run, "add", "c", Some(object("c", "one"))),
+            record(run, "delete", "c", None),
+        ])
+        .unwrap();
+        std::thread::sleep(gap);
+        s.journal(&[
+            record(run, "delete", "a", None),
+            record(run, "modify", "b", Some(object("b", "two"))),
+        ])
+        .unwrap();
+        std::thread::sleep(gap);
+        let after_adds = |s: &Snapshot| {
+            let mut out = Vec::new();
+            held(s, &crate::journal::now(), None, &mut |h| {
+                out.push((h.anchor, h.state.attrs["title"][0].clone()));
+                Ok(())
+            })
+            .unwrap();
+            out.sort();
+            out
+        };
+        let now = vec![("b".to_string(), "two".to_string())];
+        // The adds go: checkpoints say a and b were held (c was gone).
+        prune(&s, gap * 3 / 2, run).unwrap();
+        let checkpoints = s
+            .stored_where("op = 'checkpoint'", &[])
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.record.anchor.unwrap(), r.record.outcome))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            checkpoints,
+            vec![
+                ("a".to_string(), "held".to_string()),
+                ("b".into(), "held".into())
+            ]
+        );
+        assert_eq!(after_adds(&s), now, "the later records win");
+        // The delete and the change go, the first checkpoints stay: a's
+        // delete is carried by a checkpoint of its own.
+        prune(&s, gap / 2, run).unwrap();
+        let checkpoints = s
+            .stored_where("op = 'checkpoint'", &[])
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.record.anchor.unwrap(), r.record.outcome))
+            .collect::<Vec<_>>();
+        assert_eq!(checkpoints.len(), 4, "{checkpoints:?}");
+        assert_eq!(after_adds(&s), now);
+        assert!(matches!(verify(&s).unwrap(), Verdict::Intact { .. }));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

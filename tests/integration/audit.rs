@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use absync::ldap::Conn;
 
 use crate::common::check::*;
-use crate::common::env::{Run, SyncEnv};
+use crate::common::env::{Objects, Run, SyncEnv};
 
 /// The sequence, and what the tests need to know about it.
 struct History {
@@ -201,16 +201,11 @@ async fn an_auditor_can_answer_what_when_under_which_agreement_and_who_held_what
         serde_json::from_str(&r.stdout).unwrap()
     };
     let now_held = held(&now(), None);
-    let ad = by_anchor(&env.ad_objects().await);
+    assert_held_is(&now_held, &env.ad_objects().await);
     let held_anchors: BTreeSet<String> = now_held
         .iter()
         .map(|r| r["anchor"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(
-        held_anchors,
-        ad.keys().cloned().collect(),
-        "held now = AD now"
-    );
     let at1 = held(&h.after_run1, None);
     assert!(
         at1.iter().any(|r| r["anchor"] == h.purged.as_str()),
@@ -347,6 +342,38 @@ async fn exports_open_in_a_spreadsheet_and_redaction_hides_personal_values() {
         redacted.stdout.contains("agreement expired"),
         "reasons stay"
     );
+}
+
+/// `held` (as JSON) names exactly the objects in AD, with their DNs and
+/// every attribute value it records.
+fn assert_held_is(held: &[serde_json::Value], ad: &Objects) {
+    let ad = by_anchor(ad);
+    let anchors: BTreeSet<&str> = held.iter().map(|h| h["anchor"].as_str().unwrap()).collect();
+    assert_eq!(
+        anchors,
+        ad.keys().map(String::as_str).collect(),
+        "held = AD, object for object"
+    );
+    for h in held {
+        let live = &ad[h["anchor"].as_str().unwrap()];
+        assert_eq!(
+            absync::dn::normalize(h["state"]["dn"].as_str().unwrap()),
+            absync::dn::normalize(&live["dn"][0]),
+            "{h}"
+        );
+        for (k, v) in h["state"]["attrs"].as_object().unwrap() {
+            let mut held: Vec<&str> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            let mut live: Vec<&str> = live[&k.to_lowercase()].iter().map(String::as_str).collect();
+            held.sort_unstable();
+            live.sort_unstable();
+            assert_eq!(held, live, "{k} of {}", h["anchor"]);
+        }
+    }
 }
 
 /// Counts the fields of one RFC 4180 line.
@@ -544,6 +571,41 @@ async fn retention_prunes_old_records_and_the_chain_still_verifies() {
     assert_eq!(
         verify.stdout.trim(),
         format!("intact, {} records", kept.len())
+    );
+    // What was held is still known after the records that said so went:
+    // `held` now is what AD holds, attribute for attribute, from the
+    // checkpoints the pruning left.
+    let held_now = journal(&env, &["held", "--at", &now(), "--format", "json"]);
+    assert_eq!(held_now.code, 0, "{held_now:?}");
+    let held_now: Vec<serde_json::Value> = serde_json::from_str(&held_now.stdout).unwrap();
+    assert_held_is(&held_now, &env.ad_objects().await);
+    let checkpoints: Vec<i64> = kept
+        .iter()
+        .filter(|r| r.record.op == "checkpoint")
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        checkpoints.len(),
+        held_now.len(),
+        "one checkpoint per object"
+    );
+    assert!(held_now
+        .iter()
+        .all(|h| checkpoints.contains(&h["record"].as_i64().unwrap())));
+    let someone = held_now[0]["anchor"].as_str().unwrap();
+    let life = journal(&env, &["history", someone, "--format", "json"]);
+    let life: Vec<serde_json::Value> = serde_json::from_str(&life.stdout).unwrap();
+    assert_eq!(life.len(), 1);
+    assert_eq!(life[0]["op"], "checkpoint");
+    assert_eq!(life[0]["outcome"], "held");
+    // Before the cut the journal no longer knows, and says so.
+    let before = journal(&env, &["held", "--at", "2000-01-01"]);
+    assert_eq!(before.code, 2, "{before:?}");
+    assert!(
+        before
+            .stderr
+            .contains("were removed after the retention period"),
+        "{before:?}"
     );
     assert_eq!(
         snap.runs(10)
