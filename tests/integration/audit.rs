@@ -267,6 +267,85 @@ async fn an_auditor_can_answer_what_when_under_which_agreement_and_who_held_what
     assert!(lines[0].contains("run 1") && lines[0].contains("config, mapping, agreements"));
     assert!(lines[1].contains("run 2") && lines[1].contains("changed: config, mapping "));
     assert!(lines[2].contains("run 3") && lines[2].contains("changed: agreements "));
+
+    // Every query as CSV: the same answers, one quoted field per column.
+    let runs_csv = csv(
+        env,
+        &["runs"],
+        "run,started,ended,seconds,mode,status,added,modified,renamed,deleted,hidden,restored,\
+         withheld,conflicts,failed,user,config_hash,mapping_hash,agreements_hash",
+    );
+    assert_eq!(runs_csv.len(), 3);
+    for (row, j) in runs_csv.iter().zip(json.as_array().unwrap()) {
+        assert_eq!(row[0], j["id"].to_string());
+        assert_eq!(row[1], j["started_at"].as_str().unwrap());
+        assert_eq!(row[5], j["status"].as_str().unwrap());
+        assert_eq!(row[6], j["counts"]["added"].to_string());
+        assert_eq!(row[15], j["unix_user"].as_str().unwrap());
+        assert_eq!(row[18], j["files"]["agreements"].as_str().unwrap());
+    }
+    let record_header = absync::audit::CSV_HEADER;
+    let show_csv = csv(env, &["show", "1"], record_header);
+    assert_eq!(
+        show_csv.iter().map(|r| r[3].as_str()).collect::<Vec<_>>(),
+        records
+            .iter()
+            .map(|r| r["op"].as_str().unwrap())
+            .collect::<Vec<_>>()
+    );
+    assert!(show_csv.iter().all(|r| r[2] == "1"));
+    let life_csv = csv(env, &["history", &h.changed_mail], record_header);
+    assert_eq!(
+        life_csv.iter().map(|r| r[3].as_str()).collect::<Vec<_>>(),
+        vec!["add", "rename", "modify"]
+    );
+    assert_eq!(life_csv[1][8], renamed_dn);
+    let changes: serde_json::Value = serde_json::from_str(&life_csv[2][11]).unwrap();
+    assert_eq!(changes["title"]["new"][0], "Clinical Director");
+    let held_csv = csv(
+        env,
+        &["held", "--at", &h.after_run1, "--org", &h.codes[2]],
+        "anchor,org,dn,agreements,hidden,attributes,since",
+    );
+    assert_eq!(held_csv.len(), org_b.len());
+    for row in &held_csv {
+        let j = org_b
+            .iter()
+            .find(|j| j["anchor"] == row[0].as_str())
+            .unwrap();
+        assert_eq!(row[1], h.codes[2]);
+        assert_eq!(row[2], j["state"]["dn"].as_str().unwrap());
+        assert_eq!(row[3], "DSA-AUD-B");
+        assert_eq!(row[4], "");
+        let attrs: serde_json::Value = serde_json::from_str(&row[5]).unwrap();
+        assert_eq!(attrs, j["state"]["attrs"]);
+        assert_eq!(row[6], j["at"].as_str().unwrap());
+    }
+    let b_csv = csv(env, &["agreement", "DSA-AUD-B"], record_header);
+    assert_eq!(b_csv.len(), under_b.len());
+    assert!(b_csv
+        .iter()
+        .all(|r| r[10].split(';').any(|a| a == "DSA-AUD-B")));
+    let cc_csv = csv(
+        env,
+        &["config-changes"],
+        "run,at,changed,config_hash,mapping_hash,agreements_hash",
+    );
+    assert_eq!(
+        cc_csv
+            .iter()
+            .map(|r| (r[0].as_str(), r[2].as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("1", "config mapping agreements"),
+            ("2", "config mapping"),
+            ("3", "agreements")
+        ]
+    );
+    assert_eq!(
+        cc_csv[2][5],
+        json[2]["files"]["agreements"].as_str().unwrap()
+    );
 }
 
 #[tokio::test]
@@ -378,18 +457,46 @@ fn assert_held_is(held: &[serde_json::Value], ad: &Objects) {
 
 /// Counts the fields of one RFC 4180 line.
 fn csv_fields(line: &str) -> usize {
-    let (mut n, mut quoted, mut chars) = (1, false, line.chars().peekable());
+    csv_row(line).len()
+}
+
+/// The fields of one RFC 4180 line, unquoted.
+fn csv_row(line: &str) -> Vec<String> {
+    let (mut out, mut field, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '"' if quoted && chars.peek() == Some(&'"') => {
                 chars.next();
+                field.push('"');
             }
             '"' => quoted = !quoted,
-            ',' if !quoted => n += 1,
-            _ => {}
+            ',' if !quoted => out.push(std::mem::take(&mut field)),
+            c => field.push(c),
         }
     }
-    n
+    assert!(!quoted, "unterminated quote in {line}");
+    out.push(field);
+    out
+}
+
+/// A query's CSV: its header (checked) and its rows, each with as many
+/// fields as the header.
+fn csv(env: &SyncEnv, args: &[&str], header: &str) -> Vec<Vec<String>> {
+    let mut all = args.to_vec();
+    all.extend(["--format", "csv"]);
+    let r = journal(env, &all);
+    assert_eq!(r.code, 0, "{r:?}");
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some(header), "{r:?}");
+    let width = csv_fields(header);
+    lines
+        .map(|l| {
+            let row = csv_row(l);
+            assert_eq!(row.len(), width, "{l}");
+            row
+        })
+        .collect()
 }
 
 #[tokio::test]
