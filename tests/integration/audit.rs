@@ -1,5 +1,6 @@
 //! The auditor's tools after a realistic sequence of runs: an initial load,
-//! source changes, a conflict, a failed entry, and an agreement expiring.
+//! source changes, a conflict, a failed entry, and an agreement expiring
+//! (and, in the queries test, a leaver hidden for a grace period and back).
 //! Every `absync journal` command is run as an auditor would run it.
 
 use std::collections::BTreeSet;
@@ -346,6 +347,79 @@ async fn an_auditor_can_answer_what_when_under_which_agreement_and_who_held_what
         cc_csv[2][5],
         json[2]["files"]["agreements"].as_str().unwrap()
     );
+
+    // With a grace period a leaver is hidden, not deleted, and restored
+    // when they come back. While hidden the contact is still in AD (in the
+    // quarantine OU), so `held` still lists it, marked hidden.
+    let quarantine = env.new_quarantine().await;
+    env.set_safety(&format!(
+        "[safety]\nmax_deletes = 1000000\nmax_delete_percent = 100\n\
+         delete_grace = \"7d\"\nquarantine_ou = \"{quarantine}\"\n"
+    ));
+    let people = env.source_people("(objectClass=nhsPerson)").await;
+    let (returner, rp) = people
+        .iter()
+        .find(|(u, p)| {
+            p["nhsodscode"][0] == h.codes[0]
+                && p["nhsentrystatus"][0] == "active"
+                && **u != h.changed
+                && held_anchors.contains(*u)
+        })
+        .unwrap();
+    let status = |s: &str| {
+        format!(
+            "dn: {}\nchangetype: modify\nreplace: nhsEntryStatus\nnhsEntryStatus: {s}\n-\n\n",
+            rp["dn"][0]
+        )
+    };
+    env.change_source(&status("leaver"));
+    // (Exit 1: the entry AD refuses is still refused.)
+    assert_eq!(env.absync(&["sync"]).code, 1);
+    let while_hidden = now();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.change_source(&status("active"));
+    assert_eq!(env.absync(&["sync"]).code, 1);
+    let life = journal(env, &["history", returner, "--format", "json"]);
+    let life: Vec<serde_json::Value> = serde_json::from_str(&life.stdout).unwrap();
+    let ops: Vec<&str> = life.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, vec!["add", "hide", "restore"], "{life:?}");
+    assert_eq!(life[1]["reason"], "leaver");
+    assert_eq!(
+        (life[1]["run_id"].as_i64(), life[2]["run_id"].as_i64()),
+        (Some(4), Some(5))
+    );
+    let hidden_then = held(&while_hidden, Some(&h.codes[0]))
+        .into_iter()
+        .find(|r| r["anchor"] == returner.as_str())
+        .expect("a hidden contact is still held");
+    assert!(!hidden_then["state"]["hidden"].is_null(), "{hidden_then}");
+    assert!(
+        hidden_then["state"]["dn"]
+            .as_str()
+            .unwrap()
+            .ends_with(&quarantine),
+        "{hidden_then}"
+    );
+    let hidden_csv = csv(
+        env,
+        &["held", "--at", &while_hidden, "--org", &h.codes[0]],
+        "anchor,org,dn,agreements,hidden,attributes,since",
+    );
+    assert_eq!(
+        hidden_csv
+            .iter()
+            .filter(|r| r[4] == "hidden")
+            .map(|r| r[0].as_str())
+            .collect::<Vec<_>>(),
+        vec![returner.as_str()]
+    );
+    let back = held(&now(), Some(&h.codes[0]))
+        .into_iter()
+        .find(|r| r["anchor"] == returner.as_str())
+        .unwrap();
+    assert!(back["state"]["hidden"].is_null());
+    assert!(!back["state"]["dn"].as_str().unwrap().ends_with(&quarantine));
+    assert_eq!(journal(env, &["verify"]).code, 0);
 }
 
 #[tokio::test]
