@@ -3,16 +3,18 @@
 //!   cargo run --release --example journal_scale -- [RECORDS] [DIR]
 //!
 //! Writes RECORDS journal records (default 1,000,000: 100,000 people, each
-//! added, then modified, renamed, hidden, restored ... in turn) into a fresh
-//! state database in DIR, then times `history`, `held`, `agreement`,
-//! `verify` and an export, and prints the figures.
+//! added, then in each later round modified, or one in ten renamed, one in
+//! ten hidden and restored the round after) into a fresh state database in
+//! DIR, in transactions of 10,000, then times `history`, `held` (at the end
+//! and half-way through the writing), `agreement`, `verify` and an export,
+//! and prints the figures.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use absync::audit;
 use absync::journal::{AttrChange, Record};
-use absync::snapshot::{ObjectRow, Snapshot};
+use absync::snapshot::{Hidden, ObjectRow, Snapshot};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -30,12 +32,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::remove_dir_all(&dir)?;
     }
     let snap = Snapshot::open(&dir)?;
-    let people = (total / 10).max(1);
+    let people = (total / 10).max(1) as usize;
     let t = Instant::now();
     let run = snap.start_run("sync", &Default::default())?;
     let mut batch = Vec::with_capacity(10_000);
     let mut written = 0u64;
     let mut round = 0u64;
+    let mut mid = None;
+    let mut ops: BTreeMap<&str, u64> = BTreeMap::new();
+    // Per person: the DN now and whether hidden.
+    let mut dns: Vec<String> = (0..people)
+        .map(|p| format!("cn=Person {p},OU=NHS Directory,DC=sync,DC=test"))
+        .collect();
+    let mut hidden = vec![false; people];
     while written < total {
         for p in 0..people {
             if written >= total {
@@ -49,37 +58,76 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             attrs.insert("mail".to_string(), vec![mail.clone()]);
             attrs.insert("title".to_string(), vec![title.clone()]);
             attrs.insert("sn".to_string(), vec![format!("Surname{p}")]);
-            let dn = format!("cn=Person {p},OU=NHS Directory,DC=sync,DC=test");
-            let op = if round == 0 { "add" } else { "modify" };
-            let mut r = Record::new(run, op, "applied", "new entry");
+            // Each round: a hidden person is restored; of the others, one in
+            // ten is hidden (a leaver in the grace period), one in ten
+            // renamed, the rest modified.
+            let slot = (p as u64 + round) % 10;
+            let (op, reason) = match (round, hidden[p], slot) {
+                (0, _, _) => ("add", "new entry"),
+                (_, true, _) => ("restore", "back in scope"),
+                (_, false, 0) => ("hide", "leaver"),
+                (_, false, 5) => ("rename", "renamed in source"),
+                _ => ("modify", "attributes changed"),
+            };
+            *ops.entry(op).or_default() += 1;
+            let old_dn = dns[p].clone();
+            match op {
+                "hide" => {
+                    dns[p] = format!(
+                        "cn=Person {p} [{anchor}],OU=absync quarantine,OU=NHS Directory,DC=sync,DC=test"
+                    );
+                    hidden[p] = true;
+                }
+                "restore" => {
+                    dns[p] = format!("cn=Person {p},OU=NHS Directory,DC=sync,DC=test");
+                    hidden[p] = false;
+                }
+                "rename" => {
+                    dns[p] = format!("cn=Person {p} r{round},OU=NHS Directory,DC=sync,DC=test");
+                }
+                _ => {}
+            }
+            let dn = dns[p].clone();
+            let mut r = Record::new(run, op, "applied", reason);
             r.anchor = Some(anchor.clone());
             r.dn = Some(dn.clone());
+            if dn != old_dn {
+                r.old_dn = Some(old_dn);
+            }
             r.org = Some(org.clone());
             r.agreements = vec![format!("DSA-{:02}", p % 5)];
-            r.changes.insert(
-                "title".into(),
-                AttrChange {
-                    old: if round == 0 {
-                        vec![]
-                    } else {
-                        vec![format!("Title {}", round - 1)]
+            if op == "add" || op == "modify" {
+                r.changes.insert(
+                    "title".into(),
+                    AttrChange {
+                        old: if round == 0 {
+                            vec![]
+                        } else {
+                            vec![format!("Title {}", round - 1)]
+                        },
+                        new: vec![title],
                     },
-                    new: vec![title],
-                },
-            );
+                );
+            }
             r.state = Some(ObjectRow {
                 anchor,
                 dn,
                 org,
                 agreements: r.agreements.clone(),
                 attrs,
-                hidden: None,
+                hidden: hidden[p].then(|| Hidden {
+                    at: "2026-01-01T00:00:00Z".into(),
+                    reason: "leaver".into(),
+                }),
             });
             batch.push(r);
             written += 1;
             if batch.len() == 10_000 {
                 snap.journal(&batch)?;
                 batch.clear();
+                if mid.is_none() && written >= total / 2 {
+                    mid = Some(absync::journal::now());
+                }
             }
         }
         round += 1;
@@ -93,6 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         written as f64 / write_secs,
         size as f64 / 1e6
     );
+    println!("operations: {ops:?}");
 
     let time = |what: &str, f: &mut dyn FnMut() -> usize| {
         let t = Instant::now();
@@ -125,6 +174,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap();
         n
     });
+    let mid = mid.unwrap_or_else(|| at.clone());
+    time("held --at mid-journal (everyone)", &mut || {
+        let mut n = 0;
+        audit::held(&snap, &mid, None, &mut |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        n
+    });
     time("held --at --org R07", &mut || {
         let mut n = 0;
         audit::held(&snap, &at, Some("R07"), &mut |_| {
@@ -144,7 +203,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         n
     });
     time("verify", &mut || match audit::verify(&snap).unwrap() {
-        audit::Verdict::Intact { records } => records as usize,
+        audit::Verdict::Intact { records, .. } => records as usize,
         broken => panic!("{broken}"),
     });
     time("export (read every record)", &mut || {

@@ -23,14 +23,35 @@ const STATE_OPS: &str = "op IN ('add','modify','rename','hide','restore','delete
 /// What `verify` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Intact { records: u64 },
-    Broken { record: i64, why: String },
+    /// The chain holds, and every runs row agrees with its run's records.
+    /// `unchecked_runs`: rows of runs older than every run record kept
+    /// (from a journal upgraded from before the chain), which nothing can
+    /// check.
+    Intact {
+        records: u64,
+        unchecked_runs: u64,
+    },
+    Broken {
+        record: i64,
+        why: String,
+    },
 }
 
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Verdict::Intact { records } => write!(f, "intact, {records} records"),
+            Verdict::Intact {
+                records,
+                unchecked_runs: 0,
+            } => write!(f, "intact, {records} records"),
+            Verdict::Intact {
+                records,
+                unchecked_runs,
+            } => write!(
+                f,
+                "intact, {records} records ({unchecked_runs} runs older than the journal's \
+                 first run record cannot be checked)"
+            ),
             Verdict::Broken { record, why } => write!(f, "BROKEN at record {record}: {why}"),
         }
     }
@@ -47,22 +68,99 @@ fn meta(s: &Snapshot, key: &str) -> Result<Option<String>, StateError> {
         .map_err(|e| s.db_err(e))
 }
 
+/// Two times the same, or (rows written before a run's row and records
+/// shared one time stamp) less than a second apart.
+fn same_time(a: &str, b: &str) -> bool {
+    let f = &time::format_description::well_known::Rfc3339;
+    a == b
+        || match (
+            time::OffsetDateTime::parse(a, f),
+            time::OffsetDateTime::parse(b, f),
+        ) {
+            (Ok(a), Ok(b)) => (a - b).abs() < time::Duration::SECOND,
+            _ => false,
+        }
+}
+
+/// The columns of a runs row that differ from its run's start record.
+fn start_differs(run: &Run, at: &str, r: &Record) -> Vec<&'static str> {
+    let d = r.detail.clone().unwrap_or_default();
+    let text = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+    [
+        ("started_at", !same_time(&run.started_at, at)),
+        ("mode", run.mode != r.reason),
+        ("config_hash", run.files.config != text("config_hash")),
+        ("mapping_hash", run.files.mapping != text("mapping_hash")),
+        (
+            "agreements_hash",
+            run.files.agreements != text("agreements_hash"),
+        ),
+        ("unix_user", run.unix_user != text("unix_user")),
+    ]
+    .into_iter()
+    .filter(|(_, differs)| *differs)
+    .map(|(k, _)| k)
+    .collect()
+}
+
+/// The columns of a runs row that differ from its run's end record.
+fn end_differs(run: &Run, at: &str, hash: &str, r: &Record) -> Vec<&'static str> {
+    let d = r.detail.clone().unwrap_or_default();
+    let counts: Option<crate::journal::Counts> = serde_json::from_value(d["counts"].clone()).ok();
+    [
+        (
+            "ended_at",
+            !run.ended_at.as_deref().is_some_and(|e| same_time(e, at)),
+        ),
+        ("status", d["status"] != run.status.as_str()),
+        ("counts", counts.is_none() || counts != run.counts),
+        ("head_hash", run.head_hash.as_deref() != Some(hash)),
+    ]
+    .into_iter()
+    .filter(|(_, differs)| *differs)
+    .map(|(k, _)| k)
+    .collect()
+}
+
 /// Recomputes the chain from the first record kept and reports the first
 /// record that does not fit: edited (content and hash disagree), deleted or
-/// reordered (ids or links do not follow), or a runs row that differs from
-/// its journaled end record.
+/// reordered (ids or links do not follow), a pruned start the chain's own
+/// prune record does not vouch for, or a runs row that is missing, added or
+/// differs from its run's start and end records.
 pub fn verify(s: &Snapshot) -> Result<Verdict, StateError> {
-    let mut expected_prev = meta(s, "pruned_hash")?.unwrap_or_else(|| GENESIS.to_string());
-    let mut expected_id: i64 = meta(s, "pruned_id")?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-        + 1;
+    let pruned_hash = meta(s, "pruned_hash")?;
+    let pruned_id = match meta(s, "pruned_id")? {
+        None => None,
+        Some(v) => match v.parse::<i64>() {
+            Ok(id) if pruned_hash.is_some() => Some(id),
+            _ => {
+                return Ok(Verdict::Broken {
+                    record: 1,
+                    why: "journal_meta's record of pruning is malformed (edited)".into(),
+                })
+            }
+        },
+    };
+    if pruned_id.is_none() && pruned_hash.is_some() {
+        return Ok(Verdict::Broken {
+            record: 1,
+            why: "journal_meta's record of pruning is malformed (edited)".into(),
+        });
+    }
+    let mut expected_prev = pruned_hash.clone().unwrap_or_else(|| GENESIS.to_string());
+    let mut expected_id: i64 = pruned_id.unwrap_or(0) + 1;
+    // A pruned start is only as good as the chained prune record that
+    // names it: anyone can write journal_meta.
+    let mut prune_vouched = pruned_id.is_none();
     let runs: HashMap<i64, Run> = s.runs(u32::MAX)?.into_iter().map(|r| (r.id, r)).collect();
     let last_head = runs
         .values()
         .max_by_key(|r| r.id)
         .and_then(|r| r.head_hash.clone());
     let mut head_seen = last_head.is_none();
+    // Per run: the ids of its start and end records, where kept.
+    let mut started: HashMap<i64, i64> = HashMap::new();
+    let mut ended: HashMap<i64, i64> = HashMap::new();
     let mut stmt = s
         .conn
         .prepare(&format!("SELECT {COLUMNS} FROM journal ORDER BY id"))
@@ -100,16 +198,33 @@ pub fn verify(s: &Snapshot) -> Result<Verdict, StateError> {
             return broken("its content does not match its hash (edited)".into());
         }
         let r = &row.record;
-        if r.op == "run" && r.outcome == "ended" {
-            if let (Some(run), Some(d)) = (runs.get(&r.run_id), &r.detail) {
-                let counts = serde_json::to_value(&run.counts).unwrap_or_default();
-                if d["status"] != run.status.as_str() || d["counts"] != counts {
-                    return broken(format!(
-                        "run {} in the runs table differs from its journaled end (status or \
-                         counts edited)",
-                        r.run_id
-                    ));
+        if r.op == "prune" {
+            if let (Some(d), Some(id), Some(hash)) = (&r.detail, pruned_id, &pruned_hash) {
+                if d["pruned_through_id"] == id && d["pruned_last_hash"] == hash.as_str() {
+                    prune_vouched = true;
                 }
+            }
+        }
+        if r.op == "run" && (r.outcome == "started" || r.outcome == "ended") {
+            let Some(run) = runs.get(&r.run_id) else {
+                return broken(format!(
+                    "run {} is journaled but has no row in the runs table (deleted)",
+                    r.run_id
+                ));
+            };
+            let (which, differs) = if r.outcome == "started" {
+                started.insert(r.run_id, row.id);
+                ("start", start_differs(run, &row.at, r))
+            } else {
+                ended.insert(r.run_id, row.id);
+                ("end", end_differs(run, &row.at, &row.hash, r))
+            };
+            if !differs.is_empty() {
+                return broken(format!(
+                    "run {} in the runs table differs from its journaled {which} ({} edited)",
+                    r.run_id,
+                    differs.join(", ")
+                ));
             }
         }
         if Some(&row.hash) == last_head.as_ref() {
@@ -119,6 +234,16 @@ pub fn verify(s: &Snapshot) -> Result<Verdict, StateError> {
         expected_id += 1;
         n += 1;
     }
+    if !prune_vouched {
+        return Ok(Verdict::Broken {
+            record: expected_id.min(pruned_id.unwrap_or(0) + 1),
+            why: format!(
+                "the journal starts after record {}, but no prune record in the chain says so \
+                 (older records deleted)",
+                pruned_id.unwrap_or(0)
+            ),
+        });
+    }
     if !head_seen {
         return Ok(Verdict::Broken {
             record: expected_id,
@@ -127,7 +252,41 @@ pub fn verify(s: &Snapshot) -> Result<Verdict, StateError> {
                 .into(),
         });
     }
-    Ok(Verdict::Intact { records: n })
+    // Every runs row needs its run's records; only rows older than the
+    // first run record kept (written before the chain existed) cannot have
+    // them.
+    let first_journaled = started.keys().chain(ended.keys()).min().copied();
+    let mut unchecked_runs = 0;
+    let mut ids: Vec<&i64> = runs.keys().collect();
+    ids.sort();
+    for id in ids {
+        let run = &runs[id];
+        if !started.contains_key(id) && !ended.contains_key(id) {
+            if first_journaled.is_some_and(|first| *id > first) {
+                return Ok(Verdict::Broken {
+                    record: expected_id,
+                    why: format!("run {id} in the runs table has no journaled start (inserted)"),
+                });
+            }
+            unchecked_runs += 1;
+        } else if !ended.contains_key(id)
+            && (run.status != "running"
+                || run.ended_at.is_some()
+                || run.counts.is_some()
+                || run.head_hash.is_some())
+        {
+            return Ok(Verdict::Broken {
+                record: started[id],
+                why: format!(
+                    "run {id} in the runs table has an end its journal does not record (edited)"
+                ),
+            });
+        }
+    }
+    Ok(Verdict::Intact {
+        records: n,
+        unchecked_runs,
+    })
 }
 
 /// A day (`YYYY-MM-DD`, meaning its end for "at", its start for "since")
@@ -203,7 +362,8 @@ pub fn history(s: &Snapshot, who: &str) -> Result<Vec<Stored>, StateError> {
 /// One object held in the target at a given time, per the journal.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Held {
-    /// The record that left the object in this state, and when.
+    /// The record that left the object in this state (a `checkpoint`, when
+    /// that record was pruned), and when the object came to be in it.
     pub record: i64,
     pub at: String,
     pub anchor: String,
@@ -211,55 +371,150 @@ pub struct Held {
     pub state: ObjectRow,
 }
 
+/// When the journal was last pruned, the time before which its records
+/// were removed (the `older_than` of the newest prune record).
+pub fn pruned_before(s: &Snapshot) -> Result<Option<String>, StateError> {
+    if meta(s, "pruned_id")?.is_none() {
+        return Ok(None);
+    }
+    let detail: Option<String> = s
+        .conn
+        .query_row(
+            "SELECT detail FROM journal WHERE op = 'prune' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| s.db_err(e))?
+        .flatten();
+    Ok(detail
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+        .and_then(|d| d["older_than"].as_str().map(str::to_string)))
+}
+
+/// Per anchor, the last state-changing record up to record `last`
+/// (checkpoints aside): its id, time, org and state (`None`: not held).
+/// Optionally only those held, or one organisation's.
+type Latest = (i64, String, String, Option<String>, Option<String>);
+
+fn latest_states(
+    s: &Snapshot,
+    last: i64,
+    held_only: bool,
+    org: Option<&str>,
+    f: &mut dyn FnMut(Latest) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    let sql = format!(
+        "SELECT id, at, anchor, org, state FROM journal WHERE id IN (
+            SELECT max(id) FROM journal WHERE anchor IS NOT NULL AND {STATE_OPS} AND id <= ?1
+            GROUP BY anchor)
+         AND (?3 = 0 OR state IS NOT NULL) AND (?2 IS NULL OR org = ?2)"
+    );
+    let mut stmt = s.conn.prepare(&sql).map_err(|e| s.db_err(e))?;
+    let rows = stmt
+        .query_map(params![last, org, held_only], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .map_err(|e| s.db_err(e))?;
+    for row in rows {
+        f(row.map_err(|e| s.db_err(e))?)?;
+    }
+    Ok(())
+}
+
+fn held_from(
+    record: i64,
+    at: String,
+    anchor: String,
+    org: Option<String>,
+    state: &str,
+) -> Result<Held, StateError> {
+    let state = serde_json::from_str(state).map_err(|e| StateError::Corrupt {
+        anchor: anchor.clone(),
+        detail: format!("journal record {record}: {e}"),
+    })?;
+    Ok(Held {
+        record,
+        at,
+        anchor,
+        org,
+        state,
+    })
+}
+
 /// The objects held in the target at `at`, as the journal records them:
 /// per object, the last state-changing record up to then, if it left the
-/// object in place. Optionally one organisation only.
+/// object in place. An object whose records up to then were all pruned is
+/// as the newest `checkpoint` pruning left for it. Optionally one
+/// organisation only. A time before the records kept is
+/// [`StateError::Pruned`]: the journal no longer knows.
 pub fn held(
     s: &Snapshot,
     at: &str,
     org: Option<&str>,
     f: Each<'_, Held>,
 ) -> Result<(), StateError> {
+    let pruned = pruned_before(s)?;
+    if let Some(before) = &pruned {
+        if at < before.as_str() {
+            return Err(StateError::Pruned(before.clone()));
+        }
+    }
     let last: Option<i64> = s
         .conn
         .query_row("SELECT max(id) FROM journal WHERE at <= ?1", [at], |r| {
             r.get(0)
         })
         .map_err(|e| s.db_err(e))?;
-    let Some(last) = last else {
-        return Ok(());
-    };
-    let sql = format!(
-        "SELECT id, at, anchor, org, state FROM journal WHERE id IN (
-            SELECT max(id) FROM journal WHERE anchor IS NOT NULL AND {STATE_OPS} AND id <= ?1
-            GROUP BY anchor)
-         AND state IS NOT NULL AND (?2 IS NULL OR org = ?2)"
-    );
-    let mut stmt = s.conn.prepare(&sql).map_err(|e| s.db_err(e))?;
-    let rows = stmt
-        .query_map(params![last, org], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, String>(4)?,
-            ))
-        })
-        .map_err(|e| s.db_err(e))?;
-    for row in rows {
-        let (record, at, anchor, org, state) = row.map_err(|e| s.db_err(e))?;
-        let state = serde_json::from_str(&state).map_err(|e| StateError::Corrupt {
-            anchor: anchor.clone(),
-            detail: format!("journal record {record}: {e}"),
-        })?;
-        f(Held {
+    if let Some(last) = last {
+        latest_states(s, last, true, org, &mut |(
             record,
             at,
             anchor,
             org,
             state,
+        )| {
+            f(held_from(
+                record,
+                at,
+                anchor,
+                org,
+                &state.unwrap_or_default(),
+            )?)
         })?;
+    }
+    if pruned.is_none() {
+        return Ok(());
+    }
+    // Objects none of whose records up to `at` are kept: as the newest
+    // checkpoint left them (it holds their state at the cut, whenever it
+    // was written).
+    let sql = format!(
+        "SELECT c.id, c.anchor, c.org, c.state, c.detail FROM journal c WHERE c.id IN (
+            SELECT max(id) FROM journal WHERE op = 'checkpoint' GROUP BY anchor)
+         AND c.state IS NOT NULL AND (?2 IS NULL OR c.org = ?2)
+         AND NOT EXISTS (SELECT 1 FROM journal WHERE anchor = c.anchor AND {STATE_OPS}
+                         AND id <= ?1)"
+    );
+    let mut stmt = s.conn.prepare(&sql).map_err(|e| s.db_err(e))?;
+    let rows = stmt
+        .query_map(params![last.unwrap_or(0), org], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })
+        .map_err(|e| s.db_err(e))?;
+    for row in rows {
+        let (record, anchor, org, state, detail) = row.map_err(|e| s.db_err(e))?;
+        let since = detail
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+            .and_then(|d| d["since"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        f(held_from(record, since, anchor, org, &state)?)?;
     }
     Ok(())
 }
@@ -391,9 +646,10 @@ pub fn csv_line(s: &Stored) -> String {
     .join(",")
 }
 
-/// Deletes records older than the retention period. The chain stays
-/// verifiable: the last pruned record's id and hash are kept, and the prune
-/// is itself a chained record. Returns how many records went.
+/// Deletes records older than the retention period, and the rows of the
+/// runs they were all of. The chain stays verifiable: the last pruned
+/// record's id and hash are kept, and the prune is itself a chained record
+/// naming them. Returns how many records went.
 pub fn prune(s: &Snapshot, retention: Duration, run_id: i64) -> Result<u64, StateError> {
     let cutoff = time::OffsetDateTime::now_utc() - retention;
     let cutoff = cutoff
@@ -413,8 +669,18 @@ pub fn prune(s: &Snapshot, retention: Duration, run_id: i64) -> Result<u64, Stat
         return Ok(0);
     };
     let tx = s.conn.unchecked_transaction().map_err(db)?;
+    let checkpoints = checkpoint(s, &tx, last_id, run_id)?;
     let n = tx
         .execute("DELETE FROM journal WHERE id <= ?1", [last_id])
+        .map_err(db)? as u64;
+    // The rows of runs none of whose run records are kept go too: nothing
+    // could check them against the chain any more.
+    let runs = tx
+        .execute(
+            "DELETE FROM runs WHERE id < ?1 AND NOT EXISTS (
+                 SELECT 1 FROM journal WHERE journal.run_id = runs.id AND journal.op = 'run')",
+            [run_id],
+        )
         .map_err(db)? as u64;
     for (k, v) in [
         ("pruned_id", last_id.to_string()),
@@ -430,14 +696,84 @@ pub fn prune(s: &Snapshot, retention: Duration, run_id: i64) -> Result<u64, Stat
     let mut r = Record::new(run_id, "prune", "applied", "retention period over");
     r.detail = Some(serde_json::json!({
         "records": n,
+        "runs": runs,
+        "checkpoints": checkpoints,
         "older_than": cutoff,
         "pruned_through_id": last_id,
         "pruned_last_hash": last_hash,
     }));
     crate::journal::append(&tx, &r).map_err(db)?;
     tx.commit().map_err(db)?;
-    tracing::info!(records = n, older_than = %cutoff, "journal pruned");
+    tracing::info!(
+        records = n,
+        runs,
+        checkpoints,
+        older_than = %cutoff,
+        "journal pruned"
+    );
     Ok(n)
+}
+
+/// Before pruning through record `last`, appends what `held` needs to
+/// still know what was held at the cut: for each object whose last state
+/// record up to the cut is about to go, a `checkpoint` with the state that
+/// record left (or, if it left the object gone while an older checkpoint
+/// still says held, one saying it is not held). Returns how many.
+fn checkpoint(
+    s: &Snapshot,
+    tx: &rusqlite::Transaction<'_>,
+    last: i64,
+    run_id: i64,
+) -> Result<u64, StateError> {
+    let mut live = std::collections::HashSet::new();
+    let mut stmt = s
+        .conn
+        .prepare(
+            "SELECT anchor FROM journal WHERE id IN (
+                 SELECT max(id) FROM journal WHERE op = 'checkpoint' GROUP BY anchor)
+             AND state IS NOT NULL",
+        )
+        .map_err(|e| s.db_err(e))?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(|e| s.db_err(e))?;
+    for a in rows {
+        live.insert(a.map_err(|e| s.db_err(e))?);
+    }
+    let mut ids = Vec::new();
+    latest_states(s, last, false, None, &mut |(id, _, anchor, _, state)| {
+        if state.is_some() || live.contains(&anchor) {
+            ids.push(id);
+        }
+        Ok(())
+    })?;
+    ids.sort_unstable();
+    // One record at a time: the states of a whole directory need not be in
+    // memory at once.
+    for &id in &ids {
+        for src in s.stored_where("id = ?1", &[&id])? {
+            let held = src.record.state.is_some();
+            let mut r = Record::new(
+                run_id,
+                "checkpoint",
+                if held { "held" } else { "not held" },
+                "older records removed after the retention period",
+            );
+            r.anchor = src.record.anchor;
+            r.dn = src
+                .record
+                .state
+                .as_ref()
+                .map(|o| o.dn.clone())
+                .or(src.record.dn);
+            r.org = src.record.org;
+            r.agreements = src.record.agreements;
+            r.state = src.record.state;
+            r.detail = Some(serde_json::json!({ "since": src.at, "record": src.id }));
+            crate::journal::append(tx, &r).map_err(|e| s.db_err(e))?;
+        }
+    }
+    Ok(ids.len() as u64)
 }
 
 /// A short text of a record's changes: `title: "A" -> "B"`.
@@ -458,4 +794,94 @@ pub fn describe_changes(r: &Record) -> String {
         parts.insert(0, format!("from {old}"));
     }
     parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(anchor: &str, title: &str) -> ObjectRow {
+        let mut attrs = std::collections::BTreeMap::new();
+        attrs.insert("title".to_string(), vec![title.to_string()]);
+        ObjectRow {
+            anchor: anchor.into(),
+            dn: format!("cn={anchor},OU=T"),
+            org: "RX1".into(),
+            agreements: vec!["DSA-1".into()],
+            attrs,
+            hidden: None,
+        }
+    }
+
+    fn record(run: i64, op: &str, anchor: &str, state: Option<ObjectRow>) -> Record {
+        let mut r = Record::new(run, op, "applied", "test");
+        r.anchor = Some(anchor.into());
+        r.org = Some("RX1".into());
+        r.dn = Some(format!("cn={anchor},OU=T"));
+        r.state = state;
+        r
+    }
+
+    #[test]
+    fn held_survives_two_prunes_with_a_change_and_a_delete_between_them() {
+        let dir = std::env::temp_dir().join(format!("absync-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Snapshot::open(&dir).unwrap();
+        let run = s.start_run("sync", &Default::default()).unwrap();
+        let gap = Duration::from_millis(1000);
+        s.journal(&[
+            record(run, "add", "a", Some(object("a", "one"))),
+            record(run, "add", "b", Some(object("b", "one"))),
+            record(run, "add", "c", Some(object("c", "one"))),
+            record(run, "delete", "c", None),
+        ])
+        .unwrap();
+        std::thread::sleep(gap);
+        s.journal(&[
+            record(run, "delete", "a", None),
+            record(run, "modify", "b", Some(object("b", "two"))),
+        ])
+        .unwrap();
+        std::thread::sleep(gap);
+        let after_adds = |s: &Snapshot| {
+            let mut out = Vec::new();
+            held(s, &crate::journal::now(), None, &mut |h| {
+                out.push((h.anchor, h.state.attrs["title"][0].clone()));
+                Ok(())
+            })
+            .unwrap();
+            out.sort();
+            out
+        };
+        let now = vec![("b".to_string(), "two".to_string())];
+        // The adds go: checkpoints say a and b were held (c was gone).
+        prune(&s, gap * 3 / 2, run).unwrap();
+        let checkpoints = s
+            .stored_where("op = 'checkpoint'", &[])
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.record.anchor.unwrap(), r.record.outcome))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            checkpoints,
+            vec![
+                ("a".to_string(), "held".to_string()),
+                ("b".into(), "held".into())
+            ]
+        );
+        assert_eq!(after_adds(&s), now, "the later records win");
+        // The delete and the change go, the first checkpoints stay: a's
+        // delete is carried by a checkpoint of its own.
+        prune(&s, gap / 2, run).unwrap();
+        let checkpoints = s
+            .stored_where("op = 'checkpoint'", &[])
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.record.anchor.unwrap(), r.record.outcome))
+            .collect::<Vec<_>>();
+        assert_eq!(checkpoints.len(), 4, "{checkpoints:?}");
+        assert_eq!(after_adds(&s), now);
+        assert!(matches!(verify(&s).unwrap(), Verdict::Intact { .. }));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -225,10 +225,15 @@ fn mail_of(r: &Record) -> Option<String> {
 /// Appends a record at the head of the chain. Call inside the transaction
 /// that makes the change it records.
 pub(crate) fn append(conn: &Connection, r: &Record) -> rusqlite::Result<()> {
+    append_at(conn, r, &now())
+}
+
+/// [`append`] with the record's time given: a run's start and end records
+/// carry the same time as its row in `runs`.
+fn append_at(conn: &Connection, r: &Record, at: &str) -> rusqlite::Result<()> {
     let (last_id, prev) = head(conn)?;
     let id = last_id + 1;
-    let at = now();
-    let hash = chain_hash(&prev, &canonical(id, &at, r));
+    let hash = chain_hash(&prev, &canonical(id, at, r));
     conn.prepare_cached(
         "INSERT INTO journal (id, run_id, at, anchor, dn, old_dn, op, outcome, reason, agreements,
                               changes, error, org, state, detail, prev_hash, hash, mail)
@@ -371,12 +376,13 @@ impl Snapshot {
         let user = unix_user();
         let db = |e| self.db_err(e);
         let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let at = now();
         tx.execute(
             "INSERT INTO runs (started_at, mode, status, config_hash, mapping_hash,
                                agreements_hash, unix_user)
              VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6)",
             params![
-                now(),
+                at,
                 mode,
                 files.config,
                 files.mapping,
@@ -393,7 +399,7 @@ impl Snapshot {
             "agreements_hash": files.agreements,
             "unix_user": user,
         }));
-        append(&tx, &r).map_err(db)?;
+        append_at(&tx, &r, &at).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(id)
     }
@@ -411,12 +417,13 @@ impl Snapshot {
         let tx = self.conn.unchecked_transaction().map_err(db)?;
         let mut r = Record::new(run_id, "run", "ended", status);
         r.detail = Some(serde_json::json!({ "status": status, "counts": counts }));
-        append(&tx, &r).map_err(db)?;
+        let at = now();
+        append_at(&tx, &r, &at).map_err(db)?;
         let (head_id, head_hash) = head(&tx).map_err(db)?;
         tx.execute(
             "UPDATE runs SET ended_at = ?1, status = ?2, counts = ?3, head_hash = ?4 WHERE id = ?5",
             params![
-                now(),
+                at,
                 status,
                 serde_json::to_string(counts).unwrap_or_default(),
                 head_hash,

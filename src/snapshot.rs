@@ -43,6 +43,11 @@ pub enum StateError {
     Locked { dir: PathBuf, holder: String },
     #[error("state database: corrupt row for {anchor}: {detail}")]
     Corrupt { anchor: String, detail: String },
+    #[error(
+        "the journal's records from before {0} were removed after the retention period; \
+         it can answer for {0} or later"
+    )]
+    Pruned(String),
 }
 
 /// One object absync created and manages in the target.
@@ -81,7 +86,7 @@ pub struct Intent {
     pub reason: String,
 }
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Version 1; later versions are steps from it.
 const SCHEMA: &str = "
@@ -166,6 +171,12 @@ CREATE TABLE retry_anchors (
     reason TEXT NOT NULL
 );
 CREATE INDEX objects_hidden ON objects(anchor) WHERE hidden IS NOT NULL;
+";
+
+/// Version 5: the checkpoints pruning leaves (what was held when older
+/// records were removed), found per anchor.
+const SCHEMA_V5: &str = "
+CREATE INDEX journal_checkpoint ON journal(anchor, id) WHERE op = 'checkpoint';
 ";
 
 /// A change the target accepted, to be recorded: the object's new row (or
@@ -360,6 +371,9 @@ impl Snapshot {
         }
         if version <= 3 {
             conn.execute_batch(SCHEMA_V4)?;
+        }
+        if version <= 4 {
+            conn.execute_batch(SCHEMA_V5)?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(())

@@ -1,5 +1,6 @@
 //! The auditor's tools after a realistic sequence of runs: an initial load,
-//! source changes, a conflict, a failed entry, and an agreement expiring.
+//! source changes, a conflict, a failed entry, and an agreement expiring
+//! (and, in the queries test, a leaver hidden for a grace period and back).
 //! Every `absync journal` command is run as an auditor would run it.
 
 use std::collections::BTreeSet;
@@ -7,7 +8,7 @@ use std::collections::BTreeSet;
 use absync::ldap::Conn;
 
 use crate::common::check::*;
-use crate::common::env::{Run, SyncEnv};
+use crate::common::env::{Objects, Run, SyncEnv};
 
 /// The sequence, and what the tests need to know about it.
 struct History {
@@ -201,16 +202,11 @@ async fn an_auditor_can_answer_what_when_under_which_agreement_and_who_held_what
         serde_json::from_str(&r.stdout).unwrap()
     };
     let now_held = held(&now(), None);
-    let ad = by_anchor(&env.ad_objects().await);
+    assert_held_is(&now_held, &env.ad_objects().await);
     let held_anchors: BTreeSet<String> = now_held
         .iter()
         .map(|r| r["anchor"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(
-        held_anchors,
-        ad.keys().cloned().collect(),
-        "held now = AD now"
-    );
     let at1 = held(&h.after_run1, None);
     assert!(
         at1.iter().any(|r| r["anchor"] == h.purged.as_str()),
@@ -272,6 +268,158 @@ async fn an_auditor_can_answer_what_when_under_which_agreement_and_who_held_what
     assert!(lines[0].contains("run 1") && lines[0].contains("config, mapping, agreements"));
     assert!(lines[1].contains("run 2") && lines[1].contains("changed: config, mapping "));
     assert!(lines[2].contains("run 3") && lines[2].contains("changed: agreements "));
+
+    // Every query as CSV: the same answers, one quoted field per column.
+    let runs_csv = csv(
+        env,
+        &["runs"],
+        "run,started,ended,seconds,mode,status,added,modified,renamed,deleted,hidden,restored,\
+         withheld,conflicts,failed,user,config_hash,mapping_hash,agreements_hash",
+    );
+    assert_eq!(runs_csv.len(), 3);
+    for (row, j) in runs_csv.iter().zip(json.as_array().unwrap()) {
+        assert_eq!(row[0], j["id"].to_string());
+        assert_eq!(row[1], j["started_at"].as_str().unwrap());
+        assert_eq!(row[5], j["status"].as_str().unwrap());
+        assert_eq!(row[6], j["counts"]["added"].to_string());
+        assert_eq!(row[15], j["unix_user"].as_str().unwrap());
+        assert_eq!(row[18], j["files"]["agreements"].as_str().unwrap());
+    }
+    let record_header = absync::audit::CSV_HEADER;
+    let show_csv = csv(env, &["show", "1"], record_header);
+    assert_eq!(
+        show_csv.iter().map(|r| r[3].as_str()).collect::<Vec<_>>(),
+        records
+            .iter()
+            .map(|r| r["op"].as_str().unwrap())
+            .collect::<Vec<_>>()
+    );
+    assert!(show_csv.iter().all(|r| r[2] == "1"));
+    let life_csv = csv(env, &["history", &h.changed_mail], record_header);
+    assert_eq!(
+        life_csv.iter().map(|r| r[3].as_str()).collect::<Vec<_>>(),
+        vec!["add", "rename", "modify"]
+    );
+    assert_eq!(life_csv[1][8], renamed_dn);
+    let changes: serde_json::Value = serde_json::from_str(&life_csv[2][11]).unwrap();
+    assert_eq!(changes["title"]["new"][0], "Clinical Director");
+    let held_csv = csv(
+        env,
+        &["held", "--at", &h.after_run1, "--org", &h.codes[2]],
+        "anchor,org,dn,agreements,hidden,attributes,since",
+    );
+    assert_eq!(held_csv.len(), org_b.len());
+    for row in &held_csv {
+        let j = org_b
+            .iter()
+            .find(|j| j["anchor"] == row[0].as_str())
+            .unwrap();
+        assert_eq!(row[1], h.codes[2]);
+        assert_eq!(row[2], j["state"]["dn"].as_str().unwrap());
+        assert_eq!(row[3], "DSA-AUD-B");
+        assert_eq!(row[4], "");
+        let attrs: serde_json::Value = serde_json::from_str(&row[5]).unwrap();
+        assert_eq!(attrs, j["state"]["attrs"]);
+        assert_eq!(row[6], j["at"].as_str().unwrap());
+    }
+    let b_csv = csv(env, &["agreement", "DSA-AUD-B"], record_header);
+    assert_eq!(b_csv.len(), under_b.len());
+    assert!(b_csv
+        .iter()
+        .all(|r| r[10].split(';').any(|a| a == "DSA-AUD-B")));
+    let cc_csv = csv(
+        env,
+        &["config-changes"],
+        "run,at,changed,config_hash,mapping_hash,agreements_hash",
+    );
+    assert_eq!(
+        cc_csv
+            .iter()
+            .map(|r| (r[0].as_str(), r[2].as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("1", "config mapping agreements"),
+            ("2", "config mapping"),
+            ("3", "agreements")
+        ]
+    );
+    assert_eq!(
+        cc_csv[2][5],
+        json[2]["files"]["agreements"].as_str().unwrap()
+    );
+
+    // With a grace period a leaver is hidden, not deleted, and restored
+    // when they come back. While hidden the contact is still in AD (in the
+    // quarantine OU), so `held` still lists it, marked hidden.
+    let quarantine = env.new_quarantine().await;
+    env.set_safety(&format!(
+        "[safety]\nmax_deletes = 1000000\nmax_delete_percent = 100\n\
+         delete_grace = \"7d\"\nquarantine_ou = \"{quarantine}\"\n"
+    ));
+    let people = env.source_people("(objectClass=nhsPerson)").await;
+    let (returner, rp) = people
+        .iter()
+        .find(|(u, p)| {
+            p["nhsodscode"][0] == h.codes[0]
+                && p["nhsentrystatus"][0] == "active"
+                && **u != h.changed
+                && held_anchors.contains(*u)
+        })
+        .unwrap();
+    let status = |s: &str| {
+        format!(
+            "dn: {}\nchangetype: modify\nreplace: nhsEntryStatus\nnhsEntryStatus: {s}\n-\n\n",
+            rp["dn"][0]
+        )
+    };
+    env.change_source(&status("leaver"));
+    // (Exit 1: the entry AD refuses is still refused.)
+    assert_eq!(env.absync(&["sync"]).code, 1);
+    let while_hidden = now();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.change_source(&status("active"));
+    assert_eq!(env.absync(&["sync"]).code, 1);
+    let life = journal(env, &["history", returner, "--format", "json"]);
+    let life: Vec<serde_json::Value> = serde_json::from_str(&life.stdout).unwrap();
+    let ops: Vec<&str> = life.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, vec!["add", "hide", "restore"], "{life:?}");
+    assert_eq!(life[1]["reason"], "leaver");
+    assert_eq!(
+        (life[1]["run_id"].as_i64(), life[2]["run_id"].as_i64()),
+        (Some(4), Some(5))
+    );
+    let hidden_then = held(&while_hidden, Some(&h.codes[0]))
+        .into_iter()
+        .find(|r| r["anchor"] == returner.as_str())
+        .expect("a hidden contact is still held");
+    assert!(!hidden_then["state"]["hidden"].is_null(), "{hidden_then}");
+    assert!(
+        hidden_then["state"]["dn"]
+            .as_str()
+            .unwrap()
+            .ends_with(&quarantine),
+        "{hidden_then}"
+    );
+    let hidden_csv = csv(
+        env,
+        &["held", "--at", &while_hidden, "--org", &h.codes[0]],
+        "anchor,org,dn,agreements,hidden,attributes,since",
+    );
+    assert_eq!(
+        hidden_csv
+            .iter()
+            .filter(|r| r[4] == "hidden")
+            .map(|r| r[0].as_str())
+            .collect::<Vec<_>>(),
+        vec![returner.as_str()]
+    );
+    let back = held(&now(), Some(&h.codes[0]))
+        .into_iter()
+        .find(|r| r["anchor"] == returner.as_str())
+        .unwrap();
+    assert!(back["state"]["hidden"].is_null());
+    assert!(!back["state"]["dn"].as_str().unwrap().ends_with(&quarantine));
+    assert_eq!(journal(env, &["verify"]).code, 0);
 }
 
 #[tokio::test]
@@ -349,20 +497,80 @@ async fn exports_open_in_a_spreadsheet_and_redaction_hides_personal_values() {
     );
 }
 
+/// `held` (as JSON) names exactly the objects in AD, with their DNs and
+/// every attribute value it records.
+fn assert_held_is(held: &[serde_json::Value], ad: &Objects) {
+    let ad = by_anchor(ad);
+    let anchors: BTreeSet<&str> = held.iter().map(|h| h["anchor"].as_str().unwrap()).collect();
+    assert_eq!(
+        anchors,
+        ad.keys().map(String::as_str).collect(),
+        "held = AD, object for object"
+    );
+    for h in held {
+        let live = &ad[h["anchor"].as_str().unwrap()];
+        assert_eq!(
+            absync::dn::normalize(h["state"]["dn"].as_str().unwrap()),
+            absync::dn::normalize(&live["dn"][0]),
+            "{h}"
+        );
+        for (k, v) in h["state"]["attrs"].as_object().unwrap() {
+            let mut held: Vec<&str> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            let mut live: Vec<&str> = live[&k.to_lowercase()].iter().map(String::as_str).collect();
+            held.sort_unstable();
+            live.sort_unstable();
+            assert_eq!(held, live, "{k} of {}", h["anchor"]);
+        }
+    }
+}
+
 /// Counts the fields of one RFC 4180 line.
 fn csv_fields(line: &str) -> usize {
-    let (mut n, mut quoted, mut chars) = (1, false, line.chars().peekable());
+    csv_row(line).len()
+}
+
+/// The fields of one RFC 4180 line, unquoted.
+fn csv_row(line: &str) -> Vec<String> {
+    let (mut out, mut field, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '"' if quoted && chars.peek() == Some(&'"') => {
                 chars.next();
+                field.push('"');
             }
             '"' => quoted = !quoted,
-            ',' if !quoted => n += 1,
-            _ => {}
+            ',' if !quoted => out.push(std::mem::take(&mut field)),
+            c => field.push(c),
         }
     }
-    n
+    assert!(!quoted, "unterminated quote in {line}");
+    out.push(field);
+    out
+}
+
+/// A query's CSV: its header (checked) and its rows, each with as many
+/// fields as the header.
+fn csv(env: &SyncEnv, args: &[&str], header: &str) -> Vec<Vec<String>> {
+    let mut all = args.to_vec();
+    all.extend(["--format", "csv"]);
+    let r = journal(env, &all);
+    assert_eq!(r.code, 0, "{r:?}");
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some(header), "{r:?}");
+    let width = csv_fields(header);
+    lines
+        .map(|l| {
+            let row = csv_row(l);
+            assert_eq!(row.len(), width, "{l}");
+            row
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -414,6 +622,57 @@ async fn verify_catches_an_edited_a_deleted_and_a_reordered_record() {
     assert!(
         runs_row.stdout.contains("run 2 in the runs table differs"),
         "{runs_row:?}"
+    );
+
+    // The oldest records deleted, and journal_meta written as if a prune
+    // had removed them: no prune record in the chain vouches for it.
+    let forged = tamper(
+        "INSERT INTO journal_meta SELECT 'pruned_id', id FROM journal WHERE id = 5;
+         INSERT INTO journal_meta SELECT 'pruned_hash', hash FROM journal WHERE id = 5;
+         DELETE FROM journal WHERE id <= 5;",
+    );
+    assert_eq!(forged.code, 1, "{forged:?}");
+    assert!(
+        forged.stdout.contains("BROKEN at record 6")
+            && forged.stdout.contains("no prune record in the chain"),
+        "{forged:?}"
+    );
+
+    // The runs table is what `runs` and `config-changes` show: every
+    // column is checked against the run's start and end records.
+    let files = tamper("UPDATE runs SET agreements_hash = mapping_hash WHERE id = 2;");
+    assert_eq!(files.code, 1, "{files:?}");
+    assert!(
+        files.stdout.contains(
+            "run 2 in the runs table differs from its journaled start (agreements_hash edited)"
+        ),
+        "{files:?}"
+    );
+    let who = tamper("UPDATE runs SET unix_user = 'someone else' WHERE id = 1;");
+    assert_eq!(who.code, 1, "{who:?}");
+    assert!(
+        who.stdout.contains(
+            "run 1 in the runs table differs from its journaled start (unix_user edited)"
+        ),
+        "{who:?}"
+    );
+    let gone = tamper("DELETE FROM runs WHERE id = 2;");
+    assert_eq!(gone.code, 1, "{gone:?}");
+    assert!(
+        gone.stdout
+            .contains("run 2 is journaled but has no row in the runs table (deleted)"),
+        "{gone:?}"
+    );
+    let added = tamper(
+        "INSERT INTO runs (id, started_at, mode, status, config_hash, unix_user)
+         SELECT 4, started_at, mode, 'ok', config_hash, unix_user FROM runs WHERE id = 3;",
+    );
+    assert_eq!(added.code, 1, "{added:?}");
+    assert!(
+        added
+            .stdout
+            .contains("run 4 in the runs table has no journaled start"),
+        "{added:?}"
     );
 
     std::fs::write(&db, &pristine).unwrap();
@@ -494,6 +753,74 @@ async fn retention_prunes_old_records_and_the_chain_still_verifies() {
         verify.stdout.trim(),
         format!("intact, {} records", kept.len())
     );
+    // What was held is still known after the records that said so went:
+    // `held` now is what AD holds, attribute for attribute, from the
+    // checkpoints the pruning left.
+    let held_now = journal(&env, &["held", "--at", &now(), "--format", "json"]);
+    assert_eq!(held_now.code, 0, "{held_now:?}");
+    let held_now: Vec<serde_json::Value> = serde_json::from_str(&held_now.stdout).unwrap();
+    assert_held_is(&held_now, &env.ad_objects().await);
+    let checkpoints: Vec<i64> = kept
+        .iter()
+        .filter(|r| r.record.op == "checkpoint")
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        checkpoints.len(),
+        held_now.len(),
+        "one checkpoint per object"
+    );
+    assert!(held_now
+        .iter()
+        .all(|h| checkpoints.contains(&h["record"].as_i64().unwrap())));
+    let someone = held_now[0]["anchor"].as_str().unwrap();
+    let life = journal(&env, &["history", someone, "--format", "json"]);
+    let life: Vec<serde_json::Value> = serde_json::from_str(&life.stdout).unwrap();
+    assert_eq!(life.len(), 1);
+    assert_eq!(life[0]["op"], "checkpoint");
+    assert_eq!(life[0]["outcome"], "held");
+    // Before the cut the journal no longer knows, and says so.
+    let before = journal(&env, &["held", "--at", "2000-01-01"]);
+    assert_eq!(before.code, 2, "{before:?}");
+    assert!(
+        before
+            .stderr
+            .contains("were removed after the retention period"),
+        "{before:?}"
+    );
+    assert_eq!(
+        snap.runs(10)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>(),
+        vec![2],
+        "run 1's row went with its records"
+    );
+    drop(snap);
+    // Deleting the oldest kept records, the prune record among them, and
+    // moving journal_meta's pruned start up to match, is caught.
+    let db = env.state_dir().join("absync.db");
+    let pristine = std::fs::read(&db).unwrap();
+    let _ = std::fs::remove_file(env.state_dir().join("absync.db-wal"));
+    let prune_id = prune.id;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(&format!(
+            "UPDATE journal_meta SET value = (SELECT id FROM journal WHERE id = {prune_id})
+               WHERE key = 'pruned_id';
+             UPDATE journal_meta SET value = (SELECT hash FROM journal WHERE id = {prune_id})
+               WHERE key = 'pruned_hash';
+             DELETE FROM journal WHERE id <= {prune_id};"
+        ))
+        .unwrap();
+    let forged = journal(&env, &["verify"]);
+    assert_eq!(forged.code, 1, "{forged:?}");
+    assert!(
+        forged.stdout.contains("no prune record in the chain"),
+        "{forged:?}"
+    );
+    std::fs::write(&db, &pristine).unwrap();
     // Deleting the oldest kept record is still caught.
     rusqlite::Connection::open(env.state_dir().join("absync.db"))
         .unwrap()
