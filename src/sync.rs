@@ -366,6 +366,12 @@ pub async fn run(
     })
 }
 
+/// The reasons that leave no agreement in force for an object: it may not
+/// be held, hidden or not.
+fn no_longer_agreed(reason: &str) -> bool {
+    reason == "agreement expired" || reason == "organisation removed"
+}
+
 /// A grace period needs somewhere to hide objects.
 fn check_hide_method(cfg: &Config, inputs: &Inputs) -> Result<(), FileError> {
     if !cfg.safety.delete_grace.is_zero()
@@ -1038,13 +1044,20 @@ async fn run_inner(
     for (row, reason) in unseen {
         // A hidden object whose grace period is over is deleted; like any
         // other delete it passes the source-health guard and the threshold.
+        // With no agreement left to hold it under, nothing waits out a grace
+        // period: it is deleted (still through the guard and the threshold).
+        let unlawful = reason.as_deref().is_some_and(no_longer_agreed);
         let change = if let Some(h) = &row.hidden {
-            if !grace_over(h, cfg.safety.delete_grace) {
-                continue;
-            }
+            let reason = match reason {
+                Some(r) if unlawful => r,
+                _ if grace_over(h, cfg.safety.delete_grace) => {
+                    format!("grace period over ({})", h.reason)
+                }
+                _ => continue,
+            };
             Change {
                 anchor: row.anchor.clone(),
-                reason: format!("grace period over ({})", h.reason),
+                reason,
                 kind: Kind::Delete {
                     before: row.clone(),
                 },
@@ -1056,7 +1069,7 @@ async fn run_inner(
                 Some(_) => "no longer matches the source filter".into(),
                 None => "deleted from source".into(),
             });
-            let kind = if cfg.safety.delete_grace.is_zero() {
+            let kind = if cfg.safety.delete_grace.is_zero() || unlawful {
                 Kind::Delete {
                     before: row.clone(),
                 }

@@ -243,6 +243,12 @@ async fn agreement_changes_remove_organisations_attributes_and_everything_on_exp
     assert!(before.values().any(|a| org_of(a) == orgs[1]));
     assert!(before.values().any(|a| a.contains_key("telephonenumber")));
 
+    // With a grace period, soft deletes would wait in quarantine; objects
+    // whose agreement is gone may not be held at all and are deleted.
+    let quarantine = env.new_quarantine().await;
+    env.set_safety(&format!(
+        "[safety]\nmax_deletes = 1000\nmax_delete_percent = 100\ndelete_grace = \"7d\"\nquarantine_ou = \"{quarantine}\"\n"
+    ));
     // Organisation removed from A, telephoneNumber dropped from A, B expired.
     let fewer: Vec<&str> = ALL_ATTRS
         .iter()
@@ -261,6 +267,11 @@ async fn agreement_changes_remove_organisations_attributes_and_everything_on_exp
         "only the first org remains"
     );
     assert!(after.values().all(|a| !a.contains_key("telephonenumber")));
+    assert_eq!(
+        env.ad_guids().await.len(),
+        after.len(),
+        "nothing waits in quarantine"
+    );
 
     let snap = env.snapshot();
     let records = snap.records(snap.runs(1).unwrap()[0].id).unwrap();
