@@ -294,7 +294,7 @@ pub fn verify(s: &Snapshot) -> Result<Verdict, StateError> {
 pub fn parse_when(text: &str, end_of_day: bool) -> Result<String, String> {
     let f = &time::format_description::well_known::Rfc3339;
     if let Ok(t) = time::OffsetDateTime::parse(text, f) {
-        return t.format(f).map_err(|e| e.to_string());
+        return Ok(crate::journal::time_text(t));
     }
     let day = time::Date::parse(
         text,
@@ -302,13 +302,13 @@ pub fn parse_when(text: &str, end_of_day: bool) -> Result<String, String> {
     )
     .map_err(|_| format!("\"{text}\" is not a date (YYYY-MM-DD) or an RFC 3339 time"))?;
     let t = if end_of_day {
-        day.with_hms(23, 59, 59)
+        day.with_hms_micro(23, 59, 59, 999_999)
     } else {
         day.with_hms(0, 0, 0)
     }
     .map_err(|e| e.to_string())?
     .assume_utc();
-    t.format(f).map_err(|e| e.to_string())
+    Ok(crate::journal::time_text(t))
 }
 
 /// Runs started at or after `since` (oldest first).
@@ -651,10 +651,7 @@ pub fn csv_line(s: &Stored) -> String {
 /// record's id and hash are kept, and the prune is itself a chained record
 /// naming them. Returns how many records went.
 pub fn prune(s: &Snapshot, retention: Duration, run_id: i64) -> Result<u64, StateError> {
-    let cutoff = time::OffsetDateTime::now_utc() - retention;
-    let cutoff = cutoff
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let cutoff = crate::journal::time_text(time::OffsetDateTime::now_utc() - retention);
     let db = |e| s.db_err(e);
     let last: Option<(i64, String)> = s
         .conn
@@ -799,6 +796,31 @@ pub fn describe_changes(r: &Record) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_compare_as_text_in_time_order() {
+        let start = parse_when("2026-03-01", false).unwrap();
+        let end = parse_when("2026-03-01", true).unwrap();
+        assert_eq!(start, "2026-03-01T00:00:00.000000Z");
+        assert_eq!(end, "2026-03-01T23:59:59.999999Z");
+        // Whole and fractional seconds, and another offset, in order.
+        let times = [
+            "2026-03-01T00:00:00Z",
+            "2026-03-01T00:00:00.5Z",
+            "2026-03-01T01:00:01+01:00",
+            "2026-03-01T00:00:01.25Z",
+            "2026-03-01T23:59:59.9999999Z",
+        ];
+        let text: Vec<String> = times
+            .iter()
+            .map(|t| parse_when(t, false).unwrap())
+            .collect();
+        let mut sorted = text.clone();
+        sorted.sort();
+        assert_eq!(text, sorted);
+        assert!(text.iter().all(|t| t >= &start && t <= &end), "{text:?}");
+        assert!(parse_when("yesterday", false).is_err());
+    }
 
     fn object(anchor: &str, title: &str) -> ObjectRow {
         let mut attrs = std::collections::BTreeMap::new();

@@ -157,8 +157,17 @@ pub fn unix_user() -> String {
 }
 
 pub fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
+    time_text(time::OffsetDateTime::now_utc())
+}
+
+/// A time as the journal stores it: RFC 3339 in UTC with exactly six
+/// fractional digits, so that stored times and query bounds compare
+/// correctly as text (`…:05Z` would sort after `…:05.5Z`).
+pub fn time_text(t: time::OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        ))
         .unwrap_or_default()
 }
 
