@@ -309,6 +309,9 @@ pub struct PagedSearch {
     url: String,
     base: String,
     entries: u64,
+    /// The page size, when the page failpoints are armed (the pull's
+    /// search): see [`PagedSearch::with_page_failpoints`].
+    pages: Option<u64>,
 }
 
 impl Drop for PagedSearch {
@@ -356,18 +359,44 @@ async fn read_ahead(
 }
 
 impl PagedSearch {
+    /// Arms the failpoints `page-start` (the first entry of a page is about
+    /// to be handed over) and `page-end` (every entry of a page has been
+    /// taken and the caller asks for more, or the search ended), counted in
+    /// pages of `page_size` entries as the server sends them. For the crash
+    /// tests; inert unless `ABSYNC_FAILPOINT` names one of them.
+    pub fn with_page_failpoints(mut self, page_size: u32) -> Self {
+        self.pages = Some(u64::from(page_size.max(1)));
+        self
+    }
+
     /// The next entry, or `None` when the search is complete.
     pub async fn next(&mut self) -> Result<Option<SearchEntry>, LdapError> {
         if self.done.is_some() {
             return Ok(None);
         }
+        if let Some(p) = self.pages {
+            if self.entries > 0 && self.entries.is_multiple_of(p) {
+                crate::failpoint::hit("page-end");
+            }
+        }
         match self.rx.recv().await {
             Some(Ahead::Entry(e)) => {
+                if let Some(p) = self.pages {
+                    if self.entries.is_multiple_of(p) {
+                        crate::failpoint::hit("page-start");
+                    }
+                }
                 self.entries += 1;
                 Ok(Some(e))
             }
             Some(Ahead::Failed(e)) => Err(e),
             Some(Ahead::Done(res)) => {
+                if let Some(p) = self.pages {
+                    // The last page, when it was not a full one.
+                    if !self.entries.is_multiple_of(p) {
+                        crate::failpoint::hit("page-end");
+                    }
+                }
                 self.done = Some(res);
                 Ok(None)
             }
@@ -629,6 +658,7 @@ impl Conn {
             url: self.url.clone(),
             base: base.to_string(),
             entries: 0,
+            pages: None,
         })
     }
 
