@@ -341,3 +341,236 @@ async fn an_expired_server_certificate_is_refused_as_expired() {
     std::fs::write(env.config_path(), text).unwrap();
     env.sync_ok();
 }
+
+/// The change LDIF of `changes` over the `synced` environment's people.
+fn source_changes(env: &SyncEnv, change_seed: u32, args: &[&str]) {
+    let out = std::process::Command::new("python3")
+        .arg(crate::common::testbed::repo_root().join("tests/testbed/nhsgen.py"))
+        .args(["changes", "--base", &env.source_base, "--seed", "81"])
+        .args(["--people", "30", "--orgs", "2"])
+        .args(["--change-seed", &change_seed.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    env.change_source(&String::from_utf8(out.stdout).unwrap());
+}
+
+/// The journal records of the last run, but the run records.
+fn last_run_records(env: &SyncEnv) -> Vec<absync::journal::Record> {
+    let snap = env.snapshot();
+    let id = snap.runs(1).unwrap()[0].id;
+    snap.records(id).unwrap()
+}
+
+/// `samba-tool` or an ldb tool on the test bed's sam.ldb, as root.
+fn sam_tool(
+    tb: &crate::common::testbed::Testbed,
+    tool: &str,
+    args: &[&str],
+    stdin: &str,
+) -> String {
+    use std::io::Write;
+    let sam = tb.path("TARGET_SAM_LDB");
+    let conf = sam.parent().unwrap().parent().unwrap().join("etc/smb.conf");
+    let mut cmd = std::process::Command::new(tool);
+    if tool == "samba-tool" {
+        cmd.args(&args[..2])
+            .arg("-H")
+            .arg(&sam)
+            .arg("-s")
+            .arg(&conf)
+            .args(&args[2..]);
+    } else {
+        cmd.arg("-H").arg(&sam).args(args);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{tool} {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_write_rights_fails_the_entries_clearly_and_recovers() {
+    let (env, codes) = synced("fault-rights").await;
+    let tb = env.tb;
+    let env = &env;
+    tokio::task::block_in_place(|| {
+        // An admin takes the service account's write rights away on the
+        // OU (a deny ACE inherited by every object in it), between runs.
+        let sid = sam_tool(
+            tb,
+            "ldbsearch",
+            &["-b", tb.get("TARGET_SVC_DN"), "-s", "base", "objectSid"],
+            "",
+        )
+        .lines()
+        .find_map(|l| l.strip_prefix("objectSid: ").map(str::to_string))
+        .unwrap();
+        let saved = sam_tool(
+            tb,
+            "samba-tool",
+            &["dsacl", "get", "--objectdn", &env.target_ou],
+            "",
+        )
+        .lines()
+        .find(|l| l.starts_with("O:"))
+        .unwrap()
+        .to_string();
+        sam_tool(
+            tb,
+            "samba-tool",
+            &[
+                "dsacl",
+                "set",
+                "--objectdn",
+                &env.target_ou,
+                "--sddl",
+                &format!("(D;CI;WPSD;;;{sid})"),
+            ],
+            "",
+        );
+        source_changes(env, 5, &["--modifies", "4"]);
+        let before = env.ad_objects_blocking();
+        let r = env.absync(&["sync"]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(summary_line(&r, "conflicts").contains("failed 4"), "{r:?}");
+        let failed: Vec<_> = last_run_records(env)
+            .into_iter()
+            .filter(|r| r.op == "modify" && r.outcome == "failed")
+            .collect();
+        assert_eq!(failed.len(), 4, "{failed:?}");
+        for f in &failed {
+            let e = f.error.as_deref().unwrap_or_default();
+            assert!(e.contains("insufficient access rights"), "{f:?}");
+        }
+        assert_unchanged(&before, &env.ad_objects_blocking());
+
+        // The rights come back: the next run writes what failed.
+        sam_tool(
+            tb,
+            "ldbmodify",
+            &[],
+            &format!(
+                "dn: {}\nchangetype: modify\nreplace: nTSecurityDescriptor\nnTSecurityDescriptor: {saved}\n",
+                env.target_ou
+            ),
+        );
+        let again = env.sync_ok();
+        assert!(
+            summary_line(&again, "added").contains("modified 4"),
+            "{again:?}"
+        );
+        assert_converged(env, &codes, "rights restored");
+    });
+}
+
+/// The target behind a proxy that answers one request itself.
+async fn target_refusing(env: &SyncEnv, refuse: crate::common::proxy::Refuse) -> String {
+    let tb = env.tb;
+    let url = tb.get("TARGET_URL").to_string();
+    let upstream = url.trim_start_matches("ldaps://").parse().unwrap();
+    let tls = tb.path("TARGET_CA");
+    let dir = tls.parent().unwrap();
+    let port = crate::common::proxy::answer_on(
+        tb.get("TARGET_IP"),
+        upstream,
+        tb.get("TARGET_IP"),
+        &tls,
+        &dir.join("target.pem"),
+        &dir.join("target.key"),
+        refuse,
+    )
+    .await;
+    format!("ldaps://{}:{port}", tb.get("TARGET_IP"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_or_unwilling_target_is_journaled_and_retried() {
+    use crate::common::proxy::Refuse;
+    let (env, codes) = synced("fault-busy").await;
+    let url = env.tb.get("TARGET_URL").to_string();
+
+    // Busy (51) on the second modify: the server is in trouble, so the run
+    // stops there (exit 2, saying so); what it wrote before is kept.
+    source_changes(&env, 6, &["--modifies", "3"]);
+    let busy = target_refusing(
+        &env,
+        Refuse {
+            op: 0x66,
+            nth: 2,
+            rc: 51,
+            text: "server is busy",
+        },
+    )
+    .await;
+    let text = replace_in_config(&env, &url, &busy);
+    let env_ref = &env;
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("busy") && r.stderr.contains("server is busy"),
+        "{r:?}"
+    );
+    let modified = last_run_records(&env)
+        .into_iter()
+        .filter(|r| r.op == "modify" && r.outcome == "applied")
+        .count();
+    assert_eq!(modified, 1, "the first modify landed and was journaled");
+
+    // Unwilling to perform (53) on an add: that entry fails, is journaled
+    // with the reason, and the others land (exit 1).
+    std::fs::write(env.config_path(), &text).unwrap();
+    source_changes(&env, 7, &["--adds", "3"]);
+    let unwilling = target_refusing(
+        &env,
+        Refuse {
+            op: 0x68,
+            nth: 1,
+            rc: 53,
+            text: "will not do that now",
+        },
+    )
+    .await;
+    replace_in_config(&env, &url, &unwilling);
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync"]));
+    assert_eq!(r.code, 1, "{r:?}");
+    let records = last_run_records(&env);
+    let failed: Vec<_> = records.iter().filter(|r| r.outcome == "failed").collect();
+    assert_eq!(failed.len(), 1, "{records:?}");
+    assert_eq!(failed[0].op, "add");
+    let e = failed[0].error.as_deref().unwrap_or_default();
+    assert!(
+        e.contains("unwilling to perform") && e.contains("will not do that now"),
+        "{e}"
+    );
+    // The modifies the busy run did not reach landed now.
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.op == "modify" && r.outcome == "applied")
+            .count(),
+        2,
+        "{records:?}"
+    );
+
+    // Straight to AD again: the refused add is retried and lands.
+    std::fs::write(env.config_path(), &text).unwrap();
+    let again = tokio::task::block_in_place(|| env_ref.sync_ok());
+    assert!(
+        summary_line(&again, "added").contains("added 1,"),
+        "{again:?}"
+    );
+    tokio::task::block_in_place(|| assert_converged(env_ref, &codes, "after busy and unwilling"));
+}
