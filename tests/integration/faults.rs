@@ -375,12 +375,7 @@ fn sam_tool(
     let conf = sam.parent().unwrap().parent().unwrap().join("etc/smb.conf");
     let mut cmd = std::process::Command::new(tool);
     if tool == "samba-tool" {
-        cmd.args(&args[..2])
-            .arg("-H")
-            .arg(&sam)
-            .arg("-s")
-            .arg(&conf)
-            .args(&args[2..]);
+        cmd.args(args).arg("-H").arg(&sam).arg("-s").arg(&conf);
     } else {
         cmd.arg("-H").arg(&sam).args(args);
     }
@@ -573,4 +568,260 @@ async fn a_busy_or_unwilling_target_is_journaled_and_retried() {
         "{again:?}"
     );
     tokio::task::block_in_place(|| assert_converged(env_ref, &codes, "after busy and unwilling"));
+}
+
+/// Sets `[target] timeout_secs`.
+fn target_timeout(env: &SyncEnv, secs: u64) {
+    replace_in_config(
+        env,
+        "anchor_attribute = \"adminDescription\"",
+        &format!("anchor_attribute = \"adminDescription\"\ntimeout_secs = {secs}"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalling_target_hits_the_configured_timeout() {
+    use crate::common::proxy::Refuse;
+    let (env, codes) = synced("fault-tstall").await;
+    let url = env.tb.get("TARGET_URL").to_string();
+    let good = std::fs::read_to_string(env.config_path()).unwrap();
+    let env_ref = &env;
+
+    // A target that accepts the connection and never answers.
+    let port = crate::common::proxy::stall().await;
+    replace_in_config(&env, &url, &format!("ldaps://127.0.0.1:{port}"));
+    target_timeout(&env, 2);
+    let t = Instant::now();
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("no answer within 2 s"), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+
+    // A target that stops answering in the middle of a run, on a write.
+    std::fs::write(env.config_path(), &good).unwrap();
+    source_changes(&env, 8, &["--modifies", "3"]);
+    let stalled = target_refusing(
+        &env,
+        Refuse {
+            op: 0x66,
+            nth: 2,
+            rc: 0,
+            text: "",
+        },
+    )
+    .await;
+    replace_in_config(&env, &url, &stalled);
+    target_timeout(&env, 2);
+    let t = Instant::now();
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("no answer within 2 s") && r.stderr.contains(&stalled),
+        "{r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+
+    // AD answering again: the change in flight is settled, the rest lands.
+    std::fs::write(env.config_path(), &good).unwrap();
+    let again = tokio::task::block_in_place(|| env_ref.sync_ok());
+    assert!(
+        summary_line(&again, "added").contains("modified 2"),
+        "{again:?}"
+    );
+    tokio::task::block_in_place(|| assert_converged(env_ref, &codes, "after the target stalled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_ou_deleted_after_a_sync_fails_cleanly_and_a_full_run_recreates() {
+    let (env, codes) = synced("fault-ou-gone").await;
+    let snap_before = {
+        let mut rows = Vec::new();
+        env.snapshot()
+            .for_each(|r| {
+                rows.push(r);
+                Ok(())
+            })
+            .unwrap();
+        rows
+    };
+    assert!(!snap_before.is_empty());
+    // An admin deletes the OU, contacts and all.
+    let mut admin = Conn::connect(&env.tb.target_admin()).await.unwrap();
+    for dn in env.ad_objects().await.keys() {
+        admin.delete(dn).await.unwrap();
+    }
+    admin.delete(&env.target_ou).await.unwrap();
+
+    let env_ref = &env;
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("target OU {} does not exist", env.target_ou)),
+        "{r:?}"
+    );
+    let mut snap_after = Vec::new();
+    env.snapshot()
+        .for_each(|r| {
+            snap_after.push(r);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(snap_before, snap_after, "the snapshot is unchanged");
+    let records = last_run_records(&env);
+    assert!(
+        records.is_empty(),
+        "nothing journaled but the run: {records:?}"
+    );
+
+    // The OU is recreated (empty): a full run puts every contact back.
+    let ou_name = env.target_ou[3..env.target_ou.find(',').unwrap()].to_string();
+    admin
+        .add(
+            &env.target_ou,
+            vec![
+                ("objectClass".into(), ["organizationalUnit".into()].into()),
+                ("ou".into(), [ou_name].into()),
+            ],
+        )
+        .await
+        .unwrap();
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync", "--full"]));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        summary_line(&r, "added").contains(&format!("added {},", snap_before.len())),
+        "{r:?}"
+    );
+    tokio::task::block_in_place(|| assert_converged(env_ref, &codes, "OU recreated"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_out_service_account_is_named_as_locked_out() {
+    let (env, codes) = synced("fault-lockout").await;
+    let tb = env.tb;
+    let env_ref = &env;
+    tokio::task::block_in_place(|| {
+        // An account of its own, locked out after two bad passwords by a
+        // password settings object that applies to it alone.
+        let name: String = crate::common::unique("lk")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(18)
+            .collect();
+        let pw = "Lock-Out-Acc0unt-Pw!";
+        sam_tool(tb, "samba-tool", &["user", "create", &name, pw], "");
+        sam_tool(
+            tb,
+            "samba-tool",
+            &[
+                "domain",
+                "passwordsettings",
+                "pso",
+                "create",
+                &name,
+                "5",
+                "--account-lockout-threshold=2",
+                "--account-lockout-duration=1",
+                "--reset-account-lockout-after=1",
+            ],
+            "",
+        );
+        sam_tool(
+            tb,
+            "samba-tool",
+            &["domain", "passwordsettings", "pso", "apply", &name, &name],
+            "",
+        );
+        // Rights on the OU as the service account has them.
+        let sid = sam_tool(
+            tb,
+            "ldbsearch",
+            &[
+                "-b",
+                &format!("CN={name},CN=Users,{}", tb.get("TARGET_BASE_DN")),
+                "-s",
+                "base",
+                "objectSid",
+            ],
+            "",
+        )
+        .lines()
+        .find_map(|l| l.strip_prefix("objectSid: ").map(str::to_string))
+        .unwrap();
+        let contact = "5cb41ed0-0e4c-11d0-a286-00aa003049e2";
+        sam_tool(
+            tb,
+            "samba-tool",
+            &[
+                "dsacl",
+                "set",
+                "--objectdn",
+                &env_ref.target_ou,
+                "--sddl",
+                &format!(
+                    "(OA;CI;CCDC;{contact};;{sid})(A;;LCRP;;;{sid})(OA;CIIO;GA;;{contact};{sid})"
+                ),
+            ],
+            "",
+        );
+        let dn = format!("CN={name},CN=Users,{}", tb.get("TARGET_BASE_DN"));
+        let good = std::fs::read_to_string(env_ref.config_path()).unwrap();
+        let pw_file = env_ref.dir.join("lockout.pw");
+        let wrong_file = env_ref.dir.join("wrong.pw");
+        for (f, v) in [(&pw_file, pw), (&wrong_file, "Not-The-Pw-1!")] {
+            std::fs::write(f, v).unwrap();
+            std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+        }
+        let use_account = |file: &std::path::Path| {
+            std::fs::write(
+                env_ref.config_path(),
+                good.replacen(tb.get("TARGET_SVC_DN"), &dn, 1).replacen(
+                    tb.get("TARGET_SVC_PASSWORD_FILE"),
+                    file.to_str().unwrap(),
+                    1,
+                ),
+            )
+            .unwrap();
+        };
+        // It works, then two bad passwords lock it out.
+        use_account(&pw_file);
+        source_changes(env_ref, 9, &["--modifies", "2"]);
+        let before = env_ref.ad_objects_blocking();
+        use_account(&wrong_file);
+        for _ in 0..2 {
+            let r = env_ref.absync(&["sync"]);
+            assert_eq!(r.code, 2, "{r:?}");
+            assert!(r.stderr.contains("(wrong password)"), "{r:?}");
+        }
+        use_account(&pw_file);
+        let r = env_ref.absync(&["sync"]);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(
+            r.stderr.contains("invalid credentials")
+                && r.stderr.contains("data 775")
+                && r.stderr.contains("(the account is locked out)")
+                && r.stderr.contains(&dn),
+            "{r:?}"
+        );
+        assert!(!r.stderr.contains(pw));
+        assert_unchanged(&before, &env_ref.ad_objects_blocking());
+
+        // Unlocked by an admin: the run goes through.
+        sam_tool(tb, "samba-tool", &["user", "unlock", &name], "");
+        let again = env_ref.sync_ok();
+        assert!(
+            summary_line(&again, "added").contains("modified 2"),
+            "{again:?}"
+        );
+        assert_converged(env_ref, &codes, "after the lockout");
+        std::fs::write(env_ref.config_path(), &good).unwrap();
+        sam_tool(
+            tb,
+            "samba-tool",
+            &["domain", "passwordsettings", "pso", "delete", &name],
+            "",
+        );
+        sam_tool(tb, "samba-tool", &["user", "delete", &name], "");
+    });
 }

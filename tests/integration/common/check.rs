@@ -196,7 +196,7 @@ fn values_of<'a>(attrs: &'a BTreeMap<String, Vec<String>>, name: &str) -> Option
 /// quarantine, with the values AD holds for every managed attribute;
 /// nothing is in flight; each object's last applied journal record says
 /// what AD holds (a delete: that it is gone), and each object was journaled
-/// as added once; the values copied as they are (sn, title, displayName)
+/// as added, never twice without a delete or drift between; the values copied as they are (sn, title, displayName)
 /// are the source's; a dry run of a full reconcile (source read in full,
 /// live target read) finds nothing to write; the journal is intact. A lost
 /// add, modify, rename, hide or delete fails one of these.
@@ -244,20 +244,32 @@ pub fn assert_converged(env: &super::env::SyncEnv, codes: &[String], phase: &str
 
     // The journal: the last applied record of every object names what AD
     // holds now.
+    // No object is added twice: an add follows only a delete, or a drift
+    // record (an object deleted by hand, which a full run adds again).
     let mut last: BTreeMap<String, absync::journal::Record> = BTreeMap::new();
-    let mut adds: BTreeMap<String, usize> = BTreeMap::new();
+    let mut live: BTreeMap<String, bool> = BTreeMap::new();
     for s in snap
         .stored_where(
-            "outcome = 'applied' AND op IN ('add', 'modify', 'rename', 'hide', 'restore', 'delete', 'drift')",
+            "(outcome = 'applied' AND op IN ('add', 'modify', 'rename', 'hide', 'restore', 'delete')) OR op = 'drift'",
             &[],
         )
         .unwrap()
     {
         let anchor = s.record.anchor.clone().unwrap();
-        if s.record.op == "add" {
-            *adds.entry(anchor.clone()).or_default() += 1;
+        match s.record.op.as_str() {
+            "add" => assert!(
+                !live.insert(anchor.clone(), true).unwrap_or(false),
+                "{phase}: {anchor} journaled as added twice (record {})",
+                s.id
+            ),
+            "delete" | "drift" => {
+                live.insert(anchor.clone(), false);
+            }
+            _ => {}
         }
-        last.insert(anchor, s.record);
+        if s.record.op != "drift" {
+            last.insert(anchor, s.record);
+        }
     }
     for (anchor, r) in &last {
         match (owned.get(anchor), &r.state) {
@@ -291,9 +303,9 @@ pub fn assert_converged(env: &super::env::SyncEnv, codes: &[String], phase: &str
             "{phase}: {anchor} is in AD with no journal record"
         );
         assert_eq!(
-            adds.get(anchor),
-            Some(&1),
-            "{phase}: {anchor} journaled once as added"
+            live.get(anchor),
+            Some(&true),
+            "{phase}: {anchor} journaled as added"
         );
     }
 

@@ -68,7 +68,8 @@ pub async fn stall() -> u16 {
 /// server (trusting `ca`), and forwards every request, except the
 /// `nth` (1-based) request with the BER tag `op` (0x66 modify, 0x68 add,
 /// 0x6c modify DN, 0x4a delete), which it answers itself with result code
-/// `rc` and the diagnostic `text`. Returns the port.
+/// `rc` and the diagnostic `text`, or, with `rc` 0, never answers (a
+/// server that stalls in the middle of a run). Returns the port.
 pub struct Refuse {
     pub op: u8,
     pub nth: usize,
@@ -146,6 +147,9 @@ pub async fn answer_on(
                 while let Some(msg) = read_message(&mut cr).await {
                     let (id, op) = message_id_and_op(&msg);
                     if op == refuse.op && seen.fetch_add(1, Ordering::SeqCst) + 1 == refuse.nth {
+                        if refuse.rc == 0 {
+                            continue;
+                        }
                         // Responses are the request's tag + 1, but for delete
                         // (0x4a, answered by 0x6b).
                         let tag = if refuse.op == 0x4a {
