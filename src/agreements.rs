@@ -330,6 +330,29 @@ valid_until = 2026-06-30
             .unwrap_err()
             .to_string();
         assert!(msg.contains("before valid_from"), "{msg}");
+        // Wrong types, named with their line.
+        let p = write(
+            "types.toml",
+            "[[agreement]]\nid = \"X\"\ntitle = \"t\"\norganisations = \"RX1\"\nattributes = [\"sn\"]\nvalid_from = 2026-01-01\nvalid_until = 2026-12-31\n",
+        );
+        let msg = Agreements::load(&p, date!(2026 - 03 - 01))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("types.toml:4") && msg.contains("organisations"),
+            "{msg}"
+        );
+        let p = write(
+            "types2.toml",
+            "[[agreement]]\nid = \"X\"\ntitle = \"t\"\norganisations = [\"RX1\"]\nattributes = [\"sn\"]\nvalid_from = \"soon\"\nvalid_until = 2026-12-31\n",
+        );
+        let msg = Agreements::load(&p, date!(2026 - 03 - 01))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("types2.toml:6") && msg.contains("valid_from"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -56,16 +56,31 @@ pub fn line_of(text: &str, offset: usize) -> usize {
 pub fn parse_toml_file<T: serde::de::DeserializeOwned>(
     path: &Path,
 ) -> Result<(T, String), FileError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| FileError::new(path, None, None, format!("cannot read: {e}")))?;
-    // A config file is small; a huge one is a mistake (or an attack).
-    if text.len() > 4 * 1024 * 1024 {
-        return Err(FileError::new(
+    use std::io::Read;
+    // An input file is small; a huge one is a mistake (or an attack): its
+    // size is checked before it is read, and the read stops past the limit
+    // (a file that grows, or one that is not a regular file).
+    const MAX: u64 = 4 * 1024 * 1024;
+    let cannot = |e: std::io::Error| FileError::new(path, None, None, format!("cannot read: {e}"));
+    let too_large = |n: u64| {
+        FileError::new(
             path,
             None,
             None,
-            format!("{} bytes is too large for a configuration file", text.len()),
-        ));
+            format!("{n} bytes is too large for a configuration file (at most {MAX})"),
+        )
+    };
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let size = file.metadata().map_err(cannot)?.len();
+    if size > MAX {
+        return Err(too_large(size));
+    }
+    let mut text = String::new();
+    file.take(MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX {
+        return Err(too_large(text.len() as u64));
     }
     let value = toml::from_str::<T>(&text).map_err(|e| {
         let line = e.span().map(|s| line_of(&text, s.start));
@@ -340,10 +355,40 @@ mod tests {
             e.starts_with(&huge.display().to_string()) && e.contains("too large"),
             "{e}"
         );
+        // 64 GiB (sparse): refused from its size, in no time, for each of
+        // the three input files.
+        let sparse = dir.join("sparse.toml");
+        std::fs::File::create(&sparse)
+            .unwrap()
+            .set_len(64 << 30)
+            .unwrap();
+        let t = std::time::Instant::now();
+        for e in [
+            super::Config::load(&sparse).unwrap_err().to_string(),
+            crate::map::Mapping::load(&sparse).unwrap_err().to_string(),
+            crate::agreements::Agreements::load(&sparse, crate::agreements::today())
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(
+                e.starts_with(&sparse.display().to_string())
+                    && e.contains("68719476736 bytes is too large"),
+                "{e}"
+            );
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        std::fs::remove_file(&sparse).unwrap();
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "[source]\nurl = \"ldaps://x\"\n[source\n").unwrap();
         let e = super::Config::load(&bad).unwrap_err().to_string();
         assert!(e.starts_with(&format!("{}:3", bad.display())), "{e}");
+        // A wrong type is named with its line and key.
+        std::fs::write(&bad, "[source]\nurl = \"ldaps://x\"\npage_size = \"big\"\n").unwrap();
+        let e = super::Config::load(&bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}:3", bad.display())) && e.contains("page_size"),
+            "{e}"
+        );
         let missing = dir.join("missing.toml");
         let e = super::Config::load(&missing).unwrap_err().to_string();
         assert!(e.contains("cannot read"), "{e}");

@@ -4,7 +4,10 @@
 //!
 //! Points: `before-commit` (the target accepted a change, the snapshot has
 //! not recorded it), `after-commit` (just recorded), `after-intent` (an
-//! intent is recorded, the write not yet sent).
+//! intent is recorded, the write not yet sent), and in the pull's paged
+//! search `page-start` (the first entry of a page is about to go through
+//! the stages) and `page-end` (every entry of a page went through them, or
+//! the search ended, before anything is planned from it).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -89,6 +89,9 @@ proptest! {
         // No unescaped parenthesis or asterisk survives inside the value.
         let inner = &f["(nhsOdsCode=".len()..f.len() - 1];
         prop_assert!(!inner.contains(['(', ')', '*']), "{}", f);
+        // And the value comes back whole: RFC 4515 unescaping (each `\XX`
+        // is one byte) gives the original.
+        prop_assert_eq!(unescape_filter_value(inner), Some(v.clone()), "{}", f);
     }
 
     #[test]
@@ -142,4 +145,23 @@ proptest! {
             as_sets(&before) == as_sets(&after)
         );
     }
+}
+
+/// RFC 4515 unescaping of an assertion value: `\XX` is the byte 0xXX;
+/// `None` for a stray backslash or bytes that are not UTF-8.
+fn unescape_filter_value(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }

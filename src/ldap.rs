@@ -309,6 +309,9 @@ pub struct PagedSearch {
     url: String,
     base: String,
     entries: u64,
+    /// The page size, when the page failpoints are armed (the pull's
+    /// search): see [`PagedSearch::with_page_failpoints`].
+    pages: Option<u64>,
 }
 
 impl Drop for PagedSearch {
@@ -356,18 +359,44 @@ async fn read_ahead(
 }
 
 impl PagedSearch {
+    /// Arms the failpoints `page-start` (the first entry of a page is about
+    /// to be handed over) and `page-end` (every entry of a page has been
+    /// taken and the caller asks for more, or the search ended), counted in
+    /// pages of `page_size` entries as the server sends them. For the crash
+    /// tests; inert unless `ABSYNC_FAILPOINT` names one of them.
+    pub fn with_page_failpoints(mut self, page_size: u32) -> Self {
+        self.pages = Some(u64::from(page_size.max(1)));
+        self
+    }
+
     /// The next entry, or `None` when the search is complete.
     pub async fn next(&mut self) -> Result<Option<SearchEntry>, LdapError> {
         if self.done.is_some() {
             return Ok(None);
         }
+        if let Some(p) = self.pages {
+            if self.entries > 0 && self.entries.is_multiple_of(p) {
+                crate::failpoint::hit("page-end");
+            }
+        }
         match self.rx.recv().await {
             Some(Ahead::Entry(e)) => {
+                if let Some(p) = self.pages {
+                    if self.entries.is_multiple_of(p) {
+                        crate::failpoint::hit("page-start");
+                    }
+                }
                 self.entries += 1;
                 Ok(Some(e))
             }
             Some(Ahead::Failed(e)) => Err(e),
             Some(Ahead::Done(res)) => {
+                if let Some(p) = self.pages {
+                    // The last page, when it was not a full one.
+                    if !self.entries.is_multiple_of(p) {
+                        crate::failpoint::hit("page-end");
+                    }
+                }
                 self.done = Some(res);
                 Ok(None)
             }
@@ -446,6 +475,29 @@ pub(crate) fn result_text(rc: u32, text: &str) -> String {
     }
 }
 
+/// A refused bind's text, with what Active Directory's sub-code (`data
+/// NNN` in its message) means, so that an admin does not have to look it up.
+fn bind_text(rc: u32, text: &str) -> String {
+    let base = result_text(rc, text);
+    let meaning = [
+        ("data 525", "no such account"),
+        ("data 52e", "wrong password"),
+        ("data 530", "logon not permitted at this time"),
+        ("data 531", "logon not permitted from this workstation"),
+        ("data 532", "the password has expired"),
+        ("data 533", "the account is disabled"),
+        ("data 701", "the account has expired"),
+        ("data 773", "the password must be reset"),
+        ("data 775", "the account is locked out"),
+    ]
+    .into_iter()
+    .find(|(code, _)| text.to_ascii_lowercase().contains(code));
+    match meaning {
+        Some((_, m)) if rc == 49 => format!("{base} ({m})"),
+        _ => base,
+    }
+}
+
 impl Conn {
     /// Connects, sets up TLS as the endpoint asks, and binds.
     pub async fn connect(ep: &Endpoint) -> Result<Conn, LdapError> {
@@ -504,7 +556,7 @@ impl Conn {
                 url,
                 dn: ep.bind_dn.clone(),
                 rc: res.rc,
-                text: result_text(res.rc, &res.text),
+                text: bind_text(res.rc, &res.text),
             });
         }
         Ok(Conn {
@@ -629,6 +681,7 @@ impl Conn {
             url: self.url.clone(),
             base: base.to_string(),
             entries: 0,
+            pages: None,
         })
     }
 
@@ -743,6 +796,14 @@ mod tests {
         );
         assert_eq!(result_text(4, ""), "size limit exceeded");
         assert_eq!(result_text(999, ""), "no message from the server");
+    }
+
+    #[test]
+    fn a_refused_bind_says_what_ads_sub_code_means() {
+        let ad = "80090308: LdapErr: DSID-0C0903A9, comment: AcceptSecurityContext error, data 775, v1db1";
+        assert!(bind_text(49, ad).ends_with("data 775, v1db1 (the account is locked out)"));
+        assert!(bind_text(49, "data 52e,").ends_with("(wrong password)"));
+        assert_eq!(bind_text(49, ""), "invalid credentials");
     }
 
     #[test]

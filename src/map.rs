@@ -663,5 +663,27 @@ first_of = ["{description}", "Job: {nhsJobRole}"]
             "{msg}"
         );
         assert!(msg.contains("unknown transform \"shout\""), "{msg}");
+
+        // An unknown key and a wrong type, each named with its line.
+        std::fs::write(
+            &p,
+            "object_class = [\"contact\"]\n[rdn]\nattribute = \"cn\"\nfirst_of = [\"{sn}\"]\n[attributes.mail]\ncopy = \"mail\"\nmax_lenght = 64\n",
+        )
+        .unwrap();
+        let msg = Mapping::load(&p).unwrap_err().to_string();
+        assert!(
+            msg.contains("bad.toml:7") && msg.contains("max_lenght"),
+            "{msg}"
+        );
+        std::fs::write(
+            &p,
+            "object_class = [\"contact\"]\n[rdn]\nattribute = \"cn\"\nfirst_of = [\"{sn}\"]\nmax_length = \"sixty-four\"\n",
+        )
+        .unwrap();
+        let msg = Mapping::load(&p).unwrap_err().to_string();
+        assert!(
+            msg.contains("bad.toml:5") && msg.contains("max_length"),
+            "{msg}"
+        );
     }
 }

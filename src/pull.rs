@@ -184,14 +184,16 @@ pub async fn start(
     filter: &str,
     attrs: Vec<String>,
 ) -> Result<PagedSearch, LdapError> {
-    conn.paged_search(
-        &source.base_dn,
-        Scope::Subtree,
-        filter,
-        attrs,
-        source.page_size,
-    )
-    .await
+    Ok(conn
+        .paged_search(
+            &source.base_dn,
+            Scope::Subtree,
+            filter,
+            attrs,
+            source.page_size,
+        )
+        .await?
+        .with_page_failpoints(source.page_size))
 }
 
 /// The anchors as filter terms, `(entryUUID=…)(entryUUID=…)`, fifty to a

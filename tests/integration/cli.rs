@@ -102,6 +102,7 @@ async fn unreachable_server_wrong_password_and_wrong_ca_exit_2_with_clear_messag
     edit_config(&env, &pw.display().to_string(), &real);
 
     let target_ca = env.tb.get("TARGET_CA").to_string();
+    let good = std::fs::read_to_string(env.config_path()).unwrap();
     edit_config(
         &env,
         &format!("ca_file = \"{target_ca}\""),
@@ -114,6 +115,23 @@ async fn unreachable_server_wrong_password_and_wrong_ca_exit_2_with_clear_messag
         "{r:?}"
     );
     assert!(env.ad_objects().await.is_empty(), "nothing reached AD");
+
+    // The configuration put right: the next run syncs everyone.
+    std::fs::write(env.config_path(), good).unwrap();
+    let r = env.absync(&["sync"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let expected = crate::common::check::expected_anchors(
+        &env.source_people("(objectClass=nhsPerson)").await,
+        &env.org_codes(),
+    );
+    let held = crate::common::check::by_anchor(&env.ad_objects().await);
+    assert!(!expected.is_empty());
+    assert_eq!(
+        held.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        expected
+    );
 }
 
 #[tokio::test]

@@ -196,13 +196,7 @@ async fn killing_samba_or_slapd_mid_run_loses_nothing() {
                 .spawn()
                 .unwrap()
         };
-        let converged = |phase: &str| {
-            let ad = assert_ad_holds_expected(env, &codes, phase);
-            let snap = env.snapshot();
-            assert_eq!(snap.count().unwrap() as usize, ad.len(), "{phase}");
-            assert!(snap.intents().unwrap().is_empty(), "{phase}");
-            assert_eq!(env.absync(&["journal", "verify"]).code, 0, "{phase}");
-        };
+        let converged = |phase: &str| assert_converged(env, &codes, phase);
 
         // Samba (the whole process group) killed in the middle of a load.
         let child = spawn();
@@ -346,4 +340,488 @@ async fn an_expired_server_certificate_is_refused_as_expired() {
     assert_unchanged(&before, &env.ad_objects().await);
     std::fs::write(env.config_path(), text).unwrap();
     env.sync_ok();
+}
+
+/// The change LDIF of `changes` over the `synced` environment's people.
+fn source_changes(env: &SyncEnv, change_seed: u32, args: &[&str]) {
+    let out = std::process::Command::new("python3")
+        .arg(crate::common::testbed::repo_root().join("tests/testbed/nhsgen.py"))
+        .args(["changes", "--base", &env.source_base, "--seed", "81"])
+        .args(["--people", "30", "--orgs", "2"])
+        .args(["--change-seed", &change_seed.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    env.change_source(&String::from_utf8(out.stdout).unwrap());
+}
+
+/// The journal records of the last run, but the run records.
+fn last_run_records(env: &SyncEnv) -> Vec<absync::journal::Record> {
+    let snap = env.snapshot();
+    let id = snap.runs(1).unwrap()[0].id;
+    snap.records(id).unwrap()
+}
+
+/// `samba-tool` or an ldb tool on the test bed's sam.ldb, as root.
+fn sam_tool(
+    tb: &crate::common::testbed::Testbed,
+    tool: &str,
+    args: &[&str],
+    stdin: &str,
+) -> String {
+    use std::io::Write;
+    let sam = tb.path("TARGET_SAM_LDB");
+    let conf = sam.parent().unwrap().parent().unwrap().join("etc/smb.conf");
+    let mut cmd = std::process::Command::new(tool);
+    if tool == "samba-tool" {
+        cmd.args(args).arg("-H").arg(&sam).arg("-s").arg(&conf);
+    } else {
+        cmd.arg("-H").arg(&sam).args(args);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{tool} {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_write_rights_fails_the_entries_clearly_and_recovers() {
+    let (env, codes) = synced("fault-rights").await;
+    let tb = env.tb;
+    let env = &env;
+    tokio::task::block_in_place(|| {
+        // An admin takes the service account's write rights away on the
+        // OU (a deny ACE inherited by every object in it), between runs.
+        let sid = sam_tool(
+            tb,
+            "ldbsearch",
+            &["-b", tb.get("TARGET_SVC_DN"), "-s", "base", "objectSid"],
+            "",
+        )
+        .lines()
+        .find_map(|l| l.strip_prefix("objectSid: ").map(str::to_string))
+        .unwrap();
+        let saved = sam_tool(
+            tb,
+            "samba-tool",
+            &["dsacl", "get", "--objectdn", &env.target_ou],
+            "",
+        )
+        .lines()
+        .find(|l| l.starts_with("O:"))
+        .unwrap()
+        .to_string();
+        sam_tool(
+            tb,
+            "samba-tool",
+            &[
+                "dsacl",
+                "set",
+                "--objectdn",
+                &env.target_ou,
+                "--sddl",
+                &format!("(D;CI;WPSD;;;{sid})"),
+            ],
+            "",
+        );
+        source_changes(env, 5, &["--modifies", "4"]);
+        let before = env.ad_objects_blocking();
+        let r = env.absync(&["sync"]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(summary_line(&r, "conflicts").contains("failed 4"), "{r:?}");
+        let failed: Vec<_> = last_run_records(env)
+            .into_iter()
+            .filter(|r| r.op == "modify" && r.outcome == "failed")
+            .collect();
+        assert_eq!(failed.len(), 4, "{failed:?}");
+        for f in &failed {
+            let e = f.error.as_deref().unwrap_or_default();
+            assert!(e.contains("insufficient access rights"), "{f:?}");
+        }
+        assert_unchanged(&before, &env.ad_objects_blocking());
+
+        // The rights come back: the next run writes what failed.
+        sam_tool(
+            tb,
+            "ldbmodify",
+            &[],
+            &format!(
+                "dn: {}\nchangetype: modify\nreplace: nTSecurityDescriptor\nnTSecurityDescriptor: {saved}\n",
+                env.target_ou
+            ),
+        );
+        let again = env.sync_ok();
+        assert!(
+            summary_line(&again, "added").contains("modified 4"),
+            "{again:?}"
+        );
+        assert_converged(env, &codes, "rights restored");
+    });
+}
+
+/// The target behind a proxy that answers one request itself.
+async fn target_refusing(env: &SyncEnv, refuse: crate::common::proxy::Refuse) -> String {
+    let tb = env.tb;
+    let url = tb.get("TARGET_URL").to_string();
+    let upstream = url.trim_start_matches("ldaps://").parse().unwrap();
+    let tls = tb.path("TARGET_CA");
+    let dir = tls.parent().unwrap();
+    let port = crate::common::proxy::answer_on(
+        tb.get("TARGET_IP"),
+        upstream,
+        tb.get("TARGET_IP"),
+        &tls,
+        &dir.join("target.pem"),
+        &dir.join("target.key"),
+        refuse,
+    )
+    .await;
+    format!("ldaps://{}:{port}", tb.get("TARGET_IP"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_or_unwilling_target_is_journaled_and_retried() {
+    use crate::common::proxy::Refuse;
+    let (env, codes) = synced("fault-busy").await;
+    let url = env.tb.get("TARGET_URL").to_string();
+
+    // Busy (51) on the second modify: the server is in trouble, so the run
+    // stops there (exit 2, saying so); what it wrote before is kept.
+    source_changes(&env, 6, &["--modifies", "3"]);
+    let busy = target_refusing(
+        &env,
+        Refuse {
+            op: 0x66,
+            nth: 2,
+            rc: 51,
+            text: "server is busy",
+        },
+    )
+    .await;
+    let text = replace_in_config(&env, &url, &busy);
+    let env_ref = &env;
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("busy") && r.stderr.contains("server is busy"),
+        "{r:?}"
+    );
+    let modified = last_run_records(&env)
+        .into_iter()
+        .filter(|r| r.op == "modify" && r.outcome == "applied")
+        .count();
+    assert_eq!(modified, 1, "the first modify landed and was journaled");
+
+    // Unwilling to perform (53) on an add: that entry fails, is journaled
+    // with the reason, and the others land (exit 1).
+    std::fs::write(env.config_path(), &text).unwrap();
+    source_changes(&env, 7, &["--adds", "3"]);
+    let unwilling = target_refusing(
+        &env,
+        Refuse {
+            op: 0x68,
+            nth: 1,
+            rc: 53,
+            text: "will not do that now",
+        },
+    )
+    .await;
+    replace_in_config(&env, &url, &unwilling);
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync"]));
+    assert_eq!(r.code, 1, "{r:?}");
+    let records = last_run_records(&env);
+    let failed: Vec<_> = records.iter().filter(|r| r.outcome == "failed").collect();
+    assert_eq!(failed.len(), 1, "{records:?}");
+    assert_eq!(failed[0].op, "add");
+    let e = failed[0].error.as_deref().unwrap_or_default();
+    assert!(
+        e.contains("unwilling to perform") && e.contains("will not do that now"),
+        "{e}"
+    );
+    // The modifies the busy run did not reach landed now.
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.op == "modify" && r.outcome == "applied")
+            .count(),
+        2,
+        "{records:?}"
+    );
+
+    // Straight to AD again: the refused add is retried and lands.
+    std::fs::write(env.config_path(), &text).unwrap();
+    let again = tokio::task::block_in_place(|| env_ref.sync_ok());
+    assert!(
+        summary_line(&again, "added").contains("added 1,"),
+        "{again:?}"
+    );
+    tokio::task::block_in_place(|| assert_converged(env_ref, &codes, "after busy and unwilling"));
+}
+
+/// Sets `[target] timeout_secs`.
+fn target_timeout(env: &SyncEnv, secs: u64) {
+    replace_in_config(
+        env,
+        "anchor_attribute = \"adminDescription\"",
+        &format!("anchor_attribute = \"adminDescription\"\ntimeout_secs = {secs}"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalling_target_hits_the_configured_timeout() {
+    use crate::common::proxy::Refuse;
+    let (env, codes) = synced("fault-tstall").await;
+    let url = env.tb.get("TARGET_URL").to_string();
+    let good = std::fs::read_to_string(env.config_path()).unwrap();
+    let env_ref = &env;
+
+    // A target that accepts the connection and never answers.
+    let port = crate::common::proxy::stall().await;
+    replace_in_config(&env, &url, &format!("ldaps://127.0.0.1:{port}"));
+    target_timeout(&env, 2);
+    let t = Instant::now();
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("no answer within 2 s"), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+
+    // A target that stops answering in the middle of a run, on a write.
+    std::fs::write(env.config_path(), &good).unwrap();
+    source_changes(&env, 8, &["--modifies", "3"]);
+    let stalled = target_refusing(
+        &env,
+        Refuse {
+            op: 0x66,
+            nth: 2,
+            rc: 0,
+            text: "",
+        },
+    )
+    .await;
+    replace_in_config(&env, &url, &stalled);
+    target_timeout(&env, 2);
+    let t = Instant::now();
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("no answer within 2 s") && r.stderr.contains(&stalled),
+        "{r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+
+    // AD answering again: the change in flight is settled, the rest lands.
+    std::fs::write(env.config_path(), &good).unwrap();
+    let again = tokio::task::block_in_place(|| env_ref.sync_ok());
+    assert!(
+        summary_line(&again, "added").contains("modified 2"),
+        "{again:?}"
+    );
+    tokio::task::block_in_place(|| assert_converged(env_ref, &codes, "after the target stalled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_ou_deleted_after_a_sync_fails_cleanly_and_a_full_run_recreates() {
+    let (env, codes) = synced("fault-ou-gone").await;
+    let snap_before = {
+        let mut rows = Vec::new();
+        env.snapshot()
+            .for_each(|r| {
+                rows.push(r);
+                Ok(())
+            })
+            .unwrap();
+        rows
+    };
+    assert!(!snap_before.is_empty());
+    // An admin deletes the OU, contacts and all.
+    let mut admin = Conn::connect(&env.tb.target_admin()).await.unwrap();
+    for dn in env.ad_objects().await.keys() {
+        admin.delete(dn).await.unwrap();
+    }
+    admin.delete(&env.target_ou).await.unwrap();
+
+    let env_ref = &env;
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("target OU {} does not exist", env.target_ou)),
+        "{r:?}"
+    );
+    let mut snap_after = Vec::new();
+    env.snapshot()
+        .for_each(|r| {
+            snap_after.push(r);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(snap_before, snap_after, "the snapshot is unchanged");
+    let records = last_run_records(&env);
+    assert!(
+        records.is_empty(),
+        "nothing journaled but the run: {records:?}"
+    );
+
+    // The OU is recreated (empty): a full run puts every contact back.
+    let ou_name = env.target_ou[3..env.target_ou.find(',').unwrap()].to_string();
+    admin
+        .add(
+            &env.target_ou,
+            vec![
+                ("objectClass".into(), ["organizationalUnit".into()].into()),
+                ("ou".into(), [ou_name].into()),
+            ],
+        )
+        .await
+        .unwrap();
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync", "--full"]));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        summary_line(&r, "added").contains(&format!("added {},", snap_before.len())),
+        "{r:?}"
+    );
+    tokio::task::block_in_place(|| assert_converged(env_ref, &codes, "OU recreated"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_out_service_account_is_named_as_locked_out() {
+    let (env, codes) = synced("fault-lockout").await;
+    let tb = env.tb;
+    let env_ref = &env;
+    tokio::task::block_in_place(|| {
+        // An account of its own, locked out after two bad passwords by a
+        // password settings object that applies to it alone.
+        let name: String = crate::common::unique("lk")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(18)
+            .collect();
+        let pw = "Lock-Out-Acc0unt-Pw!";
+        sam_tool(tb, "samba-tool", &["user", "create", &name, pw], "");
+        sam_tool(
+            tb,
+            "samba-tool",
+            &[
+                "domain",
+                "passwordsettings",
+                "pso",
+                "create",
+                &name,
+                "5",
+                "--account-lockout-threshold=2",
+                "--account-lockout-duration=1",
+                "--reset-account-lockout-after=1",
+            ],
+            "",
+        );
+        sam_tool(
+            tb,
+            "samba-tool",
+            &["domain", "passwordsettings", "pso", "apply", &name, &name],
+            "",
+        );
+        // Rights on the OU as the service account has them.
+        let sid = sam_tool(
+            tb,
+            "ldbsearch",
+            &[
+                "-b",
+                &format!("CN={name},CN=Users,{}", tb.get("TARGET_BASE_DN")),
+                "-s",
+                "base",
+                "objectSid",
+            ],
+            "",
+        )
+        .lines()
+        .find_map(|l| l.strip_prefix("objectSid: ").map(str::to_string))
+        .unwrap();
+        let contact = "5cb41ed0-0e4c-11d0-a286-00aa003049e2";
+        sam_tool(
+            tb,
+            "samba-tool",
+            &[
+                "dsacl",
+                "set",
+                "--objectdn",
+                &env_ref.target_ou,
+                "--sddl",
+                &format!(
+                    "(OA;CI;CCDC;{contact};;{sid})(A;;LCRP;;;{sid})(OA;CIIO;GA;;{contact};{sid})"
+                ),
+            ],
+            "",
+        );
+        let dn = format!("CN={name},CN=Users,{}", tb.get("TARGET_BASE_DN"));
+        let good = std::fs::read_to_string(env_ref.config_path()).unwrap();
+        let pw_file = env_ref.dir.join("lockout.pw");
+        let wrong_file = env_ref.dir.join("wrong.pw");
+        for (f, v) in [(&pw_file, pw), (&wrong_file, "Not-The-Pw-1!")] {
+            std::fs::write(f, v).unwrap();
+            std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+        }
+        let use_account = |file: &std::path::Path| {
+            std::fs::write(
+                env_ref.config_path(),
+                good.replacen(tb.get("TARGET_SVC_DN"), &dn, 1).replacen(
+                    tb.get("TARGET_SVC_PASSWORD_FILE"),
+                    file.to_str().unwrap(),
+                    1,
+                ),
+            )
+            .unwrap();
+        };
+        // It works, then two bad passwords lock it out.
+        use_account(&pw_file);
+        source_changes(env_ref, 9, &["--modifies", "2"]);
+        let before = env_ref.ad_objects_blocking();
+        use_account(&wrong_file);
+        for _ in 0..2 {
+            let r = env_ref.absync(&["sync"]);
+            assert_eq!(r.code, 2, "{r:?}");
+            assert!(r.stderr.contains("(wrong password)"), "{r:?}");
+        }
+        use_account(&pw_file);
+        let r = env_ref.absync(&["sync"]);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(
+            r.stderr.contains("invalid credentials")
+                && r.stderr.contains("data 775")
+                && r.stderr.contains("(the account is locked out)")
+                && r.stderr.contains(&dn),
+            "{r:?}"
+        );
+        assert!(!r.stderr.contains(pw));
+        assert_unchanged(&before, &env_ref.ad_objects_blocking());
+
+        // Unlocked by an admin: the run goes through.
+        sam_tool(tb, "samba-tool", &["user", "unlock", &name], "");
+        let again = env_ref.sync_ok();
+        assert!(
+            summary_line(&again, "added").contains("modified 2"),
+            "{again:?}"
+        );
+        assert_converged(env_ref, &codes, "after the lockout");
+        std::fs::write(env_ref.config_path(), &good).unwrap();
+        sam_tool(
+            tb,
+            "samba-tool",
+            &["domain", "passwordsettings", "pso", "delete", &name],
+            "",
+        );
+        sam_tool(tb, "samba-tool", &["user", "delete", &name], "");
+    });
 }

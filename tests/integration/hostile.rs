@@ -23,18 +23,22 @@ fn ldif(base: &str, c: &Case) -> String {
         "objectClass: nhsPerson".into(),
         format!("uid: {}", c.uid),
     ];
-    let mut attr = |k: &str, v: &str| {
+    let attr = |lines: &mut Vec<String>, k: &str, v: &str| {
         let mut s = String::new();
         absync::render::ldif_line(&mut s, k, v);
         lines.push(s.trim_end().to_string());
     };
-    attr("givenName", &c.given);
-    attr("sn", &c.sn);
-    attr("cn", &format!("{} {}", c.given, c.sn));
-    attr("nhsOdsCode", &c.ods);
-    attr("nhsEntryStatus", "active");
+    attr(&mut lines, "givenName", &c.given);
+    attr(&mut lines, "sn", &c.sn);
+    attr(&mut lines, "cn", &format!("{} {}", c.given, c.sn));
+    attr(&mut lines, "nhsOdsCode", &c.ods);
+    attr(&mut lines, "nhsEntryStatus", "active");
     for (k, v) in &c.extra {
-        attr(k, v);
+        match k.strip_suffix("::") {
+            // Raw bytes, base64 in the LDIF.
+            Some(k) => lines.push(format!("{k}:: {v}")),
+            None => attr(&mut lines, k, v),
+        }
     }
     lines.join("\n") + "\n\n"
 }
@@ -44,7 +48,9 @@ async fn a_corpus_of_hostile_entries_is_escaped_truncated_or_refused_one_by_one(
     let env = SyncEnv::new("hostile-corpus", 91, 5, 1, "nhs-to-ad-contact.toml").await;
     let codes = env.org_codes();
     let ods = codes[0].clone();
-    env.write_agreements(&[("DSA-H", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    let mut attrs = ALL_ATTRS.to_vec();
+    attrs.push("jpegPhoto");
+    env.write_agreements(&[("DSA-H", &codes, &attrs, &day(-1), &day(1))]);
     let mut cases = Vec::new();
     let mut add = |given: &str, sn: &str, ods: &str, extra: Vec<(&'static str, String)>| {
         cases.push(Case {
@@ -107,7 +113,15 @@ async fn a_corpus_of_hostile_entries_is_escaped_truncated_or_refused_one_by_one(
         vec![("mail", "  MIXED.Case@NHS.net ".into())],
     );
     add("Empty", " ", &ods, vec![]);
-    assert!(cases.len() >= 50, "{} cases", cases.len());
+    // Bytes that are not UTF-8 (0xFF 0xFE ...) in a binary attribute an
+    // agreement allows but the mapping does not copy.
+    add(
+        "Binary",
+        "Photo",
+        &ods,
+        vec![("jpegPhoto::", "//7/2P/gABBK".into())],
+    );
+    assert_eq!(cases.len(), 52);
     let text: String = cases.iter().map(|c| ldif(&env.source_base, c)).collect();
     env.change_source(&text);
 
@@ -141,7 +155,7 @@ async fn a_corpus_of_hostile_entries_is_escaped_truncated_or_refused_one_by_one(
             .iter()
             .find(|r| r.anchor.as_deref() == Some(anchor) && r.outcome != "applied")
     };
-    let mut stored = 0;
+    let mut refused = Vec::new();
     for c in &cases {
         let uuid = &uuid_of[&c.uid];
         if c.ods != ods {
@@ -150,7 +164,6 @@ async fn a_corpus_of_hostile_entries_is_escaped_truncated_or_refused_one_by_one(
         }
         match ad.get(uuid) {
             Some(o) => {
-                stored += 1;
                 let dn = &o["dn"][0];
                 assert!(dn.ends_with(&env.target_ou), "{dn} escaped the OU");
                 assert_eq!(
@@ -174,13 +187,31 @@ async fn a_corpus_of_hostile_entries_is_escaped_truncated_or_refused_one_by_one(
                 let r = journaled(uuid)
                     .unwrap_or_else(|| panic!("{} is neither in AD nor journaled: {run:?}", c.uid));
                 assert!(r.error.as_deref().is_some_and(|e| !e.is_empty()), "{r:?}");
+                refused.push(format!("{} {}", c.given, c.sn));
             }
         }
     }
+    // Exactly these are refused; the two outside every agreement (Ods,
+    // Ods2) are not held; every other case is stored.
+    assert_eq!(refused, vec!["Mail Collision"], "{run:?}");
+    // None affects the others: the directory's own people are all there,
+    // with their names as the source has them.
+    let base: Vec<_> = people
+        .iter()
+        .filter(|(_, a)| a["uid"][0].len() > 4 || !a["uid"][0].starts_with('h'))
+        .collect();
+    assert_eq!(base.len(), 5);
+    for (uuid, a) in base {
+        let o = ad
+            .get(uuid)
+            .unwrap_or_else(|| panic!("{} is missing", a["dn"][0]));
+        assert_eq!(o["sn"], a["sn"], "{uuid}");
+        assert_eq!(o["givenname"], a["givenname"], "{uuid}");
+    }
+    let photo = &uuid_of[&cases.iter().find(|c| c.sn == "Photo").unwrap().uid];
     assert!(
-        stored >= 45,
-        "only {stored} of {} stored: {run:?}",
-        cases.len()
+        !ad[photo].contains_key("jpegphoto"),
+        "not mapped, not copied"
     );
     let mail_case = &uuid_of[&cases.iter().find(|c| c.sn == "Collision").unwrap().uid];
     assert!(!ad.contains_key(mail_case));
@@ -200,4 +231,73 @@ async fn a_corpus_of_hostile_entries_is_escaped_truncated_or_refused_one_by_one(
     );
     let verify = env.absync(&["journal", "verify"]);
     assert_eq!(verify.code, 0, "{verify:?}");
+}
+
+#[tokio::test]
+async fn a_shared_or_missing_anchor_is_refused_without_harming_others() {
+    let env = SyncEnv::new("hostile-anchor", 92, 5, 1, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    let ods = codes[0].clone();
+    env.write_agreements(&[("DSA-H", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    // The source's anchor is employeeNumber, which nothing keeps unique.
+    env.set_config_line("anchor_attribute", "\"employeeNumber\"");
+    let case = |uid: &str, sn: &str, extra: Vec<(&'static str, String)>| Case {
+        uid: uid.into(),
+        given: "Anchor".into(),
+        sn: sn.into(),
+        ods: ods.clone(),
+        extra,
+    };
+    let cases = [
+        case("a1", "First", vec![("employeeNumber", "E-SHARED".into())]),
+        case("a2", "Second", vec![("employeeNumber", "E-SHARED".into())]),
+        case("a3", "Without", vec![]),
+    ];
+    let text: String = cases.iter().map(|c| ldif(&env.source_base, c)).collect();
+    env.change_source(&text);
+
+    let run = env.absync(&["sync"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let people = env.source_people("(objectClass=nhsPerson)").await;
+    let ad = by_anchor(&env.ad_objects().await);
+    // Every generated person, by employeeNumber, with the source's name.
+    let mut base = 0;
+    for a in people.values().filter(|a| !a["uid"][0].starts_with('a')) {
+        let number = &a["employeenumber"][0];
+        let o = ad
+            .get(number)
+            .unwrap_or_else(|| panic!("{number} missing: {run:?}"));
+        assert_eq!(o["sn"], a["sn"]);
+        base += 1;
+    }
+    assert_eq!(base, 5);
+    // One of the two sharing an anchor is held (the first read), the other
+    // refused; the one without is refused; each refusal says why.
+    let shared = &ad["E-SHARED"];
+    assert!(["First", "Second"].contains(&shared["sn"][0].as_str()));
+    assert_eq!(ad.len(), 6, "{ad:?}");
+    let snap = env.snapshot();
+    let records = snap.records(snap.runs(1).unwrap()[0].id).unwrap();
+    let rejects: Vec<String> = records
+        .iter()
+        .filter(|r| r.op == "reject")
+        .map(|r| r.error.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(rejects.len(), 2, "{records:?}");
+    assert!(
+        rejects
+            .iter()
+            .any(|e| e.contains("another source entry has the same anchor")),
+        "{rejects:?}"
+    );
+    assert!(
+        rejects
+            .iter()
+            .any(|e| e.contains("no employeeNumber (the anchor)")),
+        "{rejects:?}"
+    );
+    assert!(
+        summary_line(&run, "rejected").contains("rejected 2"),
+        "{run:?}"
+    );
 }

@@ -16,12 +16,16 @@ async fn passwords_never_appear_in_logs_output_errors_journal_or_status() {
     let env = SyncEnv::new("sec-leak", 71, 20, 2, "nhs-to-ad-contact.toml").await;
     let codes = env.org_codes();
     env.write_agreements(&[("DSA-L", &codes, ALL_ATTRS, &day(-1), &day(1))]);
-    let passwords: Vec<Vec<u8>> = ["SOURCE_SYNC_PASSWORD_FILE", "TARGET_SVC_PASSWORD_FILE"]
+    let mut passwords: Vec<Vec<u8>> = ["SOURCE_SYNC_PASSWORD_FILE", "TARGET_SVC_PASSWORD_FILE"]
         .iter()
         .map(|k| std::fs::read(env.tb.get(k)).unwrap())
         .collect();
+    let wrong = env.dir.join("wrong.pw");
+    std::fs::write(&wrong, "Wr0ng-But-Secret-Pw!").unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    passwords.push(b"Wr0ng-But-Secret-Pw!".to_vec());
     let mut seen = Vec::new();
-    let mut run = |args: &[&str]| {
+    let run = |seen: &mut Vec<u8>, args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_absync"))
             .args(["--config", env.config_path().to_str().unwrap()])
             .args(args)
@@ -31,19 +35,22 @@ async fn passwords_never_appear_in_logs_output_errors_journal_or_status() {
         seen.extend(out.stdout);
         seen.extend(out.stderr);
     };
-    run(&["check"]);
-    run(&["sync"]);
-    run(&["plan", "--format", "json"]);
-    run(&["plan", "--format", "ldif"]);
-    run(&["status"]);
-    run(&[
-        "journal",
-        "export",
-        "--since",
-        "2000-01-01",
-        "--format",
-        "jsonl",
-    ]);
+    run(&mut seen, &["check"]);
+    run(&mut seen, &["sync"]);
+    run(&mut seen, &["plan", "--format", "json"]);
+    run(&mut seen, &["plan", "--format", "ldif"]);
+    run(&mut seen, &["status"]);
+    run(
+        &mut seen,
+        &[
+            "journal",
+            "export",
+            "--since",
+            "2000-01-01",
+            "--format",
+            "jsonl",
+        ],
+    );
     // An error path: a wrong CA (the password file is read, the bind fails).
     let text = std::fs::read_to_string(env.config_path()).unwrap();
     std::fs::write(
@@ -51,7 +58,62 @@ async fn passwords_never_appear_in_logs_output_errors_journal_or_status() {
         text.replacen(env.tb.get("TARGET_CA"), env.tb.get("SOURCE_CA"), 1),
     )
     .unwrap();
-    run(&["sync"]);
+    run(&mut seen, &["sync"]);
+    // A wrong password: the bind is refused.
+    std::fs::write(
+        env.config_path(),
+        text.replacen(
+            env.tb.get("TARGET_SVC_PASSWORD_FILE"),
+            wrong.to_str().unwrap(),
+            1,
+        ),
+    )
+    .unwrap();
+    let before = seen.len();
+    run(&mut seen, &["sync"]);
+    assert!(
+        String::from_utf8_lossy(&seen[before..]).contains("invalid credentials"),
+        "the wrong password was refused"
+    );
+    // The service, for one run, then stopped.
+    let socket = env.dir.join("absync.sock");
+    std::fs::write(
+        env.config_path(),
+        format!(
+            "{text}\n[schedule]\ninterval = \"1h\"\n\n[daemon]\nsocket = \"{}\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    // Outside the config's directory, which the service watches.
+    let log = std::env::temp_dir().join(crate::common::unique("absync-sec-daemon.log"));
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_absync"))
+        .args(["--config", env.config_path().to_str().unwrap(), "run"])
+        .env("ABSYNC_LOG", "trace")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("journal head")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service did not run"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    assert!(daemon.wait().unwrap().success());
+    seen.extend(std::fs::read(&log).unwrap());
+    std::fs::remove_file(&log).unwrap();
     std::fs::write(env.config_path(), &text).unwrap();
     assert!(seen.len() > 10_000, "trace output was produced");
     let db = std::fs::read(env.state_dir().join("absync.db")).unwrap();
@@ -127,6 +189,19 @@ async fn absync_refuses_to_sync_as_root_unless_told() {
     env.write_agreements(&[("DSA-R", &codes, ALL_ATTRS, &day(-1), &day(1))]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_absync"))
         .args(["--config", env.config_path().to_str().unwrap(), "sync"])
+        .env_remove("ABSYNC_ALLOW_ROOT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to run as root") && err.contains("ABSYNC_ALLOW_ROOT=1"),
+        "{err}"
+    );
+    assert!(!env.state_dir().exists(), "nothing was started");
+    // The service too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_absync"))
+        .args(["--config", env.config_path().to_str().unwrap(), "run"])
         .env_remove("ABSYNC_ALLOW_ROOT")
         .output()
         .unwrap();

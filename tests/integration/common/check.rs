@@ -170,3 +170,182 @@ pub fn assert_ad_holds_expected(
     );
     ad
 }
+
+/// The attributes the config's mapping manages (lower-case).
+fn managed_attributes(env: &super::env::SyncEnv) -> BTreeSet<String> {
+    let config: toml::Value =
+        toml::from_str(&std::fs::read_to_string(env.config_path()).unwrap()).unwrap();
+    let file = config["mapping"]["file"].as_str().unwrap();
+    let mapping: toml::Value = toml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    mapping["attributes"]
+        .as_table()
+        .unwrap()
+        .keys()
+        .map(|k| k.to_lowercase())
+        .collect()
+}
+
+/// Values compared as sets (AD does not keep the order of a multi-valued
+/// attribute).
+fn sorted(v: Option<&Vec<String>>) -> Vec<String> {
+    let mut v = v.cloned().unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// One attribute of an object, looked up case-insensitively.
+fn values_of<'a>(attrs: &'a BTreeMap<String, Vec<String>>, name: &str) -> Option<&'a Vec<String>> {
+    attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+/// From a blocking section, after the run that follows crashes or faults:
+/// AD holds exactly the active people of `codes`, each once; the snapshot
+/// holds exactly the objects in AD, at their DN, hidden exactly when in
+/// quarantine, with the values AD holds for every managed attribute;
+/// nothing is in flight; each object's last applied journal record says
+/// what AD holds (a delete: that it is gone), and each object was journaled
+/// as added, never twice without a delete or drift between; the values copied as they are (sn, title, displayName)
+/// are the source's; a dry run of a full reconcile (source read in full,
+/// live target read) finds nothing to write; the journal is intact. A lost
+/// add, modify, rename, hide or delete fails one of these.
+pub fn assert_converged(env: &super::env::SyncEnv, codes: &[String], phase: &str) {
+    let visible = assert_ad_holds_expected(env, codes, phase);
+    let owned = env.owned_objects_blocking();
+    let snap = env.snapshot();
+    assert!(
+        snap.intents().unwrap().is_empty(),
+        "{phase}: nothing in flight"
+    );
+    let mut rows: BTreeMap<String, absync::snapshot::ObjectRow> = BTreeMap::new();
+    snap.for_each(|r| {
+        rows.insert(r.anchor.clone(), r);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        rows.keys().collect::<Vec<_>>(),
+        owned.keys().collect::<Vec<_>>(),
+        "{phase}: snapshot rows = objects in AD (no orphans, no lost rows)"
+    );
+    let managed = managed_attributes(env);
+    for (anchor, obj) in &owned {
+        let dn = &obj["dn"][0];
+        let row = &rows[anchor];
+        assert!(
+            absync::diff::same_dn(dn, &row.dn),
+            "{phase}: snapshot has {} for {dn}",
+            row.dn
+        );
+        assert_eq!(
+            row.hidden.is_some(),
+            !visible.contains_key(anchor),
+            "{phase}: hidden in the snapshot = in quarantine in AD ({dn})"
+        );
+        for name in &managed {
+            assert_eq!(
+                sorted(values_of(&row.attrs, name)),
+                sorted(obj.get(name)),
+                "{phase}: {name} of {dn}: snapshot vs AD"
+            );
+        }
+    }
+
+    // The journal: the last applied record of every object names what AD
+    // holds now.
+    // No object is added twice: an add follows only a delete, or a drift
+    // record (an object deleted by hand, which a full run adds again).
+    let mut last: BTreeMap<String, absync::journal::Record> = BTreeMap::new();
+    let mut live: BTreeMap<String, bool> = BTreeMap::new();
+    for s in snap
+        .stored_where(
+            "(outcome = 'applied' AND op IN ('add', 'modify', 'rename', 'hide', 'restore', 'delete')) OR op = 'drift'",
+            &[],
+        )
+        .unwrap()
+    {
+        let anchor = s.record.anchor.clone().unwrap();
+        match s.record.op.as_str() {
+            "add" => assert!(
+                !live.insert(anchor.clone(), true).unwrap_or(false),
+                "{phase}: {anchor} journaled as added twice (record {})",
+                s.id
+            ),
+            "delete" | "drift" => {
+                live.insert(anchor.clone(), false);
+            }
+            _ => {}
+        }
+        if s.record.op != "drift" {
+            last.insert(anchor, s.record);
+        }
+    }
+    for (anchor, r) in &last {
+        match (owned.get(anchor), &r.state) {
+            (None, None) => assert_eq!(r.op, "delete", "{phase}: {anchor}"),
+            (Some(obj), Some(state)) => {
+                let dn = &obj["dn"][0];
+                assert!(
+                    absync::diff::same_dn(dn, &state.dn),
+                    "{phase}: last journal record ({}) of {anchor} has {}, AD {dn}",
+                    r.op,
+                    state.dn
+                );
+                for name in &managed {
+                    assert_eq!(
+                        sorted(values_of(&state.attrs, name)),
+                        sorted(obj.get(name)),
+                        "{phase}: {name} of {dn}: last journal record ({}) vs AD",
+                        r.op
+                    );
+                }
+            }
+            (obj, _) => panic!(
+                "{phase}: last journal record of {anchor} is a {} ({:?}) but AD has {obj:?}",
+                r.op, r.state
+            ),
+        }
+    }
+    for anchor in owned.keys() {
+        assert!(
+            last.contains_key(anchor),
+            "{phase}: {anchor} is in AD with no journal record"
+        );
+        assert_eq!(
+            live.get(anchor),
+            Some(&true),
+            "{phase}: {anchor} journaled as added"
+        );
+    }
+
+    // The source's values, read independently, for attributes the mapping
+    // copies as they are.
+    let source = env.source_people_blocking();
+    for (anchor, obj) in &visible {
+        for (name, max) in [("sn", 64), ("title", 128), ("displayname", 256)] {
+            let Some(want) = source[anchor].get(name).and_then(|v| v.first()) else {
+                continue;
+            };
+            if want.chars().count() <= max && !want.chars().any(char::is_control) {
+                // Leading and trailing spaces do not survive (AD trims).
+                assert_eq!(
+                    obj.get(name).and_then(|v| v.first()).map(|v| v.as_str()),
+                    Some(want.trim()),
+                    "{phase}: {name} of {anchor} in AD vs the source"
+                );
+            }
+        }
+    }
+
+    let plan = env.absync(&["sync", "--dry-run", "--full", "--format", "json"]);
+    assert_eq!(plan.code, 0, "{phase}: {plan:?}");
+    assert!(
+        plan_ops(&plan.stdout).is_empty(),
+        "{phase}: a full reconcile would still write:\n{}",
+        plan.stdout
+    );
+    let verify = env.absync(&["journal", "verify"]);
+    assert_eq!(verify.code, 0, "{phase}: {verify:?}");
+}

@@ -405,3 +405,43 @@ impl SyncEnv {
         Self::block(self.source_people("(objectClass=nhsPerson)"))
     }
 }
+
+impl SyncEnv {
+    /// Every object carrying absync's anchor anywhere below the test's OU
+    /// (quarantine included), with all its attributes, read as the domain
+    /// administrator: anchor → attribute (lower-case) → values, the DN
+    /// under "dn". Fails on a duplicate anchor.
+    pub async fn owned_objects(&self) -> Objects {
+        let mut admin = Conn::connect(&self.tb.target_admin()).await.unwrap();
+        let mut s = admin
+            .paged_search(
+                &self.target_ou,
+                Scope::Subtree,
+                "(adminDescription=absync:*)",
+                vec!["*".into()],
+                500,
+            )
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        while let Some(e) = s.next().await.unwrap() {
+            let mut attrs: BTreeMap<String, Vec<String>> = e
+                .attrs
+                .into_iter()
+                .map(|(k, v)| (k.to_lowercase(), v))
+                .collect();
+            attrs.insert("dn".into(), vec![e.dn]);
+            let anchor = anchor_of(&attrs).unwrap();
+            assert!(
+                out.insert(anchor.clone(), attrs).is_none(),
+                "duplicate anchor {anchor}"
+            );
+        }
+        s.finish().await.unwrap();
+        out
+    }
+
+    pub fn owned_objects_blocking(&self) -> Objects {
+        Self::block(self.owned_objects())
+    }
+}

@@ -62,3 +62,172 @@ pub async fn stall() -> u16 {
     });
     port
 }
+
+/// A TLS-terminating LDAP proxy on `ip` in front of the LDAPS server
+/// `upstream`: it presents `cert`/`key` to the client, speaks TLS to the
+/// server (trusting `ca`), and forwards every request, except the
+/// `nth` (1-based) request with the BER tag `op` (0x66 modify, 0x68 add,
+/// 0x6c modify DN, 0x4a delete), which it answers itself with result code
+/// `rc` and the diagnostic `text`, or, with `rc` 0, never answers (a
+/// server that stalls in the middle of a run). Returns the port.
+pub struct Refuse {
+    pub op: u8,
+    pub nth: usize,
+    pub rc: u8,
+    pub text: &'static str,
+}
+
+pub async fn answer_on(
+    ip: &str,
+    upstream: SocketAddr,
+    upstream_name: &str,
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    refuse: Refuse,
+) -> u16 {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let client_cfg = absync::ldap::tls_config(ca).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let connector = tokio_rustls::TlsConnector::from(client_cfg);
+    let name = ServerName::try_from(upstream_name.to_string()).unwrap();
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let refuse = Arc::new(refuse);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (acceptor, connector, name) = (acceptor.clone(), connector.clone(), name.clone());
+            let (seen, refuse) = (seen.clone(), refuse.clone());
+            tokio::spawn(async move {
+                let Ok(client) = acceptor.accept(client).await else {
+                    return;
+                };
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let Ok(server) = connector.connect(name, server).await else {
+                    return;
+                };
+                let (mut cr, cw) = tokio::io::split(client);
+                let (mut sr, mut sw) = tokio::io::split(server);
+                let cw = Arc::new(tokio::sync::Mutex::new(cw));
+                let down = {
+                    let cw = cw.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16384];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if cw.lock().await.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    })
+                };
+                // Requests, one LDAPMessage at a time.
+                while let Some(msg) = read_message(&mut cr).await {
+                    let (id, op) = message_id_and_op(&msg);
+                    if op == refuse.op && seen.fetch_add(1, Ordering::SeqCst) + 1 == refuse.nth {
+                        if refuse.rc == 0 {
+                            continue;
+                        }
+                        // Responses are the request's tag + 1, but for delete
+                        // (0x4a, answered by 0x6b).
+                        let tag = if refuse.op == 0x4a {
+                            0x6b
+                        } else {
+                            refuse.op + 1
+                        };
+                        let reply = ldap_result(id, tag, refuse.rc, refuse.text);
+                        if cw.lock().await.write_all(&reply).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    if sw.write_all(&msg).await.is_err() {
+                        break;
+                    }
+                }
+                down.abort();
+            });
+        }
+    });
+    port
+}
+
+/// One BER TLV (an LDAPMessage) from the stream, whole.
+async fn read_message<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
+    let mut head = [0u8; 2];
+    r.read_exact(&mut head).await.ok()?;
+    let mut msg = head.to_vec();
+    let len = if head[1] < 0x80 {
+        usize::from(head[1])
+    } else {
+        let n = usize::from(head[1] & 0x7f);
+        let mut bytes = vec![0u8; n];
+        r.read_exact(&mut bytes).await.ok()?;
+        msg.extend_from_slice(&bytes);
+        bytes.iter().fold(0usize, |a, b| (a << 8) | usize::from(*b))
+    };
+    let start = msg.len();
+    msg.resize(start + len, 0);
+    r.read_exact(&mut msg[start..]).await.ok()?;
+    Some(msg)
+}
+
+/// The message ID (as its encoded bytes) and the protocol op's tag.
+fn message_id_and_op(msg: &[u8]) -> (Vec<u8>, u8) {
+    let body = if msg[1] < 0x80 {
+        2
+    } else {
+        2 + usize::from(msg[1] & 0x7f)
+    };
+    // messageID: INTEGER, short length.
+    let id_len = usize::from(msg[body + 1]);
+    let id = msg[body + 2..body + 2 + id_len].to_vec();
+    (id, msg[body + 2 + id_len])
+}
+
+fn ber_len(n: usize) -> Vec<u8> {
+    if n < 0x80 {
+        vec![n as u8]
+    } else {
+        vec![0x82, (n >> 8) as u8, n as u8]
+    }
+}
+
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend(ber_len(content.len()));
+    out.extend_from_slice(content);
+    out
+}
+
+/// An LDAPResult response with the given tag, result code and text.
+fn ldap_result(id: Vec<u8>, tag: u8, rc: u8, text: &str) -> Vec<u8> {
+    let mut result = tlv(0x0a, &[rc]);
+    result.extend(tlv(0x04, b""));
+    result.extend(tlv(0x04, text.as_bytes()));
+    let mut body = tlv(0x02, &id);
+    body.extend(tlv(tag, &result));
+    tlv(0x30, &body)
+}
