@@ -189,8 +189,17 @@ enum JournalCommand {
 fn init_logging() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ABSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let wanted = std::env::var("ABSYNC_LOG").unwrap_or_else(|_| "info".into());
+    // The file watcher's own events stay quiet unless asked for by name: at
+    // trace level it logs every event in the watched directories, and a log
+    // written into one of them would feed itself.
+    let directives = if wanted.contains("notify") {
+        wanted
+    } else {
+        format!("{wanted},notify=warn")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=warn"));
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         if let Ok(journald) = tracing_journald::layer() {
             tracing_subscriber::registry()
