@@ -137,7 +137,9 @@ pub fn attr_changes(before: &Attrs, after: &Attrs) -> BTreeMap<String, AttrChang
         .filter_map(|k| {
             let old = before.get(k).unwrap_or(&empty);
             let new = after.get(k).unwrap_or(&empty);
-            (sorted(old) != sorted(new)).then(|| {
+            // Equal lists are equal sets: sorting copies, so only lists
+            // that differ are sorted to compare.
+            (old != new && sorted(old) != sorted(new)).then(|| {
                 (
                     k.clone(),
                     AttrChange {

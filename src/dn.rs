@@ -61,20 +61,47 @@ pub fn unescape_value(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A canonical, case-folded form of a DN for equality and lookups.
+/// A canonical, case-folded form of a DN for equality and lookups: per RDN,
+/// the attribute lower-cased, `=`, the value unescaped, escaped again the
+/// one way `escape_value` does and lower-cased; RDNs joined by `,`.
+///
+/// Planning calls this several times per entry, so it builds the result in
+/// one string and copies a value only when it holds an escape.
 pub fn normalize(dn: &str) -> String {
-    split_rdns(dn)
-        .iter()
-        .map(|rdn| match rdn.split_once('=') {
-            Some((attr, value)) => format!(
-                "{}={}",
-                attr.trim().to_lowercase(),
-                escape_value(&unescape_value(value.trim())).to_lowercase()
-            ),
-            None => rdn.to_lowercase(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    let mut out = String::with_capacity(dn.len());
+    for (i, rdn) in split_rdns(dn).into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match rdn.split_once('=') {
+            Some((attr, value)) => {
+                push_lowercase(&mut out, attr.trim());
+                out.push('=');
+                let value = value.trim();
+                // Without a backslash, unescaping changes nothing.
+                let unescaped: std::borrow::Cow<str> = if value.contains('\\') {
+                    unescape_value(value).into()
+                } else {
+                    value.into()
+                };
+                push_lowercase(&mut out, &ldap3::dn_escape(unescaped));
+            }
+            None => push_lowercase(&mut out, rdn),
+        }
+    }
+    out
+}
+
+/// Appends `s.to_lowercase()`, without the intermediate string when `s` is
+/// ASCII (the usual case), where the two lower-case alike.
+fn push_lowercase(out: &mut String, s: &str) {
+    if s.is_ascii() {
+        let start = out.len();
+        out.push_str(s);
+        out[start..].make_ascii_lowercase();
+    } else {
+        out.push_str(&s.to_lowercase());
+    }
 }
 
 /// The parent of a DN (everything after the first RDN).

@@ -83,6 +83,34 @@ proptest! {
     }
 
     #[test]
+    fn dn_normal_form_matches_its_definition(rdns in proptest::collection::vec((nasty(), nasty()), 0..4), raw in nasty()) {
+        // The definition, spelled out with one string per step.
+        fn reference(dn: &str) -> String {
+            crate::dn::split_rdns(dn)
+                .iter()
+                .map(|rdn| match rdn.split_once('=') {
+                    Some((attr, value)) => format!(
+                        "{}={}",
+                        attr.trim().to_lowercase(),
+                        crate::dn::escape_value(&crate::dn::unescape_value(value.trim())).to_lowercase()
+                    ),
+                    None => rdn.to_lowercase(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+        let dn = rdns
+            .iter()
+            .map(|(a, v)| format!("{a}={}", crate::dn::escape_value(v)))
+            .collect::<Vec<_>>()
+            .join(",");
+        for d in [dn.as_str(), raw.as_str(), "CN=Smith\\, Jr.,OU=NHS Directory,DC=sync,DC=test",
+                  "cn=ΣΑΣ\\2C Ó,ou=Σx", " CN = \\20a\\5c\\ ,DC=x", "\\", "=,"] {
+            prop_assert_eq!(crate::dn::normalize(d), reference(d), "{}", d);
+        }
+    }
+
+    #[test]
     fn filter_escaping_always_yields_one_valid_equality_filter(v in nasty()) {
         let f = format!("(nhsOdsCode={})", ldap3::ldap_escape(v.as_str()));
         prop_assert!(ldap3::parse_filter(&f).is_ok(), "{}", f);

@@ -7,6 +7,7 @@
 //! `transform`s, keeps `values = "all" | "first" | "rest"`, and truncates to
 //! `max_length`, which Active Directory enforces.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -243,7 +244,7 @@ impl Template {
         if has_placeholder && !any {
             return String::new();
         }
-        out.trim().to_string()
+        trim_owned(out)
     }
 }
 
@@ -282,30 +283,80 @@ pub struct Mapped {
 }
 
 /// Drops control characters (AD rejects NUL and most are never intended)
-/// and turns line breaks and tabs into spaces.
-fn clean(v: &str) -> String {
-    v.chars()
-        .map(|c| {
-            if c == '\n' || c == '\r' || c == '\t' {
-                ' '
-            } else {
-                c
-            }
-        })
-        .filter(|c| !c.is_control())
-        .collect()
+/// and turns line breaks and tabs into spaces. A value without control
+/// characters (nearly all of them) is returned as it is, uncopied.
+fn clean(v: &str) -> Cow<'_, str> {
+    if !v.chars().any(char::is_control) {
+        return Cow::Borrowed(v);
+    }
+    Cow::Owned(
+        v.chars()
+            .map(|c| {
+                if c == '\n' || c == '\r' || c == '\t' {
+                    ' '
+                } else {
+                    c
+                }
+            })
+            .filter(|c| !c.is_control())
+            .collect(),
+    )
+}
+
+/// `clean` for a string the caller owns: no copy when nothing changes.
+fn clean_owned(v: String) -> String {
+    match clean(&v) {
+        Cow::Borrowed(_) => v,
+        Cow::Owned(c) => c,
+    }
+}
+
+/// `v.trim().to_string()` that keeps `v`'s buffer.
+fn trim_owned(mut v: String) -> String {
+    let end = v.trim_end().len();
+    v.truncate(end);
+    let start = v.len() - v.trim_start().len();
+    v.drain(..start);
+    v
 }
 
 /// Truncates to `max` characters (AD counts characters, not bytes).
 pub fn truncate(v: &str, max: usize) -> String {
-    if v.chars().count() <= max {
-        v.to_string()
+    truncated(Cow::Borrowed(v), max).into_owned()
+}
+
+/// `truncate` that hands back its input when it already fits.
+fn truncated(v: Cow<'_, str>, max: usize) -> Cow<'_, str> {
+    // A string has at least one byte per character.
+    if v.len() <= max || v.chars().count() <= max {
+        v
     } else {
-        v.chars()
-            .take(max)
-            .collect::<String>()
-            .trim_end()
-            .to_string()
+        Cow::Owned(
+            v.chars()
+                .take(max)
+                .collect::<String>()
+                .trim_end()
+                .to_string(),
+        )
+    }
+}
+
+impl Rule {
+    /// One value through `clean`, the transforms, `max_length` and a final
+    /// trim: the value the target gets (empty values are dropped later).
+    fn finish_value(&self, v: &str) -> String {
+        let mut s = clean(v);
+        for t in &self.transforms {
+            s = Cow::Owned(t.apply(&s));
+        }
+        if let Some(max) = self.max_length {
+            s = truncated(s, max);
+        }
+        if s.trim().len() == s.len() {
+            s.into_owned()
+        } else {
+            s.trim().to_string()
+        }
     }
 }
 
@@ -445,7 +496,7 @@ impl Mapping {
         let rdn_value = self
             .rdn
             .iter()
-            .map(|t| clean(&t.render(entry)).trim().to_string())
+            .map(|t| trim_owned(clean_owned(t.render(entry))))
             .find(|v| !v.is_empty())
             .ok_or_else(|| {
                 format!(
@@ -456,7 +507,7 @@ impl Mapping {
         let plain = truncate(&rdn_value, self.rdn_max_length);
         let mut rdn_candidates = vec![plain.clone()];
         for tb in &self.tie_breakers {
-            let suffix = clean(&tb.render(entry));
+            let suffix = clean_owned(tb.render(entry));
             if suffix.is_empty() {
                 continue;
             }
@@ -474,33 +525,30 @@ impl Mapping {
             let mut vals: Vec<String> = match &rule.source {
                 Source::Copy(a) => {
                     let all = entry.values(a);
-                    match rule.values {
-                        Values::All => all.to_vec(),
-                        Values::First => all.iter().take(1).cloned().collect(),
-                        Values::Rest => all.iter().skip(1).cloned().collect(),
-                    }
+                    let picked = match rule.values {
+                        Values::All => all,
+                        Values::First => &all[..all.len().min(1)],
+                        Values::Rest => all.get(1..).unwrap_or(&[]),
+                    };
+                    picked.iter().map(|v| rule.finish_value(v)).collect()
                 }
                 Source::FirstOf(ts) => ts
                     .iter()
                     .map(|t| t.render(entry))
                     .find(|v| !v.is_empty())
+                    .map(|v| rule.finish_value(&v))
                     .into_iter()
                     .collect(),
-                Source::Value(v) => vec![v.clone()],
+                Source::Value(v) => vec![rule.finish_value(v)],
             };
-            for v in vals.iter_mut() {
-                let mut s = clean(v);
-                for t in &rule.transforms {
-                    s = t.apply(&s);
-                }
-                if let Some(max) = rule.max_length {
-                    s = truncate(&s, max);
-                }
-                *v = s.trim().to_string();
+            // AD rejects empty values and values equal but for case (which
+            // a single value cannot be).
+            if vals.len() <= 1 {
+                vals.retain(|v| !v.is_empty());
+            } else {
+                let mut seen = std::collections::HashSet::new();
+                vals.retain(|v| !v.is_empty() && seen.insert(v.to_lowercase()));
             }
-            // AD rejects empty values and values equal but for case.
-            let mut seen = std::collections::HashSet::new();
-            vals.retain(|v| !v.is_empty() && seen.insert(v.to_lowercase()));
             if !vals.is_empty() {
                 attrs.insert(rule.target.clone(), vals);
             }
