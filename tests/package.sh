@@ -14,6 +14,9 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 install -y -q "./$deb" >/dev/null
 
 /usr/bin/absync --version | grep -q '^absync ' || fail "absync --version"
+# Stripped: the debug symbols stay in the build tree (tens of MB).
+size=$(stat -c %s /usr/bin/absync)
+[ "$size" -lt 30000000 ] || fail "/usr/bin/absync is $size bytes: not stripped"
 getent passwd absync >/dev/null || fail "no system user absync"
 unit=$(ls /lib/systemd/system/absync.service /usr/lib/systemd/system/absync.service 2>/dev/null | head -1)
 [ -n "$unit" ] || fail "no absync.service installed"
