@@ -516,7 +516,10 @@ impl Mapping {
                 .rdn_max_length
                 .saturating_sub(suffix.chars().count() + 1);
             let c = format!("{} {suffix}", truncate(&rdn_value, room));
-            if !rdn_candidates.contains(&c) {
+            // A suffix longer than the limit itself is cut too: no candidate
+            // may be longer than the target accepts.
+            let c = truncate(c.trim_start(), self.rdn_max_length);
+            if !c.is_empty() && !rdn_candidates.contains(&c) {
                 rdn_candidates.push(c);
             }
         }
@@ -663,6 +666,26 @@ first_of = ["{description}", "Job: {nhsJobRole}"]
             ]
         );
         assert!(o.rdn_candidates.iter().all(|c| c.chars().count() <= 20));
+
+        // A tie-breaker longer than the limit is cut, never overflows it.
+        let long = M.replace("({nhsOdsCode})", "({title})");
+        assert_ne!(long, M);
+        let m = mapping(&long);
+        let e = entry(&[
+            ("givenName", &["Ann"]),
+            ("sn", &["Lee"]),
+            ("title", &["Associate Director of Nursing"]),
+            ("nhsOdsCode", &["RX1"]),
+        ]);
+        let o = m.map(&e).unwrap();
+        assert!(
+            o.rdn_candidates
+                .iter()
+                .all(|c| c.chars().count() <= 20 && !c.starts_with(' ')),
+            "{:?}",
+            o.rdn_candidates
+        );
+        assert_eq!(o.rdn_candidates[1], "(Associate Director");
     }
 
     #[test]
