@@ -194,56 +194,34 @@ dir = "state"
     /// Every object in the test's OU (not the OU itself), read as the
     /// domain administrator: DN → attribute (lower-case) → values.
     pub async fn ad_objects(&self) -> Objects {
-        let mut admin = Conn::connect(&self.tb.target_admin()).await.unwrap();
-        let mut s = admin
-            .paged_search(
-                &self.target_ou,
-                Scope::OneLevel,
-                "(objectClass=*)",
-                vec!["*".into()],
-                500,
-            )
-            .await
-            .unwrap();
-        let mut out = BTreeMap::new();
-        while let Some(e) = s.next().await.unwrap() {
-            let attrs = e
-                .attrs
-                .into_iter()
-                .map(|(k, v)| (k.to_lowercase(), v))
-                .collect();
-            out.insert(e.dn, attrs);
-        }
-        s.finish().await.unwrap();
-        out
+        let entries = self
+            .target_search(Scope::OneLevel, "(objectClass=*)", &["*"])
+            .await;
+        entries
+            .into_iter()
+            .map(|e| (e.dn, lowered(e.attrs)))
+            .collect()
     }
 
     /// People in the source subtree, read as the rootDN: entryUUID → attrs.
     pub async fn source_people(&self, filter: &str) -> Objects {
-        let mut admin = Conn::connect(&self.tb.source_admin()).await.unwrap();
-        let mut s = admin
-            .paged_search(
-                &format!("ou=People,{}", self.source_base),
-                Scope::OneLevel,
-                filter,
-                vec!["*".into(), "entryUUID".into()],
-                500,
-            )
-            .await
-            .unwrap();
-        let mut out = BTreeMap::new();
-        while let Some(e) = s.next().await.unwrap() {
-            let mut attrs: BTreeMap<String, Vec<String>> = e
-                .attrs
-                .into_iter()
-                .map(|(k, v)| (k.to_lowercase(), v))
-                .collect();
-            attrs.insert("dn".into(), vec![e.dn]);
-            let uuid = attrs["entryuuid"][0].clone();
-            out.insert(uuid, attrs);
-        }
-        s.finish().await.unwrap();
-        out
+        let base = format!("ou=People,{}", self.source_base);
+        let entries = search(
+            &self.tb.source_admin(),
+            &base,
+            Scope::OneLevel,
+            filter,
+            &["*", "entryUUID"],
+        )
+        .await;
+        entries
+            .into_iter()
+            .map(|e| {
+                let mut attrs = lowered(e.attrs);
+                attrs.insert("dn".into(), vec![e.dn]);
+                (attrs["entryuuid"][0].clone(), attrs)
+            })
+            .collect()
     }
 
     /// Applies LDIF to the source as the rootDN.
@@ -254,6 +232,37 @@ dir = "state"
     pub fn snapshot(&self) -> absync::snapshot::Snapshot {
         absync::snapshot::Snapshot::open(&self.state_dir()).unwrap()
     }
+}
+
+/// Every entry a paged search finds, read over a connection of its own.
+async fn search(
+    endpoint: &absync::ldap::Endpoint,
+    base: &str,
+    scope: Scope,
+    filter: &str,
+    attrs: &[&str],
+) -> Vec<ldap3::SearchEntry> {
+    let mut conn = Conn::connect(endpoint).await.unwrap();
+    let attrs = attrs.iter().map(|a| a.to_string()).collect();
+    let mut s = conn
+        .paged_search(base, scope, filter, attrs, 500)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(e) = s.next().await.unwrap() {
+        out.push(e);
+    }
+    s.finish().await.unwrap();
+    conn.unbind().await;
+    out
+}
+
+/// Attribute names in lower case, as the tests look them up.
+fn lowered(attrs: std::collections::HashMap<String, Vec<String>>) -> BTreeMap<String, Vec<String>> {
+    attrs
+        .into_iter()
+        .map(|(k, v)| (k.to_lowercase(), v))
+        .collect()
 }
 
 /// The anchor absync wrote on an AD object.
@@ -270,24 +279,9 @@ impl SyncEnv {
     /// the domain administrator without attributes: cheap enough to poll
     /// while a sync runs.
     pub async fn ad_count(&self) -> usize {
-        let mut admin = Conn::connect(&self.tb.target_admin()).await.unwrap();
-        let mut s = admin
-            .paged_search(
-                &self.target_ou,
-                Scope::OneLevel,
-                "(objectClass=*)",
-                vec!["1.1".into()],
-                1000,
-            )
+        self.target_search(Scope::OneLevel, "(objectClass=*)", &["1.1"])
             .await
-            .unwrap();
-        let mut n = 0;
-        while s.next().await.unwrap().is_some() {
-            n += 1;
-        }
-        s.finish().await.unwrap();
-        admin.unbind().await;
-        n
+            .len()
     }
 
     /// Another environment on the same source subtree with a target OU and
@@ -358,19 +352,15 @@ impl SyncEnv {
     /// Objects with absync's anchor anywhere below the test's OU (quarantine
     /// included): anchor → (DN, objectGUID).
     pub async fn ad_guids(&self) -> BTreeMap<String, (String, Vec<u8>)> {
-        let mut admin = Conn::connect(&self.tb.target_admin()).await.unwrap();
-        let mut s = admin
-            .paged_search(
-                &self.target_ou,
+        let entries = self
+            .target_search(
                 Scope::Subtree,
                 "(adminDescription=absync:*)",
-                vec!["adminDescription".into(), "objectGUID".into()],
-                500,
+                &["adminDescription", "objectGUID"],
             )
-            .await
-            .unwrap();
+            .await;
         let mut out = BTreeMap::new();
-        while let Some(e) = s.next().await.unwrap() {
+        for e in entries {
             let anchor = e.attrs["adminDescription"][0]
                 .strip_prefix("absync:")
                 .unwrap()
@@ -381,8 +371,24 @@ impl SyncEnv {
                 "duplicate anchor {anchor}"
             );
         }
-        s.finish().await.unwrap();
         out
+    }
+
+    /// Searches the test's OU as the domain administrator.
+    async fn target_search(
+        &self,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Vec<ldap3::SearchEntry> {
+        search(
+            &self.tb.target_admin(),
+            &self.target_ou,
+            scope,
+            filter,
+            attrs,
+        )
+        .await
     }
 }
 
@@ -412,24 +418,12 @@ impl SyncEnv {
     /// administrator: anchor → attribute (lower-case) → values, the DN
     /// under "dn". Fails on a duplicate anchor.
     pub async fn owned_objects(&self) -> Objects {
-        let mut admin = Conn::connect(&self.tb.target_admin()).await.unwrap();
-        let mut s = admin
-            .paged_search(
-                &self.target_ou,
-                Scope::Subtree,
-                "(adminDescription=absync:*)",
-                vec!["*".into()],
-                500,
-            )
-            .await
-            .unwrap();
+        let entries = self
+            .target_search(Scope::Subtree, "(adminDescription=absync:*)", &["*"])
+            .await;
         let mut out = BTreeMap::new();
-        while let Some(e) = s.next().await.unwrap() {
-            let mut attrs: BTreeMap<String, Vec<String>> = e
-                .attrs
-                .into_iter()
-                .map(|(k, v)| (k.to_lowercase(), v))
-                .collect();
+        for e in entries {
+            let mut attrs = lowered(e.attrs);
             attrs.insert("dn".into(), vec![e.dn]);
             let anchor = anchor_of(&attrs).unwrap();
             assert!(
@@ -437,7 +431,6 @@ impl SyncEnv {
                 "duplicate anchor {anchor}"
             );
         }
-        s.finish().await.unwrap();
         out
     }
 
