@@ -187,31 +187,21 @@ async fn absync_refuses_to_sync_as_root_unless_told() {
     let env = SyncEnv::new("sec-root", 73, 5, 1, "nhs-to-ad-contact.toml").await;
     let codes = env.org_codes();
     env.write_agreements(&[("DSA-R", &codes, ALL_ATTRS, &day(-1), &day(1))]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_absync"))
-        .args(["--config", env.config_path().to_str().unwrap(), "sync"])
-        .env_remove("ABSYNC_ALLOW_ROOT")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("refusing to run as root") && err.contains("ABSYNC_ALLOW_ROOT=1"),
-        "{err}"
-    );
-    assert!(!env.state_dir().exists(), "nothing was started");
-    // The service too.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_absync"))
-        .args(["--config", env.config_path().to_str().unwrap(), "run"])
-        .env_remove("ABSYNC_ALLOW_ROOT")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("refusing to run as root") && err.contains("ABSYNC_ALLOW_ROOT=1"),
-        "{err}"
-    );
-    assert!(!env.state_dir().exists(), "nothing was started");
+    // A run, and the service.
+    for cmd in ["sync", "run"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_absync"))
+            .args(["--config", env.config_path().to_str().unwrap(), cmd])
+            .env_remove("ABSYNC_ALLOW_ROOT")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("refusing to run as root") && err.contains("ABSYNC_ALLOW_ROOT=1"),
+            "{cmd}: {err}"
+        );
+        assert!(!env.state_dir().exists(), "{cmd}: nothing was started");
+    }
     // Read-only commands are fine as root.
     let plan = std::process::Command::new(env!("CARGO_BIN_EXE_absync"))
         .args(["--config", env.config_path().to_str().unwrap(), "plan"])
