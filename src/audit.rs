@@ -879,14 +879,17 @@ mod tests {
             out
         };
         let now = vec![("b".to_string(), "two".to_string())];
+        // (anchor, outcome) of each checkpoint record, oldest first.
+        let checkpoints_of = |s: &Snapshot| {
+            s.stored_where("op = 'checkpoint'", &[])
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.record.anchor.unwrap(), r.record.outcome))
+                .collect::<Vec<_>>()
+        };
         // The adds go: checkpoints say a and b were held (c was gone).
         prune(&s, gap * 3 / 2, run).unwrap();
-        let checkpoints = s
-            .stored_where("op = 'checkpoint'", &[])
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.record.anchor.unwrap(), r.record.outcome))
-            .collect::<Vec<_>>();
+        let checkpoints = checkpoints_of(&s);
         assert_eq!(
             checkpoints,
             vec![
@@ -898,12 +901,7 @@ mod tests {
         // The delete and the change go, the first checkpoints stay: a's
         // delete is carried by a checkpoint of its own.
         prune(&s, gap / 2, run).unwrap();
-        let checkpoints = s
-            .stored_where("op = 'checkpoint'", &[])
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.record.anchor.unwrap(), r.record.outcome))
-            .collect::<Vec<_>>();
+        let checkpoints = checkpoints_of(&s);
         assert_eq!(checkpoints.len(), 4, "{checkpoints:?}");
         assert_eq!(after_adds(&s), now);
         assert!(matches!(verify(&s).unwrap(), Verdict::Intact { .. }));
