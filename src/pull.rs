@@ -130,7 +130,7 @@ pub fn valid_timestamp(t: &str) -> bool {
             .all(|c| c.is_ascii_digit() || c == '.')
 }
 
-/// Reads the given anchors again with the run's filter and attributes (for
+/// Reads the given anchors with a filter and attributes (the run's, for
 /// changes that did not land last time). Returns the entries found.
 pub async fn reread(
     conn: &mut Conn,
@@ -224,35 +224,26 @@ pub async fn lookup(
     source: &SourceConfig,
     anchors: &[String],
 ) -> Result<Vec<(String, String, bool)>, LdapError> {
-    let mut out = Vec::new();
-    for parts in anchor_filters(source, anchors) {
-        let mut search = conn
-            .paged_search(
-                &source.base_dn,
-                Scope::Subtree,
-                &format!("(|{parts})"),
-                vec![
-                    source.anchor_attribute.clone(),
-                    source.org_attribute.clone(),
-                    source.status_attribute.clone(),
-                ],
-                source.page_size,
-            )
-            .await?;
-        while let Some(e) = search.next().await? {
-            let get = |name: &str| first_value(&e, name).unwrap_or_default();
+    let attrs = [
+        source.anchor_attribute.clone(),
+        source.org_attribute.clone(),
+        source.status_attribute.clone(),
+    ];
+    let found = reread(conn, source, "(objectClass=*)", &attrs, anchors).await?;
+    Ok(found
+        .iter()
+        .map(|e| {
+            let get = |name: &str| first_value(e, name).unwrap_or_default();
             let leaver = source
                 .leaver_values
                 .contains(&get(&source.status_attribute).to_lowercase());
-            out.push((
+            (
                 get(&source.anchor_attribute),
                 get(&source.org_attribute).to_uppercase(),
                 leaver,
-            ));
-        }
-        search.finish().await?;
-    }
-    Ok(out)
+            )
+        })
+        .collect())
 }
 
 #[cfg(test)]
