@@ -13,11 +13,11 @@
 use std::time::Instant;
 
 use absync::config::Config;
-use absync::diff::{Kind, Planner, Unowned};
-use absync::journal::Counts;
+use absync::engine::diff::{Kind, Planner, Unowned};
+use absync::engine::scope::Scope;
 use absync::ldap::Conn;
-use absync::scope::Scope;
-use absync::snapshot::Snapshot;
+use absync::state::journal::Counts;
+use absync::state::Snapshot;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let started = Instant::now();
     let cfg = Config::load(std::path::Path::new(&config))?;
-    let inputs = absync::sync::load_inputs(&cfg)?;
+    let inputs = absync::engine::load_inputs(&cfg)?;
     let snapshot = Snapshot::open(&cfg.state_dir)?;
     if snapshot.count()? > 0 {
         return Err(format!("{} already holds a snapshot", cfg.state_dir.display()).into());
@@ -40,11 +40,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &cfg.target.base_dn,
         Some(Unowned::default()),
     );
-    let filter =
-        absync::pull::filter(&cfg.source, &inputs.agreements).ok_or("no agreement is in force")?;
-    let attrs = absync::pull::attributes(&cfg.source, &inputs.agreements);
+    let filter = absync::engine::pull::filter(&cfg.source, &inputs.agreements)
+        .ok_or("no agreement is in force")?;
+    let attrs = absync::engine::pull::attributes(&cfg.source, &inputs.agreements);
     let mut source = Conn::connect(&cfg.source.endpoint).await?;
-    let mut search = absync::pull::start(&mut source, &cfg.source, &filter, attrs).await?;
+    let mut search = absync::engine::pull::start(&mut source, &cfg.source, &filter, attrs).await?;
     let mut counts = Counts::default();
     let (mut entries, mut seeded) = (0u64, 0u64);
     while let Some(entry) = search.next().await? {

@@ -12,9 +12,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use absync::audit;
-use absync::journal::{AttrChange, Record};
-use absync::snapshot::{Hidden, ObjectRow, Snapshot};
+use absync::state::audit;
+use absync::state::journal::{AttrChange, Record};
+use absync::state::{Hidden, ObjectRow, Snapshot};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -126,7 +126,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 snap.journal(&batch)?;
                 batch.clear();
                 if mid.is_none() && written >= total / 2 {
-                    mid = Some(absync::journal::now());
+                    mid = Some(absync::state::journal::now());
                 }
             }
         }

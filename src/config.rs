@@ -365,7 +365,9 @@ mod tests {
         let t = std::time::Instant::now();
         for e in [
             super::Config::load(&sparse).unwrap_err().to_string(),
-            crate::map::Mapping::load(&sparse).unwrap_err().to_string(),
+            crate::engine::map::Mapping::load(&sparse)
+                .unwrap_err()
+                .to_string(),
             crate::agreements::Agreements::load(&sparse, crate::agreements::today())
                 .unwrap_err()
                 .to_string(),

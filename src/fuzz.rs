@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use crate::diff::attr_changes;
-use crate::map::Template;
-use crate::snapshot::Attrs;
+use crate::engine::diff::attr_changes;
+use crate::engine::map::Template;
+use crate::state::Attrs;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -126,7 +126,7 @@ proptest! {
     #[test]
     fn templates_never_panic_and_render_what_they_hold(t in nasty(), v in "[a-z]{1,8}") {
         if let Ok(tpl) = Template::parse(&t) {
-            let entry = crate::scope::SourceEntry {
+            let entry = crate::engine::scope::SourceEntry {
                 anchor: "a".into(),
                 dn: "uid=1".into(),
                 org: "RX1".into(),
@@ -135,7 +135,7 @@ proptest! {
             let _ = tpl.render(&entry);
         }
         let tpl = Template::parse("{sn} x").unwrap();
-        let entry = crate::scope::SourceEntry {
+        let entry = crate::engine::scope::SourceEntry {
             anchor: "a".into(),
             dn: "uid=1".into(),
             org: "RX1".into(),
@@ -149,7 +149,7 @@ proptest! {
         let p = write_tmp(&text);
         let _ = crate::config::Config::load(&p);
         let _ = crate::agreements::Agreements::load(&p, crate::agreements::today());
-        let _ = crate::map::Mapping::load(&p);
+        let _ = crate::engine::map::Mapping::load(&p);
     }
 
     #[test]
@@ -206,11 +206,11 @@ mod planner {
     use proptest::test_runner::TestCaseError;
 
     use crate::agreements::{Agreement, Agreements};
-    use crate::diff::{same_dn, Kind, Planned, Planner, Unowned};
-    use crate::journal::Counts;
-    use crate::map::Mapping;
-    use crate::scope::{Scope, Verdict};
-    use crate::snapshot::{ObjectRow, Snapshot, StateError};
+    use crate::engine::diff::{same_dn, Kind, Planned, Planner, Unowned};
+    use crate::engine::map::Mapping;
+    use crate::engine::scope::{Scope, Verdict};
+    use crate::state::journal::Counts;
+    use crate::state::{ObjectRow, Snapshot, StateError};
 
     const BASE: &str = "OU=Address Book,DC=example,DC=org";
     const RUN: i64 = 1;
@@ -520,7 +520,7 @@ template = "{givenName} {sn}"
                 prop_assert!(!rows.contains_key(&anchor), "{} added, but held", anchor);
                 rows.insert(anchor, after.clone());
                 pending.push(after);
-                if pending.len() >= crate::apply::ADD_WINDOW {
+                if pending.len() >= crate::engine::apply::ADD_WINDOW {
                     flush(snap, &mut pending)?;
                 }
                 out.changes += 1;

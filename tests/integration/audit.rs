@@ -285,7 +285,7 @@ async fn an_auditor_can_answer_what_when_under_which_agreement_and_who_held_what
         assert_eq!(row[15], j["unix_user"].as_str().unwrap());
         assert_eq!(row[18], j["files"]["agreements"].as_str().unwrap());
     }
-    let record_header = absync::audit::CSV_HEADER;
+    let record_header = absync::state::audit::CSV_HEADER;
     let show_csv = csv(env, &["show", "1"], record_header);
     assert_eq!(
         show_csv.iter().map(|r| r[3].as_str()).collect::<Vec<_>>(),

@@ -192,7 +192,7 @@ async fn by_modify_timestamp_a_delta_reads_the_changes_and_the_full_pull_finds_d
         "{first:?}"
     );
     let stored = env.snapshot().source_cookie().unwrap().unwrap();
-    assert_eq!(stored.kind, absync::snapshot::CookieKind::Timestamp);
+    assert_eq!(stored.kind, absync::state::CookieKind::Timestamp);
     // The source was loaded moments ago, inside the watermark's margin: move
     // the watermark to now, so the next delta sees only what changes next.
     let now = time::OffsetDateTime::now_utc();

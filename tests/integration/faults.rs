@@ -357,7 +357,7 @@ fn source_changes(env: &SyncEnv, change_seed: u32, args: &[&str]) {
 }
 
 /// The journal records of the last run, but the run records.
-fn last_run_records(env: &SyncEnv) -> Vec<absync::journal::Record> {
+fn last_run_records(env: &SyncEnv) -> Vec<absync::state::journal::Record> {
     let snap = env.snapshot();
     let id = snap.runs(1).unwrap()[0].id;
     snap.records(id).unwrap()

@@ -25,7 +25,7 @@ fn ldif(base: &str, c: &Case) -> String {
     ];
     let attr = |lines: &mut Vec<String>, k: &str, v: &str| {
         let mut s = String::new();
-        absync::render::ldif_line(&mut s, k, v);
+        absync::engine::render::ldif_line(&mut s, k, v);
         lines.push(s.trim_end().to_string());
     };
     attr(&mut lines, "givenName", &c.given);

@@ -16,7 +16,7 @@ const MAPPING: &str = "nhs-to-ad-contact.toml";
 /// One LDIF attribute line, base64 where the value needs it.
 fn ldif_attr(attr: &str, value: &str) -> String {
     let mut s = String::new();
-    absync::render::ldif_line(&mut s, attr, value);
+    absync::engine::render::ldif_line(&mut s, attr, value);
     s
 }
 
@@ -483,7 +483,7 @@ async fn sigkill_mid_initial_sync_then_rerun_converges_without_duplicates() {
     let runs = snap.runs(10).unwrap();
     assert_eq!(runs.len(), 3);
     assert_eq!(runs[1].status, "ok");
-    let mut adds: BTreeMap<String, Vec<absync::journal::Record>> = BTreeMap::new();
+    let mut adds: BTreeMap<String, Vec<absync::state::journal::Record>> = BTreeMap::new();
     for run in &runs {
         for r in snap.records(run.id).unwrap() {
             assert_ne!(r.outcome, "failed", "{r:?}");

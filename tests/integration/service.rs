@@ -140,7 +140,7 @@ fn sha256(text: &str) -> String {
 }
 
 /// The reload records of the journal, oldest first.
-fn reloads(env: &SyncEnv) -> Vec<absync::journal::Record> {
+fn reloads(env: &SyncEnv) -> Vec<absync::state::journal::Record> {
     env.snapshot()
         .stored_where("op = 'reload'", &[])
         .unwrap()
@@ -260,7 +260,7 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
         assert_eq!(request.len(), 1);
         // The user the socket's peer credentials name: the one who ran
         // the command.
-        let me = absync::journal::unix_user();
+        let me = absync::state::journal::unix_user();
         assert_eq!(
             request[0].record.reason,
             format!("resync requested by {me}"),
@@ -521,14 +521,14 @@ async fn in_process_the_schedule_fires_and_a_trigger_runs_at_once() {
     .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(absync::daemon::serve(
+    let daemon = tokio::spawn(absync::service::serve(
         env.config_path(),
         async move {
             let _ = stop_rx.await;
         },
         rx,
         tx.clone(),
-        std::sync::Arc::new(absync::daemon::Silent),
+        std::sync::Arc::new(absync::service::Silent),
     ));
     let runs = |env: &SyncEnv| env.snapshot().runs(100).unwrap_or_default().len();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -537,7 +537,7 @@ async fn in_process_the_schedule_fires_and_a_trigger_runs_at_once() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
-    tx.send(absync::daemon::Trigger::Resync {
+    tx.send(absync::service::Trigger::Resync {
         full: true,
         by: "a test".into(),
         reply: Some(reply_tx),
@@ -673,7 +673,7 @@ async fn a_failing_source_is_retried_with_backoff_and_shows_in_status_and_metric
             "next run in {wait}: {status:?}"
         );
         assert_eq!(env.snapshot().runs(10).unwrap().len(), 1, "no busy loop");
-        let metrics = absync::metrics::render(&state);
+        let metrics = absync::service::metrics::render(&state);
         assert!(metrics.contains("absync_last_run_failed 1"), "{metrics}");
         assert!(
             metrics.contains("absync_consecutive_failures 1"),

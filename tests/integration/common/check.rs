@@ -87,7 +87,7 @@ pub fn plan_ops(json_lines: &str) -> BTreeSet<(String, String)> {
         };
         match op {
             "update" | "restore" => {
-                let moved = !absync::diff::same_dn(
+                let moved = !absync::engine::diff::same_dn(
                     v["old_dn"].as_str().unwrap_or_default(),
                     v["dn"].as_str().unwrap_or_default(),
                 );
@@ -108,7 +108,7 @@ pub fn plan_ops(json_lines: &str) -> BTreeSet<(String, String)> {
 }
 
 /// What a run journaled as written, refused or withheld per object.
-pub fn journal_ops(records: &[absync::journal::Record]) -> BTreeSet<(String, String)> {
+pub fn journal_ops(records: &[absync::state::journal::Record]) -> BTreeSet<(String, String)> {
     records
         .iter()
         .filter(|r| {
@@ -219,7 +219,7 @@ pub fn assert_converged(env: &super::env::SyncEnv, codes: &[String], phase: &str
         snap.intents().unwrap().is_empty(),
         "{phase}: nothing in flight"
     );
-    let mut rows: BTreeMap<String, absync::snapshot::ObjectRow> = BTreeMap::new();
+    let mut rows: BTreeMap<String, absync::state::ObjectRow> = BTreeMap::new();
     snap.for_each(|r| {
         rows.insert(r.anchor.clone(), r);
         Ok(())
@@ -235,7 +235,7 @@ pub fn assert_converged(env: &super::env::SyncEnv, codes: &[String], phase: &str
         let dn = &obj["dn"][0];
         let row = &rows[anchor];
         assert!(
-            absync::diff::same_dn(dn, &row.dn),
+            absync::engine::diff::same_dn(dn, &row.dn),
             "{phase}: snapshot has {} for {dn}",
             row.dn
         );
@@ -257,7 +257,7 @@ pub fn assert_converged(env: &super::env::SyncEnv, codes: &[String], phase: &str
     // holds now.
     // No object is added twice: an add follows only a delete, or a drift
     // record (an object deleted by hand, which a full run adds again).
-    let mut last: BTreeMap<String, absync::journal::Record> = BTreeMap::new();
+    let mut last: BTreeMap<String, absync::state::journal::Record> = BTreeMap::new();
     let mut live: BTreeMap<String, bool> = BTreeMap::new();
     for s in snap
         .stored_where(
@@ -288,7 +288,7 @@ pub fn assert_converged(env: &super::env::SyncEnv, codes: &[String], phase: &str
             (Some(obj), Some(state)) => {
                 let dn = &obj["dn"][0];
                 assert!(
-                    absync::diff::same_dn(dn, &state.dn),
+                    absync::engine::diff::same_dn(dn, &state.dn),
                     "{phase}: last journal record ({}) of {anchor} has {}, AD {dn}",
                     r.op,
                     state.dn

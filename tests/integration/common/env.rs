@@ -229,8 +229,8 @@ dir = "state"
         self.tb.ldapmodify_source(ldif.as_bytes(), false);
     }
 
-    pub fn snapshot(&self) -> absync::snapshot::Snapshot {
-        absync::snapshot::Snapshot::open(&self.state_dir()).unwrap()
+    pub fn snapshot(&self) -> absync::state::Snapshot {
+        absync::state::Snapshot::open(&self.state_dir()).unwrap()
     }
 }
 

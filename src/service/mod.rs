@@ -8,6 +8,9 @@
 //! trigger channel, notifier): systemd, signals, the control socket and
 //! the file watcher are adapters around it, and tests drive it directly.
 
+pub mod control;
+pub mod metrics;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,9 +22,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, FileError};
-use crate::journal::{FileHashes, Record};
-use crate::snapshot::{Snapshot, StateError, StateLock};
-use crate::sync::{self, file_hashes, Mode, Options, Outcome, RunError, Status};
+use crate::engine::{self, file_hashes, Mode, Options, Outcome, RunError, Status};
+use crate::state::journal::{FileHashes, Record};
+use crate::state::{Snapshot, StateError, StateLock};
 
 /// What can wake the daemon besides its schedule.
 #[derive(Debug)]
@@ -155,7 +158,7 @@ pub enum DaemonError {
 }
 
 fn now_text() -> String {
-    crate::journal::now()
+    crate::state::journal::now()
 }
 
 fn in_text(d: Duration) -> String {
@@ -167,7 +170,7 @@ fn in_text(d: Duration) -> String {
 /// Loads and checks a configuration the way a run would.
 fn load(path: &Path) -> Result<Config, FileError> {
     let cfg = Config::load(path)?;
-    sync::load_inputs(&cfg)?;
+    engine::load_inputs(&cfg)?;
     Ok(cfg)
 }
 
@@ -217,9 +220,9 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
 
-    let control = crate::control::listen(&cfg.service.socket, sender.clone()).await?;
+    let control = crate::service::control::listen(&cfg.service.socket, sender.clone()).await?;
     let metrics = match cfg.service.metrics_listen {
-        Some(addr) => Some(crate::metrics::serve(addr, cfg.state_dir.clone()).await?),
+        Some(addr) => Some(crate::service::metrics::serve(addr, cfg.state_dir.clone()).await?),
         None => None,
     };
     let status = Arc::new(Mutex::new(DaemonStatus {
@@ -230,7 +233,7 @@ pub async fn serve(
         metrics: metrics.as_ref().map(|(_, a)| a.to_string()),
         ..Default::default()
     }));
-    let mut _watcher = crate::control::watch_files(&cfg, sender.clone());
+    let mut _watcher = crate::service::control::watch_files(&cfg, sender.clone());
     notifier.ready();
     tracing::info!(config = %config_file.display(), "absync daemon ready");
 
@@ -279,7 +282,7 @@ pub async fn serve(
         };
         let (full, by, reply) = match trigger {
             Some(Trigger::Reload { why }) => {
-                let watched = crate::control::watched_files(&cfg);
+                let watched = crate::service::control::watched_files(&cfg);
                 reload(
                     &config_file,
                     &mut cfg,
@@ -290,8 +293,8 @@ pub async fn serve(
                 );
                 // The mapping, agreements or a CA file moved: watch the
                 // new paths (the old watcher stops when dropped).
-                if crate::control::watched_files(&cfg) != watched {
-                    _watcher = crate::control::watch_files(&cfg, sender.clone());
+                if crate::service::control::watched_files(&cfg) != watched {
+                    _watcher = crate::service::control::watch_files(&cfg, sender.clone());
                 }
                 continue;
             }
@@ -330,7 +333,12 @@ pub async fn serve(
                 .enable_all()
                 .build()
                 .map_err(RunError::Output)?;
-            rt.block_on(sync::run(&run_cfg, Mode::Apply, opts, &mut std::io::sink()))
+            rt.block_on(engine::run(
+                &run_cfg,
+                Mode::Apply,
+                opts,
+                &mut std::io::sink(),
+            ))
         });
         let mut stopping = false;
         let result = loop {
@@ -551,7 +559,7 @@ mod tests {
         let s = Snapshot::open(&dir).unwrap();
         assert_eq!(last_full(&s), None, "a fresh state has none");
         let files = FileHashes::default();
-        let counts = crate::journal::Counts::default();
+        let counts = crate::state::journal::Counts::default();
         let full = s.start_run("full", &files).unwrap();
         s.end_run(full, "done with failures", &counts).unwrap();
         let when = last_full(&s).expect("a full run with entry failures counts");

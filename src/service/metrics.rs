@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::daemon::{DaemonError, DaemonStatus};
-use crate::snapshot::Snapshot;
+use crate::service::{DaemonError, DaemonStatus};
+use crate::state::Snapshot;
 
 /// Serves the metrics; returns the task and the address it listens on
 /// (port 0 in the configuration picks a free one).

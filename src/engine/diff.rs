@@ -8,10 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::journal::{AttrChange, Counts};
-use crate::map::Mapping;
-use crate::scope::Verdict;
-use crate::snapshot::{Attrs, ObjectRow, Snapshot, StateError};
+use crate::engine::map::Mapping;
+use crate::engine::scope::Verdict;
+use crate::state::journal::{AttrChange, Counts};
+use crate::state::{Attrs, ObjectRow, Snapshot, StateError};
 
 /// A planned change for one object.
 #[derive(Debug, Clone, PartialEq, Eq)]

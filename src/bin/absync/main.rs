@@ -7,12 +7,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use absync::audit;
 use absync::config::Config;
-use absync::journal::Stored;
+use absync::engine::render::Format;
+use absync::engine::{self, Mode, Options, Outcome, Status};
 use absync::ldap::Conn;
-use absync::render::Format;
-use absync::sync::{self, Mode, Options, Outcome, Status};
+use absync::state::audit;
+use absync::state::journal::Stored;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -264,7 +264,7 @@ fn load_view(path: Option<PathBuf>) -> anyhow::Result<absync::config::ServiceVie
 /// mistake reaches everything. `sync` and `run` refuse root unless told
 /// (`ABSYNC_ALLOW_ROOT=1`), as a test bed run by root has to.
 fn refuse_root() -> anyhow::Result<()> {
-    let root = absync::journal::current_uid() == Some(0);
+    let root = absync::state::journal::current_uid() == Some(0);
     if root && std::env::var("ABSYNC_ALLOW_ROOT").as_deref() != Ok("1") {
         anyhow::bail!(
             "refusing to run as root: run absync as its service user (the package's \
@@ -343,7 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 allow_deletes,
                 ..Default::default()
             };
-            let outcome = sync::run(&cfg, Mode::Apply, opts, &mut std::io::sink()).await?;
+            let outcome = engine::run(&cfg, Mode::Apply, opts, &mut std::io::sink()).await?;
             print_summary(&outcome, "sync");
             Ok(exit_for(&outcome))
         }
@@ -377,7 +377,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn plan(cfg: &Config, format: Format, opts: Options) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
-    let outcome = sync::run(cfg, Mode::Plan(format), opts, &mut stdout).await?;
+    let outcome = engine::run(cfg, Mode::Plan(format), opts, &mut stdout).await?;
     if format == Format::Table {
         print_summary(&outcome, "plan");
     }
@@ -403,7 +403,7 @@ async fn daemon(path: PathBuf) -> anyhow::Result<ExitCode> {
         while hup.recv().await.is_some() {
             let why = "SIGHUP".to_string();
             if reload
-                .send(absync::daemon::Trigger::Reload { why })
+                .send(absync::service::Trigger::Reload { why })
                 .await
                 .is_err()
             {
@@ -419,12 +419,12 @@ async fn daemon(path: PathBuf) -> anyhow::Result<ExitCode> {
             _ = int.recv() => {}
         }
     };
-    absync::daemon::serve(
+    absync::service::serve(
         path,
         shutdown,
         rx,
         tx,
-        std::sync::Arc::new(absync::daemon::Systemd),
+        std::sync::Arc::new(absync::service::Systemd),
     )
     .await?;
     Ok(ExitCode::SUCCESS)
@@ -432,28 +432,28 @@ async fn daemon(path: PathBuf) -> anyhow::Result<ExitCode> {
 
 /// `absync resync`: asks the daemon to run now.
 async fn resync(socket: &std::path::Path, full: bool, wait: bool) -> anyhow::Result<ExitCode> {
-    let req = absync::control::Request { full, wait };
-    match absync::control::request(socket, &req).await {
+    let req = absync::service::control::Request { full, wait };
+    match absync::service::control::request(socket, &req).await {
         Err(e) => {
             eprintln!("absync: {e}");
             Ok(ExitCode::from(2))
         }
-        Ok(absync::control::Answer::Queued) => {
+        Ok(absync::service::control::Answer::Queued) => {
             println!("resync requested; the daemon runs it now");
             Ok(ExitCode::SUCCESS)
         }
-        Ok(absync::control::Answer::Done(report)) => {
+        Ok(absync::service::control::Answer::Done(report)) => {
             eprintln!("{}", report.summary);
             Ok(ExitCode::from(report.code))
         }
-        Ok(absync::control::Answer::Refused(why)) => {
+        Ok(absync::service::control::Answer::Refused(why)) => {
             eprintln!("absync: the daemon refused: {why}");
             Ok(ExitCode::from(2))
         }
     }
 }
 
-const STARTER: &str = include_str!("../examples/absync.toml");
+const STARTER: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/absync.toml"));
 
 /// `absync init`: a commented starter configuration.
 fn init(path: &std::path::Path) -> anyhow::Result<ExitCode> {
@@ -475,10 +475,10 @@ fn status(state_dir: &std::path::Path, ou: Option<&str>, limit: u32) -> anyhow::
         println!("state {}: no runs yet", state_dir.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let snapshot = absync::snapshot::Snapshot::open(state_dir)?;
+    let snapshot = absync::state::Snapshot::open(state_dir)?;
     let total = snapshot.count()?;
     let visible = snapshot.count_visible()?;
-    let size = absync::metrics::state_bytes(state_dir);
+    let size = absync::service::metrics::state_bytes(state_dir);
     println!(
         "state      {} ({:.1} MB)\nmanaged    {visible} objects{}, {} hidden awaiting deletion",
         state_dir.display(),
@@ -486,7 +486,7 @@ fn status(state_dir: &std::path::Path, ou: Option<&str>, limit: u32) -> anyhow::
         ou.map(|o| format!(" in {o}")).unwrap_or_default(),
         total - visible
     );
-    match absync::daemon::DaemonStatus::read(state_dir) {
+    match absync::service::DaemonStatus::read(state_dir) {
         Some(d) => {
             let state = if d.state == "running" {
                 format!(
@@ -556,11 +556,11 @@ fn status(state_dir: &std::path::Path, ou: Option<&str>, limit: u32) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-fn open_state(dir: &std::path::Path) -> anyhow::Result<absync::snapshot::Snapshot> {
+fn open_state(dir: &std::path::Path) -> anyhow::Result<absync::state::Snapshot> {
     if !dir.join("absync.db").exists() {
         anyhow::bail!("no journal in {}", dir.display());
     }
-    Ok(absync::snapshot::Snapshot::open(dir)?)
+    Ok(absync::state::Snapshot::open(dir)?)
 }
 
 fn when(text: &str, end_of_day: bool) -> anyhow::Result<String> {
@@ -692,8 +692,8 @@ impl<W: std::io::Write> Printer<W> {
 }
 
 /// Writing results failed (a closed pipe, a full disk): stops the query.
-fn output_error(e: std::io::Error) -> absync::snapshot::StateError {
-    absync::snapshot::StateError::Output(e.to_string())
+fn output_error(e: std::io::Error) -> absync::state::StateError {
+    absync::state::StateError::Output(e.to_string())
 }
 
 fn printer(format: Output, header: &str) -> anyhow::Result<Printer<impl std::io::Write>> {
@@ -704,7 +704,7 @@ fn printer(format: Output, header: &str) -> anyhow::Result<Printer<impl std::io:
 /// Streams records through a printer.
 fn print_each(
     format: Output,
-    query: impl FnOnce(audit::Each<'_, Stored>) -> Result<(), absync::snapshot::StateError>,
+    query: impl FnOnce(audit::Each<'_, Stored>) -> Result<(), absync::state::StateError>,
 ) -> anyhow::Result<u64> {
     let mut p = printer(format, audit::CSV_HEADER)?;
     query(&mut |s| p.record(&s).map_err(output_error))?;
@@ -884,7 +884,7 @@ fn print_summary(o: &Outcome, what: &str) {
 }
 
 async fn check(cfg: &Config) -> anyhow::Result<ExitCode> {
-    let inputs = sync::load_inputs(cfg)?;
+    let inputs = engine::load_inputs(cfg)?;
     println!("config      {}: ok", cfg.file.display());
     println!(
         "mapping     {}: ok ({} attributes)",

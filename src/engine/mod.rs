@@ -1,6 +1,13 @@
 //! One run: pull → scope → map → diff → apply (or render, for a plan),
 //! then the deletes for objects no longer in scope, then the summary.
 
+pub mod apply;
+pub mod diff;
+pub mod map;
+pub mod pull;
+pub mod render;
+pub mod scope;
+
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,17 +18,17 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::agreements::{today, Agreements};
-use crate::apply::{Applier, ApplyError, PlanOut};
 use crate::config::{Config, FileError};
-use crate::diff::{Change, Kind, Planned, Planner};
-use crate::journal::{Counts, FileHashes, Record};
+use crate::engine::apply::{Applier, ApplyError, PlanOut};
+use crate::engine::diff::{Change, Kind, Planned, Planner};
+use crate::engine::map::Mapping;
+use crate::engine::pull::PullMode;
+use crate::engine::render::Format;
+use crate::engine::scope::Scope;
+use crate::ldap::syncrepl::SyncMessage;
 use crate::ldap::{first_value, Conn, LdapError};
-use crate::map::Mapping;
-use crate::pull::PullMode;
-use crate::render::Format;
-use crate::scope::Scope;
-use crate::snapshot::{CookieKind, Hidden, ObjectRow, Snapshot, SourceCookie, StateError};
-use crate::syncrepl::SyncMessage;
+use crate::state::journal::{Counts, FileHashes, Record};
+use crate::state::{CookieKind, Hidden, ObjectRow, Snapshot, SourceCookie, StateError};
 
 /// What a run does with its plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,9 +303,7 @@ pub async fn run(
     let inputs = load_inputs(cfg)?;
     // One writer per state directory; plans only read.
     let _lock = match mode {
-        Mode::Apply if !opts.lock_held => {
-            Some(crate::snapshot::StateLock::acquire(&cfg.state_dir)?)
-        }
+        Mode::Apply if !opts.lock_held => Some(crate::state::StateLock::acquire(&cfg.state_dir)?),
         _ => None,
     };
     let snapshot = Snapshot::open(&cfg.state_dir)?;
@@ -347,7 +352,7 @@ pub async fn run(
         Err(_) => Status::Failures,
     };
     if let (Some(id), Ok(_)) = (run_id, &result) {
-        crate::audit::prune(&snapshot, cfg.journal_retention, id)?;
+        crate::state::audit::prune(&snapshot, cfg.journal_retention, id)?;
     }
     if let Some(id) = run_id {
         let text = match &result {
@@ -405,7 +410,7 @@ fn hidden_row(cfg: &Config, mapping: &Mapping, row: &ObjectRow, reason: &str) ->
             let room = mapping
                 .rdn_max_length
                 .saturating_sub(tag.chars().count() + 3);
-            let name = format!("{} [{tag}]", crate::map::truncate(&value, room));
+            let name = format!("{} [{tag}]", crate::engine::map::truncate(&value, room));
             format!(
                 "{}={},{q}",
                 mapping.rdn_attribute,
@@ -417,7 +422,7 @@ fn hidden_row(cfg: &Config, mapping: &Mapping, row: &ObjectRow, reason: &str) ->
     ObjectRow {
         dn,
         hidden: Some(Hidden {
-            at: crate::journal::now(),
+            at: crate::state::journal::now(),
             reason: reason.to_string(),
         }),
         ..row.clone()
@@ -458,10 +463,11 @@ async fn reconcile(
                 drift.push((row.anchor.clone(), None, r));
             }
             Some(l) => {
-                let changes = crate::diff::attr_changes(&row.attrs, &l.attrs);
-                if !changes.is_empty() || !crate::diff::same_dn(&row.dn, &l.dn) {
+                let changes = crate::engine::diff::attr_changes(&row.attrs, &l.attrs);
+                if !changes.is_empty() || !crate::engine::diff::same_dn(&row.dn, &l.dn) {
                     let mut r = record(&row.anchor, "changed in target", &l.dn);
-                    r.old_dn = (!crate::diff::same_dn(&row.dn, &l.dn)).then(|| row.dn.clone());
+                    r.old_dn =
+                        (!crate::engine::diff::same_dn(&row.dn, &l.dn)).then(|| row.dn.clone());
                     r.changes = changes;
                     r.agreements = row.agreements.clone();
                     let fixed = ObjectRow {
@@ -517,13 +523,13 @@ impl Stages<'_, '_, '_> {
             let key = raw
                 .attrs
                 .keys()
-                .find(|k| k.eq_ignore_ascii_case(crate::pull::MODIFY_TIMESTAMP))
+                .find(|k| k.eq_ignore_ascii_case(crate::engine::pull::MODIFY_TIMESTAMP))
                 .cloned();
             if let Some(stamp) = key
                 .and_then(|k| raw.attrs.remove(&k))
                 .and_then(|v| v.into_iter().next())
             {
-                if crate::pull::valid_timestamp(&stamp) && stamp > *w {
+                if crate::engine::pull::valid_timestamp(&stamp) && stamp > *w {
                     *w = stamp;
                 }
             }
@@ -575,7 +581,7 @@ async fn full_pull(
     pull: &mut PullReport,
 ) -> Result<(), RunError> {
     let waited = Instant::now();
-    let search = crate::pull::start(source, &cfg.source, filter, attrs)
+    let search = crate::engine::pull::start(source, &cfg.source, filter, attrs)
         .await
         .map_err(|e| RunError::incomplete(0, e))?;
     pull.source_time += waited.elapsed();
@@ -618,13 +624,13 @@ async fn delta_pull(
     attrs: &[String],
     cookie: Vec<u8>,
     pull: &mut PullReport,
-) -> Result<(crate::syncrepl::SyncDone, HashSet<String>), DeltaError> {
+) -> Result<(crate::ldap::syncrepl::SyncDone, HashSet<String>), DeltaError> {
     // Refusals of the cookie or of the request itself: a full pull can
     // still be done. Anything else (connection, timeout) ends the run.
     let refused = |e: &LdapError| {
         matches!(
             e.result_code(),
-            Some(crate::syncrepl::REFRESH_REQUIRED | 2 | 4 | 11 | 12 | 53)
+            Some(crate::ldap::syncrepl::REFRESH_REQUIRED | 2 | 4 | 11 | 12 | 53)
         )
     };
     let incomplete = |pulled: u64, e: LdapError| {
@@ -699,7 +705,7 @@ async fn reread_retry(
         return Ok(());
     }
     let waited = Instant::now();
-    let entries = crate::pull::reread(source, &cfg.source, filter, attrs, &retry)
+    let entries = crate::engine::pull::reread(source, &cfg.source, filter, attrs, &retry)
         .await
         .map_err(|e| RunError::incomplete(st.counts.pulled, e))?;
     pull.source_time += waited.elapsed();
@@ -733,7 +739,7 @@ async fn timestamp_pull(
     pull: &mut PullReport,
 ) -> Result<(String, HashSet<String>), RunError> {
     let started = Instant::now();
-    let stamp = crate::pull::MODIFY_TIMESTAMP;
+    let stamp = crate::engine::pull::MODIFY_TIMESTAMP;
     st.watermark = Some(since.to_string());
     let mut with_stamp = attrs.to_vec();
     with_stamp.push(stamp.to_string());
@@ -779,8 +785,11 @@ async fn timestamp_pull(
         .map_err(|e| RunError::incomplete(st.counts.pulled, e))?;
     pull.source_time += waited.elapsed();
     reread_retry(st, source, cfg, filter, attrs, &mut gone, pull).await?;
-    let next = crate::pull::rewind(&newest, crate::pull::TIMESTAMP_MARGIN + started.elapsed())
-        .unwrap_or_else(|| since.to_string());
+    let next = crate::engine::pull::rewind(
+        &newest,
+        crate::engine::pull::TIMESTAMP_MARGIN + started.elapsed(),
+    )
+    .unwrap_or_else(|| since.to_string());
     // Never move the watermark back past where this delta started.
     Ok((next.max(since.to_string()), gone))
 }
@@ -865,15 +874,15 @@ async fn run_inner(
 
     // Stages 1 to 5, entry by entry: each change is applied (or rendered)
     // as soon as it is planned, so memory holds no copy of the directory.
-    let filter = crate::pull::filter(&cfg.source, &inputs.agreements);
+    let filter = crate::engine::pull::filter(&cfg.source, &inputs.agreements);
     // Deltas: what the source said is gone, and the cookie for next time.
     let mut gone: Option<HashSet<String>> = None;
     let mut next_cookie: Option<SourceCookie> = None;
     if let Some(filter) = &filter {
-        let attrs = crate::pull::attributes(&cfg.source, &inputs.agreements);
-        let key = crate::pull::scope_key(filter, &attrs, &inputs.agreements, files);
+        let attrs = crate::engine::pull::attributes(&cfg.source, &inputs.agreements);
+        let key = crate::engine::pull::scope_key(filter, &attrs, &inputs.agreements, files);
         let stored = snapshot.source_cookie()?;
-        let mut mode = crate::pull::choose(&cfg.source, opts.full, stored.as_ref(), &key);
+        let mut mode = crate::engine::pull::choose(&cfg.source, opts.full, stored.as_ref(), &key);
         if let PullMode::Delta { from } = &mode {
             if from.kind == CookieKind::Timestamp {
                 let since = String::from_utf8_lossy(&from.cookie).into_owned();
@@ -943,7 +952,7 @@ async fn run_inner(
             // The cookie is taken before the read, so changes made during it
             // come again in the next delta.
             let mut rfc4533 = false;
-            if crate::pull::rfc4533_possible(&cfg.source) {
+            if crate::engine::pull::rfc4533_possible(&cfg.source) {
                 match source.current_cookie(&cfg.source.base_dn).await {
                     Ok(Some(cookie)) => {
                         rfc4533 = true;
@@ -962,17 +971,17 @@ async fn run_inner(
             // Without a cookie, the newest modifyTimestamp read starts the
             // next delta.
             let mut attrs = attrs;
-            if !rfc4533 && crate::pull::timestamps_allowed(&cfg.source) {
+            if !rfc4533 && crate::engine::pull::timestamps_allowed(&cfg.source) {
                 stages.watermark = Some(String::new());
-                attrs.push(crate::pull::MODIFY_TIMESTAMP.to_string());
+                attrs.push(crate::engine::pull::MODIFY_TIMESTAMP.to_string());
             }
             let started = Instant::now();
             full_pull(&mut stages, &mut source, cfg, filter, attrs, pull).await?;
-            let margin = crate::pull::TIMESTAMP_MARGIN + started.elapsed();
+            let margin = crate::engine::pull::TIMESTAMP_MARGIN + started.elapsed();
             if let Some(w) = stages
                 .watermark
                 .take()
-                .and_then(|w| crate::pull::rewind(&w, margin))
+                .and_then(|w| crate::engine::pull::rewind(&w, margin))
             {
                 next_cookie = Some(SourceCookie {
                     kind: CookieKind::Timestamp,
@@ -1030,7 +1039,7 @@ async fn run_inner(
         .map(|(row, _)| row.anchor.clone())
         .collect();
     let found: std::collections::HashMap<String, (String, bool)> =
-        crate::pull::lookup(&mut source, &cfg.source, &ask)
+        crate::engine::pull::lookup(&mut source, &cfg.source, &ask)
             .await
             // Without the reasons the read is incomplete: nothing is deleted.
             .map_err(|e| RunError::incomplete(counts.pulled, e))?
@@ -1148,7 +1157,7 @@ async fn run_inner(
         }
     }
     counts.withheld = held.len() as u64;
-    let user = crate::journal::unix_user();
+    let user = crate::state::journal::unix_user();
     let mut notes = Vec::new();
     if let Some(limit) = opts.allow_deletes {
         let mut r = Record::new(

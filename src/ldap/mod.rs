@@ -6,6 +6,8 @@
 //! Directory returns from the domain root are collected, not followed (and
 //! never reach `SearchEntry::construct`, which panics on them).
 
+pub mod syncrepl;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,12 +1,15 @@
 //! The local state: a SQLite database (WAL) in the state directory holding
 //! the snapshot of what absync last wrote to the target, the write-ahead
-//! intents of changes in flight, and (see [`crate::journal`]) the runs and
+//! intents of changes in flight, and (see [`crate::state::journal`]) the runs and
 //! the journal.
 //!
 //! **Invariant:** an object's snapshot row changes only after the target
 //! accepted the change, in the same transaction as its journal record. An
 //! intent row is committed *before* each write, so after a crash (kill -9)
 //! the next run can look at the target and record what really happened.
+
+pub mod audit;
+pub mod journal;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -185,7 +188,7 @@ CREATE INDEX journal_checkpoint ON journal(anchor, id) WHERE op = 'checkpoint';
 pub struct Accepted<'a> {
     pub anchor: &'a str,
     pub after: Option<&'a ObjectRow>,
-    pub records: &'a [crate::journal::Record],
+    pub records: &'a [crate::state::journal::Record],
 }
 
 /// Where the next delta pull starts: the cookie, and the scope (filter,
@@ -367,7 +370,7 @@ impl Snapshot {
         if version <= 2 {
             conn.execute_batch(SCHEMA_V3)?;
             // Records written before the chain existed join it, in order.
-            crate::journal::rechain(conn)?;
+            crate::state::journal::rechain(conn)?;
         }
         if version <= 3 {
             conn.execute_batch(SCHEMA_V4)?;
@@ -667,7 +670,7 @@ impl Snapshot {
         anchor: &str,
         after: Option<&ObjectRow>,
         run_id: i64,
-        records: &[crate::journal::Record],
+        records: &[crate::state::journal::Record],
     ) -> Result<(), StateError> {
         self.commit_many(
             &[Accepted {
@@ -754,7 +757,7 @@ impl Snapshot {
             let mut r = r.clone();
             r.org = r.org.or_else(|| org.clone());
             r.state = after.cloned();
-            crate::journal::append(tx, &r).map_err(db)?;
+            crate::state::journal::append(tx, &r).map_err(db)?;
         }
         tx.prepare_cached("DELETE FROM intents WHERE anchor = ?1")
             .and_then(|mut s| s.execute([anchor]))

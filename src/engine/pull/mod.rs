@@ -6,7 +6,7 @@
 //! A run pulls either everything in scope (a full pull, paged) or only what
 //! changed since the last run (a delta pull: RFC 4533 content
 //! synchronisation from the cookie the last run stored, see
-//! [`crate::syncrepl`]). A delta needs the same scope as the run that took
+//! [`crate::ldap::syncrepl`]). A delta needs the same scope as the run that took
 //! the cookie: any change of filter, attributes, agreements, mapping or
 //! configuration makes the run a full pull.
 
@@ -17,9 +17,9 @@ use sha2::{Digest, Sha256};
 
 use crate::agreements::Agreements;
 use crate::config::{DeltaMode, SourceConfig};
-use crate::journal::FileHashes;
 use crate::ldap::{first_value, Conn, LdapError, PagedSearch};
-use crate::snapshot::SourceCookie;
+use crate::state::journal::FileHashes;
+use crate::state::SourceCookie;
 
 /// How a run reads the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +78,7 @@ pub fn choose(
             full("the scope changed since the last run (agreements, mapping or configuration)")
         }
         Some(c)
-            if c.kind == crate::snapshot::CookieKind::Timestamp
+            if c.kind == crate::state::CookieKind::Timestamp
                 && !valid_timestamp(&String::from_utf8_lossy(&c.cookie)) =>
         {
             full("the stored modifyTimestamp is not a valid time")

@@ -9,8 +9,8 @@ use std::time::Duration;
 use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use crate::journal::{canonical, chain_hash, stored_from_row, Record, Run, Stored, GENESIS};
-use crate::snapshot::{ObjectRow, Snapshot, StateError};
+use crate::state::journal::{canonical, chain_hash, stored_from_row, Record, Run, Stored, GENESIS};
+use crate::state::{ObjectRow, Snapshot, StateError};
 
 const COLUMNS: &str = "id, at, run_id, anchor, dn, old_dn, op, outcome, reason, agreements,
                        changes, error, org, state, detail, prev_hash, hash";
@@ -106,7 +106,8 @@ fn start_differs(run: &Run, at: &str, r: &Record) -> Vec<&'static str> {
 /// The columns of a runs row that differ from its run's end record.
 fn end_differs(run: &Run, at: &str, hash: &str, r: &Record) -> Vec<&'static str> {
     let d = r.detail.clone().unwrap_or_default();
-    let counts: Option<crate::journal::Counts> = serde_json::from_value(d["counts"].clone()).ok();
+    let counts: Option<crate::state::journal::Counts> =
+        serde_json::from_value(d["counts"].clone()).ok();
     [
         (
             "ended_at",
@@ -294,7 +295,7 @@ pub fn verify(s: &Snapshot) -> Result<Verdict, StateError> {
 pub fn parse_when(text: &str, end_of_day: bool) -> Result<String, String> {
     let f = &time::format_description::well_known::Rfc3339;
     if let Ok(t) = time::OffsetDateTime::parse(text, f) {
-        return Ok(crate::journal::time_text(t));
+        return Ok(crate::state::journal::time_text(t));
     }
     let day = time::Date::parse(
         text,
@@ -308,7 +309,7 @@ pub fn parse_when(text: &str, end_of_day: bool) -> Result<String, String> {
     }
     .map_err(|e| e.to_string())?
     .assume_utc();
-    Ok(crate::journal::time_text(t))
+    Ok(crate::state::journal::time_text(t))
 }
 
 /// Runs started at or after `since` (oldest first).
@@ -536,7 +537,7 @@ pub fn agreement(s: &Snapshot, id: &str, f: Each<'_, Stored>) -> Result<(), Stat
 /// When the configuration, mapping or agreements file changed, by run.
 pub fn config_changes(s: &Snapshot) -> Result<Vec<(Run, Vec<&'static str>)>, StateError> {
     let mut out = Vec::new();
-    let mut prev: Option<crate::journal::FileHashes> = None;
+    let mut prev: Option<crate::state::journal::FileHashes> = None;
     for run in runs(s, None)? {
         let changed: Vec<&'static str> = match &prev {
             None => vec!["config", "mapping", "agreements"],
@@ -651,7 +652,7 @@ pub fn csv_line(s: &Stored) -> String {
 /// record's id and hash are kept, and the prune is itself a chained record
 /// naming them. Returns how many records went.
 pub fn prune(s: &Snapshot, retention: Duration, run_id: i64) -> Result<u64, StateError> {
-    let cutoff = crate::journal::time_text(time::OffsetDateTime::now_utc() - retention);
+    let cutoff = crate::state::journal::time_text(time::OffsetDateTime::now_utc() - retention);
     let db = |e| s.db_err(e);
     let last: Option<(i64, String)> = s
         .conn
@@ -702,7 +703,7 @@ pub fn prune(s: &Snapshot, retention: Duration, run_id: i64) -> Result<u64, Stat
         "pruned_through_id": last_id,
         "pruned_last_hash": last_hash,
     }));
-    crate::journal::append(&tx, &r).map_err(db)?;
+    crate::state::journal::append(&tx, &r).map_err(db)?;
     tx.commit().map_err(db)?;
     tracing::info!(
         records = n,
@@ -770,7 +771,7 @@ fn checkpoint(
             r.agreements = src.record.agreements;
             r.state = src.record.state;
             r.detail = Some(serde_json::json!({ "since": src.at, "record": src.id }));
-            crate::journal::append(tx, &r).map_err(|e| s.db_err(e))?;
+            crate::state::journal::append(tx, &r).map_err(|e| s.db_err(e))?;
         }
     }
     Ok(ids.len() as u64)
@@ -870,7 +871,7 @@ mod tests {
         std::thread::sleep(gap);
         let after_adds = |s: &Snapshot| {
             let mut out = Vec::new();
-            held(s, &crate::journal::now(), None, &mut |h| {
+            held(s, &crate::state::journal::now(), None, &mut |h| {
                 out.push((h.anchor, h.state.attrs["title"][0].clone()));
                 Ok(())
             })

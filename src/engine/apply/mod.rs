@@ -13,12 +13,12 @@ use std::collections::{BTreeMap, HashSet};
 use ldap3::{Mod, Scope};
 
 use crate::config::{SafetyConfig, TargetConfig};
-use crate::diff::{attr_changes, same_dn, Change, Kind, Unowned};
-use crate::journal::{AttrChange, Counts, Record};
+use crate::engine::diff::{attr_changes, same_dn, Change, Kind, Unowned};
+use crate::engine::map::Mapping;
+use crate::engine::render::{render, Format};
 use crate::ldap::{values_of, Conn, LdapError};
-use crate::map::Mapping;
-use crate::render::{render, Format};
-use crate::snapshot::{Accepted, Attrs, Intent, ObjectRow, Snapshot, StateError};
+use crate::state::journal::{AttrChange, Counts, Record};
+use crate::state::{Accepted, Attrs, Intent, ObjectRow, Snapshot, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {

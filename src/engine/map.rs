@@ -15,7 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::{line_of, parse_toml_file, FileError};
-use crate::scope::SourceEntry;
+use crate::engine::scope::SourceEntry;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,7 +7,7 @@
 //! the reason. Runs start and end with a record of their own (op `run`).
 //!
 //! **Tamper evidence:** every record stores `hash = SHA-256(prev_hash, its
-//! canonical content)`, chained over the whole journal; [`crate::audit`]
+//! canonical content)`, chained over the whole journal; [`crate::state::audit`]
 //! verifies it. Passwords never reach it: nothing here takes a
 //! [`crate::secret::Secret`].
 
@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::snapshot::{ObjectRow, Snapshot, StateError};
+use crate::state::{ObjectRow, Snapshot, StateError};
 
 /// The `prev_hash` of the first record ever written.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -3,10 +3,10 @@
 
 use std::fmt::Write;
 
-use crate::apply::add_attributes;
 use crate::config::TargetConfig;
-use crate::diff::{attr_changes, same_dn, Change, Kind};
-use crate::map::Mapping;
+use crate::engine::apply::add_attributes;
+use crate::engine::diff::{attr_changes, same_dn, Change, Kind};
+use crate::engine::map::Mapping;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
