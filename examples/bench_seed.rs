@@ -16,7 +16,7 @@ use absync::config::Config;
 use absync::engine::diff::{Kind, Planner, Unowned};
 use absync::engine::scope::Scope;
 use absync::ldap::Conn;
-use absync::state::journal::Counts;
+use absync::state::runs::Counts;
 use absync::state::Snapshot;
 
 #[tokio::main]

@@ -115,6 +115,11 @@ pub fn first_rdn(dn: &str) -> &str {
     split_rdns(dn).first().copied().unwrap_or("")
 }
 
+/// The value of a DN's first RDN, unescaped (`cn=Smith\, J,ou=x` → `Smith, J`).
+pub fn rdn_value(dn: &str) -> String {
+    unescape_value(first_rdn(dn).split_once('=').map(|(_, v)| v).unwrap_or(""))
+}
+
 /// True when `dn` is `base` or below it.
 pub fn is_within(dn: &str, base: &str) -> bool {
     let (d, b) = (normalize(dn), normalize(base));

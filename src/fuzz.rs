@@ -209,7 +209,7 @@ mod planner {
     use crate::engine::diff::{same_dn, Kind, Planned, Planner, Unowned};
     use crate::engine::map::Mapping;
     use crate::engine::scope::{Scope, Verdict};
-    use crate::state::journal::Counts;
+    use crate::state::runs::Counts;
     use crate::state::{ObjectRow, Snapshot, StateError};
 
     const BASE: &str = "OU=Address Book,DC=example,DC=org";

@@ -36,6 +36,7 @@ pub mod service;
 // Small parts everyone may use.
 pub mod dn;
 pub mod failpoint;
+pub mod os;
 pub mod secret;
 
 #[cfg(test)]

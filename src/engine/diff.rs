@@ -8,9 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use crate::config::TargetConfig;
 use crate::engine::map::Mapping;
 use crate::engine::scope::Verdict;
-use crate::state::journal::{AttrChange, Counts};
+use crate::state::journal::AttrChange;
+use crate::state::runs::Counts;
 use crate::state::{Attrs, ObjectRow, Snapshot, StateError};
 
 /// A planned change for one object.
@@ -121,6 +123,26 @@ impl Change {
 pub fn same_dn(a: &str, b: &str) -> bool {
     // Byte-equal names are the common case (a name absync wrote itself).
     a == b || crate::dn::normalize(a) == crate::dn::normalize(b)
+}
+
+/// Everything an add sends: object classes, the RDN attribute, the anchor,
+/// then the mapped attributes.
+pub fn add_attributes(
+    mapping: &Mapping,
+    target: &TargetConfig,
+    after: &ObjectRow,
+) -> Vec<(String, Vec<String>)> {
+    let rdn_value = crate::dn::rdn_value(&after.dn);
+    let mut attrs = vec![
+        ("objectClass".to_string(), mapping.object_class.clone()),
+        (mapping.rdn_attribute.clone(), vec![rdn_value]),
+        (
+            target.anchor_attribute.clone(),
+            vec![format!("{}{}", target.anchor_prefix, after.anchor)],
+        ),
+    ];
+    attrs.extend(after.attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
+    attrs
 }
 
 fn sorted(v: &[String]) -> Vec<String> {

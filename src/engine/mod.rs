@@ -27,7 +27,8 @@ use crate::engine::render::Format;
 use crate::engine::scope::Scope;
 use crate::ldap::syncrepl::SyncMessage;
 use crate::ldap::{first_value, Conn, LdapError};
-use crate::state::journal::{Counts, FileHashes, Record};
+use crate::state::journal::Record;
+use crate::state::runs::{Counts, FileHashes};
 use crate::state::{CookieKind, Hidden, ObjectRow, Snapshot, SourceCookie, StateError};
 
 /// What a run does with its plan.
@@ -352,7 +353,7 @@ pub async fn run(
         Err(_) => Status::Failures,
     };
     if let (Some(id), Ok(_)) = (run_id, &result) {
-        crate::state::audit::prune(&snapshot, cfg.journal_retention, id)?;
+        crate::state::retention::prune(&snapshot, cfg.journal_retention, id)?;
     }
     if let Some(id) = run_id {
         let text = match &result {
@@ -400,12 +401,7 @@ fn check_hide_method(cfg: &Config, inputs: &Inputs) -> Result<(), FileError> {
 fn hidden_row(cfg: &Config, mapping: &Mapping, row: &ObjectRow, reason: &str) -> ObjectRow {
     let dn = match &cfg.safety.quarantine_ou {
         Some(q) => {
-            let value = crate::dn::unescape_value(
-                crate::dn::first_rdn(&row.dn)
-                    .split_once('=')
-                    .map(|(_, v)| v)
-                    .unwrap_or(""),
-            );
+            let value = crate::dn::rdn_value(&row.dn);
             let tag: String = row.anchor.chars().take(8).collect();
             let room = mapping
                 .rdn_max_length
@@ -1157,7 +1153,7 @@ async fn run_inner(
         }
     }
     counts.withheld = held.len() as u64;
-    let user = crate::state::journal::unix_user();
+    let user = crate::os::unix_user();
     let mut notes = Vec::new();
     if let Some(limit) = opts.allow_deletes {
         let mut r = Record::new(

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::config::TargetConfig;
-use crate::engine::apply::add_attributes;
+use crate::engine::diff::add_attributes;
 use crate::engine::diff::{attr_changes, same_dn, Change, Kind};
 use crate::engine::map::Mapping;
 

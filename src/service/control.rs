@@ -12,7 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::service::{DaemonError, Report, Trigger};
+use crate::service::protocol::{DaemonError, Report, Trigger};
 
 /// One request on the control socket (one JSON line).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,7 +67,7 @@ pub async fn listen(
 async fn handle(stream: UnixStream, triggers: mpsc::Sender<Trigger>) -> std::io::Result<()> {
     let by = stream
         .peer_cred()
-        .map(|c| crate::state::journal::user_name(c.uid()))
+        .map(|c| crate::os::user_name(c.uid()))
         .unwrap_or_else(|_| "unknown".into());
     let (read, mut write) = stream.into_split();
     let mut line = String::new();

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::service::{DaemonError, DaemonStatus};
+use crate::service::protocol::DaemonError;
+use crate::service::status::DaemonStatus;
 use crate::state::Snapshot;
 
 /// Serves the metrics; returns the task and the address it listens on
@@ -71,16 +72,6 @@ fn epoch(text: &str) -> Option<i64> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .ok()
         .map(|t| t.unix_timestamp())
-}
-
-/// The size on disk of the state database (snapshot and journal), its
-/// write-ahead log included.
-pub fn state_bytes(state_dir: &std::path::Path) -> u64 {
-    ["absync.db", "absync.db-wal"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(state_dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum()
 }
 
 /// The metrics text (Prometheus exposition format 0.0.4).
@@ -156,7 +147,7 @@ pub fn render(state_dir: &std::path::Path) -> String {
         .unwrap_or(0)
         .saturating_sub(s.count_visible().unwrap_or(0));
     let _ = writeln!(out, "absync_managed_objects{{hidden=\"true\"}} {hidden}");
-    let _ = writeln!(out, "# HELP absync_state_bytes Size of the state database (snapshot and journal) on disk.\n# TYPE absync_state_bytes gauge\nabsync_state_bytes {}", state_bytes(state_dir));
+    let _ = writeln!(out, "# HELP absync_state_bytes Size of the state database (snapshot and journal) on disk.\n# TYPE absync_state_bytes gauge\nabsync_state_bytes {}", crate::state::bytes_on_disk(state_dir));
     if let Some(d) = DaemonStatus::read(state_dir) {
         let _ = writeln!(out, "# HELP absync_consecutive_failures Failed runs in a row.\n# TYPE absync_consecutive_failures gauge\nabsync_consecutive_failures {}", d.consecutive_failures);
         let _ = writeln!(out, "# HELP absync_running 1 while a run is in flight.\n# TYPE absync_running gauge\nabsync_running {}", u8::from(d.state == "running"));

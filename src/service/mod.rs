@@ -10,6 +10,11 @@
 
 pub mod control;
 pub mod metrics;
+pub mod protocol;
+pub mod status;
+
+pub use protocol::{DaemonError, Notifier, Report, Silent, Systemd, Trigger};
+pub use status::DaemonStatus;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -17,145 +22,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, FileError};
 use crate::engine::{self, file_hashes, Mode, Options, Outcome, RunError, Status};
-use crate::state::journal::{FileHashes, Record};
-use crate::state::{Snapshot, StateError, StateLock};
-
-/// What can wake the daemon besides its schedule.
-#[derive(Debug)]
-pub enum Trigger {
-    /// Run now (`absync resync`); `reply` gets the run's report.
-    Resync {
-        full: bool,
-        by: String,
-        reply: Option<oneshot::Sender<Report>>,
-    },
-    /// Reload the configuration (SIGHUP, or a watched file changed).
-    Reload { why: String },
-}
-
-/// How a run went, as `absync resync` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Report {
-    pub run_id: Option<i64>,
-    /// 0 done, 1 entries failed, 2 could not run, 3 deletes held back.
-    pub code: u8,
-    pub summary: String,
-}
-
-/// Telling the service manager (systemd) what the daemon is doing.
-pub trait Notifier: Send + Sync {
-    fn ready(&self) {}
-    fn reloading(&self) {}
-    fn stopping(&self) {}
-    fn status(&self, _text: &str) {}
-    fn watchdog(&self) {}
-}
-
-/// For tests and for running outside systemd.
-pub struct Silent;
-impl Notifier for Silent {}
-
-/// The sd_notify protocol, over `$NOTIFY_SOCKET` (a no-op without it).
-pub struct Systemd;
-impl Notifier for Systemd {
-    fn ready(&self) {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    }
-    fn reloading(&self) {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-    }
-    fn stopping(&self) {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    }
-    fn status(&self, text: &str) {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(text)]);
-    }
-    fn watchdog(&self) {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-    }
-}
-
-/// What `absync status` and the metrics show about a running daemon; kept
-/// in `STATE_DIR/daemon.json` while it runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DaemonStatus {
-    pub pid: u32,
-    /// "idle" or "running"
-    pub state: String,
-    pub since: String,
-    /// Entries pulled so far in the run in flight.
-    pub progress: u64,
-    pub next_run: Option<String>,
-    pub next_run_full: bool,
-    pub last_run: Option<i64>,
-    pub last_status: Option<String>,
-    pub last_success: Option<String>,
-    pub consecutive_failures: u32,
-    /// Set while a new configuration was refused (the old one stays).
-    pub config_error: Option<String>,
-    pub config_file: String,
-    /// Where the Prometheus metrics are served, if they are.
-    pub metrics: Option<String>,
-}
-
-impl DaemonStatus {
-    pub fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join("daemon.json")
-    }
-
-    /// The status of a daemon that is running on `state_dir`, if any.
-    pub fn read(state_dir: &Path) -> Option<DaemonStatus> {
-        let s: DaemonStatus =
-            serde_json::from_str(&std::fs::read_to_string(Self::path(state_dir)).ok()?).ok()?;
-        Path::new(&format!("/proc/{}", s.pid)).exists().then_some(s)
-    }
-
-    fn write(&self, state_dir: &Path) {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = state_dir.join("daemon.json.tmp");
-        let ok = serde_json::to_vec_pretty(self)
-            .ok()
-            .and_then(|b| {
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .ok()?;
-                f.write_all(&b).ok()
-            })
-            .and_then(|_| std::fs::rename(&tmp, Self::path(state_dir)).ok());
-        if ok.is_none() {
-            tracing::warn!("cannot write {}", Self::path(state_dir).display());
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error(transparent)]
-    File(#[from] FileError),
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error("control socket {path}: {source}")]
-    Socket {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("metrics listener {addr}: {source}")]
-    Metrics {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-}
+use crate::state::journal::Record;
+use crate::state::runs::FileHashes;
+use crate::state::{Snapshot, StateLock};
 
 fn now_text() -> String {
     crate::state::journal::now()
@@ -526,16 +400,6 @@ fn reload(
     notifier.ready();
 }
 
-impl From<RunError> for Report {
-    fn from(e: RunError) -> Self {
-        Report {
-            run_id: None,
-            code: 2,
-            summary: format!("absync: {e}"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,7 +423,7 @@ mod tests {
         let s = Snapshot::open(&dir).unwrap();
         assert_eq!(last_full(&s), None, "a fresh state has none");
         let files = FileHashes::default();
-        let counts = crate::state::journal::Counts::default();
+        let counts = crate::state::runs::Counts::default();
         let full = s.start_run("full", &files).unwrap();
         s.end_run(full, "done with failures", &counts).unwrap();
         let when = last_full(&s).expect("a full run with entry failures counts");

@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::state::{ObjectRow, Snapshot, StateError};
+use crate::state::object::ObjectRow;
 
 /// The `prev_hash` of the first record ever written.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -119,43 +119,6 @@ pub fn chain_hash(prev: &str, canonical: &str) -> String {
     format!("{:x}", h.finalize())
 }
 
-/// The real user id of this process (from /proc/self/status).
-pub fn current_uid() -> Option<u32> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-}
-
-/// The name /etc/passwd gives a user id, or `uid N`.
-pub fn user_name(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|p| {
-            p.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
-            })
-        })
-        .unwrap_or_else(|| format!("uid {uid}"))
-}
-
-/// The Unix user running absync: the one who ran `sudo`, if any, else the
-/// owner of this process as /etc/passwd names it.
-pub fn unix_user() -> String {
-    if let Ok(u) = std::env::var("SUDO_USER") {
-        return u;
-    }
-    match current_uid() {
-        Some(uid) => user_name(uid),
-        None => std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-    }
-}
-
 pub fn now() -> String {
     time_text(time::OffsetDateTime::now_utc())
 }
@@ -239,7 +202,7 @@ pub(crate) fn append(conn: &Connection, r: &Record) -> rusqlite::Result<()> {
 
 /// [`append`] with the record's time given: a run's start and end records
 /// carry the same time as its row in `runs`.
-fn append_at(conn: &Connection, r: &Record, at: &str) -> rusqlite::Result<()> {
+pub(crate) fn append_at(conn: &Connection, r: &Record, at: &str) -> rusqlite::Result<()> {
     let (last_id, prev) = head(conn)?;
     let id = last_id + 1;
     let hash = chain_hash(&prev, &canonical(id, at, r));
@@ -271,82 +234,6 @@ fn append_at(conn: &Connection, r: &Record, at: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Counts shown in the summary and stored with the run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Counts {
-    pub pulled: u64,
-    pub in_scope: u64,
-    pub out_of_scope: u64,
-    pub leavers: u64,
-    pub dropped_attributes: u64,
-    pub rejected: u64,
-    pub added: u64,
-    pub modified: u64,
-    pub renamed: u64,
-    pub deleted: u64,
-    /// Hidden for their grace period (soft deletes).
-    pub hidden: u64,
-    /// Brought back from hiding.
-    pub restored: u64,
-    /// Deletes and hides held back by a safety rail.
-    pub withheld: u64,
-    /// Differences between the snapshot and the live target (full runs).
-    pub drift: u64,
-    pub conflicts: u64,
-    pub failed: u64,
-    pub recovered: u64,
-}
-
-impl Counts {
-    /// Forgets what a pull read (a delta abandoned for a full pull), keeping
-    /// what was written.
-    pub fn reset_pull(&mut self) {
-        self.pulled = 0;
-        self.in_scope = 0;
-        self.out_of_scope = 0;
-        self.leavers = 0;
-        self.dropped_attributes = 0;
-        self.rejected = 0;
-    }
-
-    pub fn writes(&self) -> u64 {
-        self.added + self.modified + self.renamed + self.deleted + self.hidden + self.restored
-    }
-}
-
-/// SHA-256 of the files in force for a run (never of a password file).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct FileHashes {
-    pub config: String,
-    pub mapping: String,
-    pub agreements: String,
-}
-
-/// One row of the runs table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Run {
-    pub id: i64,
-    pub started_at: String,
-    pub ended_at: Option<String>,
-    pub mode: String,
-    pub status: String,
-    pub counts: Option<Counts>,
-    pub files: FileHashes,
-    pub unix_user: String,
-    pub head_hash: Option<String>,
-}
-
-impl Run {
-    /// How long the run took; `None` while it runs (or if it was killed).
-    pub fn seconds(&self) -> Option<f64> {
-        let f = &time::format_description::well_known::Rfc3339;
-        let start = time::OffsetDateTime::parse(&self.started_at, f).ok()?;
-        let end = time::OffsetDateTime::parse(self.ended_at.as_deref()?, f).ok()?;
-        Some((end - start).as_seconds_f64())
-    }
-}
-
 /// Decodes a journal row selected with the columns `stored_where` names.
 pub(crate) fn stored_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
     let json = |i: usize| -> rusqlite::Result<Option<String>> { r.get(i) };
@@ -375,182 +262,4 @@ pub(crate) fn stored_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored>
         prev_hash: r.get::<_, Option<String>>(15)?.unwrap_or_default(),
         hash: r.get::<_, Option<String>>(16)?.unwrap_or_default(),
     })
-}
-
-impl Snapshot {
-    /// Opens a run: its row in `runs` (status "running" until
-    /// [`Self::end_run`], so a run killed midway shows as such) and its
-    /// chained start record with the hashes of the files in force.
-    pub fn start_run(&self, mode: &str, files: &FileHashes) -> Result<i64, StateError> {
-        let user = unix_user();
-        let db = |e| self.db_err(e);
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
-        let at = now();
-        tx.execute(
-            "INSERT INTO runs (started_at, mode, status, config_hash, mapping_hash,
-                               agreements_hash, unix_user)
-             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6)",
-            params![
-                at,
-                mode,
-                files.config,
-                files.mapping,
-                files.agreements,
-                user
-            ],
-        )
-        .map_err(db)?;
-        let id = tx.last_insert_rowid();
-        let mut r = Record::new(id, "run", "started", mode);
-        r.detail = Some(serde_json::json!({
-            "config_hash": files.config,
-            "mapping_hash": files.mapping,
-            "agreements_hash": files.agreements,
-            "unix_user": user,
-        }));
-        append_at(&tx, &r, &at).map_err(db)?;
-        tx.commit().map_err(db)?;
-        Ok(id)
-    }
-
-    /// Closes a run: its chained end record (status, counts), then its row,
-    /// with the journal's head hash, which is also logged so an auditor can
-    /// keep an independent copy.
-    pub fn end_run(
-        &self,
-        run_id: i64,
-        status: &str,
-        counts: &Counts,
-    ) -> Result<String, StateError> {
-        let db = |e| self.db_err(e);
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
-        let mut r = Record::new(run_id, "run", "ended", status);
-        r.detail = Some(serde_json::json!({ "status": status, "counts": counts }));
-        let at = now();
-        append_at(&tx, &r, &at).map_err(db)?;
-        let (head_id, head_hash) = head(&tx).map_err(db)?;
-        tx.execute(
-            "UPDATE runs SET ended_at = ?1, status = ?2, counts = ?3, head_hash = ?4 WHERE id = ?5",
-            params![
-                at,
-                status,
-                serde_json::to_string(counts).unwrap_or_default(),
-                head_hash,
-                run_id
-            ],
-        )
-        .map_err(db)?;
-        tx.commit().map_err(db)?;
-        tracing::info!(run_id, head_record = head_id, head_hash = %head_hash, "journal head");
-        Ok(head_hash)
-    }
-
-    /// Appends records outside an object change (conflicts, rejections).
-    pub fn journal(&self, records: &[Record]) -> Result<(), StateError> {
-        let db = |e| self.db_err(e);
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
-        for r in records {
-            append(&tx, r).map_err(db)?;
-        }
-        tx.commit().map_err(db)
-    }
-
-    /// Stored records matching an SQL condition on `journal`, in order.
-    pub fn stored_where(
-        &self,
-        cond: &str,
-        args: &[&dyn rusqlite::ToSql],
-    ) -> Result<Vec<Stored>, StateError> {
-        let mut out = Vec::new();
-        self.each_where(cond, args, &mut |s| {
-            out.push(s);
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// Calls `f` for each stored record matching an SQL condition, in order,
-    /// without holding them all in memory.
-    pub fn each_where(
-        &self,
-        cond: &str,
-        args: &[&dyn rusqlite::ToSql],
-        f: &mut dyn FnMut(Stored) -> Result<(), StateError>,
-    ) -> Result<(), StateError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
-                "SELECT id, at, run_id, anchor, dn, old_dn, op, outcome, reason, agreements,
-                        changes, error, org, state, detail, prev_hash, hash
-                 FROM journal WHERE {cond} ORDER BY id"
-            ))
-            .map_err(|e| self.db_err(e))?;
-        let rows = stmt
-            .query_map(args, stored_from_row)
-            .map_err(|e| self.db_err(e))?;
-        for row in rows {
-            f(row.map_err(|e| self.db_err(e))?)?;
-        }
-        Ok(())
-    }
-
-    /// The object records of a run (not its start and end), in order.
-    pub fn records(&self, run_id: i64) -> Result<Vec<Record>, StateError> {
-        Ok(self
-            .stored_where("run_id = ?1 AND op != 'run'", &[&run_id])?
-            .into_iter()
-            .map(|s| s.record)
-            .collect())
-    }
-
-    /// When the latest full run that went to its end started. Entry
-    /// failures and held deletes do not matter (the reconcile was done); a
-    /// run that could not run or was interrupted (`failed: ...`) does not
-    /// count.
-    pub fn last_full_run(&self) -> Result<Option<String>, StateError> {
-        self.conn
-            .query_row(
-                "SELECT started_at FROM runs
-                 WHERE mode = 'full' AND ended_at IS NOT NULL AND status NOT LIKE 'failed%'
-                 ORDER BY id DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.db_err(e))
-    }
-
-    /// The most recent runs, newest first.
-    pub fn runs(&self, limit: u32) -> Result<Vec<Run>, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT id, started_at, ended_at, mode, status, counts, config_hash,
-                        mapping_hash, agreements_hash, unix_user, head_hash
-                 FROM runs ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(|e| self.db_err(e))?;
-        let rows = stmt
-            .query_map([limit], |r| {
-                Ok(Run {
-                    id: r.get(0)?,
-                    started_at: r.get(1)?,
-                    ended_at: r.get(2)?,
-                    mode: r.get(3)?,
-                    status: r.get(4)?,
-                    counts: r
-                        .get::<_, Option<String>>(5)?
-                        .and_then(|c| serde_json::from_str(&c).ok()),
-                    files: FileHashes {
-                        config: r.get(6)?,
-                        mapping: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
-                        agreements: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
-                    },
-                    unix_user: r.get(9)?,
-                    head_hash: r.get(10)?,
-                })
-            })
-            .map_err(|e| self.db_err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.db_err(e))
-    }
 }

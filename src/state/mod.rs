@@ -10,14 +10,15 @@
 
 pub mod audit;
 pub mod journal;
+pub mod object;
+pub mod retention;
+pub mod runs;
 
-use std::collections::BTreeMap;
+pub use object::{Attrs, Hidden, Intent, ObjectRow};
+
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::{Deserialize, Serialize};
-
-pub type Attrs = BTreeMap<String, Vec<String>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -51,42 +52,6 @@ pub enum StateError {
          it can answer for {0} or later"
     )]
     Pruned(String),
-}
-
-/// One object absync created and manages in the target.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectRow {
-    pub anchor: String,
-    pub dn: String,
-    pub org: String,
-    pub agreements: Vec<String>,
-    /// The managed attributes as the target accepted them.
-    pub attrs: Attrs,
-    /// Set while the object is hidden, waiting out its grace period.
-    #[serde(default)]
-    pub hidden: Option<Hidden>,
-}
-
-/// When and why an object was hidden.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hidden {
-    /// RFC 3339 time.
-    pub at: String,
-    pub reason: String,
-}
-
-/// A write about to be sent to the target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Intent {
-    pub anchor: String,
-    pub run_id: i64,
-    /// add, update or delete
-    pub op: String,
-    /// The object before the change (none for an add).
-    pub before: Option<ObjectRow>,
-    /// The object after the change (none for a delete).
-    pub after: Option<ObjectRow>,
-    pub reason: String,
 }
 
 const SCHEMA_VERSION: i64 = 5;
@@ -764,4 +729,14 @@ impl Snapshot {
             .map_err(db)?;
         Ok(())
     }
+}
+
+/// The size on disk of the state database (snapshot and journal), its
+/// write-ahead log included.
+pub fn bytes_on_disk(state_dir: &Path) -> u64 {
+    ["absync.db", "absync.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(state_dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
 }

@@ -260,7 +260,7 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
         assert_eq!(request.len(), 1);
         // The user the socket's peer credentials name: the one who ran
         // the command.
-        let me = absync::state::journal::unix_user();
+        let me = absync::os::unix_user();
         assert_eq!(
             request[0].record.reason,
             format!("resync requested by {me}"),

@@ -264,7 +264,7 @@ fn load_view(path: Option<PathBuf>) -> anyhow::Result<absync::config::ServiceVie
 /// mistake reaches everything. `sync` and `run` refuse root unless told
 /// (`ABSYNC_ALLOW_ROOT=1`), as a test bed run by root has to.
 fn refuse_root() -> anyhow::Result<()> {
-    let root = absync::state::journal::current_uid() == Some(0);
+    let root = absync::os::current_uid() == Some(0);
     if root && std::env::var("ABSYNC_ALLOW_ROOT").as_deref() != Ok("1") {
         anyhow::bail!(
             "refusing to run as root: run absync as its service user (the package's \
@@ -478,7 +478,7 @@ fn status(state_dir: &std::path::Path, ou: Option<&str>, limit: u32) -> anyhow::
     let snapshot = absync::state::Snapshot::open(state_dir)?;
     let total = snapshot.count()?;
     let visible = snapshot.count_visible()?;
-    let size = absync::service::metrics::state_bytes(state_dir);
+    let size = absync::state::bytes_on_disk(state_dir);
     println!(
         "state      {} ({:.1} MB)\nmanaged    {visible} objects{}, {} hidden awaiting deletion",
         state_dir.display(),

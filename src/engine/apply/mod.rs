@@ -17,7 +17,8 @@ use crate::engine::diff::{attr_changes, same_dn, Change, Kind, Unowned};
 use crate::engine::map::Mapping;
 use crate::engine::render::{render, Format};
 use crate::ldap::{values_of, Conn, LdapError};
-use crate::state::journal::{AttrChange, Counts, Record};
+use crate::state::journal::{AttrChange, Record};
+use crate::state::runs::Counts;
 use crate::state::{Accepted, Attrs, Intent, ObjectRow, Snapshot, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -81,31 +82,6 @@ pub struct Live {
 
 fn set(values: &[String]) -> HashSet<String> {
     values.iter().cloned().collect()
-}
-
-/// Everything an add sends: object classes, the RDN attribute, the anchor,
-/// then the mapped attributes.
-pub fn add_attributes(
-    mapping: &Mapping,
-    target: &TargetConfig,
-    after: &ObjectRow,
-) -> Vec<(String, Vec<String>)> {
-    let rdn_value = crate::dn::unescape_value(
-        crate::dn::first_rdn(&after.dn)
-            .split_once('=')
-            .map(|(_, v)| v)
-            .unwrap_or(""),
-    );
-    let mut attrs = vec![
-        ("objectClass".to_string(), mapping.object_class.clone()),
-        (mapping.rdn_attribute.clone(), vec![rdn_value]),
-        (
-            target.anchor_attribute.clone(),
-            vec![format!("{}{}", target.anchor_prefix, after.anchor)],
-        ),
-    ];
-    attrs.extend(after.attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
-    attrs
 }
 
 impl Applier<'_, '_> {
@@ -258,7 +234,7 @@ impl Applier<'_, '_> {
     }
 
     fn add_attrs(&self, after: &ObjectRow) -> Vec<(String, HashSet<String>)> {
-        add_attributes(self.mapping, self.target, after)
+        crate::engine::diff::add_attributes(self.mapping, self.target, after)
             .into_iter()
             .map(|(k, v)| (k, set(&v)))
             .collect()

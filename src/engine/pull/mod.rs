@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::agreements::Agreements;
 use crate::config::{DeltaMode, SourceConfig};
 use crate::ldap::{first_value, Conn, LdapError, PagedSearch};
-use crate::state::journal::FileHashes;
+use crate::state::runs::FileHashes;
 use crate::state::SourceCookie;
 
 /// How a run reads the source.

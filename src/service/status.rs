@@ -1,0 +1,64 @@
+//! The daemon's status file (`STATE_DIR/daemon.json`): written by the
+//! daemon, read by `absync status` and the metrics.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What `absync status` and the metrics show about a running daemon; kept
+/// in `STATE_DIR/daemon.json` while it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    /// "idle" or "running"
+    pub state: String,
+    pub since: String,
+    /// Entries pulled so far in the run in flight.
+    pub progress: u64,
+    pub next_run: Option<String>,
+    pub next_run_full: bool,
+    pub last_run: Option<i64>,
+    pub last_status: Option<String>,
+    pub last_success: Option<String>,
+    pub consecutive_failures: u32,
+    /// Set while a new configuration was refused (the old one stays).
+    pub config_error: Option<String>,
+    pub config_file: String,
+    /// Where the Prometheus metrics are served, if they are.
+    pub metrics: Option<String>,
+}
+
+impl DaemonStatus {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("daemon.json")
+    }
+
+    /// The status of a daemon that is running on `state_dir`, if any.
+    pub fn read(state_dir: &Path) -> Option<DaemonStatus> {
+        let s: DaemonStatus =
+            serde_json::from_str(&std::fs::read_to_string(Self::path(state_dir)).ok()?).ok()?;
+        Path::new(&format!("/proc/{}", s.pid)).exists().then_some(s)
+    }
+
+    pub(crate) fn write(&self, state_dir: &Path) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = state_dir.join("daemon.json.tmp");
+        let ok = serde_json::to_vec_pretty(self)
+            .ok()
+            .and_then(|b| {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .ok()?;
+                f.write_all(&b).ok()
+            })
+            .and_then(|_| std::fs::rename(&tmp, Self::path(state_dir)).ok());
+        if ok.is_none() {
+            tracing::warn!("cannot write {}", Self::path(state_dir).display());
+        }
+    }
+}
