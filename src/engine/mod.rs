@@ -85,7 +85,21 @@ impl PullReport {
     }
 }
 
+/// Exit code of a run that could not run at all (a [`RunError`]).
+pub const EXIT_COULD_NOT_RUN: u8 = 2;
+
 impl Outcome {
+    /// The exit code of a run that ran, for the CLI and a resync alike:
+    /// 3 when a safety rail held deletes back, 1 when entries failed, 0
+    /// otherwise. ([`EXIT_COULD_NOT_RUN`] is for runs that could not run.)
+    pub fn exit_code(&self) -> u8 {
+        match self.status {
+            Status::Withheld(_) => 3,
+            _ if self.counts.failed > 0 => 1,
+            _ => 0,
+        }
+    }
+
     /// The summary people read after a run (`what`: sync or plan).
     pub fn summary(&self, what: &str) -> String {
         let c = &self.counts;

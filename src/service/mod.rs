@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, FileError};
-use crate::engine::{self, file_hashes, Mode, Options, Outcome, RunError, Status};
+use crate::engine::{self, file_hashes, Mode, Options, Outcome, RunError};
 use crate::state::journal::Record;
 use crate::state::runs::FileHashes;
 use crate::state::{Snapshot, StateLock};
@@ -239,15 +239,11 @@ pub async fn serve(
             Ok(Ok(outcome)) => report(&outcome),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "run failed");
-                Report {
-                    run_id: None,
-                    code: 2,
-                    summary: format!("absync: {e}"),
-                }
+                Report::from(e)
             }
             Err(e) => Report {
                 run_id: None,
-                code: 2,
+                code: engine::EXIT_COULD_NOT_RUN,
                 summary: format!("absync: the run stopped unexpectedly: {e}"),
             },
         };
@@ -297,14 +293,9 @@ pub async fn serve(
 
 /// The report of a finished run, worded as `absync sync` prints it.
 pub fn report(o: &Outcome) -> Report {
-    let code = match o.status {
-        Status::Withheld(_) => 3,
-        _ if o.counts.failed > 0 => 1,
-        _ => 0,
-    };
     Report {
         run_id: o.run_id,
-        code,
+        code: o.exit_code(),
         summary: o.summary("sync"),
     }
 }

@@ -88,7 +88,7 @@ impl From<RunError> for Report {
     fn from(e: RunError) -> Self {
         Report {
             run_id: None,
-            code: 2,
+            code: crate::engine::EXIT_COULD_NOT_RUN,
             summary: format!("absync: {e}"),
         }
     }

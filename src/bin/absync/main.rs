@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use absync::config::Config;
 use absync::engine::render::Format;
-use absync::engine::{self, Mode, Options, Outcome, Status};
+use absync::engine::{self, Mode, Options, Outcome};
 use absync::ldap::Conn;
 use absync::state::audit;
 use absync::state::journal::Stored;
@@ -385,11 +385,7 @@ async fn plan(cfg: &Config, format: Format, opts: Options) -> anyhow::Result<Exi
 }
 
 fn exit_for(o: &Outcome) -> ExitCode {
-    match o.status {
-        Status::Withheld(_) => ExitCode::from(3),
-        _ if o.counts.failed > 0 => ExitCode::from(1),
-        _ => ExitCode::SUCCESS,
-    }
+    ExitCode::from(o.exit_code())
 }
 
 /// `absync run`: the daemon, with SIGTERM/SIGINT as shutdown and SIGHUP
