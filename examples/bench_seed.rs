@@ -40,11 +40,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &cfg.target.base_dn,
         Some(Unowned::default()),
     );
-    let filter = absync::engine::pull::filter(&cfg.source, &inputs.agreements)
+    let filter = absync::engine::pull::query::filter(&cfg.source, &inputs.agreements)
         .ok_or("no agreement is in force")?;
-    let attrs = absync::engine::pull::attributes(&cfg.source, &inputs.agreements);
+    let attrs = absync::engine::pull::query::attributes(&cfg.source, &inputs.agreements);
     let mut source = Conn::connect(&cfg.source.endpoint).await?;
-    let mut search = absync::engine::pull::start(&mut source, &cfg.source, &filter, attrs).await?;
+    let mut search =
+        absync::engine::pull::query::start(&mut source, &cfg.source, &filter, attrs).await?;
     let mut counts = Counts::default();
     let (mut entries, mut seeded) = (0u64, 0u64);
     while let Some(entry) = search.next().await? {

@@ -772,6 +772,19 @@ impl Resolver<'_> {
 }
 
 impl Config {
+    /// The containers absync writes in, with what to call them: the target
+    /// OU, and the quarantine OU if there is one.
+    pub fn containers(&self) -> Vec<(&'static str, &str)> {
+        let mut all = vec![("target OU", self.target.base_dn.as_str())];
+        all.extend(
+            self.safety
+                .quarantine_ou
+                .as_deref()
+                .map(|q| ("quarantine OU", q)),
+        );
+        all
+    }
+
     /// Loads, parses and resolves a configuration file.
     pub fn load(file: &Path) -> Result<Config, FileError> {
         let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());

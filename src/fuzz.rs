@@ -206,8 +206,10 @@ mod planner {
     use proptest::test_runner::TestCaseError;
 
     use crate::agreements::{Agreement, Agreements};
+    use crate::config::SafetyConfig;
     use crate::engine::diff::{same_dn, Kind, Planned, Planner, Unowned};
     use crate::engine::map::Mapping;
+    use crate::engine::removals::{decide, Facts, Found, Rules};
     use crate::engine::scope::{Scope, Verdict};
     use crate::state::runs::Counts;
     use crate::state::{ObjectRow, Snapshot, StateError};
@@ -467,12 +469,12 @@ template = "{givenName} {sn}"
         Ok(())
     }
 
-    /// One run over `people`, as `sync::run_inner` makes it with a grace
-    /// period of zero, no safety rail in the way and nothing in the target
-    /// that absync does not own: scope, then the planner entry by entry,
-    /// each change applied to the rows (and committed to the snapshot the
-    /// way the applier does) before the next entry is planned; then a
-    /// delete for every row `unseen` names.
+    /// One run over `people`, as `engine::run_inner` makes it with a grace
+    /// period of zero, every rail released and nothing in the target that
+    /// absync does not own: scope, then the planner entry by entry, each
+    /// change applied to the rows (and committed to the snapshot the way the
+    /// applier does) before the next entry is planned; then the deletes
+    /// `removals::decide` makes of the rows `unseen` names.
     fn sync_once(snap: &Snapshot, people: &[Person]) -> Result<Outcome, TestCaseError> {
         let mapping = mapping();
         let agreements = agreements();
@@ -483,6 +485,7 @@ template = "{givenName} {sn}"
             Ok(())
         })
         .map_err(state)?;
+        let held_at_start = rows.len() as u64;
         let mut out = Outcome {
             rows: BTreeMap::new(),
             rejected: BTreeSet::new(),
@@ -550,8 +553,40 @@ template = "{givenName} {sn}"
             }
         }
         flush(snap, &mut pending)?;
-        for (row, _why) in planner.unseen(&agreements).map_err(state)? {
-            let anchor = row.anchor.clone();
+        // The delete step, decided as a run decides it: every unseen row
+        // is deleted once `--allow-deletes` lets every rail pass.
+        let unseen = planner.unseen(&agreements).map_err(state)?;
+        let expected = unseen.len();
+        let facts = Facts {
+            judge_health: true,
+            agreements_in_force: true,
+            pulled_total: people.len() as u64,
+            pulled_per_org: planner.pulled_per_org.clone(),
+            granted: agreements.grants().keys().cloned().collect(),
+            emptied: Default::default(),
+            managed_at_start: held_at_start,
+        };
+        let safety = SafetyConfig {
+            max_deletes: 0,
+            max_delete_percent: 0.0,
+            delete_grace: std::time::Duration::ZERO,
+            quarantine_ou: None,
+        };
+        let rules = Rules {
+            safety: &safety,
+            mapping,
+            allow_deletes: Some(u64::MAX),
+            now: time::OffsetDateTime::now_utc(),
+        };
+        let decided = decide(unseen, &Found::new(), &facts, &rules);
+        prop_assert!(decided.held.is_empty(), "held: {:?}", decided.held);
+        prop_assert_eq!(decided.release.len(), expected);
+        for change in decided.release {
+            let anchor = change.anchor.clone();
+            let Kind::Delete { before: row } = change.kind else {
+                prop_assert!(false, "{}: not a delete: {:?}", anchor, change.kind);
+                continue;
+            };
             prop_assert!(
                 planned.insert(anchor.clone()),
                 "{} planned and deleted",

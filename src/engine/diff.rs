@@ -13,7 +13,7 @@ use crate::engine::map::Mapping;
 use crate::engine::scope::Verdict;
 use crate::state::journal::AttrChange;
 use crate::state::runs::Counts;
-use crate::state::{Attrs, ObjectRow, Snapshot, StateError};
+use crate::state::{Attrs, ObjectRow, StateError};
 
 /// A planned change for one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,8 +184,31 @@ pub struct Unowned {
     pub mails: HashMap<String, String>,
 }
 
+/// What the planner needs to know of what absync last wrote: the state's
+/// rows, asked for one at a time. The state database answers
+/// ([`crate::engine::known`]); the planner itself does no I/O.
+pub trait Known {
+    /// The row of `anchor`, if absync holds the object.
+    fn get(&self, anchor: &str) -> Result<Option<ObjectRow>, StateError>;
+    /// The anchor of the object holding this name, if any.
+    fn holder_of(&self, dn: &str) -> Result<Option<String>, StateError>;
+    /// The organisation of `anchor`'s object, if held.
+    fn org_of(&self, anchor: &str) -> Result<Option<String>, StateError>;
+    /// Every row whose anchor `keep` accepts (decided before decoding).
+    fn for_each_kept(
+        &self,
+        keep: &dyn Fn(&str) -> bool,
+        f: &mut dyn FnMut(ObjectRow) -> Result<(), StateError>,
+    ) -> Result<(), StateError>;
+    /// Every hidden row.
+    fn for_each_hidden(
+        &self,
+        f: &mut dyn FnMut(ObjectRow) -> Result<(), StateError>,
+    ) -> Result<(), StateError>;
+}
+
 pub struct Planner<'a> {
-    snapshot: &'a Snapshot,
+    snapshot: &'a dyn Known,
     mapping: &'a Mapping,
     target_base: String,
     /// Read from the target when first needed (`None` until then).
@@ -206,7 +229,7 @@ pub struct Planner<'a> {
 
 impl<'a> Planner<'a> {
     pub fn new(
-        snapshot: &'a Snapshot,
+        snapshot: &'a dyn Known,
         mapping: &'a Mapping,
         target_base: &str,
         unowned: Option<Unowned>,
@@ -543,7 +566,7 @@ impl<'a> Planner<'a> {
                 || !(self.seen.contains(anchor) || self.present.contains(anchor))
         };
         self.snapshot
-            .for_each_kept(unseen, |row| match self.overlay.get(&row.anchor) {
+            .for_each_kept(&unseen, &mut |row| match self.overlay.get(&row.anchor) {
                 Some(Some(o)) => visit(o.clone()),
                 Some(None) => Ok(()),
                 None => visit(row),
@@ -582,7 +605,7 @@ impl<'a> Planner<'a> {
                 out.push((row, reason));
             }
         }
-        self.snapshot.for_each_hidden(|row| {
+        self.snapshot.for_each_hidden(&mut |row| {
             if !listed.contains(&row.anchor) && !self.seen.contains(&row.anchor) {
                 out.push((row, None));
             }

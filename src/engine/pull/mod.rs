@@ -1,267 +1,228 @@
-//! Stage 1, pull: a paged subtree search of the source under the base DN,
-//! with the configured filter ANDed with the agreements' organisations,
-//! asking only for the attributes the agreements allow plus the anchor and
-//! the organisation. Entries stream through one at a time.
+//! Stage 1, pull: reads the source under the agreements and hands every
+//! entry to the stages as it comes.
 //!
 //! A run pulls either everything in scope (a full pull, paged) or only what
 //! changed since the last run (a delta pull: RFC 4533 content
 //! synchronisation from the cookie the last run stored, see
-//! [`crate::ldap::syncrepl`]). A delta needs the same scope as the run that took
-//! the cookie: any change of filter, attributes, agreements, mapping or
-//! configuration makes the run a full pull.
+//! [`crate::ldap::syncrepl`], or `modifyTimestamp` since a stored
+//! watermark, see [`delta`]). A delta needs the same scope as the run that
+//! took the cookie: any change of filter, attributes, agreements, mapping or
+//! configuration makes the run a full pull ([`query::choose`]). A delta
+//! the server refuses falls back to a full pull.
 
-use std::collections::BTreeSet;
+pub mod delta;
+pub mod query;
 
-use ldap3::Scope;
-use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::time::Instant;
 
-use crate::agreements::Agreements;
-use crate::config::{DeltaMode, SourceConfig};
-use crate::ldap::{first_value, Conn, LdapError, PagedSearch};
-use crate::state::runs::FileHashes;
-use crate::state::SourceCookie;
+use crate::engine::cx::RunCx;
+use crate::engine::diff::Planner;
+use crate::engine::outcome::{PullReport, RunError};
+use crate::engine::stages::Stages;
+use crate::ldap::Conn;
+use crate::state::journal::Record;
+use crate::state::{CookieKind, ObjectRow, SourceCookie, StateError};
+use delta::DeltaError;
+use query::PullMode;
 
-/// How a run reads the source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PullMode {
-    /// Everything in scope; `why` says why not a delta.
-    Full { why: String },
-    /// Only the changes since the stored cookie (RFC 4533) or watermark
-    /// (`modifyTimestamp`).
-    Delta { from: SourceCookie },
+/// What the read of the source leaves for the rest of the run.
+pub(crate) struct SourceRead {
+    /// The run's filter; `None` when no agreement is in force.
+    pub filter: Option<String>,
+    /// What a delta says is gone. `None` after a full pull, or a delta
+    /// whose present phase named everything unchanged: then what was not
+    /// read is gone.
+    pub gone: Option<HashSet<String>>,
+    /// Where the next delta starts, if the run ends well.
+    pub next_cookie: Option<SourceCookie>,
 }
 
-/// Identifies the scope a cookie was taken under: the filter, the
-/// attributes, who is covered under which agreements, and the files in
-/// force. Two runs with the same key read the source the same way.
-pub fn scope_key(
-    filter: &str,
-    attrs: &[String],
-    agreements: &Agreements,
-    files: &FileHashes,
-) -> String {
-    let mut h = Sha256::new();
-    for part in [
+/// Reads the source, full or delta, through the stages.
+pub(crate) async fn read<'a>(
+    cx: &RunCx<'a>,
+    st: &mut Stages<'_, 'a, '_>,
+    source: &mut Conn,
+    report: &mut PullReport,
+) -> Result<SourceRead, RunError> {
+    let filter = query::filter(&cx.cfg.source, &cx.inputs.agreements);
+    let mut read = SourceRead {
+        filter: filter.clone(),
+        gone: None,
+        next_cookie: None,
+    };
+    let Some(filter) = &filter else {
+        tracing::warn!("no data-sharing agreement is in force");
+        return Ok(read);
+    };
+    let attrs = query::attributes(&cx.cfg.source, &cx.inputs.agreements);
+    let key = query::scope_key(filter, &attrs, &cx.inputs.agreements, cx.files);
+    let stored = cx.snapshot.source_cookie()?;
+    let mut mode = query::choose(&cx.cfg.source, cx.opts.full, stored.as_ref(), &key);
+    let ask = Ask {
         filter,
-        &attrs.join(","),
-        &files.config,
-        &files.mapping,
-        &files.agreements,
-    ] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    for (org, grant) in agreements.grants() {
-        h.update(format!("{org}:{:?}:{:?}", grant.attributes, grant.agreements).as_bytes());
-        h.update([0]);
-    }
-    format!("{:x}", h.finalize())
-}
-
-/// Delta or full, and why.
-pub fn choose(
-    source: &SourceConfig,
-    full_requested: bool,
-    stored: Option<&SourceCookie>,
-    key: &str,
-) -> PullMode {
-    let full = |why: &str| PullMode::Full { why: why.into() };
-    if full_requested {
-        return full("full run requested");
-    }
-    if source.delta == DeltaMode::Off {
-        return full("delta pulls are off ([source] delta = \"off\")");
-    }
-    match stored {
-        None => full("no cookie from an earlier run"),
-        Some(c) if c.scope_key != key => {
-            full("the scope changed since the last run (agreements, mapping or configuration)")
+        attrs: &attrs,
+        key: &key,
+    };
+    if let PullMode::Delta { from } = &mode {
+        match ask.delta(cx, st, source, from, report).await? {
+            Ok((gone, cookie)) => {
+                read.gone = gone;
+                read.next_cookie = Some(cookie);
+            }
+            Err(why) => mode = PullMode::Full { why },
         }
-        Some(c)
-            if c.kind == crate::state::CookieKind::Timestamp
-                && !valid_timestamp(&String::from_utf8_lossy(&c.cookie)) =>
-        {
-            full("the stored modifyTimestamp is not a valid time")
-        }
-        Some(c) => PullMode::Delta { from: c.clone() },
     }
-}
-
-/// RFC 4533 names entries by entryUUID: content synchronisation works only
-/// with that anchor, and only when the configuration allows it.
-pub fn rfc4533_possible(source: &SourceConfig) -> bool {
-    matches!(source.delta, DeltaMode::Auto | DeltaMode::Sync)
-        && source.anchor_attribute.eq_ignore_ascii_case("entryUUID")
-}
-
-/// `modifyTimestamp` deltas, when RFC 4533 is not used.
-pub fn timestamps_allowed(source: &SourceConfig) -> bool {
-    matches!(source.delta, DeltaMode::Auto | DeltaMode::Timestamp)
-}
-
-/// How far back a stored `modifyTimestamp` watermark reaches before the
-/// newest change read: a change made while a search ran may carry an older
-/// time than one the search returned. Re-reading a few minutes of changes
-/// costs little; missing one would last until the next full pull.
-pub const TIMESTAMP_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// `t` (generalized time) moved back by `by`, as `YYYYMMDDHHMMSSZ`.
-pub fn rewind(t: &str, by: std::time::Duration) -> Option<String> {
-    let digits = t.get(..14)?;
-    if !valid_timestamp(t) {
-        return None;
+    if let PullMode::Full { why } = mode {
+        read.next_cookie = ask.full(cx, st, source, why, report).await?;
     }
-    let fmt = time::macros::format_description!("[year][month][day][hour][minute][second]");
-    let at = time::PrimitiveDateTime::parse(digits, &fmt).ok()?;
-    let back = at.checked_sub(time::Duration::try_from(by).ok()?)?;
-    Some(format!("{}Z", back.format(&fmt).ok()?))
+    Ok(read)
 }
 
-/// The operational attribute timestamp deltas read.
-pub const MODIFY_TIMESTAMP: &str = "modifyTimestamp";
-
-/// A watermark as it may appear in a filter: generalized time, nothing else.
-pub fn valid_timestamp(t: &str) -> bool {
-    t.len() >= 15
-        && t.len() <= 32
-        && t.ends_with('Z')
-        && t[..t.len() - 1]
-            .chars()
-            .all(|c| c.is_ascii_digit() || c == '.')
-}
-
-/// Reads the given anchors with a filter and attributes (the run's, for
-/// changes that did not land last time). Returns the entries found.
-pub async fn reread(
-    conn: &mut Conn,
-    source: &SourceConfig,
-    filter: &str,
-    attrs: &[String],
-    anchors: &[String],
-) -> Result<Vec<ldap3::SearchEntry>, LdapError> {
-    let mut out = Vec::new();
-    for parts in anchor_filters(source, anchors) {
-        let mut search = conn
-            .paged_search(
-                &source.base_dn,
-                Scope::Subtree,
-                &format!("(&{filter}(|{parts}))"),
-                attrs.to_vec(),
-                source.page_size,
-            )
-            .await?;
-        while let Some(e) = search.next().await? {
-            out.push(e);
-        }
-        search.finish().await?;
-    }
-    Ok(out)
-}
-
-/// The filter for this run: `None` when no agreement is in force.
-pub fn filter(source: &SourceConfig, agreements: &Agreements) -> Option<String> {
-    let orgs = agreements.org_filter(&source.org_attribute)?;
-    Some(format!("(&{}{orgs})", source.filter))
-}
-
-/// The attributes to request: allowed by an agreement, plus the anchor, the
-/// organisation and the status attribute.
-pub fn attributes(source: &SourceConfig, agreements: &Agreements) -> Vec<String> {
-    let mut attrs: BTreeSet<String> = agreements.allowed_attributes();
-    for a in [
-        &source.anchor_attribute,
-        &source.org_attribute,
-        &source.status_attribute,
-    ] {
-        attrs.insert(a.to_lowercase());
-    }
-    attrs.into_iter().collect()
-}
-
-pub async fn start(
-    conn: &mut Conn,
-    source: &SourceConfig,
-    filter: &str,
-    attrs: Vec<String>,
-) -> Result<PagedSearch, LdapError> {
-    Ok(conn
-        .paged_search(
-            &source.base_dn,
-            Scope::Subtree,
-            filter,
-            attrs,
-            source.page_size,
-        )
-        .await?
-        .with_page_failpoints(source.page_size))
-}
-
-/// The anchors as filter terms, `(entryUUID=…)(entryUUID=…)`, fifty to a
-/// search (escaped: an anchor is data, never filter syntax).
-fn anchor_filters<'a>(
-    source: &'a SourceConfig,
-    anchors: &'a [String],
-) -> impl Iterator<Item = String> + 'a {
-    anchors.chunks(50).map(move |chunk| {
-        chunk
+impl SourceRead {
+    /// Managed objects the read did not see, each with the reason known so
+    /// far (`None`: the source must be asked). After a delta, only those it
+    /// listed; `report.gone` counts the held ones among them.
+    pub(crate) fn unseen(
+        &self,
+        cx: &RunCx<'_>,
+        planner: &Planner<'_>,
+        report: &mut PullReport,
+    ) -> Result<Vec<(ObjectRow, Option<String>)>, StateError> {
+        let agreements = &cx.inputs.agreements;
+        let Some(gone) = &self.gone else {
+            return planner.unseen(agreements);
+        };
+        let unseen = planner.unseen_listed(agreements, gone)?;
+        // A source may name entries absync never held (syncprov reports
+        // what left any filter below the base): count the held ones.
+        report.gone = unseen
             .iter()
-            .map(|a| {
-                format!(
-                    "({}={})",
-                    source.anchor_attribute,
-                    ldap3::ldap_escape(a.as_str())
-                )
-            })
-            .collect()
-    })
+            .filter(|(row, _)| gone.contains(&row.anchor))
+            .count() as u64;
+        Ok(unseen)
+    }
 }
 
-/// Asks the source about anchors that were not pulled, to tell why:
-/// returns, per anchor found, its organisation and whether it is a leaver.
-/// Anchors not returned were deleted from the source.
-pub async fn lookup(
-    conn: &mut Conn,
-    source: &SourceConfig,
-    anchors: &[String],
-) -> Result<Vec<(String, String, bool)>, LdapError> {
-    let attrs = [
-        source.anchor_attribute.clone(),
-        source.org_attribute.clone(),
-        source.status_attribute.clone(),
-    ];
-    let found = reread(conn, source, "(objectClass=*)", &attrs, anchors).await?;
-    Ok(found
-        .iter()
-        .map(|e| {
-            let get = |name: &str| first_value(e, name).unwrap_or_default();
-            let leaver = source
-                .leaver_values
-                .contains(&get(&source.status_attribute).to_lowercase());
-            (
-                get(&source.anchor_attribute),
-                get(&source.org_attribute).to_uppercase(),
-                leaver,
-            )
-        })
-        .collect())
+/// What a run asks of the source: the filter, the attributes, and the key
+/// of the scope they make (which a cookie belongs to).
+struct Ask<'r> {
+    filter: &'r str,
+    attrs: &'r [String],
+    key: &'r str,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Ask<'_> {
+    fn cookie(&self, kind: CookieKind, cookie: Vec<u8>) -> SourceCookie {
+        SourceCookie {
+            kind,
+            cookie,
+            scope_key: self.key.to_string(),
+        }
+    }
 
-    #[test]
-    fn watermarks_rewind_and_only_times_pass() {
-        assert_eq!(
-            rewind("20261125142830Z", TIMESTAMP_MARGIN).as_deref(),
-            Some("20261125142330Z")
-        );
-        assert_eq!(
-            rewind("20260101000100.123456Z", TIMESTAMP_MARGIN).as_deref(),
-            Some("20251231235600Z")
-        );
-        assert!(rewind("2026)(uid=*", TIMESTAMP_MARGIN).is_none());
-        assert!(!valid_timestamp("20261125142830Z)(objectClass=*"));
-        assert!(!valid_timestamp("*"));
+    /// The delta since `from`: what is gone and the next cookie, or why it
+    /// could not be read (then the caller pulls everything; what the delta
+    /// applied is in the snapshot and the planner starts afresh).
+    async fn delta<'a>(
+        &self,
+        cx: &RunCx<'a>,
+        st: &mut Stages<'_, 'a, '_>,
+        source: &mut Conn,
+        from: &SourceCookie,
+        report: &mut PullReport,
+    ) -> Result<Result<(Option<HashSet<String>>, SourceCookie), String>, RunError> {
+        let (filter, attrs) = (self.filter, self.attrs);
+        if from.kind == CookieKind::Timestamp {
+            let since = String::from_utf8_lossy(&from.cookie).into_owned();
+            tracing::info!(%filter, since, "pulling the changes since the last run (modifyTimestamp)");
+            let (next, gone) =
+                delta::timestamp_pull(st, source, cx.cfg, filter, attrs, &since, report).await?;
+            report.mode = "delta";
+            report.by_timestamp = true;
+            return Ok(Ok((
+                Some(gone),
+                self.cookie(CookieKind::Timestamp, next.into_bytes()),
+            )));
+        }
+        tracing::info!(%filter, attributes = attrs.len(), "pulling the changes since the last run");
+        let from = from.cookie.clone();
+        match delta::delta_pull(st, source, cx.cfg, filter, attrs, from.clone(), report).await {
+            Ok((done, deleted)) => {
+                report.mode = "delta";
+                report.gone = deleted.len() as u64;
+                report.present = st.planner.present_count();
+                let next = self.cookie(CookieKind::Rfc4533, done.cookie.unwrap_or(from));
+                // The present phase names every unchanged entry: what it
+                // does not name is gone, as after a full pull.
+                Ok(Ok((done.refresh_deletes.then_some(deleted), next)))
+            }
+            Err(DeltaError::Refused(e)) => {
+                let why = format!("the delta could not be read: {e}");
+                tracing::warn!("{why}; pulling everything instead");
+                if cx.live {
+                    let mut r = Record::new(cx.run_id, "pull", "full", &why);
+                    r.detail = Some(serde_json::json!({ "fallback": "full pull" }));
+                    cx.snapshot.journal(&[r])?;
+                }
+                // What the delta applied is in the snapshot: a fresh
+                // planner sees it as done.
+                st.applier.flush(cx.snapshot, st.counts).await?;
+                *st.planner = Planner::new(
+                    cx.snapshot,
+                    &cx.inputs.mapping,
+                    &cx.cfg.target.base_dn,
+                    None,
+                );
+                st.counts.reset_pull();
+                Ok(Err(why))
+            }
+            Err(DeltaError::Run(e)) => Err(e),
+        }
+    }
+
+    /// The full pull: a paged search of everything in scope. Returns where the
+    /// next delta starts: an RFC 4533 cookie taken before the read (so changes
+    /// made during it come again), else the newest `modifyTimestamp` read.
+    async fn full(
+        &self,
+        cx: &RunCx<'_>,
+        st: &mut Stages<'_, '_, '_>,
+        source: &mut Conn,
+        why: String,
+        report: &mut PullReport,
+    ) -> Result<Option<SourceCookie>, RunError> {
+        let (src, filter) = (&cx.cfg.source, self.filter);
+        let mut attrs = self.attrs.to_vec();
+        tracing::info!(%filter, attributes = attrs.len(), why, "pulling everything in scope");
+        report.mode = "full";
+        report.why = Some(why);
+        let mut next = None;
+        if query::rfc4533_possible(src) {
+            match source.current_cookie(&src.base_dn).await {
+                Ok(Some(c)) => next = Some(self.cookie(CookieKind::Rfc4533, c)),
+                Ok(None) => {
+                    tracing::info!("the source does not offer content synchronisation (RFC 4533)")
+                }
+                Err(e) => tracing::warn!(error = %e, "no RFC 4533 cookie for a delta next run"),
+            }
+        }
+        // Without a cookie, the newest modifyTimestamp read starts the next
+        // delta.
+        if next.is_none() && query::timestamps_allowed(src) {
+            st.watermark = Some(String::new());
+            attrs.push(query::MODIFY_TIMESTAMP.to_string());
+        }
+        let started = Instant::now();
+        let search = query::start(source, src, filter, attrs)
+            .await
+            .map_err(|e| RunError::incomplete(0, e))?;
+        report.source_time += started.elapsed();
+        st.take_all(search, report).await?;
+        let margin = query::TIMESTAMP_MARGIN + started.elapsed();
+        if let Some(w) = st.watermark.take().and_then(|w| query::rewind(&w, margin)) {
+            next = Some(self.cookie(CookieKind::Timestamp, w.into_bytes()));
+        }
+        Ok(next)
     }
 }

@@ -1,0 +1,30 @@
+//! The state database as the planner asks it ([`Known`]): the one place the
+//! diff's questions turn into SQLite reads.
+
+use crate::engine::diff::Known;
+use crate::state::{ObjectRow, Snapshot, StateError};
+
+impl Known for Snapshot {
+    fn get(&self, anchor: &str) -> Result<Option<ObjectRow>, StateError> {
+        Snapshot::get(self, anchor)
+    }
+    fn holder_of(&self, dn: &str) -> Result<Option<String>, StateError> {
+        Snapshot::holder_of(self, dn)
+    }
+    fn org_of(&self, anchor: &str) -> Result<Option<String>, StateError> {
+        Snapshot::org_of(self, anchor)
+    }
+    fn for_each_kept(
+        &self,
+        keep: &dyn Fn(&str) -> bool,
+        f: &mut dyn FnMut(ObjectRow) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        Snapshot::for_each_kept(self, keep, f)
+    }
+    fn for_each_hidden(
+        &self,
+        f: &mut dyn FnMut(ObjectRow) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        Snapshot::for_each_hidden(self, f)
+    }
+}
