@@ -79,105 +79,207 @@ fn backoff(failures: u32, cap: Duration) -> Duration {
 pub async fn serve(
     config_file: PathBuf,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    mut triggers: mpsc::Receiver<Trigger>,
+    triggers: mpsc::Receiver<Trigger>,
     sender: mpsc::Sender<Trigger>,
     notifier: Arc<dyn Notifier>,
 ) -> Result<(), DaemonError> {
-    let mut cfg = load(&config_file)?;
-    // The files as they were when the configuration in force was loaded:
-    // a reload journals them as "before".
-    let mut loaded = file_hashes(&cfg);
+    let cfg = load(&config_file)?;
     let _lock = StateLock::acquire(&cfg.state_dir)?;
-    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-
-    let control = crate::service::control::listen(&cfg.service.socket, sender.clone()).await?;
+    let control = control::listen(&cfg.service.socket, sender.clone()).await?;
     let metrics = match cfg.service.metrics_listen {
-        Some(addr) => Some(crate::service::metrics::serve(addr, cfg.state_dir.clone()).await?),
+        Some(addr) => Some(metrics::serve(addr, cfg.state_dir.clone()).await?),
         None => None,
     };
-    let status = Arc::new(Mutex::new(DaemonStatus {
-        pid: std::process::id(),
-        state: "idle".into(),
-        since: now_text(),
-        config_file: config_file.display().to_string(),
-        metrics: metrics.as_ref().map(|(_, a)| a.to_string()),
-        ..Default::default()
-    }));
-    let mut _watcher = crate::service::control::watch_files(&cfg, sender.clone());
-    notifier.ready();
-    tracing::info!(config = %config_file.display(), "absync daemon ready");
-
+    let status = StatusFile::new(
+        &cfg.state_dir,
+        DaemonStatus {
+            pid: std::process::id(),
+            state: "idle".into(),
+            since: now_text(),
+            config_file: config_file.display().to_string(),
+            metrics: metrics.as_ref().map(|(_, a)| a.to_string()),
+            ..Default::default()
+        },
+    );
     let watchdog_every = sd_notify::watchdog_enabled()
         .map(|d| d / 2)
         .unwrap_or(Duration::from_secs(3600));
-    let mut watchdog = tokio::time::interval(watchdog_every);
-    let mut failures = 0u32;
-    // The first run starts at once; the schedule counts from its end.
-    let mut next = Instant::now();
-    let mut queued: Vec<Trigger> = Vec::new();
+    let mut daemon = Daemon {
+        watcher: control::watch_files(&cfg, sender.clone()),
+        loaded: file_hashes(&cfg),
+        config_file,
+        cfg,
+        status,
+        notifier,
+        sender,
+        triggers,
+        stop,
+        watchdog: tokio::time::interval(watchdog_every),
+        failures: 0,
+        // The first run starts at once; the schedule counts from its end.
+        next: Instant::now(),
+        queued: Vec::new(),
+    };
+    daemon.notifier.ready();
+    tracing::info!(config = %daemon.config_file.display(), "absync daemon ready");
+    daemon.run_loop().await?;
 
-    loop {
-        let full_due = {
-            let snapshot = Snapshot::open(&cfg.state_dir)?;
-            full_due(
-                last_full(&snapshot),
-                time::OffsetDateTime::now_utc(),
-                cfg.service.full_every,
-            )
-        };
-        {
-            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+    daemon.notifier.stopping();
+    tracing::info!("absync daemon stopped");
+    control.abort();
+    if let Some((m, _)) = metrics {
+        m.abort();
+    }
+    let _ = std::fs::remove_file(&daemon.cfg.service.socket);
+    let _ = std::fs::remove_file(DaemonStatus::path(&daemon.cfg.state_dir));
+    Ok(())
+}
+
+/// `daemon.json`, kept up to date as the daemon's state changes.
+#[derive(Clone)]
+struct StatusFile {
+    status: Arc<Mutex<DaemonStatus>>,
+    dir: PathBuf,
+}
+
+impl StatusFile {
+    fn new(dir: &Path, status: DaemonStatus) -> StatusFile {
+        StatusFile {
+            status: Arc::new(Mutex::new(status)),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Changes the status and writes it.
+    fn update<T>(&self, f: impl FnOnce(&mut DaemonStatus) -> T) -> T {
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let out = f(&mut s);
+        s.write(&self.dir);
+        out
+    }
+}
+
+/// What woke the idle daemon.
+enum Wake {
+    Stop,
+    Watchdog,
+    /// A trigger, or `None`: the schedule says run.
+    Run(Option<Trigger>),
+}
+
+/// The daemon's loop and what it keeps between runs.
+struct Daemon {
+    config_file: PathBuf,
+    cfg: Config,
+    /// The files as they were when the configuration in force was loaded:
+    /// a reload journals them as "before".
+    loaded: FileHashes,
+    status: StatusFile,
+    notifier: Arc<dyn Notifier>,
+    sender: mpsc::Sender<Trigger>,
+    triggers: mpsc::Receiver<Trigger>,
+    stop: watch::Receiver<bool>,
+    /// Dropped (and so stopped) when replaced.
+    watcher: Option<notify::RecommendedWatcher>,
+    watchdog: tokio::time::Interval,
+    failures: u32,
+    next: Instant,
+    /// Triggers that arrived during a run, oldest last.
+    queued: Vec<Trigger>,
+}
+
+impl Daemon {
+    async fn run_loop(&mut self) -> Result<(), DaemonError> {
+        loop {
+            let full_due = {
+                let snapshot = Snapshot::open(&self.cfg.state_dir)?;
+                full_due(
+                    last_full(&snapshot),
+                    time::OffsetDateTime::now_utc(),
+                    self.cfg.service.full_every,
+                )
+            };
+            self.show_idle(full_due);
+            let (full, by, reply) = match self.wait().await {
+                Wake::Stop => break,
+                Wake::Watchdog => continue,
+                Wake::Run(Some(Trigger::Reload { why })) => {
+                    self.reload(&why);
+                    continue;
+                }
+                Wake::Run(Some(Trigger::Resync { full, by, reply })) => {
+                    (full || full_due, Some(by), reply)
+                }
+                Wake::Run(None) => (full_due, None, None),
+            };
+            let (report, stopping) = self.run_once(full, by).await;
+            self.after(&report);
+            if let Some(reply) = reply {
+                let _ = reply.send(report);
+            }
+            if stopping {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn show_idle(&self, full_due: bool) {
+        let next = in_text(self.next.saturating_duration_since(Instant::now()));
+        self.status.update(|s| {
             s.state = "idle".into();
             s.progress = 0;
-            s.next_run = Some(in_text(next.saturating_duration_since(Instant::now())));
+            s.next_run = Some(next.clone());
             s.next_run_full = full_due;
-            s.write(&cfg.state_dir);
-            notifier.status(&format!(
-                "idle; next run {}",
-                s.next_run.clone().unwrap_or_default()
-            ));
-        }
-        let trigger = if let Some(t) = queued.pop() {
-            Some(t)
-        } else {
-            tokio::select! {
-                _ = stop_rx.changed() => break,
-                _ = watchdog.tick() => { notifier.watchdog(); continue; }
-                _ = tokio::time::sleep_until(next) => None,
-                t = triggers.recv() => match t {
-                    Some(t) => Some(t),
-                    None => break,
-                },
-            }
-        };
-        let (full, by, reply) = match trigger {
-            Some(Trigger::Reload { why }) => {
-                let watched = crate::service::control::watched_files(&cfg);
-                reload(
-                    &config_file,
-                    &mut cfg,
-                    &mut loaded,
-                    &status,
-                    notifier.as_ref(),
-                    &why,
-                );
-                // The mapping, agreements or a CA file moved: watch the
-                // new paths (the old watcher stops when dropped).
-                if crate::service::control::watched_files(&cfg) != watched {
-                    _watcher = crate::service::control::watch_files(&cfg, sender.clone());
-                }
-                continue;
-            }
-            Some(Trigger::Resync { full, by, reply }) => (full || full_due, Some(by), reply),
-            None => (full_due, None, None),
-        };
+        });
+        self.notifier.status(&format!("idle; next run {next}"));
+    }
 
-        // A run, in its own task, so the loop keeps the watchdog fed,
-        // queues what arrives meanwhile, and can stop it on shutdown.
+    /// Waits for the schedule, a trigger, the watchdog or the stop.
+    async fn wait(&mut self) -> Wake {
+        if let Some(t) = self.queued.pop() {
+            return Wake::Run(Some(t));
+        }
+        tokio::select! {
+            _ = self.stop.changed() => Wake::Stop,
+            _ = self.watchdog.tick() => {
+                self.notifier.watchdog();
+                Wake::Watchdog
+            }
+            _ = tokio::time::sleep_until(self.next) => Wake::Run(None),
+            t = self.triggers.recv() => match t {
+                Some(t) => Wake::Run(Some(t)),
+                None => Wake::Stop,
+            },
+        }
+    }
+
+    /// Reloads the configuration; if the mapping, agreements or a CA file
+    /// moved, watches the new paths (the old watcher stops when dropped).
+    fn reload(&mut self, why: &str) {
+        let watched = control::watched_files(&self.cfg);
+        reload(
+            &self.config_file,
+            &mut self.cfg,
+            &mut self.loaded,
+            &self.status,
+            self.notifier.as_ref(),
+            why,
+        );
+        if control::watched_files(&self.cfg) != watched {
+            self.watcher = control::watch_files(&self.cfg, self.sender.clone());
+        }
+    }
+
+    /// One run, in its own task, so the loop keeps the watchdog fed, queues
+    /// what arrives meanwhile, and can stop it on shutdown. Returns its
+    /// report, and whether the daemon is stopping.
+    async fn run_once(&mut self, full: bool, by: Option<String>) -> (Report, bool) {
         let cancel = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(AtomicU64::new(0));
         let opts = Options {
@@ -188,51 +290,33 @@ pub async fn serve(
             requested_by: by,
             ..Default::default()
         };
-        {
-            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+        self.status.update(|s| {
             s.state = "running".into();
             s.since = now_text();
-            s.write(&cfg.state_dir);
-        }
-        notifier.status(if full {
+        });
+        self.notifier.status(if full {
             "running a full sync"
         } else {
             "running a sync"
         });
-        // The run's state database connection stays on one thread: the run
-        // gets a thread and a small runtime of its own.
-        let run_cfg = cfg.clone();
-        let mut run = tokio::task::spawn_blocking(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(RunError::Output)?;
-            rt.block_on(engine::run(
-                &run_cfg,
-                Mode::Apply,
-                opts,
-                &mut std::io::sink(),
-            ))
-        });
+        let mut run = spawn_run(self.cfg.clone(), opts);
         let mut stopping = false;
         let result = loop {
             tokio::select! {
                 r = &mut run => break r,
-                _ = stop_rx.changed(), if !stopping => {
+                _ = self.stop.changed(), if !stopping => {
                     // Finish the entry in flight, then stop: the run ends
                     // with everything it applied recorded.
                     tracing::info!("stopping: the run in flight ends after its current entry");
-                    notifier.stopping();
+                    self.notifier.stopping();
                     cancel.store(true, Ordering::Relaxed);
                     stopping = true;
                 }
-                _ = watchdog.tick() => {
-                    notifier.watchdog();
-                    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-                    s.progress = progress.load(Ordering::Relaxed);
-                    s.write(&cfg.state_dir);
+                _ = self.watchdog.tick() => {
+                    self.notifier.watchdog();
+                    self.status.update(|s| s.progress = progress.load(Ordering::Relaxed));
                 }
-                t = triggers.recv() => if let Some(t) = t { queued.insert(0, t) },
+                t = self.triggers.recv() => if let Some(t) = t { self.queued.insert(0, t) },
             }
         };
         let report = match result {
@@ -248,26 +332,28 @@ pub async fn serve(
             },
         };
         tracing::info!(code = report.code, "{}", report.summary);
-        {
-            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-            if report.code == 2 {
-                failures += 1;
-            } else {
-                failures = 0;
+        (report, stopping)
+    }
+
+    /// Records how the run went and schedules the next: on the schedule,
+    /// or with backoff after runs that could not run.
+    fn after(&mut self, report: &Report) {
+        if report.code == engine::EXIT_COULD_NOT_RUN {
+            self.failures += 1;
+        } else {
+            self.failures = 0;
+        }
+        let failures = self.failures;
+        self.status.update(|s| {
+            if failures == 0 {
                 s.last_success = Some(now_text());
             }
             s.consecutive_failures = failures;
             s.last_run = report.run_id.or(s.last_run);
             s.last_status = Some(report.summary.lines().next().unwrap_or("").to_string());
-        }
-        if let Some(reply) = reply {
-            let _ = reply.send(report);
-        }
-        if stopping {
-            break;
-        }
+        });
         let wait = if failures > 0 {
-            let d = backoff(failures, cfg.service.schedule.next_after_now());
+            let d = backoff(failures, self.cfg.service.schedule.next_after_now());
             tracing::warn!(
                 failures,
                 retry_in_secs = d.as_secs(),
@@ -275,20 +361,22 @@ pub async fn serve(
             );
             d
         } else {
-            cfg.service.schedule.next_after_now()
+            self.cfg.service.schedule.next_after_now()
         };
-        next = Instant::now() + wait;
+        self.next = Instant::now() + wait;
     }
+}
 
-    notifier.stopping();
-    tracing::info!("absync daemon stopped");
-    control.abort();
-    if let Some((m, _)) = metrics {
-        m.abort();
-    }
-    let _ = std::fs::remove_file(&cfg.service.socket);
-    let _ = std::fs::remove_file(DaemonStatus::path(&cfg.state_dir));
-    Ok(())
+/// The run's state database connection stays on one thread: the run gets a
+/// thread and a small runtime of its own.
+fn spawn_run(cfg: Config, opts: Options) -> tokio::task::JoinHandle<Result<Outcome, RunError>> {
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RunError::Output)?;
+        rt.block_on(engine::run(&cfg, Mode::Apply, opts, &mut std::io::sink()))
+    })
 }
 
 /// The report of a finished run, worded as `absync sync` prints it.
@@ -340,7 +428,7 @@ fn reload(
     path: &Path,
     cfg: &mut Config,
     loaded: &mut FileHashes,
-    status: &Mutex<DaemonStatus>,
+    status: &StatusFile,
     notifier: &dyn Notifier,
     why: &str,
 ) {
@@ -374,11 +462,7 @@ fn reload(
     if record.error.is_none() {
         *loaded = after;
     }
-    {
-        let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-        s.config_error = record.error.clone();
-        s.write(&cfg.state_dir);
-    }
+    status.update(|s| s.config_error = record.error.clone());
     match &record.error {
         Some(e) => tracing::error!("configuration not reloaded, keeping the old one: {e}"),
         None => tracing::info!(why, "configuration reloaded"),

@@ -129,39 +129,12 @@ fn end_differs(run: &Run, at: &str, hash: &str, r: &Record) -> Vec<&'static str>
 /// prune record does not vouch for, or a runs row that is missing, added or
 /// differs from its run's start and end records.
 pub fn verify(s: &Snapshot) -> Result<Verdict, StateError> {
-    let pruned_hash = meta(s, "pruned_hash")?;
-    let pruned_id = match meta(s, "pruned_id")? {
-        None => None,
-        Some(v) => match v.parse::<i64>() {
-            Ok(id) if pruned_hash.is_some() => Some(id),
-            _ => {
-                return Ok(Verdict::Broken {
-                    record: 1,
-                    why: "journal_meta's record of pruning is malformed (edited)".into(),
-                })
-            }
-        },
+    let (pruned_id, pruned_hash) = match pruned_start(s)? {
+        Ok(start) => start,
+        Err(broken) => return Ok(broken),
     };
-    if pruned_id.is_none() && pruned_hash.is_some() {
-        return Ok(Verdict::Broken {
-            record: 1,
-            why: "journal_meta's record of pruning is malformed (edited)".into(),
-        });
-    }
-    let mut expected_prev = pruned_hash.clone().unwrap_or_else(|| GENESIS.to_string());
-    let mut expected_id: i64 = pruned_id.unwrap_or(0) + 1;
-    // A pruned start is only as good as the chained prune record that
-    // names it: anyone can write journal_meta.
-    let mut prune_vouched = pruned_id.is_none();
     let runs: HashMap<i64, Run> = s.runs(u32::MAX)?.into_iter().map(|r| (r.id, r)).collect();
-    let last_head = runs
-        .values()
-        .max_by_key(|r| r.id)
-        .and_then(|r| r.head_hash.clone());
-    let mut head_seen = last_head.is_none();
-    // Per run: the ids of its start and end records, where kept.
-    let mut started: HashMap<i64, i64> = HashMap::new();
-    let mut ended: HashMap<i64, i64> = HashMap::new();
+    let mut walk = Walk::new(pruned_id, pruned_hash, &runs);
     let mut stmt = s
         .conn
         .prepare(&format!("SELECT {COLUMNS} FROM journal ORDER BY id"))
@@ -169,25 +142,101 @@ pub fn verify(s: &Snapshot) -> Result<Verdict, StateError> {
     let rows = stmt
         .query_map([], stored_from_row)
         .map_err(|e| s.db_err(e))?;
-    let mut n = 0u64;
     for row in rows {
-        let row = row.map_err(|e| s.db_err(e))?;
+        if let Some(broken) = walk.record(row.map_err(|e| s.db_err(e))?) {
+            return Ok(broken);
+        }
+    }
+    if let Some(broken) = walk.ends() {
+        return Ok(broken);
+    }
+    Ok(walk.runs_rows())
+}
+
+/// Where the kept journal starts, per `journal_meta` (id and hash of the
+/// last pruned record), or why that record is malformed.
+type PrunedStart = (Option<i64>, Option<String>);
+
+fn pruned_start(s: &Snapshot) -> Result<Result<PrunedStart, Verdict>, StateError> {
+    let malformed = || {
+        Err(Verdict::Broken {
+            record: 1,
+            why: "journal_meta's record of pruning is malformed (edited)".into(),
+        })
+    };
+    let pruned_hash = meta(s, "pruned_hash")?;
+    Ok(match (meta(s, "pruned_id")?, pruned_hash) {
+        (None, None) => Ok((None, None)),
+        (Some(id), Some(hash)) => match id.parse::<i64>() {
+            Ok(id) => Ok((Some(id), Some(hash))),
+            Err(_) => malformed(),
+        },
+        _ => malformed(),
+    })
+}
+
+/// The walk along the chain, record by record.
+struct Walk<'r> {
+    pruned_id: Option<i64>,
+    pruned_hash: Option<String>,
+    runs: &'r HashMap<i64, Run>,
+    expected_prev: String,
+    expected_id: i64,
+    /// A pruned start is only as good as the chained prune record that
+    /// names it: anyone can write journal_meta.
+    prune_vouched: bool,
+    last_head: Option<String>,
+    head_seen: bool,
+    /// Per run: the ids of its start and end records, where kept.
+    started: HashMap<i64, i64>,
+    ended: HashMap<i64, i64>,
+    records: u64,
+}
+
+impl<'r> Walk<'r> {
+    fn new(
+        pruned_id: Option<i64>,
+        pruned_hash: Option<String>,
+        runs: &'r HashMap<i64, Run>,
+    ) -> Self {
+        let last_head = runs
+            .values()
+            .max_by_key(|r| r.id)
+            .and_then(|r| r.head_hash.clone());
+        Walk {
+            expected_prev: pruned_hash.clone().unwrap_or_else(|| GENESIS.to_string()),
+            expected_id: pruned_id.unwrap_or(0) + 1,
+            prune_vouched: pruned_id.is_none(),
+            head_seen: last_head.is_none(),
+            last_head,
+            pruned_id,
+            pruned_hash,
+            runs,
+            started: HashMap::new(),
+            ended: HashMap::new(),
+            records: 0,
+        }
+    }
+
+    /// Checks one record: its place in the chain, its hash, and the runs
+    /// row its start or end record vouches for.
+    fn record(&mut self, row: Stored) -> Option<Verdict> {
         let broken = |why: String| {
-            Ok(Verdict::Broken {
+            Some(Verdict::Broken {
                 record: row.id,
                 why,
             })
         };
-        if row.id != expected_id {
-            return Ok(Verdict::Broken {
-                record: expected_id,
+        if row.id != self.expected_id {
+            return Some(Verdict::Broken {
+                record: self.expected_id,
                 why: format!(
-                    "record {expected_id} is missing; the next is {} (deleted or reordered)",
-                    row.id
+                    "record {} is missing; the next is {} (deleted or reordered)",
+                    self.expected_id, row.id
                 ),
             });
         }
-        if row.prev_hash != expected_prev {
+        if row.prev_hash != self.expected_prev {
             return broken(
                 "its link to the previous record does not match (a record before it was \
                  deleted, inserted or reordered)"
@@ -200,94 +249,114 @@ pub fn verify(s: &Snapshot) -> Result<Verdict, StateError> {
         }
         let r = &row.record;
         if r.op == "prune" {
-            if let (Some(d), Some(id), Some(hash)) = (&r.detail, pruned_id, &pruned_hash) {
+            if let (Some(d), Some(id), Some(hash)) = (&r.detail, self.pruned_id, &self.pruned_hash)
+            {
                 if d["pruned_through_id"] == id && d["pruned_last_hash"] == hash.as_str() {
-                    prune_vouched = true;
+                    self.prune_vouched = true;
                 }
             }
         }
         if r.op == "run" && (r.outcome == "started" || r.outcome == "ended") {
-            let Some(run) = runs.get(&r.run_id) else {
-                return broken(format!(
-                    "run {} is journaled but has no row in the runs table (deleted)",
-                    r.run_id
-                ));
-            };
-            let (which, differs) = if r.outcome == "started" {
-                started.insert(r.run_id, row.id);
-                ("start", start_differs(run, &row.at, r))
-            } else {
-                ended.insert(r.run_id, row.id);
-                ("end", end_differs(run, &row.at, &row.hash, r))
-            };
-            if !differs.is_empty() {
-                return broken(format!(
-                    "run {} in the runs table differs from its journaled {which} ({} edited)",
-                    r.run_id,
-                    differs.join(", ")
-                ));
+            if let Some(why) = self.run_record(&row) {
+                return broken(why);
             }
         }
-        if Some(&row.hash) == last_head.as_ref() {
-            head_seen = true;
+        if Some(&row.hash) == self.last_head.as_ref() {
+            self.head_seen = true;
         }
-        expected_prev = row.hash;
-        expected_id += 1;
-        n += 1;
+        self.expected_prev = row.hash;
+        self.expected_id += 1;
+        self.records += 1;
+        None
     }
-    if !prune_vouched {
-        return Ok(Verdict::Broken {
-            record: expected_id.min(pruned_id.unwrap_or(0) + 1),
-            why: format!(
-                "the journal starts after record {}, but no prune record in the chain says so \
-                 (older records deleted)",
-                pruned_id.unwrap_or(0)
-            ),
-        });
+
+    /// A run's start or end record against its runs row.
+    fn run_record(&mut self, row: &Stored) -> Option<String> {
+        let r = &row.record;
+        let Some(run) = self.runs.get(&r.run_id) else {
+            return Some(format!(
+                "run {} is journaled but has no row in the runs table (deleted)",
+                r.run_id
+            ));
+        };
+        let (which, differs) = if r.outcome == "started" {
+            self.started.insert(r.run_id, row.id);
+            ("start", start_differs(run, &row.at, r))
+        } else {
+            self.ended.insert(r.run_id, row.id);
+            ("end", end_differs(run, &row.at, &row.hash, r))
+        };
+        (!differs.is_empty()).then(|| {
+            format!(
+                "run {} in the runs table differs from its journaled {which} ({} edited)",
+                r.run_id,
+                differs.join(", ")
+            )
+        })
     }
-    if !head_seen {
-        return Ok(Verdict::Broken {
-            record: expected_id,
-            why: "the last run's head hash is not in the journal (records at its end were \
-                  deleted)"
-                .into(),
-        });
-    }
-    // Every runs row needs its run's records; only rows older than the
-    // first run record kept (written before the chain existed) cannot have
-    // them.
-    let first_journaled = started.keys().chain(ended.keys()).min().copied();
-    let mut unchecked_runs = 0;
-    let mut ids: Vec<&i64> = runs.keys().collect();
-    ids.sort();
-    for id in ids {
-        let run = &runs[id];
-        if !started.contains_key(id) && !ended.contains_key(id) {
-            if first_journaled.is_some_and(|first| *id > first) {
-                return Ok(Verdict::Broken {
-                    record: expected_id,
-                    why: format!("run {id} in the runs table has no journaled start (inserted)"),
-                });
-            }
-            unchecked_runs += 1;
-        } else if !ended.contains_key(id)
-            && (run.status != "running"
-                || run.ended_at.is_some()
-                || run.counts.is_some()
-                || run.head_hash.is_some())
-        {
-            return Ok(Verdict::Broken {
-                record: started[id],
+
+    /// After the last record: the pruned start vouched for, the last run's
+    /// head reached.
+    fn ends(&self) -> Option<Verdict> {
+        if !self.prune_vouched {
+            let pruned = self.pruned_id.unwrap_or(0);
+            return Some(Verdict::Broken {
+                record: self.expected_id.min(pruned + 1),
                 why: format!(
-                    "run {id} in the runs table has an end its journal does not record (edited)"
+                    "the journal starts after record {pruned}, but no prune record in the \
+                     chain says so (older records deleted)"
                 ),
             });
         }
+        (!self.head_seen).then(|| Verdict::Broken {
+            record: self.expected_id,
+            why: "the last run's head hash is not in the journal (records at its end were \
+                  deleted)"
+                .into(),
+        })
     }
-    Ok(Verdict::Intact {
-        records: n,
-        unchecked_runs,
-    })
+
+    /// Every runs row needs its run's records; only rows older than the
+    /// first run record kept (written before the chain existed) cannot have
+    /// them.
+    fn runs_rows(&self) -> Verdict {
+        let first_journaled = self.started.keys().chain(self.ended.keys()).min().copied();
+        let mut unchecked_runs = 0;
+        let mut ids: Vec<&i64> = self.runs.keys().collect();
+        ids.sort();
+        for id in ids {
+            let run = &self.runs[id];
+            let (started, ended) = (self.started.get(id), self.ended.contains_key(id));
+            if started.is_none() && !ended {
+                if first_journaled.is_some_and(|first| *id > first) {
+                    return Verdict::Broken {
+                        record: self.expected_id,
+                        why: format!(
+                            "run {id} in the runs table has no journaled start (inserted)"
+                        ),
+                    };
+                }
+                unchecked_runs += 1;
+            } else if !ended
+                && (run.status != "running"
+                    || run.ended_at.is_some()
+                    || run.counts.is_some()
+                    || run.head_hash.is_some())
+            {
+                return Verdict::Broken {
+                    record: started.copied().unwrap_or(self.expected_id),
+                    why: format!(
+                        "run {id} in the runs table has an end its journal does not record \
+                         (edited)"
+                    ),
+                };
+            }
+        }
+        Verdict::Intact {
+            records: self.records,
+            unchecked_runs,
+        }
+    }
 }
 
 /// A day (`YYYY-MM-DD`, meaning its end for "at", its start for "since")
