@@ -461,7 +461,7 @@ async fn reconcile(
     let mut live = applier.scan_owned().await?;
     let mut drift: Vec<(String, Option<ObjectRow>, Record)> = Vec::new();
     let record = |anchor: &str, reason: &str, dn: &str| {
-        let mut r = Record::new(applier.run_id, "drift", "detected", reason);
+        let mut r = Record::new(applier.run_id(), "drift", "detected", reason);
         r.anchor = Some(anchor.to_string());
         r.dn = Some(dn.to_string());
         r
@@ -505,7 +505,7 @@ async fn reconcile(
         counts.drift += 1;
         tracing::warn!(anchor, what = %r.reason, "drift between snapshot and target");
         if live_run {
-            snapshot.commit(&anchor, row.as_ref(), applier.run_id, &[r])?;
+            snapshot.commit(&anchor, row.as_ref(), applier.run_id(), &[r])?;
         }
         planner.overlay(&anchor, row);
     }
@@ -818,13 +818,13 @@ async fn run_inner(
     files: &FileHashes,
 ) -> Result<Option<String>, RunError> {
     let target_conn = Conn::connect(&cfg.target.endpoint).await?;
-    let mut applier = Applier {
-        conn: target_conn,
-        target: &cfg.target,
-        safety: &cfg.safety,
-        mapping: &inputs.mapping,
-        run_id: run_id.unwrap_or(0),
-        plan: match mode {
+    let mut applier = Applier::new(
+        target_conn,
+        &cfg.target,
+        &cfg.safety,
+        &inputs.mapping,
+        run_id.unwrap_or(0),
+        match mode {
             Mode::Plan(format) => Some(PlanOut {
                 format,
                 only_deletes: opts.only_deletes,
@@ -832,9 +832,7 @@ async fn run_inner(
             }),
             Mode::Apply => None,
         },
-        retry: Vec::new(),
-        pending: Vec::new(),
-    };
+    );
     // The containers absync writes in must exist before anything is read
     // or planned against them.
     let mut containers = vec![("target OU", cfg.target.base_dn.clone())];
@@ -845,7 +843,7 @@ async fn run_inner(
             .map(|q| ("quarantine OU", q)),
     );
     for (what, dn) in containers {
-        if applier.conn.read(&dn, &["1.1"]).await?.is_none() {
+        if !applier.exists(&dn).await? {
             return Err(RunError::MissingContainer {
                 what,
                 dn,
@@ -939,7 +937,7 @@ async fn run_inner(
                         let why = format!("the delta could not be read: {e}");
                         tracing::warn!("{why}; pulling everything instead");
                         if live_run {
-                            let mut r = Record::new(stages.applier.run_id, "pull", "full", &why);
+                            let mut r = Record::new(stages.applier.run_id(), "pull", "full", &why);
                             r.detail = Some(serde_json::json!({ "fallback": "full pull" }));
                             snapshot.journal(&[r])?;
                         }
@@ -1171,7 +1169,7 @@ async fn run_inner(
     let mut notes = Vec::new();
     if let Some(limit) = opts.allow_deletes {
         let mut r = Record::new(
-            applier.run_id,
+            applier.run_id(),
             "override",
             "applied",
             &format!("--allow-deletes {limit} by {user}"),
@@ -1209,7 +1207,7 @@ async fn run_inner(
         } else {
             "guard"
         };
-        let mut r = Record::new(applier.run_id, op, "withheld", status);
+        let mut r = Record::new(applier.run_id(), op, "withheld", status);
         r.error = Some(message);
         notes.push(r);
         stopped = Some(status.to_string());
@@ -1239,9 +1237,9 @@ async fn run_inner(
             None => next_cookie.as_ref(),
             Some(_) => None,
         };
-        snapshot.finish_pull(cookie, &applier.retry, applier.run_id)?;
+        snapshot.finish_pull(cookie, applier.retry(), applier.run_id())?;
     }
     source.unbind().await;
-    applier.conn.unbind().await;
+    applier.unbind().await;
     Ok(stopped)
 }

@@ -51,21 +51,21 @@ pub struct PlanOut<'o> {
 }
 
 pub struct Applier<'a, 'o> {
-    pub conn: Conn,
-    pub target: &'a TargetConfig,
-    pub safety: &'a SafetyConfig,
-    pub mapping: &'a Mapping,
-    pub run_id: i64,
+    conn: Conn,
+    target: &'a TargetConfig,
+    safety: &'a SafetyConfig,
+    mapping: &'a Mapping,
+    run_id: i64,
     /// Set for a dry run: every read happens as in a real run, every write
     /// is rendered here instead of sent.
-    pub plan: Option<PlanOut<'o>>,
+    plan: Option<PlanOut<'o>>,
     /// Anchors whose change did not land this run (refused, conflict,
     /// rejected), with why: a delta pull reads them again next run.
-    pub retry: Vec<(String, String)>,
+    retry: Vec<(String, String)>,
     /// Adds planned but not yet sent: they go to the target together
     /// (pipelined on one connection) when [`ADD_WINDOW`] are waiting, when
     /// another kind of change comes, and at [`Applier::flush`].
-    pub pending: Vec<(ObjectRow, String)>,
+    pending: Vec<(ObjectRow, String)>,
 }
 
 /// How many adds are sent to the target at once. Samba answers a pipelined
@@ -84,7 +84,52 @@ fn set(values: &[String]) -> HashSet<String> {
     values.iter().cloned().collect()
 }
 
+impl<'a, 'o> Applier<'a, 'o> {
+    /// An applier writing to the target over `conn` for run `run_id`, or,
+    /// with `plan`, rendering there what it would write.
+    pub fn new(
+        conn: Conn,
+        target: &'a TargetConfig,
+        safety: &'a SafetyConfig,
+        mapping: &'a Mapping,
+        run_id: i64,
+        plan: Option<PlanOut<'o>>,
+    ) -> Self {
+        Applier {
+            conn,
+            target,
+            safety,
+            mapping,
+            run_id,
+            plan,
+            retry: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+}
+
 impl Applier<'_, '_> {
+    /// The run the applier's records belong to.
+    pub fn run_id(&self) -> i64 {
+        self.run_id
+    }
+
+    /// Anchors whose change did not land this run, with why.
+    pub fn retry(&self) -> &[(String, String)] {
+        &self.retry
+    }
+
+    /// Ends the session with the target.
+    pub async fn unbind(self) {
+        self.conn.unbind().await;
+    }
+
+    /// Whether the target holds an entry at `dn` (the containers absync
+    /// writes in must exist before a run reads or plans anything).
+    pub async fn exists(&mut self, dn: &str) -> Result<bool, LdapError> {
+        Ok(self.conn.read(dn, &["1.1"]).await?.is_some())
+    }
+
     fn anchor_value(&self, anchor: &str) -> String {
         format!("{}{anchor}", self.target.anchor_prefix)
     }
@@ -441,7 +486,7 @@ impl Applier<'_, '_> {
         Ok(())
     }
 
-    /// Sends the adds waiting in [`Self::pending`].
+    /// Sends the adds waiting for the add window (`pending`).
     pub async fn flush(
         &mut self,
         snapshot: &Snapshot,
