@@ -140,6 +140,26 @@ impl Applier<'_, '_> {
         r
     }
 
+    /// What is about to be written to `anchor`, committed before the write
+    /// so that [`Self::recover`] can settle it after a crash.
+    fn intent(
+        &self,
+        anchor: &str,
+        op: &str,
+        before: Option<&ObjectRow>,
+        after: Option<&ObjectRow>,
+        reason: &str,
+    ) -> Intent {
+        Intent {
+            anchor: anchor.to_string(),
+            run_id: self.run_id,
+            op: op.into(),
+            before: before.cloned(),
+            after: after.cloned(),
+            reason: reason.into(),
+        }
+    }
+
     /// Objects in the OU without absync's anchor: their names and mail
     /// addresses are off limits.
     pub async fn scan_unowned(&mut self) -> Result<Unowned, LdapError> {
@@ -182,13 +202,7 @@ impl Applier<'_, '_> {
         anchor: &str,
         hint: Option<&str>,
     ) -> Result<Option<(String, Attrs)>, LdapError> {
-        let mut attrs: Vec<String> = self
-            .mapping
-            .rules
-            .iter()
-            .map(|r| r.target.clone())
-            .collect();
-        attrs.push(self.target.anchor_attribute.clone());
+        let attrs = self.managed_names();
         let want = self.anchor_value(anchor);
         if let Some(dn) = hint {
             let names: Vec<&str> = attrs.iter().map(String::as_str).collect();
@@ -236,13 +250,7 @@ impl Applier<'_, '_> {
             self.target.anchor_attribute,
             ldap3::ldap_escape(self.target.anchor_prefix.as_str())
         );
-        let mut attrs: Vec<String> = self
-            .mapping
-            .rules
-            .iter()
-            .map(|r| r.target.clone())
-            .collect();
-        attrs.push(self.target.anchor_attribute.clone());
+        let attrs = self.managed_names();
         let mut out = BTreeMap::new();
         for base in self.containers() {
             let mut search = self
@@ -267,6 +275,20 @@ impl Applier<'_, '_> {
         Ok(out)
     }
 
+    /// The attributes to read of an owned object: the managed ones (the
+    /// mapping's targets) and the anchor attribute.
+    fn managed_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .mapping
+            .rules
+            .iter()
+            .map(|r| r.target.clone())
+            .collect();
+        names.push(self.target.anchor_attribute.clone());
+        names
+    }
+
+    /// The managed attributes of `e` that hold a value.
     fn managed_attrs(&self, e: &ldap3::SearchEntry) -> Attrs {
         self.mapping
             .rules
@@ -521,14 +543,7 @@ impl Applier<'_, '_> {
     ) -> Result<(), ApplyError> {
         let intents: Vec<Intent> = adds
             .iter()
-            .map(|(after, reason)| Intent {
-                anchor: after.anchor.clone(),
-                run_id: self.run_id,
-                op: "add".into(),
-                before: None,
-                after: Some(after.clone()),
-                reason: reason.clone(),
-            })
+            .map(|(after, reason)| self.intent(&after.anchor, "add", None, Some(after), reason))
             .collect();
         snapshot.record_intents(&intents)?;
         let requests = adds
@@ -667,14 +682,8 @@ impl Applier<'_, '_> {
             attrs: current_attrs,
             ..before
         };
-        snapshot.record_intent(&Intent {
-            anchor: anchor.clone(),
-            run_id: self.run_id,
-            op: "update".into(),
-            before: Some(before.clone()),
-            after: Some(after.clone()),
-            reason: reason.into(),
-        })?;
+        let intent = self.intent(&anchor, "update", Some(&before), Some(&after), reason);
+        snapshot.record_intent(&intent)?;
         let mut records = Vec::new();
         let mut now = before.clone();
         if !same_dn(&before.dn, &after.dn) {
@@ -811,14 +820,13 @@ impl Applier<'_, '_> {
             attrs,
             ..before
         };
-        snapshot.record_intent(&Intent {
-            anchor: anchor.clone(),
-            run_id: self.run_id,
-            op: "hide".into(),
-            before: Some(before.clone()),
-            after: Some(after.clone()),
-            reason: reason.into(),
-        })?;
+        snapshot.record_intent(&self.intent(
+            &anchor,
+            "hide",
+            Some(&before),
+            Some(&after),
+            reason,
+        ))?;
         let refused = |op| Refused {
             anchor: &anchor,
             op,
@@ -876,18 +884,12 @@ impl Applier<'_, '_> {
         let Some((dn, attrs)) = self.locate(&anchor, Some(&before.dn)).await? else {
             return self.forget_absent(snapshot, &before, "delete", reason);
         };
-        snapshot.record_intent(&Intent {
-            anchor: anchor.clone(),
-            run_id: self.run_id,
-            op: "delete".into(),
-            before: Some(ObjectRow {
-                dn: dn.clone(),
-                attrs: attrs.clone(),
-                ..before.clone()
-            }),
-            after: None,
-            reason: reason.into(),
-        })?;
+        let current = ObjectRow {
+            dn: dn.clone(),
+            attrs: attrs.clone(),
+            ..before.clone()
+        };
+        snapshot.record_intent(&self.intent(&anchor, "delete", Some(&current), None, reason))?;
         match self.conn.delete(&dn).await {
             Ok(()) => {
                 let mut r = self.record(&anchor, "delete", "applied", reason);
