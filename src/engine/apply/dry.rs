@@ -26,70 +26,8 @@ impl Applier<'_, '_> {
             reason,
             kind,
         } = change;
-        let kind = match kind {
-            Kind::Add { after } => {
-                let names = [self.target.anchor_attribute.as_str()];
-                match self.conn.read(&after.dn, &names).await? {
-                    None => Kind::Add { after },
-                    Some(e) => match self.locate(&anchor, Some(&e.dn)).await? {
-                        Some((dn, attrs)) if same_dn(&dn, &after.dn) => Kind::Update {
-                            before: ObjectRow {
-                                dn,
-                                attrs,
-                                ..after.clone()
-                            },
-                            after,
-                        },
-                        _ => {
-                            counts.conflicts += 1;
-                            Kind::Conflict {
-                                with: e.dn,
-                                dn: after.dn,
-                                what: "an object absync does not own already has this name".into(),
-                                agreements: after.agreements,
-                            }
-                        }
-                    },
-                }
-            }
-            Kind::Update { before, after } => {
-                if !needs_write(&before, &after) {
-                    return Ok(());
-                }
-                match self.locate(&anchor, Some(&before.dn)).await? {
-                    None => Kind::Add { after },
-                    Some((dn, attrs)) => Kind::Update {
-                        before: ObjectRow {
-                            dn,
-                            attrs,
-                            ..before
-                        },
-                        after,
-                    },
-                }
-            }
-            Kind::Hide { before, after } => match self.locate(&anchor, Some(&before.dn)).await? {
-                None => return Ok(()),
-                Some((dn, attrs)) => Kind::Hide {
-                    before: ObjectRow {
-                        dn,
-                        attrs,
-                        ..before
-                    },
-                    after,
-                },
-            },
-            Kind::Delete { before } => match self.locate(&anchor, Some(&before.dn)).await? {
-                None => return Ok(()),
-                Some((dn, attrs)) => Kind::Delete {
-                    before: ObjectRow {
-                        dn,
-                        attrs,
-                        ..before
-                    },
-                },
-            },
-            other => other,
+        let Some(kind) = self.dry_reads(&anchor, kind, counts).await? else {
+            return Ok(());
         };
         let change = Change {
             anchor,
@@ -106,6 +44,91 @@ impl Applier<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// The change as the real run would send it, after the same reads;
+    /// `None` when it would send nothing.
+    async fn dry_reads(
+        &mut self,
+        anchor: &str,
+        kind: Kind,
+        counts: &mut Counts,
+    ) -> Result<Option<Kind>, ApplyError> {
+        let kind = match kind {
+            Kind::Add { after } => self.dry_add(anchor, after, counts).await?,
+            Kind::Update { before, after } => {
+                if !needs_write(&before, &after) {
+                    return Ok(None);
+                }
+                match self.locate(anchor, Some(&before.dn)).await? {
+                    None => Kind::Add { after },
+                    Some((dn, attrs)) => Kind::Update {
+                        before: ObjectRow {
+                            dn,
+                            attrs,
+                            ..before
+                        },
+                        after,
+                    },
+                }
+            }
+            Kind::Hide { before, after } => match self.locate(anchor, Some(&before.dn)).await? {
+                None => return Ok(None),
+                Some((dn, attrs)) => Kind::Hide {
+                    before: ObjectRow {
+                        dn,
+                        attrs,
+                        ..before
+                    },
+                    after,
+                },
+            },
+            Kind::Delete { before } => match self.locate(anchor, Some(&before.dn)).await? {
+                None => return Ok(None),
+                Some((dn, attrs)) => Kind::Delete {
+                    before: ObjectRow {
+                        dn,
+                        attrs,
+                        ..before
+                    },
+                },
+            },
+            other => other,
+        };
+        Ok(Some(kind))
+    }
+
+    /// An add as the real run would end it: sent, or, when the name is
+    /// taken, adopted (ours) or a conflict (someone else's).
+    async fn dry_add(
+        &mut self,
+        anchor: &str,
+        after: ObjectRow,
+        counts: &mut Counts,
+    ) -> Result<Kind, ApplyError> {
+        let names = [self.target.anchor_attribute.as_str()];
+        let Some(e) = self.conn.read(&after.dn, &names).await? else {
+            return Ok(Kind::Add { after });
+        };
+        Ok(match self.locate(anchor, Some(&e.dn)).await? {
+            Some((dn, attrs)) if same_dn(&dn, &after.dn) => Kind::Update {
+                before: ObjectRow {
+                    dn,
+                    attrs,
+                    ..after.clone()
+                },
+                after,
+            },
+            _ => {
+                counts.conflicts += 1;
+                Kind::Conflict {
+                    with: e.dn,
+                    dn: after.dn,
+                    what: "an object absync does not own already has this name".into(),
+                    agreements: after.agreements,
+                }
+            }
+        })
     }
 }
 

@@ -13,8 +13,9 @@ use ldap3::Mod;
 
 use crate::engine::diff::{attr_changes, same_dn};
 use crate::ldap::LdapError;
+use crate::state::journal::Record;
 use crate::state::runs::Counts;
-use crate::state::{Attrs, ObjectRow, Snapshot};
+use crate::state::{ObjectRow, Snapshot};
 
 use super::{set, Applier, ApplyError, Refused};
 
@@ -27,6 +28,9 @@ pub(super) fn needs_write(before: &ObjectRow, after: &ObjectRow) -> bool {
 }
 
 impl Applier<'_, '_> {
+    /// Brings the object from `before` to `after`: renames or restores it,
+    /// then modifies its attributes. An object gone from the target is
+    /// added again.
     pub(super) async fn update(
         &mut self,
         snapshot: &Snapshot,
@@ -36,7 +40,6 @@ impl Applier<'_, '_> {
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
         let anchor = after.anchor.clone();
-        let restore = before.hidden.is_some();
         if !needs_write(&before, &after) {
             // Only the organisation or agreements changed: bookkeeping.
             snapshot.commit(&anchor, Some(&after), self.run_id, &[])?;
@@ -59,94 +62,39 @@ impl Applier<'_, '_> {
         let mut records = Vec::new();
         let mut now = before.clone();
         if !same_dn(&before.dn, &after.dn) {
-            match self.move_to(&before.dn, &after.dn).await {
-                Ok(()) => {
-                    let op = if restore { "restore" } else { "rename" };
-                    let mut r = self.record(&anchor, op, "applied", reason);
-                    r.dn = Some(after.dn.clone());
-                    r.old_dn = Some(before.dn.clone());
-                    r.agreements = after.agreements.clone();
-                    records.push(r);
-                    now.dn = after.dn.clone();
-                    if restore {
-                        counts.restored += 1;
-                    } else {
-                        counts.renamed += 1;
-                    }
-                }
-                Err(e) if e.is_entry_level() => {
-                    return self.failed(
-                        snapshot,
-                        Refused {
-                            anchor: &anchor,
-                            op: "rename",
-                            dn: &after.dn,
-                            old_dn: Some(&before.dn),
-                            reason,
-                            agreements: &after.agreements,
-                            changes: BTreeMap::new(),
-                        },
-                        &e,
-                        counts,
-                    );
-                }
-                Err(e) => return Err(e.into()),
-            }
+            let Some(r) = self
+                .rename(snapshot, &before, &after, reason, counts)
+                .await?
+            else {
+                // Refused, and journaled as such: nothing else is written.
+                return Ok(());
+            };
+            records.push(r);
+            now.dn = after.dn.clone();
         }
-        let mut mods = Self::mods(&before.attrs, &after.attrs);
-        if restore {
-            if let Some((attr, _)) = &self.mapping.hide {
-                mods.push(Mod::Delete(attr.clone(), HashSet::new()));
-            }
-        }
+        let mods = self.update_mods(&before, &after);
         if !mods.is_empty() {
             match self.conn.modify(&now.dn, mods).await {
                 Ok(()) => {
-                    let changes = attr_changes(&before.attrs, &after.attrs);
-                    if !changes.is_empty() {
-                        // A rename's attribute changes are journaled as such.
-                        let why = if reason == "renamed in source" {
-                            "attributes changed"
-                        } else {
-                            reason
-                        };
-                        let mut r = self.record(&anchor, "modify", "applied", why);
-                        r.dn = Some(now.dn.clone());
-                        r.agreements = after.agreements.clone();
-                        r.changes = changes;
-                        records.push(r);
-                        counts.modified += 1;
-                    }
-                    if restore && same_dn(&before.dn, &after.dn) {
-                        let mut r = self.record(&anchor, "restore", "applied", reason);
-                        r.dn = Some(now.dn.clone());
-                        r.agreements = after.agreements.clone();
-                        records.push(r);
-                        counts.restored += 1;
-                    }
+                    records.extend(self.modified(&before, &after, &now.dn, reason, counts));
                     now.attrs = after.attrs.clone();
                 }
-                Err(e) if e.is_entry_level() => {
+                Err(e) => {
                     // Keep what the target did accept (a rename).
                     snapshot.commit(&anchor, Some(&now), self.run_id, &records)?;
-                    return self.failed(
-                        snapshot,
-                        Refused {
-                            anchor: &anchor,
-                            op: "modify",
-                            dn: &now.dn,
-                            old_dn: None,
-                            reason,
-                            agreements: &after.agreements,
-                            changes: attr_changes(&before.attrs, &after.attrs),
-                        },
-                        &e,
-                        counts,
-                    );
-                }
-                Err(e) => {
-                    snapshot.commit(&anchor, Some(&now), self.run_id, &records)?;
-                    return Err(e.into());
+                    if !e.is_entry_level() {
+                        return Err(e.into());
+                    }
+                    let refused = Refused {
+                        anchor: &anchor,
+                        op: "modify",
+                        dn: &now.dn,
+                        old_dn: None,
+                        reason,
+                        agreements: &after.agreements,
+                        changes: attr_changes(&before.attrs, &after.attrs),
+                    };
+                    return self.failed(snapshot, refused, &e, counts);
                 }
             }
         }
@@ -157,8 +105,53 @@ impl Applier<'_, '_> {
         Ok(())
     }
 
-    fn mods(before: &Attrs, after: &Attrs) -> Vec<Mod<String>> {
-        attr_changes(before, after)
+    /// The rename half of an update (a restore when `before` is hidden).
+    /// Returns its journal record when the target took it, or `None` when
+    /// the target refused it (then the refusal is journaled here).
+    async fn rename(
+        &mut self,
+        snapshot: &Snapshot,
+        before: &ObjectRow,
+        after: &ObjectRow,
+        reason: &str,
+        counts: &mut Counts,
+    ) -> Result<Option<Record>, ApplyError> {
+        let restore = before.hidden.is_some();
+        match self.move_to(&before.dn, &after.dn).await {
+            Ok(()) => {
+                let op = if restore { "restore" } else { "rename" };
+                let mut r = self.record(&after.anchor, op, "applied", reason);
+                r.dn = Some(after.dn.clone());
+                r.old_dn = Some(before.dn.clone());
+                r.agreements = after.agreements.clone();
+                if restore {
+                    counts.restored += 1;
+                } else {
+                    counts.renamed += 1;
+                }
+                Ok(Some(r))
+            }
+            Err(e) if e.is_entry_level() => {
+                let refused = Refused {
+                    anchor: &after.anchor,
+                    op: "rename",
+                    dn: &after.dn,
+                    old_dn: Some(&before.dn),
+                    reason,
+                    agreements: &after.agreements,
+                    changes: BTreeMap::new(),
+                };
+                self.failed(snapshot, refused, &e, counts)?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The modifications an update sends: the changed managed attributes
+    /// and, for a restore, the removal of the hide mark.
+    fn update_mods(&self, before: &ObjectRow, after: &ObjectRow) -> Vec<Mod<String>> {
+        let mut mods: Vec<Mod<String>> = attr_changes(&before.attrs, &after.attrs)
             .into_iter()
             .map(|(k, c)| {
                 if c.new.is_empty() {
@@ -167,7 +160,49 @@ impl Applier<'_, '_> {
                     Mod::Replace(k, set(&c.new))
                 }
             })
-            .collect()
+            .collect();
+        if before.hidden.is_some() {
+            if let Some((attr, _)) = &self.mapping.hide {
+                mods.push(Mod::Delete(attr.clone(), HashSet::new()));
+            }
+        }
+        mods
+    }
+
+    /// The journal records of a modify the target took at `dn`: the changed
+    /// attributes and, for a restore without a rename, the restore.
+    fn modified(
+        &self,
+        before: &ObjectRow,
+        after: &ObjectRow,
+        dn: &str,
+        reason: &str,
+        counts: &mut Counts,
+    ) -> Vec<Record> {
+        let mut records = Vec::new();
+        let changes = attr_changes(&before.attrs, &after.attrs);
+        if !changes.is_empty() {
+            // A rename's attribute changes are journaled as such.
+            let why = if reason == "renamed in source" {
+                "attributes changed"
+            } else {
+                reason
+            };
+            let mut r = self.record(&after.anchor, "modify", "applied", why);
+            r.dn = Some(dn.to_string());
+            r.agreements = after.agreements.clone();
+            r.changes = changes;
+            records.push(r);
+            counts.modified += 1;
+        }
+        if before.hidden.is_some() && same_dn(&before.dn, &after.dn) {
+            let mut r = self.record(&after.anchor, "restore", "applied", reason);
+            r.dn = Some(dn.to_string());
+            r.agreements = after.agreements.clone();
+            records.push(r);
+            counts.restored += 1;
+        }
+        records
     }
 
     /// Renames or moves (new parent) an object.
