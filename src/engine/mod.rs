@@ -216,18 +216,16 @@ async fn open_target<'a, 'o>(
 ) -> Result<Applier<'a, 'o>, RunError> {
     let cfg = cx.cfg;
     let conn = Conn::connect(&cfg.target.endpoint).await?;
-    let mut applier = Applier {
+    let mut applier = Applier::new(
         conn,
-        target: &cfg.target,
-        safety: &cfg.safety,
-        mapping: &cx.inputs.mapping,
-        run_id: cx.run_id,
+        &cfg.target,
+        &cfg.safety,
+        &cx.inputs.mapping,
+        cx.run_id,
         plan,
-        retry: Vec::new(),
-        pending: Vec::new(),
-    };
+    );
     for (what, dn) in cfg.containers() {
-        if applier.conn.read(dn, &["1.1"]).await?.is_none() {
+        if !applier.exists(dn).await? {
             return Err(RunError::MissingContainer {
                 what,
                 dn: dn.to_string(),
@@ -262,9 +260,9 @@ async fn finish(
         // everything to see them again.
         let cookie = read.next_cookie.as_ref().filter(|_| !held_deletes);
         cx.snapshot
-            .finish_pull(cookie, &applier.retry, applier.run_id)?;
+            .finish_pull(cookie, applier.retry(), applier.run_id())?;
     }
     source.unbind().await;
-    applier.conn.unbind().await;
+    applier.unbind().await;
     Ok(())
 }

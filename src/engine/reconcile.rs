@@ -23,7 +23,7 @@ pub(crate) async fn run(
     let mut live = applier.scan_owned().await?;
     let mut drift: Vec<(String, Option<ObjectRow>, Record)> = Vec::new();
     let record = |anchor: &str, reason: &str, dn: &str| {
-        let mut r = Record::new(applier.run_id, "drift", "detected", reason);
+        let mut r = Record::new(applier.run_id(), "drift", "detected", reason);
         r.anchor = Some(anchor.to_string());
         r.dn = Some(dn.to_string());
         r
@@ -66,7 +66,7 @@ pub(crate) async fn run(
         counts.drift += 1;
         tracing::warn!(anchor, what = %r.reason, "drift between snapshot and target");
         if live_run {
-            snapshot.commit(&anchor, row.as_ref(), applier.run_id, &[r])?;
+            snapshot.commit(&anchor, row.as_ref(), applier.run_id(), &[r])?;
         }
         planner.overlay(&anchor, row);
     }

@@ -1,0 +1,152 @@
+//! The add window: new objects go to the target [`ADD_WINDOW`] at a time,
+//! pipelined on one connection, and a name already taken is either
+//! adopted (ours, left by a crash) or journaled as a conflict.
+//!
+//! **Invariant:** the intents of a whole window are committed before any
+//! add is sent, and what the target accepted is committed together after;
+//! an add refused for a name absync does not own never touches that object.
+//!
+//! [`ADD_WINDOW`]: super::ADD_WINDOW
+
+use std::collections::HashSet;
+
+use crate::engine::diff::attr_changes;
+use crate::ldap::LdapError;
+use crate::state::journal::Record;
+use crate::state::runs::Counts;
+use crate::state::{Accepted, Attrs, Intent, ObjectRow, Snapshot};
+
+use super::{set, Applier, ApplyError, Refused};
+
+impl Applier<'_, '_> {
+    /// The attributes an add sends for `after`.
+    fn add_attrs(&self, after: &ObjectRow) -> Vec<(String, HashSet<String>)> {
+        crate::engine::diff::add_attributes(self.mapping, self.target, after)
+            .into_iter()
+            .map(|(k, v)| (k, set(&v)))
+            .collect()
+    }
+
+    /// Adds one object, now (not through the window).
+    pub(super) async fn add(
+        &mut self,
+        snapshot: &Snapshot,
+        after: ObjectRow,
+        reason: &str,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        self.add_batch(snapshot, vec![(after, reason.to_string())], counts)
+            .await
+    }
+
+    /// Adds several objects: their intents in one transaction, the adds
+    /// pipelined, then what the target accepted in one transaction. Each
+    /// refusal is then handled on its own, as for a single add.
+    pub(super) async fn add_batch(
+        &mut self,
+        snapshot: &Snapshot,
+        adds: Vec<(ObjectRow, String)>,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        let intents: Vec<Intent> = adds
+            .iter()
+            .map(|(after, reason)| self.intent(&after.anchor, "add", None, Some(after), reason))
+            .collect();
+        snapshot.record_intents(&intents)?;
+        let requests = adds
+            .iter()
+            .map(|(after, _)| (after.dn.clone(), self.add_attrs(after)))
+            .collect();
+        let results = self.conn.add_many(requests).await;
+        let mut accepted: Vec<(ObjectRow, Vec<Record>)> = Vec::new();
+        let mut refused = Vec::new();
+        for ((after, reason), result) in adds.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    let mut r = self.record(&after.anchor, "add", "applied", &reason);
+                    r.dn = Some(after.dn.clone());
+                    r.agreements = after.agreements.clone();
+                    r.changes = attr_changes(&Attrs::new(), &after.attrs);
+                    tracing::debug!(anchor = %after.anchor, dn = %after.dn, "added");
+                    accepted.push((after, vec![r]));
+                }
+                Err(e) => refused.push((after, reason, e)),
+            }
+        }
+        let rows: Vec<Accepted<'_>> = accepted
+            .iter()
+            .map(|(after, records)| Accepted {
+                anchor: &after.anchor,
+                after: Some(after),
+                records,
+            })
+            .collect();
+        snapshot.commit_many(&rows, self.run_id)?;
+        counts.added += accepted.len() as u64;
+        for (after, reason, e) in refused {
+            self.add_refused(snapshot, after, &reason, e, counts)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// An add the target refused: a name already taken (ours, left by a
+    /// crash: adopted; someone else's: a conflict), a refusal of this entry
+    /// (journaled, retried), or a failure of the connection (ends the run).
+    async fn add_refused(
+        &mut self,
+        snapshot: &Snapshot,
+        after: ObjectRow,
+        reason: &str,
+        e: LdapError,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        let anchor = after.anchor.clone();
+        match e {
+            e if e.result_code() == Some(68) => {
+                // Something holds the name. Ours (left by a crash before the
+                // snapshot recorded it)? Then adopt it; otherwise a conflict.
+                match self.locate(&anchor, Some(&after.dn)).await? {
+                    Some((dn, attrs)) => {
+                        let before = ObjectRow {
+                            dn,
+                            attrs,
+                            ..after.clone()
+                        };
+                        counts.recovered += 1;
+                        snapshot.clear_intent(&anchor)?;
+                        Box::pin(self.update(snapshot, before, after, reason, counts)).await
+                    }
+                    None => {
+                        counts.conflicts += 1;
+                        self.retry.push((anchor.clone(), "conflict".into()));
+                        let mut r = self.record(&anchor, "conflict", "withheld", "conflict");
+                        r.dn = Some(after.dn.clone());
+                        r.agreements = after.agreements.clone();
+                        r.error = Some(format!(
+                            "an object absync does not own already has this name ({e})"
+                        ));
+                        snapshot.journal(&[r])?;
+                        snapshot.clear_intent(&anchor)?;
+                        Ok(())
+                    }
+                }
+            }
+            e if e.is_entry_level() => self.failed(
+                snapshot,
+                Refused {
+                    anchor: &anchor,
+                    op: "add",
+                    dn: &after.dn,
+                    old_dn: None,
+                    reason,
+                    agreements: &after.agreements,
+                    changes: attr_changes(&Attrs::new(), &after.attrs),
+                },
+                &e,
+                counts,
+            ),
+            e => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! What the target holds: the objects absync owns (carrying its anchor),
+//! the ones it does not own (whose names and mail addresses are off
+//! limits), and where one owned object is now.
+//!
+//! **Invariant:** everything here only reads the target; an object is
+//! absync's only if it carries absync's anchor, wherever it is found.
+
+use std::collections::BTreeMap;
+
+use ldap3::Scope;
+
+use crate::engine::diff::Unowned;
+use crate::ldap::{values_of, LdapError};
+use crate::state::Attrs;
+
+use super::Applier;
+
+/// An object with absync's anchor as the target holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    pub dn: String,
+    pub attrs: Attrs,
+}
+
+impl Applier<'_, '_> {
+    /// Whether the target holds an entry at `dn` (the containers absync
+    /// writes in must exist before a run reads or plans anything).
+    pub async fn exists(&mut self, dn: &str) -> Result<bool, LdapError> {
+        Ok(self.conn.read(dn, &["1.1"]).await?.is_some())
+    }
+
+    /// Objects in the OU without absync's anchor: their names and mail
+    /// addresses are off limits.
+    pub async fn scan_unowned(&mut self) -> Result<Unowned, LdapError> {
+        let filter = format!(
+            "(!({}={}*))",
+            self.target.anchor_attribute,
+            ldap3::ldap_escape(self.target.anchor_prefix.as_str())
+        );
+        let mut search = self
+            .conn
+            .paged_search(
+                &self.target.base_dn,
+                Scope::OneLevel,
+                &filter,
+                vec!["mail".into(), "proxyAddresses".into()],
+                500,
+            )
+            .await?;
+        let mut out = Unowned::default();
+        while let Some(e) = search.next().await? {
+            for m in values_of(&e, "mail") {
+                out.mails.insert(m.to_lowercase(), e.dn.clone());
+            }
+            for p in values_of(&e, "proxyAddresses") {
+                if let Some((_, addr)) = p.split_once(':') {
+                    out.mails.insert(addr.to_lowercase(), e.dn.clone());
+                }
+            }
+            out.dns.insert(crate::dn::normalize(&e.dn), e.dn.clone());
+        }
+        search.finish().await?;
+        Ok(out)
+    }
+
+    /// Finds the object carrying `anchor`: at `hint` if it is there, else
+    /// anywhere in the OU (an admin may have renamed it). Returns its DN and
+    /// the managed attributes as the target holds them.
+    pub(super) async fn locate(
+        &mut self,
+        anchor: &str,
+        hint: Option<&str>,
+    ) -> Result<Option<(String, Attrs)>, LdapError> {
+        let attrs = self.managed_names();
+        let want = self.anchor_value(anchor);
+        if let Some(dn) = hint {
+            let names: Vec<&str> = attrs.iter().map(String::as_str).collect();
+            if let Some(e) = self.conn.read(dn, &names).await? {
+                if values_of(&e, &self.target.anchor_attribute).contains(&want) {
+                    return Ok(Some((dn.to_string(), self.managed_attrs(&e))));
+                }
+            }
+        }
+        let filter = format!(
+            "({}={})",
+            self.target.anchor_attribute,
+            ldap3::ldap_escape(want.as_str())
+        );
+        for base in self.containers() {
+            let mut search = self
+                .conn
+                .paged_search(&base, Scope::OneLevel, &filter, attrs.clone(), 10)
+                .await?;
+            let mut found = None;
+            while let Some(e) = search.next().await? {
+                found.get_or_insert_with(|| (e.dn.clone(), self.managed_attrs(&e)));
+            }
+            search.finish().await?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The containers absync's objects live in: the managed OU and, when
+    /// configured, the quarantine OU.
+    fn containers(&self) -> Vec<String> {
+        let mut c = vec![self.target.base_dn.clone()];
+        c.extend(self.safety.quarantine_ou.clone());
+        c
+    }
+
+    /// Every object carrying absync's anchor, as the target holds it, for a
+    /// full reconcile: anchor → DN and managed attributes.
+    pub async fn scan_owned(&mut self) -> Result<BTreeMap<String, Live>, LdapError> {
+        let filter = format!(
+            "({}={}*)",
+            self.target.anchor_attribute,
+            ldap3::ldap_escape(self.target.anchor_prefix.as_str())
+        );
+        let attrs = self.managed_names();
+        let mut out = BTreeMap::new();
+        for base in self.containers() {
+            let mut search = self
+                .conn
+                .paged_search(&base, Scope::OneLevel, &filter, attrs.clone(), 500)
+                .await?;
+            while let Some(e) = search.next().await? {
+                for v in values_of(&e, &self.target.anchor_attribute) {
+                    if let Some(anchor) = v.strip_prefix(&self.target.anchor_prefix) {
+                        out.insert(
+                            anchor.to_string(),
+                            Live {
+                                dn: e.dn.clone(),
+                                attrs: self.managed_attrs(&e),
+                            },
+                        );
+                    }
+                }
+            }
+            search.finish().await?;
+        }
+        Ok(out)
+    }
+
+    /// The attributes to read of an owned object: the managed ones (the
+    /// mapping's targets) and the anchor attribute.
+    fn managed_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .mapping
+            .rules
+            .iter()
+            .map(|r| r.target.clone())
+            .collect();
+        names.push(self.target.anchor_attribute.clone());
+        names
+    }
+
+    /// The managed attributes of `e` that hold a value.
+    fn managed_attrs(&self, e: &ldap3::SearchEntry) -> Attrs {
+        self.mapping
+            .rules
+            .iter()
+            .filter_map(|r| {
+                let v = values_of(e, &r.target);
+                (!v.is_empty()).then(|| (r.target.clone(), v))
+            })
+            .collect()
+    }
+}
