@@ -41,3 +41,5 @@ pub mod secret;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod layering;
