@@ -17,8 +17,10 @@ use anyhow::Context;
 use clap::Parser;
 
 mod cli;
+mod print;
 
 use cli::{Cli, Command, ExportFormat, JournalCommand, Only, Output};
+use print::Printer;
 
 /// Logs go to journald, with structured fields (run id, anchor,
 /// operation), when systemd connected stderr to the journal; otherwise to
@@ -373,7 +375,7 @@ fn status(state_dir: &std::path::Path, ou: Option<&str>, limit: u32) -> anyhow::
         println!(
             "{:>5}  {:<20}  {:>7}  {:<5}  {:<28}  +{} ~{} >{} -{} hidden {} held {} failed {}",
             r.id,
-            r.started_at.chars().take(19).collect::<String>(),
+            print::short_time(&r.started_at),
             secs,
             r.mode,
             r.status.chars().take(60).collect::<String>(),
@@ -400,138 +402,9 @@ fn when(text: &str, end_of_day: bool) -> anyhow::Result<String> {
     audit::parse_when(text, end_of_day).map_err(|e| anyhow::anyhow!(e))
 }
 
-/// Writes query results as they come: a table for people, a JSON array or
-/// CSV for tools. Nothing is held in memory but the current record.
-struct Printer<W: std::io::Write> {
-    format: Output,
-    out: W,
-    count: u64,
-}
-
-impl<W: std::io::Write> Printer<W> {
-    fn new(format: Output, mut out: W, csv_header: &str) -> std::io::Result<Self> {
-        match format {
-            Output::Json => write!(out, "[")?,
-            Output::Csv => writeln!(out, "{csv_header}")?,
-            Output::Table => {}
-        }
-        Ok(Printer {
-            format,
-            out,
-            count: 0,
-        })
-    }
-
-    fn json<T: serde::Serialize>(&mut self, item: &T) -> std::io::Result<()> {
-        let sep = if self.count == 0 { "\n" } else { ",\n" };
-        write!(self.out, "{sep}{}", serde_json::to_string_pretty(item)?)?;
-        self.count += 1;
-        Ok(())
-    }
-
-    fn record(&mut self, s: &Stored) -> std::io::Result<()> {
-        match self.format {
-            Output::Json => return self.json(s),
-            Output::Csv => writeln!(self.out, "{}", audit::csv_line(s))?,
-            Output::Table => {
-                let r = &s.record;
-                let agreements = if r.agreements.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{}]", r.agreements.join(","))
-                };
-                writeln!(
-                    self.out,
-                    "{:>7}  {}  run {:<4} {:<8} {:<14} {}{}",
-                    s.id,
-                    s.at.chars().take(19).collect::<String>(),
-                    r.run_id,
-                    r.op,
-                    r.outcome,
-                    r.reason,
-                    agreements
-                )?;
-                if let Some(dn) = &r.dn {
-                    writeln!(self.out, "         {dn}")?;
-                }
-                let changes = audit::describe_changes(r);
-                if !changes.is_empty() {
-                    writeln!(self.out, "         {changes}")?;
-                }
-                if let Some(e) = &r.error {
-                    writeln!(self.out, "         error: {e}")?;
-                }
-            }
-        }
-        self.count += 1;
-        Ok(())
-    }
-
-    fn held(&mut self, h: &audit::Held) -> std::io::Result<()> {
-        match self.format {
-            Output::Json => return self.json(h),
-            Output::Csv => {
-                let attrs = serde_json::to_string(&h.state.attrs)?;
-                let agreements = h.state.agreements.join(";");
-                let fields = [
-                    h.anchor.as_str(),
-                    h.org.as_deref().unwrap_or(""),
-                    h.state.dn.as_str(),
-                    agreements.as_str(),
-                    if h.state.hidden.is_some() {
-                        "hidden"
-                    } else {
-                        ""
-                    },
-                    attrs.as_str(),
-                    h.at.as_str(),
-                ];
-                let line: Vec<String> = fields
-                    .iter()
-                    .map(|f| format!("\"{}\"", f.replace('"', "\"\"")))
-                    .collect();
-                writeln!(self.out, "{}", line.join(","))?;
-            }
-            Output::Table => {
-                writeln!(
-                    self.out,
-                    "{}  {}  {}  [{}]{}",
-                    h.anchor,
-                    h.org.as_deref().unwrap_or(""),
-                    h.state.dn,
-                    h.state.agreements.join(","),
-                    if h.state.hidden.is_some() {
-                        "  (hidden)"
-                    } else {
-                        ""
-                    }
-                )?;
-                for (k, v) in &h.state.attrs {
-                    writeln!(self.out, "    {k}: {}", v.join(" | "))?;
-                }
-            }
-        }
-        self.count += 1;
-        Ok(())
-    }
-
-    fn finish(mut self) -> std::io::Result<u64> {
-        if self.format == Output::Json {
-            writeln!(self.out, "{}]", if self.count == 0 { "" } else { "\n" })?;
-        }
-        self.out.flush()?;
-        Ok(self.count)
-    }
-}
-
 /// Writing results failed (a closed pipe, a full disk): stops the query.
 fn output_error(e: std::io::Error) -> absync::state::StateError {
     absync::state::StateError::Output(e.to_string())
-}
-
-fn printer(format: Output, header: &str) -> anyhow::Result<Printer<impl std::io::Write>> {
-    let out = std::io::BufWriter::new(std::io::stdout().lock());
-    Ok(Printer::new(format, out, header)?)
 }
 
 /// Streams records through a printer.
@@ -539,7 +412,7 @@ fn print_each(
     format: Output,
     query: impl FnOnce(audit::Each<'_, Stored>) -> Result<(), absync::state::StateError>,
 ) -> anyhow::Result<u64> {
-    let mut p = printer(format, audit::CSV_HEADER)?;
+    let mut p = Printer::stdout(format, audit::CSV_HEADER)?;
     query(&mut |s| p.record(&s).map_err(output_error))?;
     Ok(p.finish()?)
 }
@@ -598,7 +471,7 @@ fn journal(state_dir: &std::path::Path, command: JournalCommand) -> anyhow::Resu
                         println!(
                             "run {:<5} {}  {:>7}  {:<5} {:<30} +{} ~{} >{} -{} hidden {} restored {} held {} conflicts {} failed {}  by {}",
                             r.id,
-                            r.started_at.chars().take(19).collect::<String>(),
+                            print::short_time(&r.started_at),
                             secs,
                             r.mode,
                             r.status,
@@ -624,7 +497,7 @@ fn journal(state_dir: &std::path::Path, command: JournalCommand) -> anyhow::Resu
         JournalCommand::Held { at, org, format } => {
             let at = when(&at, true)?;
             let org = org.map(|o| o.to_uppercase());
-            let mut p = printer(format, "anchor,org,dn,agreements,hidden,attributes,since")?;
+            let mut p = Printer::stdout(format, print::HELD_CSV_HEADER)?;
             audit::held(&s, &at, org.as_deref(), &mut |h| {
                 p.held(&h).map_err(output_error)
             })?;
@@ -644,7 +517,7 @@ fn journal(state_dir: &std::path::Path, command: JournalCommand) -> anyhow::Resu
                     for (run, what) in &changes {
                         println!(
                             "{}  run {:<5} changed: {:<28} config {} mapping {} agreements {}",
-                            run.started_at.chars().take(19).collect::<String>(),
+                            print::short_time(&run.started_at),
                             run.id,
                             what.join(", "),
                             &run.files.config.chars().take(12).collect::<String>(),
