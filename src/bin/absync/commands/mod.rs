@@ -28,16 +28,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check => check::run(&config()?).await,
         Command::Sync {
-            dry_run: false,
-            full,
-            allow_deletes,
-            ..
-        } => {
-            refuse_root()?;
-            sync::apply(&config()?, full, allow_deletes).await
-        }
-        Command::Sync {
-            dry_run: true,
+            dry_run,
             format,
             full,
             allow_deletes,
@@ -47,7 +38,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 allow_deletes,
                 ..Default::default()
             };
-            sync::plan(&config()?, format, opts).await
+            if dry_run {
+                sync::plan(&config()?, format, opts).await
+            } else {
+                refuse_root()?;
+                sync::apply(&config()?, opts).await
+            }
         }
         Command::Plan { format, full, only } => {
             let opts = Options {
@@ -57,14 +53,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             sync::plan(&config()?, format, opts).await
         }
-        Command::Journal {
-            state: Some(dir),
-            command,
-        } => journal::run(&dir, command),
-        Command::Journal {
-            state: None,
-            command,
-        } => journal::run(&config()?.state_dir, command),
+        Command::Journal { state, command } => match state {
+            Some(dir) => journal::run(&dir, command),
+            None => journal::run(&config()?.state_dir, command),
+        },
         Command::Run => {
             refuse_root()?;
             service::run(config_path(file)?.to_path_buf()).await

@@ -8,16 +8,7 @@ use absync::engine::render::Format;
 use absync::engine::{self, Mode, Options};
 
 /// One run that writes: its summary on stderr, its outcome as exit code.
-pub async fn apply(
-    cfg: &Config,
-    full: bool,
-    allow_deletes: Option<u64>,
-) -> anyhow::Result<ExitCode> {
-    let opts = Options {
-        full,
-        allow_deletes,
-        ..Default::default()
-    };
+pub async fn apply(cfg: &Config, opts: Options) -> anyhow::Result<ExitCode> {
     let outcome = engine::run(cfg, Mode::Apply, opts, &mut std::io::sink()).await?;
     eprintln!("{}", outcome.summary("sync"));
     Ok(ExitCode::from(outcome.exit_code()))
