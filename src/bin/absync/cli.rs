@@ -1,0 +1,174 @@
+//! The command line as clap reads it: commands, their flags and help
+//! text. Nothing here runs anything.
+
+use std::path::PathBuf;
+
+use absync::engine::render::Format;
+use clap::{Parser, Subcommand};
+
+/// absync: copies the NHS Directory entries that data-sharing agreements
+/// allow into Active Directory, and journals every change.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, short, env = "ABSYNC_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Check configuration, mapping and agreements; bind to both servers;
+    /// check the target OU exists and the account may create objects there.
+    Check,
+    /// Run one synchronisation.
+    Sync {
+        /// Compute and print the plan, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Output format of the plan with --dry-run.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Also read the live target OU and repair drift.
+        #[arg(long)]
+        full: bool,
+        /// Apply at most N deletes that a safety rail held back (once; the
+        /// override and the user are journaled).
+        #[arg(long, value_name = "N")]
+        allow_deletes: Option<u64>,
+    },
+    /// Print what a sync would do, without writing anything.
+    Plan {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Show what a full run (`sync --full`) would repair.
+        #[arg(long)]
+        full: bool,
+        /// Show only deletes, hides and deletes held back.
+        #[arg(long, value_enum)]
+        only: Option<Only>,
+    },
+    /// The audit journal: verify, query, export.
+    Journal {
+        /// Read the journal in this state directory instead of the one the
+        /// configuration names (no configuration or passwords needed).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+    /// Run as a service: sync on the schedule until stopped (SIGTERM);
+    /// reload on SIGHUP or when a configuration file changes.
+    Run,
+    /// Ask the running daemon to sync now, and wait for its summary.
+    Resync {
+        /// A full reconcile (reads the live target too).
+        #[arg(long)]
+        full: bool,
+        /// Return once the daemon has the request.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Write a commented starter configuration.
+    Init {
+        /// Where to write it ("-" for standard output).
+        #[arg(default_value = "-")]
+        path: PathBuf,
+    },
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    Man,
+    /// Show the last runs, their status, and what is managed.
+    Status {
+        /// How many runs to show.
+        #[arg(long, default_value = "10")]
+        runs: u32,
+        /// Read this state directory instead of the configuration's (works
+        /// while the configuration file is broken).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    Deletes,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Subcommand)]
+pub enum JournalCommand {
+    /// Recompute the hash chain; report the first broken record, or "intact".
+    Verify,
+    /// One line per run: status, counts, duration.
+    Runs {
+        /// Only runs started on or after this day (YYYY-MM-DD) or time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+    },
+    /// Every record of one run.
+    Show {
+        run: i64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+    },
+    /// The whole life of one person's object, by anchor, mail or DN.
+    History {
+        who: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+    },
+    /// The objects and attributes held in the target on a day.
+    Held {
+        /// A day (YYYY-MM-DD: its end) or an RFC 3339 time.
+        #[arg(long)]
+        at: String,
+        /// Only one organisation (ODS code).
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+    },
+    /// Everything done under one data-sharing agreement.
+    Agreement {
+        id: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+    },
+    /// When the config, mapping and agreements files changed.
+    ConfigChanges {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+    },
+    /// Every record since a day, for other tools.
+    Export {
+        /// A day (YYYY-MM-DD: its start) or an RFC 3339 time.
+        #[arg(long)]
+        since: String,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+        /// Replace personal values (DNs, attribute values) with hashes.
+        #[arg(long)]
+        redact: bool,
+    },
+}

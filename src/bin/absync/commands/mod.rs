@@ -1,0 +1,111 @@
+//! The commands, one file each, and the one dispatch: each arm loads what
+//! its command needs (the whole configuration, only the part the daemon's
+//! clients may read, or nothing) and runs it.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use absync::config::{Config, ServiceView};
+use absync::engine::Options;
+use anyhow::Context;
+
+use crate::cli::{Cli, Command, Only};
+
+mod check;
+mod init;
+mod journal;
+mod service;
+mod status;
+mod sync;
+
+/// Runs the command `cli` names. An `Err` means it could not run (exit 2).
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = cli.config.as_deref();
+    let config = || load_config(file);
+    // The daemon's clients need neither the passwords nor the other input
+    // files: an admin in the absync group can use them.
+    let view = || load_view(file);
+    match cli.command {
+        Command::Check => check::run(&config()?).await,
+        Command::Sync {
+            dry_run,
+            format,
+            full,
+            allow_deletes,
+        } => {
+            let opts = Options {
+                full,
+                allow_deletes,
+                ..Default::default()
+            };
+            if dry_run {
+                sync::plan(&config()?, format, opts).await
+            } else {
+                refuse_root()?;
+                sync::apply(&config()?, opts).await
+            }
+        }
+        Command::Plan { format, full, only } => {
+            let opts = Options {
+                full,
+                only_deletes: only == Some(Only::Deletes),
+                ..Default::default()
+            };
+            sync::plan(&config()?, format, opts).await
+        }
+        Command::Journal { state, command } => match state {
+            Some(dir) => journal::run(&dir, command),
+            None => journal::run(&config()?.state_dir, command),
+        },
+        Command::Run => {
+            refuse_root()?;
+            service::run(config_path(file)?.to_path_buf()).await
+        }
+        Command::Resync { full, no_wait } => {
+            service::resync(&view()?.service.socket, full, !no_wait).await
+        }
+        Command::Status {
+            runs,
+            state: Some(dir),
+        } => status::run(&dir, None, runs),
+        Command::Status { runs, state: None } => {
+            let view = view()?;
+            status::run(&view.state_dir, Some(&view.target_base_dn), runs)
+        }
+        Command::Init { path } => init::run(&path),
+        Command::Completions { shell } => init::completions(shell),
+        Command::Man => init::man(),
+    }
+}
+
+/// The configuration file, from `--config` or `ABSYNC_CONFIG`.
+fn config_path(file: Option<&Path>) -> anyhow::Result<&Path> {
+    file.context("no configuration: give --config FILE or set ABSYNC_CONFIG")
+}
+
+fn load_config(file: Option<&Path>) -> anyhow::Result<Config> {
+    let cfg = Config::load(config_path(file)?)?;
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(cfg)
+}
+
+/// The part of the configuration the daemon's clients need (no passwords).
+fn load_view(file: Option<&Path>) -> anyhow::Result<ServiceView> {
+    Ok(ServiceView::load(config_path(file)?)?)
+}
+
+/// absync writes to Active Directory and keeps personal data: as root, a
+/// mistake reaches everything. `sync` and `run` refuse root unless told
+/// (`ABSYNC_ALLOW_ROOT=1`), as a test bed run by root has to.
+fn refuse_root() -> anyhow::Result<()> {
+    let root = absync::os::current_uid() == Some(0);
+    if root && std::env::var("ABSYNC_ALLOW_ROOT").as_deref() != Ok("1") {
+        anyhow::bail!(
+            "refusing to run as root: run absync as its service user (the package's \
+             absync.service does), or set ABSYNC_ALLOW_ROOT=1 to insist"
+        );
+    }
+    Ok(())
+}

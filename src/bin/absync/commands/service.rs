@@ -1,0 +1,71 @@
+//! `absync run` (the daemon: signals in, `absync::service::serve` does the
+//! work) and `absync resync` (asks the running daemon for a run).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use absync::engine::EXIT_COULD_NOT_RUN;
+use absync::service::control::{self, Answer, Request};
+use absync::service::{Systemd, Trigger};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// `absync run`: the daemon, with SIGTERM/SIGINT as shutdown and SIGHUP
+/// as reload, telling systemd what it does.
+pub async fn run(config_file: PathBuf) -> anyhow::Result<ExitCode> {
+    let (tx, rx) = mpsc::channel(16);
+    reload_on_hangup(tx.clone())?;
+    let shutdown = terminated()?;
+    absync::service::serve(config_file, shutdown, rx, tx, Arc::new(Systemd)).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Each SIGHUP becomes a reload request, until the daemon stops listening.
+fn reload_on_hangup(reload: mpsc::Sender<Trigger>) -> std::io::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let why = "SIGHUP".to_string();
+            if reload.send(Trigger::Reload { why }).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+fn terminated() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// `absync resync`: asks the daemon to run now.
+pub async fn resync(socket: &Path, full: bool, wait: bool) -> anyhow::Result<ExitCode> {
+    match control::request(socket, &Request { full, wait }).await {
+        Err(e) => {
+            eprintln!("absync: {e}");
+            Ok(ExitCode::from(EXIT_COULD_NOT_RUN))
+        }
+        Ok(Answer::Queued) => {
+            println!("resync requested; the daemon runs it now");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Answer::Done(report)) => {
+            eprintln!("{}", report.summary);
+            Ok(ExitCode::from(report.code))
+        }
+        Ok(Answer::Refused(why)) => {
+            eprintln!("absync: the daemon refused: {why}");
+            Ok(ExitCode::from(EXIT_COULD_NOT_RUN))
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! `absync status`: the state's size, the daemon, and the last runs.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use absync::service::DaemonStatus;
+use absync::state::Snapshot;
+
+use crate::print;
+
+/// What is managed, what the daemon does, and the last `limit` runs.
+/// `ou` is the target OU, when the configuration could be read.
+pub fn run(state_dir: &Path, ou: Option<&str>, limit: u32) -> anyhow::Result<ExitCode> {
+    let db = state_dir.join("absync.db");
+    if !db.exists() {
+        println!("state {}: no runs yet", state_dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let snapshot = Snapshot::open(state_dir)?;
+    let total = snapshot.count()?;
+    let visible = snapshot.count_visible()?;
+    let size = absync::state::bytes_on_disk(state_dir);
+    println!(
+        "state      {} ({:.1} MB)\nmanaged    {visible} objects{}, {} hidden awaiting deletion",
+        state_dir.display(),
+        size as f64 / 1e6,
+        ou.map(|o| format!(" in {o}")).unwrap_or_default(),
+        total - visible
+    );
+    match DaemonStatus::read(state_dir) {
+        Some(d) => daemon(&d),
+        None => println!("daemon     not running; next run not scheduled"),
+    }
+    attention(&snapshot)?;
+    runs(&snapshot, limit)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The running daemon, as its status file tells.
+fn daemon(d: &DaemonStatus) {
+    let state = if d.state == "running" {
+        format!(
+            "running since {} ({} entries pulled so far)",
+            d.since, d.progress
+        )
+    } else {
+        format!("idle since {}", d.since)
+    };
+    println!("daemon     pid {}, {state}", d.pid);
+    println!(
+        "next run   {}{}",
+        d.next_run.as_deref().unwrap_or("-"),
+        if d.next_run_full { " (full)" } else { "" }
+    );
+    if d.consecutive_failures > 0 {
+        println!(
+            "failures   {} runs in a row could not run",
+            d.consecutive_failures
+        );
+    }
+    if let Some(m) = &d.metrics {
+        println!("metrics    http://{m}/metrics");
+    }
+    if let Some(e) = &d.config_error {
+        println!("config     REFUSED, still running the previous one: {e}");
+    }
+}
+
+/// A line when the last run held deletes back for an admin.
+fn attention(snapshot: &Snapshot) -> anyhow::Result<()> {
+    if let Some(last) = snapshot.runs(1)?.first() {
+        if last.status.starts_with("stopped") || last.status.starts_with("deletes held") {
+            println!(
+                "attention  run {} {}: deletes are waiting for an admin \
+                 (absync plan --only deletes; absync sync --allow-deletes N)",
+                last.id, last.status
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The last `limit` runs, newest first.
+fn runs(snapshot: &Snapshot, limit: u32) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "{:>5}  {:<20}  {:>7}  {:<5}  {:<28}  counts",
+        "run", "started", "secs", "mode", "status"
+    );
+    for r in snapshot.runs(limit)? {
+        let secs = r
+            .seconds()
+            .map(|s| format!("{s:.1}"))
+            .unwrap_or_else(|| "-".into());
+        let c = r.counts.unwrap_or_default();
+        println!(
+            "{:>5}  {:<20}  {:>7}  {:<5}  {:<28}  +{} ~{} >{} -{} hidden {} held {} failed {}",
+            r.id,
+            print::short_time(&r.started_at),
+            secs,
+            r.mode,
+            print::first_chars(&r.status, 60),
+            c.added,
+            c.modified,
+            c.renamed,
+            c.deleted,
+            c.hidden,
+            c.withheld,
+            c.failed
+        );
+    }
+    Ok(())
+}

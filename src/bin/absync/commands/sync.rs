@@ -1,0 +1,25 @@
+//! `absync sync` and `absync plan`: one run, applied, or only planned and
+//! printed.
+
+use std::process::ExitCode;
+
+use absync::config::Config;
+use absync::engine::render::Format;
+use absync::engine::{self, Mode, Options};
+
+/// One run that writes: its summary on stderr, its outcome as exit code.
+pub async fn apply(cfg: &Config, opts: Options) -> anyhow::Result<ExitCode> {
+    let outcome = engine::run(cfg, Mode::Apply, opts, &mut std::io::sink()).await?;
+    eprintln!("{}", outcome.summary("sync"));
+    Ok(ExitCode::from(outcome.exit_code()))
+}
+
+/// The plan on stdout in `format`; with a table, the summary on stderr.
+pub async fn plan(cfg: &Config, format: Format, opts: Options) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
+    let outcome = engine::run(cfg, Mode::Plan(format), opts, &mut stdout).await?;
+    if format == Format::Table {
+        eprintln!("{}", outcome.summary("plan"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
