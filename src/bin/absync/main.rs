@@ -12,6 +12,7 @@ use clap::Parser;
 mod cli;
 mod commands;
 mod print;
+mod progress;
 
 /// Logs go to journald, with structured fields (run id, anchor,
 /// operation), when systemd connected stderr to the journal; otherwise to

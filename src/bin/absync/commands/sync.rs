@@ -1,14 +1,22 @@
 //! `absync sync` and `absync plan`: one run, applied, or only planned and
 //! printed.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use absync::config::Config;
 use absync::engine::render::Format;
-use absync::engine::{self, Mode, Options};
+use absync::engine::{self, Mode, Options, Watcher};
 
-/// One run that writes: its summary on stderr, its outcome as exit code.
-pub async fn apply(cfg: &Config, opts: Options) -> anyhow::Result<ExitCode> {
+use crate::progress::ProgressLine;
+
+/// One run that writes: a progress line on a terminal, its summary on
+/// stderr, its outcome as exit code.
+pub async fn apply(cfg: &Config, mut opts: Options) -> anyhow::Result<ExitCode> {
+    if std::io::stderr().is_terminal() {
+        opts.watch = Some(Watcher(Arc::new(ProgressLine::new())));
+    }
     let outcome = engine::run(cfg, Mode::Apply, opts, &mut std::io::sink()).await?;
     eprintln!("{}", outcome.summary("sync"));
     Ok(ExitCode::from(outcome.exit_code()))
