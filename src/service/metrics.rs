@@ -130,8 +130,7 @@ pub fn render(state_dir: &std::path::Path) -> String {
     if let Some(last) = runs.first() {
         let secs = last.seconds().unwrap_or(0.0);
         let _ = writeln!(out, "# HELP absync_last_run_duration_seconds Duration of the last run.\n# TYPE absync_last_run_duration_seconds gauge\nabsync_last_run_duration_seconds {secs}");
-        let stopped =
-            u8::from(last.status.starts_with("stopped") || last.status.starts_with("deletes held"));
+        let stopped = u8::from(crate::engine::removals::holds_deletes(&last.status));
         let _ = writeln!(out, "# HELP absync_deletes_held 1 when the last run held deletes back for an admin.\n# TYPE absync_deletes_held gauge\nabsync_deletes_held {stopped}");
         let failed = u8::from(last.status.starts_with("failed"));
         let _ = writeln!(out, "# HELP absync_last_run_failed 1 when the last run could not run.\n# TYPE absync_last_run_failed gauge\nabsync_last_run_failed {failed}");

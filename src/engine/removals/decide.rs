@@ -64,6 +64,17 @@ pub struct Decided {
     pub stop: Option<Stop>,
 }
 
+/// The run status of a run that stopped at the deletion threshold.
+pub const STOPPED_AT_THRESHOLD: &str = "stopped: deletion threshold";
+/// The run status of a run whose source-health guard held deletes back.
+pub const HELD_SOURCE_UNHEALTHY: &str = "deletes held: source unhealthy";
+
+/// Whether a run's status (as the runs table stores it) says a safety rail
+/// held deletes back, so they wait for an admin.
+pub fn holds_deletes(status: &str) -> bool {
+    status == STOPPED_AT_THRESHOLD || status == HELD_SOURCE_UNHEALTHY
+}
+
 /// Why a run held deletes back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stop {
@@ -240,13 +251,13 @@ fn stop(held: usize, threshold: Option<String>, guard_notes: &BTreeMap<String, u
     );
     if by_threshold {
         Stop {
-            status: "stopped: deletion threshold",
+            status: STOPPED_AT_THRESHOLD,
             op: "threshold",
             message,
         }
     } else {
         Stop {
-            status: "deletes held: source unhealthy",
+            status: HELD_SOURCE_UNHEALTHY,
             op: "guard",
             message,
         }
@@ -430,6 +441,7 @@ mod tests {
             (stop.status, stop.op),
             ("stopped: deletion threshold", "threshold")
         );
+        assert!(holds_deletes(stop.status) && !holds_deletes("ok"));
         assert!(
             stop.message.starts_with(
                 "3 deletes held back: deletion threshold: 3 deletes planned (5.7% of 53 managed \

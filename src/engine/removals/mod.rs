@@ -8,7 +8,10 @@
 
 mod decide;
 
-pub use decide::{decide, Decided, Facts, Found, Rules, Stop};
+pub use decide::{
+    decide, holds_deletes, Decided, Facts, Found, Rules, Stop, HELD_SOURCE_UNHEALTHY,
+    STOPPED_AT_THRESHOLD,
+};
 
 use std::collections::HashMap;
 

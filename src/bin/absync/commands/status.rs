@@ -69,7 +69,7 @@ fn daemon(d: &DaemonStatus) {
 /// A line when the last run held deletes back for an admin.
 fn attention(snapshot: &Snapshot) -> anyhow::Result<()> {
     if let Some(last) = snapshot.runs(1)?.first() {
-        if last.status.starts_with("stopped") || last.status.starts_with("deletes held") {
+        if absync::engine::removals::holds_deletes(&last.status) {
             println!(
                 "attention  run {} {}: deletes are waiting for an admin \
                  (absync plan --only deletes; absync sync --allow-deletes N)",
