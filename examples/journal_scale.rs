@@ -133,7 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         round += 1;
     }
     snap.journal(&batch)?;
-    snap.end_run(run, "ok", &Default::default())?;
+    snap.end_run(run, "ok", &Default::default(), None)?;
     let write_secs = t.elapsed().as_secs_f64();
     let size = std::fs::metadata(dir.join("absync.db"))?.len();
     println!(
@@ -202,10 +202,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap();
         n
     });
-    time("verify", &mut || match audit::verify(&snap).unwrap() {
-        audit::Verdict::Intact { records, .. } => records as usize,
-        broken => panic!("{broken}"),
-    });
+    time(
+        "verify",
+        &mut || match absync::state::verify::verify(&snap, &Default::default()).unwrap() {
+            absync::state::verify::Verdict::Intact { records, .. } => records as usize,
+            broken => panic!("{broken}"),
+        },
+    );
     time("export (read every record)", &mut || {
         let mut n = 0;
         audit::since(&snap, "2000-01-01T00:00:00Z", &mut |_| {

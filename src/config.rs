@@ -10,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::ldap::{Endpoint, Transport};
+use crate::seal::Signer;
 use crate::secret::{read_password_file, SecretError};
 
 /// A problem in one of absync's input files, located.
@@ -173,18 +174,25 @@ pub struct ServiceConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
-/// `[journal]`: how long records are kept.
+/// `[journal]`: how long records are kept, and the key that signs them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJournal {
     #[serde(default = "default_retention")]
     pub retention: Spanned<String>,
+    /// The private key (PKCS#8 PEM) that signs each run's head and each
+    /// prune; outside the state directory.
+    pub signing_key: Option<Spanned<String>>,
+    /// The same, handed over by systemd (LoadCredentialEncrypted=).
+    pub signing_key_credential: Option<Spanned<String>>,
 }
 
 impl Default for RawJournal {
     fn default() -> Self {
         RawJournal {
             retention: default_retention(),
+            signing_key: None,
+            signing_key_credential: None,
         }
     }
 }
@@ -591,6 +599,8 @@ pub struct Config {
     pub safety: SafetyConfig,
     /// Journal records older than this are pruned (the chain stays whole).
     pub journal_retention: Duration,
+    /// Signs each run's head and each prune, when configured.
+    pub journal_signer: Option<Signer>,
     pub service: ServiceConfig,
     /// Things worth telling the admin that do not stop a run.
     pub warnings: Vec<String>,
@@ -917,6 +927,7 @@ impl Config {
             ));
         }
         let service = resolve_service(&raw, &r, &state_dir)?;
+        let journal_signer = resolve_signer(&raw.journal, &r, &state_dir, &mut warnings)?;
         Ok(Config {
             file,
             source,
@@ -926,10 +937,70 @@ impl Config {
             state_dir,
             safety,
             journal_retention,
+            journal_signer,
             service,
             warnings,
         })
     }
+}
+
+/// `[journal] signing_key` or `signing_key_credential`: read and parsed. The
+/// key may not live in the state directory: whoever can write there could
+/// then sign what they forge.
+fn resolve_signer(
+    j: &RawJournal,
+    r: &Resolver<'_>,
+    state_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Signer>, FileError> {
+    let (path, span, key) = match (&j.signing_key, &j.signing_key_credential) {
+        (None, None) => return Ok(None),
+        (Some(f), None) => (r.path(f), f.span(), "journal.signing_key"),
+        (None, Some(c)) => {
+            let key = "journal.signing_key_credential";
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                r.err(
+                    c.span(),
+                    key,
+                    "CREDENTIALS_DIRECTORY is not set: a credential is handed over by systemd \
+                     (LoadCredentialEncrypted=); outside systemd use signing_key"
+                        .into(),
+                )
+            })?;
+            (PathBuf::from(dir).join(c.get_ref()), c.span(), key)
+        }
+        (Some(f), Some(_)) => {
+            return Err(r.err(
+                f.span(),
+                "journal.signing_key",
+                "give at most one of signing_key and signing_key_credential".into(),
+            ))
+        }
+    };
+    let inside = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if inside(&path).starts_with(inside(state_dir)) {
+        return Err(r.err(
+            span,
+            key,
+            format!(
+                "{} is inside the state directory {}: keep the signing key elsewhere \
+                 (whoever can write the state could then sign what they forge)",
+                path.display(),
+                state_dir.display()
+            ),
+        ));
+    }
+    let (text, warning) = read_password_file(&path).map_err(|e| {
+        let msg = match e {
+            SecretError::Read { source, .. } => format!("cannot read {}: {source}", path.display()),
+            SecretError::Empty { .. } => format!("{} is empty", path.display()),
+        };
+        r.err(span.clone(), key, msg)
+    })?;
+    warnings.extend(warning.map(|w| w.replace("password file", "signing key")));
+    Signer::from_pem(text.expose())
+        .map(Some)
+        .map_err(|e| r.err(span, key, format!("{}: {e}", path.display())))
 }
 
 /// `[schedule]`, `[daemon]` and `[metrics]`, resolved.

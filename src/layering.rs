@@ -210,21 +210,27 @@ fn scope_map_diff_render_and_the_delete_decision_do_no_io_and_read_no_clock() {
 }
 
 #[test]
-fn the_auditors_queries_only_read() {
-    let code = &modules()["state::audit"];
-    for write in [
-        "INSERT",
-        "UPDATE ",
-        "DELETE FROM",
-        "REPLACE",
-        ".execute",
-        "transaction",
-        "append",
-        "retention",
-    ] {
-        assert!(!code.contains(write), "state::audit has {write}");
+fn the_auditors_queries_and_verify_only_read() {
+    let modules = modules();
+    for (module, write) in ["state::audit", "state::verify"]
+        .iter()
+        .flat_map(|m| WRITES.iter().map(move |w| (*m, *w)))
+    {
+        assert!(!modules[module].contains(write), "{module} has {write}");
     }
 }
+
+/// Signs of a write to the database.
+const WRITES: &[&str] = &[
+    "INSERT",
+    "UPDATE ",
+    "DELETE FROM",
+    "REPLACE",
+    ".execute",
+    "transaction",
+    "append",
+    "retention",
+];
 
 #[test]
 fn only_the_binary_prints_or_uses_anyhow() {

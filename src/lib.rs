@@ -37,6 +37,7 @@ pub mod service;
 pub mod dn;
 pub mod failpoint;
 pub mod os;
+pub mod seal;
 pub mod secret;
 
 #[cfg(test)]

@@ -106,14 +106,15 @@ pub async fn run(
         Err(_) => Status::Failures,
     };
     if let Some(id) = run_id {
+        let signer = cfg.journal_signer.as_ref();
         if result.is_ok() {
-            crate::state::retention::prune(&snapshot, cfg.journal_retention, id)?;
+            crate::state::retention::prune(&snapshot, cfg.journal_retention, id, signer)?;
         }
         let text = match &result {
             Err(e) => format!("failed: {e}"),
             Ok(_) => status.text(),
         };
-        snapshot.end_run(id, &text, &counts)?;
+        snapshot.end_run(id, &text, &counts, signer)?;
     }
     result?;
     Ok(Outcome {

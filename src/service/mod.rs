@@ -468,7 +468,13 @@ fn reload(
         None => tracing::info!(why, "configuration reloaded"),
     }
     if let Ok(s) = Snapshot::open(&cfg.state_dir) {
-        if let Err(e) = s.journal(&[record]) {
+        let sealed = s
+            .journal(&[record])
+            .and_then(|()| match &cfg.journal_signer {
+                Some(signer) => s.seal(signer, 0),
+                None => Ok(()),
+            });
+        if let Err(e) = sealed {
             tracing::error!(error = %e, "cannot journal the reload");
         }
     }
@@ -500,7 +506,8 @@ mod tests {
         let files = FileHashes::default();
         let counts = crate::state::runs::Counts::default();
         let full = s.start_run("full", &files).unwrap();
-        s.end_run(full, "done with failures", &counts).unwrap();
+        s.end_run(full, "done with failures", &counts, None)
+            .unwrap();
         let when = last_full(&s).expect("a full run with entry failures counts");
         // Later full runs that did not go to their end do not count.
         let failed = s.start_run("full", &files).unwrap();
@@ -508,13 +515,14 @@ mod tests {
             failed,
             "failed: interrupted (shutdown) after 3 entries; no deletes were applied",
             &counts,
+            None,
         )
         .unwrap();
         s.start_run("full", &files).unwrap(); // still running
                                               // Many ordinary runs later, it is still found.
         for _ in 0..1500 {
             let id = s.start_run("sync", &files).unwrap();
-            s.end_run(id, "ok", &counts).unwrap();
+            s.end_run(id, "ok", &counts, None).unwrap();
         }
         assert_eq!(last_full(&s), Some(when));
         assert!(!full_due(

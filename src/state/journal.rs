@@ -17,6 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::seal::{self, Signer};
 use crate::state::object::ObjectRow;
 
 /// The `prev_hash` of the first record ever written.
@@ -78,7 +79,7 @@ impl Record {
 }
 
 /// A record as stored: its place in the chain, its time, its hashes.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stored {
     pub id: i64,
     pub at: String,
@@ -181,7 +182,7 @@ pub(crate) fn rechain(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// The person's mail address a record mentions (lower-case), for lookups.
-fn mail_of(r: &Record) -> Option<String> {
+pub(crate) fn mail_of(r: &Record) -> Option<String> {
     r.state
         .as_ref()
         .and_then(|s| s.attrs.get("mail"))
@@ -232,6 +233,58 @@ pub(crate) fn append_at(conn: &Connection, r: &Record, at: &str) -> rusqlite::Re
         mail_of(r),
     ])?;
     Ok(())
+}
+
+/// A head signed by [`append_seal`].
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub head_id: i64,
+    pub head_hash: String,
+    pub key: String,
+    pub signature: String,
+}
+
+/// Signs the head of the chain and appends the signature as a `seal`
+/// record (op `seal`, outcome `signed`; detail: head_id, head_hash, at, key,
+/// signature over [`seal::head_message`]). Call inside the transaction that
+/// wrote the head.
+pub(crate) fn append_seal(
+    conn: &Connection,
+    signer: &Signer,
+    run_id: i64,
+    at: &str,
+) -> rusqlite::Result<Sealed> {
+    let (head_id, head_hash) = head(conn)?;
+    let signature = signer.sign(&seal::head_message(run_id, head_id, &head_hash, at));
+    let mut r = Record::new(run_id, "seal", "signed", "journal head signed");
+    r.detail = Some(serde_json::json!({
+        "head_id": head_id,
+        "head_hash": head_hash,
+        "at": at,
+        "key": signer.id(),
+        "signature": signature,
+    }));
+    append_at(conn, &r, at)?;
+    Ok(Sealed {
+        head_id,
+        head_hash,
+        key: signer.id().to_string(),
+        signature,
+    })
+}
+
+/// Logs a signed head with a stable MESSAGE_ID, so it can be shipped off
+/// the box and given back to `journal verify --expect-head`.
+pub(crate) fn log_sealed(run_id: i64, s: &Sealed) {
+    tracing::info!(
+        message_id = seal::HEAD_MESSAGE_ID,
+        run_id,
+        head_record = s.head_id,
+        head_hash = %s.head_hash,
+        key = %s.key,
+        signature = %s.signature,
+        "journal head signed"
+    );
 }
 
 /// Decodes a journal row selected with the columns `stored_where` names.

@@ -13,6 +13,7 @@ pub mod journal;
 pub mod object;
 pub mod retention;
 pub mod runs;
+pub mod verify;
 
 pub use object::{Attrs, Hidden, Intent, ObjectRow};
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension};
 
+use crate::seal::Signer;
 use crate::state::audit::latest_states;
 use crate::state::journal::Record;
 use crate::state::{Snapshot, StateError};
@@ -14,7 +15,12 @@ use crate::state::{Snapshot, StateError};
 /// runs they were all of. The chain stays verifiable: the last pruned
 /// record's id and hash are kept, and the prune is itself a chained record
 /// naming them. Returns how many records went.
-pub fn prune(s: &Snapshot, retention: Duration, run_id: i64) -> Result<u64, StateError> {
+pub fn prune(
+    s: &Snapshot,
+    retention: Duration,
+    run_id: i64,
+    signer: Option<&Signer>,
+) -> Result<u64, StateError> {
     let cutoff = crate::state::journal::time_text(time::OffsetDateTime::now_utc() - retention);
     let db = |e| s.db_err(e);
     let last: Option<(i64, String)> = s
@@ -58,14 +64,20 @@ pub fn prune(s: &Snapshot, retention: Duration, run_id: i64) -> Result<u64, Stat
         .map_err(db)?;
     }
     let mut r = Record::new(run_id, "prune", "applied", "retention period over");
-    r.detail = Some(serde_json::json!({
+    let mut detail = serde_json::json!({
         "records": n,
         "runs": runs,
         "checkpoints": checkpoints,
         "older_than": cutoff,
         "pruned_through_id": last_id,
         "pruned_last_hash": last_hash,
-    }));
+    });
+    if let Some(signer) = signer {
+        let message = crate::seal::prune_message(run_id, last_id, &last_hash, &cutoff);
+        detail["key"] = signer.id().into();
+        detail["signature"] = signer.sign(&message).into();
+    }
+    r.detail = Some(detail);
     crate::state::journal::append(&tx, &r).map_err(db)?;
     tx.commit().map_err(db)?;
     tracing::info!(
@@ -143,7 +155,8 @@ fn checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::audit::{held, verify, Verdict};
+    use crate::state::audit::held;
+    use crate::state::verify::{verify, Verdict};
     use crate::state::ObjectRow;
 
     fn object(anchor: &str, title: &str) -> ObjectRow {
@@ -209,7 +222,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         // The adds go: checkpoints say a and b were held (c was gone).
-        prune(&s, gap * 3 / 2, run).unwrap();
+        prune(&s, gap * 3 / 2, run, None).unwrap();
         let checkpoints = checkpoints_of(&s);
         assert_eq!(
             checkpoints,
@@ -221,11 +234,14 @@ mod tests {
         assert_eq!(after_adds(&s), now, "the later records win");
         // The delete and the change go, the first checkpoints stay: a's
         // delete is carried by a checkpoint of its own.
-        prune(&s, gap / 2, run).unwrap();
+        prune(&s, gap / 2, run, None).unwrap();
         let checkpoints = checkpoints_of(&s);
         assert_eq!(checkpoints.len(), 4, "{checkpoints:?}");
         assert_eq!(after_adds(&s), now);
-        assert!(matches!(verify(&s).unwrap(), Verdict::Intact { .. }));
+        assert!(matches!(
+            verify(&s, &Default::default()).unwrap(),
+            Verdict::Intact { .. }
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -5,7 +5,10 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::os::unix_user;
-use crate::state::journal::{append, append_at, head, now, stored_from_row, Record, Stored};
+use crate::seal::Signer;
+use crate::state::journal::{
+    append, append_at, append_seal, head, log_sealed, now, stored_from_row, Record, Stored,
+};
 use crate::state::{Snapshot, StateError};
 
 /// Counts shown in the summary and stored with the run.
@@ -123,11 +126,14 @@ impl Snapshot {
     /// Closes a run: its chained end record (status, counts), then its row,
     /// with the journal's head hash, which is also logged so an auditor can
     /// keep an independent copy.
+    /// Ends a run: its end record and runs row in one transaction, and,
+    /// with a signing key, the signed head after them.
     pub fn end_run(
         &self,
         run_id: i64,
         status: &str,
         counts: &Counts,
+        signer: Option<&Signer>,
     ) -> Result<String, StateError> {
         let db = |e| self.db_err(e);
         let tx = self.conn.unchecked_transaction().map_err(db)?;
@@ -147,9 +153,29 @@ impl Snapshot {
             ],
         )
         .map_err(db)?;
+        let sealed = match signer {
+            Some(signer) => Some(append_seal(&tx, signer, run_id, &at).map_err(db)?),
+            None => None,
+        };
         tx.commit().map_err(db)?;
-        tracing::info!(run_id, head_record = head_id, head_hash = %head_hash, "journal head");
+        match &sealed {
+            Some(s) => log_sealed(run_id, s),
+            None => {
+                tracing::info!(run_id, head_record = head_id, head_hash = %head_hash, "journal head")
+            }
+        }
         Ok(head_hash)
+    }
+
+    /// Signs the head of the journal now (after records written outside a
+    /// run, such as a reload's).
+    pub fn seal(&self, signer: &Signer, run_id: i64) -> Result<(), StateError> {
+        let db = |e| self.db_err(e);
+        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let sealed = append_seal(&tx, signer, run_id, &now()).map_err(db)?;
+        tx.commit().map_err(db)?;
+        log_sealed(run_id, &sealed);
+        Ok(())
     }
 
     /// Appends records outside an object change (conflicts, rejections).

@@ -116,8 +116,33 @@ pub enum ExportFormat {
 
 #[derive(Subcommand)]
 pub enum JournalCommand {
-    /// Recompute the hash chain; report the first broken record, or "intact".
-    Verify,
+    /// Recompute the hash chain and report the first broken record, or
+    /// "intact"; with --public-key, also check every signed head and prune.
+    Verify {
+        /// A public key (PEM) that may have signed the journal; give it
+        /// again for each key used across a rotation.
+        #[arg(long = "public-key", value_name = "FILE")]
+        public_key: Vec<PathBuf>,
+        /// A head hash kept elsewhere (the system log's "journal head
+        /// signed"): it must be a record of the journal.
+        #[arg(long, value_name = "HASH")]
+        expect_head: Option<String>,
+        /// Verify a JSONL export (journal export --format jsonl) instead of
+        /// the state database.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Make the journal's signing key pair: the private key (for [journal]
+    /// signing_key, kept outside the state directory) and the public key
+    /// (for auditors).
+    Keygen {
+        /// Where to write the private key (mode 0600; never overwritten).
+        #[arg(long, value_name = "FILE")]
+        private: PathBuf,
+        /// Where to write the public key (mode 0644; never overwritten).
+        #[arg(long, value_name = "FILE")]
+        public: PathBuf,
+    },
     /// One line per run: status, counts, duration.
     Runs {
         /// Only runs started on or after this day (YYYY-MM-DD) or time.

@@ -2,11 +2,14 @@
 //! function per subcommand. Answers go out through `Printer`.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use std::process::ExitCode;
 
+use absync::seal::{PublicKey, Signer};
 use absync::state::journal::Stored;
-use absync::state::{audit, Snapshot, StateError};
+use absync::state::{audit, verify, Snapshot, StateError};
 
 use crate::cli::{ExportFormat, JournalCommand, Output};
 use crate::print::{self, Printer};
@@ -15,7 +18,12 @@ use crate::print::{self, Printer};
 pub fn run(state_dir: &Path, command: JournalCommand) -> anyhow::Result<ExitCode> {
     let s = open_state(state_dir)?;
     match command {
-        JournalCommand::Verify => verify(&s),
+        JournalCommand::Verify {
+            public_key,
+            expect_head,
+            file: _,
+        } => verify(&s, &public_key, expect_head),
+        JournalCommand::Keygen { private, public } => keygen(&private, &public),
         JournalCommand::Runs { since, format } => runs(&s, since.as_deref(), format),
         JournalCommand::Show { run, format } => show(&s, run, format),
         JournalCommand::History { who, format } => history(&s, &who, format),
@@ -30,14 +38,79 @@ pub fn run(state_dir: &Path, command: JournalCommand) -> anyhow::Result<ExitCode
     }
 }
 
-/// The hash chain: "intact" (exit 0) or the first broken record (exit 1).
-fn verify(s: &Snapshot) -> anyhow::Result<ExitCode> {
-    let verdict = audit::verify(s)?;
+/// The hash chain, and with keys its signatures: "intact" (exit 0), or the
+/// first broken record or what is not proven (exit 1).
+fn verify(s: &Snapshot, keys: &[PathBuf], expect_head: Option<String>) -> anyhow::Result<ExitCode> {
+    let evidence = evidence(keys, expect_head)?;
+    verdict_of(verify::verify(s, &evidence)?)
+}
+
+/// `journal verify --file`: a JSONL export on its own.
+pub fn verify_file(
+    file: &Path,
+    keys: &[PathBuf],
+    expect_head: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let evidence = evidence(keys, expect_head)?;
+    let f = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let verdict = verify::verify_file(std::io::BufReader::new(f), &evidence)
+        .with_context(|| format!("reading {}", file.display()))?;
+    verdict_of(verdict)
+}
+
+fn evidence(keys: &[PathBuf], expect_head: Option<String>) -> anyhow::Result<verify::Evidence> {
+    let keys = keys
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the public key {}", p.display()))?;
+            PublicKey::from_pem(&text).with_context(|| p.display().to_string())
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(verify::Evidence { keys, expect_head })
+}
+
+fn verdict_of(verdict: verify::Verdict) -> anyhow::Result<ExitCode> {
     println!("{verdict}");
     Ok(match verdict {
-        audit::Verdict::Intact { .. } => ExitCode::SUCCESS,
-        audit::Verdict::Broken { .. } => ExitCode::from(1),
+        verify::Verdict::Intact { .. } => ExitCode::SUCCESS,
+        verify::Verdict::Broken { .. } | verify::Verdict::Unproven { .. } => ExitCode::from(1),
     })
+}
+
+/// `journal keygen`: a new signing key pair, neither file overwritten.
+pub fn keygen(private: &Path, public: &Path) -> anyhow::Result<ExitCode> {
+    let signer = Signer::generate()?;
+    let public_pem = signer.public().to_pem()?;
+    write_new(private, signer.to_pem()?.as_bytes(), 0o600)?;
+    write_new(public, public_pem.as_bytes(), 0o644)?;
+    println!(
+        "key {}: private key {} (set [journal] signing_key to it, or hand it over as a \
+         systemd credential; keep it outside the state directory, readable by the absync \
+         user only), public key {} (for auditors: journal verify --public-key)",
+        signer.id(),
+        private.display(),
+        public.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot create {} (an existing key is never overwritten)",
+                path.display()
+            )
+        })?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn runs(s: &Snapshot, since: Option<&str>, format: Output) -> anyhow::Result<ExitCode> {

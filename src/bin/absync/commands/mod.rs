@@ -9,7 +9,7 @@ use absync::config::{Config, ServiceView};
 use absync::engine::Options;
 use anyhow::Context;
 
-use crate::cli::{Cli, Command, Only};
+use crate::cli::{Cli, Command, JournalCommand, Only};
 
 mod check;
 mod init;
@@ -53,6 +53,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             sync::plan(&config()?, format, opts).await
         }
+        Command::Journal {
+            command: JournalCommand::Keygen { private, public },
+            ..
+        } => journal::keygen(&private, &public),
+        Command::Journal {
+            command:
+                JournalCommand::Verify {
+                    public_key,
+                    expect_head,
+                    file: Some(file),
+                },
+            ..
+        } => journal::verify_file(&file, &public_key, expect_head),
         Command::Journal { state, command } => match state {
             Some(dir) => journal::run(&dir, command),
             None => journal::run(&config()?.state_dir, command),
