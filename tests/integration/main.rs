@@ -12,5 +12,6 @@ mod robust;
 mod safety;
 mod security;
 mod service;
+mod signing;
 mod smoke;
 mod sync;
