@@ -98,6 +98,27 @@ fn is_attribute_name(a: &str) -> bool {
 }
 
 impl Agreements {
+    /// The terms of every agreement in the file, as the journal keeps them:
+    /// id, title, organisations, attributes, and the days from and until
+    /// which it is in force.
+    pub fn terms(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.all
+                .iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "id": a.id,
+                        "title": a.title,
+                        "organisations": a.organisations,
+                        "attributes": a.attributes,
+                        "valid_from": a.valid_from.to_string(),
+                        "valid_until": a.valid_until.to_string(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
     /// Loads the agreements file and takes `day` as "today".
     pub fn load(path: &Path, day: Date) -> Result<Agreements, FileError> {
         let (raw, text): (RawFile, String) = parse_toml_file(path)?;

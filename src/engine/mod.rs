@@ -73,7 +73,7 @@ pub async fn run(
     // cookie belongs to.
     let files = file_hashes(cfg);
     let run_id = match mode {
-        Mode::Apply => Some(start_run(&snapshot, &opts, &files)?),
+        Mode::Apply => Some(start_run(&snapshot, &opts, &files, &inputs)?),
         Mode::Plan(_) => None,
     };
     let cx = RunCx {
@@ -126,10 +126,18 @@ pub async fn run(
     })
 }
 
-/// Starts a real run's row and record; a resync's requester is journaled.
-fn start_run(snapshot: &Snapshot, opts: &Options, files: &FileHashes) -> Result<i64, RunError> {
+/// Starts a real run's row and record; a resync's requester is journaled,
+/// and so are the agreements' terms when the file changed since they were
+/// last journaled.
+fn start_run(
+    snapshot: &Snapshot,
+    opts: &Options,
+    files: &FileHashes,
+    inputs: &Inputs,
+) -> Result<i64, RunError> {
     let kind = if opts.full { "full" } else { "sync" };
     let id = snapshot.start_run(kind, files)?;
+    let mut records = Vec::new();
     if let Some(who) = &opts.requested_by {
         let mut r = Record::new(
             id,
@@ -138,8 +146,21 @@ fn start_run(snapshot: &Snapshot, opts: &Options, files: &FileHashes) -> Result<
             &format!("resync requested by {who}"),
         );
         r.detail = Some(serde_json::json!({ "full": opts.full, "unix_user": who }));
-        snapshot.journal(&[r])?;
+        records.push(r);
     }
+    let last = crate::state::audit::terms_at(snapshot, None)?;
+    let recorded = last
+        .and_then(|s| s.record.detail)
+        .map(|d| d["hash"].clone());
+    if recorded.as_ref().and_then(|h| h.as_str()) != Some(files.agreements.as_str()) {
+        let mut r = Record::new(id, "agreements", "recorded", "the agreements in the file");
+        r.detail = Some(serde_json::json!({
+            "hash": files.agreements,
+            "agreements": inputs.agreements.terms(),
+        }));
+        records.push(r);
+    }
+    snapshot.journal(&records)?;
     Ok(id)
 }
 

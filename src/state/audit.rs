@@ -262,18 +262,101 @@ pub fn held(
     Ok(())
 }
 
-/// Everything done under one agreement.
-pub fn agreement(s: &Snapshot, id: &str, f: Each<'_, Stored>) -> Result<(), StateError> {
+/// The newest record of the agreements' terms (op `agreements`) written at
+/// or before `at` (`None`: the newest of all).
+pub fn terms_at(s: &Snapshot, at: Option<&str>) -> Result<Option<Stored>, StateError> {
+    let mut found = None;
+    let cond = "id = (SELECT max(id) FROM journal WHERE op = 'agreements' AND at <= ?1)";
+    let at = at.unwrap_or("9999");
+    s.each_where(cond, &[&at], &mut |r| {
+        found = Some(r);
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// `id` as a JSON string, for a LIKE pattern (with `\` as the escape).
+fn like_json(id: &str) -> String {
     let quoted = serde_json::to_string(id).unwrap_or_default();
-    // The id is matched as a JSON string inside the agreements array.
-    let pattern = format!(
+    format!(
         "%{}%",
         quoted
             .replace('\\', "\\\\")
             .replace('%', "\\%")
             .replace('_', "\\_")
-    );
-    s.each_where("agreements LIKE ?1 ESCAPE '\\'", &[&pattern], f)
+    )
+}
+
+/// Whether the journal knows agreement `id`: in recorded terms, or as the
+/// agreement of a record.
+pub fn agreement_known(s: &Snapshot, id: &str) -> Result<bool, StateError> {
+    let found: Option<i64> = s
+        .conn
+        .query_row(
+            "SELECT 1 FROM journal WHERE agreements LIKE ?1 ESCAPE '\\'
+             UNION ALL
+             SELECT 1 FROM journal WHERE op = 'agreements' AND detail LIKE ?1 ESCAPE '\\'
+             LIMIT 1",
+            [like_json(id)],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| s.db_err(e))?;
+    Ok(found.is_some())
+}
+
+/// What the journal's export takes: records in a time window, of one run,
+/// one organisation or one agreement.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub run: Option<i64>,
+    pub org: Option<String>,
+    pub agreement: Option<String>,
+}
+
+/// The records `filter` takes, in order.
+pub fn filtered(s: &Snapshot, filter: &Filter, f: Each<'_, Stored>) -> Result<(), StateError> {
+    let mut cond = vec!["1 = 1".to_string()];
+    let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+    let conditions: [(&str, Option<&dyn rusqlite::ToSql>); 4] = [
+        ("at >=", filter.since.as_ref().map(|v| v as _)),
+        ("at <=", filter.until.as_ref().map(|v| v as _)),
+        ("run_id =", filter.run.as_ref().map(|v| v as _)),
+        ("org =", filter.org.as_ref().map(|v| v as _)),
+    ];
+    for (c, v) in conditions {
+        if let Some(v) = v {
+            args.push(v);
+            cond.push(format!("{c} ?{}", args.len()));
+        }
+    }
+    let agreement = filter.agreement.as_deref();
+    if agreement.is_some() {
+        cond.push("agreements LIKE ?".to_string() + &(args.len() + 1).to_string() + " ESCAPE '\\'");
+    }
+    let pattern = agreement.map(like_json);
+    if let Some(p) = &pattern {
+        args.push(p);
+    }
+    s.each_where(&cond.join(" AND "), &args, &mut |r| match agreement {
+        // The pattern narrows; the parsed record decides.
+        Some(a) if !r.record.agreements.iter().any(|x| x == a) => Ok(()),
+        _ => f(r),
+    })
+}
+
+/// Everything done under one agreement.
+pub fn agreement(s: &Snapshot, id: &str, f: Each<'_, Stored>) -> Result<(), StateError> {
+    filtered(
+        s,
+        &Filter {
+            agreement: Some(id.to_string()),
+            ..Default::default()
+        },
+        f,
+    )
 }
 
 /// When the configuration, mapping or agreements file changed, by run.

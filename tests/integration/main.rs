@@ -15,3 +15,4 @@ mod service;
 mod signing;
 mod smoke;
 mod sync;
+mod terms;

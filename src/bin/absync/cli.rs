@@ -171,12 +171,20 @@ pub enum JournalCommand {
         /// Only one organisation (ODS code).
         #[arg(long)]
         org: Option<String>,
+        /// Only what was held under this agreement.
+        #[arg(long)]
+        agreement: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: Output,
     },
-    /// Everything done under one data-sharing agreement.
+    /// Everything done under one data-sharing agreement; with --at, its
+    /// terms on that day.
     Agreement {
         id: String,
+        /// A day (YYYY-MM-DD: its end) or an RFC 3339 time: show the
+        /// agreement's terms as the agreements file gave them then.
+        #[arg(long)]
+        at: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: Output,
     },
@@ -185,11 +193,23 @@ pub enum JournalCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: Output,
     },
-    /// Every record since a day, for other tools.
+    /// Every record (or those the options select), for other tools.
     Export {
-        /// A day (YYYY-MM-DD: its start) or an RFC 3339 time.
+        /// From this day (YYYY-MM-DD: its start) or RFC 3339 time on.
         #[arg(long)]
-        since: String,
+        since: Option<String>,
+        /// Up to this day (its end) or time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only the records of this run.
+        #[arg(long)]
+        run: Option<i64>,
+        /// Only the records of this organisation (ODS code).
+        #[arg(long)]
+        org: Option<String>,
+        /// Only the records made under this agreement.
+        #[arg(long)]
+        agreement: Option<String>,
         #[arg(long, value_enum, default_value = "csv")]
         format: ExportFormat,
         /// Replace personal values (DNs, attribute values) with hashes.

@@ -21,6 +21,25 @@ pub const CONFIG_CHANGES_CSV_HEADER: &str =
 
 /// Writes query results as they come: a table for people, a JSON array or
 /// CSV for tools. Nothing is held in memory but the current record.
+/// The CSV columns of `journal agreement ID --at DAY`.
+pub const TERMS_CSV_HEADER: &str = "id,title,on,in_force,valid_from,valid_until,organisations,attributes,recorded_at,recorded_by_run,agreements_file_hash";
+
+/// One agreement's terms on a day, as the journal recorded them.
+#[derive(serde::Serialize)]
+pub struct Terms {
+    pub id: String,
+    pub title: String,
+    pub on: String,
+    pub in_force: bool,
+    pub valid_from: String,
+    pub valid_until: String,
+    pub organisations: Vec<String>,
+    pub attributes: Vec<String>,
+    pub recorded_at: String,
+    pub recorded_by_run: i64,
+    pub file_hash: String,
+}
+
 pub struct Printer<W: Write> {
     format: Output,
     out: W,
@@ -222,6 +241,52 @@ impl<W: Write> Printer<W> {
                 short_hash(&f.mapping),
                 short_hash(&f.agreements),
             )?,
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// An agreement's terms on a day.
+    pub fn terms(&mut self, t: &Terms) -> std::io::Result<()> {
+        match self.format {
+            Output::Json => return self.json(t),
+            Output::Csv => writeln!(
+                self.out,
+                "{},{},{},{},{},{},{},{},{},{},{}",
+                csv_field(&t.id),
+                csv_field(&t.title),
+                t.on,
+                t.in_force,
+                t.valid_from,
+                t.valid_until,
+                csv_field(&t.organisations.join(" ")),
+                csv_field(&t.attributes.join(" ")),
+                t.recorded_at,
+                t.recorded_by_run,
+                t.file_hash
+            )?,
+            Output::Table => {
+                let force = if t.in_force {
+                    "in force"
+                } else {
+                    "NOT in force"
+                };
+                writeln!(self.out, "{} \"{}\"", t.id, t.title)?;
+                writeln!(
+                    self.out,
+                    "  on {}: {force} (valid {} to {})",
+                    t.on, t.valid_from, t.valid_until
+                )?;
+                writeln!(self.out, "  organisations: {}", t.organisations.join(", "))?;
+                writeln!(self.out, "  attributes: {}", t.attributes.join(", "))?;
+                writeln!(
+                    self.out,
+                    "  as recorded by run {} at {} (agreements file {})",
+                    t.recorded_by_run,
+                    short_time(&t.recorded_at),
+                    short_hash(&t.file_hash)
+                )?;
+            }
         }
         self.count += 1;
         Ok(())

@@ -27,14 +27,41 @@ pub fn run(state_dir: &Path, command: JournalCommand) -> anyhow::Result<ExitCode
         JournalCommand::Runs { since, format } => runs(&s, since.as_deref(), format),
         JournalCommand::Show { run, format } => show(&s, run, format),
         JournalCommand::History { who, format } => history(&s, &who, format),
-        JournalCommand::Held { at, org, format } => held(&s, &at, org, format),
-        JournalCommand::Agreement { id, format } => agreement(&s, &id, format),
+        JournalCommand::Held {
+            at,
+            org,
+            agreement,
+            format,
+        } => held(&s, &at, org, agreement, format),
+        JournalCommand::Agreement {
+            id,
+            at: None,
+            format,
+        } => agreement(&s, &id, format),
+        JournalCommand::Agreement {
+            id,
+            at: Some(at),
+            format,
+        } => terms(&s, &id, &at, format),
         JournalCommand::ConfigChanges { format } => config_changes(&s, format),
         JournalCommand::Export {
             since,
+            until,
+            run,
+            org,
+            agreement,
             format,
             redact,
-        } => export(&s, &since, format, redact),
+        } => {
+            let filter = audit::Filter {
+                since: since.map(|d| when(&d, false)).transpose()?,
+                until: until.map(|d| when(&d, true)).transpose()?,
+                run: run.map(|r| known_run(&s, r)).transpose()?,
+                org: org.map(|o| o.to_uppercase()),
+                agreement: agreement.map(|a| known_agreement(&s, a)).transpose()?,
+            };
+            export(&s, &filter, format, redact)
+        }
     }
 }
 
@@ -140,24 +167,102 @@ fn history(s: &Snapshot, who: &str, format: Output) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn held(s: &Snapshot, at: &str, org: Option<String>, format: Output) -> anyhow::Result<ExitCode> {
+fn held(
+    s: &Snapshot,
+    at: &str,
+    org: Option<String>,
+    agreement: Option<String>,
+    format: Output,
+) -> anyhow::Result<ExitCode> {
     let at = when(at, true)?;
     let org = org.map(|o| o.to_uppercase());
+    let agreement = agreement.map(|a| known_agreement(s, a)).transpose()?;
     let mut p = Printer::stdout(format, print::HELD_CSV_HEADER)?;
-    audit::held(s, &at, org.as_deref(), &mut |h| {
-        p.held(&h).map_err(output_error)
+    audit::held(s, &at, org.as_deref(), &mut |h| match &agreement {
+        Some(a) if !h.state.agreements.contains(a) => Ok(()),
+        _ => p.held(&h).map_err(output_error),
     })?;
     let n = p.finish()?;
     if format == Output::Table {
-        let scope = org.map(|o| format!(" for {o}")).unwrap_or_default();
+        let mut scope = org.map(|o| format!(" for {o}")).unwrap_or_default();
+        if let Some(a) = agreement {
+            scope.push_str(&format!(" under {a}"));
+        }
         println!("{n} objects held at {at}{scope}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn agreement(s: &Snapshot, id: &str, format: Output) -> anyhow::Result<ExitCode> {
-    print_each(format, |f| audit::agreement(s, id, f))?;
+    let id = known_agreement(s, id.to_string())?;
+    print_each(format, |f| audit::agreement(s, &id, f))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `journal agreement ID --at DAY`: the agreement's terms as the journal
+/// recorded them from the agreements file in force then.
+fn terms(s: &Snapshot, id: &str, at: &str, format: Output) -> anyhow::Result<ExitCode> {
+    let at = when(at, true)?;
+    let Some(recorded) = audit::terms_at(s, Some(&at))? else {
+        anyhow::bail!("the journal records no agreements file on or before {at}");
+    };
+    let detail = recorded.record.detail.unwrap_or_default();
+    let all = detail["agreements"].as_array().cloned().unwrap_or_default();
+    let Some(terms) = all.iter().find(|a| a["id"] == id) else {
+        let ids: Vec<&str> = all.iter().filter_map(|a| a["id"].as_str()).collect();
+        anyhow::bail!(
+            "agreement {id} was not in the agreements file on {at} (it held: {})",
+            if ids.is_empty() {
+                "none".to_string()
+            } else {
+                ids.join(", ")
+            }
+        );
+    };
+    let day = &at[..at.len().min(10)];
+    let text = |k: &str| terms[k].as_str().unwrap_or_default().to_string();
+    let list = |k: &str| -> Vec<String> {
+        terms[k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .map(String::from)
+            .collect()
+    };
+    let in_force = text("valid_from").as_str() <= day && day <= text("valid_until").as_str();
+    let mut p = Printer::stdout(format, print::TERMS_CSV_HEADER)?;
+    p.terms(&print::Terms {
+        id: text("id"),
+        title: text("title"),
+        on: day.to_string(),
+        in_force,
+        valid_from: text("valid_from"),
+        valid_until: text("valid_until"),
+        organisations: list("organisations"),
+        attributes: list("attributes"),
+        recorded_at: recorded.at.clone(),
+        recorded_by_run: recorded.record.run_id,
+        file_hash: detail["hash"].as_str().unwrap_or_default().to_string(),
+    })?;
+    p.finish()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `id`, if the journal knows such an agreement; else an error (exit 2).
+fn known_agreement(s: &Snapshot, id: String) -> anyhow::Result<String> {
+    if !audit::agreement_known(s, &id)? {
+        anyhow::bail!("no agreement {id} in the journal");
+    }
+    Ok(id)
+}
+
+/// `run`, if the journal has such a run; else an error (exit 2).
+fn known_run(s: &Snapshot, run: i64) -> anyhow::Result<i64> {
+    if s.records(run)?.is_empty() {
+        anyhow::bail!("no run {run} in the journal");
+    }
+    Ok(run)
 }
 
 fn config_changes(s: &Snapshot, format: Output) -> anyhow::Result<ExitCode> {
@@ -174,18 +279,17 @@ fn config_changes(s: &Snapshot, format: Output) -> anyhow::Result<ExitCode> {
 /// line ends) or JSON Lines, personal values hashed with `redact`.
 fn export(
     s: &Snapshot,
-    since: &str,
+    filter: &audit::Filter,
     format: ExportFormat,
     redact: bool,
 ) -> anyhow::Result<ExitCode> {
-    let since = when(since, false)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if format == ExportFormat::Csv {
         // A byte-order mark, so spreadsheets read the file as UTF-8.
         write!(out, "\u{feff}{}\r\n", audit::CSV_HEADER)?;
     }
     let redactor = redact.then(audit::Redactor::new).transpose()?;
-    audit::since(s, &since, &mut |r| {
+    audit::filtered(s, filter, &mut |r| {
         let r = match &redactor {
             Some(x) => x.redact(r),
             None => r,
