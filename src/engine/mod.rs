@@ -136,7 +136,12 @@ fn start_run(snapshot: &Snapshot, opts: &Options, files: &FileHashes) -> Result<
             "applied",
             &format!("resync requested by {who}"),
         );
-        r.detail = Some(serde_json::json!({ "full": opts.full, "unix_user": who }));
+        r.detail = Some(serde_json::json!({
+            "full": opts.full,
+            "unix_user": who.text,
+            "uid": who.uid,
+            "login_uid": who.login_uid,
+        }));
         snapshot.journal(&[r])?;
     }
     Ok(id)
