@@ -86,8 +86,8 @@ pub struct Options {
     pub progress: Option<Arc<AtomicU64>>,
     /// The caller already holds the state directory's lock (the daemon).
     pub lock_held: bool,
-    /// Who asked for this run, for the journal (a resync's Unix user).
-    pub requested_by: Option<String>,
+    /// Who asked for this run, for the journal (a resync's requester).
+    pub requested_by: Option<crate::os::Who>,
     /// Told of every entry pulled and of the run's end (the CLI's
     /// progress line on a terminal).
     pub watch: Option<Watcher>,

@@ -145,7 +145,12 @@ fn start_run(
             "applied",
             &format!("resync requested by {who}"),
         );
-        r.detail = Some(serde_json::json!({ "full": opts.full, "unix_user": who }));
+        r.detail = Some(serde_json::json!({
+            "full": opts.full,
+            "unix_user": who.text,
+            "uid": who.uid,
+            "login_uid": who.login_uid,
+        }));
         records.push(r);
     }
     let last = crate::state::audit::terms_at(snapshot, None)?;

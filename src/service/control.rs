@@ -12,6 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
+use crate::os::Who;
 use crate::service::protocol::{DaemonError, Report, Trigger};
 
 /// One request on the control socket (one JSON line).
@@ -65,10 +66,11 @@ pub async fn listen(
 }
 
 async fn handle(stream: UnixStream, triggers: mpsc::Sender<Trigger>) -> std::io::Result<()> {
-    let by = stream
-        .peer_cred()
-        .map(|c| crate::os::user_name(c.uid()))
-        .unwrap_or_else(|_| "unknown".into());
+    // The kernel's word for who connected, read before anything else: the
+    // peer's pid names its process only while that process lives. A
+    // requester the kernel cannot name is not served.
+    let cred = stream.peer_cred()?;
+    let by = Who::peer(cred.uid(), cred.pid());
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;

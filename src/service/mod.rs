@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, FileError};
 use crate::engine::{self, file_hashes, Mode, Options, Outcome, RunError};
+use crate::os::Who;
 use crate::state::journal::Record;
 use crate::state::runs::FileHashes;
 use crate::state::{Snapshot, StateLock};
@@ -279,7 +280,7 @@ impl Daemon {
     /// One run, in its own task, so the loop keeps the watchdog fed, queues
     /// what arrives meanwhile, and can stop it on shutdown. Returns its
     /// report, and whether the daemon is stopping.
-    async fn run_once(&mut self, full: bool, by: Option<String>) -> (Report, bool) {
+    async fn run_once(&mut self, full: bool, by: Option<Who>) -> (Report, bool) {
         let cancel = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(AtomicU64::new(0));
         let opts = Options {

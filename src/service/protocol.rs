@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::config::FileError;
 use crate::engine::RunError;
+use crate::os::Who;
 use crate::state::StateError;
 
 /// What can wake the daemon besides its schedule.
@@ -17,7 +18,8 @@ pub enum Trigger {
     /// Run now (`absync resync`); `reply` gets the run's report.
     Resync {
         full: bool,
-        by: String,
+        /// The requester, from the socket's peer credentials.
+        by: Who,
         reply: Option<oneshot::Sender<Report>>,
     },
     /// Reload the configuration (SIGHUP, or a watched file changed).

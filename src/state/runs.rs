@@ -4,7 +4,7 @@
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::os::unix_user;
+use crate::os::Who;
 use crate::seal::Signer;
 use crate::state::journal::{
     append, append_at, append_seal, head, log_sealed, now, stored_from_row, Record, Stored,
@@ -90,9 +90,10 @@ impl Run {
 impl Snapshot {
     /// Opens a run: its row in `runs` (status "running" until
     /// [`Self::end_run`], so a run killed midway shows as such) and its
-    /// chained start record with the hashes of the files in force.
+    /// chained start record with the hashes of the files in force and who
+    /// ran it (named, and as uid and login uid).
     pub fn start_run(&self, mode: &str, files: &FileHashes) -> Result<i64, StateError> {
-        let user = unix_user();
+        let who = Who::me();
         let db = |e| self.db_err(e);
         let tx = self.conn.unchecked_transaction().map_err(db)?;
         let at = now();
@@ -106,7 +107,7 @@ impl Snapshot {
                 files.config,
                 files.mapping,
                 files.agreements,
-                user
+                who.text
             ],
         )
         .map_err(db)?;
@@ -116,7 +117,9 @@ impl Snapshot {
             "config_hash": files.config,
             "mapping_hash": files.mapping,
             "agreements_hash": files.agreements,
-            "unix_user": user,
+            "unix_user": who.text,
+            "uid": who.uid,
+            "login_uid": who.login_uid,
         }));
         append_at(&tx, &r, &at).map_err(db)?;
         tx.commit().map_err(db)?;

@@ -8,6 +8,7 @@ mod crash;
 mod delta;
 mod faults;
 mod hostile;
+mod identity;
 mod robust;
 mod safety;
 mod security;

@@ -121,7 +121,8 @@ async fn a_filter_typo_stops_at_the_threshold_until_an_admin_allows_the_deletes(
         .iter()
         .find(|r| r.op == "override")
         .expect("override journaled");
-    let user = absync::os::unix_user();
+    // The user the kernel names (not $SUDO_USER).
+    let user = absync::os::Who::me();
     assert!(
         ov.reason == format!("--allow-deletes {first} by {user}"),
         "{ov:?}"

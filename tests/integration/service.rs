@@ -259,15 +259,17 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
             .unwrap();
         assert_eq!(request.len(), 1);
         // The user the socket's peer credentials name: the one who ran
-        // the command.
-        let me = absync::os::unix_user();
+        // the command (this test's uid and login uid).
+        let me = absync::os::Who::me();
         assert_eq!(
             request[0].record.reason,
             format!("resync requested by {me}"),
             "{request:?}"
         );
         let detail = request[0].record.detail.clone().unwrap();
-        assert_eq!(detail["unix_user"], me.as_str(), "{detail}");
+        assert_eq!(detail["unix_user"], me.text.as_str(), "{detail}");
+        assert_eq!(detail["uid"], me.uid, "{detail}");
+        assert_eq!(detail["login_uid"], me.login_uid.unwrap(), "{detail}");
         assert_eq!(detail["full"], true, "{detail}");
 
         // An admin without the passwords: resync and status still work.
@@ -539,7 +541,7 @@ async fn in_process_the_schedule_fires_and_a_trigger_runs_at_once() {
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     tx.send(absync::service::Trigger::Resync {
         full: true,
-        by: "a test".into(),
+        by: absync::os::Who::me(),
         reply: Some(reply_tx),
     })
     .await

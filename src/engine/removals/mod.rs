@@ -111,13 +111,14 @@ pub(crate) async fn carry_out(
     counts.withheld = decided.held.len() as u64;
     let mut notes = Vec::new();
     if let Some(limit) = cx.opts.allow_deletes {
-        let user = crate::os::unix_user();
+        let who = crate::os::Who::me();
         let mut r = Record::new(
             cx.run_id,
             "override",
             "applied",
-            &format!("--allow-deletes {limit} by {user}"),
+            &format!("--allow-deletes {limit} by {who}"),
         );
+        r.detail = Some(who.detail());
         r.error = Some(format!(
             "{released} deletes released, {} still held",
             decided.held.len()

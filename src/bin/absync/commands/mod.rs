@@ -113,7 +113,7 @@ fn load_view(file: Option<&Path>) -> anyhow::Result<ServiceView> {
 /// mistake reaches everything. `sync` and `run` refuse root unless told
 /// (`ABSYNC_ALLOW_ROOT=1`), as a test bed run by root has to.
 fn refuse_root() -> anyhow::Result<()> {
-    let root = absync::os::current_uid() == Some(0);
+    let root = absync::os::current_uid() == 0;
     if root && std::env::var("ABSYNC_ALLOW_ROOT").as_deref() != Ok("1") {
         anyhow::bail!(
             "refusing to run as root: run absync as its service user (the package's \
