@@ -435,43 +435,6 @@ impl Redactor {
     }
 }
 
-/// One CSV field, quoted (RFC 4180).
-fn csv_field(v: &str) -> String {
-    format!("\"{}\"", v.replace('"', "\"\""))
-}
-
-pub const CSV_HEADER: &str =
-    "id,at,run,op,outcome,reason,anchor,org,dn,old_dn,agreements,changes,error,hash";
-
-/// One record as a CSV line (the changes as JSON in one cell).
-pub fn csv_line(s: &Stored) -> String {
-    let r = &s.record;
-    [
-        s.id.to_string(),
-        s.at.clone(),
-        r.run_id.to_string(),
-        r.op.clone(),
-        r.outcome.clone(),
-        r.reason.clone(),
-        r.anchor.clone().unwrap_or_default(),
-        r.org.clone().unwrap_or_default(),
-        r.dn.clone().unwrap_or_default(),
-        r.old_dn.clone().unwrap_or_default(),
-        r.agreements.join(";"),
-        if r.changes.is_empty() {
-            String::new()
-        } else {
-            serde_json::to_string(&r.changes).unwrap_or_default()
-        },
-        r.error.clone().unwrap_or_default(),
-        s.hash.clone(),
-    ]
-    .iter()
-    .map(|f| csv_field(f))
-    .collect::<Vec<_>>()
-    .join(",")
-}
-
 /// A short text of a record's changes: `title: "A" -> "B"`.
 pub fn describe_changes(r: &Record) -> String {
     let mut parts: Vec<String> = r

@@ -270,12 +270,7 @@ async fn an_auditor_can_answer_what_when_under_which_agreement_and_who_held_what
     assert!(lines[2].contains("run 3") && lines[2].contains("changed: agreements "));
 
     // Every query as CSV: the same answers, one quoted field per column.
-    let runs_csv = csv(
-        env,
-        &["runs"],
-        "run,started,ended,seconds,mode,status,added,modified,renamed,deleted,hidden,restored,\
-         withheld,conflicts,failed,user,config_hash,mapping_hash,agreements_hash",
-    );
+    let runs_csv = csv(env, &["runs"], &RUNS_HEADER);
     assert_eq!(runs_csv.len(), 3);
     for (row, j) in runs_csv.iter().zip(json.as_array().unwrap()) {
         assert_eq!(row[0], j["id"].to_string());
@@ -285,7 +280,7 @@ async fn an_auditor_can_answer_what_when_under_which_agreement_and_who_held_what
         assert_eq!(row[15], j["unix_user"].as_str().unwrap());
         assert_eq!(row[18], j["files"]["agreements"].as_str().unwrap());
     }
-    let record_header = absync::state::audit::CSV_HEADER;
+    let record_header = &RECORD_HEADER;
     let show_csv = csv(env, &["show", "1"], record_header);
     assert_eq!(
         show_csv.iter().map(|r| r[3].as_str()).collect::<Vec<_>>(),
@@ -303,13 +298,11 @@ async fn an_auditor_can_answer_what_when_under_which_agreement_and_who_held_what
     assert_eq!(life_csv[1][8], renamed_dn);
     let changes: serde_json::Value = serde_json::from_str(&life_csv[2][11]).unwrap();
     assert_eq!(changes["title"]["new"][0], "Clinical Director");
-    let held_csv = csv(
-        env,
-        &["held", "--at", &h.after_run1, "--org", &h.codes[2]],
-        "anchor,org,dn,agreements,hidden,attributes,since",
-    );
-    assert_eq!(held_csv.len(), org_b.len());
-    for row in &held_csv {
+    assert_eq!(life_csv[2][14], "displayName sn title");
+    let (header, held_rows) = held_csv(env, &["--at", &h.after_run1, "--org", &h.codes[2]]);
+    assert_eq!(held_rows.len(), org_b.len());
+    assert_eq!(header, held_header(&org_b));
+    for row in &held_rows {
         let j = org_b
             .iter()
             .find(|j| j["anchor"] == row[0].as_str())
@@ -321,17 +314,23 @@ async fn an_auditor_can_answer_what_when_under_which_agreement_and_who_held_what
         let attrs: serde_json::Value = serde_json::from_str(&row[5]).unwrap();
         assert_eq!(attrs, j["state"]["attrs"]);
         assert_eq!(row[6], j["at"].as_str().unwrap());
+        for (name, cell) in header.iter().zip(row).skip(7) {
+            let values = &attrs[name.strip_prefix("attr:").unwrap()];
+            let joined = values.as_array().map(|v| {
+                v.iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            });
+            assert_eq!(cell, &guarded(&joined.unwrap_or_default()), "{name}");
+        }
     }
     let b_csv = csv(env, &["agreement", "DSA-AUD-B"], record_header);
     assert_eq!(b_csv.len(), under_b.len());
     assert!(b_csv
         .iter()
         .all(|r| r[10].split(';').any(|a| a == "DSA-AUD-B")));
-    let cc_csv = csv(
-        env,
-        &["config-changes"],
-        "run,at,changed,config_hash,mapping_hash,agreements_hash",
-    );
+    let cc_csv = csv(env, &["config-changes"], &CONFIG_CHANGES_HEADER);
     assert_eq!(
         cc_csv
             .iter()
@@ -400,11 +399,7 @@ async fn an_auditor_can_answer_what_when_under_which_agreement_and_who_held_what
             .ends_with(&quarantine),
         "{hidden_then}"
     );
-    let hidden_csv = csv(
-        env,
-        &["held", "--at", &while_hidden, "--org", &h.codes[0]],
-        "anchor,org,dn,agreements,hidden,attributes,since",
-    );
+    let (_, hidden_csv) = held_csv(env, &["--at", &while_hidden, "--org", &h.codes[0]]);
     assert_eq!(
         hidden_csv
             .iter()
@@ -443,15 +438,10 @@ async fn exports_open_in_a_spreadsheet_and_redaction_hides_personal_values() {
     assert!(bytes.starts_with(b"\xef\xbb\xbf"), "UTF-8 byte-order mark");
     let text = String::from_utf8(bytes).unwrap();
     assert!(text.contains("Ó Súilleabháin"), "UTF-8 kept");
-    let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
-    assert!(lines[0].ends_with(
-        "id,at,run,op,outcome,reason,anchor,org,dn,old_dn,agreements,changes,error,hash"
-    ));
-    // Every data line has 14 quoted fields (commas inside DNs stay inside).
-    for l in &lines[1..] {
-        assert!(l.starts_with('"') && l.ends_with('"'), "{l}");
-        assert_eq!(csv_fields(l), 14, "{l}");
-    }
+    // The one dialect (every field quoted, CRLF); as many fields as
+    // columns (commas inside DNs stay inside).
+    let (header, rows) = parse_csv(text.strip_prefix('\u{feff}').unwrap());
+    assert_eq!(header, RECORD_HEADER);
 
     let jsonl = journal(
         env,
@@ -462,7 +452,7 @@ async fn exports_open_in_a_spreadsheet_and_redaction_hides_personal_values() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(all.len(), lines.len() - 1);
+    assert_eq!(all.len(), rows.len());
     let recent = journal(
         env,
         &["export", "--since", &h.after_run2, "--format", "jsonl"],
@@ -497,6 +487,107 @@ async fn exports_open_in_a_spreadsheet_and_redaction_hides_personal_values() {
     );
 }
 
+/// A title a spreadsheet would run as a formula, and other values that
+/// start like one, synced from the source: every `--format csv` command
+/// writes the one dialect, no cell of any of them starts a formula, and
+/// `held` has each attribute in its own column.
+#[tokio::test]
+async fn every_csv_is_one_dialect_and_no_cell_is_a_live_formula() {
+    let env = SyncEnv::new("audit-csv", 71, 4, 1, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-CSV", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    let people = env.source_people("(objectClass=nhsPerson)").await;
+    let (anchor, person) = people
+        .iter()
+        .find(|(_, p)| p["nhsentrystatus"][0] == "active")
+        .unwrap();
+    let hyperlink = r#"=HYPERLINK("http://evil","x")"#;
+    let hostile = [
+        ("title", hyperlink),
+        ("mobile", "-1+2"),
+        ("nhsJobRole", "@SUM(A1:A9)"),
+    ];
+    let mut ldif = format!("dn: {}\nchangetype: modify\n", person["dn"][0]);
+    for (attr, value) in hostile {
+        ldif.push_str(&format!("replace: {attr}\n"));
+        absync::engine::render::ldif_line(&mut ldif, attr, value);
+        ldif.push_str("-\n");
+    }
+    env.change_source(&(ldif + "\n"));
+    env.sync_ok();
+
+    // Every CSV a command writes, parsed: one dialect, no live formula.
+    let no_formula = |rows: &[Vec<String>]| {
+        for cell in rows.iter().flatten() {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "a cell starts a formula: {cell:?}"
+            );
+        }
+    };
+    let runs = csv(&env, &["runs"], &RUNS_HEADER);
+    no_formula(&runs);
+    no_formula(&csv(&env, &["config-changes"], &CONFIG_CHANGES_HEADER));
+    for args in [
+        vec!["show", "1"],
+        vec!["history", anchor.as_str()],
+        vec!["agreement", "DSA-CSV"],
+    ] {
+        let rows = csv(&env, &args, &RECORD_HEADER);
+        no_formula(&rows);
+        let add = rows
+            .iter()
+            .find(|r| r[3] == "add" && r[6] == *anchor)
+            .unwrap_or_else(|| panic!("the add in {args:?}"));
+        let changes: serde_json::Value = serde_json::from_str(&add[11]).unwrap();
+        assert_eq!(changes["title"]["new"][0], hyperlink, "exact in the JSON");
+        assert!(
+            add[14].split(' ').any(|a| a == "title"),
+            "changed_attributes: {add:?}"
+        );
+    }
+
+    // held: each attribute in its column, the formula neutralised; the
+    // exact values in the `attributes` JSON.
+    let at = now();
+    let held_json: Vec<serde_json::Value> =
+        serde_json::from_str(&journal(&env, &["held", "--at", &at, "--format", "json"]).stdout)
+            .unwrap();
+    let (header, rows) = held_csv(&env, &["--at", &at]);
+    no_formula(&rows);
+    assert_eq!(header, held_header(&held_json));
+    assert_eq!(rows.len(), held_json.len());
+    let column = |name: &str| header.iter().position(|c| c == name).unwrap();
+    let row = rows.iter().find(|r| r[0] == *anchor).unwrap();
+    assert_eq!(row[column("attr:title")], format!("'{hyperlink}"));
+    assert_eq!(row[column("attr:mobile")], "'-1+2");
+    assert_eq!(row[column("attr:info")], "'@SUM(A1:A9)");
+    let attrs: serde_json::Value = serde_json::from_str(&row[column("attributes")]).unwrap();
+    assert_eq!(attrs["title"][0], hyperlink);
+
+    // --bom: a byte-order mark before the same CSV; refused without CSV.
+    let plain = journal(&env, &["held", "--at", &at, "--format", "csv"]);
+    let bom = journal(&env, &["held", "--at", &at, "--format", "csv", "--bom"]);
+    assert_eq!(bom.stdout, format!("\u{feff}{}", plain.stdout));
+    let before = journal(&env, &["--bom", "runs", "--format", "csv"]);
+    assert!(before.stdout.starts_with("\u{feff}\"run\","), "{before:?}");
+    let table = journal(&env, &["runs", "--bom"]);
+    assert_eq!(table.code, 2, "{table:?}");
+    assert!(
+        table.stderr.contains("--bom is for --format csv only"),
+        "{table:?}"
+    );
+
+    // export: the same dialect, with its byte-order mark as always.
+    let export = journal(&env, &["export", "--since", "2000-01-01"]);
+    assert_eq!(export.code, 0, "{export:?}");
+    let (header, rows) = parse_csv(export.stdout.strip_prefix('\u{feff}').unwrap());
+    assert_eq!(header, RECORD_HEADER);
+    no_formula(&rows);
+    assert!(rows.iter().any(|r| r[11].contains("HYPERLINK")));
+    assert_eq!(journal(&env, &["verify"]).code, 0);
+}
+
 /// `held` (as JSON) names exactly the objects in AD, with their DNs and
 /// every attribute value it records.
 fn assert_held_is(held: &[serde_json::Value], ad: &Objects) {
@@ -529,48 +620,133 @@ fn assert_held_is(held: &[serde_json::Value], ad: &Objects) {
     }
 }
 
-/// Counts the fields of one RFC 4180 line.
-fn csv_fields(line: &str) -> usize {
-    csv_row(line).len()
-}
+/// The CSV columns of a journal record, as the README documents them.
+const RECORD_HEADER: [&str; 15] = [
+    "id",
+    "at",
+    "run",
+    "op",
+    "outcome",
+    "reason",
+    "anchor",
+    "org",
+    "dn",
+    "old_dn",
+    "agreements",
+    "changes",
+    "error",
+    "hash",
+    "changed_attributes",
+];
 
-/// The fields of one RFC 4180 line, unquoted.
-fn csv_row(line: &str) -> Vec<String> {
-    let (mut out, mut field, mut quoted) = (Vec::new(), String::new(), false);
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => out.push(std::mem::take(&mut field)),
-            c => field.push(c),
-        }
+const RUNS_HEADER: [&str; 19] = [
+    "run",
+    "started",
+    "ended",
+    "seconds",
+    "mode",
+    "status",
+    "added",
+    "modified",
+    "renamed",
+    "deleted",
+    "hidden",
+    "restored",
+    "withheld",
+    "conflicts",
+    "failed",
+    "user",
+    "config_hash",
+    "mapping_hash",
+    "agreements_hash",
+];
+
+const CONFIG_CHANGES_HEADER: [&str; 6] = [
+    "run",
+    "at",
+    "changed",
+    "config_hash",
+    "mapping_hash",
+    "agreements_hash",
+];
+
+/// A cell as the formula guard writes it.
+fn guarded(v: &str) -> String {
+    if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{v}")
+    } else {
+        v.to_string()
     }
-    assert!(!quoted, "unterminated quote in {line}");
-    out.push(field);
-    out
 }
 
-/// A query's CSV: its header (checked) and its rows, each with as many
-/// fields as the header.
-fn csv(env: &SyncEnv, args: &[&str], header: &str) -> Vec<Vec<String>> {
+/// `held`'s CSV columns for these objects (as `held` prints them in
+/// JSON): the fixed ones, then `attr:NAME` for every attribute any of them
+/// holds, sorted.
+fn held_header(held: &[serde_json::Value]) -> Vec<String> {
+    let names: BTreeSet<&String> = held
+        .iter()
+        .flat_map(|h| h["state"]["attrs"].as_object().unwrap().keys())
+        .collect();
+    [
+        "anchor",
+        "org",
+        "dn",
+        "agreements",
+        "hidden",
+        "attributes",
+        "since",
+    ]
+    .iter()
+    .map(|c| c.to_string())
+    .chain(names.into_iter().map(|n| format!("attr:{n}")))
+    .collect()
+}
+
+/// CSV text parsed with the csv crate: its header and rows. The text must
+/// be exactly what the one dialect writes of them: every field quoted,
+/// every line ended by CRLF, every row as wide as the header.
+fn parse_csv(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut rows: Vec<Vec<String>> = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text.as_bytes())
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect();
+    let mut again = csv::WriterBuilder::new()
+        .quote_style(csv::QuoteStyle::Always)
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    for r in &rows {
+        again.write_record(r).unwrap();
+    }
+    let again = String::from_utf8(again.into_inner().unwrap()).unwrap();
+    assert_eq!(text, again, "every field quoted, CRLF line ends");
+    assert!(!rows.is_empty(), "a header");
+    let header = rows.remove(0);
+    (header, rows)
+}
+
+/// A query's CSV rows, its header checked.
+fn csv(env: &SyncEnv, args: &[&str], header: &[&str]) -> Vec<Vec<String>> {
+    let (got, rows) = csv_of(env, args);
+    assert_eq!(got, header, "{args:?}");
+    rows
+}
+
+/// A query's CSV: header and rows.
+fn csv_of(env: &SyncEnv, args: &[&str]) -> (Vec<String>, Vec<Vec<String>>) {
     let mut all = args.to_vec();
     all.extend(["--format", "csv"]);
     let r = journal(env, &all);
     assert_eq!(r.code, 0, "{r:?}");
-    let mut lines = r.stdout.lines();
-    assert_eq!(lines.next(), Some(header), "{r:?}");
-    let width = csv_fields(header);
-    lines
-        .map(|l| {
-            let row = csv_row(l);
-            assert_eq!(row.len(), width, "{l}");
-            row
-        })
-        .collect()
+    parse_csv(&r.stdout)
+}
+
+/// `journal held` as CSV: header and rows.
+fn held_csv(env: &SyncEnv, args: &[&str]) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut all = vec!["held"];
+    all.extend_from_slice(args);
+    csv_of(env, &all)
 }
 
 #[tokio::test]

@@ -56,6 +56,10 @@ pub enum Command {
         /// configuration names (no configuration or passwords needed).
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
+        /// With --format csv: start with a UTF-8 byte-order mark, for
+        /// spreadsheets (`export` always writes one).
+        #[arg(long, global = true)]
+        bom: bool,
         #[command(subcommand)]
         command: JournalCommand,
     },

@@ -11,6 +11,7 @@ use clap::Parser;
 
 mod cli;
 mod commands;
+mod csv_out;
 mod print;
 mod progress;
 

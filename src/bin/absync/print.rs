@@ -1,5 +1,6 @@
 //! `Printer`: how the journal's answers look as a table for people, or as a
-//! JSON array or CSV for tools; and the small text helpers tables share.
+//! JSON array or CSV for tools; the CSV columns of each answer; and the
+//! small text helpers tables share. CSV goes through `csv_out`.
 
 use std::io::{BufWriter, StdoutLock, Write};
 
@@ -8,21 +9,98 @@ use absync::state::journal::Stored;
 use absync::state::runs::Run;
 
 use crate::cli::Output;
+use crate::csv_out::Csv;
 
-/// The CSV columns of `journal held`.
-pub const HELD_CSV_HEADER: &str = "anchor,org,dn,agreements,hidden,attributes,since";
+/// The CSV columns of a journal record (`journal show`, `history`,
+/// `agreement`, `export`). `changes` holds the changes as JSON;
+/// `changed_attributes` names the attributes changed, space-separated.
+pub const RECORD_CSV_HEADER: [&str; 15] = [
+    "id",
+    "at",
+    "run",
+    "op",
+    "outcome",
+    "reason",
+    "anchor",
+    "org",
+    "dn",
+    "old_dn",
+    "agreements",
+    "changes",
+    "error",
+    "hash",
+    "changed_attributes",
+];
+
+/// The first CSV columns of `journal held`; one `attr:NAME` column per
+/// attribute follows (see [`held_csv_header`]).
+pub const HELD_CSV_HEADER: [&str; 7] = [
+    "anchor",
+    "org",
+    "dn",
+    "agreements",
+    "hidden",
+    "attributes",
+    "since",
+];
 
 /// The CSV columns of `journal runs`.
-pub const RUNS_CSV_HEADER: &str = "run,started,ended,seconds,mode,status,added,modified,renamed,deleted,hidden,restored,withheld,conflicts,failed,user,config_hash,mapping_hash,agreements_hash";
+pub const RUNS_CSV_HEADER: [&str; 19] = [
+    "run",
+    "started",
+    "ended",
+    "seconds",
+    "mode",
+    "status",
+    "added",
+    "modified",
+    "renamed",
+    "deleted",
+    "hidden",
+    "restored",
+    "withheld",
+    "conflicts",
+    "failed",
+    "user",
+    "config_hash",
+    "mapping_hash",
+    "agreements_hash",
+];
 
 /// The CSV columns of `journal config-changes`.
-pub const CONFIG_CHANGES_CSV_HEADER: &str =
-    "run,at,changed,config_hash,mapping_hash,agreements_hash";
+pub const CONFIG_CHANGES_CSV_HEADER: [&str; 6] = [
+    "run",
+    "at",
+    "changed",
+    "config_hash",
+    "mapping_hash",
+    "agreements_hash",
+];
 
-/// Writes query results as they come: a table for people, a JSON array or
-/// CSV for tools. Nothing is held in memory but the current record.
+/// The columns of `journal held` as CSV, for objects holding the
+/// attributes `names` (sorted): the fixed ones, then `attr:NAME` each.
+pub fn held_csv_header(names: &[String]) -> Vec<String> {
+    HELD_CSV_HEADER
+        .iter()
+        .map(|c| c.to_string())
+        .chain(names.iter().map(|n| format!("attr:{n}")))
+        .collect()
+}
+
 /// The CSV columns of `journal agreement ID --at DAY`.
-pub const TERMS_CSV_HEADER: &str = "id,title,on,in_force,valid_from,valid_until,organisations,attributes,recorded_at,recorded_by_run,agreements_file_hash";
+pub const TERMS_CSV_HEADER: [&str; 11] = [
+    "id",
+    "title",
+    "on",
+    "in_force",
+    "valid_from",
+    "valid_until",
+    "organisations",
+    "attributes",
+    "recorded_at",
+    "recorded_by_run",
+    "agreements_file_hash",
+];
 
 /// One agreement's terms on a day, as the journal recorded them.
 #[derive(serde::Serialize)]
@@ -40,31 +118,49 @@ pub struct Terms {
     pub file_hash: String,
 }
 
+/// Where the answers go, in the format asked for.
+enum Sink<W: Write> {
+    Table(W),
+    Json(W),
+    Csv(Box<Csv<W>>),
+}
+
+/// Writes query results as they come: a table for people, a JSON array or
+/// CSV for tools. Nothing is held in memory but the current record.
 pub struct Printer<W: Write> {
-    format: Output,
-    out: W,
+    sink: Sink<W>,
     count: u64,
 }
 
 impl Printer<BufWriter<StdoutLock<'static>>> {
-    /// A printer to standard output, buffered.
-    pub fn stdout(format: Output, csv_header: &str) -> std::io::Result<Self> {
-        Printer::new(format, BufWriter::new(std::io::stdout().lock()), csv_header)
+    /// A printer to standard output, buffered. `csv_header` and `bom` are
+    /// for CSV only.
+    pub fn stdout<H: AsRef<str>>(
+        format: Output,
+        csv_header: impl IntoIterator<Item = H>,
+        bom: bool,
+    ) -> std::io::Result<Self> {
+        let out = BufWriter::new(std::io::stdout().lock());
+        Printer::new(format, out, csv_header, bom)
     }
 }
 
 impl<W: Write> Printer<W> {
-    pub fn new(format: Output, mut out: W, csv_header: &str) -> std::io::Result<Self> {
-        match format {
-            Output::Json => write!(out, "[")?,
-            Output::Csv => writeln!(out, "{csv_header}")?,
-            Output::Table => {}
-        }
-        Ok(Printer {
-            format,
-            out,
-            count: 0,
-        })
+    pub fn new<H: AsRef<str>>(
+        format: Output,
+        mut out: W,
+        csv_header: impl IntoIterator<Item = H>,
+        bom: bool,
+    ) -> std::io::Result<Self> {
+        let sink = match format {
+            Output::Json => {
+                write!(out, "[")?;
+                Sink::Json(out)
+            }
+            Output::Csv => Sink::Csv(Box::new(Csv::new(out, bom, csv_header)?)),
+            Output::Table => Sink::Table(out),
+        };
+        Ok(Printer { sink, count: 0 })
     }
 
     /// One item of the JSON array, as `to_string_pretty` writes it alone.
@@ -83,16 +179,18 @@ impl<W: Write> Printer<W> {
 
     fn json_text(&mut self, item: &str) -> std::io::Result<()> {
         let sep = if self.count == 0 { "\n" } else { ",\n" };
-        write!(self.out, "{sep}{item}")?;
+        if let Sink::Json(out) = &mut self.sink {
+            write!(out, "{sep}{item}")?;
+        }
         self.count += 1;
         Ok(())
     }
 
     pub fn record(&mut self, s: &Stored) -> std::io::Result<()> {
-        match self.format {
-            Output::Json => return self.json(s),
-            Output::Csv => writeln!(self.out, "{}", audit::csv_line(s))?,
-            Output::Table => {
+        match &mut self.sink {
+            Sink::Json(_) => return self.json(s),
+            Sink::Csv(c) => c.row(record_cells(s))?,
+            Sink::Table(out) => {
                 let r = &s.record;
                 let agreements = if r.agreements.is_empty() {
                     String::new()
@@ -100,7 +198,7 @@ impl<W: Write> Printer<W> {
                     format!(" [{}]", r.agreements.join(","))
                 };
                 writeln!(
-                    self.out,
+                    out,
                     "{:>7}  {}  run {:<4} {:<8} {:<14} {}{}",
                     s.id,
                     short_time(&s.at),
@@ -111,14 +209,14 @@ impl<W: Write> Printer<W> {
                     agreements
                 )?;
                 if let Some(dn) = &r.dn {
-                    writeln!(self.out, "         {dn}")?;
+                    writeln!(out, "         {dn}")?;
                 }
                 let changes = audit::describe_changes(r);
                 if !changes.is_empty() {
-                    writeln!(self.out, "         {changes}")?;
+                    writeln!(out, "         {changes}")?;
                 }
                 if let Some(e) = &r.error {
-                    writeln!(self.out, "         error: {e}")?;
+                    writeln!(out, "         error: {e}")?;
                 }
             }
         }
@@ -126,27 +224,17 @@ impl<W: Write> Printer<W> {
         Ok(())
     }
 
-    pub fn held(&mut self, h: &audit::Held) -> std::io::Result<()> {
+    /// One object held. `names`: the attributes that have a CSV column (as
+    /// given to [`held_csv_header`]); an object holding another one is an
+    /// error, as the header is already written.
+    pub fn held(&mut self, h: &audit::Held, names: &[String]) -> std::io::Result<()> {
         let hidden = h.state.hidden.is_some();
-        match self.format {
-            Output::Json => return self.json(h),
-            Output::Csv => {
-                let attrs = serde_json::to_string(&h.state.attrs)?;
-                let fields = [
-                    h.anchor.as_str(),
-                    h.org.as_deref().unwrap_or(""),
-                    h.state.dn.as_str(),
-                    &h.state.agreements.join(";"),
-                    if hidden { "hidden" } else { "" },
-                    &attrs,
-                    h.at.as_str(),
-                ];
-                let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-                writeln!(self.out, "{}", line.join(","))?;
-            }
-            Output::Table => {
+        match &mut self.sink {
+            Sink::Json(_) => return self.json(h),
+            Sink::Csv(c) => c.row(held_cells(h, names)?)?,
+            Sink::Table(out) => {
                 writeln!(
-                    self.out,
+                    out,
                     "{}  {}  {}  [{}]{}",
                     h.anchor,
                     h.org.as_deref().unwrap_or(""),
@@ -155,7 +243,7 @@ impl<W: Write> Printer<W> {
                     if hidden { "  (hidden)" } else { "" }
                 )?;
                 for (k, v) in &h.state.attrs {
-                    writeln!(self.out, "    {k}: {}", v.join(" | "))?;
+                    writeln!(out, "    {k}: {}", v.join(" | "))?;
                 }
             }
         }
@@ -165,38 +253,44 @@ impl<W: Write> Printer<W> {
 
     pub fn run(&mut self, r: &Run) -> std::io::Result<()> {
         let c = r.counts.clone().unwrap_or_default();
-        match self.format {
-            Output::Json => return self.json_in_list(r),
-            Output::Csv => writeln!(
-                self.out,
-                "{},{},{},{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-                r.id,
-                r.started_at,
-                r.ended_at.as_deref().unwrap_or_default(),
-                r.seconds().unwrap_or(0.0),
-                r.mode,
-                csv_field(&r.status),
-                c.added,
-                c.modified,
-                c.renamed,
-                c.deleted,
-                c.hidden,
-                c.restored,
-                c.withheld,
-                c.conflicts,
-                c.failed,
-                r.unix_user,
-                r.files.config,
-                r.files.mapping,
-                r.files.agreements
-            )?,
-            Output::Table => {
+        match &mut self.sink {
+            Sink::Json(_) => return self.json_in_list(r),
+            Sink::Csv(out) => {
+                let counts = [
+                    c.added,
+                    c.modified,
+                    c.renamed,
+                    c.deleted,
+                    c.hidden,
+                    c.restored,
+                    c.withheld,
+                    c.conflicts,
+                    c.failed,
+                ];
+                let mut cells = vec![
+                    r.id.to_string(),
+                    r.started_at.clone(),
+                    r.ended_at.clone().unwrap_or_default(),
+                    format!("{:.1}", r.seconds().unwrap_or(0.0)),
+                    r.mode.clone(),
+                    r.status.clone(),
+                ];
+                cells.extend(counts.iter().map(|n| n.to_string()));
+                cells.extend([
+                    r.unix_user.clone(),
+                    r.files.config.clone(),
+                    r.files.mapping.clone(),
+                    r.files.agreements.clone(),
+                ]);
+                out.row(cells)?;
+            }
+            Sink::Table(out) => {
                 let secs = r
                     .seconds()
                     .map(|v| format!("{v:.1}s"))
                     .unwrap_or_else(|| "-".into());
                 writeln!(
-                    self.out,
+                    out,
                     "run {:<5} {}  {:>7}  {:<5} {:<30} +{} ~{} >{} -{} hidden {} restored {} held {} conflicts {} failed {}  by {}",
                     r.id,
                     short_time(&r.started_at),
@@ -216,23 +310,21 @@ impl<W: Write> Printer<W> {
     /// `changed` names which (config, mapping, agreements).
     pub fn config_change(&mut self, r: &Run, changed: &[&str]) -> std::io::Result<()> {
         let f = &r.files;
-        match self.format {
-            Output::Json => {
+        match &mut self.sink {
+            Sink::Json(_) => {
                 let item = serde_json::json!({"run": r.id, "at": r.started_at, "changed": changed, "files": f});
                 return self.json_in_list(&item);
             }
-            Output::Csv => writeln!(
-                self.out,
-                "{},{},{},{},{},{}",
-                r.id,
-                r.started_at,
-                csv_field(&changed.join(" ")),
-                f.config,
-                f.mapping,
-                f.agreements
-            )?,
-            Output::Table => writeln!(
-                self.out,
+            Sink::Csv(out) => out.row([
+                r.id.to_string().as_str(),
+                &r.started_at,
+                &changed.join(" "),
+                &f.config,
+                &f.mapping,
+                &f.agreements,
+            ])?,
+            Sink::Table(out) => writeln!(
+                out,
                 "{}  run {:<5} changed: {:<28} config {} mapping {} agreements {}",
                 short_time(&r.started_at),
                 r.id,
@@ -248,39 +340,37 @@ impl<W: Write> Printer<W> {
 
     /// An agreement's terms on a day.
     pub fn terms(&mut self, t: &Terms) -> std::io::Result<()> {
-        match self.format {
-            Output::Json => return self.json(t),
-            Output::Csv => writeln!(
-                self.out,
-                "{},{},{},{},{},{},{},{},{},{},{}",
-                csv_field(&t.id),
-                csv_field(&t.title),
-                t.on,
-                t.in_force,
-                t.valid_from,
-                t.valid_until,
-                csv_field(&t.organisations.join(" ")),
-                csv_field(&t.attributes.join(" ")),
-                t.recorded_at,
-                t.recorded_by_run,
-                t.file_hash
-            )?,
-            Output::Table => {
+        match &mut self.sink {
+            Sink::Json(_) => return self.json(t),
+            Sink::Csv(out) => out.row([
+                t.id.as_str(),
+                &t.title,
+                &t.on,
+                &t.in_force.to_string(),
+                &t.valid_from,
+                &t.valid_until,
+                &t.organisations.join(" "),
+                &t.attributes.join(" "),
+                &t.recorded_at,
+                &t.recorded_by_run.to_string(),
+                &t.file_hash,
+            ])?,
+            Sink::Table(out) => {
                 let force = if t.in_force {
                     "in force"
                 } else {
                     "NOT in force"
                 };
-                writeln!(self.out, "{} \"{}\"", t.id, t.title)?;
+                writeln!(out, "{} \"{}\"", t.id, t.title)?;
                 writeln!(
-                    self.out,
+                    out,
                     "  on {}: {force} (valid {} to {})",
                     t.on, t.valid_from, t.valid_until
                 )?;
-                writeln!(self.out, "  organisations: {}", t.organisations.join(", "))?;
-                writeln!(self.out, "  attributes: {}", t.attributes.join(", "))?;
+                writeln!(out, "  organisations: {}", t.organisations.join(", "))?;
+                writeln!(out, "  attributes: {}", t.attributes.join(", "))?;
                 writeln!(
-                    self.out,
+                    out,
                     "  as recorded by run {} at {} (agreements file {})",
                     t.recorded_by_run,
                     short_time(&t.recorded_at),
@@ -293,13 +383,85 @@ impl<W: Write> Printer<W> {
     }
 
     /// Closes the JSON array and flushes; returns how many items were written.
-    pub fn finish(mut self) -> std::io::Result<u64> {
-        if self.format == Output::Json {
-            writeln!(self.out, "{}]", if self.count == 0 { "" } else { "\n" })?;
+    pub fn finish(self) -> std::io::Result<u64> {
+        match self.sink {
+            Sink::Json(mut out) => {
+                writeln!(out, "{}]", if self.count == 0 { "" } else { "\n" })?;
+                out.flush()?;
+            }
+            Sink::Csv(mut out) => out.flush()?,
+            Sink::Table(mut out) => out.flush()?,
         }
-        self.out.flush()?;
         Ok(self.count)
     }
+}
+
+/// A journal record as CSV cells, in the order of [`RECORD_CSV_HEADER`].
+pub fn record_cells(s: &Stored) -> [String; 15] {
+    let r = &s.record;
+    let changes = if r.changes.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(&r.changes).unwrap_or_default()
+    };
+    let names: Vec<&str> = r.changes.keys().map(String::as_str).collect();
+    [
+        s.id.to_string(),
+        s.at.clone(),
+        r.run_id.to_string(),
+        r.op.clone(),
+        r.outcome.clone(),
+        r.reason.clone(),
+        r.anchor.clone().unwrap_or_default(),
+        r.org.clone().unwrap_or_default(),
+        r.dn.clone().unwrap_or_default(),
+        r.old_dn.clone().unwrap_or_default(),
+        r.agreements.join(";"),
+        changes,
+        r.error.clone().unwrap_or_default(),
+        s.hash.clone(),
+        names.join(" "),
+    ]
+}
+
+/// An object held as CSV cells, in the order of [`held_csv_header`]: the
+/// attributes as JSON, then each in its column, several values joined
+/// with ` | ` (as the table shows them).
+fn held_cells(h: &audit::Held, names: &[String]) -> std::io::Result<Vec<String>> {
+    if let Some(extra) = h
+        .state
+        .attrs
+        .keys()
+        .find(|k| names.binary_search(k).is_err())
+    {
+        return Err(std::io::Error::other(format!(
+            "the journal changed while it was read ({} now holds {extra}, \
+             which has no column); run the command again",
+            h.anchor
+        )));
+    }
+    let mut cells = vec![
+        h.anchor.clone(),
+        h.org.clone().unwrap_or_default(),
+        h.state.dn.clone(),
+        h.state.agreements.join(";"),
+        if h.state.hidden.is_some() {
+            "hidden"
+        } else {
+            ""
+        }
+        .to_string(),
+        serde_json::to_string(&h.state.attrs)?,
+        h.at.clone(),
+    ];
+    cells.extend(names.iter().map(|n| {
+        h.state
+            .attrs
+            .get(n)
+            .map(|v| v.join(" | "))
+            .unwrap_or_default()
+    }));
+    Ok(cells)
 }
 
 /// A timestamp to the second, as tables show it (`2024-05-01T09:30:00`).
@@ -320,14 +482,11 @@ pub fn first_chars(text: &str, n: usize) -> &str {
     }
 }
 
-/// One CSV field, quoted (RFC 4180).
-fn csv_field(v: &str) -> String {
-    format!("\"{}\"", v.replace('"', "\"\""))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use absync::state::journal::{AttrChange, Record};
+    use absync::state::object::{Hidden, ObjectRow};
     use absync::state::runs::{Counts, FileHashes};
 
     fn run(id: i64, status: &str) -> Run {
@@ -352,8 +511,16 @@ mod tests {
     }
 
     fn printed(format: Output, print: impl Fn(&mut Printer<&mut Vec<u8>>)) -> String {
+        printed_as(format, &RUNS_CSV_HEADER, print)
+    }
+
+    fn printed_as<H: AsRef<str>>(
+        format: Output,
+        header: &[H],
+        print: impl Fn(&mut Printer<&mut Vec<u8>>),
+    ) -> String {
         let mut out = Vec::new();
-        let mut p = Printer::new(format, &mut out, "header").unwrap();
+        let mut p = Printer::new(format, &mut out, header, false).unwrap();
         print(&mut p);
         p.finish().unwrap();
         String::from_utf8(out).unwrap()
@@ -393,15 +560,145 @@ mod tests {
     }
 
     #[test]
-    fn a_run_as_csv_quotes_only_its_status() {
+    fn a_run_as_csv_quotes_every_field_and_ends_lines_in_crlf() {
         let csv = printed(Output::Csv, |p| p.run(&run(7, "say \"hi\"")).unwrap());
+        let header = RUNS_CSV_HEADER.map(|c| format!("\"{c}\"")).join(",");
         let line = format!(
-            "7,2024-05-01T09:30:00.123Z,2024-05-01T09:30:02.623Z,2.5,full,\"say \"\"hi\"\"\",3,0,0,0,0,0,0,0,0,absync,{},{},{}",
+            "\"7\",\"2024-05-01T09:30:00.123Z\",\"2024-05-01T09:30:02.623Z\",\"2.5\",\"full\",\
+             \"say \"\"hi\"\"\",\"3\",\"0\",\"0\",\"0\",\"0\",\"0\",\"0\",\"0\",\"0\",\"absync\",\
+             \"{}\",\"{}\",\"{}\"",
             "c".repeat(64),
             "m".repeat(64),
             "a".repeat(64)
         );
-        assert_eq!(csv, format!("header\n{line}\n"));
+        assert_eq!(csv, format!("{header}\r\n{line}\r\n"));
+    }
+
+    fn held(title: &str) -> audit::Held {
+        let mut state = ObjectRow {
+            anchor: "a-1".into(),
+            dn: "CN=X,OU=T".into(),
+            org: "RB6".into(),
+            agreements: vec!["DSA-1".into(), "DSA-2".into()],
+            ..Default::default()
+        };
+        state.attrs.insert("title".into(), vec![title.into()]);
+        state
+            .attrs
+            .insert("otherTelephone".into(), vec!["1".into(), "2".into()]);
+        audit::Held {
+            record: 9,
+            at: "2024-05-01T09:30:00Z".into(),
+            anchor: "a-1".into(),
+            org: Some("RB6".into()),
+            state,
+        }
+    }
+
+    /// Parses what the printer wrote, as a spreadsheet's CSV reader would.
+    fn rows(text: &str) -> Vec<Vec<String>> {
+        csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_bytes())
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_string).collect())
+            .collect()
+    }
+
+    #[test]
+    fn objects_held_as_csv_have_a_column_per_attribute_with_formulas_neutralised() {
+        let names = vec!["mail".to_string(), "otherTelephone".into(), "title".into()];
+        let header = held_csv_header(&names);
+        let mut hidden = held("Nurse");
+        hidden.state.hidden = Some(Hidden {
+            at: "2024-05-02T00:00:00Z".into(),
+            reason: "leaver".into(),
+        });
+        let out = printed_as(Output::Csv, &header, |p| {
+            p.held(&held("=HYPERLINK(\"http://evil\",\"x\")"), &names)
+                .unwrap();
+            p.held(&hidden, &names).unwrap();
+        });
+        let rows = rows(&out);
+        assert_eq!(
+            rows[0],
+            [
+                "anchor",
+                "org",
+                "dn",
+                "agreements",
+                "hidden",
+                "attributes",
+                "since",
+                "attr:mail",
+                "attr:otherTelephone",
+                "attr:title"
+            ]
+        );
+        assert_eq!(
+            rows[1],
+            [
+                "a-1",
+                "RB6",
+                "CN=X,OU=T",
+                "DSA-1;DSA-2",
+                "",
+                r#"{"otherTelephone":["1","2"],"title":["=HYPERLINK(\"http://evil\",\"x\")"]}"#,
+                "2024-05-01T09:30:00Z",
+                "",
+                "1 | 2",
+                "'=HYPERLINK(\"http://evil\",\"x\")"
+            ]
+        );
+        assert_eq!(
+            (rows[2][4].as_str(), rows[2][9].as_str()),
+            ("hidden", "Nurse")
+        );
+    }
+
+    #[test]
+    fn an_object_with_an_attribute_the_header_lacks_is_an_error() {
+        let mut out = Vec::new();
+        let names = vec!["title".to_string()];
+        let mut p = Printer::new(Output::Csv, &mut out, held_csv_header(&names), false).unwrap();
+        let e = p.held(&held("Nurse"), &names).unwrap_err();
+        assert!(e.to_string().contains("otherTelephone"), "{e}");
+    }
+
+    #[test]
+    fn a_record_as_csv_names_the_attributes_it_changed() {
+        let mut record = Record::new(3, "modify", "failed", "@attributes changed");
+        record.dn = Some("-CN=X".into());
+        for (k, new) in [("title", "+1"), ("mail", "a@b")] {
+            record.changes.insert(
+                k.into(),
+                AttrChange {
+                    old: vec![],
+                    new: vec![new.into()],
+                },
+            );
+        }
+        let stored = Stored {
+            id: 12,
+            at: "2024-05-01T09:30:00Z".into(),
+            record,
+            prev_hash: "p".into(),
+            hash: "h".into(),
+        };
+        let out = printed_as(Output::Csv, &RECORD_CSV_HEADER, |p| {
+            p.record(&stored).unwrap()
+        });
+        let rows = rows(&out);
+        assert_eq!(rows[0], RECORD_CSV_HEADER);
+        let row = &rows[1];
+        assert_eq!(
+            (row[0].as_str(), row[3].as_str(), row[5].as_str()),
+            ("12", "modify", "'@attributes changed")
+        );
+        assert_eq!(row[8], "'-CN=X");
+        assert_eq!(row[14], "mail title");
+        let changes: serde_json::Value = serde_json::from_str(&row[11]).unwrap();
+        assert_eq!(changes["title"]["new"][0], "+1");
     }
 
     #[test]
@@ -412,10 +709,5 @@ mod tests {
         );
         assert_eq!(short_time("2024-05-01"), "2024-05-01");
         assert_eq!(first_chars("ééé", 2), "éé");
-    }
-
-    #[test]
-    fn csv_fields_are_quoted_with_inner_quotes_doubled() {
-        assert_eq!(csv_field(r#"say "hi", then"#), r#""say ""hi"", then""#);
     }
 }

@@ -1,21 +1,27 @@
 //! `absync journal`: verify, query and export the audit journal, one
 //! function per subcommand. Answers go out through `Printer`.
 
-use std::io::Write;
+use std::collections::BTreeSet;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Context;
-use std::process::ExitCode;
 
 use absync::seal::{PublicKey, Signer};
 use absync::state::journal::Stored;
 use absync::state::{audit, verify, Snapshot, StateError};
 
 use crate::cli::{ExportFormat, JournalCommand, Output};
+use crate::csv_out::Csv;
 use crate::print::{self, Printer};
 
-/// Runs one journal subcommand on the state in `state_dir`.
-pub fn run(state_dir: &Path, command: JournalCommand) -> anyhow::Result<ExitCode> {
+/// Runs one journal subcommand on the state in `state_dir`; `bom`: CSV
+/// starts with a byte-order mark.
+pub fn run(state_dir: &Path, command: JournalCommand, bom: bool) -> anyhow::Result<ExitCode> {
+    if bom && !writes_csv(&command) {
+        anyhow::bail!("--bom is for --format csv only");
+    }
     let s = open_state(state_dir)?;
     match command {
         JournalCommand::Verify {
@@ -24,26 +30,26 @@ pub fn run(state_dir: &Path, command: JournalCommand) -> anyhow::Result<ExitCode
             file: _,
         } => verify(&s, &public_key, expect_head),
         JournalCommand::Keygen { private, public } => keygen(&private, &public),
-        JournalCommand::Runs { since, format } => runs(&s, since.as_deref(), format),
-        JournalCommand::Show { run, format } => show(&s, run, format),
-        JournalCommand::History { who, format } => history(&s, &who, format),
+        JournalCommand::Runs { since, format } => runs(&s, since.as_deref(), (format, bom)),
+        JournalCommand::Show { run, format } => show(&s, run, (format, bom)),
+        JournalCommand::History { who, format } => history(&s, &who, (format, bom)),
         JournalCommand::Held {
             at,
             org,
             agreement,
             format,
-        } => held(&s, &at, org, agreement, format),
+        } => held(&s, &at, org, agreement, (format, bom)),
         JournalCommand::Agreement {
             id,
             at: None,
             format,
-        } => agreement(&s, &id, format),
+        } => agreement(&s, &id, (format, bom)),
         JournalCommand::Agreement {
             id,
             at: Some(at),
             format,
-        } => terms(&s, &id, &at, format),
-        JournalCommand::ConfigChanges { format } => config_changes(&s, format),
+        } => terms(&s, &id, &at, (format, bom)),
+        JournalCommand::ConfigChanges { format } => config_changes(&s, (format, bom)),
         JournalCommand::Export {
             since,
             until,
@@ -62,6 +68,23 @@ pub fn run(state_dir: &Path, command: JournalCommand) -> anyhow::Result<ExitCode
             };
             export(&s, &filter, format, redact)
         }
+    }
+}
+
+/// A query's output format, and whether its CSV starts with a byte-order
+/// mark.
+type Form = (Output, bool);
+
+fn writes_csv(command: &JournalCommand) -> bool {
+    match command {
+        JournalCommand::Verify { .. } | JournalCommand::Keygen { .. } => false,
+        JournalCommand::Runs { format, .. }
+        | JournalCommand::Show { format, .. }
+        | JournalCommand::History { format, .. }
+        | JournalCommand::Held { format, .. }
+        | JournalCommand::Agreement { format, .. }
+        | JournalCommand::ConfigChanges { format } => *format == Output::Csv,
+        JournalCommand::Export { format, .. } => *format == ExportFormat::Csv,
     }
 }
 
@@ -140,10 +163,10 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn runs(s: &Snapshot, since: Option<&str>, format: Output) -> anyhow::Result<ExitCode> {
+fn runs(s: &Snapshot, since: Option<&str>, (format, bom): Form) -> anyhow::Result<ExitCode> {
     let since = since.map(|d| when(d, false)).transpose()?;
     let runs = audit::runs(s, since.as_deref())?;
-    let mut p = Printer::stdout(format, print::RUNS_CSV_HEADER)?;
+    let mut p = Printer::stdout(format, print::RUNS_CSV_HEADER, bom)?;
     for r in &runs {
         p.run(r)?;
     }
@@ -151,14 +174,14 @@ fn runs(s: &Snapshot, since: Option<&str>, format: Output) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-fn show(s: &Snapshot, run: i64, format: Output) -> anyhow::Result<ExitCode> {
+fn show(s: &Snapshot, run: i64, format: Form) -> anyhow::Result<ExitCode> {
     if print_each(format, |f| audit::show(s, run, f))? == 0 {
         anyhow::bail!("no run {run} in the journal");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn history(s: &Snapshot, who: &str, format: Output) -> anyhow::Result<ExitCode> {
+fn history(s: &Snapshot, who: &str, format: Form) -> anyhow::Result<ExitCode> {
     let records = audit::history(s, who)?;
     if records.is_empty() {
         anyhow::bail!("no journal record mentions {who}");
@@ -167,25 +190,44 @@ fn history(s: &Snapshot, who: &str, format: Output) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// What was held at a time. As CSV, with a column per attribute: a first
+/// pass over the objects finds which attributes there are.
 fn held(
     s: &Snapshot,
     at: &str,
     org: Option<String>,
     agreement: Option<String>,
-    format: Output,
+    (format, bom): Form,
 ) -> anyhow::Result<ExitCode> {
     let at = when(at, true)?;
     let org = org.map(|o| o.to_uppercase());
     let agreement = agreement.map(|a| known_agreement(s, a)).transpose()?;
-    let mut p = Printer::stdout(format, print::HELD_CSV_HEADER)?;
-    audit::held(s, &at, org.as_deref(), &mut |h| match &agreement {
-        Some(a) if !h.state.agreements.contains(a) => Ok(()),
-        _ => p.held(&h).map_err(output_error),
+    let under = |h: &audit::Held| {
+        agreement
+            .as_ref()
+            .is_none_or(|a| h.state.agreements.contains(a))
+    };
+    let mut names = BTreeSet::new();
+    if format == Output::Csv {
+        audit::held(s, &at, org.as_deref(), &mut |h| {
+            if under(&h) {
+                names.extend(h.state.attrs.into_keys());
+            }
+            Ok(())
+        })?;
+    }
+    let names: Vec<String> = names.into_iter().collect();
+    let mut p = Printer::stdout(format, print::held_csv_header(&names), bom)?;
+    audit::held(s, &at, org.as_deref(), &mut |h| {
+        if !under(&h) {
+            return Ok(());
+        }
+        p.held(&h, &names).map_err(output_error)
     })?;
     let n = p.finish()?;
     if format == Output::Table {
         let mut scope = org.map(|o| format!(" for {o}")).unwrap_or_default();
-        if let Some(a) = agreement {
+        if let Some(a) = &agreement {
             scope.push_str(&format!(" under {a}"));
         }
         println!("{n} objects held at {at}{scope}");
@@ -193,7 +235,7 @@ fn held(
     Ok(ExitCode::SUCCESS)
 }
 
-fn agreement(s: &Snapshot, id: &str, format: Output) -> anyhow::Result<ExitCode> {
+fn agreement(s: &Snapshot, id: &str, format: Form) -> anyhow::Result<ExitCode> {
     let id = known_agreement(s, id.to_string())?;
     print_each(format, |f| audit::agreement(s, &id, f))?;
     Ok(ExitCode::SUCCESS)
@@ -201,7 +243,7 @@ fn agreement(s: &Snapshot, id: &str, format: Output) -> anyhow::Result<ExitCode>
 
 /// `journal agreement ID --at DAY`: the agreement's terms as the journal
 /// recorded them from the agreements file in force then.
-fn terms(s: &Snapshot, id: &str, at: &str, format: Output) -> anyhow::Result<ExitCode> {
+fn terms(s: &Snapshot, id: &str, at: &str, (format, bom): Form) -> anyhow::Result<ExitCode> {
     let at = when(at, true)?;
     let Some(recorded) = audit::terms_at(s, Some(&at))? else {
         anyhow::bail!("the journal records no agreements file on or before {at}");
@@ -231,7 +273,7 @@ fn terms(s: &Snapshot, id: &str, at: &str, format: Output) -> anyhow::Result<Exi
             .collect()
     };
     let in_force = text("valid_from").as_str() <= day && day <= text("valid_until").as_str();
-    let mut p = Printer::stdout(format, print::TERMS_CSV_HEADER)?;
+    let mut p = Printer::stdout(format, print::TERMS_CSV_HEADER, bom)?;
     p.terms(&print::Terms {
         id: text("id"),
         title: text("title"),
@@ -265,9 +307,9 @@ fn known_run(s: &Snapshot, run: i64) -> anyhow::Result<i64> {
     Ok(run)
 }
 
-fn config_changes(s: &Snapshot, format: Output) -> anyhow::Result<ExitCode> {
+fn config_changes(s: &Snapshot, (format, bom): Form) -> anyhow::Result<ExitCode> {
     let changes = audit::config_changes(s)?;
-    let mut p = Printer::stdout(format, print::CONFIG_CHANGES_CSV_HEADER)?;
+    let mut p = Printer::stdout(format, print::CONFIG_CHANGES_CSV_HEADER, bom)?;
     for (run, changed) in &changes {
         p.config_change(run, changed)?;
     }
@@ -275,35 +317,50 @@ fn config_changes(s: &Snapshot, format: Output) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every record since a time, one a line, for other tools: CSV (RFC 4180
-/// line ends) or JSON Lines, personal values hashed with `redact`.
+/// The records the filter takes, one a line, for other tools: CSV (always
+/// with a byte-order mark, so spreadsheets read it as UTF-8) or JSON Lines,
+/// personal values hashed with `redact`.
 fn export(
     s: &Snapshot,
     filter: &audit::Filter,
     format: ExportFormat,
     redact: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if format == ExportFormat::Csv {
-        // A byte-order mark, so spreadsheets read the file as UTF-8.
-        write!(out, "\u{feff}{}\r\n", audit::CSV_HEADER)?;
+    let out = BufWriter::new(std::io::stdout().lock());
+    match format {
+        ExportFormat::Csv => {
+            let mut csv = Csv::new(out, true, print::RECORD_CSV_HEADER)?;
+            export_each(s, filter, redact, |r| csv.row(print::record_cells(&r)))?;
+            csv.flush()?;
+        }
+        ExportFormat::Jsonl => {
+            let mut out = out;
+            export_each(s, filter, redact, |r| {
+                let line = serde_json::to_string(&r)?;
+                writeln!(out, "{line}")
+            })?;
+            out.flush()?;
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Hands `write` every record `filter` takes, redacted if asked.
+fn export_each(
+    s: &Snapshot,
+    filter: &audit::Filter,
+    redact: bool,
+    mut write: impl FnMut(Stored) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     let redactor = redact.then(audit::Redactor::new).transpose()?;
     audit::filtered(s, filter, &mut |r| {
         let r = match &redactor {
             Some(x) => x.redact(r),
             None => r,
         };
-        match format {
-            ExportFormat::Csv => write!(out, "{}\r\n", audit::csv_line(&r)),
-            ExportFormat::Jsonl => serde_json::to_string(&r)
-                .map_err(std::io::Error::from)
-                .and_then(|line| writeln!(out, "{line}")),
-        }
-        .map_err(output_error)
+        write(r).map_err(output_error)
     })?;
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn open_state(dir: &Path) -> anyhow::Result<Snapshot> {
@@ -325,10 +382,10 @@ fn output_error(e: std::io::Error) -> StateError {
 
 /// Streams records through a printer; returns how many there were.
 fn print_each(
-    format: Output,
+    (format, bom): Form,
     query: impl FnOnce(audit::Each<'_, Stored>) -> Result<(), StateError>,
 ) -> anyhow::Result<u64> {
-    let mut p = Printer::stdout(format, audit::CSV_HEADER)?;
+    let mut p = Printer::stdout(format, print::RECORD_CSV_HEADER, bom)?;
     query(&mut |s| p.record(&s).map_err(output_error))?;
     Ok(p.finish()?)
 }

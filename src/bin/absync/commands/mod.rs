@@ -66,9 +66,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             ..
         } => journal::verify_file(&file, &public_key, expect_head),
-        Command::Journal { state, command } => match state {
-            Some(dir) => journal::run(&dir, command),
-            None => journal::run(&config()?.state_dir, command),
+        Command::Journal {
+            state,
+            bom,
+            command,
+        } => match state {
+            Some(dir) => journal::run(&dir, command, bom),
+            None => journal::run(&config()?.state_dir, command, bom),
         },
         Command::Run => {
             refuse_root()?;
