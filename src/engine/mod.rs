@@ -158,7 +158,7 @@ fn start_run(
         .and_then(|s| s.record.detail)
         .map(|d| d["hash"].clone());
     if recorded.as_ref().and_then(|h| h.as_str()) != Some(files.agreements.as_str()) {
-        let mut r = Record::new(id, "agreements", "recorded", "the agreements in the file");
+        let mut r = Record::new(id, "agreements", "applied", "the agreements in the file");
         r.detail = Some(serde_json::json!({
             "hash": files.agreements,
             "agreements": inputs.agreements.terms(),
