@@ -6,14 +6,15 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use absync::state::journal::Stored;
-use absync::state::{audit, Snapshot, StateError};
+use absync::state::{audit, ReadFrom, Snapshot, StateError};
 
 use crate::cli::{ExportFormat, JournalCommand, Output};
 use crate::print::{self, Printer};
 
-/// Runs one journal subcommand on the state in `state_dir`.
-pub fn run(state_dir: &Path, command: JournalCommand) -> anyhow::Result<ExitCode> {
-    let s = open_state(state_dir)?;
+/// Runs one journal subcommand on the state in `state_dir`, opened
+/// read-only: reading the journal never changes it.
+pub fn run(state_dir: &Path, from: ReadFrom, command: JournalCommand) -> anyhow::Result<ExitCode> {
+    let s = Snapshot::open_read_only(state_dir, from)?;
     match command {
         JournalCommand::Verify => verify(&s),
         JournalCommand::Runs { since, format } => runs(&s, since.as_deref(), format),
@@ -127,13 +128,6 @@ fn export(
     })?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn open_state(dir: &Path) -> anyhow::Result<Snapshot> {
-    if !dir.join("absync.db").exists() {
-        anyhow::bail!("no journal in {}", dir.display());
-    }
-    Ok(Snapshot::open(dir)?)
 }
 
 /// A day or an RFC 3339 time, as the journal stores times.
