@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::service::protocol::DaemonError;
 use crate::service::status::DaemonStatus;
-use crate::state::Snapshot;
+use crate::state::{ReadFrom, Snapshot};
 
 /// Serves the metrics; returns the task and the address it listens on
 /// (port 0 in the configuration picks a free one).
@@ -77,7 +77,8 @@ fn epoch(text: &str) -> Option<i64> {
 /// The metrics text (Prometheus exposition format 0.0.4).
 pub fn render(state_dir: &std::path::Path) -> String {
     let mut out = String::new();
-    let Ok(s) = Snapshot::open(state_dir) else {
+    // Read-only: a scrape never changes the state.
+    let Ok(s) = Snapshot::open_read_only(state_dir, ReadFrom::Live) else {
         return "# state database unavailable\n".into();
     };
     let runs = s.runs(u32::MAX).unwrap_or_default();

@@ -8,6 +8,7 @@
 //! intent row is committed *before* each write, so after a crash (kill -9)
 //! the next run can look at the target and record what really happened.
 
+mod access;
 pub mod audit;
 pub mod journal;
 pub mod object;
@@ -15,6 +16,7 @@ pub mod retention;
 pub mod runs;
 pub mod verify;
 
+pub use access::ReadFrom;
 pub use object::{Attrs, Hidden, Intent, ObjectRow};
 
 use std::path::{Path, PathBuf};
@@ -38,6 +40,34 @@ pub enum StateError {
         path: PathBuf,
         found: i64,
         known: i64,
+    },
+    #[error(
+        "state database {path} has schema {found}, older than this absync's {known}: reading \
+         does not migrate it; `absync sync` (or the daemon) migrates it, keeping a copy of \
+         the old one first, or read it with the absync that wrote it"
+    )]
+    TooOld {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("no journal in {dir}")]
+    Missing { dir: PathBuf },
+    #[error("permission denied reading {path}: run as {who}, or give a copy with --state")]
+    PermissionDenied { path: PathBuf, who: String },
+    #[error(
+        "{path} is a symbolic link: absync follows none in its state directory (one could send \
+         its writes anywhere); put the real directory or file there"
+    )]
+    Symlink { path: PathBuf },
+    #[error(
+        "the state directory {dir} belongs to {owner}, not to {user}, who runs absync: run \
+         absync as {owner}, or give it a state directory of its own"
+    )]
+    NotOwner {
+        dir: PathBuf,
+        owner: String,
+        user: String,
     },
     #[error("writing the output: {0}")]
     Output(String),
@@ -205,10 +235,12 @@ pub struct StateLock {
 impl StateLock {
     pub fn acquire(dir: &Path) -> Result<StateLock, StateError> {
         use std::io::{Read, Seek, Write};
+        access::refuse_symlinks(dir)?;
         std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
             path: dir.to_path_buf(),
             source,
         })?;
+        access::refuse_foreign_owner(dir)?;
         let path = dir.join("absync.lock");
         let io = |source| StateError::Dir {
             path: path.clone(),
@@ -254,15 +286,21 @@ type RawRow = (String, String, String, String, String, Option<String>);
 pub struct Snapshot {
     pub(crate) conn: Connection,
     pub path: PathBuf,
+    /// Where a reader copied an evidence copy with a write-ahead log to
+    /// (removed when dropped, after the connection).
+    _scratch: Option<tempfile::TempDir>,
 }
 
 impl Snapshot {
-    /// Opens (creating if needed) the state database in `dir`.
+    /// Opens (creating if needed) the state database in `dir`, to write:
+    /// `sync`, the daemon (after taking the [`StateLock`]) and plans. An
+    /// older schema is migrated, after a copy of the database is kept.
     pub fn open(dir: &Path) -> Result<Snapshot, StateError> {
         let derr = |source| StateError::Dir {
             path: dir.to_path_buf(),
             source,
         };
+        access::refuse_symlinks(dir)?;
         std::fs::create_dir_all(dir).map_err(derr)?;
         #[cfg(unix)]
         {
@@ -296,29 +334,66 @@ impl Snapshot {
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
-        // The schema is brought up to date under a write lock, so two
-        // processes opening a new state directory at once cannot both try.
+        Self::bring_up_to_date(&conn, &path)?;
+        Ok(Snapshot {
+            conn,
+            path,
+            _scratch: None,
+        })
+    }
+
+    /// Opens the state database in `dir` to read it (`journal`, `status`,
+    /// the metrics), changing nothing there: see [`ReadFrom`]. A database
+    /// of another schema is refused, not migrated; a missing or empty one
+    /// is [`StateError::Missing`].
+    pub fn open_read_only(dir: &Path, from: ReadFrom) -> Result<Snapshot, StateError> {
+        let opened = access::open_read_only(dir, from)?;
+        access::check_schema(&opened.conn, dir, &opened.path)?;
+        Ok(Snapshot {
+            conn: opened.conn,
+            path: opened.path,
+            _scratch: opened.scratch,
+        })
+    }
+
+    /// Migrates an older schema, under a write lock so that two processes
+    /// opening a new state directory at once cannot both try. An existing
+    /// database is copied first (see `access::backup`).
+    fn bring_up_to_date(conn: &Connection, path: &Path) -> Result<(), StateError> {
+        let db = |source| StateError::Db {
+            path: path.to_path_buf(),
+            source,
+        };
         let read_version =
             |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0));
-        if read_version(&conn).map_err(db)? != SCHEMA_VERSION {
-            conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
-            let migrated = Self::migrate(&conn, read_version(&conn).map_err(db)?);
-            match migrated {
-                Ok(()) => conn.execute_batch("COMMIT").map_err(db)?,
-                Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    return Err(match e {
-                        Migrate::TooNew(found) => StateError::TooNew {
-                            path,
-                            found,
-                            known: SCHEMA_VERSION,
-                        },
-                        Migrate::Db(source) => StateError::Db { path, source },
-                    });
-                }
+        let version = read_version(conn).map_err(db)?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        if (1..SCHEMA_VERSION).contains(&version) {
+            let bak = access::backup(conn, path)?;
+            tracing::info!(
+                "state database {} has schema {version}: kept a copy at {} before migrating \
+                 it to schema {SCHEMA_VERSION}",
+                path.display(),
+                bak.display()
+            );
+        }
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+        match Self::migrate(conn, read_version(conn).map_err(db)?) {
+            Ok(()) => conn.execute_batch("COMMIT").map_err(db),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(match e {
+                    Migrate::TooNew(found) => StateError::TooNew {
+                        path: path.to_path_buf(),
+                        found,
+                        known: SCHEMA_VERSION,
+                    },
+                    Migrate::Db(source) => db(source),
+                })
             }
         }
-        Ok(Snapshot { conn, path })
     }
 
     /// Takes the schema from `version` to the current one, step by step,

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod crash;
 mod delta;
+mod evidence;
 mod faults;
 mod hostile;
 mod identity;

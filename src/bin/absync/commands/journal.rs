@@ -10,19 +10,25 @@ use anyhow::Context;
 
 use absync::seal::{PublicKey, Signer};
 use absync::state::journal::Stored;
-use absync::state::{audit, verify, Snapshot, StateError};
+use absync::state::{audit, verify, ReadFrom, Snapshot, StateError};
 
 use crate::cli::{ExportFormat, JournalCommand, Output};
 use crate::csv_out::Csv;
 use crate::print::{self, Printer};
 
-/// Runs one journal subcommand on the state in `state_dir`; `bom`: CSV
-/// starts with a byte-order mark.
-pub fn run(state_dir: &Path, command: JournalCommand, bom: bool) -> anyhow::Result<ExitCode> {
+/// Runs one journal subcommand on the state in `state_dir`, opened
+/// read-only: reading the journal never changes it. `bom`: CSV starts with
+/// a byte-order mark.
+pub fn run(
+    state_dir: &Path,
+    from: ReadFrom,
+    command: JournalCommand,
+    bom: bool,
+) -> anyhow::Result<ExitCode> {
     if bom && !writes_csv(&command) {
         anyhow::bail!("--bom is for --format csv only");
     }
-    let s = open_state(state_dir)?;
+    let s = Snapshot::open_read_only(state_dir, from)?;
     match command {
         JournalCommand::Verify {
             public_key,
@@ -361,13 +367,6 @@ fn export_each(
         write(r).map_err(output_error)
     })?;
     Ok(())
-}
-
-fn open_state(dir: &Path) -> anyhow::Result<Snapshot> {
-    if !dir.join("absync.db").exists() {
-        anyhow::bail!("no journal in {}", dir.display());
-    }
-    Ok(Snapshot::open(dir)?)
 }
 
 /// A day or an RFC 3339 time, as the journal stores times.

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use absync::config::{Config, ServiceView};
 use absync::engine::Options;
+use absync::state::ReadFrom;
 use anyhow::Context;
 
 use crate::cli::{Cli, Command, JournalCommand, Only};
@@ -71,8 +72,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bom,
             command,
         } => match state {
-            Some(dir) => journal::run(&dir, command, bom),
-            None => journal::run(&config()?.state_dir, command, bom),
+            Some(dir) => journal::run(&dir, ReadFrom::Given, command, bom),
+            None => journal::run(&config()?.state_dir, ReadFrom::Live, command, bom),
         },
         Command::Run => {
             refuse_root()?;
@@ -84,10 +85,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status {
             runs,
             state: Some(dir),
-        } => status::run(&dir, None, runs),
+        } => status::run(&dir, ReadFrom::Given, None, runs),
         Command::Status { runs, state: None } => {
             let view = view()?;
-            status::run(&view.state_dir, Some(&view.target_base_dn), runs)
+            let ou = Some(view.target_base_dn.as_str());
+            status::run(&view.state_dir, ReadFrom::Live, ou, runs)
         }
         Command::Init { path } => init::run(&path),
         Command::Completions { shell } => init::completions(shell),

@@ -4,19 +4,26 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use absync::service::DaemonStatus;
-use absync::state::Snapshot;
+use absync::state::{ReadFrom, Snapshot, StateError};
 
 use crate::print;
 
 /// What is managed, what the daemon does, and the last `limit` runs.
-/// `ou` is the target OU, when the configuration could be read.
-pub fn run(state_dir: &Path, ou: Option<&str>, limit: u32) -> anyhow::Result<ExitCode> {
-    let db = state_dir.join("absync.db");
-    if !db.exists() {
-        println!("state {}: no runs yet", state_dir.display());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let snapshot = Snapshot::open(state_dir)?;
+/// `ou` is the target OU, when the configuration could be read. The state
+/// is opened read-only: nothing in it changes.
+pub fn run(
+    state_dir: &Path,
+    from: ReadFrom,
+    ou: Option<&str>,
+    limit: u32,
+) -> anyhow::Result<ExitCode> {
+    let snapshot = match Snapshot::open_read_only(state_dir, from) {
+        Err(StateError::Missing { .. }) => {
+            println!("state {}: no runs yet", state_dir.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        opened => opened?,
+    };
     let total = snapshot.count()?;
     let visible = snapshot.count_visible()?;
     let size = absync::state::bytes_on_disk(state_dir);
