@@ -50,7 +50,7 @@ use crate::engine::stages::Stages;
 use crate::ldap::Conn;
 use crate::state::journal::Record;
 use crate::state::runs::{Counts, FileHashes};
-use crate::state::{Snapshot, StateLock};
+use crate::state::{ReadFrom, Snapshot, StateLock};
 
 /// Runs once. In [`Mode::Apply`] the target, snapshot and journal change;
 /// in [`Mode::Plan`] the same code runs up to each write, which is
@@ -68,7 +68,7 @@ pub async fn run(
         Mode::Apply if !opts.lock_held => Some(StateLock::acquire(&cfg.state_dir)?),
         _ => None,
     };
-    let snapshot = Snapshot::open(&cfg.state_dir)?;
+    let snapshot = open_state(cfg, mode)?;
     // The files in force: recorded with the run, and the key a delta's
     // cookie belongs to.
     let files = file_hashes(cfg);
@@ -123,6 +123,17 @@ pub async fn run(
         duration: started.elapsed(),
         status,
         pull,
+    })
+}
+
+/// The state for a run: a real run opens it to write (migrating an older
+/// schema, after a backup); a plan only reads an existing database, as
+/// every reader does, and changes nothing in it.
+fn open_state(cfg: &Config, mode: Mode) -> Result<Snapshot, RunError> {
+    let exists = cfg.state_dir.join("absync.db").exists();
+    Ok(match mode {
+        Mode::Plan(_) if exists => Snapshot::open_read_only(&cfg.state_dir, ReadFrom::Live)?,
+        _ => Snapshot::open(&cfg.state_dir)?,
     })
 }
 
