@@ -185,6 +185,8 @@ pub struct RawJournal {
     pub signing_key: Option<Spanned<String>>,
     /// The same, handed over by systemd (LoadCredentialEncrypted=).
     pub signing_key_credential: Option<Spanned<String>>,
+    /// The public key `journal verify` checks with when given none.
+    pub public_key: Option<Spanned<String>>,
 }
 
 impl Default for RawJournal {
@@ -193,6 +195,7 @@ impl Default for RawJournal {
             retention: default_retention(),
             signing_key: None,
             signing_key_credential: None,
+            public_key: None,
         }
     }
 }
@@ -601,6 +604,8 @@ pub struct Config {
     pub journal_retention: Duration,
     /// Signs each run's head and each prune, when configured.
     pub journal_signer: Option<Signer>,
+    /// What `journal verify` checks signatures with by default.
+    pub journal_public_key: Option<PathBuf>,
     pub service: ServiceConfig,
     /// Things worth telling the admin that do not stop a run.
     pub warnings: Vec<String>,
@@ -928,6 +933,10 @@ impl Config {
         }
         let service = resolve_service(&raw, &r, &state_dir)?;
         let journal_signer = resolve_signer(&raw.journal, &r, &state_dir, &mut warnings)?;
+        let journal_public_key = match &raw.journal.public_key {
+            Some(p) => Some(r.existing_file(p, "journal.public_key")?),
+            None => None,
+        };
         Ok(Config {
             file,
             source,
@@ -938,6 +947,7 @@ impl Config {
             safety,
             journal_retention,
             journal_signer,
+            journal_public_key,
             service,
             warnings,
         })

@@ -401,10 +401,18 @@ async fn an_export_verifies_on_its_own_and_an_unsigned_past_is_named() {
     std::fs::remove_file(&inside).unwrap();
 
     env.set_safety(&format!(
-        "{NO_RAILS}\n[journal]\nsigning_key = \"{}\"\n",
-        private.display()
+        "{NO_RAILS}\n[journal]\nsigning_key = \"{}\"\npublic_key = \"{}\"\n",
+        private.display(),
+        public.display()
     ));
     assert_eq!(env.absync(&["sync"]).code, 0);
+    // The configured public key is what `journal verify` checks with.
+    let configured = env.absync(&["journal", "verify"]);
+    assert_eq!(configured.code, 0, "{configured:?}");
+    assert!(
+        configured.stdout.contains("signed by key"),
+        "{configured:?}"
+    );
     let keyed = journal(
         &env,
         &state,

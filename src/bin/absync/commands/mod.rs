@@ -73,7 +73,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command,
         } => match state {
             Some(dir) => journal::run(&dir, ReadFrom::Given, command, bom),
-            None => journal::run(&config()?.state_dir, ReadFrom::Live, command, bom),
+            None => {
+                let cfg = config()?;
+                let command = match command {
+                    // The configured public key, when none is given.
+                    JournalCommand::Verify {
+                        public_key,
+                        expect_head,
+                        file,
+                    } if public_key.is_empty() => JournalCommand::Verify {
+                        public_key: cfg.journal_public_key.iter().cloned().collect(),
+                        expect_head,
+                        file,
+                    },
+                    other => other,
+                };
+                journal::run(&cfg.state_dir, ReadFrom::Live, command, bom)
+            }
         },
         Command::Run => {
             refuse_root()?;
