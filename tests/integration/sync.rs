@@ -87,7 +87,16 @@ async fn initial_sync_lands_exactly_the_authorised_entries_then_a_rerun_writes_n
     let runs = snap.runs(10).unwrap();
     assert_eq!(runs[0].status, "ok");
     assert!(snap.records(runs[0].id).unwrap().is_empty());
-    let first = snap.records(runs[1].id).unwrap();
+    let (terms, first): (Vec<_>, Vec<_>) = snap
+        .records(runs[1].id)
+        .unwrap()
+        .into_iter()
+        .partition(|r| r.op == "agreements");
+    assert_eq!(
+        terms.len(),
+        1,
+        "the first run journals the agreements' terms"
+    );
     assert_eq!(first.len(), expected.len());
     assert!(first
         .iter()
