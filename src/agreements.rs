@@ -88,7 +88,8 @@ fn to_date(
     }
 }
 
-fn is_ods_code(code: &str) -> bool {
+/// Whether `code` can be an ODS code: 3 to 5 letters and digits.
+pub fn is_ods_code(code: &str) -> bool {
     (3..=5).contains(&code.len()) && code.chars().all(|c| c.is_ascii_alphanumeric())
 }
 

@@ -201,6 +201,7 @@ fn scope_map_diff_render_and_the_delete_decision_do_no_io_and_read_no_clock() {
         "engine::diff",
         "engine::render",
         "engine::removals::decide",
+        "engine::compliance::classify",
     ] {
         let code = &modules[module];
         for sign in IMPURE {

@@ -140,6 +140,8 @@ impl Options {
 pub(crate) const NO_DELETES: &str = "no deletes were applied";
 pub(crate) const SOME_DELETES: &str =
     "the deletes applied before the stop are journaled; the rest wait for the next run";
+pub(crate) const CHANGES_DONE: &str =
+    "every change was applied and journaled; the compliance check did not finish";
 
 /// A grace period needs somewhere to hide objects.
 fn check_hide_method(cfg: &Config, inputs: &Inputs) -> Result<(), FileError> {

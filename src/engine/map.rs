@@ -490,6 +490,43 @@ impl Mapping {
         out
     }
 
+    /// Where the mapping takes the values of the target attribute `target`
+    /// (any case) from: one alternative per way it can get a value (a
+    /// copy's attribute, or a template's placeholders, `anchor` among
+    /// them), each with the source attributes it reads (lower-case); an
+    /// empty alternative is a constant. A template yields a value when any
+    /// of its placeholders does. `None` when the mapping does not write
+    /// `target`. The RDN attribute comes from `rdn.first_of`; the `[hide]`
+    /// attribute is a constant.
+    pub fn sources_of(&self, target: &str) -> Option<Vec<Vec<String>>> {
+        let placeholders = |t: &Template| -> Vec<String> {
+            t.0.iter()
+                .filter_map(|p| match p {
+                    Piece::Attr(a, _) => Some(a.clone()),
+                    Piece::Text(_) => None,
+                })
+                .collect()
+        };
+        if target.eq_ignore_ascii_case(&self.rdn_attribute) {
+            return Some(self.rdn.iter().map(placeholders).collect());
+        }
+        if let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| r.target.eq_ignore_ascii_case(target))
+        {
+            return Some(match &rule.source {
+                Source::Copy(a) => vec![vec![a.clone()]],
+                Source::FirstOf(ts) => ts.iter().map(placeholders).collect(),
+                Source::Value(_) => vec![Vec::new()],
+            });
+        }
+        self.hide
+            .as_ref()
+            .filter(|(a, _)| a.eq_ignore_ascii_case(target))
+            .map(|_| vec![Vec::new()])
+    }
+
     /// Maps one entry. `Err` names why the entry cannot become an object
     /// (no RDN value), which the caller journals.
     pub fn map(&self, entry: &SourceEntry) -> Result<Mapped, String> {
@@ -686,6 +723,33 @@ first_of = ["{description}", "Job: {nhsJobRole}"]
             o.rdn_candidates
         );
         assert_eq!(o.rdn_candidates[1], "(Associate Director");
+    }
+
+    #[test]
+    fn sources_of_names_what_each_target_attribute_reads() {
+        let m = mapping(&format!(
+            "{M}[hide]\nattribute = \"msExchHideFromAddressLists\"\nvalue = \"TRUE\"\n"
+        ));
+        let s = |t: &str| m.sources_of(t);
+        assert_eq!(s("MAIL"), Some(vec![vec!["mail".to_string()]]));
+        assert_eq!(
+            s("info"),
+            Some(vec![vec!["description".into()], vec!["nhsjobrole".into()]])
+        );
+        assert_eq!(
+            s("displayName"),
+            Some(vec![vec!["givenname".into(), "sn".into()]])
+        );
+        assert_eq!(s("company"), Some(vec![vec![]]));
+        assert_eq!(
+            s("cn"),
+            Some(vec![
+                vec!["givenname".into(), "sn".into()],
+                vec!["uid".into()]
+            ])
+        );
+        assert_eq!(s("msexchhidefromaddresslists"), Some(vec![vec![]]));
+        assert_eq!(s("homePhone"), None);
     }
 
     #[test]

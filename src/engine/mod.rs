@@ -10,6 +10,8 @@
 //!   and [`apply`] (5).
 //! - [`removals`]: what was not seen: hide or delete, through the rails.
 //! - [`render`]: a plan as a table, LDIF or JSON.
+//! - [`compliance`]: a full run's last step, and `absync audit`: is
+//!   anything in the OUs that no agreement allows?
 //! - [`outcome`]: how the run ended, its summary and exit code.
 
 pub mod cx;
@@ -29,6 +31,7 @@ mod known;
 pub mod removals;
 
 pub mod apply;
+pub mod compliance;
 pub mod render;
 
 pub use cx::{file_hashes, load_inputs, Inputs, Mode, Options, Watch, Watcher};
@@ -278,8 +281,8 @@ async fn open_target<'a, 'o>(
 }
 
 /// Ends the run's writes: the last adds, then (in a real run) the source
-/// cookie for the next delta and the anchors to read again, then both
-/// connections.
+/// cookie for the next delta and the anchors to read again, and (in a full
+/// run) the compliance check, then both connections.
 async fn finish(
     cx: &RunCx<'_>,
     mut applier: Applier<'_, '_>,
@@ -299,6 +302,10 @@ async fn finish(
         let cookie = read.next_cookie.as_ref().filter(|_| !held_deletes);
         cx.snapshot
             .finish_pull(cookie, applier.retry(), applier.run_id())?;
+        // What the OUs hold now, against the agreements in force.
+        if cx.opts.full {
+            compliance::check_run(cx, applier.conn(), counts).await?;
+        }
     }
     source.unbind().await;
     applier.unbind().await;

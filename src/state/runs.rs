@@ -256,6 +256,34 @@ impl Snapshot {
             .map_err(|e| self.db_err(e))
     }
 
+    /// The latest record of operation `op` written by one of the last
+    /// `within` runs of mode `mode` (`full`), looked for run by run, newest
+    /// first, through the index on the run.
+    pub fn latest_in_runs(
+        &self,
+        mode: &str,
+        op: &str,
+        within: u32,
+    ) -> Result<Option<Stored>, StateError> {
+        let ids: Vec<i64> = self
+            .conn
+            .prepare_cached("SELECT id FROM runs WHERE mode = ?1 ORDER BY id DESC LIMIT ?2")
+            .and_then(|mut s| {
+                s.query_map(params![mode, within], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(|e| self.db_err(e))?;
+        for id in ids {
+            if let Some(s) = self
+                .stored_where("run_id = ?1 AND op = ?2", &[&id, &op])?
+                .pop()
+            {
+                return Ok(Some(s));
+            }
+        }
+        Ok(None)
+    }
+
     /// The most recent runs, newest first.
     pub fn runs(&self, limit: u32) -> Result<Vec<Run>, StateError> {
         let mut stmt = self

@@ -130,6 +130,12 @@ impl Applier<'_, '_> {
         &self.retry
     }
 
+    /// The connection to the target, for a read of its own (a full run's
+    /// compliance check).
+    pub(crate) fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
     /// Ends the session with the target.
     pub async fn unbind(self) {
         self.conn.unbind().await;

@@ -296,7 +296,7 @@ fn hidden_row(rules: &Rules<'_>, row: &ObjectRow, reason: &str) -> ObjectRow {
 
 /// Whether an object hidden at `hidden.at` has waited out `grace` by `now`
 /// (an unreadable time counts as over).
-fn grace_over(hidden: &Hidden, grace: Duration, now: OffsetDateTime) -> bool {
+pub(crate) fn grace_over(hidden: &Hidden, grace: Duration, now: OffsetDateTime) -> bool {
     let Ok(at) = OffsetDateTime::parse(&hidden.at, &time::format_description::well_known::Rfc3339)
     else {
         return true;

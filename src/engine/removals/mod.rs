@@ -8,6 +8,7 @@
 
 mod decide;
 
+pub(crate) use decide::grace_over;
 pub use decide::{
     decide, holds_deletes, Decided, Facts, Found, Rules, Stop, HELD_SOURCE_UNHEALTHY,
     STOPPED_AT_THRESHOLD,
