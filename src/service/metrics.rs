@@ -148,10 +148,31 @@ pub fn render(state_dir: &std::path::Path) -> String {
         .saturating_sub(s.count_visible().unwrap_or(0));
     let _ = writeln!(out, "absync_managed_objects{{hidden=\"true\"}} {hidden}");
     let _ = writeln!(out, "# HELP absync_state_bytes Size of the state database (snapshot and journal) on disk.\n# TYPE absync_state_bytes gauge\nabsync_state_bytes {}", crate::state::bytes_on_disk(state_dir));
+    compliance(&mut out, &s);
     if let Some(d) = DaemonStatus::read(state_dir) {
         let _ = writeln!(out, "# HELP absync_consecutive_failures Failed runs in a row.\n# TYPE absync_consecutive_failures gauge\nabsync_consecutive_failures {}", d.consecutive_failures);
         let _ = writeln!(out, "# HELP absync_running 1 while a run is in flight.\n# TYPE absync_running gauge\nabsync_running {}", u8::from(d.state == "running"));
         let _ = writeln!(out, "# HELP absync_config_error 1 while a new configuration was refused.\n# TYPE absync_config_error gauge\nabsync_config_error {}", u8::from(d.config_error.is_some()));
     }
     out
+}
+
+/// What the last full run's compliance check found: violations, objects
+/// absync does not own, when, and whether it could read the target.
+fn compliance(out: &mut String, s: &Snapshot) {
+    let Ok(Some(last)) = crate::engine::compliance::last_check(s) else {
+        return;
+    };
+    let _ = writeln!(out, "# HELP absync_compliance_checked_timestamp_seconds When the last full run checked what the OUs hold against the agreements.\n# TYPE absync_compliance_checked_timestamp_seconds gauge\nabsync_compliance_checked_timestamp_seconds {}", epoch(&last.at).unwrap_or(0));
+    let _ = writeln!(out, "# HELP absync_compliance_check_failed 1 when the last check could not read the target.\n# TYPE absync_compliance_check_failed gauge\nabsync_compliance_check_failed {}", u8::from(last.tally.is_none()));
+    if let Some(t) = &last.tally {
+        let _ = writeln!(out, "# HELP absync_compliance_violations absync's objects the last check found not covered by an agreement in force or past their grace period.\n# TYPE absync_compliance_violations gauge\nabsync_compliance_violations {}", t.violation_count());
+        let _ = writeln!(out, "# HELP absync_compliance_unowned_objects Objects in the OUs absync does not own, at the last check; nhs=\"true\": those with NHS-looking values.\n# TYPE absync_compliance_unowned_objects gauge");
+        let _ = writeln!(
+            out,
+            "absync_compliance_unowned_objects{{nhs=\"true\"}} {}\nabsync_compliance_unowned_objects{{nhs=\"false\"}} {}",
+            t.not_owned_nhs,
+            t.not_owned.saturating_sub(t.not_owned_nhs)
+        );
+    }
 }

@@ -88,6 +88,22 @@ pub enum Command {
     },
     /// Print the manual page (roff).
     Man,
+    /// Is anything in the managed or quarantine OU that no agreement
+    /// allows? Reads every object there and says, for each, whether it is
+    /// covered, hidden, not covered or past its grace period (violations),
+    /// or not absync's. Writes nothing. Exit 1 on a violation.
+    Audit {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Output,
+        /// Leave out covered objects and hidden ones in their grace period
+        /// (the counts still include them).
+        #[arg(long)]
+        hide_covered: bool,
+        /// With --format csv: start with a UTF-8 byte-order mark, for
+        /// spreadsheets.
+        #[arg(long)]
+        bom: bool,
+    },
     /// Show the last runs, their status, and what is managed.
     Status {
         /// How many runs to show.

@@ -4,6 +4,7 @@
 
 use std::io::{BufWriter, StdoutLock, Write};
 
+use absync::engine::compliance::Finding;
 use absync::state::audit;
 use absync::state::journal::Stored;
 use absync::state::runs::Run;
@@ -42,6 +43,18 @@ pub const HELD_CSV_HEADER: [&str; 7] = [
     "hidden",
     "attributes",
     "since",
+];
+
+/// The CSV columns of `absync audit`.
+pub const FINDINGS_CSV_HEADER: [&str; 8] = [
+    "class",
+    "violation",
+    "org",
+    "anchor",
+    "dn",
+    "agreements",
+    "reason",
+    "attributes",
 ];
 
 /// The CSV columns of `journal runs`.
@@ -382,6 +395,37 @@ impl<W: Write> Printer<W> {
         Ok(())
     }
 
+    /// One object `absync audit` judged: its class and organisation, its
+    /// DN, why, its anchor, and the attributes at issue with their values.
+    pub fn finding(&mut self, f: &Finding) -> std::io::Result<()> {
+        match &mut self.sink {
+            Sink::Json(_) => return self.json(f),
+            Sink::Csv(out) => out.row([
+                f.class.label(),
+                if f.violation { "yes" } else { "no" },
+                f.org.as_deref().unwrap_or(""),
+                f.anchor.as_deref().unwrap_or(""),
+                &f.dn,
+                &f.agreements.join(";"),
+                &f.reason,
+                &serde_json::to_string(&f.attributes)?,
+            ])?,
+            Sink::Table(out) => {
+                let org = f.org.as_deref().unwrap_or("-");
+                writeln!(out, "{:<11}  {org:<5}  {}", f.class.label(), f.dn)?;
+                writeln!(out, "             {}", f.reason)?;
+                if let Some(a) = &f.anchor {
+                    writeln!(out, "             anchor {a}")?;
+                }
+                for (k, v) in &f.attributes {
+                    writeln!(out, "             {k}: {}", v.join(" | "))?;
+                }
+            }
+        }
+        self.count += 1;
+        Ok(())
+    }
+
     /// Closes the JSON array and flushes; returns how many items were written.
     pub fn finish(self) -> std::io::Result<u64> {
         match self.sink {
@@ -699,6 +743,38 @@ mod tests {
         assert_eq!(row[14], "mail title");
         let changes: serde_json::Value = serde_json::from_str(&row[11]).unwrap();
         assert_eq!(changes["title"]["new"][0], "+1");
+    }
+
+    #[test]
+    fn a_finding_as_table_csv_and_json() {
+        use absync::engine::compliance::Class;
+        let f = Finding {
+            class: Class::NotOwned,
+            violation: false,
+            dn: "CN=Hand Made,OU=NHS,DC=t".into(),
+            anchor: None,
+            org: Some("RZZ".into()),
+            agreements: vec![],
+            reason: "not absync's, \"by hand\"".into(),
+            attributes: [("company".to_string(), vec!["NHS RZZ".to_string()])].into(),
+        };
+        let table = printed(Output::Table, |p| p.finding(&f).unwrap());
+        assert_eq!(
+            table,
+            "not owned    RZZ    CN=Hand Made,OU=NHS,DC=t\n             not absync's, \"by hand\"\n             company: NHS RZZ\n"
+        );
+        let csv = printed_as(Output::Csv, &FINDINGS_CSV_HEADER, |p| {
+            p.finding(&f).unwrap()
+        });
+        assert_eq!(
+            csv,
+            "\"class\",\"violation\",\"org\",\"anchor\",\"dn\",\"agreements\",\"reason\",\"attributes\"\r\n\
+             \"not owned\",\"no\",\"RZZ\",\"\",\"CN=Hand Made,OU=NHS,DC=t\",\"\",\"not absync's, \"\"by hand\"\"\",\"{\"\"company\"\":[\"\"NHS RZZ\"\"]}\"\r\n"
+        );
+        let json = printed(Output::Json, |p| p.finding(&f).unwrap());
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v[0]["class"], "not_owned");
+        assert_eq!(v[0]["attributes"]["company"][0], "NHS RZZ");
     }
 
     #[test]

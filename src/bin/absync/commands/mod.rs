@@ -12,6 +12,7 @@ use anyhow::Context;
 
 use crate::cli::{Cli, Command, JournalCommand, Only};
 
+mod audit;
 mod check;
 mod init;
 mod journal;
@@ -107,6 +108,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ou = Some(view.target_base_dn.as_str());
             status::run(&view.state_dir, ReadFrom::Live, ou, runs)
         }
+        Command::Audit {
+            format,
+            hide_covered,
+            bom,
+        } => audit::run(&config()?, format, hide_covered, bom).await,
         Command::Init { path } => init::run(&path),
         Command::Completions { shell } => init::completions(shell),
         Command::Man => init::man(),

@@ -39,6 +39,7 @@ pub fn run(
         None => println!("daemon     not running; next run not scheduled"),
     }
     attention(&snapshot)?;
+    compliance(&snapshot)?;
     runs(&snapshot, limit)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -83,6 +84,33 @@ fn attention(snapshot: &Snapshot) -> anyhow::Result<()> {
                 last.id, last.status
             );
         }
+    }
+    Ok(())
+}
+
+/// What the last full run's compliance check found, and when.
+fn compliance(snapshot: &Snapshot) -> anyhow::Result<()> {
+    let Some(last) = absync::engine::compliance::last_check(snapshot)? else {
+        println!(
+            "compliance not checked yet: every full run checks it (absync sync --full); \
+             absync audit checks it now"
+        );
+        return Ok(());
+    };
+    let when = format!(
+        "checked {} by full run {}",
+        print::short_time(&last.at),
+        last.run_id
+    );
+    match (&last.tally, &last.error) {
+        (Some(t), _) if t.violation_count() > 0 => {
+            println!("compliance {when}: {}; absync audit lists them", t.text())
+        }
+        (Some(t), _) => println!("compliance {when}: {}", t.text()),
+        (None, e) => println!(
+            "compliance {when}: the check could not read the target: {}",
+            e.as_deref().unwrap_or("-")
+        ),
     }
     Ok(())
 }
