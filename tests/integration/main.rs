@@ -4,6 +4,7 @@
 mod audit;
 mod cli;
 mod common;
+mod compliance;
 mod crash;
 mod delta;
 mod evidence;
