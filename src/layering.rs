@@ -141,7 +141,7 @@ fn the_modules_form_no_import_cycle() {
 
 #[test]
 fn state_knows_nothing_of_ldap_the_engine_or_the_service() {
-    let found = crossings("state", &["ldap", "engine", "service", "config"]);
+    let found = crossings("state", &["ldap", "engine", "service", "config", "report"]);
     assert!(found.is_empty(), "{found:#?}");
     for (module, code) in modules() {
         if in_room(&module, "state") {
@@ -164,6 +164,12 @@ fn the_foundations_know_nothing_of_the_rooms_above_them() {
         let found = crossings(room, &["engine", "state", "service"]);
         assert!(found.is_empty(), "{found:#?}");
     }
+}
+
+#[test]
+fn the_report_renders_only_what_the_state_gathered() {
+    let found = crossings("report", &["ldap", "engine", "service", "config"]);
+    assert!(found.is_empty(), "{found:#?}");
 }
 
 #[test]
@@ -193,7 +199,7 @@ const IMPURE: &[&str] = &[
 ];
 
 #[test]
-fn scope_map_diff_render_and_the_delete_decision_do_no_io_and_read_no_clock() {
+fn scope_map_diff_render_the_delete_decision_and_the_report_do_no_io_and_read_no_clock() {
     let modules = modules();
     for module in [
         "engine::scope",
@@ -202,6 +208,10 @@ fn scope_map_diff_render_and_the_delete_decision_do_no_io_and_read_no_clock() {
         "engine::render",
         "engine::removals::decide",
         "engine::compliance::classify",
+        "report",
+        "report::chart",
+        "report::html",
+        "report::sections",
     ] {
         let code = &modules[module];
         for sign in IMPURE {
@@ -213,7 +223,7 @@ fn scope_map_diff_render_and_the_delete_decision_do_no_io_and_read_no_clock() {
 #[test]
 fn the_auditors_queries_and_verify_only_read() {
     let modules = modules();
-    for (module, write) in ["state::audit", "state::verify"]
+    for (module, write) in ["state::audit", "state::verify", "state::report"]
         .iter()
         .flat_map(|m| WRITES.iter().map(move |w| (*m, *w)))
     {

@@ -10,6 +10,8 @@
 //!   removals → apply (or render, for a plan).
 //! - [`state`]: the SQLite database: the snapshot, the journal, the runs,
 //!   retention and the auditor's read-only queries.
+//! - [`report`]: `journal report`, the journal of a period as one
+//!   self-contained HTML page.
 //! - [`service`]: `absync run`, the scheduled service, its control socket
 //!   and metrics.
 //! - [`dn`], [`secret`], [`failpoint`]: distinguished names, passwords,
@@ -29,6 +31,9 @@ pub mod engine;
 
 // The SQLite database: snapshot, journal, runs, audit queries.
 pub mod state;
+
+// The auditor's report as one HTML page (pure rendering).
+pub mod report;
 
 // `absync run`.
 pub mod service;

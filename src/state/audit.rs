@@ -17,7 +17,8 @@ pub(crate) const COLUMNS: &str =
 
 /// Operations that change what is held in the target (and so the state a
 /// record carries), as `held` replays them.
-const STATE_OPS: &str = "op IN ('add','modify','rename','hide','restore','delete','drift') \
+pub(crate) const STATE_OPS: &str =
+    "op IN ('add','modify','rename','hide','restore','delete','drift') \
                          AND outcome IN ('applied','already absent','detected')";
 
 /// A value `journal_meta` keeps (where pruning cut the journal).

@@ -12,6 +12,7 @@ mod access;
 pub mod audit;
 pub mod journal;
 pub mod object;
+pub mod report;
 pub mod retention;
 pub mod runs;
 pub mod verify;

@@ -93,8 +93,19 @@ async fn synced(name: &str) -> (SyncEnv, String) {
 
 /// Every `journal` subcommand (as `absync journal --help` lists them, so
 /// that a new one is not forgotten) with arguments that find something.
-fn every_journal_command(anchor: &str) -> Vec<Vec<String>> {
+/// `report` writes its page to `report`, outside the copy.
+fn every_journal_command(anchor: &str, report: &Path) -> Vec<Vec<String>> {
+    let report = report.to_str().unwrap();
     let commands: Vec<Vec<&str>> = vec![
+        vec![
+            "report",
+            "--from",
+            "2000-01-01",
+            "--to",
+            "2999-01-01",
+            "-o",
+            report,
+        ],
         vec!["verify"],
         vec!["runs"],
         vec!["runs", "--format", "json"],
@@ -146,7 +157,8 @@ fn read_everything(copy: &Path, anchor: &str) -> String {
     let before = fingerprint(copy);
     let dir = copy.to_str().unwrap();
     let mut runs = String::new();
-    for args in every_journal_command(anchor) {
+    let report = copy.with_extension("report.html");
+    for args in every_journal_command(anchor, &report) {
         let mut all = vec!["journal", "--state", dir];
         all.extend(args.iter().map(String::as_str));
         let r = absync(&all);

@@ -4,8 +4,11 @@
 # Idempotent: installs only what is missing. Run as root.
 set -euo pipefail
 
+# chromium and fonts-dejavu-core: the report test looks at `journal report`'s
+# page in headless Chromium.
 PKGS=(slapd ldap-utils samba samba-ad-dc samba-ad-provision samba-dsdb-modules
-      samba-vfs-modules winbind ldb-tools openssl python3 time procps iproute2)
+      samba-vfs-modules winbind ldb-tools openssl python3 time procps iproute2
+      chromium fonts-dejavu-core)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -213,6 +213,28 @@ pub enum JournalCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: Output,
     },
+    /// The journal of a period as one HTML page to look at: the verdict,
+    /// charts of the changes, deletes, rails and overrides, changes of the
+    /// files and agreements, open conflicts, holdings, compliance. The page
+    /// loads nothing and runs no script.
+    Report {
+        /// The first day (YYYY-MM-DD: its start) or an RFC 3339 time.
+        #[arg(long)]
+        from: String,
+        /// The last day (its end) or time [default: now].
+        #[arg(long)]
+        to: Option<String>,
+        /// The HTML file to write.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+        /// A public key (PEM) that may have signed the journal, as for
+        /// `verify`: the verdict then includes the signatures.
+        #[arg(long = "public-key", value_name = "FILE")]
+        public_key: Vec<PathBuf>,
+    },
     /// Every record (or those the options select), for other tools.
     Export {
         /// From this day (YYYY-MM-DD: its start) or RFC 3339 time on.

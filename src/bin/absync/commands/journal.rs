@@ -56,6 +56,13 @@ pub fn run(
             format,
         } => terms(&s, &id, &at, (format, bom)),
         JournalCommand::ConfigChanges { format } => config_changes(&s, (format, bom)),
+        JournalCommand::Report {
+            from,
+            to,
+            output,
+            force,
+            public_key,
+        } => report(&s, (&from, to.as_deref()), &output, force, &public_key),
         JournalCommand::Export {
             since,
             until,
@@ -83,7 +90,9 @@ type Form = (Output, bool);
 
 fn writes_csv(command: &JournalCommand) -> bool {
     match command {
-        JournalCommand::Verify { .. } | JournalCommand::Keygen { .. } => false,
+        JournalCommand::Verify { .. }
+        | JournalCommand::Keygen { .. }
+        | JournalCommand::Report { .. } => false,
         JournalCommand::Runs { format, .. }
         | JournalCommand::Show { format, .. }
         | JournalCommand::History { format, .. }
@@ -295,6 +304,73 @@ fn terms(s: &Snapshot, id: &str, at: &str, (format, bom): Form) -> anyhow::Resul
     })?;
     p.finish()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `journal report`: the period's page, written to `output` (replaced only
+/// with `force`). Exit 0 when the journal verifies, 1 when it does not
+/// (the page is written either way, and says so).
+fn report(
+    s: &Snapshot,
+    (from, to): (&str, Option<&str>),
+    output: &Path,
+    force: bool,
+    keys: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    let now = absync::state::journal::now();
+    let from = when(from, false)?;
+    // The journal knows nothing after now: a later end is now.
+    let to = match to.map(|t| when(t, true)).transpose()? {
+        Some(to) if to < now => to,
+        _ => now.clone(),
+    };
+    if from > to {
+        anyhow::bail!("--from {from} is after --to {to}");
+    }
+    if output.exists() && !force {
+        anyhow::bail!(
+            "{} exists: give --force to replace it, or another file",
+            output.display()
+        );
+    }
+    let evidence = evidence(keys, None)?;
+    let data = absync::state::report::gather(s, &from, &to, &evidence, &now)?;
+    let mut page = String::new();
+    absync::report::render(&data, &mut page).context("rendering the report")?;
+    write_report(output, page.as_bytes(), force)?;
+    println!(
+        "wrote {}: {} records from {from} to {to}; journal {}",
+        output.display(),
+        data.records,
+        data.verdict
+    );
+    Ok(match data.verdict {
+        verify::Verdict::Intact { .. } => ExitCode::SUCCESS,
+        verify::Verdict::Broken { .. } | verify::Verdict::Unproven { .. } => ExitCode::from(1),
+    })
+}
+
+/// Writes the page next to `path` and renames it into place, so that a
+/// reader never sees half a page; mode 0600 (it names people). An
+/// existing file is replaced only with `force`.
+fn write_report(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".absync-report-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let placed = if force {
+        tmp.persist(path)
+    } else {
+        tmp.persist_noclobber(path)
+    };
+    placed.with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// `id`, if the journal knows such an agreement; else an error (exit 2).
