@@ -37,7 +37,7 @@ pub enum Verdict {
     Intact {
         records: u64,
         unchecked_runs: u64,
-        signed: Option<Signed>,
+        signed: Option<Box<Signed>>,
     },
     Broken {
         record: i64,
@@ -52,9 +52,11 @@ pub enum Verdict {
 /// The signed heads of a journal verified with keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signed {
-    /// The first record kept; if signing began later, the records before
-    /// `first_head` were written unsigned and are vouched for only since.
+    /// The first record kept; if signing began later (`signed_from`: the
+    /// first record of the first run whose head is signed), the records
+    /// before it were written unsigned and are vouched for only since.
     pub first_record: i64,
+    pub signed_from: i64,
     pub first_head: i64,
     pub first_at: String,
     pub last_head: i64,
@@ -103,13 +105,13 @@ impl std::fmt::Display for Signed {
             self.last_run,
             self.last_at
         )?;
-        if self.first_head > self.first_record {
+        if self.signed_from > self.first_record {
             write!(
                 f,
                 "; records {} to {} were written before signing began and are vouched for \
                  only from then on",
                 self.first_record,
-                self.first_head - 1
+                self.signed_from - 1
             )?;
         }
         Ok(())
@@ -325,6 +327,10 @@ struct Walk<'r> {
     keys: BTreeSet<String>,
     /// A run's end record not yet followed by its signed head.
     unsealed_end: Option<(i64, i64)>,
+    /// Per run: the id of its start record (for where signing began).
+    run_starts: HashMap<i64, i64>,
+    /// The first record of the first run whose head is signed.
+    signed_from: Option<i64>,
     expect_seen: bool,
 }
 
@@ -353,6 +359,8 @@ impl<'r> Walk<'r> {
             last_seal: None,
             keys: BTreeSet::new(),
             unsealed_end: None,
+            run_starts: HashMap::new(),
+            signed_from: None,
             expect_seen: false,
         }
     }
@@ -411,6 +419,9 @@ impl<'r> Walk<'r> {
                     self.prune_vouched = true;
                 }
             }
+        }
+        if r.op == "run" && r.outcome == "started" {
+            self.run_starts.insert(r.run_id, row.id);
         }
         if r.op == "run" && (r.outcome == "started" || r.outcome == "ended") {
             if let Some(why) = self.run_record(&row) {
@@ -484,6 +495,7 @@ impl<'r> Walk<'r> {
             at,
         };
         if self.first_seal.is_none() {
+            self.signed_from = Some(self.run_starts.get(&r.run_id).copied().unwrap_or(head_id));
             self.first_seal = Some(Head {
                 id: head.id,
                 run: head.run,
@@ -585,7 +597,7 @@ impl<'r> Walk<'r> {
             Ok(signed) => Verdict::Intact {
                 records,
                 unchecked_runs,
-                signed: Some(signed),
+                signed: Some(Box::new(signed)),
             },
             Err(why) => Verdict::Unproven { why },
         }
@@ -616,6 +628,7 @@ impl<'r> Walk<'r> {
         }
         Ok(Signed {
             first_record: self.first_record.unwrap_or(1),
+            signed_from: self.signed_from.unwrap_or(first.id),
             first_head: first.id,
             first_at: first.at.clone(),
             last_head: last.id,
