@@ -440,7 +440,9 @@ fn compliance(out: &mut dyn Write, data: &ReportData) -> fmt::Result {
         return para(
             out,
             "muted",
-            "No compliance check recorded in this period (run `absync audit`, or a full run).",
+            "No compliance check recorded in this period: a full run records one (`absync sync \
+             --full`, or the service's scheduled full runs); `absync audit` answers now but \
+             records nothing.",
         );
     };
     let class = match c.outcome.as_str() {

@@ -116,6 +116,9 @@ async fn history(name: &str) -> (SyncEnv, PathBuf, String) {
     assert_eq!(stopped.code, 3, "{stopped:?}");
     let allowed = env.absync(&["sync", "--allow-deletes", "1000"]);
     assert_eq!(allowed.code, 0, "{allowed:?}");
+    // A full run checks compliance and journals it (run 5).
+    let full = env.absync(&["sync", "--full"]);
+    assert_eq!(full.code, 0, "{full:?}");
     (env, public, victim.clone())
 }
 
@@ -328,6 +331,11 @@ fn check_html(env: &SyncEnv, html: &str, victim: &str) {
     assert!(html.contains(" O&#39;Brien \\3cscript\\3ealert(\\22sn\\22)"));
     assert!(html.contains("&amp; Co,OU=report-"));
     assert!(html.contains("Trust &amp; &lt;script&gt;alert(&quot;t&quot;)&lt;/script&gt; contacts"));
+    // The full run's compliance check.
+    assert!(
+        html.contains("<span class=\"badge ok\">ok</span> the latest check in the period"),
+        "the compliance check"
+    );
     // Holdings agree with `journal held --agreement`.
     let held = env.absync(&[
         "journal",
