@@ -53,18 +53,7 @@ async fn history(name: &str) -> (SyncEnv, PathBuf, String) {
     let env = SyncEnv::new(name, 81, 80, 3, "nhs-to-ad-contact.toml").await;
     let codes = env.org_codes();
     agreements(&env, &codes, &day(30));
-    let keys = env.dir.join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let (private, public) = (keys.join("journal.key"), keys.join("journal.pub"));
-    let made = env.absync(&[
-        "journal",
-        "keygen",
-        "--private",
-        private.to_str().unwrap(),
-        "--public",
-        public.to_str().unwrap(),
-    ]);
-    assert_eq!(made.code, 0, "{made:?}");
+    let (private, public) = env.keygen();
     let signing = format!("\n[journal]\nsigning_key = \"{}\"\n", private.display());
     env.set_safety(&format!("{NO_RAILS}{signing}"));
 

@@ -53,18 +53,8 @@ async fn signed(name: &str) -> Signed {
     let env = SyncEnv::new(name, 53, 40, 2, "nhs-to-ad-contact.toml").await;
     let codes = env.org_codes();
     env.write_agreements(&[("DSA-SIG", &codes, ALL_ATTRS, &day(-10), &day(10))]);
+    let (private, public) = env.keygen();
     let keys = env.dir.join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let (private, public) = (keys.join("journal.key"), keys.join("journal.pub"));
-    let made = env.absync(&[
-        "journal",
-        "keygen",
-        "--private",
-        private.to_str().unwrap(),
-        "--public",
-        public.to_str().unwrap(),
-    ]);
-    assert_eq!(made.code, 0, "{made:?}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the private key is its owner's only");
@@ -363,18 +353,7 @@ async fn an_export_verifies_on_its_own_and_an_unsigned_past_is_named() {
     env.write_agreements(&[("DSA-SIG", &codes, ALL_ATTRS, &day(-10), &day(10))]);
     // A run before any key: the past a signed journal starts from.
     assert_eq!(env.absync(&["sync"]).code, 0);
-    let keys = env.dir.join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let (private, public) = (keys.join("k"), keys.join("k.pub"));
-    let made = env.absync(&[
-        "journal",
-        "keygen",
-        "--private",
-        private.to_str().unwrap(),
-        "--public",
-        public.to_str().unwrap(),
-    ]);
-    assert_eq!(made.code, 0, "{made:?}");
+    let (private, public) = env.keygen();
     let state = env.state_dir();
     let unsigned = journal(
         &env,

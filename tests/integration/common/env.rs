@@ -305,6 +305,24 @@ impl SyncEnv {
 }
 
 impl SyncEnv {
+    /// Makes a journal signing key pair with `absync journal keygen` in
+    /// DIR/keys: (private key, public key).
+    pub fn keygen(&self) -> (PathBuf, PathBuf) {
+        let keys = self.dir.join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let (private, public) = (keys.join("journal.key"), keys.join("journal.pub"));
+        let made = self.absync(&[
+            "journal",
+            "keygen",
+            "--private",
+            private.to_str().unwrap(),
+            "--public",
+            public.to_str().unwrap(),
+        ]);
+        assert_eq!(made.code, 0, "{made:?}");
+        (private, public)
+    }
+
     /// Replaces the config's [safety] section.
     pub fn set_safety(&self, safety: &str) {
         *self.safety.lock().unwrap() = safety.to_string();
