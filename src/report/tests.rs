@@ -243,7 +243,9 @@ fn an_empty_period_says_so_in_every_section() {
         "No agreement&#39;s terms changed in this period.",
         "No conflict is open.",
         "the journal was pruned: it knows what was held from X on",
-        "No compliance check recorded in this period (run <code>absync audit</code>, or a full run).",
+        "No compliance check recorded in this period: a full run records one \
+         (<code>absync sync --full</code>, or the service&#39;s scheduled full runs); \
+         <code>absync audit</code> answers now but records nothing.",
     ] {
         assert!(html.contains(text), "{text}");
     }
