@@ -3,6 +3,8 @@
 //! 0 = done, no failed entries; 1 = done, some entries failed (journaled);
 //! 2 = could not run (configuration, connection, TLS, bind, state);
 //! 3 = stopped by a safety rail: deletes held back (threshold, unhealthy source).
+//! A reader that closes the pipe early (`absync status | head -1`) ends the
+//! command quietly with exit 0.
 
 use std::process::ExitCode;
 
@@ -12,6 +14,7 @@ use clap::Parser;
 mod cli;
 mod commands;
 mod csv_out;
+mod out;
 mod print;
 mod progress;
 
@@ -70,6 +73,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
+        // The reader had what it wanted (`| head -1`): a quiet success.
+        Err(e) if out::pipe_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("absync: {e:#}");
             ExitCode::from(EXIT_COULD_NOT_RUN)

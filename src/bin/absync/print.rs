@@ -2,7 +2,7 @@
 //! JSON array or CSV for tools; the CSV columns of each answer; and the
 //! small text helpers tables share. CSV goes through `csv_out`.
 
-use std::io::{BufWriter, StdoutLock, Write};
+use std::io::{BufWriter, Write};
 
 use absync::engine::compliance::Finding;
 use absync::state::audit;
@@ -145,7 +145,7 @@ pub struct Printer<W: Write> {
     count: u64,
 }
 
-impl Printer<BufWriter<StdoutLock<'static>>> {
+impl Printer<BufWriter<crate::out::Stdout>> {
     /// A printer to standard output, buffered. `csv_header` and `bom` are
     /// for CSV only.
     pub fn stdout<H: AsRef<str>>(
@@ -153,7 +153,7 @@ impl Printer<BufWriter<StdoutLock<'static>>> {
         csv_header: impl IntoIterator<Item = H>,
         bom: bool,
     ) -> std::io::Result<Self> {
-        let out = BufWriter::new(std::io::stdout().lock());
+        let out = BufWriter::new(crate::out::stdout());
         Printer::new(format, out, csv_header, bom)
     }
 }

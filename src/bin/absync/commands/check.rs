@@ -8,21 +8,25 @@ use absync::engine::{self, Inputs};
 use absync::ldap::Conn;
 use anyhow::Context;
 
+use crate::out::outln;
+
 /// Checks the inputs, then each server, printing a line per check.
 pub async fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
     let inputs = engine::load_inputs(cfg)?;
-    print_inputs(cfg, &inputs);
+    print_inputs(cfg, &inputs)?;
     let source = Conn::connect(&cfg.source.endpoint).await?;
-    println!(
+    outln!(
         "source      {}: bound as {}",
-        cfg.source.endpoint.url, cfg.source.endpoint.bind_dn
-    );
+        cfg.source.endpoint.url,
+        cfg.source.endpoint.bind_dn
+    )?;
     source.unbind().await;
     let mut target = Conn::connect(&cfg.target.endpoint).await?;
-    println!(
+    outln!(
         "target      {}: bound as {}",
-        cfg.target.endpoint.url, cfg.target.endpoint.bind_dn
-    );
+        cfg.target.endpoint.url,
+        cfg.target.endpoint.bind_dn
+    )?;
     let class = inputs
         .mapping
         .object_class
@@ -33,32 +37,33 @@ pub async fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
     containers.extend(cfg.safety.quarantine_ou.clone().map(|q| ("quarantine", q)));
     for (what, dn) in containers {
         may_create(&mut target, cfg, what, &dn, &class).await?;
-        println!("{what:<11} {dn}: exists; {class} objects may be created");
+        outln!("{what:<11} {dn}: exists; {class} objects may be created")?;
     }
     target.unbind().await;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The three input files, and what they hold.
-fn print_inputs(cfg: &Config, inputs: &Inputs) {
-    println!("config      {}: ok", cfg.file.display());
-    println!(
+fn print_inputs(cfg: &Config, inputs: &Inputs) -> std::io::Result<()> {
+    outln!("config      {}: ok", cfg.file.display())?;
+    outln!(
         "mapping     {}: ok ({} attributes)",
         cfg.mapping_file.display(),
         inputs.mapping.rules.len()
-    );
+    )?;
     let in_force: Vec<&str> = inputs
         .agreements
         .in_force()
         .map(|a| a.id.as_str())
         .collect();
-    println!(
+    outln!(
         "agreements  {}: ok ({} in force today: {}; {} organisations)",
         cfg.agreements_file.display(),
         in_force.len(),
         in_force.join(", "),
         inputs.agreements.grants().len()
-    );
+    )?;
+    Ok(())
 }
 
 /// The container `dn` exists, and the bound account may create `class`

@@ -24,7 +24,7 @@ pub async fn apply(cfg: &Config, mut opts: Options) -> anyhow::Result<ExitCode> 
 
 /// The plan on stdout in `format`; with a table, the summary on stderr.
 pub async fn plan(cfg: &Config, format: Format, opts: Options) -> anyhow::Result<ExitCode> {
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = crate::out::stdout();
     let outcome = engine::run(cfg, Mode::Plan(format), opts, &mut stdout).await?;
     if format == Format::Table {
         eprintln!("{}", outcome.summary("plan"));
