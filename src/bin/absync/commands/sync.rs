@@ -30,7 +30,12 @@ pub async fn apply(
     let outcome = engine::run(cfg, Mode::Apply, opts, &mut std::io::sink()).await?;
     let code = outcome.exit_code();
     match summary {
-        Some(SummaryFormat::Json) => print_json(&summary_json("sync", &outcome, code))?,
+        // The run is done and journaled: its exit code says how it went,
+        // even when no one reads the summary any more.
+        Some(SummaryFormat::Json) => match print_json(&summary_json("sync", &outcome, code)) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+            _ => {}
+        },
         None => eprintln!("{}", outcome.summary("sync")),
     }
     Ok(ExitCode::from(code))
