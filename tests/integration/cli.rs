@@ -305,7 +305,10 @@ async fn every_command_that_prints_ends_quietly_when_its_reader_goes() {
         let (code, first, stderr) = piped_to_head(&env, args);
         assert_eq!(code, 0, "{args:?}: {stderr}");
         assert_eq!(first.lines().count(), 1, "{args:?}: {first}");
-        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("absync: "),
+            "{args:?}: {stderr}"
+        );
     }
 }
 

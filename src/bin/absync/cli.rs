@@ -18,7 +18,7 @@ would stop on a safety rail (an error that stops the plan is 2 as well, with
 a message on stderr).
 Other commands: 0 done, 1 what they check failed (audit, journal verify),
 2 could not run. A reader that closes the pipe early (| head -1) ends any
-command quietly with exit 0.
+command quietly with exit 0 (sync: with its run's code).
 
 Environment: ABSYNC_CONFIG (the configuration file; default
 /etc/absync/absync.toml when it exists), ABSYNC_LOG (log filter; wins over
