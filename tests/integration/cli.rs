@@ -1,8 +1,10 @@
 //! What an admin sees when something is wrong: exit code 2 and a message
 //! naming the cause and where it is; nothing written anywhere.
 
+use std::process::{Command, Stdio};
+
 use crate::common::check::day;
-use crate::common::env::SyncEnv;
+use crate::common::env::{Run, SyncEnv};
 
 async fn env(name: &str) -> SyncEnv {
     let env = SyncEnv::new(name, 31, 20, 2, "nhs-to-ad-contact.toml").await;
@@ -186,4 +188,348 @@ async fn check_passes_on_the_test_bed_and_fails_where_the_account_may_not_write(
             "{cmd}: {r:?}"
         );
     }
+}
+
+/// Runs absync with this environment's config and `vars`, without the
+/// tests' usual ABSYNC_LOG: the log level is the command line's.
+fn absync_with_env(env: &SyncEnv, args: &[&str], vars: &[(&str, &str)]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_absync"))
+        .arg("--config")
+        .arg(env.config_path())
+        .args(args)
+        .env_remove("ABSYNC_LOG")
+        .env_remove("NO_COLOR")
+        .envs(vars.iter().copied())
+        .output()
+        .expect("run absync");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs absync with its standard output a pipe whose reader has already
+/// gone: its first write fails with EPIPE. Returns the exit code and
+/// stderr.
+fn with_closed_stdout(env: &SyncEnv, args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_absync"))
+        .arg("--config")
+        .arg(env.config_path())
+        .args(args)
+        .env("ABSYNC_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run absync");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `absync ARGS | head -1` in a shell with pipefail: absync's own exit
+/// code, the line head printed, and absync's stderr.
+fn piped_to_head(env: &SyncEnv, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#"set -o pipefail; "$0" --config "$1" "${@:2}" | head -1"#)
+        .arg(env!("CARGO_BIN_EXE_absync"))
+        .arg(env.config_path())
+        .args(args)
+        .env("ABSYNC_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn every_command_that_prints_ends_quietly_when_its_reader_goes() {
+    let env = env("cli-pipe").await;
+    env.sync_ok();
+    env.absync(&["sync", "--full"]);
+    let snap = env.snapshot();
+    let anchor = snap
+        .records(1)
+        .unwrap()
+        .iter()
+        .find_map(|r| r.anchor.clone())
+        .expect("an object");
+    let today = day(0);
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["status"],
+        vec!["journal", "runs"],
+        vec!["journal", "runs", "--format", "json"],
+        vec!["journal", "show", "1"],
+        vec!["journal", "show", "1", "--format", "csv"],
+        vec!["journal", "history", &anchor],
+        vec!["journal", "held", "--at", &today],
+        vec!["journal", "agreement", "DSA-C"],
+        vec!["journal", "agreement", "DSA-C", "--at", &today],
+        vec!["journal", "config-changes"],
+        vec!["journal", "export"],
+        vec!["journal", "export", "--format", "jsonl"],
+        vec!["journal", "verify"],
+        vec!["plan"],
+        vec!["plan", "--summary", "json"],
+        vec!["sync", "--dry-run", "--format", "json"],
+        vec!["sync", "--summary", "json"],
+        vec!["check"],
+        vec!["check", "--format", "json"],
+        vec!["audit"],
+        vec!["init"],
+        vec!["completions", "bash"],
+        vec!["man"],
+        vec!["--help"],
+    ];
+    for args in &commands {
+        let (code, stderr) = with_closed_stdout(&env, args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // As a script writes it: head prints the first line, absync exits 0.
+    for args in [
+        &["status"][..],
+        &["journal", "runs"],
+        &["journal", "show", "1"],
+    ] {
+        let (code, first, stderr) = piped_to_head(&env, args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        assert_eq!(first.lines().count(), 1, "{args:?}: {first}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("absync: "),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// `2026-11-24T08:28:02Z`: a UTC time to the second, as tables print it.
+fn is_table_time(word: &str) -> bool {
+    word.len() == 20
+        && word.ends_with('Z')
+        && time::PrimitiveDateTime::parse(
+            &word[..19],
+            time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
+        )
+        .is_ok()
+}
+
+#[tokio::test]
+async fn table_times_say_they_are_utc() {
+    let env = env("cli-utc").await;
+    env.sync_ok();
+    let runs = env.absync(&["journal", "runs"]);
+    let line = runs
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("run 1 "))
+        .unwrap();
+    assert!(
+        is_table_time(line.split_whitespace().nth(2).unwrap()),
+        "{line}"
+    );
+    let status = env.absync(&["status"]);
+    let row = status
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_else(|| panic!("{status:?}"));
+    assert!(
+        is_table_time(row.split_whitespace().nth(1).unwrap()),
+        "{row}"
+    );
+    let show = env.absync(&["journal", "show", "1"]);
+    let first = show.stdout.lines().next().unwrap();
+    assert!(
+        is_table_time(first.split_whitespace().nth(1).unwrap()),
+        "{first}"
+    );
+}
+
+#[tokio::test]
+async fn format_without_dry_run_is_a_usage_error_and_runs_nothing() {
+    let env = env("cli-format").await;
+    let r = env.absync(&["sync", "--format", "ldif"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--dry-run"), "{r:?}");
+    assert!(env.ad_objects().await.is_empty(), "nothing written");
+    assert!(!env.state_dir().exists(), "no run started");
+}
+
+/// The summary `--summary json` printed: one JSON object, alone on stdout.
+fn summary(r: &Run) -> serde_json::Value {
+    assert_eq!(r.stdout.lines().count(), 1, "{r:?}");
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"))
+}
+
+#[tokio::test]
+async fn plan_detailed_exitcode_and_json_summaries_tell_scripts_what_a_run_does() {
+    let env = env("cli-exitcode").await;
+    let orgs = env.org_codes();
+
+    // Changes to make: 2, and the plan's summary counts them.
+    let plan = env.absync(&["plan", "--detailed-exitcode", "--summary", "json"]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    let s = summary(&plan);
+    assert_eq!(s["command"], "plan");
+    assert_eq!(s["status"], "ok");
+    assert_eq!(s["exit_code"], 2);
+    assert!(s["run_id"].is_null(), "{s}");
+    let planned = s["counts"]["added"].as_u64().unwrap();
+    assert!(planned > 0, "{s}");
+    // Without the flag, plan exits 0 as it always has.
+    assert_eq!(env.absync(&["plan"]).code, 0);
+
+    // The run, summarised as JSON on stdout instead of text on stderr.
+    let run = env.absync(&["sync", "--summary", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!run.stderr.contains("absync sync run"), "{run:?}");
+    let s = summary(&run);
+    let last = env.snapshot().runs(1).unwrap()[0].clone();
+    assert_eq!(s["command"], "sync");
+    assert_eq!(s["run_id"], last.id);
+    assert_eq!(s["status"], "ok");
+    assert_eq!(s["exit_code"], 0);
+    assert_eq!(s["pull"]["mode"], "full");
+    assert_eq!(s["counts"]["added"], planned);
+    assert_eq!(s["counts"]["added"], env.ad_objects().await.len() as u64);
+    assert!(s["duration_seconds"].as_f64().unwrap() > 0.0, "{s}");
+
+    // Nothing to do: 0.
+    let plan = env.absync(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+
+    // One organisation leaves the agreement: more deletes than the
+    // threshold allows. The plan says a real run would stop (3), and the
+    // real run does.
+    env.set_safety("[safety]\nmax_deletes = 1\nmax_delete_percent = 100\ndelete_grace = \"0\"\n");
+    env.write_agreements(&[("DSA-C", &orgs[..1], &["sn", "cn"], &day(-1), &day(1))]);
+    let plan = env.absync(&["plan", "--detailed-exitcode", "--summary", "json"]);
+    assert_eq!(plan.code, 3, "{plan:?}");
+    let s = summary(&plan);
+    assert_eq!(s["status"], "withheld");
+    assert_eq!(s["status_text"], "stopped: deletion threshold");
+    assert!(s["counts"]["withheld"].as_u64().unwrap() > 1, "{s}");
+    let run = env.absync(&["sync", "--summary", "json"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let s = summary(&run);
+    assert_eq!(s["status"], "withheld");
+    assert_eq!(s["exit_code"], 3);
+}
+
+#[tokio::test]
+async fn check_as_json_lists_each_check_and_the_error_that_stopped_them() {
+    let env = env("cli-check-json").await;
+    let ok = env.absync(&["check", "--format", "json"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let j: serde_json::Value = serde_json::from_str(&ok.stdout).unwrap();
+    assert_eq!(j["ok"], true);
+    assert!(j["error"].is_null());
+    let names: Vec<&str> = j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "config",
+            "mapping",
+            "agreements",
+            "source",
+            "target",
+            "target OU"
+        ]
+    );
+    assert_eq!(j["checks"][5]["subject"], env.target_ou.as_str());
+
+    let domain = &env.target_ou[env.target_ou.find("DC=").unwrap()..];
+    let users = format!("CN=Users,{domain}");
+    edit_config(&env, &env.target_ou, &users);
+    let bad = env.absync(&["check", "--format", "json"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    let j: serde_json::Value = serde_json::from_str(&bad.stdout).unwrap();
+    assert_eq!(j["ok"], false);
+    assert_eq!(j["checks"].as_array().unwrap().len(), 5, "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("may not create contact objects"),
+        "{j}"
+    );
+    assert!(
+        bad.stderr.contains("may not create contact objects"),
+        "{bad:?}"
+    );
+}
+
+#[tokio::test]
+async fn quiet_and_verbose_set_the_log_level_unless_absync_log_does() {
+    let env = env("cli-quiet").await;
+    let normal = absync_with_env(&env, &["plan"], &[]);
+    assert_eq!(normal.code, 0, "{normal:?}");
+    assert!(normal.stderr.contains(" INFO "), "{normal:?}");
+    let quiet = absync_with_env(&env, &["-q", "plan"], &[]);
+    assert_eq!(quiet.code, 0, "{quiet:?}");
+    assert!(!quiet.stderr.contains(" INFO "), "{quiet:?}");
+    // The summary is the command's answer, not a log line: it stays.
+    assert!(quiet.stderr.contains("absync plan: ok"), "{quiet:?}");
+    // ABSYNC_LOG wins.
+    let env_wins = absync_with_env(&env, &["plan", "--quiet"], &[("ABSYNC_LOG", "info")]);
+    assert!(env_wins.stderr.contains(" INFO "), "{env_wins:?}");
+    // -v: debug messages, e.g. each object added.
+    let verbose = absync_with_env(&env, &["sync", "-v"], &[]);
+    assert_eq!(verbose.code, 0, "{verbose:?}");
+    assert!(
+        verbose.stderr.contains("DEBUG") && verbose.stderr.contains("added"),
+        "{verbose:?}"
+    );
+    let r = absync_with_env(&env, &["sync", "-q", "-v"], &[]);
+    assert_eq!(r.code, 2, "-q and -v together are a usage error: {r:?}");
+}
+
+/// Runs absync on a pseudo-terminal (`script`), as an admin at a console
+/// does: returns all it wrote there.
+fn on_terminal(env: &SyncEnv, args: &str, no_color: Option<&str>) -> String {
+    let line = format!(
+        "{} --config {} {args}",
+        env!("CARGO_BIN_EXE_absync"),
+        env.config_path().display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env_remove("ABSYNC_LOG")
+        .env_remove("NO_COLOR");
+    if let Some(v) = no_color {
+        cmd.env("NO_COLOR", v);
+    }
+    let out = cmd.output().expect("script (util-linux)");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn no_color_keeps_escape_codes_out_of_the_log_on_a_terminal() {
+    let env = env("cli-colour").await;
+    let coloured = on_terminal(&env, "plan", None);
+    assert!(
+        coloured.contains("INFO") && coloured.contains("\x1b["),
+        "{coloured}"
+    );
+    let plain = on_terminal(&env, "plan", Some("1"));
+    assert!(
+        plain.contains("INFO") && !plain.contains("\x1b["),
+        "{plain}"
+    );
 }

@@ -6,14 +6,39 @@ use std::path::PathBuf;
 use absync::engine::render::Format;
 use clap::{Parser, Subcommand};
 
+/// The exit codes, as `absync --help` ends.
+const EXIT_CODES: &str = "\
+Exit codes of sync, plan and resync:
+  0  done, no entry failed
+  1  done, some entries failed (journaled, retried by the next run)
+  2  could not run: usage, configuration, connection, TLS, bind, state
+  3  stopped by a safety rail: deletes held back for an admin
+plan --detailed-exitcode: 0 nothing to do, 2 changes planned, 3 a real run
+would stop on a safety rail (an error that stops the plan is 2 as well, with
+a message on stderr).
+Other commands: 0 done, 1 what they check failed (audit, journal verify),
+2 could not run. A reader that closes the pipe early (| head -1) ends any
+command quietly with exit 0 (sync: with its run's code).
+
+Environment: ABSYNC_CONFIG (the configuration file; default
+/etc/absync/absync.toml when it exists), ABSYNC_LOG (log filter; wins over
+-q and -v), NO_COLOR (no colours in the log).";
+
 /// absync: copies the NHS Directory entries that data-sharing agreements
 /// allow into Active Directory, and journals every change.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Configuration file.
+    /// Configuration file [default: /etc/absync/absync.toml, when it
+    /// exists].
     #[arg(long, short, env = "ABSYNC_CONFIG", global = true)]
     pub config: Option<PathBuf>,
+    /// Log only errors (on stderr or to the journal).
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Log debug messages too.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -22,15 +47,24 @@ pub struct Cli {
 pub enum Command {
     /// Check configuration, mapping and agreements; bind to both servers;
     /// check the target OU exists and the account may create objects there.
-    Check,
+    Check {
+        /// How to print the checks: a line each, or one JSON object.
+        #[arg(long, value_enum, default_value = "table")]
+        format: CheckFormat,
+    },
     /// Run one synchronisation.
     Sync {
         /// Compute and print the plan, write nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Output format of the plan with --dry-run.
-        #[arg(long, value_enum, default_value = "table")]
+        /// Output format of the plan (with --dry-run only).
+        #[arg(long, value_enum, default_value = "table", requires = "dry_run")]
         format: Format,
+        /// Print the run's summary on stdout as one JSON object (run id,
+        /// status, exit code, duration, pull, counts) instead of the
+        /// summary on stderr; with --dry-run, instead of the plan.
+        #[arg(long, value_enum, value_name = "FORMAT", conflicts_with = "format")]
+        summary: Option<SummaryFormat>,
         /// Also read the live target OU and repair drift.
         #[arg(long)]
         full: bool,
@@ -41,8 +75,18 @@ pub enum Command {
     },
     /// Print what a sync would do, without writing anything.
     Plan {
+        /// Output format of the plan.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Print the plan's summary on stdout as one JSON object (status,
+        /// exit code of a real run, duration, pull, counts) instead of the
+        /// plan.
+        #[arg(long, value_enum, value_name = "FORMAT", conflicts_with = "format")]
+        summary: Option<SummaryFormat>,
+        /// Exit 0 when there is nothing to do, 2 when changes are planned,
+        /// 3 when a real run would stop on a safety rail.
+        #[arg(long)]
+        detailed_exitcode: bool,
         /// Show what a full run (`sync --full`) would repair.
         #[arg(long)]
         full: bool,
@@ -83,6 +127,7 @@ pub enum Command {
     },
     /// Print shell completions.
     Completions {
+        /// The shell to print completions for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -93,6 +138,7 @@ pub enum Command {
     /// covered, hidden, not covered or past its grace period (violations),
     /// or not absync's. Writes nothing. Exit 1 on a violation.
     Audit {
+        /// Output format: a table for people, JSON or CSV for tools.
         #[arg(long, value_enum, default_value = "table")]
         format: Output,
         /// Leave out covered objects and hidden ones in their grace period
@@ -114,6 +160,17 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SummaryFormat {
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFormat {
+    Table,
+    Json,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -168,18 +225,23 @@ pub enum JournalCommand {
         /// Only runs started on or after this day (YYYY-MM-DD) or time.
         #[arg(long)]
         since: Option<String>,
+        /// Output format: a table for people, JSON or CSV for tools.
         #[arg(long, value_enum, default_value = "table")]
         format: Output,
     },
     /// Every record of one run.
     Show {
+        /// The run's number (journal runs lists them).
         run: i64,
+        /// Output format: a table for people, JSON or CSV for tools.
         #[arg(long, value_enum, default_value = "table")]
         format: Output,
     },
     /// The whole life of one person's object, by anchor, mail or DN.
     History {
+        /// The object's anchor (source entryUUID), a mail address, or a DN.
         who: String,
+        /// Output format: a table for people, JSON or CSV for tools.
         #[arg(long, value_enum, default_value = "table")]
         format: Output,
     },
@@ -194,22 +256,26 @@ pub enum JournalCommand {
         /// Only what was held under this agreement.
         #[arg(long)]
         agreement: Option<String>,
+        /// Output format: a table for people, JSON or CSV for tools.
         #[arg(long, value_enum, default_value = "table")]
         format: Output,
     },
     /// Everything done under one data-sharing agreement; with --at, its
     /// terms on that day.
     Agreement {
+        /// The agreement's id, as the agreements file names it.
         id: String,
         /// A day (YYYY-MM-DD: its end) or an RFC 3339 time: show the
         /// agreement's terms as the agreements file gave them then.
         #[arg(long)]
         at: Option<String>,
+        /// Output format: a table for people, JSON or CSV for tools.
         #[arg(long, value_enum, default_value = "table")]
         format: Output,
     },
     /// When the config, mapping and agreements files changed.
     ConfigChanges {
+        /// Output format: a table for people, JSON or CSV for tools.
         #[arg(long, value_enum, default_value = "table")]
         format: Output,
     },
@@ -252,10 +318,58 @@ pub enum JournalCommand {
         /// Only the records made under this agreement.
         #[arg(long)]
         agreement: Option<String>,
+        /// Output format: CSV, or JSON Lines (one record a line).
         #[arg(long, value_enum, default_value = "csv")]
         format: ExportFormat,
         /// Replace personal values (DNs, attribute values) with hashes.
         #[arg(long)]
         redact: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn missing_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if !matches!(id, "help" | "version") && arg.get_help().is_none() {
+                missing.push(format!("{path} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() {
+                missing.push(format!("{path} {}", sub.get_name()));
+            }
+            missing_help(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+
+    #[test]
+    fn every_command_and_argument_has_help() {
+        Cli::command().debug_assert();
+        let mut missing = Vec::new();
+        missing_help(&Cli::command(), "absync", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        for code in ["0  done", "1  done", "2  could not run", "3  stopped"] {
+            assert!(help.contains(code), "{code}: {help}");
+        }
+    }
+
+    #[test]
+    fn format_without_dry_run_is_a_usage_error() {
+        let e = Cli::try_parse_from(["absync", "sync", "--format", "ldif"])
+            .err()
+            .expect("refused");
+        assert_eq!(e.exit_code(), 2);
+        assert!(Cli::try_parse_from(["absync", "sync", "--dry-run", "--format", "ldif"]).is_ok());
+        assert!(Cli::try_parse_from(["absync", "sync"]).is_ok());
+    }
 }

@@ -2,7 +2,7 @@
 //! JSON array or CSV for tools; the CSV columns of each answer; and the
 //! small text helpers tables share. CSV goes through `csv_out`.
 
-use std::io::{BufWriter, StdoutLock, Write};
+use std::io::{BufWriter, Write};
 
 use absync::engine::compliance::Finding;
 use absync::state::audit;
@@ -145,7 +145,7 @@ pub struct Printer<W: Write> {
     count: u64,
 }
 
-impl Printer<BufWriter<StdoutLock<'static>>> {
+impl Printer<BufWriter<crate::out::Stdout>> {
     /// A printer to standard output, buffered. `csv_header` and `bom` are
     /// for CSV only.
     pub fn stdout<H: AsRef<str>>(
@@ -153,7 +153,7 @@ impl Printer<BufWriter<StdoutLock<'static>>> {
         csv_header: impl IntoIterator<Item = H>,
         bom: bool,
     ) -> std::io::Result<Self> {
-        let out = BufWriter::new(std::io::stdout().lock());
+        let out = BufWriter::new(crate::out::stdout());
         Printer::new(format, out, csv_header, bom)
     }
 }
@@ -508,9 +508,15 @@ fn held_cells(h: &audit::Held, names: &[String]) -> std::io::Result<Vec<String>>
     Ok(cells)
 }
 
-/// A timestamp to the second, as tables show it (`2024-05-01T09:30:00`).
-pub fn short_time(rfc3339: &str) -> &str {
-    first_chars(rfc3339, 19)
+/// A UTC timestamp to the second, as tables show it
+/// (`2024-05-01T09:30:00Z`). The journal stores UTC; a time in another
+/// offset, or not a time, is shown whole.
+pub fn short_time(rfc3339: &str) -> String {
+    let utc = rfc3339.ends_with('Z') || rfc3339.ends_with("+00:00");
+    match rfc3339.get(..19) {
+        Some(seconds) if utc && rfc3339.len() > 19 => format!("{seconds}Z"),
+        _ => rfc3339.to_string(),
+    }
 }
 
 /// A file hash cut to twelve characters, as tables show it.
@@ -778,10 +784,19 @@ mod tests {
     }
 
     #[test]
-    fn short_time_keeps_the_first_nineteen_characters() {
+    fn short_time_keeps_the_seconds_and_says_utc() {
         assert_eq!(
             short_time("2024-05-01T09:30:00.123456Z"),
-            "2024-05-01T09:30:00"
+            "2024-05-01T09:30:00Z"
+        );
+        assert_eq!(short_time("2024-05-01T09:30:00Z"), "2024-05-01T09:30:00Z");
+        assert_eq!(
+            short_time("2024-05-01T09:30:00+00:00"),
+            "2024-05-01T09:30:00Z"
+        );
+        assert_eq!(
+            short_time("2024-05-01T10:30:00+01:00"),
+            "2024-05-01T10:30:00+01:00"
         );
         assert_eq!(short_time("2024-05-01"), "2024-05-01");
         assert_eq!(first_chars("ééé", 2), "éé");

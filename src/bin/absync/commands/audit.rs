@@ -8,6 +8,7 @@ use absync::engine::compliance::{self, Class};
 use absync::engine::RunError;
 
 use crate::cli::Output;
+use crate::out::outln;
 use crate::print::{self, Printer};
 
 /// Exit code when the check found a violation.
@@ -39,7 +40,7 @@ pub async fn run(
     };
     let line = format!("{}; checked {}", tally.text(), containers(cfg));
     if format == Output::Table {
-        println!("{line}");
+        outln!("{line}")?;
     } else {
         eprintln!("{line}");
     }

@@ -1,6 +1,7 @@
 //! `absync check`: the input files parse, both servers accept the bind,
 //! and the account may create objects in the target's containers.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use absync::config::Config;
@@ -8,21 +9,75 @@ use absync::engine::{self, Inputs};
 use absync::ldap::Conn;
 use anyhow::Context;
 
-/// Checks the inputs, then each server, printing a line per check.
-pub async fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
+use crate::cli::CheckFormat;
+use crate::out::outln;
+
+/// The checks passed so far: printed as they pass (a line each), or kept
+/// for one JSON object at the end.
+struct Checks {
+    format: CheckFormat,
+    passed: Vec<serde_json::Value>,
+}
+
+impl Checks {
+    /// `name` (config, source, target OU...) passed for `subject` (a file,
+    /// a URL, a DN): `detail` says what was found.
+    fn pass(&mut self, name: &str, subject: &str, detail: &str) -> std::io::Result<()> {
+        match self.format {
+            CheckFormat::Table => outln!("{name:<11} {subject}: {detail}"),
+            CheckFormat::Json => {
+                self.passed.push(serde_json::json!({
+                    "check": name,
+                    "subject": subject,
+                    "detail": detail,
+                }));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Checks the inputs, then each server, printing a line per check; as
+/// JSON, one object: `ok`, the checks that passed, and the `error` that
+/// stopped them (also on stderr, exit 2).
+pub async fn run(cfg: &Config, format: CheckFormat) -> anyhow::Result<ExitCode> {
+    let mut checks = Checks {
+        format,
+        passed: Vec::new(),
+    };
+    let result = check(cfg, &mut checks).await;
+    if format == CheckFormat::Json {
+        let object = serde_json::json!({
+            "ok": result.is_ok(),
+            "checks": checks.passed,
+            "error": result.as_ref().err().map(|e| format!("{e:#}")),
+        });
+        let mut out = crate::out::stdout();
+        serde_json::to_writer_pretty(&mut out, &object)?;
+        writeln!(out)?;
+        out.flush()?;
+    }
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(cfg: &Config, checks: &mut Checks) -> anyhow::Result<()> {
     let inputs = engine::load_inputs(cfg)?;
-    print_inputs(cfg, &inputs);
+    check_inputs(cfg, &inputs, checks)?;
     let source = Conn::connect(&cfg.source.endpoint).await?;
-    println!(
-        "source      {}: bound as {}",
-        cfg.source.endpoint.url, cfg.source.endpoint.bind_dn
-    );
+    let bound = |dn: &str| format!("bound as {dn}");
+    checks.pass(
+        "source",
+        &cfg.source.endpoint.url,
+        &bound(&cfg.source.endpoint.bind_dn),
+    )?;
     source.unbind().await;
     let mut target = Conn::connect(&cfg.target.endpoint).await?;
-    println!(
-        "target      {}: bound as {}",
-        cfg.target.endpoint.url, cfg.target.endpoint.bind_dn
-    );
+    checks.pass(
+        "target",
+        &cfg.target.endpoint.url,
+        &bound(&cfg.target.endpoint.bind_dn),
+    )?;
     let class = inputs
         .mapping
         .object_class
@@ -33,32 +88,39 @@ pub async fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
     containers.extend(cfg.safety.quarantine_ou.clone().map(|q| ("quarantine", q)));
     for (what, dn) in containers {
         may_create(&mut target, cfg, what, &dn, &class).await?;
-        println!("{what:<11} {dn}: exists; {class} objects may be created");
+        checks.pass(
+            what,
+            &dn,
+            &format!("exists; {class} objects may be created"),
+        )?;
     }
     target.unbind().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The three input files, and what they hold.
-fn print_inputs(cfg: &Config, inputs: &Inputs) {
-    println!("config      {}: ok", cfg.file.display());
-    println!(
-        "mapping     {}: ok ({} attributes)",
-        cfg.mapping_file.display(),
-        inputs.mapping.rules.len()
-    );
+fn check_inputs(cfg: &Config, inputs: &Inputs, checks: &mut Checks) -> std::io::Result<()> {
+    checks.pass("config", &cfg.file.display().to_string(), "ok")?;
+    checks.pass(
+        "mapping",
+        &cfg.mapping_file.display().to_string(),
+        &format!("ok ({} attributes)", inputs.mapping.rules.len()),
+    )?;
     let in_force: Vec<&str> = inputs
         .agreements
         .in_force()
         .map(|a| a.id.as_str())
         .collect();
-    println!(
-        "agreements  {}: ok ({} in force today: {}; {} organisations)",
-        cfg.agreements_file.display(),
-        in_force.len(),
-        in_force.join(", "),
-        inputs.agreements.grants().len()
-    );
+    checks.pass(
+        "agreements",
+        &cfg.agreements_file.display().to_string(),
+        &format!(
+            "ok ({} in force today: {}; {} organisations)",
+            in_force.len(),
+            in_force.join(", "),
+            inputs.agreements.grants().len()
+        ),
+    )
 }
 
 /// The container `dn` exists, and the bound account may create `class`

@@ -14,6 +14,7 @@ use absync::state::{audit, verify, ReadFrom, Snapshot, StateError};
 
 use crate::cli::{ExportFormat, JournalCommand, Output};
 use crate::csv_out::Csv;
+use crate::out::{self, outln};
 use crate::print::{self, Printer};
 
 /// Runs one journal subcommand on the state in `state_dir`, opened
@@ -136,7 +137,7 @@ fn evidence(keys: &[PathBuf], expect_head: Option<String>) -> anyhow::Result<ver
 }
 
 fn verdict_of(verdict: verify::Verdict) -> anyhow::Result<ExitCode> {
-    println!("{verdict}");
+    outln!("{verdict}")?;
     Ok(match verdict {
         verify::Verdict::Intact { .. } => ExitCode::SUCCESS,
         verify::Verdict::Broken { .. } | verify::Verdict::Unproven { .. } => ExitCode::from(1),
@@ -149,14 +150,14 @@ pub fn keygen(private: &Path, public: &Path) -> anyhow::Result<ExitCode> {
     let public_pem = signer.public().to_pem()?;
     write_new(private, signer.to_pem()?.as_bytes(), 0o600)?;
     write_new(public, public_pem.as_bytes(), 0o644)?;
-    println!(
+    outln!(
         "key {}: private key {} (set [journal] signing_key to it, or hand it over as a \
          systemd credential; keep it outside the state directory, readable by the absync \
          user only), public key {} (for auditors: journal verify --public-key)",
         signer.id(),
         private.display(),
         public.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -245,7 +246,7 @@ fn held(
         if let Some(a) = &agreement {
             scope.push_str(&format!(" under {a}"));
         }
-        println!("{n} objects held at {at}{scope}");
+        outln!("{n} objects held at {at}{scope}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -337,12 +338,12 @@ fn report(
     let mut page = String::new();
     absync::report::render(&data, &mut page).context("rendering the report")?;
     write_report(output, page.as_bytes(), force)?;
-    println!(
+    outln!(
         "wrote {}: {} records from {from} to {to}; journal {}",
         output.display(),
         data.records,
         data.verdict
-    );
+    )?;
     Ok(match data.verdict {
         verify::Verdict::Intact { .. } => ExitCode::SUCCESS,
         verify::Verdict::Broken { .. } | verify::Verdict::Unproven { .. } => ExitCode::from(1),
@@ -408,7 +409,7 @@ fn export(
     format: ExportFormat,
     redact: bool,
 ) -> anyhow::Result<ExitCode> {
-    let out = BufWriter::new(std::io::stdout().lock());
+    let out = BufWriter::new(out::stdout());
     match format {
         ExportFormat::Csv => {
             let mut csv = Csv::new(out, true, print::RECORD_CSV_HEADER)?;

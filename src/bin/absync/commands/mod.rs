@@ -2,13 +2,12 @@
 //! its command needs (the whole configuration, only the part the daemon's
 //! clients may read, or nothing) and runs it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use absync::config::{Config, ServiceView};
 use absync::engine::Options;
 use absync::state::ReadFrom;
-use anyhow::Context;
 
 use crate::cli::{Cli, Command, JournalCommand, Only};
 
@@ -28,10 +27,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // files: an admin in the absync group can use them.
     let view = || load_view(file);
     match cli.command {
-        Command::Check => check::run(&config()?).await,
+        Command::Check { format } => check::run(&config()?, format).await,
         Command::Sync {
             dry_run,
             format,
+            summary,
             full,
             allow_deletes,
         } => {
@@ -41,19 +41,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             };
             if dry_run {
-                sync::plan(&config()?, format, opts).await
+                let report = sync::PlanReport {
+                    summary,
+                    ..Default::default()
+                };
+                sync::plan(&config()?, format, opts, report).await
             } else {
                 refuse_root()?;
-                sync::apply(&config()?, opts).await
+                sync::apply(&config()?, opts, summary).await
             }
         }
-        Command::Plan { format, full, only } => {
+        Command::Plan {
+            format,
+            summary,
+            detailed_exitcode,
+            full,
+            only,
+        } => {
             let opts = Options {
                 full,
                 only_deletes: only == Some(Only::Deletes),
                 ..Default::default()
             };
-            sync::plan(&config()?, format, opts).await
+            let report = sync::PlanReport {
+                summary,
+                detailed_exitcode,
+            };
+            sync::plan(&config()?, format, opts, report).await
         }
         Command::Journal {
             command: JournalCommand::Keygen { private, public },
@@ -94,7 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Run => {
             refuse_root()?;
-            service::run(config_path(file)?.to_path_buf()).await
+            service::run(config_path(file)?).await
         }
         Command::Resync { full, no_wait } => {
             service::resync(&view()?.service.socket, full, !no_wait).await
@@ -119,13 +133,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The configuration file, from `--config` or `ABSYNC_CONFIG`.
-fn config_path(file: Option<&Path>) -> anyhow::Result<&Path> {
-    file.context("no configuration: give --config FILE or set ABSYNC_CONFIG")
+/// Where the package installs the configuration.
+const DEFAULT_CONFIG: &str = "/etc/absync/absync.toml";
+
+/// The configuration file: from `--config` or `ABSYNC_CONFIG`, else the
+/// package's when it exists.
+fn config_path(file: Option<&Path>) -> anyhow::Result<PathBuf> {
+    resolve_config(file, Path::new(DEFAULT_CONFIG))
+}
+
+fn resolve_config(file: Option<&Path>, default: &Path) -> anyhow::Result<PathBuf> {
+    match file {
+        Some(f) => Ok(f.to_path_buf()),
+        None if default.exists() => Ok(default.to_path_buf()),
+        None => anyhow::bail!(
+            "no configuration: give --config FILE, set ABSYNC_CONFIG, or install {}",
+            default.display()
+        ),
+    }
 }
 
 fn load_config(file: Option<&Path>) -> anyhow::Result<Config> {
-    let cfg = Config::load(config_path(file)?)?;
+    let cfg = Config::load(&config_path(file)?)?;
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
@@ -134,7 +163,7 @@ fn load_config(file: Option<&Path>) -> anyhow::Result<Config> {
 
 /// The part of the configuration the daemon's clients need (no passwords).
 fn load_view(file: Option<&Path>) -> anyhow::Result<ServiceView> {
-    Ok(ServiceView::load(config_path(file)?)?)
+    Ok(ServiceView::load(&config_path(file)?)?)
 }
 
 /// absync writes to Active Directory and keeps personal data: as root, a
@@ -149,4 +178,21 @@ fn refuse_root() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_configuration_is_used_when_present_and_none_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("absync.toml");
+        let given = Path::new("/srv/other.toml");
+        let none = resolve_config(None, &default).unwrap_err().to_string();
+        assert!(none.contains("--config") && none.contains(&default.display().to_string()));
+        std::fs::write(&default, "").unwrap();
+        assert_eq!(resolve_config(None, &default).unwrap(), default);
+        assert_eq!(resolve_config(Some(given), &default).unwrap(), given);
+    }
 }

@@ -12,6 +12,8 @@ use absync::service::{Systemd, Trigger};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::out::outln;
+
 /// `absync run`: the daemon, with SIGTERM/SIGINT as shutdown and SIGHUP
 /// as reload, telling systemd what it does.
 pub async fn run(config_file: PathBuf) -> anyhow::Result<ExitCode> {
@@ -56,7 +58,7 @@ pub async fn resync(socket: &Path, full: bool, wait: bool) -> anyhow::Result<Exi
             Ok(ExitCode::from(EXIT_COULD_NOT_RUN))
         }
         Ok(Answer::Queued) => {
-            println!("resync requested; the daemon runs it now");
+            outln!("resync requested; the daemon runs it now")?;
             Ok(ExitCode::SUCCESS)
         }
         Ok(Answer::Done(report)) => {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use absync::service::DaemonStatus;
 use absync::state::{ReadFrom, Snapshot, StateError};
 
+use crate::out::outln;
 use crate::print;
 
 /// What is managed, what the daemon does, and the last `limit` runs.
@@ -19,7 +20,7 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let snapshot = match Snapshot::open_read_only(state_dir, from) {
         Err(StateError::Missing { .. }) => {
-            println!("state {}: no runs yet", state_dir.display());
+            outln!("state {}: no runs yet", state_dir.display())?;
             return Ok(ExitCode::SUCCESS);
         }
         opened => opened?,
@@ -27,16 +28,16 @@ pub fn run(
     let total = snapshot.count()?;
     let visible = snapshot.count_visible()?;
     let size = absync::state::bytes_on_disk(state_dir);
-    println!(
+    outln!(
         "state      {} ({:.1} MB)\nmanaged    {visible} objects{}, {} hidden awaiting deletion",
         state_dir.display(),
         size as f64 / 1e6,
         ou.map(|o| format!(" in {o}")).unwrap_or_default(),
         total - visible
-    );
+    )?;
     match DaemonStatus::read(state_dir) {
-        Some(d) => daemon(&d),
-        None => println!("daemon     not running; next run not scheduled"),
+        Some(d) => daemon(&d)?,
+        None => outln!("daemon     not running; next run not scheduled")?,
     }
     attention(&snapshot)?;
     compliance(&snapshot)?;
@@ -45,7 +46,7 @@ pub fn run(
 }
 
 /// The running daemon, as its status file tells.
-fn daemon(d: &DaemonStatus) {
+fn daemon(d: &DaemonStatus) -> std::io::Result<()> {
     let state = if d.state == "running" {
         format!(
             "running since {} ({} entries pulled so far)",
@@ -54,35 +55,37 @@ fn daemon(d: &DaemonStatus) {
     } else {
         format!("idle since {}", d.since)
     };
-    println!("daemon     pid {}, {state}", d.pid);
-    println!(
+    outln!("daemon     pid {}, {state}", d.pid)?;
+    outln!(
         "next run   {}{}",
         d.next_run.as_deref().unwrap_or("-"),
         if d.next_run_full { " (full)" } else { "" }
-    );
+    )?;
     if d.consecutive_failures > 0 {
-        println!(
+        outln!(
             "failures   {} runs in a row could not run",
             d.consecutive_failures
-        );
+        )?;
     }
     if let Some(m) = &d.metrics {
-        println!("metrics    http://{m}/metrics");
+        outln!("metrics    http://{m}/metrics")?;
     }
     if let Some(e) = &d.config_error {
-        println!("config     REFUSED, still running the previous one: {e}");
+        outln!("config     REFUSED, still running the previous one: {e}")?;
     }
+    Ok(())
 }
 
 /// A line when the last run held deletes back for an admin.
 fn attention(snapshot: &Snapshot) -> anyhow::Result<()> {
     if let Some(last) = snapshot.runs(1)?.first() {
         if absync::engine::removals::holds_deletes(&last.status) {
-            println!(
+            outln!(
                 "attention  run {} {}: deletes are waiting for an admin \
                  (absync plan --only deletes; absync sync --allow-deletes N)",
-                last.id, last.status
-            );
+                last.id,
+                last.status
+            )?;
         }
     }
     Ok(())
@@ -91,10 +94,10 @@ fn attention(snapshot: &Snapshot) -> anyhow::Result<()> {
 /// What the last full run's compliance check found, and when.
 fn compliance(snapshot: &Snapshot) -> anyhow::Result<()> {
     let Some(last) = absync::engine::compliance::last_check(snapshot)? else {
-        println!(
+        outln!(
             "compliance not checked yet: every full run checks it (absync sync --full); \
              absync audit checks it now"
-        );
+        )?;
         return Ok(());
     };
     let when = format!(
@@ -104,31 +107,35 @@ fn compliance(snapshot: &Snapshot) -> anyhow::Result<()> {
     );
     match (&last.tally, &last.error) {
         (Some(t), _) if t.violation_count() > 0 => {
-            println!("compliance {when}: {}; absync audit lists them", t.text())
+            outln!("compliance {when}: {}; absync audit lists them", t.text())?
         }
-        (Some(t), _) => println!("compliance {when}: {}", t.text()),
-        (None, e) => println!(
+        (Some(t), _) => outln!("compliance {when}: {}", t.text())?,
+        (None, e) => outln!(
             "compliance {when}: the check could not read the target: {}",
             e.as_deref().unwrap_or("-")
-        ),
+        )?,
     }
     Ok(())
 }
 
 /// The last `limit` runs, newest first.
 fn runs(snapshot: &Snapshot, limit: u32) -> anyhow::Result<()> {
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "{:>5}  {:<20}  {:>7}  {:<5}  {:<28}  counts",
-        "run", "started", "secs", "mode", "status"
-    );
+        "run",
+        "started",
+        "secs",
+        "mode",
+        "status"
+    )?;
     for r in snapshot.runs(limit)? {
         let secs = r
             .seconds()
             .map(|s| format!("{s:.1}"))
             .unwrap_or_else(|| "-".into());
         let c = r.counts.unwrap_or_default();
-        println!(
+        outln!(
             "{:>5}  {:<20}  {:>7}  {:<5}  {:<28}  +{} ~{} >{} -{} hidden {} held {} failed {}",
             r.id,
             print::short_time(&r.started_at),
@@ -142,7 +149,7 @@ fn runs(snapshot: &Snapshot, limit: u32) -> anyhow::Result<()> {
             c.hidden,
             c.withheld,
             c.failed
-        );
+        )?;
     }
     Ok(())
 }
