@@ -156,6 +156,7 @@ impl Snapshot {
             ],
         )
         .map_err(db)?;
+        crate::state::totals::add_run(&tx, run_id, status, counts, &at).map_err(db)?;
         let sealed = match signer {
             Some(signer) => Some(append_seal(&tx, signer, run_id, &at).map_err(db)?),
             None => None,
