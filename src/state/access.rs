@@ -403,7 +403,8 @@ mod tests {
         // Version 5 as an older absync left it: without version 6's totals.
         let older = SCHEMA_VERSION - 1;
         let c = Connection::open(dir.join("absync.db")).unwrap();
-        c.execute_batch("DROP TABLE metrics_totals").unwrap();
+        c.execute_batch("DROP TABLE metrics_totals; DROP INDEX journal_agreements")
+            .unwrap();
         c.pragma_update(None, "user_version", older).unwrap();
         drop(c);
         let before = files(&dir);

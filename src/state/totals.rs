@@ -18,7 +18,8 @@ use rusqlite::{params, Connection, Transaction};
 use crate::state::runs::Counts;
 use crate::state::{Snapshot, StateError};
 
-/// Schema version 6: the table (seeded from the runs kept so far).
+/// Schema version 6: the table (seeded from the runs kept so far), and an
+/// index that finds the latest `agreements` record without a scan.
 pub(crate) const SCHEMA_V6: &str = "
 CREATE TABLE metrics_totals (
     metric TEXT NOT NULL,
@@ -27,6 +28,8 @@ CREATE TABLE metrics_totals (
     value  INTEGER NOT NULL,
     PRIMARY KEY (metric, a, b)
 ) WITHOUT ROWID;
+-- The latest agreements terms (the metrics' valid-until) without a scan.
+CREATE INDEX journal_agreements ON journal(id) WHERE op = 'agreements';
 ";
 
 /// The operations a run writes, as the journal names them.
@@ -252,7 +255,7 @@ mod tests {
         };
         s.end_run(id, "ok", &counts, None).unwrap();
         s.conn
-            .execute_batch("DELETE FROM metrics_totals; DROP TABLE metrics_totals;")
+            .execute_batch("DROP TABLE metrics_totals; DROP INDEX journal_agreements;")
             .unwrap();
         s.conn.execute_batch(SCHEMA_V6).unwrap();
         seed(&s.conn).unwrap();
@@ -261,5 +264,15 @@ mod tests {
         assert_eq!(t.changes[&("modify".into(), "applied".into())], 5);
         assert_eq!(t.last_success, t.last_completed);
         assert!(t.last_success.is_some());
+        let plan: String = s
+            .conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT max(id) FROM journal
+                 WHERE op = 'agreements' AND at <= '9999'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("journal_agreements"), "{plan}");
     }
 }

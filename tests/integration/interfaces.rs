@@ -253,6 +253,16 @@ async fn the_counters_keep_rising_across_a_prune() {
     let added = value(&first, add);
     assert!(added > 0, "{first}");
     assert_eq!(value(&first, ok), 1);
+    // When the agreement ends: the midnight after its last day.
+    let until = value(
+        &first,
+        "absync_agreement_valid_until_timestamp_seconds{agreement=\"DSA-PR\"}",
+    );
+    let expected = (absync::agreements::today() + time::Duration::days(31))
+        .midnight()
+        .assume_utc()
+        .unix_timestamp();
+    assert_eq!(until, expected as u64, "{first}");
     let mut last = (added, 1);
     for run in 2..=4 {
         std::thread::sleep(Duration::from_millis(1100));
@@ -270,15 +280,6 @@ async fn the_counters_keep_rising_across_a_prune() {
     assert!(kept.len() < 4, "the prune removed runs: {kept:?}");
     // The gauges beside them.
     let m = absync::service::metrics::render(&state);
-    let until = value(
-        &m,
-        "absync_agreement_valid_until_timestamp_seconds{agreement=\"DSA-PR\"}",
-    );
-    let expected = (absync::agreements::today() + time::Duration::days(31))
-        .midnight()
-        .assume_utc()
-        .unix_timestamp();
-    assert_eq!(until, expected as u64, "{m}");
     assert!(value(&m, "absync_last_completed_timestamp_seconds") > 0);
     assert_eq!(
         value(&m, "absync_last_completed_timestamp_seconds"),
@@ -299,14 +300,15 @@ async fn ten_queued_resyncs_run_as_one() {
         let d = Daemon::start(env);
         ready(env);
         let before = env.snapshot().runs(100).unwrap().len();
-        // The first starts a run; the nine others arrive during it and
-        // merge into one queued run, full because one asked for it.
+        // Ten at once: the first to arrive starts a run; the others arrive
+        // during it and merge into one queued run, full because one asked.
+        let start = std::sync::Barrier::new(10);
         let reports: Vec<Answer> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..10)
                 .map(|i| {
-                    let socket = socket.clone();
+                    let (socket, start) = (socket.clone(), &start);
                     s.spawn(move || {
-                        std::thread::sleep(Duration::from_millis(if i == 0 { 0 } else { 300 }));
+                        start.wait();
                         resync(&socket, i == 5)
                     })
                 })
