@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, Transaction};
 
-use crate::state::runs::Counts;
 use crate::state::{Snapshot, StateError};
 
 /// Schema version 6: the table (seeded from the runs kept so far), and an
@@ -34,6 +33,39 @@ CREATE INDEX journal_agreements ON journal(id) WHERE op = 'agreements';
 
 /// The operations a run writes, as the journal names them.
 const OPS: [&str; 6] = ["add", "modify", "rename", "delete", "hide", "restore"];
+
+/// What a run adds to the totals: its counts, as `runs::Counts` has them
+/// (`Counts::tally`; this file names no other).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Applied writes, in the order of the operations add, modify, rename,
+    /// delete, hide, restore.
+    pub applied: [u64; 6],
+    pub failed: u64,
+    pub withheld: u64,
+    pub conflicts: u64,
+}
+
+impl Tally {
+    /// From the counts as stored with a run (JSON; a missing field is 0).
+    fn from_json(text: &str) -> Tally {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        Tally {
+            applied: [
+                n("added"),
+                n("modified"),
+                n("renamed"),
+                n("deleted"),
+                n("hidden"),
+                n("restored"),
+            ],
+            failed: n("failed"),
+            withheld: n("withheld"),
+            conflicts: n("conflicts"),
+        }
+    }
+}
 
 /// What the totals hold, as a scrape reads them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,13 +98,11 @@ pub fn completed(status: &str) -> bool {
 fn run_changes(
     conn: &Connection,
     run_id: i64,
-    c: &Counts,
+    c: &Tally,
 ) -> rusqlite::Result<Vec<(String, &'static str, u64)>> {
     let mut out: Vec<(String, &'static str, u64)> = OPS
         .iter()
-        .zip([
-            c.added, c.modified, c.renamed, c.deleted, c.hidden, c.restored,
-        ])
+        .zip(c.applied)
         .map(|(op, n)| (op.to_string(), "applied", n))
         .collect();
     let mut stmt = conn.prepare_cached(
@@ -122,7 +152,7 @@ pub(crate) fn add_run(
     tx: &Transaction<'_>,
     run_id: i64,
     status: &str,
-    counts: &Counts,
+    counts: &Tally,
     ended_at: &str,
 ) -> rusqlite::Result<()> {
     add(tx, "runs", status_key(status), "", 1)?;
@@ -149,9 +179,7 @@ pub(crate) fn seed(conn: &Connection) -> rusqlite::Result<()> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (id, status, counts, ended_at) in rows {
-        let counts: Counts = counts
-            .and_then(|c| serde_json::from_str(&c).ok())
-            .unwrap_or_default();
+        let counts = Tally::from_json(counts.as_deref().unwrap_or("{}"));
         add(conn, "runs", status_key(&status), "", 1)?;
         for (op, outcome, n) in run_changes(conn, id, &counts)? {
             add(conn, "changes", &op, outcome, n)?;
@@ -201,6 +229,7 @@ impl Snapshot {
 mod tests {
     use super::*;
     use crate::state::journal::Record;
+    use crate::state::runs::Counts;
 
     #[test]
     fn totals_grow_with_each_run_and_outlive_the_runs_rows() {
