@@ -1,15 +1,18 @@
 //! How the world reaches a running daemon: the control socket that
 //! `absync resync` talks to (file permissions are the access control; the
-//! caller's Unix user, from the socket's peer credentials, is journaled),
+//! caller's Unix user, from the socket's peer credentials, is journaled;
+//! at most 32 clients at once, each with 5 s to send a request line of at
+//! most 4 KiB; accept errors are logged and accepting goes on),
 //! and the watcher that reloads the configuration when a file changes.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::config::Config;
 use crate::os::Who;
@@ -53,16 +56,59 @@ pub async fn listen(
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
     }
-    Ok(tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let triggers = triggers.clone();
-            tokio::spawn(async move {
-                if let Err(e) = handle(stream, triggers).await {
-                    tracing::warn!(error = %e, "control socket client");
-                }
-            });
-        }
-    }))
+    Ok(tokio::spawn(accept_loop(listener, triggers)))
+}
+
+/// Clients served at once; more wait in the kernel's backlog.
+pub const MAX_CLIENTS: usize = 32;
+/// How long a client has to send its request line.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest request line (a request is a few dozen bytes).
+pub const MAX_LINE: usize = 4096;
+/// The pause after an accept error (such as too many open files) before
+/// accepting again.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
+
+/// Accepts clients until the daemon stops: an error (too many open files,
+/// a client gone before it was accepted) is logged, and accepting goes on.
+async fn accept_loop(listener: UnixListener, triggers: mpsc::Sender<Trigger>) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket: cannot accept a connection; retrying");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
+        };
+        let triggers = triggers.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, triggers).await {
+                tracing::warn!(error = %e, "control socket client");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Reads the request line: at most [`MAX_LINE`] bytes, within
+/// [`READ_TIMEOUT`]. `Err` is the refusal to answer.
+async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request, String> {
+    let mut line = Vec::new();
+    let mut limited = BufReader::new(read).take(MAX_LINE as u64 + 1);
+    match tokio::time::timeout(READ_TIMEOUT, limited.read_until(b'\n', &mut line)).await {
+        Err(_) => return Err(format!("no request within {} s", READ_TIMEOUT.as_secs())),
+        Ok(Err(e)) => return Err(format!("cannot read the request: {e}")),
+        Ok(Ok(_)) => {}
+    }
+    if line.len() > MAX_LINE {
+        return Err(format!("request longer than {MAX_LINE} bytes"));
+    }
+    serde_json::from_slice::<Request>(&line).map_err(|e| format!("bad request: {e}"))
 }
 
 async fn handle(stream: UnixStream, triggers: mpsc::Sender<Trigger>) -> std::io::Result<()> {
@@ -72,10 +118,11 @@ async fn handle(stream: UnixStream, triggers: mpsc::Sender<Trigger>) -> std::io:
     let cred = stream.peer_cred()?;
     let by = Who::peer(cred.uid(), cred.pid());
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
-    let answer = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Answer::Refused(format!("bad request: {e}")),
+    let answer = match read_request(read).await {
+        Err(why) => {
+            tracing::warn!(by = %by, "control socket: {why}");
+            Answer::Refused(why)
+        }
         Ok(req) => {
             tracing::info!(by = %by, full = req.full, "resync requested");
             let (tx, rx) = oneshot::channel();

@@ -125,6 +125,7 @@ pub async fn serve(
         // The first run starts at once; the schedule counts from its end.
         next: Instant::now(),
         queued: Vec::new(),
+        merged: Vec::new(),
     };
     daemon.notifier.ready();
     tracing::info!(config = %daemon.config_file.display(), "absync daemon ready");
@@ -190,8 +191,11 @@ struct Daemon {
     watchdog: tokio::time::Interval,
     failures: u32,
     next: Instant,
-    /// Triggers that arrived during a run, oldest last.
+    /// Triggers that arrived during a run, oldest last; at most one resync
+    /// (see [`merge`]).
     queued: Vec<Trigger>,
+    /// Who else waits for the queued resync's report (merged into it).
+    merged: Vec<tokio::sync::oneshot::Sender<Report>>,
 }
 
 impl Daemon {
@@ -218,8 +222,13 @@ impl Daemon {
                 }
                 Wake::Run(None) => (full_due, None, None),
             };
+            // The requesters merged into this resync (none for another run).
+            let merged = std::mem::take(&mut self.merged);
             let (report, stopping) = self.run_once(full, by).await;
             self.after(&report);
+            for waiter in merged {
+                let _ = waiter.send(report.clone());
+            }
             if let Some(reply) = reply {
                 let _ = reply.send(report);
             }
@@ -317,7 +326,9 @@ impl Daemon {
                     self.notifier.watchdog();
                     self.status.update(|s| s.progress = progress.load(Ordering::Relaxed));
                 }
-                t = self.triggers.recv() => if let Some(t) = t { self.queued.insert(0, t) },
+                t = self.triggers.recv() => if let Some(t) = t {
+                    merge(&mut self.queued, &mut self.merged, t)
+                },
             }
         };
         let report = match result {
@@ -365,6 +376,33 @@ impl Daemon {
             self.cfg.service.schedule.next_after_now()
         };
         self.next = Instant::now() + wait;
+    }
+}
+
+/// Queues a trigger that arrived during a run. A resync merges into the
+/// resync already queued, if any: full wins over plain, and its requester
+/// waits for that run's report (in `merged`). Ten queued resyncs are one run.
+fn merge(
+    queued: &mut Vec<Trigger>,
+    merged: &mut Vec<tokio::sync::oneshot::Sender<Report>>,
+    t: Trigger,
+) {
+    let pending = queued.iter_mut().find_map(|q| match q {
+        Trigger::Resync { full, .. } => Some(full),
+        Trigger::Reload { .. } => None,
+    });
+    match (t, pending) {
+        (
+            Trigger::Resync {
+                full, by, reply, ..
+            },
+            Some(pending_full),
+        ) => {
+            *pending_full |= full;
+            merged.extend(reply);
+            tracing::info!(by = %by, full, "resync merged into the one already queued");
+        }
+        (t, _) => queued.insert(0, t),
     }
 }
 
@@ -533,6 +571,61 @@ mod tests {
         ));
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn queued_resyncs_merge_into_one_full_winning_and_every_requester_answered() {
+        use tokio::sync::oneshot;
+        let resync = |full: bool| {
+            let (tx, rx) = oneshot::channel();
+            let t = Trigger::Resync {
+                full,
+                by: Who::me(),
+                reply: Some(tx),
+            };
+            (t, rx)
+        };
+        let (mut queued, mut merged) = (Vec::new(), Vec::new());
+        let (first, first_rx) = resync(false);
+        merge(&mut queued, &mut merged, first);
+        merge(
+            &mut queued,
+            &mut merged,
+            Trigger::Reload { why: "x".into() },
+        );
+        let mut rxs = Vec::new();
+        for i in 0..9 {
+            let (t, rx) = resync(i == 4);
+            merge(&mut queued, &mut merged, t);
+            rxs.push(rx);
+        }
+        assert_eq!(queued.len(), 2, "one reload and one resync: {queued:?}");
+        assert_eq!(merged.len(), 9);
+        // Oldest last: the resync runs first, as a full run (one asked).
+        let Some(Trigger::Resync { full, reply, .. }) = queued.pop() else {
+            panic!("the resync comes first");
+        };
+        assert!(full, "full wins over plain");
+        let report = Report {
+            run_id: Some(7),
+            code: 0,
+            summary: "done".into(),
+        };
+        for w in merged.drain(..) {
+            w.send(report.clone()).unwrap();
+        }
+        reply.unwrap().send(report.clone()).unwrap();
+        assert_eq!(first_rx.blocking_recv().unwrap(), report);
+        for rx in rxs {
+            assert_eq!(rx.blocking_recv().unwrap(), report);
+        }
+        // A plain resync after it is queued on its own.
+        let (t, _rx) = resync(false);
+        merge(&mut queued, &mut merged, t);
+        assert!(matches!(
+            queued.as_slice(),
+            [Trigger::Resync { full: false, .. }, Trigger::Reload { .. }]
+        ));
     }
 
     #[test]

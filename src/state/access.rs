@@ -400,10 +400,11 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("state");
         state(&dir);
-        // Version 4 as an older absync left it: without version 5's index.
+        // Version 5 as an older absync left it: without version 6's totals.
         let older = SCHEMA_VERSION - 1;
         let c = Connection::open(dir.join("absync.db")).unwrap();
-        c.execute_batch("DROP INDEX journal_checkpoint").unwrap();
+        c.execute_batch("DROP TABLE metrics_totals; DROP INDEX journal_agreements")
+            .unwrap();
         c.pragma_update(None, "user_version", older).unwrap();
         drop(c);
         let before = files(&dir);

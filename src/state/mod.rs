@@ -15,6 +15,7 @@ pub mod object;
 pub mod report;
 pub mod retention;
 pub mod runs;
+pub mod totals;
 pub mod verify;
 
 pub use access::ReadFrom;
@@ -86,7 +87,7 @@ pub enum StateError {
     Pruned(String),
 }
 
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Version 1; later versions are steps from it.
 const SCHEMA: &str = "
@@ -419,6 +420,11 @@ impl Snapshot {
         }
         if version <= 4 {
             conn.execute_batch(SCHEMA_V5)?;
+        }
+        if version <= 5 {
+            // The metrics' totals, carried on from the runs kept so far.
+            conn.execute_batch(totals::SCHEMA_V6)?;
+            totals::seed(conn)?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(())

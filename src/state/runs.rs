@@ -50,6 +50,23 @@ impl Counts {
         self.rejected = 0;
     }
 
+    /// What the run adds to the metrics' totals.
+    pub fn tally(&self) -> crate::state::totals::Tally {
+        crate::state::totals::Tally {
+            applied: [
+                self.added,
+                self.modified,
+                self.renamed,
+                self.deleted,
+                self.hidden,
+                self.restored,
+            ],
+            failed: self.failed,
+            withheld: self.withheld,
+            conflicts: self.conflicts,
+        }
+    }
+
     pub fn writes(&self) -> u64 {
         self.added + self.modified + self.renamed + self.deleted + self.hidden + self.restored
     }
@@ -156,6 +173,7 @@ impl Snapshot {
             ],
         )
         .map_err(db)?;
+        crate::state::totals::add_run(&tx, run_id, status, &counts.tally(), &at).map_err(db)?;
         let sealed = match signer {
             Some(signer) => Some(append_seal(&tx, signer, run_id, &at).map_err(db)?),
             None => None,

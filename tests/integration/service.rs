@@ -391,7 +391,7 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
             "{status:?}"
         );
         let metrics = http_get(port, "/metrics");
-        assert!(metrics.contains("\nabsync_deletes_held 1\n"), "{metrics}");
+        assert!(metrics.contains("\nabsync_safety_stop 1\n"), "{metrics}");
         let bytes: u64 = metrics
             .lines()
             .find_map(|l| l.strip_prefix("absync_state_bytes "))
