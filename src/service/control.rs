@@ -20,6 +20,10 @@ use crate::service::protocol::{DaemonError, Report, Trigger};
 pub struct Request {
     pub full: bool,
     pub wait: bool,
+    /// Release at most this many deletes a safety rail holds back
+    /// (`absync resync --allow-deletes N`); journaled with the requester.
+    #[serde(default)]
+    pub allow_deletes: Option<u64>,
 }
 
 /// The answer (one JSON line): queued, or the finished run's report.
@@ -77,12 +81,13 @@ async fn handle(stream: UnixStream, triggers: mpsc::Sender<Trigger>) -> std::io:
     let answer = match serde_json::from_str::<Request>(&line) {
         Err(e) => Answer::Refused(format!("bad request: {e}")),
         Ok(req) => {
-            tracing::info!(by = %by, full = req.full, "resync requested");
+            tracing::info!(by = %by, full = req.full, allow_deletes = ?req.allow_deletes, "resync requested");
             let (tx, rx) = oneshot::channel();
             let reply = req.wait.then_some(tx);
             let sent = triggers
                 .send(Trigger::Resync {
                     full: req.full,
+                    allow_deletes: req.allow_deletes,
                     by,
                     reply,
                 })

@@ -206,19 +206,22 @@ impl Daemon {
                 )
             };
             self.show_idle(full_due);
-            let (full, by, reply) = match self.wait().await {
+            let (full, allow_deletes, by, reply) = match self.wait().await {
                 Wake::Stop => break,
                 Wake::Watchdog => continue,
                 Wake::Run(Some(Trigger::Reload { why })) => {
                     self.reload(&why);
                     continue;
                 }
-                Wake::Run(Some(Trigger::Resync { full, by, reply })) => {
-                    (full || full_due, Some(by), reply)
-                }
-                Wake::Run(None) => (full_due, None, None),
+                Wake::Run(Some(Trigger::Resync {
+                    full,
+                    allow_deletes,
+                    by,
+                    reply,
+                })) => (full || full_due, allow_deletes, Some(by), reply),
+                Wake::Run(None) => (full_due, None, None, None),
             };
-            let (report, stopping) = self.run_once(full, by).await;
+            let (report, stopping) = self.run_once(full, allow_deletes, by).await;
             self.after(&report);
             if let Some(reply) = reply {
                 let _ = reply.send(report);
@@ -280,11 +283,17 @@ impl Daemon {
     /// One run, in its own task, so the loop keeps the watchdog fed, queues
     /// what arrives meanwhile, and can stop it on shutdown. Returns its
     /// report, and whether the daemon is stopping.
-    async fn run_once(&mut self, full: bool, by: Option<Who>) -> (Report, bool) {
+    async fn run_once(
+        &mut self,
+        full: bool,
+        allow_deletes: Option<u64>,
+        by: Option<Who>,
+    ) -> (Report, bool) {
         let cancel = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(AtomicU64::new(0));
         let opts = Options {
             full,
+            allow_deletes,
             cancel: Some(cancel.clone()),
             progress: Some(progress.clone()),
             lock_held: true,

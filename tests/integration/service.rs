@@ -540,6 +540,7 @@ async fn in_process_the_schedule_fires_and_a_trigger_runs_at_once() {
     }
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     tx.send(absync::service::Trigger::Resync {
+        allow_deletes: None,
         full: true,
         by: absync::os::Who::me(),
         reply: Some(reply_tx),

@@ -74,6 +74,10 @@ pub enum Command {
         /// Return once the daemon has the request.
         #[arg(long)]
         no_wait: bool,
+        /// Release at most N deletes a safety rail held back (once; the
+        /// override and the requesting user are journaled).
+        #[arg(long, value_name = "N")]
+        allow_deletes: Option<u64>,
     },
     /// Write a commented starter configuration.
     Init {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use absync::config::{Config, ServiceView};
 use absync::engine::Options;
+use absync::service::control::Request;
 use absync::state::ReadFrom;
 use anyhow::Context;
 
@@ -96,8 +97,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             refuse_root()?;
             service::run(config_path(file)?.to_path_buf()).await
         }
-        Command::Resync { full, no_wait } => {
-            service::resync(&view()?.service.socket, full, !no_wait).await
+        Command::Resync {
+            full,
+            no_wait,
+            allow_deletes,
+        } => {
+            let req = Request {
+                full,
+                wait: !no_wait,
+                allow_deletes,
+            };
+            service::resync(&view()?.service.socket, &req).await
         }
         Command::Status {
             runs,

@@ -49,8 +49,8 @@ fn terminated() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
 }
 
 /// `absync resync`: asks the daemon to run now.
-pub async fn resync(socket: &Path, full: bool, wait: bool) -> anyhow::Result<ExitCode> {
-    match control::request(socket, &Request { full, wait }).await {
+pub async fn resync(socket: &Path, req: &Request) -> anyhow::Result<ExitCode> {
+    match control::request(socket, req).await {
         Err(e) => {
             eprintln!("absync: {e}");
             Ok(ExitCode::from(EXIT_COULD_NOT_RUN))
