@@ -78,6 +78,10 @@ async fn handle(stream: UnixStream, triggers: mpsc::Sender<Trigger>) -> std::io:
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
+    if line.is_empty() {
+        // Only a look (`absync sync` asking whether a daemon runs).
+        return Ok(());
+    }
     let answer = match serde_json::from_str::<Request>(&line) {
         Err(e) => Answer::Refused(format!("bad request: {e}")),
         Ok(req) => {

@@ -11,10 +11,11 @@ use absync::service::control::Request;
 use absync::state::ReadFrom;
 use anyhow::Context;
 
-use crate::cli::{Cli, Command, JournalCommand, Only};
+use crate::cli::{Cli, Command, JournalCommand, Only, StatusFormat};
 
 mod audit;
 mod check;
+mod health;
 mod init;
 mod journal;
 mod service;
@@ -44,6 +45,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if dry_run {
                 sync::plan(&config()?, format, opts).await
             } else {
+                if let Ok(v) = view() {
+                    service::refuse_if_daemon(&v.service.socket, full, allow_deletes)?;
+                }
                 refuse_root()?;
                 sync::apply(&config()?, opts).await
             }
@@ -110,13 +114,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             service::resync(&view()?.service.socket, &req).await
         }
         Command::Status {
+            state: Some(dir),
+            check: true,
+            max_age,
+            ..
+        } => Ok(health::check(
+            &dir,
+            ReadFrom::Given,
+            max_age.unwrap_or(health::DEFAULT_MAX_AGE),
+        )),
+        Command::Status {
+            state: None,
+            check: true,
+            max_age,
+            ..
+        } => Ok(match view() {
+            Ok(view) => health::check(
+                &view.state_dir,
+                ReadFrom::Live,
+                max_age.unwrap_or_else(|| health::max_age(&view.service.schedule)),
+            ),
+            Err(e) => health::unknown(&e),
+        }),
+        Command::Status {
             runs,
             state: Some(dir),
-        } => status::run(&dir, ReadFrom::Given, None, runs),
-        Command::Status { runs, state: None } => {
+            format,
+            ..
+        } => status::run(
+            &dir,
+            ReadFrom::Given,
+            None,
+            runs,
+            format == StatusFormat::Json,
+        ),
+        Command::Status {
+            runs,
+            state: None,
+            format,
+            ..
+        } => {
             let view = view()?;
             let ou = Some(view.target_base_dn.as_str());
-            status::run(&view.state_dir, ReadFrom::Live, ou, runs)
+            let json = format == StatusFormat::Json;
+            status::run(&view.state_dir, ReadFrom::Live, ou, runs, json)
         }
         Command::Audit {
             format,

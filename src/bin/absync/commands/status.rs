@@ -8,6 +8,21 @@ use absync::state::{ReadFrom, Snapshot, StateError};
 
 use crate::print;
 
+/// Who may read the state: its directory and database are the service
+/// user's alone (personal data), so root reads them for an admin.
+pub const WHO_READS: &str = "run as root (sudo absync ...): the state holds personal data \
+     and only root and the absync service user may read it";
+
+/// An error reading the state, said plainly when it is a refused read.
+pub fn plain(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<StateError>() {
+        Some(StateError::PermissionDenied { path, .. }) => {
+            format!("permission denied reading {}: {WHO_READS}", path.display())
+        }
+        _ => format!("{e:#}"),
+    }
+}
+
 /// What is managed, what the daemon does, and the last `limit` runs.
 /// `ou` is the target OU, when the configuration could be read. The state
 /// is opened read-only: nothing in it changes.
@@ -16,14 +31,25 @@ pub fn run(
     from: ReadFrom,
     ou: Option<&str>,
     limit: u32,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let snapshot = match Snapshot::open_read_only(state_dir, from) {
+        Err(StateError::Missing { .. }) if json => {
+            println!(
+                "{}",
+                serde_json::json!({ "state_dir": state_dir, "runs": [] })
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         Err(StateError::Missing { .. }) => {
             println!("state {}: no runs yet", state_dir.display());
             return Ok(ExitCode::SUCCESS);
         }
-        opened => opened?,
+        opened => opened.map_err(|e| anyhow::anyhow!(plain(&e.into())))?,
     };
+    if json {
+        return as_json(&snapshot, state_dir, ou, limit);
+    }
     let total = snapshot.count()?;
     let visible = snapshot.count_visible()?;
     let size = absync::state::bytes_on_disk(state_dir);
@@ -41,6 +67,35 @@ pub fn run(
     attention(&snapshot)?;
     compliance(&snapshot)?;
     runs(&snapshot, limit)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The same as one JSON object on stdout: `state_dir`, `ou`, `managed`,
+/// `hidden`, `bytes`, `daemon` (its status file, `null` when none runs),
+/// `deletes_held` and `runs` (newest first).
+fn as_json(
+    snapshot: &Snapshot,
+    state_dir: &Path,
+    ou: Option<&str>,
+    limit: u32,
+) -> anyhow::Result<ExitCode> {
+    let total = snapshot.count()?;
+    let visible = snapshot.count_visible()?;
+    let runs = snapshot.runs(limit)?;
+    let held = runs
+        .first()
+        .is_some_and(|r| absync::engine::removals::holds_deletes(&r.status));
+    let out = serde_json::json!({
+        "state_dir": state_dir,
+        "ou": ou,
+        "managed": visible,
+        "hidden": total - visible,
+        "bytes": absync::state::bytes_on_disk(state_dir),
+        "daemon": DaemonStatus::read(state_dir),
+        "deletes_held": held,
+        "runs": runs,
+    });
+    println!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
