@@ -11,6 +11,7 @@ mod evidence;
 mod faults;
 mod hostile;
 mod identity;
+mod ops;
 mod report;
 mod robust;
 mod safety;
