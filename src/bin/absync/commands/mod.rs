@@ -114,51 +114,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             service::resync(&view()?.service.socket, &req).await
         }
         Command::Status {
-            state: Some(dir),
-            check: true,
-            max_age,
-            ..
-        } => Ok(health::check(
-            &dir,
-            ReadFrom::Given,
-            max_age.unwrap_or(health::DEFAULT_MAX_AGE),
-        )),
-        Command::Status {
-            state: None,
-            check: true,
-            max_age,
-            ..
-        } => Ok(match view() {
-            Ok(view) => health::check(
-                &view.state_dir,
-                ReadFrom::Live,
-                max_age.unwrap_or_else(|| health::max_age(&view.service.schedule)),
-            ),
-            Err(e) => health::unknown(&e),
-        }),
-        Command::Status {
             runs,
-            state: Some(dir),
+            state,
             format,
-            ..
-        } => status::run(
-            &dir,
-            ReadFrom::Given,
-            None,
+            check,
+            max_age,
+        } => status(
+            file,
             runs,
+            state,
             format == StatusFormat::Json,
+            check,
+            max_age,
         ),
-        Command::Status {
-            runs,
-            state: None,
-            format,
-            ..
-        } => {
-            let view = view()?;
-            let ou = Some(view.target_base_dn.as_str());
-            let json = format == StatusFormat::Json;
-            status::run(&view.state_dir, ReadFrom::Live, ou, runs, json)
-        }
         Command::Audit {
             format,
             hide_covered,
@@ -167,6 +135,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init { path } => init::run(&path),
         Command::Completions { shell } => init::completions(shell),
         Command::Man => init::man(),
+    }
+}
+
+/// `absync status`: the table, the JSON object, or the monitoring check;
+/// of `--state DIR`, or of the configuration's state directory.
+fn status(
+    file: Option<&Path>,
+    runs: u32,
+    state: Option<std::path::PathBuf>,
+    json: bool,
+    check: bool,
+    max_age: Option<std::time::Duration>,
+) -> anyhow::Result<ExitCode> {
+    match (state, check) {
+        (Some(dir), true) => Ok(health::check(
+            &dir,
+            ReadFrom::Given,
+            max_age.unwrap_or(health::DEFAULT_MAX_AGE),
+        )),
+        (None, true) => Ok(match load_view(file) {
+            Ok(view) => health::check(
+                &view.state_dir,
+                ReadFrom::Live,
+                max_age.unwrap_or_else(|| health::max_age(&view.service.schedule)),
+            ),
+            Err(e) => health::unknown(&e),
+        }),
+        (Some(dir), false) => status::run(&dir, ReadFrom::Given, None, runs, json),
+        (None, false) => {
+            let view = load_view(file)?;
+            let ou = Some(view.target_base_dn.as_str());
+            status::run(&view.state_dir, ReadFrom::Live, ou, runs, json)
+        }
     }
 }
 

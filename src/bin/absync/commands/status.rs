@@ -135,7 +135,8 @@ fn attention(snapshot: &Snapshot) -> anyhow::Result<()> {
         if absync::engine::removals::holds_deletes(&last.status) {
             println!(
                 "attention  run {} {}: deletes are waiting for an admin \
-                 (absync plan --only deletes; absync sync --allow-deletes N)",
+                 (absync plan --only deletes; absync resync --allow-deletes N, \
+                 or absync sync --allow-deletes N when no daemon runs)",
                 last.id, last.status
             );
         }
