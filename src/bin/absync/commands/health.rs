@@ -130,11 +130,11 @@ pub fn assess(f: &Facts, max_age: Duration) -> (State, Vec<String>) {
 fn perfdata(f: &Facts, max_age: Duration) -> String {
     let age = f
         .last_completed
-        .map(|(_, a)| a.to_string())
+        .map(|(_, a)| format!("{a}s"))
         .unwrap_or_else(|| "U".into());
     let ending = f.agreements.iter().map(|(_, d)| *d).min();
     format!(
-        "last_completed_age={age}s;;{} failures={};2 withheld={};;1 managed={} \
+        "last_completed_age={age};;{} failures={};2 withheld={};;1 managed={} \
          daemon_running={} agreement_days_left={};{AGREEMENT_WARN_DAYS};0",
         max_age.as_secs(),
         f.daemon_failures.max(f.failed_in_a_row),
