@@ -129,6 +129,8 @@ cleanup() {
   [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
   userdel "$admin" 2>/dev/null || true
   rm -rf "$creds" /var/lib/absync /run/absync /etc/absync/certs/source-ca.pem /etc/absync/certs/ad-ca.pem
+  rmdir /etc/absync/certs 2>/dev/null || true
+  rm -f "${log:-}"
   [ -f /etc/absync/absync.toml.shipped ] && mv /etc/absync/absync.toml.shipped /etc/absync/absync.toml
   true
 }
