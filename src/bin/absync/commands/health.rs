@@ -212,10 +212,7 @@ pub fn check(state_dir: &Path, from: ReadFrom, max_age: Duration) -> ExitCode {
     let (state, reasons, perf) = match facts {
         Err(e) => (
             State::Unknown,
-            vec![format!(
-                "cannot read the state: {}",
-                super::status::plain(&e)
-            )],
+            vec![format!("cannot read the state: {e:#}")],
             String::new(),
         ),
         Ok(f) => {

@@ -8,21 +8,6 @@ use absync::state::{ReadFrom, Snapshot, StateError};
 
 use crate::print;
 
-/// Who may read the state: its directory and database are the service
-/// user's alone (personal data), so root reads them for an admin.
-pub const WHO_READS: &str = "run as root (sudo absync ...): the state holds personal data \
-     and only root and the absync service user may read it";
-
-/// An error reading the state, said plainly when it is a refused read.
-pub fn plain(e: &anyhow::Error) -> String {
-    match e.downcast_ref::<StateError>() {
-        Some(StateError::PermissionDenied { path, .. }) => {
-            format!("permission denied reading {}: {WHO_READS}", path.display())
-        }
-        _ => format!("{e:#}"),
-    }
-}
-
 /// What is managed, what the daemon does, and the last `limit` runs.
 /// `ou` is the target OU, when the configuration could be read. The state
 /// is opened read-only: nothing in it changes.
@@ -45,7 +30,7 @@ pub fn run(
             println!("state {}: no runs yet", state_dir.display());
             return Ok(ExitCode::SUCCESS);
         }
-        opened => opened.map_err(|e| anyhow::anyhow!(plain(&e.into())))?,
+        opened => opened?,
     };
     if json {
         return as_json(&snapshot, state_dir, ou, limit);
