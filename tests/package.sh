@@ -55,6 +55,125 @@ python3 -c "import sys; sys.exit(0 if float('$score') <= 2.0 else 1)" || fail "e
 msg=$(/usr/bin/absync --config /etc/absync/absync.toml check 2>&1 || true)
 echo "$msg" | grep -q 'source.ca_file' || fail "unexpected check output: $msg"
 
+# The installed service as an admin meets it: the daemon runs as the
+# service user with its passwords handed over as systemd does
+# (CREDENTIALS_DIRECTORY), a run stops at the deletion threshold, and an
+# admin in the absync group (not root) releases it with
+# `absync resync --allow-deletes`. Against the test bed tests/run brings up.
+[ -n "${ABSYNC_TESTBED:-}" ] || fail "needs a test bed: ABSYNC_TESTBED (tests/run sets it)"
+tbenv="$ABSYNC_TESTBED"; [ -d "$tbenv" ] && tbenv="$tbenv/testbed.env"
+# shellcheck disable=SC1090
+. "$tbenv"
+base="ou=absync-pkg-$$,$SOURCE_BASE_DN"
+python3 tests/testbed/nhsgen.py directory --emit-base --base "$base" --seed 81 --people 30 --orgs 2 \
+  | ldapmodify -a -H "$SOURCE_LDAP_URL" -x -D "$SOURCE_ADMIN_DN" -y "$SOURCE_ADMIN_PASSWORD_FILE" >/dev/null
+ou="OU=absync-pkg-$$,$TARGET_OU"
+printf 'dn: %s\nobjectClass: organizationalUnit\n\n' "$ou" \
+  | LDAPTLS_CACERT="$TARGET_CA" ldapmodify -a -H "$TARGET_URL" -x -D "$TARGET_ADMIN_DN" \
+      -y "$TARGET_ADMIN_PASSWORD_FILE" >/dev/null
+mapfile -t orgs < <(python3 tests/testbed/nhsgen.py orgs --seed 81 --orgs 2 | cut -f1)
+agreements() { # the organisations the agreement covers, as a TOML list
+  printf '[[agreement]]\nid = "DSA-PKG"\ntitle = "package test"\norganisations = %s\nattributes = ["givenName", "sn", "cn", "displayName", "mail"]\nvalid_from = 2020-01-01\nvalid_until = 2099-12-31\n' "$1" \
+    > /etc/absync/agreements.toml
+}
+agreements "[\"${orgs[0]}\", \"${orgs[1]}\"]"
+install -d -m 0755 /etc/absync/certs
+install -m 0644 "$SOURCE_CA" /etc/absync/certs/source-ca.pem
+install -m 0644 "$TARGET_CA" /etc/absync/certs/ad-ca.pem
+cp -p /etc/absync/absync.toml /etc/absync/absync.toml.shipped
+cat > /etc/absync/absync.toml <<TOML
+[source]
+url = "$SOURCE_URL"
+bind_dn = "$SOURCE_SYNC_DN"
+password_credential = "source.pw"
+ca_file = "/etc/absync/certs/source-ca.pem"
+base_dn = "ou=People,$base"
+filter = "(&(objectClass=nhsPerson)(!(nhsEntryStatus=leaver)))"
+org_attribute = "nhsOdsCode"
+anchor_attribute = "entryUUID"
+[target]
+url = "$TARGET_URL"
+bind_dn = "$TARGET_SVC_DN"
+password_credential = "target.pw"
+ca_file = "/etc/absync/certs/ad-ca.pem"
+base_dn = "$ou"
+anchor_attribute = "adminDescription"
+[mapping]
+file = "/etc/absync/mappings/nhs-to-ad-contact.toml"
+[agreements]
+file = "/etc/absync/agreements.toml"
+[state]
+dir = "/var/lib/absync"
+[safety]
+max_deletes = 1
+max_delete_percent = 100
+delete_grace = "0"
+[schedule]
+interval = "1h"
+[daemon]
+socket = "/run/absync/absync.sock"
+TOML
+chown root:absync /etc/absync/absync.toml /etc/absync/agreements.toml
+chmod 0640 /etc/absync/absync.toml /etc/absync/agreements.toml
+# What systemd sets up for the unit: its state and runtime directories, and
+# the credentials (copies of the root-only password files, for absync only).
+install -d -o absync -g absync -m 0700 /var/lib/absync
+install -d -o absync -g absync -m 0750 /run/absync
+creds=$(mktemp -d /run/absync-creds.XXXXXX)
+install -m 0400 -o absync -g absync "$SOURCE_SYNC_PASSWORD_FILE" "$creds/source.pw"
+install -m 0400 -o absync -g absync "$TARGET_SVC_PASSWORD_FILE" "$creds/target.pw"
+chown absync:absync "$creds"; chmod 0500 "$creds"
+admin=absync-pkg-admin
+useradd -M -N -g nogroup -G absync -s /usr/sbin/nologin "$admin"
+cleanup() {
+  [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
+  userdel "$admin" 2>/dev/null || true
+  rm -rf "$creds" /var/lib/absync /run/absync /etc/absync/certs/source-ca.pem /etc/absync/certs/ad-ca.pem
+  rmdir /etc/absync/certs 2>/dev/null || true
+  rm -f "${log:-}"
+  [ -f /etc/absync/absync.toml.shipped ] && mv /etc/absync/absync.toml.shipped /etc/absync/absync.toml
+  true
+}
+trap cleanup EXIT
+as_admin() { setpriv --reuid="$admin" --regid=nogroup --init-groups -- /usr/bin/absync "$@"; }
+log=$(mktemp /tmp/absync-pkg-daemon.XXXXXX.log)
+env -u ABSYNC_ALLOW_ROOT CREDENTIALS_DIRECTORY="$creds" \
+  setpriv --reuid=absync --regid=absync --init-groups -- \
+  /usr/bin/absync --config /etc/absync/absync.toml run 2>"$log" &
+daemon=$!
+for _ in $(seq 300); do
+  as_admin --config /etc/absync/absync.toml resync >/dev/null 2>&1 && break
+  kill -0 "$daemon" 2>/dev/null || fail "the daemon stopped: $(cat "$log")"
+  sleep 0.2
+done
+[ "$(stat -c '%U:%G %a' /run/absync/absync.sock)" = "absync:absync 660" ] \
+  || fail "the socket is $(stat -c '%U:%G %a' /run/absync/absync.sock)"
+# An organisation leaves the agreement: its deletes stop at the threshold.
+agreements "[\"${orgs[0]}\"]"
+set +e
+out=$(as_admin --config /etc/absync/absync.toml resync 2>&1); code=$?
+set -e
+[ "$code" = 3 ] || fail "resync after the agreement shrank: exit $code: $out; log: $(cat "$log")"
+out=$(as_admin --config /etc/absync/absync.toml sync --allow-deletes 100 2>&1) && fail "sync ran beside the daemon"
+echo "$out" | grep -qF 'ask it with `absync resync --allow-deletes 100`' || fail "sync beside the daemon: $out"
+out=$(as_admin --config /etc/absync/absync.toml status 2>&1) && fail "status read the state as $admin"
+echo "$out" | grep -q 'permission denied reading /var/lib/absync' || fail "status as $admin: $out"
+set +e
+check=$(/usr/bin/absync --config /etc/absync/absync.toml status --check); code=$?
+set -e
+[ "$code" = 2 ] && echo "$check" | grep -q '^ABSYNC CRITICAL - stopped: deletion threshold' \
+  || fail "status --check while held: exit $code: $check"
+out=$(as_admin --config /etc/absync/absync.toml resync --allow-deletes 100 2>&1) \
+  || fail "resync --allow-deletes as $admin: $out; log: $(cat "$log")"
+echo "$out" | grep -q 'held back 0' || fail "deletes still held: $out"
+/usr/bin/absync journal --state /var/lib/absync export --format jsonl \
+  | grep '"op":"override"' | grep -q "allow-deletes 100 by $admin" \
+  || fail "no override by $admin in the journal"
+/usr/bin/absync --config /etc/absync/absync.toml status --check | grep -q '^ABSYNC OK' \
+  || fail "status --check after the release: $(/usr/bin/absync --config /etc/absync/absync.toml status --check)"
+cleanup; daemon=; trap - EXIT
+echo "package: the daemon ran as absync with CREDENTIALS_DIRECTORY; $admin released held deletes with resync"
+
 apt-get -o DPkg::Lock::Timeout=600 purge -y -q absync >/dev/null
 ! getent passwd absync >/dev/null || fail "user absync left after purge"
 [ ! -e /usr/bin/absync ] || fail "/usr/bin/absync left after purge"

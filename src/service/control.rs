@@ -23,6 +23,10 @@ use crate::service::protocol::{DaemonError, Report, Trigger};
 pub struct Request {
     pub full: bool,
     pub wait: bool,
+    /// Release at most this many deletes a safety rail holds back
+    /// (`absync resync --allow-deletes N`); journaled with the requester.
+    #[serde(default)]
+    pub allow_deletes: Option<u64>,
 }
 
 /// The answer (one JSON line): queued, or the finished run's report.
@@ -97,7 +101,9 @@ async fn accept_loop(listener: UnixListener, triggers: mpsc::Sender<Trigger>) {
 
 /// Reads the request line: at most [`MAX_LINE`] bytes, within
 /// [`READ_TIMEOUT`]. `Err` is the refusal to answer.
-async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request, String> {
+/// The request on one connection; `None` for a connection that closes
+/// without one (a look: is a daemon there?).
+async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Option<Request>, String> {
     let mut line = Vec::new();
     let mut limited = BufReader::new(read).take(MAX_LINE as u64 + 1);
     match tokio::time::timeout(READ_TIMEOUT, limited.read_until(b'\n', &mut line)).await {
@@ -108,7 +114,12 @@ async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request, 
     if line.len() > MAX_LINE {
         return Err(format!("request longer than {MAX_LINE} bytes"));
     }
-    serde_json::from_slice::<Request>(&line).map_err(|e| format!("bad request: {e}"))
+    if line.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice::<Request>(&line)
+        .map(Some)
+        .map_err(|e| format!("bad request: {e}"))
 }
 
 async fn handle(stream: UnixStream, triggers: mpsc::Sender<Trigger>) -> std::io::Result<()> {
@@ -119,17 +130,20 @@ async fn handle(stream: UnixStream, triggers: mpsc::Sender<Trigger>) -> std::io:
     let by = Who::peer(cred.uid(), cred.pid());
     let (read, mut write) = stream.into_split();
     let answer = match read_request(read).await {
+        // Only a look (`absync sync` asking whether a daemon runs).
+        Ok(None) => return Ok(()),
         Err(why) => {
             tracing::warn!(by = %by, "control socket: {why}");
             Answer::Refused(why)
         }
-        Ok(req) => {
-            tracing::info!(by = %by, full = req.full, "resync requested");
+        Ok(Some(req)) => {
+            tracing::info!(by = %by, full = req.full, allow_deletes = ?req.allow_deletes, "resync requested");
             let (tx, rx) = oneshot::channel();
             let reply = req.wait.then_some(tx);
             let sent = triggers
                 .send(Trigger::Resync {
                     full: req.full,
+                    allow_deletes: req.allow_deletes,
                     by,
                     reply,
                 })

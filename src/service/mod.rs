@@ -210,21 +210,24 @@ impl Daemon {
                 )
             };
             self.show_idle(full_due);
-            let (full, by, reply) = match self.wait().await {
+            let (full, allow_deletes, by, reply) = match self.wait().await {
                 Wake::Stop => break,
                 Wake::Watchdog => continue,
                 Wake::Run(Some(Trigger::Reload { why })) => {
                     self.reload(&why);
                     continue;
                 }
-                Wake::Run(Some(Trigger::Resync { full, by, reply })) => {
-                    (full || full_due, Some(by), reply)
-                }
-                Wake::Run(None) => (full_due, None, None),
+                Wake::Run(Some(Trigger::Resync {
+                    full,
+                    allow_deletes,
+                    by,
+                    reply,
+                })) => (full || full_due, allow_deletes, Some(by), reply),
+                Wake::Run(None) => (full_due, None, None, None),
             };
             // The requesters merged into this resync (none for another run).
             let merged = std::mem::take(&mut self.merged);
-            let (report, stopping) = self.run_once(full, by).await;
+            let (report, stopping) = self.run_once(full, allow_deletes, by).await;
             self.after(&report);
             for waiter in merged {
                 let _ = waiter.send(report.clone());
@@ -289,11 +292,17 @@ impl Daemon {
     /// One run, in its own task, so the loop keeps the watchdog fed, queues
     /// what arrives meanwhile, and can stop it on shutdown. Returns its
     /// report, and whether the daemon is stopping.
-    async fn run_once(&mut self, full: bool, by: Option<Who>) -> (Report, bool) {
+    async fn run_once(
+        &mut self,
+        full: bool,
+        allow_deletes: Option<u64>,
+        by: Option<Who>,
+    ) -> (Report, bool) {
         let cancel = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(AtomicU64::new(0));
         let opts = Options {
             full,
+            allow_deletes,
             cancel: Some(cancel.clone()),
             progress: Some(progress.clone()),
             lock_held: true,
@@ -387,14 +396,23 @@ fn merge(
     merged: &mut Vec<tokio::sync::oneshot::Sender<Report>>,
     t: Trigger,
 ) {
+    // A resync that releases deletes is its own request, with its own
+    // requester journaled: only plain resyncs merge.
     let pending = queued.iter_mut().find_map(|q| match q {
-        Trigger::Resync { full, .. } => Some(full),
-        Trigger::Reload { .. } => None,
+        Trigger::Resync {
+            full,
+            allow_deletes: None,
+            ..
+        } => Some(full),
+        _ => None,
     });
     match (t, pending) {
         (
             Trigger::Resync {
-                full, by, reply, ..
+                full,
+                allow_deletes: None,
+                by,
+                reply,
             },
             Some(pending_full),
         ) => {
@@ -580,6 +598,7 @@ mod tests {
             let (tx, rx) = oneshot::channel();
             let t = Trigger::Resync {
                 full,
+                allow_deletes: None,
                 by: Who::me(),
                 reply: Some(tx),
             };
@@ -626,6 +645,22 @@ mod tests {
             queued.as_slice(),
             [Trigger::Resync { full: false, .. }, Trigger::Reload { .. }]
         ));
+        // One that releases deletes is never merged: its requester is
+        // journaled with its own run.
+        let (tx, _released) = oneshot::channel();
+        let release = Trigger::Resync {
+            full: false,
+            allow_deletes: Some(5),
+            by: Who::me(),
+            reply: Some(tx),
+        };
+        merge(&mut queued, &mut merged, release);
+        assert_eq!(queued.len(), 3, "{queued:?}");
+        assert!(merged.is_empty());
+        // Nor does a plain one merge into it.
+        let (t, _rx) = resync(true);
+        merge(&mut queued, &mut merged, t);
+        assert_eq!(merged.len(), 1, "merged into the plain one: {queued:?}");
     }
 
     #[test]

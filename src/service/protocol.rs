@@ -18,6 +18,9 @@ pub enum Trigger {
     /// Run now (`absync resync`); `reply` gets the run's report.
     Resync {
         full: bool,
+        /// Release at most this many held-back deletes (journaled with
+        /// the requester).
+        allow_deletes: Option<u64>,
         /// The requester, from the socket's peer credentials.
         by: Who,
         reply: Option<oneshot::Sender<Report>>,

@@ -33,11 +33,14 @@ impl DaemonStatus {
         state_dir.join("daemon.json")
     }
 
-    /// The status of a daemon that is running on `state_dir`, if any.
+    /// The status of a daemon that is running on `state_dir`, if any: its
+    /// status file, when the daemon it names holds the state lock now (a
+    /// pid alone could have been reused since the daemon died).
     pub fn read(state_dir: &Path) -> Option<DaemonStatus> {
         let s: DaemonStatus =
             serde_json::from_str(&std::fs::read_to_string(Self::path(state_dir)).ok()?).ok()?;
-        Path::new(&format!("/proc/{}", s.pid)).exists().then_some(s)
+        let holder = crate::state::StateLock::holder(state_dir)?;
+        holder.starts_with(&format!("pid {}:", s.pid)).then_some(s)
     }
 
     pub(crate) fn write(&self, state_dir: &Path) {

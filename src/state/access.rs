@@ -216,7 +216,7 @@ fn scratch_copy(db: &Path, wal: &Path) -> Result<tempfile::TempDir, StateError> 
 
 /// Whether a daemon or `sync` holds the lock of `dir` now, as the kernel's
 /// table of locks (`/proc/locks`) shows: looked at, never taken.
-fn writer_holds_lock(dir: &Path) -> bool {
+pub(crate) fn writer_holds_lock(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(m) = std::fs::symlink_metadata(dir.join("absync.lock")) else {
         return false;

@@ -280,6 +280,18 @@ impl StateLock {
         write!(file, "pid {}: absync {what}", std::process::id()).map_err(io)?;
         Ok(StateLock { _file: file })
     }
+
+    /// The process holding the lock of `dir` now (a daemon or a `sync`),
+    /// as its lock file names it ("pid N: absync ..."), when the kernel's
+    /// table of locks shows it held: looked at, never taken. `None` when
+    /// nothing holds it (or the directory cannot be read).
+    pub fn holder(dir: &Path) -> Option<String> {
+        if !access::writer_holds_lock(dir) {
+            return None;
+        }
+        let text = std::fs::read_to_string(dir.join("absync.lock")).ok()?;
+        Some(text.trim().to_string())
+    }
 }
 
 type RawRow = (String, String, String, String, String, Option<String>);

@@ -131,8 +131,15 @@ fn resync(socket: &Path, full: bool) -> Answer {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(request(socket, &Request { full, wait: true }))
-        .unwrap()
+    rt.block_on(request(
+        socket,
+        &Request {
+            full,
+            allow_deletes: None,
+            wait: true,
+        },
+    ))
+    .unwrap()
 }
 
 /// A counter's value in the metrics text.

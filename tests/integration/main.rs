@@ -12,6 +12,7 @@ mod faults;
 mod hostile;
 mod identity;
 mod interfaces;
+mod ops;
 mod report;
 mod robust;
 mod safety;

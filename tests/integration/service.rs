@@ -216,7 +216,8 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
         let manual = env.absync(&["sync"]);
         assert_eq!(manual.code, 2, "{manual:?}");
         assert!(
-            manual.stderr.contains("in use by another absync (pid"),
+            manual.stderr.contains("the absync daemon is running")
+                && manual.stderr.contains("`absync resync`"),
             "{manual:?}"
         );
 
@@ -280,8 +281,8 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
         assert_eq!(status.code, 0, "{status:?}");
         assert!(status.stdout.contains("daemon     pid"), "{status:?}");
         let sync = absync_with(&admin, &["sync"]);
-        assert_eq!(sync.code, 2, "a run needs the passwords: {sync:?}");
-        assert!(sync.stderr.contains("/nonexistent/absync.pw"), "{sync:?}");
+        assert_eq!(sync.code, 2, "the daemon does the runs: {sync:?}");
+        assert!(sync.stderr.contains("`absync resync`"), "{sync:?}");
         // The socket is the access control: mode 0660, owned by the service
         // user; anyone else cannot even connect.
         let socket = env.dir.join("absync.sock");
@@ -540,6 +541,7 @@ async fn in_process_the_schedule_fires_and_a_trigger_runs_at_once() {
     }
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     tx.send(absync::service::Trigger::Resync {
+        allow_deletes: None,
         full: true,
         by: absync::os::Who::me(),
         reply: Some(reply_tx),

@@ -118,6 +118,10 @@ pub enum Command {
         /// Return once the daemon has the request.
         #[arg(long)]
         no_wait: bool,
+        /// Release at most N deletes a safety rail held back (once; the
+        /// override and the requesting user are journaled).
+        #[arg(long, value_name = "N")]
+        allow_deletes: Option<u64>,
     },
     /// Write a commented starter configuration.
     Init {
@@ -159,6 +163,21 @@ pub enum Command {
         /// while the configuration file is broken).
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
+        /// Output: a table for people, or one JSON object.
+        #[arg(long, value_enum, default_value = "table")]
+        format: StatusFormat,
+        /// One line for a monitoring system (Nagios/Icinga plugin): exit 0
+        /// OK, 1 WARNING (runs failing in a row, an agreement ending within
+        /// 30 days), 2 CRITICAL (no run completed within --max-age, deletes
+        /// held, configuration refused, journal fails verify, an agreement
+        /// expired), 3 UNKNOWN (the state cannot be read); with perfdata.
+        #[arg(long, conflicts_with = "format")]
+        check: bool,
+        /// With --check: how old the last completed run may be (30m, 12h,
+        /// 1d) [default: three times the schedule's interval; 1d with a
+        /// cron schedule or --state].
+        #[arg(long, value_name = "DURATION", requires = "check", value_parser = absync::config::parse_duration)]
+        max_age: Option<std::time::Duration>,
     },
 }
 
@@ -169,6 +188,12 @@ pub enum SummaryFormat {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CheckFormat {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
     Table,
     Json,
 }

@@ -246,7 +246,8 @@ fn stop(held: usize, threshold: Option<String>, guard_notes: &BTreeMap<String, u
     whys.splice(0..0, threshold);
     let message = format!(
         "{held} deletes held back: {}. Review them with `absync plan --only deletes`; \
-         release them with `absync sync --allow-deletes N`",
+         release them with `absync resync --allow-deletes N` (`absync sync \
+         --allow-deletes N` when no daemon runs)",
         whys.join("; ")
     );
     if by_threshold {

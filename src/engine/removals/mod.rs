@@ -112,7 +112,12 @@ pub(crate) async fn carry_out(
     counts.withheld = decided.held.len() as u64;
     let mut notes = Vec::new();
     if let Some(limit) = cx.opts.allow_deletes {
-        let who = crate::os::Who::me();
+        // A resync's override is the requester's, not the daemon's user's.
+        let who = cx
+            .opts
+            .requested_by
+            .clone()
+            .unwrap_or_else(crate::os::Who::me);
         let mut r = Record::new(
             cx.run_id,
             "override",

@@ -7,12 +7,14 @@ use std::process::ExitCode;
 
 use absync::config::{Config, ServiceView};
 use absync::engine::Options;
+use absync::service::control::Request;
 use absync::state::ReadFrom;
 
-use crate::cli::{Cli, Command, JournalCommand, Only};
+use crate::cli::{Cli, Command, JournalCommand, Only, StatusFormat};
 
 mod audit;
 mod check;
+mod health;
 mod init;
 mod journal;
 mod service;
@@ -47,6 +49,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 sync::plan(&config()?, format, opts, report).await
             } else {
+                if let Ok(v) = view() {
+                    service::refuse_if_daemon(&v.service.socket, full, allow_deletes)?;
+                }
                 refuse_root()?;
                 sync::apply(&config()?, opts, summary).await
             }
@@ -70,58 +75,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sync::plan(&config()?, format, opts, report).await
         }
         Command::Journal {
-            command: JournalCommand::Keygen { private, public },
-            ..
-        } => journal::keygen(&private, &public),
-        Command::Journal {
-            command:
-                JournalCommand::Verify {
-                    public_key,
-                    expect_head,
-                    file: Some(file),
-                },
-            ..
-        } => journal::verify_file(&file, &public_key, expect_head),
-        Command::Journal {
             state,
             bom,
             command,
-        } => match state {
-            Some(dir) => journal::run(&dir, ReadFrom::Given, command, bom),
-            None => {
-                let cfg = config()?;
-                let command = match command {
-                    // The configured public key, when none is given.
-                    JournalCommand::Verify {
-                        public_key,
-                        expect_head,
-                        file,
-                    } if public_key.is_empty() => JournalCommand::Verify {
-                        public_key: cfg.journal_public_key.iter().cloned().collect(),
-                        expect_head,
-                        file,
-                    },
-                    other => other,
-                };
-                journal::run(&cfg.state_dir, ReadFrom::Live, command, bom)
-            }
-        },
+        } => journal_command(file, state, bom, command),
         Command::Run => {
             refuse_root()?;
             service::run(config_path(file)?).await
         }
-        Command::Resync { full, no_wait } => {
-            service::resync(&view()?.service.socket, full, !no_wait).await
+        Command::Resync {
+            full,
+            no_wait,
+            allow_deletes,
+        } => {
+            let req = Request {
+                full,
+                wait: !no_wait,
+                allow_deletes,
+            };
+            service::resync(&view()?.service.socket, &req).await
         }
         Command::Status {
             runs,
-            state: Some(dir),
-        } => status::run(&dir, ReadFrom::Given, None, runs),
-        Command::Status { runs, state: None } => {
-            let view = view()?;
-            let ou = Some(view.target_base_dn.as_str());
-            status::run(&view.state_dir, ReadFrom::Live, ou, runs)
-        }
+            state,
+            format,
+            check,
+            max_age,
+        } => status(
+            file,
+            runs,
+            state,
+            format == StatusFormat::Json,
+            check,
+            max_age,
+        ),
         Command::Audit {
             format,
             hide_covered,
@@ -130,6 +117,78 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init { path } => init::run(&path),
         Command::Completions { shell } => init::completions(shell),
         Command::Man => init::man(),
+    }
+}
+
+/// `absync status`: the table, the JSON object, or the monitoring check;
+/// of `--state DIR`, or of the configuration's state directory.
+fn status(
+    file: Option<&Path>,
+    runs: u32,
+    state: Option<std::path::PathBuf>,
+    json: bool,
+    check: bool,
+    max_age: Option<std::time::Duration>,
+) -> anyhow::Result<ExitCode> {
+    match (state, check) {
+        (Some(dir), true) => Ok(health::check(
+            &dir,
+            ReadFrom::Given,
+            max_age.unwrap_or(health::DEFAULT_MAX_AGE),
+        )),
+        (None, true) => Ok(match load_view(file) {
+            Ok(view) => health::check(
+                &view.state_dir,
+                ReadFrom::Live,
+                max_age.unwrap_or_else(|| health::max_age(&view.service.schedule)),
+            ),
+            Err(e) => health::unknown(&e),
+        }),
+        (Some(dir), false) => status::run(&dir, ReadFrom::Given, None, runs, json),
+        (None, false) => {
+            let view = load_view(file)?;
+            let ou = Some(view.target_base_dn.as_str());
+            status::run(&view.state_dir, ReadFrom::Live, ou, runs, json)
+        }
+    }
+}
+
+/// `absync journal …`: keygen and `verify --file` need no state; the rest
+/// read `--state DIR`, or the configuration's state directory (whose public
+/// key `verify` checks with when given none).
+fn journal_command(
+    file: Option<&Path>,
+    state: Option<PathBuf>,
+    bom: bool,
+    command: JournalCommand,
+) -> anyhow::Result<ExitCode> {
+    match (state, command) {
+        (_, JournalCommand::Keygen { private, public }) => journal::keygen(&private, &public),
+        (
+            _,
+            JournalCommand::Verify {
+                public_key,
+                expect_head,
+                file: Some(f),
+            },
+        ) => journal::verify_file(&f, &public_key, expect_head),
+        (Some(dir), command) => journal::run(&dir, ReadFrom::Given, command, bom),
+        (None, command) => {
+            let cfg = load_config(file)?;
+            let command = match command {
+                JournalCommand::Verify {
+                    public_key,
+                    expect_head,
+                    file,
+                } if public_key.is_empty() => JournalCommand::Verify {
+                    public_key: cfg.journal_public_key.iter().cloned().collect(),
+                    expect_head,
+                    file,
+                },
+                other => other,
+            };
+            journal::run(&cfg.state_dir, ReadFrom::Live, command, bom)
+        }
     }
 }
 

@@ -51,8 +51,8 @@ fn terminated() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
 }
 
 /// `absync resync`: asks the daemon to run now.
-pub async fn resync(socket: &Path, full: bool, wait: bool) -> anyhow::Result<ExitCode> {
-    match control::request(socket, &Request { full, wait }).await {
+pub async fn resync(socket: &Path, req: &Request) -> anyhow::Result<ExitCode> {
+    match control::request(socket, req).await {
         Err(e) => {
             eprintln!("absync: {e}");
             Ok(ExitCode::from(EXIT_COULD_NOT_RUN))
@@ -70,4 +70,30 @@ pub async fn resync(socket: &Path, full: bool, wait: bool) -> anyhow::Result<Exi
             Ok(ExitCode::from(EXIT_COULD_NOT_RUN))
         }
     }
+}
+
+/// `absync sync` while the daemon runs: it holds the state directory, so
+/// the run is the daemon's to do. Refuses with the command that asks it
+/// (the daemon answers on its control socket: members of the absync group
+/// can reach it, root too).
+pub fn refuse_if_daemon(
+    socket: &Path,
+    full: bool,
+    allow_deletes: Option<u64>,
+) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(socket).is_err() {
+        return Ok(());
+    }
+    let mut cmd = String::from("absync resync");
+    if full {
+        cmd.push_str(" --full");
+    }
+    if let Some(n) = allow_deletes {
+        cmd.push_str(&format!(" --allow-deletes {n}"));
+    }
+    anyhow::bail!(
+        "the absync daemon is running (it answers on {}) and does the runs: \
+         ask it with `{cmd}`; it prints the run's summary and exits with its code",
+        socket.display()
+    )
 }

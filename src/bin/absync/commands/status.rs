@@ -17,14 +17,25 @@ pub fn run(
     from: ReadFrom,
     ou: Option<&str>,
     limit: u32,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let snapshot = match Snapshot::open_read_only(state_dir, from) {
+        Err(StateError::Missing { .. }) if json => {
+            println!(
+                "{}",
+                serde_json::json!({ "state_dir": state_dir, "runs": [] })
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         Err(StateError::Missing { .. }) => {
             outln!("state {}: no runs yet", state_dir.display())?;
             return Ok(ExitCode::SUCCESS);
         }
         opened => opened?,
     };
+    if json {
+        return as_json(&snapshot, state_dir, ou, limit);
+    }
     let total = snapshot.count()?;
     let visible = snapshot.count_visible()?;
     let size = absync::state::bytes_on_disk(state_dir);
@@ -42,6 +53,35 @@ pub fn run(
     attention(&snapshot)?;
     compliance(&snapshot)?;
     runs(&snapshot, limit)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The same as one JSON object on stdout: `state_dir`, `ou`, `managed`,
+/// `hidden`, `bytes`, `daemon` (its status file, `null` when none runs),
+/// `deletes_held` and `runs` (newest first).
+fn as_json(
+    snapshot: &Snapshot,
+    state_dir: &Path,
+    ou: Option<&str>,
+    limit: u32,
+) -> anyhow::Result<ExitCode> {
+    let total = snapshot.count()?;
+    let visible = snapshot.count_visible()?;
+    let runs = snapshot.runs(limit)?;
+    let held = runs
+        .first()
+        .is_some_and(|r| absync::engine::removals::holds_deletes(&r.status));
+    let out = serde_json::json!({
+        "state_dir": state_dir,
+        "ou": ou,
+        "managed": visible,
+        "hidden": total - visible,
+        "bytes": absync::state::bytes_on_disk(state_dir),
+        "daemon": DaemonStatus::read(state_dir),
+        "deletes_held": held,
+        "runs": runs,
+    });
+    println!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -82,7 +122,8 @@ fn attention(snapshot: &Snapshot) -> anyhow::Result<()> {
         if absync::engine::removals::holds_deletes(&last.status) {
             outln!(
                 "attention  run {} {}: deletes are waiting for an admin \
-                 (absync plan --only deletes; absync sync --allow-deletes N)",
+                 (absync plan --only deletes; absync resync --allow-deletes N, \
+                 or absync sync --allow-deletes N when no daemon runs)",
                 last.id,
                 last.status
             )?;
