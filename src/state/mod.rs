@@ -87,7 +87,8 @@ pub enum StateError {
     Pruned(String),
 }
 
-const SCHEMA_VERSION: i64 = 6;
+/// The schema this absync writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Version 1; later versions are steps from it.
 const SCHEMA: &str = "

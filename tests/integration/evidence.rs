@@ -219,11 +219,14 @@ async fn every_journal_command_and_status_leave_a_read_only_copy_byte_for_byte_a
 }
 
 /// Sets the database back to schema 4, as an absync of that version left
-/// it (without version 5's index).
+/// it (without version 5's index and version 6's totals).
 fn make_schema_4(db: &Path) {
     let c = rusqlite::Connection::open(db).unwrap();
-    c.execute_batch("DROP INDEX journal_checkpoint; PRAGMA user_version = 4;")
-        .unwrap();
+    c.execute_batch(
+        "DROP INDEX journal_checkpoint; DROP TABLE metrics_totals; DROP INDEX journal_agreements;
+         PRAGMA user_version = 4;",
+    )
+    .unwrap();
 }
 
 fn schema(db: &Path) -> i64 {
@@ -269,9 +272,10 @@ async fn an_older_schema_is_migrated_only_by_sync_which_keeps_a_copy_first() {
         assert_eq!(r.code, 2, "{r:?}");
         assert!(
             r.stderr.contains(&format!(
-                "state database {} has schema 4, older than this absync's 5: reading does not \
+                "state database {} has schema 4, older than this absync's {}: reading does not \
                  migrate it; `absync sync` (or the daemon) migrates it",
-                db.display()
+                db.display(),
+                absync::state::SCHEMA_VERSION
             )),
             "{r:?}"
         );
@@ -283,20 +287,22 @@ async fn an_older_schema_is_migrated_only_by_sync_which_keeps_a_copy_first() {
         .args(["--config", env.config_path().to_str().unwrap(), "sync"])
         .env("ABSYNC_LOG", "info"));
     assert_eq!(sync.code, 0, "{sync:?}");
-    assert_eq!(schema(&db), 5);
+    assert_eq!(schema(&db), absync::state::SCHEMA_VERSION);
+    let new_version = absync::state::SCHEMA_VERSION;
     let baks: Vec<PathBuf> = std::fs::read_dir(&state)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with("absync.db.pre-v5-") && name.ends_with(".bak")
+            name.starts_with(&format!("absync.db.pre-v{new_version}-")) && name.ends_with(".bak")
         })
         .collect();
     assert_eq!(baks.len(), 1, "one copy kept: {baks:?}");
     let bak = &baks[0];
     assert!(
         sync.stderr.contains(&format!(
-            "state database {} has schema 4: kept a copy at {} before migrating it to schema 5",
+            "state database {} has schema 4: kept a copy at {} before migrating it to schema \
+             {new_version}",
             db.display(),
             bak.display()
         )),
