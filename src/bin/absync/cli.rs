@@ -16,6 +16,8 @@ Exit codes of sync, plan and resync:
 plan --detailed-exitcode: 0 nothing to do, 2 changes planned, 3 a real run
 would stop on a safety rail (an error that stops the plan is 2 as well, with
 a message on stderr).
+status --check (a Nagios/Icinga plugin): 0 OK, 1 WARNING, 2 CRITICAL,
+3 UNKNOWN.
 Other commands: 0 done, 1 what they check failed (audit, journal verify),
 2 could not run. A reader that closes the pipe early (| head -1) ends any
 command quietly with exit 0 (sync: with its run's code).

@@ -3,6 +3,7 @@
 //! are read from the state (read-only) and the daemon's status file; the
 //! verdict is a pure function of them ([`assess`]).
 
+use crate::out::outln;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,7 +46,8 @@ pub fn max_age(schedule: &absync::config::Schedule) -> Duration {
 
 /// UNKNOWN: the configuration could not be read.
 pub fn unknown(e: &anyhow::Error) -> ExitCode {
-    println!("ABSYNC UNKNOWN - {e:#}");
+    // A closed pipe costs the monitoring agent the text, not the state.
+    let _ = outln!("ABSYNC UNKNOWN - {e:#}");
     ExitCode::from(State::Unknown as u8)
 }
 
@@ -231,13 +233,13 @@ pub fn check(state_dir: &Path, from: ReadFrom, max_age: Duration) -> ExitCode {
     };
     let mut lines = reasons.into_iter();
     let first = lines.next().unwrap_or_default();
-    if perf.is_empty() {
-        println!("ABSYNC {} - {first}", state.word());
+    let _ = if perf.is_empty() {
+        outln!("ABSYNC {} - {first}", state.word())
     } else {
-        println!("ABSYNC {} - {first} | {perf}", state.word());
-    }
+        outln!("ABSYNC {} - {first} | {perf}", state.word())
+    };
     for l in lines {
-        println!("{l}");
+        let _ = outln!("{l}");
     }
     ExitCode::from(state as u8)
 }

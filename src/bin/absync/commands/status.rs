@@ -21,10 +21,10 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let snapshot = match Snapshot::open_read_only(state_dir, from) {
         Err(StateError::Missing { .. }) if json => {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({ "state_dir": state_dir, "runs": [] })
-            );
+            )?;
             return Ok(ExitCode::SUCCESS);
         }
         Err(StateError::Missing { .. }) => {
@@ -81,7 +81,7 @@ fn as_json(
         "deletes_held": held,
         "runs": runs,
     });
-    println!("{out}");
+    outln!("{out}")?;
     Ok(ExitCode::SUCCESS)
 }
 
