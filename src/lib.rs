@@ -14,6 +14,7 @@
 //!   self-contained HTML page.
 //! - [`service`]: `absync run`, the scheduled service, its control socket
 //!   and metrics.
+//! - [`seal`]: the journal's signing key; [`os`]: who runs absync.
 //! - [`dn`], [`secret`], [`failpoint`]: distinguished names, passwords,
 //!   crash-test hooks.
 //!
