@@ -201,31 +201,15 @@ fn no_script_and_no_url_but_the_policy_that_forbids_them() {
 }
 
 fn empty() -> ReportData {
-    ReportData {
-        verdict: Verdict::Intact {
-            records: 0,
-            unchecked_runs: 0,
-            signed: None,
-        },
-        keys: 0,
-        head: None,
-        pruned_before: None,
-        signed: None,
+    let h = hostile();
+    let intact = Verdict::Intact {
         records: 0,
-        runs: BTreeMap::new(),
-        by_op: PerDay::new(),
-        by_agreement: PerDay::new(),
-        deletes: BTreeMap::new(),
-        rails: Capped::default(),
-        overrides: Capped::default(),
-        config: Capped::default(),
-        terms: Capped::default(),
-        reloads: Capped::default(),
-        conflicts: Capped::default(),
+        unchecked_runs: 0,
+        signed: None,
+    };
+    ReportData {
         holdings: Err("the journal was pruned: it knows what was held from X on".into()),
-        held: 0,
-        compliance: None,
-        ..hostile()
+        ..ReportData::new(&h.from, &h.to, &h.generated_at, intact)
     }
 }
 

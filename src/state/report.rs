@@ -209,7 +209,8 @@ pub struct ReportData {
 }
 
 impl ReportData {
-    fn new(from: &str, to: &str, generated_at: &str, verdict: Verdict) -> ReportData {
+    /// A report with nothing gathered yet.
+    pub(crate) fn new(from: &str, to: &str, generated_at: &str, verdict: Verdict) -> ReportData {
         ReportData {
             from: from.to_string(),
             to: to.to_string(),
