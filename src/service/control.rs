@@ -6,16 +6,16 @@
 //! and the watcher that reloads the configuration when a file changes.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::os::Who;
+use crate::service::accept::{serve_clients, READ_TIMEOUT};
 use crate::service::protocol::{DaemonError, Report, Trigger};
 
 /// One request on the control socket (one JSON line).
@@ -63,40 +63,20 @@ pub async fn listen(
     Ok(tokio::spawn(accept_loop(listener, triggers)))
 }
 
-/// Clients served at once; more wait in the kernel's backlog.
-pub const MAX_CLIENTS: usize = 32;
-/// How long a client has to send its request line.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request line (a request is a few dozen bytes).
 pub const MAX_LINE: usize = 4096;
-/// The pause after an accept error (such as too many open files) before
-/// accepting again.
-pub const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
-/// Accepts clients until the daemon stops: an error (too many open files,
-/// a client gone before it was accepted) is logged, and accepting goes on.
+/// Accepts clients until the daemon stops (see [`serve_clients`]).
 async fn accept_loop(listener: UnixListener, triggers: mpsc::Sender<Trigger>) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "control socket: cannot accept a connection; retrying");
-                tokio::time::sleep(ACCEPT_PAUSE).await;
-                continue;
-            }
-        };
+    serve_clients(listener, "control socket", move |stream| {
         let triggers = triggers.clone();
-        tokio::spawn(async move {
+        async move {
             if let Err(e) = handle(stream, triggers).await {
                 tracing::warn!(error = %e, "control socket client");
             }
-            drop(slot);
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Reads the request line: at most [`MAX_LINE`] bytes, within

@@ -8,13 +8,11 @@
 //!
 //! Only `GET /metrics` (and `HEAD`) is served; other paths are 404, other
 //! methods 405. The listener survives accept errors (EMFILE included),
-//! serves at most [`MAX_CLIENTS`] clients at once, and gives each
+//! serves at most [`MAX_CLIENTS`](crate::service::accept::MAX_CLIENTS) clients at once, and gives each
 //! [`READ_TIMEOUT`] to send a request head of at most [`MAX_HEAD`] bytes.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -24,21 +22,14 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
+use crate::service::accept::{serve_clients, READ_TIMEOUT};
 use crate::service::protocol::DaemonError;
 use crate::service::status::DaemonStatus;
 use crate::state::{ReadFrom, Snapshot};
 
-/// Clients served at once; more wait in the kernel's backlog.
-pub const MAX_CLIENTS: usize = 32;
-/// How long a client has to send its request head.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request head read.
 pub const MAX_HEAD: usize = 8192;
-/// The pause after an accept error (such as too many open files) before
-/// accepting again.
-pub const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -62,26 +53,10 @@ pub async fn serve(
 }
 
 async fn accept_loop(listener: TcpListener, state_dir: PathBuf) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    loop {
-        // A slot first: beyond the cap, clients wait in the backlog.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: cannot accept a connection; retrying");
-                tokio::time::sleep(ACCEPT_PAUSE).await;
-                continue;
-            }
-        };
-        let dir = state_dir.clone();
-        tokio::spawn(async move {
-            answer(stream, dir).await;
-            drop(slot);
-        });
-    }
+    serve_clients(listener, "metrics", move |stream| {
+        answer(stream, state_dir.clone())
+    })
+    .await
 }
 
 async fn answer(mut stream: TcpStream, dir: PathBuf) {

@@ -8,6 +8,7 @@
 //! trigger channel, notifier): systemd, signals, the control socket and
 //! the file watcher are adapters around it, and tests drive it directly.
 
+pub mod accept;
 pub mod control;
 pub mod metrics;
 pub mod protocol;
