@@ -159,6 +159,7 @@ fn the_foundations_know_nothing_of_the_rooms_above_them() {
         "secret",
         "failpoint",
         "os",
+        "text",
         "ldap",
     ] {
         let found = crossings(room, &["engine", "state", "service"]);

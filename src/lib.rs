@@ -15,8 +15,8 @@
 //! - [`service`]: `absync run`, the scheduled service, its control socket
 //!   and metrics.
 //! - [`seal`]: the journal's signing key; [`os`]: who runs absync.
-//! - [`dn`], [`secret`], [`failpoint`]: distinguished names, passwords,
-//!   crash-test hooks.
+//! - [`dn`], [`secret`], [`failpoint`], [`text`]: distinguished names,
+//!   passwords, crash-test hooks, characters that hide or control text.
 //!
 //! The command line lives in `src/bin/absync/`.
 
@@ -45,6 +45,7 @@ pub mod failpoint;
 pub mod os;
 pub mod seal;
 pub mod secret;
+pub mod text;
 
 #[cfg(test)]
 mod fuzz;

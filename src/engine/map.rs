@@ -283,24 +283,38 @@ pub struct Mapped {
 }
 
 /// Drops control characters (AD rejects NUL and most are never intended)
-/// and turns line breaks and tabs into spaces. A value without control
-/// characters (nearly all of them) is returned as it is, uncopied.
+/// and turns line breaks and tabs into spaces; drops bidi controls and
+/// zero-width characters ([`crate::text::strip_invisible`]: they reorder
+/// or hide a name in the address book). Every value the mapping writes,
+/// the RDN included, goes through here. A value without any of these
+/// (nearly all of them) is returned as it is, uncopied.
 fn clean(v: &str) -> Cow<'_, str> {
-    if !v.chars().any(char::is_control) {
+    let control = v.chars().any(char::is_control);
+    let invisible = crate::text::has_invisible(v);
+    if !control && !invisible {
         return Cow::Borrowed(v);
     }
-    Cow::Owned(
-        v.chars()
-            .map(|c| {
-                if c == '\n' || c == '\r' || c == '\t' {
-                    ' '
-                } else {
-                    c
-                }
-            })
-            .filter(|c| !c.is_control())
-            .collect(),
-    )
+    let v: Cow<'_, str> = if control {
+        Cow::Owned(
+            v.chars()
+                .map(|c| {
+                    if c == '\n' || c == '\r' || c == '\t' {
+                        ' '
+                    } else {
+                        c
+                    }
+                })
+                .filter(|c| !c.is_control())
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(v)
+    };
+    if invisible {
+        Cow::Owned(crate::text::strip_invisible(&v))
+    } else {
+        v
+    }
 }
 
 /// `clean` for a string the caller owns: no copy when nothing changes.
@@ -780,6 +794,28 @@ first_of = ["{description}", "Job: {nhsJobRole}"]
         let o = m.map(&e).unwrap();
         assert_eq!(o.rdn_value, "Ana Lee Park");
         assert_eq!(o.attrs["otherTelephone"], vec!["ABC"]);
+    }
+
+    #[test]
+    fn bidi_controls_and_zero_width_characters_never_reach_a_name() {
+        let m = mapping(M);
+        let e = entry(&[
+            ("givenName", &["\u{202E}nimdA"]),
+            ("sn", &["Sm\u{200B}ith\u{2066}\u{FEFF}"]),
+            ("title", &["Lead\u{200D} \u{061C}Nurse"]),
+            ("telephoneNumber", &["01632 960123\u{2060}"]),
+        ]);
+        let o = m.map(&e).unwrap();
+        assert_eq!(o.rdn_value, "nimdA Smith");
+        for (attr, values) in &o.attrs {
+            for v in values {
+                assert!(!crate::text::has_invisible(v), "{attr}: {v:?}");
+            }
+        }
+        assert_eq!(o.attrs["title"], vec!["Lead Nurse"]);
+        // A joiner inside an emoji stays: it is part of the character.
+        let e = entry(&[("givenName", &["Ana"]), ("sn", &["👩\u{200D}⚕"])]);
+        assert_eq!(m.map(&e).unwrap().rdn_value, "Ana 👩\u{200D}⚕");
     }
 
     #[test]

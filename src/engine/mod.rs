@@ -88,6 +88,11 @@ pub async fn run(
         run_id: run_id.unwrap_or(0),
         live: mode == Mode::Apply,
     };
+    if let Mode::Plan(format) = mode {
+        // LDIF's `version: 1`, once, before the first change.
+        out.write_all(render::header(format).as_bytes())
+            .map_err(|e| crate::state::StateError::Output(e.to_string()))?;
+    }
     let plan = match mode {
         Mode::Plan(format) => Some(PlanOut {
             format,

@@ -7,6 +7,7 @@ use crate::config::TargetConfig;
 use crate::engine::diff::add_attributes;
 use crate::engine::diff::{attr_changes, same_dn, Change, Kind};
 use crate::engine::map::Mapping;
+use crate::text::Shown;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -15,12 +16,26 @@ pub enum Format {
     Json,
 }
 
-/// One LDIF line (RFC 2849), base64 when the value is not a safe string.
+/// What a plan in `format` starts with: LDIF declares its version
+/// (RFC 2849), the other formats start with their first change.
+pub fn header(format: Format) -> &'static str {
+    match format {
+        Format::Ldif => "version: 1\n\n",
+        Format::Table | Format::Json => "",
+    }
+}
+
+// The LDIF's text is written by `ldif_line` (values) and `ldif_comment`
+// (comments) only: the one place it is escaped.
+
+/// One LDIF line (RFC 2849): `attr: value` when the value is a
+/// SAFE-STRING of printable ASCII, else `attr:: base64`: a value with a
+/// control character (CR and LF included, so no value can start a line of
+/// its own), a byte outside ASCII, a leading space, colon or `<`, or a
+/// trailing space.
 pub fn ldif_line(out: &mut String, attr: &str, value: &str) {
     let b = value.as_bytes();
-    let safe = b
-        .iter()
-        .all(|&c| (1..=127).contains(&c) && c != b'\n' && c != b'\r')
+    let safe = b.iter().all(|&c| (0x20..0x7f).contains(&c))
         && !matches!(b.first(), Some(b' ' | b':' | b'<'))
         && !value.ends_with(' ');
     if safe {
@@ -29,6 +44,15 @@ pub fn ldif_line(out: &mut String, attr: &str, value: &str) {
         use base64_lite::encode;
         let _ = writeln!(out, "{attr}:: {}", encode(b));
     }
+}
+
+/// One LDIF comment line: `# ` and the text as a terminal shows it
+/// ([`Shown`]): a line break, a control, bidi or zero-width
+/// character in a value is written escaped (`\n`, `\u{1b}`), so a
+/// comment stays one line and cannot start a record.
+fn ldif_comment(out: &mut String, text: std::fmt::Arguments<'_>) {
+    let text = text.to_string();
+    let _ = writeln!(out, "# {}", Shown(&text));
 }
 
 /// Minimal standard base64, for LDIF values (no need for a crate).
@@ -60,43 +84,53 @@ pub fn render(change: &Change, format: Format, mapping: &Mapping, target: &Targe
     }
 }
 
+/// A change as a table line for people; every value in it through
+/// [`Shown`] (a control, bidi or zero-width character escaped).
 fn table(c: &Change) -> String {
+    let reason = Shown(&c.reason);
     match &c.kind {
-        Kind::Add { after } => format!("add      {}  ({})\n", after.dn, c.reason),
+        Kind::Add { after } => format!("add      {}  ({reason})\n", Shown(&after.dn)),
         Kind::Update { before, after } => {
             let mut s = String::new();
             if !same_dn(&before.dn, &after.dn) {
                 let _ = writeln!(
                     s,
-                    "rename   {}  ->  {}  ({})",
-                    before.dn, after.dn, c.reason
+                    "rename   {}  ->  {}  ({reason})",
+                    Shown(&before.dn),
+                    Shown(&after.dn)
                 );
             }
             let changes = attr_changes(&before.attrs, &after.attrs);
             if !changes.is_empty() {
                 let names: Vec<&str> = changes.keys().map(String::as_str).collect();
-                let _ = writeln!(s, "modify   {}  [{}]", after.dn, names.join(", "));
+                let names = names.join(", ");
+                let _ = writeln!(s, "modify   {}  [{}]", Shown(&after.dn), Shown(&names));
             }
             s
         }
-        Kind::Delete { before } => format!("delete   {}  ({})\n", before.dn, c.reason),
+        Kind::Delete { before } => format!("delete   {}  ({reason})\n", Shown(&before.dn)),
         Kind::Hide { before, after } => {
-            format!("hide     {}  ->  {}  ({})\n", before.dn, after.dn, c.reason)
+            let (from, to) = (Shown(&before.dn), Shown(&after.dn));
+            format!("hide     {from}  ->  {to}  ({reason})\n")
         }
         Kind::Withheld { change, why } => {
             let inner = table(change);
             format!(
-                "withheld {}  [{why}]\n",
+                "withheld {}  [{}]\n",
                 inner
                     .trim_end()
                     .trim_start_matches(|ch: char| ch.is_alphabetic())
-                    .trim_start()
+                    .trim_start(),
+                Shown(why)
             )
         }
         Kind::Conflict { dn, with, what, .. } => {
+            let (dn, what, with) = (Shown(dn), Shown(what), Shown(with));
             format!("conflict {dn}  ({what}: {with})\n")
         }
-        Kind::Reject { source_dn, why } => format!("reject   {source_dn}  ({why})\n"),
+        Kind::Reject { source_dn, why } => {
+            format!("reject   {}  ({})\n", Shown(source_dn), Shown(why))
+        }
     }
 }
 
@@ -104,7 +138,7 @@ fn ldif(c: &Change, mapping: &Mapping, target: &TargetConfig) -> String {
     let mut s = String::new();
     match &c.kind {
         Kind::Add { after } => {
-            let _ = writeln!(s, "# {} ({})", c.anchor, c.reason);
+            ldif_comment(&mut s, format_args!("{} ({})", c.anchor, c.reason));
             ldif_line(&mut s, "dn", &after.dn);
             s.push_str("changetype: add\n");
             for (k, vs) in add_attributes(mapping, target, after) {
@@ -117,19 +151,19 @@ fn ldif(c: &Change, mapping: &Mapping, target: &TargetConfig) -> String {
         Kind::Update { before, after } => {
             let mut dn = before.dn.clone();
             if !same_dn(&before.dn, &after.dn) {
-                let _ = writeln!(s, "# {} ({})", c.anchor, c.reason);
+                ldif_comment(&mut s, format_args!("{} ({})", c.anchor, c.reason));
                 ldif_moddn(&mut s, &before.dn, &after.dn);
                 dn = after.dn.clone();
             }
             let changes = attr_changes(&before.attrs, &after.attrs);
             let unhide = c.is_restore().then_some(mapping.hide.as_ref()).flatten();
             if let Some((attr, _)) = unhide {
-                let _ = writeln!(s, "# {} (shown again)", c.anchor);
+                ldif_comment(&mut s, format_args!("{} (shown again)", c.anchor));
                 ldif_line(&mut s, "dn", &dn);
                 let _ = writeln!(s, "changetype: modify\ndelete: {attr}\n-\n");
             }
             if !changes.is_empty() {
-                let _ = writeln!(s, "# {} (attributes changed)", c.anchor);
+                ldif_comment(&mut s, format_args!("{} (attributes changed)", c.anchor));
                 ldif_line(&mut s, "dn", &dn);
                 s.push_str("changetype: modify\n");
                 for (k, ch) in changes {
@@ -147,12 +181,12 @@ fn ldif(c: &Change, mapping: &Mapping, target: &TargetConfig) -> String {
             }
         }
         Kind::Delete { before } => {
-            let _ = writeln!(s, "# {} ({})", c.anchor, c.reason);
+            ldif_comment(&mut s, format_args!("{} ({})", c.anchor, c.reason));
             ldif_line(&mut s, "dn", &before.dn);
             s.push_str("changetype: delete\n\n");
         }
         Kind::Hide { before, after } => {
-            let _ = writeln!(s, "# {} (hidden: {})", c.anchor, c.reason);
+            ldif_comment(&mut s, format_args!("{} (hidden: {})", c.anchor, c.reason));
             if !same_dn(&before.dn, &after.dn) {
                 ldif_moddn(&mut s, &before.dn, &after.dn);
             }
@@ -168,20 +202,23 @@ fn ldif(c: &Change, mapping: &Mapping, target: &TargetConfig) -> String {
                 .lines()
                 .filter(|l| !l.is_empty())
             {
-                let _ = writeln!(s, "# withheld ({why}): {line}");
+                ldif_comment(&mut s, format_args!("withheld ({why}): {line}"));
             }
             s.push('\n');
         }
         Kind::Conflict { dn, with, what, .. } => {
-            let _ = writeln!(s, "# conflict, not applied: {dn}: {what}: {with}\n");
+            ldif_comment(
+                &mut s,
+                format_args!("conflict, not applied: {dn}: {what}: {with}"),
+            );
+            s.push('\n');
         }
         Kind::Reject { source_dn, why } => {
-            let _ = writeln!(
-                s,
-                "# rejected, not applied: {}: {}\n",
-                source_dn.replace('\n', " "),
-                why
+            ldif_comment(
+                &mut s,
+                format_args!("rejected, not applied: {source_dn}: {why}"),
             );
+            s.push('\n');
         }
     }
     s
@@ -300,6 +337,59 @@ mod tests {
         ldif_line(&mut s, "sn", " Lead");
         ldif_line(&mut s, "title", "Nurse");
         assert_eq!(s, "cn:: U2nDom4=\nsn:: IExlYWQ=\ntitle: Nurse\n");
+    }
+
+    #[test]
+    fn control_characters_in_ldif_values_are_base64() {
+        for v in [
+            "a\u{1b}[2J",
+            "a\tb",
+            "a\u{7f}",
+            "x\r\ndn: CN=Administrator",
+            "a\nb",
+        ] {
+            let mut s = String::new();
+            ldif_line(&mut s, "cn", v);
+            assert!(s.starts_with("cn:: ") && s.lines().count() == 1, "{s:?}");
+        }
+        let mut s = String::new();
+        ldif_line(&mut s, "dn", "CN=Smith\\2c J,OU=x");
+        assert_eq!(s, "dn: CN=Smith\\2c J,OU=x\n");
+    }
+
+    #[test]
+    fn a_comment_stays_one_line_whatever_its_text() {
+        let anchor = "E1\r\n\ndn: CN=Administrator,CN=Users,DC=x\nchangetype: delete\n\u{1b}[2J";
+        let mut s = String::new();
+        ldif_comment(&mut s, format_args!("{anchor} (new entry)"));
+        assert_eq!(s.lines().count(), 1, "{s:?}");
+        assert!(s.starts_with("# E1\\r\\n\\ndn: CN=Administrator"), "{s:?}");
+        assert!(!s.contains(['\r', '\u{1b}']), "{s:?}");
+        assert!(s.ends_with("\\u{1b}[2J (new entry)\n"), "{s:?}");
+    }
+
+    #[test]
+    fn an_ldif_plan_starts_with_its_version() {
+        assert_eq!(header(Format::Ldif), "version: 1\n\n");
+        assert_eq!(header(Format::Table), "");
+        assert_eq!(header(Format::Json), "");
+    }
+
+    #[test]
+    fn a_table_line_shows_hostile_values_escaped() {
+        let c = Change {
+            anchor: "a\u{1b}]0;x\u{7}".into(),
+            reason: "new\nentry".into(),
+            kind: Kind::Reject {
+                source_dn: "uid=\u{1b}[2J\u{202E}nimda,ou=People".into(),
+                why: "bad\u{200B}".into(),
+            },
+        };
+        let line = table(&c);
+        assert_eq!(
+            line,
+            "reject   uid=\\u{1b}[2J\\u{202e}nimda,ou=People  (bad\\u{200b})\n"
+        );
     }
 
     #[test]

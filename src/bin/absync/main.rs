@@ -94,7 +94,8 @@ fn main() -> ExitCode {
         // The reader had what it wanted (`| head -1`): a quiet success.
         Err(e) if out::pipe_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("absync: {e:#}");
+            // One line, whatever a server or an entry put in the message.
+            eprintln!("absync: {}", absync::text::Shown(&format!("{e:#}")));
             ExitCode::from(EXIT_COULD_NOT_RUN)
         }
     }

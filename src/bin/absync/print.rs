@@ -1,6 +1,8 @@
 //! `Printer`: how the journal's answers look as a table for people, or as a
 //! JSON array or CSV for tools; the CSV columns of each answer; and the
-//! small text helpers tables share. CSV goes through `csv_out`.
+//! small text helpers tables share. CSV goes through `csv_out`; every value
+//! in a table through [`Shown`] (control, bidi and zero-width characters
+//! escaped: a DN cannot clear the screen or reverse a line).
 
 use std::io::{BufWriter, Write};
 
@@ -8,6 +10,7 @@ use absync::engine::compliance::Finding;
 use absync::state::audit;
 use absync::state::journal::Stored;
 use absync::state::runs::Run;
+use absync::text::Shown;
 
 use crate::cli::Output;
 use crate::csv_out::Csv;
@@ -214,22 +217,22 @@ impl<W: Write> Printer<W> {
                     out,
                     "{:>7}  {}  run {:<4} {:<8} {:<14} {}{}",
                     s.id,
-                    short_time(&s.at),
+                    Shown(&short_time(&s.at)),
                     r.run_id,
-                    r.op,
-                    r.outcome,
-                    r.reason,
-                    agreements
+                    Shown(&r.op),
+                    Shown(&r.outcome),
+                    Shown(&r.reason),
+                    Shown(&agreements)
                 )?;
                 if let Some(dn) = &r.dn {
-                    writeln!(out, "         {dn}")?;
+                    writeln!(out, "         {}", Shown(dn))?;
                 }
                 let changes = audit::describe_changes(r);
                 if !changes.is_empty() {
-                    writeln!(out, "         {changes}")?;
+                    writeln!(out, "         {}", Shown(&changes))?;
                 }
                 if let Some(e) = &r.error {
-                    writeln!(out, "         error: {e}")?;
+                    writeln!(out, "         error: {}", Shown(e))?;
                 }
             }
         }
@@ -249,14 +252,14 @@ impl<W: Write> Printer<W> {
                 writeln!(
                     out,
                     "{}  {}  {}  [{}]{}",
-                    h.anchor,
-                    h.org.as_deref().unwrap_or(""),
-                    h.state.dn,
-                    h.state.agreements.join(","),
+                    Shown(&h.anchor),
+                    Shown(h.org.as_deref().unwrap_or("")),
+                    Shown(&h.state.dn),
+                    Shown(&h.state.agreements.join(",")),
                     if hidden { "  (hidden)" } else { "" }
                 )?;
                 for (k, v) in &h.state.attrs {
-                    writeln!(out, "    {k}: {}", v.join(" | "))?;
+                    writeln!(out, "    {}: {}", Shown(k), Shown(&v.join(" | ")))?;
                 }
             }
         }
@@ -306,12 +309,12 @@ impl<W: Write> Printer<W> {
                     out,
                     "run {:<5} {}  {:>7}  {:<5} {:<30} +{} ~{} >{} -{} hidden {} restored {} held {} conflicts {} failed {}  by {}",
                     r.id,
-                    short_time(&r.started_at),
+                    Shown(&short_time(&r.started_at)),
                     secs,
-                    r.mode,
-                    r.status,
+                    Shown(&r.mode),
+                    Shown(&r.status),
                     c.added, c.modified, c.renamed, c.deleted, c.hidden, c.restored,
-                    c.withheld, c.conflicts, c.failed, r.unix_user
+                    c.withheld, c.conflicts, c.failed, Shown(&r.unix_user)
                 )?;
             }
         }
@@ -339,12 +342,12 @@ impl<W: Write> Printer<W> {
             Sink::Table(out) => writeln!(
                 out,
                 "{}  run {:<5} changed: {:<28} config {} mapping {} agreements {}",
-                short_time(&r.started_at),
+                Shown(&short_time(&r.started_at)),
                 r.id,
                 changed.join(", "),
-                short_hash(&f.config),
-                short_hash(&f.mapping),
-                short_hash(&f.agreements),
+                Shown(short_hash(&f.config)),
+                Shown(short_hash(&f.mapping)),
+                Shown(short_hash(&f.agreements)),
             )?,
         }
         self.count += 1;
@@ -374,20 +377,23 @@ impl<W: Write> Printer<W> {
                 } else {
                     "NOT in force"
                 };
-                writeln!(out, "{} \"{}\"", t.id, t.title)?;
+                writeln!(out, "{} \"{}\"", Shown(&t.id), Shown(&t.title))?;
                 writeln!(
                     out,
                     "  on {}: {force} (valid {} to {})",
-                    t.on, t.valid_from, t.valid_until
+                    Shown(&t.on),
+                    Shown(&t.valid_from),
+                    Shown(&t.valid_until)
                 )?;
-                writeln!(out, "  organisations: {}", t.organisations.join(", "))?;
-                writeln!(out, "  attributes: {}", t.attributes.join(", "))?;
+                let organisations = t.organisations.join(", ");
+                writeln!(out, "  organisations: {}", Shown(&organisations))?;
+                writeln!(out, "  attributes: {}", Shown(&t.attributes.join(", ")))?;
                 writeln!(
                     out,
                     "  as recorded by run {} at {} (agreements file {})",
                     t.recorded_by_run,
-                    short_time(&t.recorded_at),
-                    short_hash(&t.file_hash)
+                    Shown(&short_time(&t.recorded_at)),
+                    Shown(short_hash(&t.file_hash))
                 )?;
             }
         }
@@ -411,14 +417,14 @@ impl<W: Write> Printer<W> {
                 &serde_json::to_string(&f.attributes)?,
             ])?,
             Sink::Table(out) => {
-                let org = f.org.as_deref().unwrap_or("-");
-                writeln!(out, "{:<11}  {org:<5}  {}", f.class.label(), f.dn)?;
-                writeln!(out, "             {}", f.reason)?;
+                let org = Shown(f.org.as_deref().unwrap_or("-"));
+                writeln!(out, "{:<11}  {org:<5}  {}", f.class.label(), Shown(&f.dn))?;
+                writeln!(out, "             {}", Shown(&f.reason))?;
                 if let Some(a) = &f.anchor {
-                    writeln!(out, "             anchor {a}")?;
+                    writeln!(out, "             anchor {}", Shown(a))?;
                 }
                 for (k, v) in &f.attributes {
-                    writeln!(out, "             {k}: {}", v.join(" | "))?;
+                    writeln!(out, "             {}: {}", Shown(k), Shown(&v.join(" | ")))?;
                 }
             }
         }
@@ -749,6 +755,37 @@ mod tests {
         assert_eq!(row[14], "mail title");
         let changes: serde_json::Value = serde_json::from_str(&row[11]).unwrap();
         assert_eq!(changes["title"]["new"][0], "+1");
+    }
+
+    #[test]
+    fn a_record_as_a_table_shows_hostile_values_escaped() {
+        let mut record = Record::new(3, "add", "applied", "new entry\u{1b}[2J");
+        record.dn = Some("CN=\u{202E}nimdA\u{1b}[8m,OU=x".into());
+        record.anchor = Some("E1\ninjected".into());
+        record.error = Some("server said \u{9b}31m\u{200B}".into());
+        let stored = Stored {
+            id: 12,
+            at: "2024-05-01T09:30:00Z".into(),
+            record,
+            prev_hash: "p".into(),
+            hash: "h".into(),
+        };
+        let table = printed(Output::Table, |p| p.record(&stored).unwrap());
+        let raw: Vec<char> = table
+            .chars()
+            .filter(|&c| c != '\n' && absync::text::unsafe_on_terminal(c))
+            .collect();
+        assert!(raw.is_empty(), "{raw:?} in {table}");
+        assert!(
+            table.contains("CN=\\u{202e}nimdA\\u{1b}[8m,OU=x"),
+            "{table}"
+        );
+        assert!(table.contains("new entry\\u{1b}[2J"), "{table}");
+        assert!(
+            table.contains("error: server said \\u{9b}31m\\u{200b}"),
+            "{table}"
+        );
+        assert_eq!(table.lines().count(), 3, "{table}");
     }
 
     #[test]

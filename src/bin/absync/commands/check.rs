@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use absync::config::Config;
 use absync::engine::{self, Inputs};
 use absync::ldap::Conn;
+use absync::text::Shown;
 use anyhow::Context;
 
 use crate::cli::CheckFormat;
@@ -24,7 +25,7 @@ impl Checks {
     /// a URL, a DN): `detail` says what was found.
     fn pass(&mut self, name: &str, subject: &str, detail: &str) -> std::io::Result<()> {
         match self.format {
-            CheckFormat::Table => outln!("{name:<11} {subject}: {detail}"),
+            CheckFormat::Table => outln!("{name:<11} {}: {}", Shown(subject), Shown(detail)),
             CheckFormat::Json => {
                 self.passed.push(serde_json::json!({
                     "check": name,

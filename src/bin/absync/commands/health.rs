@@ -47,7 +47,10 @@ pub fn max_age(schedule: &absync::config::Schedule) -> Duration {
 /// UNKNOWN: the configuration could not be read.
 pub fn unknown(e: &anyhow::Error) -> ExitCode {
     // A closed pipe costs the monitoring agent the text, not the state.
-    let _ = outln!("ABSYNC UNKNOWN - {e:#}");
+    let _ = outln!(
+        "ABSYNC UNKNOWN - {}",
+        absync::text::Shown(&format!("{e:#}"))
+    );
     ExitCode::from(State::Unknown as u8)
 }
 
@@ -234,12 +237,16 @@ pub fn check(state_dir: &Path, from: ReadFrom, max_age: Duration) -> ExitCode {
     let mut lines = reasons.into_iter();
     let first = lines.next().unwrap_or_default();
     let _ = if perf.is_empty() {
-        outln!("ABSYNC {} - {first}", state.word())
+        outln!("ABSYNC {} - {}", state.word(), absync::text::Shown(&first))
     } else {
-        outln!("ABSYNC {} - {first} | {perf}", state.word())
+        outln!(
+            "ABSYNC {} - {} | {perf}",
+            state.word(),
+            absync::text::Shown(&first)
+        )
     };
     for l in lines {
-        let _ = outln!("{l}");
+        let _ = outln!("{}", absync::text::Shown(&l));
     }
     ExitCode::from(state as u8)
 }

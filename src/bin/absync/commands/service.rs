@@ -54,7 +54,7 @@ fn terminated() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
 pub async fn resync(socket: &Path, req: &Request) -> anyhow::Result<ExitCode> {
     match control::request(socket, req).await {
         Err(e) => {
-            eprintln!("absync: {e}");
+            eprintln!("absync: {}", absync::text::Shown(&e.to_string()));
             Ok(ExitCode::from(EXIT_COULD_NOT_RUN))
         }
         Ok(Answer::Queued) => {
@@ -66,7 +66,7 @@ pub async fn resync(socket: &Path, req: &Request) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(report.code))
         }
         Ok(Answer::Refused(why)) => {
-            eprintln!("absync: the daemon refused: {why}");
+            eprintln!("absync: the daemon refused: {}", absync::text::Shown(&why));
             Ok(ExitCode::from(EXIT_COULD_NOT_RUN))
         }
     }

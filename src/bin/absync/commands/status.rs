@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use absync::service::DaemonStatus;
 use absync::state::{ReadFrom, Snapshot, StateError};
+use absync::text::Shown;
 
 use crate::out::outln;
 use crate::print;
@@ -90,15 +91,16 @@ fn daemon(d: &DaemonStatus) -> std::io::Result<()> {
     let state = if d.state == "running" {
         format!(
             "running since {} ({} entries pulled so far)",
-            d.since, d.progress
+            Shown(&d.since),
+            d.progress
         )
     } else {
-        format!("idle since {}", d.since)
+        format!("idle since {}", Shown(&d.since))
     };
     outln!("daemon     pid {}, {state}", d.pid)?;
     outln!(
         "next run   {}{}",
-        d.next_run.as_deref().unwrap_or("-"),
+        Shown(d.next_run.as_deref().unwrap_or("-")),
         if d.next_run_full { " (full)" } else { "" }
     )?;
     if d.consecutive_failures > 0 {
@@ -108,10 +110,13 @@ fn daemon(d: &DaemonStatus) -> std::io::Result<()> {
         )?;
     }
     if let Some(m) = &d.metrics {
-        outln!("metrics    http://{m}/metrics")?;
+        outln!("metrics    http://{}/metrics", Shown(m))?;
     }
     if let Some(e) = &d.config_error {
-        outln!("config     REFUSED, still running the previous one: {e}")?;
+        outln!(
+            "config     REFUSED, still running the previous one: {}",
+            Shown(e)
+        )?;
     }
     Ok(())
 }
@@ -125,7 +130,7 @@ fn attention(snapshot: &Snapshot) -> anyhow::Result<()> {
                  (absync plan --only deletes; absync resync --allow-deletes N, \
                  or absync sync --allow-deletes N when no daemon runs)",
                 last.id,
-                last.status
+                Shown(&last.status)
             )?;
         }
     }
@@ -153,7 +158,7 @@ fn compliance(snapshot: &Snapshot) -> anyhow::Result<()> {
         (Some(t), _) => outln!("compliance {when}: {}", t.text())?,
         (None, e) => outln!(
             "compliance {when}: the check could not read the target: {}",
-            e.as_deref().unwrap_or("-")
+            Shown(e.as_deref().unwrap_or("-"))
         )?,
     }
     Ok(())
@@ -181,8 +186,8 @@ fn runs(snapshot: &Snapshot, limit: u32) -> anyhow::Result<()> {
             r.id,
             print::short_time(&r.started_at),
             secs,
-            r.mode,
-            print::first_chars(&r.status, 60),
+            Shown(&r.mode),
+            Shown(print::first_chars(&r.status, 60)),
             c.added,
             c.modified,
             c.renamed,
