@@ -69,9 +69,11 @@ async fn an_anchor_holding_a_newline_and_a_record_cannot_inject_it_into_a_plans_
     // influence.
     env.set_config_line("anchor_attribute", "\"employeeNumber\"");
     let admin = format!("CN=Administrator,CN=Users,{}", domain(&env.target_ou));
+    // A record for the domain administrator; the comment's rest (the
+    // reason) goes into a comment of its own.
     let injected = format!(
-        "E-1\r\n\ndn: {admin}\nchangetype: modify\nreplace: description\ndescription: pwned\n-\n\n\
-         dn: {admin}\nchangetype: delete\n"
+        "E-1\r\n\ndn: {admin}\nchangetype: modify\nreplace: description\n\
+         description: pwned\n-\n\n#"
     );
     let mut ldif = person(
         &env.source_base,
@@ -93,7 +95,6 @@ async fn an_anchor_holding_a_newline_and_a_record_cannot_inject_it_into_a_plans_
 
     let plan = env.absync(&["plan", "--format", "ldif"]);
     assert_eq!(plan.code, 0, "{plan:?}");
-    assert!(plan.stdout.starts_with("version: 1\n\n"), "{}", plan.stdout);
     let records = parsed_by_ldapmodify(&env, &plan.stdout);
     // The three generated people and the one with a name are added; the
     // one with the crafted anchor is added too, or refused (a comment):
@@ -130,6 +131,8 @@ async fn an_anchor_holding_a_newline_and_a_record_cannot_inject_it_into_a_plans_
         "{}",
         plan.stdout
     );
+    // RFC 2849: the version first.
+    assert!(plan.stdout.starts_with("version: 1\n\n"), "{}", plan.stdout);
     assert!(env.ad_objects().await.is_empty(), "a plan writes nothing");
 }
 
