@@ -117,7 +117,7 @@ impl Applier<'_, '_> {
 
     /// The containers absync's objects live in: the managed OU and, when
     /// configured, the quarantine OU.
-    fn containers(&self) -> Vec<String> {
+    pub(super) fn containers(&self) -> Vec<String> {
         let mut c = vec![self.target.base_dn.clone()];
         c.extend(self.safety.quarantine_ou.clone());
         c
