@@ -8,11 +8,9 @@
 //! `target.base_dn` and `safety.quarantine_ou`; a refused one is journaled
 //! as a failed change, like a refusal by the target.
 
-use std::collections::HashSet;
-
 use ldap3::Mod;
 
-use crate::ldap::LdapError;
+use crate::ldap::{AddAttrs, LdapError};
 
 use super::{Applier, ApplyError};
 
@@ -109,7 +107,7 @@ impl Applier<'_, '_> {
     /// others are refused without being sent. Outcomes in order.
     pub(super) async fn add_inside(
         &mut self,
-        requests: Vec<(String, Vec<(String, HashSet<String>)>)>,
+        requests: Vec<(String, AddAttrs)>,
     ) -> Vec<Result<(), WriteError>> {
         let checks: Vec<Result<(), OutsideOu>> = requests
             .iter()
