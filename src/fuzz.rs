@@ -414,10 +414,10 @@ template = "{givenName} {sn}"
         )
             .prop_map(|(mut old, edits, mut added, order)| {
                 for (i, p) in old.iter_mut().enumerate() {
-                    p.anchor = format!("u{i}");
+                    p.anchor = format!("{i:08x}-0000-4000-8000-000000000000");
                 }
                 for (i, p) in added.iter_mut().enumerate() {
-                    p.anchor = format!("u{}", MAX_OLD + i);
+                    p.anchor = format!("{:08x}-0000-4000-8000-000000000000", MAX_OLD + i);
                 }
                 let mut new: Vec<(u16, Person)> = Vec::new();
                 'entries: for (i, (p, edits)) in old.iter().zip(&edits).enumerate() {

@@ -64,7 +64,7 @@ pub struct Inputs {
 /// `sync` and a reload all refuse the same inputs.
 pub fn load_inputs(cfg: &Config) -> Result<Inputs, FileError> {
     let inputs = Inputs {
-        mapping: Mapping::load(&cfg.mapping_file)?,
+        mapping: Mapping::load_for(&cfg.mapping_file, &cfg.target.anchor_attribute)?,
         agreements: Agreements::load(&cfg.agreements_file, today())?,
     };
     check_hide_method(cfg, &inputs)?;

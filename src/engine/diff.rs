@@ -216,6 +216,12 @@ pub struct Planner<'a> {
     /// Normalised DN → anchor, for names claimed by adds and renames this run.
     claimed: HashMap<String, String>,
     seen: HashSet<String>,
+    /// The anchors held this run, folded to lower case → as written: a
+    /// later anchor that differs only by case is refused.
+    held_folded: HashMap<String, String>,
+    /// The snapshot's anchors folded to lower case, read on the first new
+    /// anchor (`None` until then).
+    known_folded: Option<HashSet<String>>,
     /// Anchors a delta pull's present phase named as unchanged.
     present: HashSet<String>,
     /// Why an anchor was seen but not held (leaver, left scope).
@@ -241,6 +247,8 @@ impl<'a> Planner<'a> {
             unowned,
             claimed: HashMap::new(),
             seen: HashSet::new(),
+            held_folded: HashMap::new(),
+            known_folded: None,
             present: HashSet::new(),
             not_held: HashMap::new(),
             overlay: HashMap::new(),
@@ -296,6 +304,57 @@ impl<'a> Planner<'a> {
         })
     }
 
+    /// Why `anchor` is refused for differing only by case from another
+    /// anchor (`None`: it does not). AD compares anchors without regard to
+    /// case, so two such anchors could name one object. The anchor absync
+    /// already holds (`known`) keeps its object; a new one is refused when
+    /// the snapshot holds one of its case variants, or when another entry
+    /// of this run that is held already has. Anchors refused are not
+    /// remembered, so a newcomer read first never displaces the holder.
+    fn case_twin(&mut self, anchor: &str, known: bool) -> Result<Option<String>, StateError> {
+        let folded = anchor.to_lowercase();
+        if let Some(other) = self.held_folded.get(&folded) {
+            if other != anchor {
+                return Ok(Some(
+                    "another source entry's anchor differs from this one only by case".into(),
+                ));
+            }
+        }
+        if !known && self.known_folded()?.contains(&folded) {
+            return Ok(Some(
+                "the anchor of an object absync holds differs from this one only by case".into(),
+            ));
+        }
+        self.held_folded.insert(folded, anchor.to_string());
+        Ok(None)
+    }
+
+    /// The snapshot's anchors (with the full reconcile's overlay), folded
+    /// to lower case; read once, on first need. Rows are not decoded.
+    fn known_folded(&mut self) -> Result<&HashSet<String>, StateError> {
+        if self.known_folded.is_none() {
+            let all = std::cell::RefCell::new(HashSet::new());
+            let overlay = &self.overlay;
+            self.snapshot.for_each_kept(
+                &|a| {
+                    if !matches!(overlay.get(a), Some(None)) {
+                        all.borrow_mut().insert(a.to_lowercase());
+                    }
+                    false
+                },
+                &mut |_| Ok(()),
+            )?;
+            let mut all = all.into_inner();
+            for (a, row) in overlay {
+                if row.is_some() {
+                    all.insert(a.to_lowercase());
+                }
+            }
+            self.known_folded = Some(all);
+        }
+        Ok(self.known_folded.get_or_insert_with(HashSet::new))
+    }
+
     /// Plans one source entry, up to the point where the target's list of
     /// objects absync does not own is needed (an add or a new name) and has
     /// not been read yet: then the caller reads it, hands it over with
@@ -339,8 +398,11 @@ impl<'a> Planner<'a> {
             Ok(m) => m,
             Err(why) => return Ok(Planned::Done(reject(&entry.anchor, entry.dn, why, counts))),
         };
-        *self.pulled_per_org.entry(entry.org.clone()).or_default() += 1;
         let before = self.row(&entry.anchor)?;
+        if let Some(why) = self.case_twin(&entry.anchor, before.is_some())? {
+            return Ok(Planned::Done(reject(&entry.anchor, entry.dn, why, counts)));
+        }
+        *self.pulled_per_org.entry(entry.org.clone()).or_default() += 1;
 
         // The name: keep the current one while it is still one of this
         // entry's candidates; otherwise the first candidate that is free.
@@ -612,5 +674,165 @@ impl<'a> Planner<'a> {
             Ok(())
         })?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::scope::SourceEntry;
+
+    /// The snapshot as the planner asks it, in memory.
+    struct Rows(BTreeMap<String, ObjectRow>);
+
+    impl Known for Rows {
+        fn get(&self, anchor: &str) -> Result<Option<ObjectRow>, StateError> {
+            Ok(self.0.get(anchor).cloned())
+        }
+        fn holder_of(&self, dn: &str) -> Result<Option<String>, StateError> {
+            Ok(self
+                .0
+                .values()
+                .find(|r| same_dn(&r.dn, dn))
+                .map(|r| r.anchor.clone()))
+        }
+        fn org_of(&self, anchor: &str) -> Result<Option<String>, StateError> {
+            Ok(self.0.get(anchor).map(|r| r.org.clone()))
+        }
+        fn for_each_kept(
+            &self,
+            keep: &dyn Fn(&str) -> bool,
+            f: &mut dyn FnMut(ObjectRow) -> Result<(), StateError>,
+        ) -> Result<(), StateError> {
+            for (a, r) in &self.0 {
+                if keep(a) {
+                    f(r.clone())?;
+                }
+            }
+            Ok(())
+        }
+        fn for_each_hidden(
+            &self,
+            _: &mut dyn FnMut(ObjectRow) -> Result<(), StateError>,
+        ) -> Result<(), StateError> {
+            Ok(())
+        }
+    }
+
+    const BASE: &str = "OU=NHS,DC=x";
+
+    fn mapping() -> Mapping {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.toml");
+        std::fs::write(
+            &p,
+            "object_class = [\"contact\"]\n[rdn]\nattribute = \"cn\"\n\
+             first_of = [\"{sn}\"]\ntie_breakers = [\"{anchor}\"]\n\
+             [attributes.mail]\ncopy = \"mail\"\n",
+        )
+        .unwrap();
+        Mapping::load(&p).unwrap()
+    }
+
+    fn hold(anchor: &str, sn: &str, mail: &str) -> Verdict {
+        let attrs = [("sn", sn), ("mail", mail)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+            .collect();
+        Verdict::Hold {
+            entry: SourceEntry {
+                anchor: anchor.into(),
+                dn: format!("uid={sn},ou=People,o=nhs"),
+                org: "RX1".into(),
+                attrs,
+            },
+            agreements: ["DSA-1".to_string()].into(),
+            dropped: 0,
+        }
+    }
+
+    fn victim() -> Rows {
+        let row = ObjectRow {
+            anchor: "emp-v".into(),
+            dn: format!("cn=Victim,{BASE}"),
+            org: "RX1".into(),
+            agreements: vec!["DSA-1".into()],
+            attrs: [("mail".to_string(), vec!["victim@nhs.net".to_string()])].into(),
+            hidden: None,
+        };
+        Rows([(row.anchor.clone(), row)].into())
+    }
+
+    /// Why the planner refused the entry, if it did.
+    fn refused(c: &Option<Change>) -> Option<&str> {
+        match c {
+            Some(Change {
+                kind: Kind::Reject { why, .. },
+                ..
+            }) => Some(why),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_anchor_that_differs_only_by_case_never_takes_the_holders_object() {
+        let (rows, m) = (victim(), mapping());
+        // The newcomer read first is refused; the holder keeps its object.
+        let mut p = Planner::new(&rows, &m, BASE, Some(Unowned::default()));
+        let mut counts = Counts::default();
+        let attacker = p
+            .plan(
+                hold("EMP-V", "Victim", "attacker@evil.example"),
+                &mut counts,
+            )
+            .unwrap();
+        let why = refused(&attacker).unwrap_or_else(|| panic!("{attacker:?}"));
+        assert!(why.contains("differs from this one only by case"), "{why}");
+        let own = p
+            .plan(hold("emp-v", "Victim", "victim@nhs.net"), &mut counts)
+            .unwrap();
+        assert_eq!(own, None, "the holder is unchanged");
+        // The holder read first: the newcomer is still refused.
+        let mut p = Planner::new(&rows, &m, BASE, Some(Unowned::default()));
+        let own = p
+            .plan(hold("emp-v", "Victim", "victim@nhs.net"), &mut counts)
+            .unwrap();
+        assert_eq!(own, None);
+        let attacker = p
+            .plan(hold("Emp-V", "Other", "attacker@evil.example"), &mut counts)
+            .unwrap();
+        assert!(refused(&attacker).is_some(), "{attacker:?}");
+        assert_eq!(counts.rejected, 2);
+    }
+
+    #[test]
+    fn between_two_newcomers_the_first_read_is_held_and_the_other_refused() {
+        let (rows, m) = (victim(), mapping());
+        let mut p = Planner::new(&rows, &m, BASE, Some(Unowned::default()));
+        let mut counts = Counts::default();
+        let first = p
+            .plan(hold("new-a", "Ann", "ann@nhs.net"), &mut counts)
+            .unwrap();
+        assert!(matches!(
+            first,
+            Some(Change {
+                kind: Kind::Add { .. },
+                ..
+            })
+        ));
+        for (anchor, why) in [
+            ("NEW-A", "only by case"),
+            ("new-a", "another source entry has the same anchor"),
+        ] {
+            let again = p
+                .plan(hold(anchor, "Bob", "bob@nhs.net"), &mut counts)
+                .unwrap();
+            let got = refused(&again).unwrap_or_else(|| panic!("{again:?}"));
+            assert!(got.contains(why), "{got}");
+        }
+        // Non-ASCII letters fold too.
+        let mut p = Planner::new(&rows, &m, BASE, Some(Unowned::default()));
+        assert!(refused(&p.plan(hold("émp-1", "A", "a@x"), &mut counts).unwrap()).is_none());
+        assert!(refused(&p.plan(hold("ÉMP-1", "B", "b@x"), &mut counts).unwrap()).is_some());
     }
 }

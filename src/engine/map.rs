@@ -31,14 +31,14 @@ struct RawMapping {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHide {
-    attribute: String,
+    attribute: Spanned<String>,
     value: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRdn {
-    attribute: String,
+    attribute: Spanned<String>,
     first_of: Vec<Spanned<String>>,
     #[serde(default = "default_rdn_max")]
     max_length: usize,
@@ -374,12 +374,153 @@ impl Rule {
     }
 }
 
+/// The target's default anchor attribute, which holds absync's ownership
+/// marker (`absync:<anchor>`).
+pub const DEFAULT_MARKER: &str = "adminDescription";
+
+/// The attributes of an AD contact a mapping may write: its names, its
+/// organisation, its telephone numbers and postal address, and Exchange's
+/// mail routing and address-list attributes. Not among them: `objectClass`,
+/// `adminDescription` (absync's default ownership marker), anything that
+/// names another object (`manager`, `member`, `showInAddressBook`), and
+/// anything that controls security or the directory (`nTSecurityDescriptor`,
+/// `userAccountControl`, `servicePrincipalName`, ...).
+pub const CONTACT_ATTRIBUTES: &[&str] = &[
+    "cn",
+    "displayName",
+    "displayNamePrintable",
+    "givenName",
+    "sn",
+    "initials",
+    "middleName",
+    "generationQualifier",
+    "personalTitle",
+    "title",
+    "description",
+    "info",
+    "company",
+    "department",
+    "division",
+    "physicalDeliveryOfficeName",
+    "employeeID",
+    "employeeNumber",
+    "employeeType",
+    "mail",
+    "telephoneNumber",
+    "otherTelephone",
+    "mobile",
+    "otherMobile",
+    "homePhone",
+    "otherHomePhone",
+    "pager",
+    "otherPager",
+    "facsimileTelephoneNumber",
+    "otherFacsimileTelephoneNumber",
+    "ipPhone",
+    "otherIpPhone",
+    "wWWHomePage",
+    "url",
+    "streetAddress",
+    "street",
+    "postOfficeBox",
+    "l",
+    "st",
+    "postalCode",
+    "postalAddress",
+    "c",
+    "co",
+    "countryCode",
+    "targetAddress",
+    "proxyAddresses",
+    "mailNickname",
+    "msExchHideFromAddressLists",
+    "extensionAttribute1",
+    "extensionAttribute2",
+    "extensionAttribute3",
+    "extensionAttribute4",
+    "extensionAttribute5",
+    "extensionAttribute6",
+    "extensionAttribute7",
+    "extensionAttribute8",
+    "extensionAttribute9",
+    "extensionAttribute10",
+    "extensionAttribute11",
+    "extensionAttribute12",
+    "extensionAttribute13",
+    "extensionAttribute14",
+    "extensionAttribute15",
+];
+
+/// Why a mapping may not write the target attribute `attr` when absync's
+/// ownership marker lives in `marker`; `None` when it may.
+pub fn forbidden_target(attr: &str, marker: &str) -> Option<String> {
+    let attr = attr.trim();
+    let is = |name: &str| attr.eq_ignore_ascii_case(name);
+    if is(marker) {
+        Some(format!(
+            "{attr} holds absync's ownership marker (target.anchor_attribute): a mapping \
+             may not write it"
+        ))
+    } else if is("objectClass") {
+        Some(
+            "objectClass says what the object is: it is set by object_class, never by a rule"
+                .into(),
+        )
+    } else if is(DEFAULT_MARKER) {
+        Some(format!(
+            "{attr} is absync's default ownership marker: a mapping may not write it"
+        ))
+    } else if !CONTACT_ATTRIBUTES.iter().any(|a| is(a)) {
+        Some(format!(
+            "{attr} is not among the contact attributes absync may write: {}",
+            CONTACT_ATTRIBUTES.join(", ")
+        ))
+    } else {
+        None
+    }
+}
+
+/// Every attribute the mapping writes (the RDN's, each rule's, `[hide]`'s)
+/// against [`forbidden_target`].
+fn check_targets(
+    raw: &RawMapping,
+    marker: &str,
+    err: &dyn Fn(std::ops::Range<usize>, &str, String) -> FileError,
+) -> Result<(), FileError> {
+    let a = &raw.rdn.attribute;
+    if let Some(why) = forbidden_target(a.get_ref(), marker) {
+        return Err(err(a.span(), "rdn.attribute", why));
+    }
+    for (target, rule) in &raw.attributes {
+        if let Some(why) = forbidden_target(target, marker) {
+            return Err(err(rule.span(), &format!("attributes.{target}"), why));
+        }
+    }
+    if let Some(h) = &raw.hide {
+        if let Some(why) = forbidden_target(h.attribute.get_ref(), marker) {
+            return Err(err(h.attribute.span(), "hide.attribute", why));
+        }
+    }
+    Ok(())
+}
+
 impl Mapping {
+    /// Loads a mapping for a target whose ownership marker is the default
+    /// `adminDescription` (see [`Self::load_for`]).
     pub fn load(path: &Path) -> Result<Mapping, FileError> {
+        Self::load_for(path, DEFAULT_MARKER)
+    }
+
+    /// Loads and checks a mapping for a target whose anchor (absync's
+    /// ownership marker) lives in `marker`: no rule, RDN or `[hide]` may
+    /// write the marker, `objectClass`, or anything outside
+    /// [`CONTACT_ATTRIBUTES`] (refused with file, line and key).
+    pub fn load_for(path: &Path, marker: &str) -> Result<Mapping, FileError> {
         let (raw, text): (RawMapping, String) = parse_toml_file(path)?;
         let err = |span: std::ops::Range<usize>, key: &str, m: String| {
             FileError::new(path, Some(line_of(&text, span.start)), Some(key), m)
         };
+        check_targets(&raw, marker, &err)?;
         let parse_all = |ts: &[Spanned<String>], key: &str| -> Result<Vec<Template>, FileError> {
             ts.iter()
                 .map(|t| Template::parse(t.get_ref()).map_err(|m| err(t.span(), key, m)))
@@ -403,7 +544,7 @@ impl Mapping {
             ));
         }
         let tie_breakers = parse_all(&raw.rdn.tie_breakers, "rdn.tie_breakers")?;
-        let rdn_attribute = raw.rdn.attribute.trim().to_string();
+        let rdn_attribute = raw.rdn.attribute.get_ref().trim().to_string();
         let mut rules = Vec::new();
         for (target, spanned) in &raw.attributes {
             let key = format!("attributes.{target}");
@@ -477,7 +618,7 @@ impl Mapping {
             rdn_max_length: raw.rdn.max_length.max(1),
             tie_breakers,
             rules,
-            hide: raw.hide.map(|h| (h.attribute, h.value)),
+            hide: raw.hide.map(|h| (h.attribute.into_inner(), h.value)),
         })
     }
 
@@ -816,6 +957,80 @@ first_of = ["{description}", "Job: {nhsJobRole}"]
         // A joiner inside an emoji stays: it is part of the character.
         let e = entry(&[("givenName", &["Ana"]), ("sn", &["👩\u{200D}⚕"])]);
         assert_eq!(m.map(&e).unwrap().rdn_value, "Ana 👩\u{200D}⚕");
+    }
+
+    #[test]
+    fn a_mapping_may_not_write_what_absyncs_safety_rests_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hostile.toml");
+        let head =
+            "object_class = [\"contact\"]\n[rdn]\nattribute = \"cn\"\nfirst_of = [\"{sn}\"]\n\
+                    [attributes.mail]\ncopy = \"mail\"\n";
+        // Each hostile rule is named at its table's header, line 7; the
+        // [hide] attribute at its own line, 8.
+        for (tail, marker, key, says) in [
+            (
+                "[attributes.adminDescription]\nvalue = \"absync:someone-else\"\n",
+                "adminDescription",
+                "attributes.adminDescription",
+                "adminDescription holds absync's ownership marker",
+            ),
+            (
+                "[attributes.objectClass]\nvalue = \"user\"\n",
+                "adminDescription",
+                "attributes.objectClass",
+                "objectClass says what the object is",
+            ),
+            (
+                "[attributes.extensionAttribute15]\ncopy = \"uid\"\n",
+                "extensionAttribute15",
+                "attributes.extensionAttribute15",
+                "extensionAttribute15 holds absync's ownership marker",
+            ),
+            (
+                "[attributes.ADMINDESCRIPTION]\ncopy = \"uid\"\n",
+                "extensionAttribute15",
+                "attributes.ADMINDESCRIPTION",
+                "ADMINDESCRIPTION is absync's default ownership marker",
+            ),
+            (
+                "[attributes.userAccountControl]\nvalue = \"512\"\n",
+                "adminDescription",
+                "attributes.userAccountControl",
+                "userAccountControl is not among the contact attributes absync may write: cn,",
+            ),
+            (
+                "[hide]\nattribute = \"adminDescription\"\nvalue = \"x\"\n",
+                "adminDescription",
+                "hide.attribute",
+                "adminDescription holds absync's ownership marker",
+            ),
+        ] {
+            std::fs::write(&p, format!("{head}{tail}")).unwrap();
+            let e = Mapping::load_for(&p, marker).unwrap_err();
+            let msg = e.to_string();
+            let line = if key == "hide.attribute" { 8 } else { 7 };
+            assert!(
+                msg.starts_with(&format!("{}:{line}: {key}: {says}", p.display())),
+                "{msg}"
+            );
+        }
+        // The RDN attribute too, on its own line.
+        let rdn = head.replace("attribute = \"cn\"", "attribute = \"objectClass\"");
+        std::fs::write(&p, rdn).unwrap();
+        let msg = Mapping::load(&p).unwrap_err().to_string();
+        assert!(
+            msg.starts_with(&format!("{}:3: rdn.attribute: objectClass", p.display())),
+            "{msg}"
+        );
+        // The shipped mappings write only what is allowed.
+        for shipped in ["nhs-to-ad-contact.toml", "nhs-to-ad-mail-contact.toml"] {
+            let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("mappings")
+                .join(shipped);
+            Mapping::load_for(&file, "adminDescription").unwrap();
+        }
+        assert_eq!(forbidden_target("MAIL", "adminDescription"), None);
     }
 
     #[test]

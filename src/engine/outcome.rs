@@ -117,6 +117,9 @@ pub enum RunError {
     Ldap(#[from] LdapError),
     #[error(transparent)]
     State(#[from] StateError),
+    /// A write outside the containers (handled per entry; never ends a run).
+    #[error(transparent)]
+    Outside(#[from] crate::engine::apply::OutsideOu),
     #[error("writing the plan: {0}")]
     Output(#[from] std::io::Error),
     #[error(
@@ -151,6 +154,7 @@ impl From<ApplyError> for RunError {
         match e {
             ApplyError::Ldap(e) => RunError::Ldap(e),
             ApplyError::State(e) => RunError::State(e),
+            ApplyError::Outside(e) => RunError::Outside(e),
         }
     }
 }

@@ -56,6 +56,43 @@ pub struct Scope {
     pub leaver_values: Vec<String>,
 }
 
+/// The longest anchor accepted, in bytes. Anchors are identifiers: an
+/// entryUUID is 36 bytes, employee numbers and uids a few dozen. The anchor
+/// is written to the target after absync's prefix (AD keeps at most 1,024
+/// characters in `adminDescription`), into the journal and into search
+/// filters; 256 bytes leaves every real identifier room and keeps a hostile
+/// value from growing all of those.
+pub const MAX_ANCHOR_BYTES: usize = 256;
+
+/// Whether `value` can be an anchor read from `attribute`: an `entryUUID`
+/// is a UUID (8-4-4-4-12 hex digits); any anchor is at most
+/// [`MAX_ANCHOR_BYTES`] long and holds no control character. `Err` says
+/// what is wrong, without quoting the value.
+pub fn check_anchor(attribute: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_ANCHOR_BYTES {
+        return Err(format!(
+            "is {} bytes long (at most {MAX_ANCHOR_BYTES})",
+            value.len()
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("holds a control character".into());
+    }
+    if attribute.eq_ignore_ascii_case("entryUUID") && !is_uuid(value) {
+        return Err("is not a UUID".into());
+    }
+    Ok(())
+}
+
+/// 8-4-4-4-12 hexadecimal digits, as RFC 4530 writes an entryUUID.
+fn is_uuid(v: &str) -> bool {
+    v.len() == 36
+        && v.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
 /// Case-insensitive lookup in ldap3's attribute map (servers return names
 /// in their own spelling: `entryUUID`, `entryuuid`).
 fn get<'a>(
@@ -85,7 +122,15 @@ impl Scope {
 
     pub fn judge(&self, raw: ldap3::SearchEntry) -> Verdict {
         let anchor = match get(&raw.attrs, &self.anchor_attribute).map(Vec::as_slice) {
-            Some([a]) if !a.trim().is_empty() => a.trim().to_string(),
+            Some([a]) if !a.trim().is_empty() => {
+                if let Err(why) = check_anchor(&self.anchor_attribute, a.trim()) {
+                    return Verdict::Invalid {
+                        dn: raw.dn,
+                        reason: format!("{} (the anchor) {why}", self.anchor_attribute),
+                    };
+                }
+                a.trim().to_string()
+            }
             Some([]) | None => {
                 return Verdict::Invalid {
                     dn: raw.dn,
@@ -174,6 +219,37 @@ mod tests {
         }
     }
 
+    const U1: &str = "1b2c3d4e-0000-1111-2222-333344445555";
+
+    #[test]
+    fn anchors_are_checked_on_the_way_in() {
+        let s = scope();
+        let invalid = |anchor: &str| match s
+            .judge(raw(&[("entryUUID", &[anchor]), ("nhsOdsCode", &["RX1"])]))
+        {
+            Verdict::Invalid { reason, .. } => reason,
+            other => panic!("{anchor:?} was not refused: {other:?}"),
+        };
+        assert_eq!(invalid("u1"), "entryUUID (the anchor) is not a UUID");
+        assert!(invalid("1B2C3D4E-0000-1111-2222-33334444555G").contains("not a UUID"));
+        assert!(invalid("{1b2c3d4e-0000-1111-2222-333344445555}").contains("not a UUID"));
+        // Never quoted: the reason is safe to print and to journal.
+        let ctl = invalid("1b2c3d4e-0000-1111-2222-33334444\u{1b}[2J");
+        assert_eq!(ctl, "entryUUID (the anchor) holds a control character");
+        let long = invalid(&"a".repeat(MAX_ANCHOR_BYTES + 1));
+        assert!(long.contains("257 bytes long (at most 256)"), "{long}");
+        assert!(matches!(
+            s.judge(raw(&[("entryUUID", &[U1]), ("nhsOdsCode", &["RX1"])])),
+            Verdict::Hold { .. }
+        ));
+        // Another anchor attribute: any printable text up to the bound.
+        assert_eq!(check_anchor("employeeNumber", "E-12 345/x"), Ok(()));
+        assert_eq!(check_anchor("employeeNumber", &"é".repeat(128)), Ok(()));
+        assert!(check_anchor("employeeNumber", &"é".repeat(129)).is_err());
+        assert!(check_anchor("employeeNumber", "E1\nversion: 1").is_err());
+        assert!(check_anchor("employeeNumber", "E1\u{85}").is_err());
+    }
+
     fn raw(pairs: &[(&str, &[&str])]) -> ldap3::SearchEntry {
         ldap3::SearchEntry {
             dn: "uid=1,ou=People,o=nhs".into(),
@@ -188,7 +264,7 @@ mod tests {
     #[test]
     fn attributes_outside_the_agreement_are_dropped_and_counted() {
         let v = scope().judge(raw(&[
-            ("entryUUID", &["u1"]),
+            ("entryUUID", &[U1]),
             ("nhsOdsCode", &["rx1"]),
             ("sn", &["Smith"]),
             ("telephoneNumber", &["01632 960123"]),
@@ -208,12 +284,12 @@ mod tests {
     fn out_of_scope_leaver_and_invalid_entries() {
         let s = scope();
         assert!(matches!(
-            s.judge(raw(&[("entryUUID", &["u1"]), ("nhsOdsCode", &["RZZ"])])),
+            s.judge(raw(&[("entryUUID", &[U1]), ("nhsOdsCode", &["RZZ"])])),
             Verdict::OutOfScope { .. }
         ));
         assert!(matches!(
             s.judge(raw(&[
-                ("entryUUID", &["u1"]),
+                ("entryUUID", &[U1]),
                 ("nhsOdsCode", &["RX1"]),
                 ("nhsEntryStatus", &["Leaver"])
             ])),
@@ -225,7 +301,7 @@ mod tests {
         ));
         assert!(matches!(
             s.judge(raw(&[
-                ("entryUUID", &["u1", "u2"]),
+                ("entryUUID", &[U1, "7c9e6679-7425-40de-944b-e07fc1f90ae7"]),
                 ("nhsOdsCode", &["RX1"])
             ])),
             Verdict::Invalid { .. }

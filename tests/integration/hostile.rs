@@ -301,3 +301,144 @@ async fn a_shared_or_missing_anchor_is_refused_without_harming_others() {
         "{run:?}"
     );
 }
+
+/// The anchor-case takeover: with `employeeNumber` as the anchor, a source
+/// entry whose anchor is an upper-case copy of another person's must never
+/// be taken for that person's contact (AD matches the anchor without regard
+/// to case). Refused while absync holds the other's anchor; and when it
+/// does not (its state was lost, the other person has left), the target's
+/// case-blind match is still not believed: the contact is untouched.
+#[tokio::test]
+async fn an_anchor_that_differs_only_by_case_never_takes_over_anothers_contact() {
+    let env = SyncEnv::new("hostile-anchor-case", 93, 3, 1, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    let ods = codes[0].clone();
+    env.write_agreements(&[("DSA-H", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    env.set_config_line("anchor_attribute", "\"employeeNumber\"");
+    let person = |uid: &str, number: &str, mail: &str| Case {
+        uid: uid.into(),
+        given: "Vic".into(),
+        sn: "Victim".into(),
+        ods: ods.clone(),
+        extra: vec![("employeeNumber", number.into()), ("mail", mail.into())],
+    };
+    env.change_source(&ldif(
+        &env.source_base,
+        &person("v1", "emp-victim-1", "vic.victim@nhs.net"),
+    ));
+    let first = env.absync(&["sync"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let before = env.ad_objects().await;
+    let victim = by_anchor(&before)["emp-victim-1"].clone();
+    assert_eq!(victim["mail"], vec!["vic.victim@nhs.net"]);
+
+    // The attacker: the same name, the victim's anchor in upper case.
+    env.change_source(&ldif(
+        &env.source_base,
+        &person("m1", "EMP-VICTIM-1", "attacker@evil.example"),
+    ));
+    let run = env.absync(&["sync"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_unchanged(&before, &env.ad_objects().await);
+    let snap = env.snapshot();
+    let records = snap.records(snap.runs(1).unwrap()[0].id).unwrap();
+    let refused = records
+        .iter()
+        .find(|r| r.anchor.as_deref() == Some("EMP-VICTIM-1"))
+        .unwrap_or_else(|| panic!("nothing journaled for the attacker: {records:?}"));
+    assert_eq!(refused.op, "reject", "{refused:?}");
+    // Whether the holder was read before it in this run or not.
+    assert!(
+        refused
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .ends_with("anchor differs from this one only by case"),
+        "{refused:?}"
+    );
+    assert!(refused.dn.as_deref().unwrap_or("").starts_with("uid=m1,"));
+    drop(snap);
+
+    // Without the state, and with the victim gone from scope: the
+    // attacker's add finds the name taken, and the object holding it is
+    // not the attacker's, whatever AD's case-blind search says.
+    std::fs::remove_dir_all(env.state_dir()).unwrap();
+    env.change_source(&format!(
+        "dn: uid=v1,ou=People,{}\nchangetype: modify\nreplace: nhsEntryStatus\n\
+         nhsEntryStatus: leaver\n\n",
+        env.source_base
+    ));
+    let plan = env.absync(&["sync", "--dry-run", "--format", "json"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let ops = plan_ops(&plan.stdout);
+    let attacker = |op: &str| ops.contains(&("EMP-VICTIM-1".to_string(), op.to_string()));
+    assert!(attacker("conflict") && !attacker("modify"), "{ops:?}");
+    let run = env.absync(&["sync"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let after = env.ad_objects().await;
+    let dn = &victim["dn"][0];
+    assert_eq!(
+        after.get(dn),
+        before.get(dn),
+        "the victim's contact was written"
+    );
+    assert_eq!(after[dn]["mail"], vec!["vic.victim@nhs.net"]);
+    assert!(!after.values().any(|o| o
+        .get("mail")
+        .is_some_and(|m| m.contains(&"attacker@evil.example".to_string()))));
+    let snap = env.snapshot();
+    let records = snap.records(snap.runs(1).unwrap()[0].id).unwrap();
+    let conflict = records
+        .iter()
+        .find(|r| r.anchor.as_deref() == Some("EMP-VICTIM-1"))
+        .unwrap_or_else(|| panic!("nothing journaled for the attacker: {records:?}"));
+    assert_eq!(conflict.op, "conflict", "{conflict:?}");
+    assert!(
+        conflict
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("an object absync does not own already has this name"),
+        "{conflict:?}"
+    );
+}
+
+/// A mapping that would write absync's ownership marker is refused before
+/// anything is read or written, naming the file, the line and the
+/// attribute; the OU is untouched.
+#[tokio::test]
+async fn a_mapping_that_writes_the_ownership_marker_is_refused_with_its_line() {
+    let env = SyncEnv::new("hostile-mapping", 94, 3, 1, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-H", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    let first = env.absync(&["sync"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let before = env.ad_objects().await;
+    let shipped = std::fs::read_to_string(
+        crate::common::testbed::repo_root().join("mappings/nhs-to-ad-contact.toml"),
+    )
+    .unwrap();
+    let hostile = env.dir.join("hostile-mapping.toml");
+    // Claims every contact for one person: the marker, from a constant.
+    std::fs::write(
+        &hostile,
+        format!("{shipped}\n[attributes.adminDescription]\nvalue = \"absync:x\"\n"),
+    )
+    .unwrap();
+    let line = shipped.lines().count() + 2;
+    env.write_config(hostile.to_str().unwrap(), "");
+    for cmd in [&["check"][..], &["sync"][..]] {
+        let run = env.absync(cmd);
+        assert_eq!(run.code, 2, "{cmd:?}: {run:?}");
+        let want = format!(
+            "{}:{line}: attributes.adminDescription: adminDescription holds absync's \
+             ownership marker",
+            hostile.display()
+        );
+        assert!(
+            run.stderr.contains(&want) || run.stdout.contains(&want),
+            "{cmd:?}: {run:?}"
+        );
+    }
+    assert_unchanged(&before, &env.ad_objects().await);
+}

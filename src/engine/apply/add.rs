@@ -11,12 +11,11 @@
 use std::collections::HashSet;
 
 use crate::engine::diff::attr_changes;
-use crate::ldap::LdapError;
 use crate::state::journal::Record;
 use crate::state::runs::Counts;
 use crate::state::{Accepted, Attrs, Intent, ObjectRow, Snapshot};
 
-use super::{set, Applier, ApplyError, Refused};
+use super::{set, Applier, ApplyError, Refused, WriteError};
 
 impl Applier<'_, '_> {
     /// The attributes an add sends for `after`.
@@ -57,7 +56,7 @@ impl Applier<'_, '_> {
             .iter()
             .map(|(after, _)| (after.dn.clone(), self.add_attrs(after)))
             .collect();
-        let results = self.conn.add_many(requests).await;
+        let results = self.add_inside(requests).await;
         let mut accepted: Vec<(ObjectRow, Vec<Record>)> = Vec::new();
         let mut refused = Vec::new();
         for ((after, reason), result) in adds.into_iter().zip(results) {
@@ -98,7 +97,7 @@ impl Applier<'_, '_> {
         snapshot: &Snapshot,
         after: ObjectRow,
         reason: &str,
-        e: LdapError,
+        e: WriteError,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
         let anchor = after.anchor.clone();

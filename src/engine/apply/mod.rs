@@ -31,12 +31,14 @@ use crate::state::{Intent, ObjectRow, Snapshot, StateError};
 
 mod add;
 mod dry;
+mod guard;
 mod recover;
 mod remove;
 mod target;
 mod update;
 
 pub use dry::count_planned;
+pub use guard::{check_inside, OutsideOu, WriteError};
 pub use target::Live;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,9 @@ pub enum ApplyError {
     Ldap(#[from] LdapError),
     #[error(transparent)]
     State(#[from] StateError),
+    /// A write refused before it was sent (always handled per entry).
+    #[error(transparent)]
+    Outside(#[from] OutsideOu),
 }
 
 /// A change the target refused, for the journal.
@@ -242,7 +247,7 @@ impl Applier<'_, '_> {
         &mut self,
         snapshot: &Snapshot,
         what: Refused<'_>,
-        err: &LdapError,
+        err: &WriteError,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
         let Refused {

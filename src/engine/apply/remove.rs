@@ -77,7 +77,7 @@ impl Applier<'_, '_> {
         }
         if let Some((attr, value)) = &self.mapping.hide {
             let mods = vec![Mod::Replace(attr.clone(), [value.clone()].into())];
-            if let Err(e) = self.conn.modify(&after.dn, mods).await {
+            if let Err(e) = self.modify_at(&after.dn, mods).await {
                 // The move happened: record it, then report the refusal.
                 let moved = ObjectRow {
                     dn: after.dn.clone(),
@@ -121,7 +121,7 @@ impl Applier<'_, '_> {
             ..before.clone()
         };
         snapshot.record_intent(&self.intent(&anchor, "delete", Some(&current), None, reason))?;
-        match self.conn.delete(&dn).await {
+        match self.delete_at(&dn).await {
             Ok(()) => {
                 let mut r = self.record(&anchor, "delete", "applied", reason);
                 r.dn = Some(dn);

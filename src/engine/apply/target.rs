@@ -15,6 +15,14 @@ use crate::state::Attrs;
 
 use super::Applier;
 
+/// Whether `e` carries exactly `want` in `attr`, byte for byte. AD compares
+/// the anchor attribute (`adminDescription`: a Unicode string) without
+/// regard to case, so a search by anchor also returns objects whose anchor
+/// differs only by case: those are someone else's.
+pub(crate) fn carries(e: &ldap3::SearchEntry, attr: &str, want: &str) -> bool {
+    values_of(e, attr).iter().any(|v| v == want)
+}
+
 /// An object with absync's anchor as the target holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Live {
@@ -76,7 +84,7 @@ impl Applier<'_, '_> {
         if let Some(dn) = hint {
             let names: Vec<&str> = attrs.iter().map(String::as_str).collect();
             if let Some(e) = self.conn.read(dn, &names).await? {
-                if values_of(&e, &self.target.anchor_attribute).contains(&want) {
+                if carries(&e, &self.target.anchor_attribute, &want) {
                     return Ok(Some((dn.to_string(), self.managed_attrs(&e))));
                 }
             }
@@ -93,7 +101,11 @@ impl Applier<'_, '_> {
                 .await?;
             let mut found = None;
             while let Some(e) = search.next().await? {
-                found.get_or_insert_with(|| (e.dn.clone(), self.managed_attrs(&e)));
+                // AD matched without regard to case: only the exact value
+                // is this anchor's object.
+                if carries(&e, &self.target.anchor_attribute, &want) {
+                    found.get_or_insert_with(|| (e.dn.clone(), self.managed_attrs(&e)));
+                }
             }
             search.finish().await?;
             if found.is_some() {
@@ -105,7 +117,7 @@ impl Applier<'_, '_> {
 
     /// The containers absync's objects live in: the managed OU and, when
     /// configured, the quarantine OU.
-    fn containers(&self) -> Vec<String> {
+    pub(super) fn containers(&self) -> Vec<String> {
         let mut c = vec![self.target.base_dn.clone()];
         c.extend(self.safety.quarantine_ou.clone());
         c
@@ -167,5 +179,27 @@ impl Applier<'_, '_> {
                 (!v.is_empty()).then(|| (r.target.clone(), v))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::carries;
+
+    #[test]
+    fn an_anchor_that_differs_only_by_case_is_not_carried() {
+        let e = ldap3::SearchEntry {
+            dn: "CN=Pat,OU=NHS,DC=x".into(),
+            attrs: [(
+                "adminDescription".to_string(),
+                vec!["absync:EMP-7".to_string()],
+            )]
+            .into(),
+            bin_attrs: Default::default(),
+        };
+        assert!(carries(&e, "admindescription", "absync:EMP-7"));
+        assert!(!carries(&e, "adminDescription", "absync:emp-7"));
+        assert!(!carries(&e, "adminDescription", "ABSYNC:EMP-7"));
+        assert!(!carries(&e, "adminDescription", "absync:EMP-7 "));
     }
 }

@@ -12,12 +12,11 @@ use std::collections::{BTreeMap, HashSet};
 use ldap3::Mod;
 
 use crate::engine::diff::{attr_changes, same_dn};
-use crate::ldap::LdapError;
 use crate::state::journal::Record;
 use crate::state::runs::Counts;
 use crate::state::{ObjectRow, Snapshot};
 
-use super::{set, Applier, ApplyError, Refused};
+use super::{set, Applier, ApplyError, Refused, WriteError};
 
 /// Whether an update touches the target (a rename, a restore, or changed
 /// attributes) rather than only the snapshot's bookkeeping.
@@ -74,7 +73,7 @@ impl Applier<'_, '_> {
         }
         let mods = self.update_mods(&before, &after);
         if !mods.is_empty() {
-            match self.conn.modify(&now.dn, mods).await {
+            match self.modify_at(&now.dn, mods).await {
                 Ok(()) => {
                     records.extend(self.modified(&before, &after, &now.dn, reason, counts));
                     now.attrs = after.attrs.clone();
@@ -205,15 +204,19 @@ impl Applier<'_, '_> {
         records
     }
 
-    /// Renames or moves (new parent) an object.
-    pub(super) async fn move_to(&mut self, from: &str, to: &str) -> Result<(), LdapError> {
+    /// Renames or moves (new parent) an object, when both names are
+    /// inside the containers.
+    pub(super) async fn move_to(&mut self, from: &str, to: &str) -> Result<(), WriteError> {
+        self.inside("rename", from)?;
+        self.inside("rename", to)?;
         let new_rdn = crate::dn::first_rdn(to).to_string();
         let parent = crate::dn::parent(to);
         let new_parent = (crate::dn::normalize(&crate::dn::parent(from))
             != crate::dn::normalize(&parent))
         .then_some(parent);
-        self.conn
+        Ok(self
+            .conn
             .rename(from, &new_rdn, new_parent.as_deref())
-            .await
+            .await?)
     }
 }
