@@ -50,13 +50,14 @@ pub enum SecretError {
     )]
     Symlink { path: PathBuf },
     #[error(
-        "password file {path} belongs to {owner}: it must belong to {user}, who runs absync, \
-         or to root"
+        "password file {path} belongs to {owner}, not to {allowed}: absync reads no password \
+         another user could have written"
     )]
     Owner {
         path: PathBuf,
         owner: String,
-        user: String,
+        /// "root", or "alice (who runs absync) or root"
+        allowed: String,
     },
 }
 
@@ -102,7 +103,10 @@ pub fn read_password_file(path: &Path) -> Result<(Secret, Option<String>), Secre
         return Err(SecretError::Owner {
             path: path_buf(),
             owner: crate::os::user_name(meta.uid()),
-            user: crate::os::user_name(me),
+            allowed: match me {
+                0 => "root".into(),
+                me => format!("{} (who runs absync) or root", crate::os::user_name(me)),
+            },
         });
     }
     // The size is checked before the read, and the read stops past the
@@ -235,8 +239,8 @@ mod tests {
         assert_eq!(
             e,
             format!(
-                "password file {} belongs to {}: it must belong to root, who runs absync, \
-                 or to root",
+                "password file {} belongs to {}, not to root: absync reads no password \
+                 another user could have written",
                 f.display(),
                 crate::os::user_name(65534)
             )
