@@ -83,8 +83,25 @@ pub fn parse_toml_file<T: serde::de::DeserializeOwned>(
     if text.len() as u64 > MAX {
         return Err(too_large(text.len() as u64));
     }
+    // A file that is not TOML at all (a password file given by mistake,
+    // say) is described and never quoted: its line, column and what the
+    // parser expected there.
+    if let Err(e) = toml::from_str::<toml::Table>(&text) {
+        return Err(not_toml(path, &text, &e));
+    }
     let value = toml::from_str::<T>(&text).map_err(|e| {
         let line = e.span().map(|s| line_of(&text, s.start));
+        // TOML without a [table] up to that line (`name = 1234`, one line)
+        // may still be a secret: what it says is left out. A document with
+        // tables is one of absync's files, a typo named as written.
+        let shaped = line.is_some_and(|l| {
+            text.lines()
+                .take(l)
+                .any(|t| t.trim_start().starts_with('['))
+        });
+        if !shaped {
+            return FileError::new(path, line, None, unquoted(e.message()));
+        }
         // Name the key written on that line, when there is one.
         let key = line
             .and_then(|l| text.lines().nth(l - 1))
@@ -94,6 +111,58 @@ pub fn parse_toml_file<T: serde::de::DeserializeOwned>(
         FileError::new(path, line, key.as_deref(), e.message().to_string())
     })?;
     Ok((value, text))
+}
+
+/// A syntax error: line, column and the parser's words for what it
+/// expected, with any text of the file it quotes (a duplicate key's name)
+/// left out. No part of the line is shown: the file may be a secret.
+fn not_toml(path: &Path, text: &str, e: &toml::de::Error) -> FileError {
+    let at = e.span().map_or(0, |s| s.start.min(text.len()));
+    let line = line_of(text, at);
+    let start = text[..at].rfind('\n').map_or(0, |n| n + 1);
+    let column = text[start..at].chars().count() + 1;
+    let mut said = String::new();
+    let message = e.message().lines().collect::<Vec<_>>().join("; ");
+    for (i, part) in message.split('`').enumerate() {
+        // Odd parts are quoted: kept only when one character (`=`, `"`)
+        // or not from the file.
+        if i % 2 == 0 {
+            said.push_str(part);
+        } else if part.chars().count() <= 1 || !text.contains(part) {
+            said.push_str(&format!("`{part}`"));
+        }
+    }
+    let said = said.split_whitespace().collect::<Vec<_>>().join(" ");
+    FileError::new(
+        path,
+        Some(line),
+        None,
+        format!("column {column}: not TOML: {said} (the line is not shown)"),
+    )
+}
+
+/// For a file without tables (see [`parse_toml_file`]): serde's message
+/// with what the file said left out: `unknown field
+/// `x`, expected one of ...` → `unknown field, expected one of ...`;
+/// `invalid type: string "x", expected u32` → `invalid type: string,
+/// expected u32`. What absync expects is kept.
+fn unquoted(message: &str) -> String {
+    for lead in ["unknown field `", "unknown variant `"] {
+        if let Some(rest) = message.strip_prefix(lead) {
+            let after = rest.split_once('`').map_or("", |(_, a)| a);
+            return format!("{}{after}", lead.trim_end_matches(" `"));
+        }
+    }
+    for lead in ["invalid type: ", "invalid value: "] {
+        if let Some((found, expected)) = message
+            .strip_prefix(lead)
+            .and_then(|rest| rest.split_once(", expected "))
+        {
+            let kind = found.split(['"', '`']).next().unwrap_or("").trim();
+            return format!("{lead}{kind}, expected {expected}");
+        }
+    }
+    message.to_string()
 }
 
 #[derive(Debug, Deserialize)]
@@ -408,6 +477,146 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn a_file_that_is_not_toml_is_described_never_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absync.toml");
+        let cases = [
+            ("hunter2-secret\n", 1, "column 15"),
+            ("# comment\nhunter2-secret", 2, "column 15"),
+            ("secretprefix=...\n", 1, "column 14"),
+            ("secretprefix=hunter2 more\n", 1, "column 14"),
+            ("secretprefix = \"hunter2\n", 1, ""),
+            ("secretprefix=1\nsecretprefix=2\n", 2, "duplicate key"),
+            // TOML, but not ours: neither the key nor the value is quoted.
+            (
+                "secretprefix = 1234\n",
+                1,
+                "unknown field, expected one of `source`",
+            ),
+            (
+                "source = \"hunter2\"\n",
+                1,
+                "invalid type: string, expected struct",
+            ),
+        ];
+        for (text, line, says) in cases {
+            std::fs::write(&path, text).unwrap();
+            for e in [
+                super::Config::load(&path).unwrap_err().to_string(),
+                super::ServiceView::load(&path).unwrap_err().to_string(),
+            ] {
+                assert!(
+                    e.starts_with(&format!("{}:{line}", path.display())) && e.contains(says),
+                    "{text:?}: {e}"
+                );
+                for secret in ["hunter2", "secretprefix", "1234", "more"] {
+                    assert!(!e.contains(secret), "{text:?}: {e}");
+                }
+            }
+        }
+        // A document with tables is one of absync's files: its mistakes
+        // are named as written.
+        std::fs::write(
+            &path,
+            "[source]\nurl = \"ldaps://x\"\npage_size = \"big\"\n",
+        )
+        .unwrap();
+        let e = super::Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(":3: page_size: invalid type: string \"big\""),
+            "{e}"
+        );
+        std::fs::write(&path, "[source]\nurll = \"ldaps://x\"\n").unwrap();
+        let e = super::Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains(":2: urll: unknown field `urll`"), "{e}");
+    }
+
+    /// A whole configuration whose source is `source_url` (plain text
+    /// allowed) and whose target's password is `target_password` (a
+    /// `password_file = ...` or `password_credential = ...` line).
+    fn config_with(
+        dir: &std::path::Path,
+        source_url: &str,
+        target_password: &str,
+    ) -> std::path::PathBuf {
+        for f in ["ca.pem", "m.toml", "a.toml"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        std::fs::write(dir.join("source.pw"), "s\n").unwrap();
+        let path = dir.join("absync.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[source]\nurl = \"{source_url}\"\nbind_dn = \"cn=r,o=nhs\"\n\
+                 password_file = \"source.pw\"\nallow_plaintext = true\n\
+                 base_dn = \"ou=People,o=nhs\"\n\
+                 [target]\nurl = \"ldaps://dc.example:636\"\nbind_dn = \"CN=svc,DC=x\"\n\
+                 {target_password}\nca_file = \"ca.pem\"\n\
+                 base_dn = \"OU=NHS Directory,DC=x\"\n\
+                 [mapping]\nfile = \"m.toml\"\n[agreements]\nfile = \"a.toml\"\n\
+                 [state]\ndir = \"state\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn an_url_with_user_information_is_refused_naming_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = "password_file = \"source.pw\"";
+        let ok = config_with(dir.path(), "ldap://[::1]:3890", pw);
+        super::Config::load(&ok).unwrap();
+        for url in [
+            "ldap://[::1]@0.0.0.0:3890",
+            "ldap://127.0.0.1@10.0.0.1",
+            "ldap://user:hunter2@[::1]:3890",
+            "ldaps://[::1]@dc.example:636/",
+            "ldap://[::1]\\\\@0.0.0.0:3890",
+        ] {
+            let path = config_with(dir.path(), url, pw);
+            let e = super::Config::load(&path).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "{}:2: source.url: has user information",
+                    path.display()
+                )),
+                "{url}: {e}"
+            );
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        // An @ after the host (a path) is not user information.
+        assert!(!super::has_userinfo("ldap://[::1]:3890/o=x@y"));
+    }
+
+    #[test]
+    fn a_credential_name_is_a_plain_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "/etc/shadow",
+            "../../etc/shadow",
+            "a/b",
+            "..",
+            ".",
+            "",
+            "a\\u0000b",
+        ] {
+            let line = format!("password_credential = \"{name}\"");
+            let path = config_with(dir.path(), "ldap://[::1]:3890", &line);
+            let e = super::Config::load(&path).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "{}:10: target.password_credential: ",
+                    path.display()
+                )) && e.contains("is not a credential name"),
+                "{name}: {e}"
+            );
+        }
+        assert!(super::plain_name("target.pw").is_ok());
+        assert!(super::plain_name("..pw").is_ok());
+    }
+
     /// A config whose password files do not exist, with `schedule`.
     fn service_only(name: &str, schedule: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("absync-view-{name}-{}", std::process::id()));
@@ -690,6 +899,17 @@ impl Resolver<'_> {
         warnings: &mut Vec<String>,
     ) -> Result<Endpoint, FileError> {
         let u = url.get_ref().trim();
+        if has_userinfo(u) {
+            // Not quoted: the text before @ may be a password.
+            return Err(self.err(
+                url.span(),
+                &format!("{section}.url"),
+                "has user information (text before @ in host:port), which is refused: it \
+                 would hide the real host (ldap://[::1]@0.0.0.0 connects to 0.0.0.0), and the \
+                 account is bind_dn with password_file"
+                    .into(),
+            ));
+        }
         let transport = if u.starts_with("ldaps://") {
             if starttls {
                 return Err(self.err(
@@ -738,6 +958,7 @@ impl Resolver<'_> {
             (Some(f), None) => (self.path(f), f.span(), format!("{section}.password_file")),
             (None, Some(c)) => {
                 let key = format!("{section}.password_credential");
+                plain_name(c.get_ref()).map_err(|m| self.err(c.span(), &key, m))?;
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
                     self.err(
                         c.span(),
@@ -764,6 +985,7 @@ impl Resolver<'_> {
                     format!("cannot read {}: {source}", pw_path.display())
                 }
                 SecretError::Empty { .. } => format!("{} is empty", pw_path.display()),
+                other => other.to_string(),
             };
             self.err(pw_span.clone(), &pw_key, msg)
         })?;
@@ -784,6 +1006,28 @@ impl Resolver<'_> {
             timeout: Duration::from_secs(*timeout.get_ref()),
         })
     }
+}
+
+/// A credential's name is a plain file name in `$CREDENTIALS_DIRECTORY`:
+/// not empty, not `.` or `..`, without `/` or NUL, so that it cannot name a
+/// file outside that directory (`/etc/shadow`, `../../root/x`).
+fn plain_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(format!(
+            "{name:?} is not a credential name: give the plain file name systemd hands over \
+             in $CREDENTIALS_DIRECTORY (LoadCredential=NAME:...), without / and not . or .."
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an URL's authority (after `scheme://`, up to the first `/`, `?`
+/// or `#`) holds user information (`user@host`), as URL parsers read it.
+fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
 }
 
 impl Config {
@@ -968,6 +1212,7 @@ fn resolve_signer(
         (Some(f), None) => (r.path(f), f.span(), "journal.signing_key"),
         (None, Some(c)) => {
             let key = "journal.signing_key_credential";
+            plain_name(c.get_ref()).map_err(|m| r.err(c.span(), key, m))?;
             let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
                 r.err(
                     c.span(),
@@ -1004,6 +1249,7 @@ fn resolve_signer(
         let msg = match e {
             SecretError::Read { source, .. } => format!("cannot read {}: {source}", path.display()),
             SecretError::Empty { .. } => format!("{} is empty", path.display()),
+            other => other.to_string().replace("password file", "signing key"),
         };
         r.err(span.clone(), key, msg)
     })?;

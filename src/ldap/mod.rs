@@ -159,7 +159,11 @@ pub fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, LdapError
 
 fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let host = rest.split('/').next().unwrap_or("");
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.contains('@') {
+        // user@host: the host is after the @ (the configuration refuses it).
+        return false;
+    }
     let host = if let Some(h) = host.strip_prefix('[') {
         h.split(']').next().unwrap_or("")
     } else {
@@ -788,6 +792,8 @@ mod tests {
         assert!(is_loopback_url("ldap://[::1]:389/"));
         assert!(!is_loopback_url("ldap://dc1.example.org:389"));
         assert!(!is_loopback_url("ldap://10.0.0.1"));
+        assert!(!is_loopback_url("ldap://[::1]@0.0.0.0:389"));
+        assert!(!is_loopback_url("ldap://127.0.0.1@10.0.0.1"));
     }
 
     #[test]

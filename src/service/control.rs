@@ -56,11 +56,29 @@ pub async fn listen(
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     let listener = UnixListener::bind(path).map_err(err)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
-    }
+    chmod_socket(path, 0o660).map_err(err)?;
     Ok(tokio::spawn(accept_loop(listener, triggers)))
+}
+
+/// Sets the mode of the socket just bound without following a link: a
+/// chmod by path would follow one put there after the bind. The path is
+/// opened `O_PATH | O_NOFOLLOW` (the link itself, if it is one), checked to
+/// be a socket, and changed through `/proc/self/fd`, which names exactly
+/// what was opened.
+fn chmod_socket(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_PATH | nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_socket() {
+        return Err(std::io::Error::other(
+            "not the socket just bound (replaced, or a symbolic link)",
+        ));
+    }
+    let fd = format!("/proc/self/fd/{}", f.as_raw_fd());
+    std::fs::set_permissions(fd, std::fs::Permissions::from_mode(mode))
 }
 
 /// The longest request line (a request is a few dozen bytes).
@@ -227,4 +245,29 @@ pub fn watch_files(
         }
     });
     Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::chmod_socket;
+
+    #[test]
+    fn the_socket_mode_is_set_on_the_socket_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("absync.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        chmod_socket(&sock, 0o660).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&sock), 0o660);
+        // A link put where the socket was, after the bind.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"x").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_file(&sock).unwrap();
+        std::os::unix::fs::symlink(&victim, &sock).unwrap();
+        assert!(chmod_socket(&sock, 0o660).is_err());
+        assert_eq!(mode(&victim), 0o600, "the link's target keeps its mode");
+    }
 }

@@ -37,31 +37,22 @@ impl DaemonStatus {
     /// status file, when the daemon it names holds the state lock now (a
     /// pid alone could have been reused since the daemon died).
     pub fn read(state_dir: &Path) -> Option<DaemonStatus> {
-        let s: DaemonStatus =
-            serde_json::from_str(&std::fs::read_to_string(Self::path(state_dir)).ok()?).ok()?;
+        // No symlink followed, no FIFO waited on, at most 64 KiB (the file
+        // is a few hundred bytes).
+        let text = crate::state::read_small(&Self::path(state_dir), 64 * 1024).ok()?;
+        let s: DaemonStatus = serde_json::from_str(&text).ok()?;
         let holder = crate::state::StateLock::holder(state_dir)?;
         holder.starts_with(&format!("pid {}:", s.pid)).then_some(s)
     }
 
     pub(crate) fn write(&self, state_dir: &Path) {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = state_dir.join("daemon.json.tmp");
-        let ok = serde_json::to_vec_pretty(self)
-            .ok()
+        let written = serde_json::to_vec_pretty(self)
+            .map_err(|e| e.to_string())
             .and_then(|b| {
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .ok()?;
-                f.write_all(&b).ok()
-            })
-            .and_then(|_| std::fs::rename(&tmp, Self::path(state_dir)).ok());
-        if ok.is_none() {
-            tracing::warn!("cannot write {}", Self::path(state_dir).display());
+                crate::state::replace_file(state_dir, "daemon.json", &b).map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            tracing::warn!("cannot write {}: {e}", Self::path(state_dir).display());
         }
     }
 }

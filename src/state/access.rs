@@ -7,7 +7,7 @@
 //! evidence copy, perhaps) is read as found, without a lock, a WAL switch,
 //! a migration or a new file.
 
-use std::fs::Metadata;
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -68,12 +68,27 @@ fn no_symlink(path: &Path) -> Result<Option<Metadata>, StateError> {
 }
 
 /// The directory and the files absync keeps in it are no symlinks: a link
-/// could send absync's writes (and chmods), or root's, anywhere.
+/// could send absync's writes (and chmods), or root's, anywhere. Each file
+/// there belongs to the directory's owner, to root or to the user running
+/// absync: none is used that another user put there. (A check before the
+/// open, for a clear message; the opens themselves follow no link either:
+/// [`open_file`], [`open_dir`], [`open_sqlite`].)
 pub(crate) fn refuse_symlinks(dir: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::MetadataExt;
     let dir = plain(dir);
-    no_symlink(&dir)?;
+    let dir_owner = no_symlink(&dir)?.map(|m| m.uid());
+    let me = crate::os::current_uid();
     for f in FILES {
-        no_symlink(&dir.join(f))?;
+        let path = dir.join(f);
+        if let Some(meta) = no_symlink(&path)? {
+            let owner = meta.uid();
+            if owner != me && owner != 0 && Some(owner) != dir_owner {
+                return Err(StateError::ForeignFile {
+                    path,
+                    owner: owner_name(owner),
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -97,6 +112,148 @@ pub(crate) fn refuse_foreign_owner(dir: &Path) -> Result<(), StateError> {
             user: crate::os::user_name(me),
         }),
     }
+}
+
+/// A file's owner as a name, for messages.
+fn owner_name(uid: u32) -> String {
+    crate::os::user_name(uid)
+}
+
+/// Opens a file of the state directory without following a symlink
+/// (`O_NOFOLLOW`: a link planted between a check and this open is refused
+/// by the kernel, not followed) and without waiting on a FIFO
+/// (`O_NONBLOCK`), and checks that what was opened is a regular file.
+pub(crate) fn open_file(path: &Path, opts: &mut OpenOptions) -> Result<File, StateError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = opts
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
+    let meta = file.metadata().map_err(|source| StateError::Dir {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(StateError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(file)
+}
+
+/// The state directory itself, opened without following a symlink
+/// (`O_DIRECTORY | O_NOFOLLOW`): what its mode is set on and its owner
+/// read from, so both are the directory's and not a link's target.
+pub(crate) fn open_dir(dir: &Path) -> Result<File, StateError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = plain(dir);
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(&dir)
+        .map_err(|e| match e.raw_os_error() {
+            // A link under O_DIRECTORY | O_NOFOLLOW is "not a directory".
+            Some(nix::libc::ENOTDIR)
+                if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_symlink()) =>
+            {
+                StateError::Symlink { path: dir.clone() }
+            }
+            _ => open_error(&dir, e),
+        })
+}
+
+/// What an open refused, said plainly: a symlink (`ELOOP` under
+/// `O_NOFOLLOW`), a permission, or the error itself.
+fn open_error(path: &Path, source: std::io::Error) -> StateError {
+    match (source.raw_os_error(), source.kind()) {
+        (Some(nix::libc::ELOOP), _) => StateError::Symlink {
+            path: path.to_path_buf(),
+        },
+        (_, ErrorKind::PermissionDenied) => denied(path),
+        _ => StateError::Dir {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+/// Reads a small file of the state directory (`daemon.json`, the lock's
+/// holder): no symlink followed, a regular file only, at most `max` bytes
+/// (a larger one is cut there, and then does not parse).
+pub fn read_small(path: &Path, max: u64) -> Result<String, StateError> {
+    use std::io::Read;
+    let file = open_file(path, OpenOptions::new().read(true))?;
+    let mut text = String::new();
+    file.take(max)
+        .read_to_string(&mut text)
+        .map_err(|source| StateError::Dir {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(text)
+}
+
+/// Replaces `dir/name` with `bytes` (mode 0600): written to `name.tmp`,
+/// created anew (`O_EXCL`: never a file, or a link, found there), then
+/// renamed over `name` (a rename replaces a link, never follows it).
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let io = |source| StateError::Dir {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    let mut f = open_file(
+        &tmp,
+        OpenOptions::new().write(true).create_new(true).mode(0o600),
+    )?;
+    f.write_all(bytes).map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(io)
+}
+
+/// The path SQLite is given for a file in `dir`: `dir`'s parent resolved
+/// (a symlink above the state directory, `/var/lib` → `/data/var/lib`, is
+/// the admin's own and allowed), so that `SQLITE_OPEN_NOFOLLOW` refuses a
+/// link only where one would be a trick: the directory or a file in it.
+pub(crate) fn sqlite_path(dir: &Path, name: &str) -> PathBuf {
+    let dir = plain(dir);
+    let abs = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
+    let resolved = match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(last)) => std::fs::canonicalize(parent)
+            .map(|p| p.join(last))
+            .unwrap_or(abs.clone()),
+        _ => abs.clone(),
+    };
+    resolved.join(name)
+}
+
+/// Opens the database at `path` (shown in errors) through `sqlite` (see
+/// [`sqlite_path`]) with `SQLITE_OPEN_NOFOLLOW` added: SQLite then refuses
+/// a symlink at the database instead of resolving it (its `-wal` and
+/// `-shm` files it always opens with `O_NOFOLLOW`).
+pub(crate) fn open_sqlite(
+    path: &Path,
+    sqlite: impl AsRef<Path>,
+    flags: OpenFlags,
+) -> Result<Connection, StateError> {
+    Connection::open_with_flags(sqlite, flags | OpenFlags::SQLITE_OPEN_NOFOLLOW).map_err(
+        |e| match e.sqlite_error().map(|f| f.extended_code) {
+            Some(rusqlite::ffi::SQLITE_CANTOPEN_SYMLINK) => StateError::Symlink {
+                path: path.to_path_buf(),
+            },
+            _ => StateError::Db {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        },
+    )
 }
 
 /// A reader was refused: who can read it (the state directory's owner).
@@ -143,35 +300,28 @@ pub(crate) fn open_read_only(dir: &Path, from: ReadFrom) -> Result<Opened, State
         return Err(missing());
     }
     // SQLite says only "unable to open database file": say why.
-    if let Err(e) = std::fs::File::open(&path) {
-        return Err(match e.kind() {
-            ErrorKind::PermissionDenied => denied(&path),
-            _ => StateError::Dir { path, source: e },
-        });
-    }
+    open_file(&path, OpenOptions::new().read(true))?;
     let db = |source| StateError::Db {
         path: path.clone(),
         source,
     };
     let wal = dir.join("absync.db-wal");
-    let logged = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+    let logged = std::fs::symlink_metadata(&wal).is_ok_and(|m| m.len() > 0);
     let ro = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let real = sqlite_path(&dir, "absync.db");
     let (conn, scratch) = if from == ReadFrom::Live || writer_holds_lock(&dir) {
-        (Connection::open_with_flags(&path, ro).map_err(db)?, None)
+        (open_sqlite(&path, &real, ro)?, None)
     } else if !logged {
-        let uri = immutable_uri(&path).map_err(|source| StateError::Dir {
+        let uri = immutable_uri(&real).map_err(|source| StateError::Dir {
             path: path.clone(),
             source,
         })?;
         let flags = ro | OpenFlags::SQLITE_OPEN_URI;
-        (Connection::open_with_flags(uri, flags).map_err(db)?, None)
+        (open_sqlite(&path, uri, flags)?, None)
     } else {
         let scratch = scratch_copy(&path, &wal)?;
         let copy = scratch.path().join("absync.db");
-        (
-            Connection::open_with_flags(copy, ro).map_err(db)?,
-            Some(scratch),
-        )
+        (open_sqlite(&path, copy, ro)?, Some(scratch))
     };
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(db)?;
@@ -209,8 +359,11 @@ fn scratch_copy(db: &Path, wal: &Path) -> Result<tempfile::TempDir, StateError> 
         .prefix("absync-read-")
         .tempdir()
         .map_err(io(&std::env::temp_dir()))?;
-    std::fs::copy(db, scratch.path().join("absync.db")).map_err(io(db))?;
-    std::fs::copy(wal, scratch.path().join("absync.db-wal")).map_err(io(wal))?;
+    for (from, name) in [(db, "absync.db"), (wal, "absync.db-wal")] {
+        let mut src = open_file(from, OpenOptions::new().read(true))?;
+        let mut copy = File::create_new(scratch.path().join(name)).map_err(io(from))?;
+        std::io::copy(&mut src, &mut copy).map_err(io(from))?;
+    }
     Ok(scratch)
 }
 
@@ -487,6 +640,132 @@ mod tests {
             StateLock::acquire(&dir),
             Err(StateError::Symlink { .. })
         ));
+    }
+
+    /// A file outside the state directory that a link points to: its mode
+    /// and contents, to show they did not change.
+    fn victim(root: &Path) -> (PathBuf, (u32, Vec<u8>)) {
+        let v = root.join("victim");
+        std::fs::write(&v, b"root's file").unwrap();
+        chmod(&v, 0o644);
+        let seen = (
+            std::fs::metadata(&v).unwrap().permissions().mode(),
+            b"root's file".to_vec(),
+        );
+        (v, seen)
+    }
+
+    fn seen(v: &Path) -> (u32, Vec<u8>) {
+        (
+            std::fs::metadata(v).unwrap().permissions().mode(),
+            std::fs::read(v).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_opens_themselves_follow_no_symlink_planted_after_the_check() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state");
+        state(&dir);
+        let (v, before) = victim(root.path());
+        let link = |name: &str| {
+            let p = dir.join(name);
+            let _ = std::fs::remove_file(&p);
+            std::os::unix::fs::symlink(&v, &p).unwrap();
+            p
+        };
+        // The database: neither the open (create, chmod) nor SQLite follows.
+        let db = link("absync.db");
+        let rw = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .clone()
+        };
+        assert!(matches!(
+            open_file(&db, &mut rw()),
+            Err(StateError::Symlink { .. })
+        ));
+        let e = open_sqlite(&db, sqlite_path(&dir, "absync.db"), OpenFlags::default()).err();
+        assert!(matches!(e, Some(StateError::Symlink { .. })), "{e:?}");
+        // The lock (opened to be truncated) and the holder's read.
+        let lock = link("absync.lock");
+        let mut opts = rw();
+        assert!(matches!(
+            open_file(&lock, &mut opts),
+            Err(StateError::Symlink { .. })
+        ));
+        assert!(matches!(
+            read_small(&lock, 10),
+            Err(StateError::Symlink { .. })
+        ));
+        // daemon.json.tmp: replaced, never written through.
+        link("daemon.json.tmp");
+        replace_file(&dir, "daemon.json", b"{}").unwrap();
+        let written = std::fs::symlink_metadata(dir.join("daemon.json")).unwrap();
+        assert!(written.is_file());
+        assert_eq!(written.permissions().mode() & 0o777, 0o600);
+        assert_eq!(seen(&v), before, "the link's target is untouched");
+        // The directory itself.
+        let moved = root.path().join("moved");
+        std::fs::rename(&dir, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &dir).unwrap();
+        assert!(matches!(open_dir(&dir), Err(StateError::Symlink { .. })));
+    }
+
+    #[test]
+    fn a_fifo_or_a_foreign_file_in_the_state_directory_is_refused_not_waited_on() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state");
+        state(&dir);
+        let fifo = dir.join("daemon.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = read_small(&fifo, 10).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} is not a regular file: absync keeps only regular files in its state \
+                 directory; remove it",
+                fifo.display()
+            )
+        );
+        std::fs::remove_file(&fifo).unwrap();
+        if crate::os::current_uid() != 0 {
+            return; // chown needs root
+        }
+        let lock = dir.join("absync.lock");
+        std::fs::write(&lock, b"").unwrap();
+        std::os::unix::fs::chown(&lock, Some(65534), None).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().uid(), 0);
+        let e = StateLock::acquire(&dir).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} belongs to {}, who neither owns the state directory nor runs absync: \
+                 absync uses no file in its state directory that another user put there; \
+                 remove it",
+                lock.display(),
+                crate::os::user_name(65534)
+            )
+        );
+        assert!(Snapshot::open_read_only(&dir, ReadFrom::Live).is_err());
+    }
+
+    #[test]
+    fn a_symlink_above_the_state_directory_is_the_admins_and_allowed() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("real")).unwrap();
+        let above = root.path().join("lib");
+        std::os::unix::fs::symlink(root.path().join("real"), &above).unwrap();
+        state(&above.join("state"));
+        let s = Snapshot::open_read_only(&above.join("state"), ReadFrom::Live).unwrap();
+        assert_eq!(records(&s), 3);
     }
 
     #[test]

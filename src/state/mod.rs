@@ -18,7 +18,7 @@ pub mod runs;
 pub mod totals;
 pub mod verify;
 
-pub use access::ReadFrom;
+pub use access::{read_small, replace_file, ReadFrom};
 pub use object::{Attrs, Hidden, Intent, ObjectRow};
 
 use std::path::{Path, PathBuf};
@@ -62,6 +62,16 @@ pub enum StateError {
          its writes anywhere); put the real directory or file there"
     )]
     Symlink { path: PathBuf },
+    #[error(
+        "{path} belongs to {owner}, who neither owns the state directory nor runs absync: \
+         absync uses no file in its state directory that another user put there; remove it"
+    )]
+    ForeignFile { path: PathBuf, owner: String },
+    #[error(
+        "{path} is not a regular file: absync keeps only regular files in its state \
+         directory; remove it"
+    )]
+    NotAFile { path: PathBuf },
     #[error(
         "the state directory {dir} belongs to {owner}, not to {user}, who runs absync: run \
          absync as {owner}, or give it a state directory of its own"
@@ -251,14 +261,15 @@ impl StateLock {
         };
         let mut file = {
             use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io)?
+            access::open_file(
+                &path,
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600),
+            )?
         };
         match file.try_lock() {
             Ok(()) => {}
@@ -290,7 +301,7 @@ impl StateLock {
         if !access::writer_holds_lock(dir) {
             return None;
         }
-        let text = std::fs::read_to_string(dir.join("absync.lock")).ok()?;
+        let text = access::read_small(&dir.join("absync.lock"), 4096).ok()?;
         Some(text.trim().to_string())
     }
 }
@@ -315,32 +326,42 @@ impl Snapshot {
             path: dir.to_path_buf(),
             source,
         };
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         access::refuse_symlinks(dir)?;
         std::fs::create_dir_all(dir).map_err(derr)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            // Personal data: readable by absync's user only.
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(derr)?;
-        }
+        access::refuse_foreign_owner(dir)?;
+        // Personal data: readable by absync's user only. The modes are set
+        // on what was opened (fchmod), never through a path a link could
+        // redirect.
+        access::open_dir(dir)?
+            .set_permissions(std::fs::Permissions::from_mode(0o700))
+            .map_err(derr)?;
         let path = dir.join("absync.db");
         let db = |source| StateError::Db {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(db)?;
-        // Personal data: the database (and the WAL and index files SQLite
-        // creates with the same mode) for absync's user only.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
-                |source| StateError::Dir {
-                    path: path.clone(),
-                    source,
-                },
-            )?;
-        }
+        // The database (and the WAL and index files SQLite creates with
+        // the same mode) for absync's user only; an empty file is a new
+        // database to SQLite.
+        access::open_file(
+            &path,
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600),
+        )?
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|source| StateError::Dir {
+            path: path.clone(),
+            source,
+        })?;
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = access::open_sqlite(&path, access::sqlite_path(dir, "absync.db"), flags)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db)?;
         // WAL + synchronous=NORMAL: a commit survives the process being
@@ -832,7 +853,7 @@ impl Snapshot {
 pub fn bytes_on_disk(state_dir: &Path) -> u64 {
     ["absync.db", "absync.db-wal"]
         .iter()
-        .filter_map(|f| std::fs::metadata(state_dir.join(f)).ok())
+        .filter_map(|f| std::fs::symlink_metadata(state_dir.join(f)).ok())
         .map(|m| m.len())
         .sum()
 }

@@ -338,7 +338,9 @@ async fn sync_follows_no_symlink_and_as_root_writes_no_directory_someone_else_ow
     );
     for r in [
         env.absync(&["sync"]),
+        env.absync(&["plan"]),
         env.absync(&["journal", "verify"]),
+        env.absync(&["journal", "runs"]),
         absync(&["status", "--state", state.to_str().unwrap()]),
     ] {
         assert_eq!(r.code, 2, "{r:?}");
@@ -351,6 +353,35 @@ async fn sync_follows_no_symlink_and_as_root_writes_no_directory_someone_else_ow
     );
     std::fs::remove_file(&db).unwrap();
     std::fs::rename(&elsewhere, &db).unwrap();
+
+    // The lock file (opened to be truncated) and the write-ahead log's
+    // files, each a link to a file of root's.
+    let victim = env.dir.join("victim");
+    std::fs::write(&victim, "root's own file\n").unwrap();
+    chmod(&victim, 0o644);
+    let before = (sha(&victim), mode(&victim));
+    for name in [
+        "absync.lock",
+        "absync.db-wal",
+        "absync.db-shm",
+        "daemon.json",
+    ] {
+        let link = state.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let msg = format!("{} is a symbolic link", link.display());
+        for r in [
+            env.absync(&["sync"]),
+            env.absync(&["plan"]),
+            env.absync(&["journal", "verify"]),
+            absync(&["status", "--state", state.to_str().unwrap()]),
+        ] {
+            assert_eq!(r.code, 2, "{name}: {r:?}");
+            assert!(r.stderr.contains(&msg), "{name}: {r:?}");
+        }
+        std::fs::remove_file(&link).unwrap();
+        assert_eq!((sha(&victim), mode(&victim)), before, "{name}: untouched");
+    }
 
     // The state directory itself a link.
     let moved = env.dir.join("state-real");

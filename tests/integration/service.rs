@@ -341,6 +341,31 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
         assert_eq!(detail["before"]["config"], sha256(&good), "{detail}");
         assert_eq!(detail["after"]["config"], sha256(&broken), "{detail}");
         assert_ne!(detail["before"]["config"], detail["after"]["config"]);
+        // A password file given as the configuration (a mistake, or an
+        // attack): refused naming the file and line, never quoting it,
+        // in the status and in the journal.
+        std::fs::write(env.config_path(), "hunter2-secret\n").unwrap();
+        let secret = wait_for("the refused password file", || {
+            reloads(env).into_iter().find(|r| {
+                r.detail
+                    .as_ref()
+                    .is_some_and(|d| d["after"]["config"] == sha256("hunter2-secret\n"))
+            })
+        });
+        let error = secret.error.clone().unwrap();
+        assert!(
+            error.starts_with(&format!(
+                "{}:1: column 15: not TOML",
+                env.config_path().display()
+            )),
+            "{error}"
+        );
+        assert!(!error.contains("hunter2"), "{error}");
+        let s = env.absync(&["status", "--state", state]);
+        assert!(
+            s.stdout.contains("REFUSED") && !s.stdout.contains("hunter2"),
+            "{s:?}"
+        );
         // Still serving, with the old configuration.
         let resync = env.absync(&["resync"]);
         assert_eq!(
