@@ -3,6 +3,7 @@
 
 mod audit;
 mod cli;
+mod collide;
 mod common;
 mod compliance;
 mod crash;

@@ -8,13 +8,14 @@
 //!
 //! [`ADD_WINDOW`]: super::ADD_WINDOW
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use crate::engine::diff::attr_changes;
 use crate::state::journal::Record;
 use crate::state::runs::Counts;
 use crate::state::{Accepted, Attrs, Intent, ObjectRow, Snapshot};
 
+use super::collide::{addresses, first_collision};
 use super::{set, Applier, ApplyError, Refused, WriteError};
 
 impl Applier<'_, '_> {
@@ -47,6 +48,10 @@ impl Applier<'_, '_> {
         adds: Vec<(ObjectRow, String)>,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
+        let adds = self.withhold_collisions(snapshot, adds, counts).await?;
+        if adds.is_empty() {
+            return Ok(());
+        }
         let intents: Vec<Intent> = adds
             .iter()
             .map(|(after, reason)| self.intent(&after.anchor, "add", None, Some(after), reason))
@@ -87,6 +92,37 @@ impl Applier<'_, '_> {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The adds whose addresses no object absync does not own holds,
+    /// anywhere in the domain (one search for the whole window); the others
+    /// are journaled as conflicts naming that object, and not sent.
+    async fn withhold_collisions(
+        &mut self,
+        snapshot: &Snapshot,
+        adds: Vec<(ObjectRow, String)>,
+        counts: &mut Counts,
+    ) -> Result<Vec<(ObjectRow, String)>, ApplyError> {
+        let each: Vec<BTreeSet<String>> = adds.iter().map(|(a, _)| addresses(&a.attrs)).collect();
+        let all: BTreeSet<String> = each.iter().flatten().cloned().collect();
+        let holders = self.holders(&all).await?;
+        if holders.is_empty() {
+            return Ok(adds);
+        }
+        let mut free = Vec::with_capacity(adds.len());
+        let mut records = Vec::new();
+        for ((after, reason), addrs) in adds.into_iter().zip(&each) {
+            match first_collision(addrs, &holders) {
+                Some((addr, other)) => {
+                    tracing::warn!(anchor = %after.anchor, dn = %after.dn, with = %other,
+                        "add withheld: another object has the address");
+                    records.push(self.collision_record(&after, &addr, &other, counts));
+                }
+                None => free.push((after, reason)),
+            }
+        }
+        snapshot.journal(&records)?;
+        Ok(free)
     }
 
     /// An add the target refused: a name already taken (ours, left by a

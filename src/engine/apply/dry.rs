@@ -4,11 +4,14 @@
 //! **Invariant:** a dry run goes through the applier's own code up to each
 //! write, and never writes the target, the snapshot or the journal.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::engine::diff::{same_dn, Change, Kind};
 use crate::engine::render::render;
 use crate::state::runs::Counts;
 use crate::state::{ObjectRow, StateError};
 
+use super::collide::{addresses, collision_text, first_collision};
 use super::update::needs_write;
 use super::{Applier, ApplyError};
 
@@ -29,11 +32,42 @@ impl Applier<'_, '_> {
         let Some(kind) = self.dry_reads(&anchor, kind, counts).await? else {
             return Ok(());
         };
-        let change = Change {
-            anchor,
-            reason,
-            kind,
-        };
+        self.dry_render(
+            Change {
+                anchor,
+                reason,
+                kind,
+            },
+            counts,
+        )
+    }
+
+    /// The dry-run twin of an add window: one search of the domain for the
+    /// window's addresses, then each add as the real run would end it.
+    pub(super) async fn dry_adds(
+        &mut self,
+        adds: Vec<(ObjectRow, String)>,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        let all: BTreeSet<String> = adds.iter().flat_map(|(a, _)| addresses(&a.attrs)).collect();
+        let holders = self.holders(&all).await?;
+        for (after, reason) in adds {
+            let anchor = after.anchor.clone();
+            let kind = self.dry_add(&anchor, after, &holders, counts).await?;
+            self.dry_render(
+                Change {
+                    anchor,
+                    reason,
+                    kind,
+                },
+                counts,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Counts `change` as planned and renders it.
+    fn dry_render(&mut self, change: Change, counts: &mut Counts) -> Result<(), ApplyError> {
         count_planned(&change, counts);
         if let Some(plan) = self.plan.as_mut() {
             if !plan.only_deletes || change.is_removal() {
@@ -55,21 +89,38 @@ impl Applier<'_, '_> {
         counts: &mut Counts,
     ) -> Result<Option<Kind>, ApplyError> {
         let kind = match kind {
-            Kind::Add { after } => self.dry_add(anchor, after, counts).await?,
+            Kind::Add { after } => {
+                let holders = self.holders(&addresses(&after.attrs)).await?;
+                self.dry_add(anchor, after, &holders, counts).await?
+            }
             Kind::Update { before, after } => {
                 if !needs_write(&before, &after) {
                     return Ok(None);
                 }
                 match self.locate(anchor, Some(&before.dn)).await? {
-                    None => Kind::Add { after },
-                    Some((dn, attrs)) => Kind::Update {
-                        before: ObjectRow {
+                    None => {
+                        let holders = self.holders(&addresses(&after.attrs)).await?;
+                        self.dry_add(anchor, after, &holders, counts).await?
+                    }
+                    Some((dn, attrs)) => {
+                        let before = ObjectRow {
                             dn,
                             attrs,
                             ..before
-                        },
-                        after,
-                    },
+                        };
+                        match self.collision(&before.attrs, &after.attrs).await? {
+                            Some((addr, other)) => {
+                                counts.conflicts += 1;
+                                Kind::Conflict {
+                                    what: collision_text(&addr, &other),
+                                    with: other,
+                                    dn: before.dn,
+                                    agreements: after.agreements,
+                                }
+                            }
+                            None => Kind::Update { before, after },
+                        }
+                    }
                 }
             }
             Kind::Hide { before, after } => match self.locate(anchor, Some(&before.dn)).await? {
@@ -98,14 +149,26 @@ impl Applier<'_, '_> {
         Ok(Some(kind))
     }
 
-    /// An add as the real run would end it: sent, or, when the name is
-    /// taken, adopted (ours) or a conflict (someone else's).
+    /// An add as the real run would end it: withheld when another object
+    /// in the domain has one of its addresses (`holders`, see
+    /// [`Self::holders`]); sent, or, when the name is taken, adopted (ours)
+    /// or a conflict (someone else's).
     async fn dry_add(
         &mut self,
         anchor: &str,
         after: ObjectRow,
+        holders: &BTreeMap<String, String>,
         counts: &mut Counts,
     ) -> Result<Kind, ApplyError> {
+        if let Some((addr, other)) = first_collision(&addresses(&after.attrs), holders) {
+            counts.conflicts += 1;
+            return Ok(Kind::Conflict {
+                what: collision_text(&addr, &other),
+                with: other,
+                dn: after.dn,
+                agreements: after.agreements,
+            });
+        }
         let names = [self.target.anchor_attribute.as_str()];
         let Some(e) = self.conn.read(&after.dn, &names).await? else {
             return Ok(Kind::Add { after });

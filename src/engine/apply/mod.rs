@@ -13,6 +13,7 @@
 //! record of a refusal, the intent and record builders. The operations:
 //! - `target.rs`: what the target holds (reads only);
 //! - `add.rs`: adds, pipelined [`ADD_WINDOW`] at a time;
+//! - `collide.rs`: addresses another object in the domain already has;
 //! - `update.rs`: renames, restores and modifies;
 //! - `remove.rs`: hides and deletes;
 //! - `recover.rs`: settling the intents a crash left;
@@ -30,6 +31,7 @@ use crate::state::runs::Counts;
 use crate::state::{Intent, ObjectRow, Snapshot, StateError};
 
 mod add;
+mod collide;
 mod dry;
 mod guard;
 mod recover;
@@ -89,6 +91,9 @@ pub struct Applier<'a, 'o> {
     /// (pipelined on one connection) when [`ADD_WINDOW`] are waiting, when
     /// another kind of change comes, and at [`Applier::flush`].
     pending: Vec<(ObjectRow, String)>,
+    /// The domain naming context the address collision searches run in,
+    /// once known.
+    domain: Option<String>,
 }
 
 /// How many adds are sent to the target at once. Samba answers a pipelined
@@ -120,6 +125,7 @@ impl<'a, 'o> Applier<'a, 'o> {
             plan,
             retry: Vec::new(),
             pending: Vec::new(),
+            domain: None,
         }
     }
 }
@@ -186,9 +192,6 @@ impl Applier<'_, '_> {
         change: Change,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
-        if self.plan.is_some() {
-            return self.dry(change, counts).await;
-        }
         if let Kind::Add { after } = change.kind {
             self.pending.push((after, change.reason));
             if self.pending.len() >= ADD_WINDOW {
@@ -198,6 +201,9 @@ impl Applier<'_, '_> {
         }
         // Changes keep their order: waiting adds go first.
         self.flush(snapshot, counts).await?;
+        if self.plan.is_some() {
+            return self.dry(change, counts).await;
+        }
         let anchor = change.anchor.clone();
         match change.kind {
             Kind::Reject { source_dn, why } => {
@@ -274,7 +280,8 @@ impl Applier<'_, '_> {
         Ok(())
     }
 
-    /// Sends the adds waiting for the add window (`pending`).
+    /// Sends the adds waiting for the add window (`pending`); in a dry run,
+    /// renders them.
     pub async fn flush(
         &mut self,
         snapshot: &Snapshot,
@@ -284,6 +291,9 @@ impl Applier<'_, '_> {
             return Ok(());
         }
         let adds = std::mem::take(&mut self.pending);
+        if self.plan.is_some() {
+            return self.dry_adds(adds, counts).await;
+        }
         self.add_batch(snapshot, adds, counts).await
     }
 }

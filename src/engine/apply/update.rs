@@ -56,6 +56,18 @@ impl Applier<'_, '_> {
             attrs: current_attrs,
             ..before
         };
+        if let Some((addr, other)) = self.collision(&before.attrs, &after.attrs).await? {
+            // Nothing is written, the rename included: the next run tries again.
+            tracing::warn!(anchor = %anchor, dn = %before.dn, with = %other,
+                "update withheld: another object has the address");
+            let row = ObjectRow {
+                agreements: after.agreements.clone(),
+                ..before.clone()
+            };
+            let r = self.collision_record(&row, &addr, &other, counts);
+            snapshot.journal(&[r])?;
+            return Ok(());
+        }
         let intent = self.intent(&anchor, "update", Some(&before), Some(&after), reason);
         snapshot.record_intent(&intent)?;
         let mut records = Vec::new();

@@ -1,0 +1,221 @@
+//! Address collisions across the domain: a council user and a council
+//! contact outside the managed OU hold addresses that source people then
+//! claim. The adds and the modify that would duplicate them are withheld and
+//! journaled as conflicts naming the council's objects, which stay
+//! untouched; everyone else is synced. Checked with independent searches of
+//! AD as the domain administrator, the journal and the summary.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use absync::ldap::Conn;
+
+use crate::common::check::*;
+use crate::common::env::SyncEnv;
+
+const MAPPING: &str = "nhs-to-ad-mail-contact.toml";
+
+/// An object outside the test's OU as the administrator reads it, every
+/// attribute (whenChanged and uSNChanged included).
+async fn read_all(env: &SyncEnv, dn: &str) -> BTreeMap<String, Vec<String>> {
+    let mut admin = Conn::connect(&env.tb.target_admin()).await.unwrap();
+    let e = admin
+        .read(dn, &["*", "uSNChanged", "whenChanged"])
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{dn} is gone"));
+    admin.unbind().await;
+    e.attrs
+        .into_iter()
+        .map(|(k, v)| (k.to_lowercase(), v))
+        .collect()
+}
+
+/// The source LDIF that sets one person's mail.
+fn set_mail(dn: &str, mail: &str) -> String {
+    format!("dn: {dn}\nchangetype: modify\nreplace: mail\nmail: {mail}\n\n")
+}
+
+/// Conflict records of a run, by anchor (every one kept: none may repeat).
+fn conflicts(
+    records: &[absync::state::journal::Record],
+) -> BTreeMap<String, Vec<&absync::state::journal::Record>> {
+    let mut out: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.op == "conflict") {
+        out.entry(r.anchor.clone().unwrap_or_default())
+            .or_default()
+            .push(r);
+    }
+    out
+}
+
+/// Asserts `r` is a withheld conflict naming `with` and the address.
+fn names(r: &absync::state::journal::Record, with: &str, addr: &str) {
+    assert_eq!(r.outcome, "withheld", "{r:?}");
+    assert_eq!(
+        r.old_dn.as_deref().map(str::to_lowercase),
+        Some(with.to_lowercase()),
+        "the conflict names the object holding the address: {r:?}"
+    );
+    let error = r.error.as_deref().unwrap_or_default().to_lowercase();
+    assert!(
+        error.contains(&addr.to_lowercase()) && error.contains(&with.to_lowercase()),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_address_held_elsewhere_in_the_domain_withholds_the_add_and_the_modify() {
+    let env = SyncEnv::new("collide", 41, 40, 2, MAPPING).await;
+    let orgs = env.org_codes();
+    env.write_agreements(&[("DSA-C-001", &orgs, ALL_ATTRS, &day(-1), &day(1))]);
+    let source = env.source_people("(objectClass=nhsPerson)").await;
+    let expected = expected_anchors(&source, &orgs);
+    let mut with_mail = expected
+        .iter()
+        .filter(|u| source[*u].contains_key("mail"))
+        .cloned();
+    let (p1, p2, p3) = (
+        with_mail.next().unwrap(),
+        with_mail.next().unwrap(),
+        with_mail.next().unwrap(),
+    );
+
+    // Addresses no other test uses: the council's, claimed by p1 and p2.
+    let tag = crate::common::unique("c").replace('-', "");
+    let x = format!("{tag}.x@council.example");
+    let y = format!("{tag}.y@council.example");
+    let ldif: String = [(&p1, &x), (&p2, &y)]
+        .iter()
+        .map(|(p, m)| set_mail(&source[*p]["dn"][0], m))
+        .collect();
+    env.change_source(&ldif);
+
+    // Outside the managed OU: a council user whose mail is X (in capitals,
+    // the same mailbox) and a council contact with smtp:Y among its proxy
+    // addresses.
+    let base = env.tb.get("TARGET_BASE_DN");
+    let user_dn = format!("CN=Council {tag},CN=Users,{base}");
+    let contact_dn = format!("CN=Council Contact {tag},CN=Users,{base}");
+    let sam = format!("c{}", &tag[tag.len().saturating_sub(18)..]);
+    let mut admin = Conn::connect(&env.tb.target_admin()).await.unwrap();
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    admin
+        .add(
+            &user_dn,
+            vec![
+                ("objectClass".into(), set(&["user"])),
+                ("sAMAccountName".into(), set(&[&sam])),
+                ("mail".into(), set(&[&x.to_uppercase()])),
+            ],
+        )
+        .await
+        .unwrap();
+    admin
+        .add(
+            &contact_dn,
+            vec![
+                ("objectClass".into(), set(&["contact"])),
+                (
+                    "proxyAddresses".into(),
+                    set(&[
+                        &format!("SMTP:{tag}.main@council.example"),
+                        &format!("smtp:{y}"),
+                    ]),
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    admin.unbind().await;
+    let council = [user_dn.clone(), contact_dn.clone()];
+    let mut council_before = Vec::new();
+    for dn in &council {
+        council_before.push(read_all(&env, dn).await);
+    }
+
+    // Run 1: p1 and p2 are withheld, everyone else lands.
+    let first = env.sync_ok();
+    assert!(
+        summary_line(&first, "conflicts").contains("conflicts 2, failed 0"),
+        "{first:?}"
+    );
+    let ad = by_anchor(&env.ad_objects().await);
+    let mut landed = expected.clone();
+    landed.remove(&p1);
+    landed.remove(&p2);
+    assert_eq!(ad.keys().cloned().collect::<BTreeSet<_>>(), landed);
+    let snap = env.snapshot();
+    let runs = snap.runs(10).unwrap();
+    let run1 = snap.records(runs[0].id).unwrap();
+    let c1 = conflicts(&run1);
+    assert_eq!(c1.len(), 2, "{c1:#?}");
+    assert_eq!(c1[&p1].len(), 1, "journaled once: {c1:#?}");
+    assert_eq!(c1[&p2].len(), 1, "journaled once: {c1:#?}");
+    names(c1[&p1][0], &user_dn, &x);
+    names(c1[&p2][0], &contact_dn, &y);
+    assert!(
+        !run1.iter().any(
+            |r| [&p1, &p2].contains(&&r.anchor.clone().unwrap_or_default()) && r.op != "conflict"
+        ),
+        "nothing else happened to p1 and p2: {run1:#?}"
+    );
+
+    // Run 2: p3, synced, now has the council user's address (other case).
+    // The plan shows the conflict; the run does not modify p3's contact.
+    let ad_before = env.ad_objects().await;
+    env.change_source(&set_mail(&source[&p3]["dn"][0], &x.to_uppercase()));
+    let plan = env.absync(&["plan", "--format", "json"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let ops = plan_ops(&plan.stdout);
+    assert!(ops.contains(&(p3.clone(), "conflict".into())), "{ops:?}");
+    assert!(!ops.contains(&(p3.clone(), "modify".into())), "{ops:?}");
+    let second = env.sync_ok();
+    assert!(
+        summary_line(&second, "conflicts").contains("conflicts 3, failed 0")
+            && summary_line(&second, "added").contains(NO_WRITES),
+        "{second:?}"
+    );
+    assert_unchanged(&ad_before, &env.ad_objects().await);
+    let runs = snap.runs(10).unwrap();
+    let run2 = snap.records(runs[0].id).unwrap();
+    let c2 = conflicts(&run2);
+    assert_eq!(
+        c2.keys().cloned().collect::<BTreeSet<_>>(),
+        [p1.clone(), p2.clone(), p3.clone()].into(),
+        "{c2:#?}"
+    );
+    assert!(
+        c2.values().all(|v| v.len() == 1),
+        "one record each: {c2:#?}"
+    );
+    names(c2[&p3][0], &user_dn, &x);
+    assert!(
+        absync::engine::diff::same_dn(
+            c2[&p3][0].dn.as_deref().unwrap_or_default(),
+            &ad[&p3]["dn"][0]
+        ),
+        "the conflict is about p3's own contact"
+    );
+
+    // The council's objects were never written.
+    for (dn, before) in council.iter().zip(&council_before) {
+        assert_eq!(&read_all(&env, dn).await, before, "{dn} was touched");
+    }
+
+    // Once the council's objects are gone, the withheld writes land.
+    let mut admin = Conn::connect(&env.tb.target_admin()).await.unwrap();
+    for dn in &council {
+        admin.delete(dn).await.unwrap();
+    }
+    admin.unbind().await;
+    let third = env.sync_ok();
+    assert!(
+        summary_line(&third, "conflicts").contains("conflicts 0, failed 0"),
+        "{third:?}"
+    );
+    let ad = by_anchor(&env.ad_objects().await);
+    assert_eq!(ad.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(ad[&p1]["mail"], vec![x.clone()]);
+    assert_eq!(ad[&p2]["proxyaddresses"], vec![format!("SMTP:{y}")]);
+    assert_eq!(ad[&p3]["mail"], vec![x.clone()]);
+}
