@@ -192,7 +192,9 @@ async fn run_inner(
     report: &mut PullReport,
 ) -> Result<Option<String>, RunError> {
     let mut applier = open_target(cx, plan, counts).await?;
-    let managed_at_start = cx.snapshot.count_visible()?;
+    // Visible and hidden objects: the deletion threshold's base.
+    let visible = cx.snapshot.count_visible()?;
+    let managed_at_start = (visible, cx.snapshot.count()?.saturating_sub(visible));
     // The target's objects absync does not own are read when an add or a
     // new name first needs them: a run without either never reads them.
     let mut planner = Planner::new(
