@@ -72,6 +72,11 @@ pub async fn run(
         _ => None,
     };
     let snapshot = open_state(cfg, mode)?;
+    // Holding the lock, no other process runs: a run still marked running
+    // died with its process. Closed before this run starts.
+    if mode == Mode::Apply {
+        snapshot.close_dead_runs(cfg.journal_signer.as_ref())?;
+    }
     // The files in force: recorded with the run, and the key a delta's
     // cookie belongs to.
     let files = file_hashes(cfg);

@@ -22,3 +22,4 @@ mod signing;
 mod smoke;
 mod sync;
 mod terms;
+mod truth;
