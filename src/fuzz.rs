@@ -565,6 +565,7 @@ template = "{givenName} {sn}"
             granted: agreements.grants().keys().cloned().collect(),
             emptied: Default::default(),
             managed_at_start: held_at_start,
+            hidden_at_start: 0,
         };
         let safety = SafetyConfig {
             max_deletes: 0,

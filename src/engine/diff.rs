@@ -120,6 +120,63 @@ impl Change {
     }
 }
 
+/// The reason of a rename whose name changed in the source.
+pub const RENAMED_IN_SOURCE: &str = "renamed in source";
+/// The reason of a change that follows a person to another organisation
+/// (a tie-breaker naming the organisation gives a new name, the
+/// organisation's attributes change).
+pub const MOVED_ORGANISATION: &str = "moved organisation";
+
+/// Why an object held before changes, from what changed: brought back
+/// from hiding; a new name because the name changed in the source (an
+/// attribute that carries the name changed) or because the person moved
+/// organisation (only the organisation changed, so a tie-breaker naming it
+/// gives the new name); other attributes; or only the agreements.
+pub fn update_reason(
+    before: &ObjectRow,
+    after: &ObjectRow,
+    name_attrs: &BTreeSet<String>,
+) -> &'static str {
+    // An empty organisation is a row a full reconcile re-adopted: not a move.
+    let moved = !before.org.is_empty() && !before.org.eq_ignore_ascii_case(&after.org);
+    let changes = attr_changes(&before.attrs, &after.attrs);
+    let name_changed = changes
+        .keys()
+        .any(|k| name_attrs.contains(&k.to_ascii_lowercase()));
+    if before.hidden.is_some() {
+        "back in scope"
+    } else if !same_dn(&before.dn, &after.dn) && (name_changed || !moved) {
+        RENAMED_IN_SOURCE
+    } else if moved {
+        MOVED_ORGANISATION
+    } else if !changes.is_empty() {
+        "attributes changed"
+    } else {
+        "scope changed"
+    }
+}
+
+/// The target attributes that carry the name (lower-case): those the
+/// mapping fills from a source attribute the RDN is made of
+/// (`rdn.first_of`; tie-breakers are not the name).
+pub fn name_attributes(mapping: &Mapping) -> BTreeSet<String> {
+    let sources = |target: &str| -> BTreeSet<String> {
+        mapping
+            .sources_of(target)
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .collect()
+    };
+    let rdn = sources(&mapping.rdn_attribute);
+    mapping
+        .rules
+        .iter()
+        .filter(|r| !sources(&r.target).is_disjoint(&rdn))
+        .map(|r| r.target.to_ascii_lowercase())
+        .collect()
+}
+
 pub fn same_dn(a: &str, b: &str) -> bool {
     // Byte-equal names are the common case (a name absync wrote itself).
     a == b || crate::dn::normalize(a) == crate::dn::normalize(b)
@@ -231,6 +288,8 @@ pub struct Planner<'a> {
     overlay: HashMap<String, Option<ObjectRow>>,
     /// Entries pulled per organisation, for the empty-organisation guard.
     pub pulled_per_org: HashMap<String, u64>,
+    /// The target attributes that carry the name (see [`name_attributes`]).
+    name_attrs: BTreeSet<String>,
 }
 
 impl<'a> Planner<'a> {
@@ -253,6 +312,7 @@ impl<'a> Planner<'a> {
             not_held: HashMap::new(),
             overlay: HashMap::new(),
             pulled_per_org: HashMap::new(),
+            name_attrs: name_attributes(mapping),
         }
     }
 
@@ -529,15 +589,7 @@ impl<'a> Planner<'a> {
             }),
             Some(before) if before == after => None,
             Some(before) => {
-                let reason = if before.hidden.is_some() {
-                    "back in scope"
-                } else if !same_dn(&before.dn, &after.dn) {
-                    "renamed in source"
-                } else if !attr_changes(&before.attrs, &after.attrs).is_empty() {
-                    "attributes changed"
-                } else {
-                    "scope changed"
-                };
+                let reason = update_reason(&before, &after, &self.name_attrs);
                 Some(Change {
                     anchor: after.anchor.clone(),
                     reason: reason.into(),
@@ -834,5 +886,75 @@ mod tests {
         let mut p = Planner::new(&rows, &m, BASE, Some(Unowned::default()));
         assert!(refused(&p.plan(hold("émp-1", "A", "a@x"), &mut counts).unwrap()).is_none());
         assert!(refused(&p.plan(hold("ÉMP-1", "B", "b@x"), &mut counts).unwrap()).is_some());
+    }
+
+    fn shipped_mapping() -> Mapping {
+        let file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/mappings/nhs-to-ad-contact.toml"
+        );
+        Mapping::load(std::path::Path::new(file)).unwrap()
+    }
+
+    fn row(cn: &str, org: &str, attrs: &[(&str, &str)]) -> ObjectRow {
+        ObjectRow {
+            anchor: "a1".into(),
+            dn: format!("cn={cn},OU=NHS,DC=example,DC=org"),
+            org: org.into(),
+            agreements: vec!["DSA-1".into()],
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+                .collect(),
+            hidden: None,
+        }
+    }
+
+    #[test]
+    fn the_name_is_carried_by_the_attributes_made_from_the_rdn_sources() {
+        let names: Vec<String> = name_attributes(&shipped_mapping()).into_iter().collect();
+        assert_eq!(names, ["displayname", "givenname", "sn"]);
+    }
+
+    #[test]
+    fn a_move_to_another_organisation_is_not_a_rename_in_the_source() {
+        let names = name_attributes(&shipped_mapping());
+        let ann = |cn: &str, org: &str, sn: &str| {
+            row(cn, org, &[("sn", sn), ("company", &format!("NHS {org}"))])
+        };
+        // Moved: the tie-broken name follows the organisation.
+        let before = ann("Ann Lee (RX1)", "RX1", "Lee");
+        let after = ann("Ann Lee (RX2)", "RX2", "Lee");
+        assert_eq!(update_reason(&before, &after, &names), MOVED_ORGANISATION);
+        // Moved, name unchanged: the organisation's attributes change.
+        let (b, a) = (ann("Ann Lee", "RX1", "Lee"), ann("Ann Lee", "RX2", "Lee"));
+        assert_eq!(update_reason(&b, &a, &names), MOVED_ORGANISATION);
+        // Renamed in the source, same organisation.
+        let after = ann("Ann Smith (RX1)", "RX1", "Smith");
+        assert_eq!(update_reason(&before, &after, &names), RENAMED_IN_SOURCE);
+        // Both at once: the new name is the source's (the move shows on the
+        // modify record, see `apply::update`).
+        let after = ann("Ann Smith", "RX2", "Smith");
+        assert_eq!(update_reason(&before, &after, &names), RENAMED_IN_SOURCE);
+        // Only an attribute, only the agreements, back from hiding.
+        let after = row(
+            "Ann Lee (RX1)",
+            "RX1",
+            &[("sn", "Lee"), ("company", "NHS RX1"), ("title", "Dr")],
+        );
+        assert_eq!(update_reason(&before, &after, &names), "attributes changed");
+        let mut after = before.clone();
+        after.agreements = vec!["DSA-2".into()];
+        assert_eq!(update_reason(&before, &after, &names), "scope changed");
+        let mut hidden = before.clone();
+        hidden.hidden = Some(crate::state::Hidden {
+            at: "2026-01-01T00:00:00Z".into(),
+            reason: "leaver".into(),
+        });
+        assert_eq!(update_reason(&hidden, &after, &names), "back in scope");
+        // A row a full reconcile re-adopted has no organisation yet.
+        let mut adopted = before.clone();
+        adopted.org = String::new();
+        assert_eq!(update_reason(&adopted, &after, &names), "scope changed");
     }
 }

@@ -72,6 +72,11 @@ pub async fn run(
         _ => None,
     };
     let snapshot = open_state(cfg, mode)?;
+    // Holding the lock, no other process runs: a run still marked running
+    // died with its process. Closed before this run starts.
+    if mode == Mode::Apply {
+        snapshot.close_dead_runs(cfg.journal_signer.as_ref())?;
+    }
     // The files in force: recorded with the run, and the key a delta's
     // cookie belongs to.
     let files = file_hashes(cfg);
@@ -197,7 +202,9 @@ async fn run_inner(
     report: &mut PullReport,
 ) -> Result<Option<String>, RunError> {
     let mut applier = open_target(cx, plan, counts).await?;
-    let managed_at_start = cx.snapshot.count_visible()?;
+    // Visible and hidden objects: the deletion threshold's base.
+    let visible = cx.snapshot.count_visible()?;
+    let managed_at_start = (visible, cx.snapshot.count()?.saturating_sub(visible));
     // The target's objects absync does not own are read when an add or a
     // new name first needs them: a run without either never reads them.
     let mut planner = Planner::new(

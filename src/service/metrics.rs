@@ -192,7 +192,7 @@ pub fn render(state_dir: &Path) -> String {
     match Snapshot::open_read_only(state_dir, ReadFrom::Live) {
         Ok(s) => {
             totals(&mut registry, &s);
-            last_run(&mut registry, &s);
+            last_run(&mut registry, &s, state_dir);
             managed(&mut registry, &s, state_dir);
             agreements(&mut registry, &s);
             compliance(&mut registry, &s);
@@ -247,11 +247,13 @@ fn totals(registry: &mut Registry, s: &Snapshot) {
     );
 }
 
-/// Gauges of the latest run (one row read).
-fn last_run(registry: &mut Registry, s: &Snapshot) {
+/// Gauges of the latest run (one row read), as a reader sees it: still
+/// marked running with no process holding the state lock, it died.
+fn last_run(registry: &mut Registry, s: &Snapshot, state_dir: &Path) {
     let Some(last) = s.runs(1).ok().and_then(|r| r.into_iter().next()) else {
         return;
     };
+    let last = last.seen(crate::state::StateLock::holder(state_dir).is_some());
     gauge_f64(
         registry,
         "absync_last_run_duration_seconds",
@@ -274,8 +276,8 @@ fn last_run(registry: &mut Registry, s: &Snapshot) {
     gauge(
         registry,
         "absync_last_run_failed",
-        "1 when the last run could not run",
-        i64::from(last.status.starts_with("failed")),
+        "1 when the last run could not run, or died before its end",
+        i64::from(!crate::state::totals::completed(&last.status)),
     );
 }
 

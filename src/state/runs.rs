@@ -94,9 +94,33 @@ pub struct Run {
     pub head_hash: Option<String>,
 }
 
+/// The status of a run whose process ended before the run did (killed,
+/// crashed, the machine stopped), as the next run records it.
+pub const DIED: &str = "died";
+/// The end record's reason for such a run.
+const DIED_WHY: &str = "died: its process ended before the run did (killed, crashed or the \
+                        machine stopped); closed by the next run";
+/// How a reader shows a row still `running` that no process holds the
+/// state lock for: the run died, and the next run will record it.
+pub const DIED_UNRECORDED: &str = "died (not yet journaled)";
+
 impl Run {
-    /// How long the run took; `None` while it runs (or if it was killed).
+    /// The run as a reader shows it: a row still `running` while no process
+    /// holds the state lock (`writer_alive` false) belongs to a process that
+    /// is gone; it shows as [`DIED_UNRECORDED`] until the next run closes it.
+    pub fn seen(mut self, writer_alive: bool) -> Run {
+        if self.status == "running" && !writer_alive {
+            self.status = DIED_UNRECORDED.to_string();
+        }
+        self
+    }
+
+    /// How long the run took; `None` while it runs, or when it died (its
+    /// end is when the next run noticed, not when it stopped).
     pub fn seconds(&self) -> Option<f64> {
+        if self.status.starts_with(DIED) {
+            return None;
+        }
         let f = &time::format_description::well_known::Rfc3339;
         let start = time::OffsetDateTime::parse(&self.started_at, f).ok()?;
         let end = time::OffsetDateTime::parse(self.ended_at.as_deref()?, f).ok()?;
@@ -143,11 +167,10 @@ impl Snapshot {
         Ok(id)
     }
 
-    /// Closes a run: its chained end record (status, counts), then its row,
-    /// with the journal's head hash, which is also logged so an auditor can
-    /// keep an independent copy.
-    /// Ends a run: its end record and runs row in one transaction, and,
-    /// with a signing key, the signed head after them.
+    /// Ends a run: its chained end record (status, counts) and its runs
+    /// row, with the journal's head hash, in one transaction, and, with a
+    /// signing key, the signed head after them. The head hash is also
+    /// logged so an auditor can keep an independent copy.
     pub fn end_run(
         &self,
         run_id: i64,
@@ -155,10 +178,88 @@ impl Snapshot {
         counts: &Counts,
         signer: Option<&Signer>,
     ) -> Result<String, StateError> {
-        let db = |e| self.db_err(e);
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
         let mut r = Record::new(run_id, "run", "ended", status);
         r.detail = Some(serde_json::json!({ "status": status, "counts": counts }));
+        self.end_with(r, status, counts, signer)
+    }
+
+    /// Closes the runs whose process died: every row still `running`, with
+    /// an end record of status [`DIED`], the counts its journal records
+    /// show, and when its last record was written. Only a writer holding
+    /// the state lock calls this, before it starts its own run: then no
+    /// live process can be running any of them. Returns the runs closed.
+    pub fn close_dead_runs(&self, signer: Option<&Signer>) -> Result<Vec<i64>, StateError> {
+        let db = |e| self.db_err(e);
+        let dead: Vec<i64> = self
+            .conn
+            .prepare("SELECT id FROM runs WHERE status = 'running' ORDER BY id")
+            .and_then(|mut s| {
+                s.query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(db)?;
+        let who = Who::me();
+        for &id in &dead {
+            let (counts, last) = self.counts_from_records(id)?;
+            let mut r = Record::new(id, "run", "ended", DIED_WHY);
+            r.detail = Some(serde_json::json!({
+                "status": DIED,
+                "counts": counts,
+                "last_record_at": last,
+                "closed_by": who.text,
+                "closed_by_pid": std::process::id(),
+            }));
+            self.end_with(r, DIED, &counts, signer)?;
+            tracing::warn!(
+                run_id = id,
+                last_record_at = last.as_deref().unwrap_or("-"),
+                "run {id} died before its end (its process was killed or crashed); \
+                 closed as {DIED}"
+            );
+        }
+        Ok(dead)
+    }
+
+    /// What a run's journal records say it did (applied writes, failures,
+    /// conflicts, drift), and the time of its last record.
+    fn counts_from_records(&self, run_id: i64) -> Result<(Counts, Option<String>), StateError> {
+        let mut c = Counts::default();
+        let mut last = None;
+        self.each_where("run_id = ?1 AND op != 'run'", &[&run_id], &mut |s| {
+            let r = &s.record;
+            let n = match (r.op.as_str(), r.outcome.as_str()) {
+                ("add", "applied") => Some(&mut c.added),
+                ("modify", "applied") => Some(&mut c.modified),
+                ("rename", "applied") => Some(&mut c.renamed),
+                ("delete", "applied") => Some(&mut c.deleted),
+                ("hide", "applied") => Some(&mut c.hidden),
+                ("restore", "applied") => Some(&mut c.restored),
+                ("drift", _) => Some(&mut c.drift),
+                ("conflict", _) => Some(&mut c.conflicts),
+                (_, "failed") => Some(&mut c.failed),
+                _ => None,
+            };
+            if let Some(n) = n {
+                *n += 1;
+            }
+            last = Some(s.at);
+            Ok(())
+        })?;
+        Ok((c, last))
+    }
+
+    /// Appends a run's end record `r` (status `status`) and updates its
+    /// row and the metrics' totals in one transaction; signs the head.
+    fn end_with(
+        &self,
+        r: Record,
+        status: &str,
+        counts: &Counts,
+        signer: Option<&Signer>,
+    ) -> Result<String, StateError> {
+        let run_id = r.run_id;
+        let db = |e| self.db_err(e);
+        let tx = self.conn.unchecked_transaction().map_err(db)?;
         let at = now();
         append_at(&tx, &r, &at).map_err(db)?;
         let (head_id, head_hash) = head(&tx).map_err(db)?;
@@ -259,13 +360,14 @@ impl Snapshot {
 
     /// When the latest full run that went to its end started. Entry
     /// failures and held deletes do not matter (the reconcile was done); a
-    /// run that could not run or was interrupted (`failed: ...`) does not
-    /// count.
+    /// run that could not run or was interrupted (`failed: ...`), or whose
+    /// process died, does not count.
     pub fn last_full_run(&self) -> Result<Option<String>, StateError> {
         self.conn
             .query_row(
                 "SELECT started_at FROM runs
                  WHERE mode = 'full' AND ended_at IS NOT NULL AND status NOT LIKE 'failed%'
+                   AND status NOT LIKE 'died%'
                  ORDER BY id DESC LIMIT 1",
                 [],
                 |r| r.get(0),
@@ -334,5 +436,62 @@ impl Snapshot {
             })
             .map_err(|e| self.db_err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.db_err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::verify::{verify, Evidence, Verdict};
+
+    #[test]
+    fn a_run_left_running_is_closed_as_died_with_what_its_records_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Snapshot::open(dir.path()).unwrap();
+        let files = FileHashes::default();
+        let ok = s.start_run("full", &files).unwrap();
+        s.end_run(ok, "ok", &Counts::default(), None).unwrap();
+        // A full run killed after an add and a failed modify.
+        let dead = s.start_run("full", &files).unwrap();
+        s.journal(&[
+            Record::new(dead, "add", "applied", "new entry"),
+            Record::new(dead, "modify", "failed", "attributes changed"),
+        ])
+        .unwrap();
+        let row = |id: i64| {
+            s.runs(10)
+                .unwrap()
+                .into_iter()
+                .find(|r| r.id == id)
+                .unwrap()
+        };
+        assert_eq!(row(dead).clone().seen(true).status, "running");
+        assert_eq!(row(dead).seen(false).status, DIED_UNRECORDED);
+
+        assert_eq!(s.close_dead_runs(None).unwrap(), [dead]);
+        let r = row(dead);
+        assert_eq!(r.status, DIED);
+        assert!(r.ended_at.is_some() && r.seconds().is_none());
+        let c = r.counts.unwrap();
+        assert_eq!((c.added, c.failed, c.modified), (1, 1, 0));
+        let end = s
+            .stored_where("run_id = ?1 AND op = 'run' AND outcome = 'ended'", &[&dead])
+            .unwrap();
+        assert_eq!(end.len(), 1);
+        assert!(end[0].record.reason.starts_with("died: "));
+        assert!(end[0].record.detail.as_ref().unwrap()["last_record_at"].is_string());
+        // The journal still verifies; nothing is left to close; a died run
+        // counts in the totals as died, never as completed or as the last
+        // full run.
+        assert!(matches!(
+            verify(&s, &Evidence::default()).unwrap(),
+            Verdict::Intact { .. }
+        ));
+        assert!(s.close_dead_runs(None).unwrap().is_empty());
+        let t = s.totals().unwrap();
+        assert_eq!((t.runs["died"], t.runs["ok"]), (1, 1));
+        assert_eq!(t.last_completed, t.last_success);
+        let ok_started = row(ok).started_at;
+        assert_eq!(s.last_full_run().unwrap(), Some(ok_started));
     }
 }

@@ -9,7 +9,8 @@
 //! - `changes`, operation, outcome: objects by operation and outcome;
 //! - `last_success`, "", "": end of the last `ok` run (Unix seconds);
 //! - `last_completed`, "", "": end of the last run that went to its end
-//!   (any status but `failed: ...`; entry failures and held deletes count).
+//!   (any status but `failed: ...` and `died`; entry failures and held
+//!   deletes count).
 
 use std::collections::BTreeMap;
 
@@ -85,9 +86,12 @@ pub fn status_key(status: &str) -> &str {
     status.split(':').next().unwrap_or("")
 }
 
-/// Whether a run with this status went to its end.
+/// Whether a run with this status went to its end: not one that could
+/// not run (`failed: ...`), nor one whose process died (`died`).
 pub fn completed(status: &str) -> bool {
-    !status.starts_with("failed")
+    // "died" is `runs::DIED` (named here without importing `runs`, which
+    // imports this file).
+    !status.starts_with("failed") && !status.starts_with("died")
 }
 
 /// The (operation, outcome, count) a run adds to `changes`: applied writes

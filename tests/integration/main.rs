@@ -24,3 +24,4 @@ mod signing;
 mod smoke;
 mod sync;
 mod terms;
+mod truth;

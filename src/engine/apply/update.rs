@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use ldap3::Mod;
 
-use crate::engine::diff::{attr_changes, same_dn};
+use crate::engine::diff::{attr_changes, same_dn, MOVED_ORGANISATION, RENAMED_IN_SOURCE};
 use crate::state::journal::Record;
 use crate::state::runs::Counts;
 use crate::state::{ObjectRow, Snapshot};
@@ -193,11 +193,13 @@ impl Applier<'_, '_> {
         let mut records = Vec::new();
         let changes = attr_changes(&before.attrs, &after.attrs);
         if !changes.is_empty() {
-            // A rename's attribute changes are journaled as such.
-            let why = if reason == "renamed in source" {
-                "attributes changed"
-            } else {
-                reason
+            // A rename's attribute changes are journaled as such, or as
+            // the move to another organisation when it came with one.
+            let moved = !before.org.is_empty() && !before.org.eq_ignore_ascii_case(&after.org);
+            let why = match reason {
+                RENAMED_IN_SOURCE if moved => MOVED_ORGANISATION,
+                RENAMED_IN_SOURCE => "attributes changed",
+                _ => reason,
             };
             let mut r = self.record(&after.anchor, "modify", "applied", why);
             r.dn = Some(dn.to_string());

@@ -36,8 +36,12 @@ pub struct Facts {
     /// Organisations a delta would take whole: held like an organisation
     /// returning nothing.
     pub emptied: HashSet<String>,
-    /// Visible managed objects when the run started (the threshold's base).
+    /// Visible managed objects when the run started.
     pub managed_at_start: u64,
+    /// Hidden managed objects when the run started (waiting out their grace
+    /// period). Their deletes count against the threshold, so they count in
+    /// its base too: the share is of every managed object.
+    pub hidden_at_start: u64,
 }
 
 /// The settings the decision follows, and the time it is made at.
@@ -218,19 +222,27 @@ fn unhealthy(org: &str, facts: &Facts) -> Option<String> {
     }
 }
 
-/// The deletion threshold: why `n` deletes are too many, if they are.
+/// The deletion threshold: why `n` deletes are too many, if they are. The
+/// deletes (of visible objects, and of hidden ones whose grace period is
+/// over) are a share of every managed object, hidden ones included: the
+/// numerator and the denominator count the same population.
 fn threshold(n: u64, facts: &Facts, safety: &SafetyConfig) -> Option<String> {
-    let managed = facts.managed_at_start;
+    let hidden = facts.hidden_at_start;
+    let managed = facts.managed_at_start + hidden;
     let percent = if managed == 0 {
         0.0
     } else {
         n as f64 * 100.0 / managed as f64
     };
     let exceeded = n > safety.max_deletes || percent > safety.max_delete_percent;
+    let of_them = match hidden {
+        0 => String::new(),
+        h => format!(", {h} of them hidden"),
+    };
     exceeded.then(|| {
         format!(
             "deletion threshold: {n} deletes planned ({percent:.1}% of {managed} managed \
-             objects), limits {} and {}%",
+             objects{of_them}), limits {} and {}%",
             safety.max_deletes, safety.max_delete_percent
         )
     })
@@ -355,6 +367,7 @@ mod tests {
             granted: pulled.iter().map(|(o, _)| o.to_string()).collect(),
             emptied: HashSet::new(),
             managed_at_start: managed,
+            hidden_at_start: 0,
         }
     }
 
@@ -650,5 +663,39 @@ mod tests {
         let d = decide(unseen, &Found::new(), &facts, &rules(&s, Some(5)));
         assert_eq!(d.release.len(), 5);
         assert_eq!(d.stop, None);
+    }
+
+    /// The case the issue saw: "796 deletes planned (102.1% of 780 managed
+    /// objects)". 780 visible objects and 20 hidden ones past their grace
+    /// period all go: 796 deletes of the 800 managed objects, never more
+    /// than all of them.
+    #[test]
+    fn the_threshold_share_counts_hidden_objects_on_both_sides() {
+        let s = safety(10, 50.0, 7);
+        let mut unseen = gone("RX1", 776);
+        unseen.extend((0..20).map(|i| (hidden(&format!("h{i}"), "RX1", 30), None)));
+        let facts = Facts {
+            hidden_at_start: 20,
+            ..full_pull(&[("RX1", 4)], 780)
+        };
+        let d = decide(unseen, &Found::new(), &facts, &rules(&s, None));
+        assert_eq!((d.release.len(), d.held.len()), (0, 796));
+        assert_eq!(
+            d.held[0].1,
+            "deletion threshold: 796 deletes planned (99.5% of 800 managed objects, \
+             20 of them hidden), limits 10 and 50%"
+        );
+        // Without hidden objects the message is as it was.
+        let d = decide(
+            gone("RX1", 11),
+            &Found::new(),
+            &full_pull(&[("RX1", 89)], 100),
+            &rules(&s, None),
+        );
+        assert_eq!(
+            d.held[0].1,
+            "deletion threshold: 11 deletes planned (11.0% of 100 managed objects), \
+             limits 10 and 50%"
+        );
     }
 }

@@ -39,7 +39,7 @@ impl Facts {
         scope: &Scope,
         read: &SourceRead,
         unseen: &Unseen,
-        managed_at_start: u64,
+        (managed_at_start, hidden_at_start): (u64, u64),
         pulled: u64,
     ) -> Result<Facts, StateError> {
         let judge_health = read.gone.is_none();
@@ -51,6 +51,7 @@ impl Facts {
             granted: scope.grants.keys().cloned().collect(),
             emptied: Default::default(),
             managed_at_start,
+            hidden_at_start,
         };
         if judge_health {
             return Ok(facts);

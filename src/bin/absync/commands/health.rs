@@ -60,7 +60,8 @@ pub const AGREEMENT_WARN_DAYS: i64 = 30;
 /// What the check looks at.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
-    /// Seconds since the last run that went to its end (not "failed"), and
+    /// Seconds since the last run that went to its end (not "failed" nor
+    /// "died"), and
     /// its id; `None` when none has.
     pub last_completed: Option<(i64, u64)>,
     /// The status of the newest run, if any.
@@ -158,7 +159,7 @@ fn gather(snapshot: &Snapshot, state_dir: &Path) -> anyhow::Result<Facts> {
     let mut f = Facts {
         last_completed: runs.iter().find_map(|r| {
             let ended = r.ended_at.as_deref()?;
-            if r.status.starts_with("failed") {
+            if !absync::state::totals::completed(&r.status) {
                 return None;
             }
             let t = time::OffsetDateTime::parse(ended, rfc).ok()?;

@@ -37,7 +37,9 @@ pub fn run(
             file: _,
         } => verify(&s, &public_key, expect_head),
         JournalCommand::Keygen { private, public } => keygen(&private, &public),
-        JournalCommand::Runs { since, format } => runs(&s, since.as_deref(), (format, bom)),
+        JournalCommand::Runs { since, format } => {
+            runs(&s, state_dir, since.as_deref(), (format, bom))
+        }
         JournalCommand::Show { run, format } => show(&s, run, (format, bom)),
         JournalCommand::History { who, format } => history(&s, &who, (format, bom)),
         JournalCommand::Held {
@@ -179,12 +181,21 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn runs(s: &Snapshot, since: Option<&str>, (format, bom): Form) -> anyhow::Result<ExitCode> {
+/// The runs, oldest first. A run still marked running while no process
+/// holds the state lock died: it shows as such (reading never writes; the
+/// next run records it).
+fn runs(
+    s: &Snapshot,
+    state_dir: &Path,
+    since: Option<&str>,
+    (format, bom): Form,
+) -> anyhow::Result<ExitCode> {
     let since = since.map(|d| when(d, false)).transpose()?;
     let runs = audit::runs(s, since.as_deref())?;
+    let alive = absync::state::StateLock::holder(state_dir).is_some();
     let mut p = Printer::stdout(format, print::RUNS_CSV_HEADER, bom)?;
-    for r in &runs {
-        p.run(r)?;
+    for r in runs {
+        p.run(&r.seen(alive))?;
     }
     p.finish()?;
     Ok(ExitCode::SUCCESS)

@@ -4,7 +4,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use absync::service::DaemonStatus;
-use absync::state::{ReadFrom, Snapshot, StateError};
+use absync::state::runs::Run;
+use absync::state::{ReadFrom, Snapshot, StateError, StateLock};
 use absync::text::Shown;
 
 use crate::out::outln;
@@ -51,9 +52,9 @@ pub fn run(
         Some(d) => daemon(&d)?,
         None => outln!("daemon     not running; next run not scheduled")?,
     }
-    attention(&snapshot)?;
+    attention(&snapshot, state_dir)?;
     compliance(&snapshot)?;
-    runs(&snapshot, limit)?;
+    runs(&snapshot, state_dir, limit)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -68,7 +69,7 @@ fn as_json(
 ) -> anyhow::Result<ExitCode> {
     let total = snapshot.count()?;
     let visible = snapshot.count_visible()?;
-    let runs = snapshot.runs(limit)?;
+    let runs = seen_runs(snapshot, state_dir, limit)?;
     let held = runs
         .first()
         .is_some_and(|r| absync::engine::removals::holds_deletes(&r.status));
@@ -121,9 +122,21 @@ fn daemon(d: &DaemonStatus) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The last `limit` runs, newest first, as a reader shows them: a run
+/// still marked running while no process holds the state lock died (status
+/// cannot write; the next run records it).
+fn seen_runs(snapshot: &Snapshot, state_dir: &Path, limit: u32) -> anyhow::Result<Vec<Run>> {
+    let alive = StateLock::holder(state_dir).is_some();
+    Ok(snapshot
+        .runs(limit)?
+        .into_iter()
+        .map(|r| r.seen(alive))
+        .collect())
+}
+
 /// A line when the last run held deletes back for an admin.
-fn attention(snapshot: &Snapshot) -> anyhow::Result<()> {
-    if let Some(last) = snapshot.runs(1)?.first() {
+fn attention(snapshot: &Snapshot, state_dir: &Path) -> anyhow::Result<()> {
+    if let Some(last) = seen_runs(snapshot, state_dir, 1)?.first() {
         if absync::engine::removals::holds_deletes(&last.status) {
             outln!(
                 "attention  run {} {}: deletes are waiting for an admin \
@@ -165,7 +178,7 @@ fn compliance(snapshot: &Snapshot) -> anyhow::Result<()> {
 }
 
 /// The last `limit` runs, newest first.
-fn runs(snapshot: &Snapshot, limit: u32) -> anyhow::Result<()> {
+fn runs(snapshot: &Snapshot, state_dir: &Path, limit: u32) -> anyhow::Result<()> {
     outln!()?;
     outln!(
         "{:>5}  {:<20}  {:>7}  {:<5}  {:<28}  counts",
@@ -175,7 +188,7 @@ fn runs(snapshot: &Snapshot, limit: u32) -> anyhow::Result<()> {
         "mode",
         "status"
     )?;
-    for r in snapshot.runs(limit)? {
+    for r in seen_runs(snapshot, state_dir, limit)? {
         let secs = r
             .seconds()
             .map(|s| format!("{s:.1}"))
