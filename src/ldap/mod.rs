@@ -32,8 +32,8 @@ pub enum Transport {
     Plain,
 }
 
-/// Where and how to connect and bind.
-#[derive(Debug, Clone)]
+/// Where and how to connect and bind. Not `Clone`: it holds a password.
+#[derive(Debug)]
 pub struct Endpoint {
     pub url: String,
     pub bind_dn: String,
