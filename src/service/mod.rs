@@ -547,6 +547,23 @@ fn reload(
 mod tests {
     use super::*;
 
+    /// The configuration (it holds the passwords) cannot be copied, so a
+    /// run can only borrow the daemon's: this fails to compile if `Config`,
+    /// `Endpoint` or `Secret` ever implements `Clone` (the "ambiguous
+    /// impl" check of static_assertions' `assert_not_impl_any!`).
+    #[test]
+    fn the_config_and_its_passwords_are_not_clone() {
+        trait AmbiguousIfClone<A> {
+            fn check() {}
+        }
+        impl<T: ?Sized> AmbiguousIfClone<()> for T {}
+        struct IsClone;
+        impl<T: ?Sized + Clone> AmbiguousIfClone<IsClone> for T {}
+        <Config as AmbiguousIfClone<_>>::check();
+        <crate::ldap::Endpoint as AmbiguousIfClone<_>>::check();
+        <crate::secret::Secret as AmbiguousIfClone<_>>::check();
+    }
+
     #[test]
     fn a_full_run_is_due_when_none_went_to_its_end_or_the_last_is_old() {
         let now = time::OffsetDateTime::now_utc();
