@@ -558,7 +558,7 @@ mod tests {
         }
         impl<T: ?Sized> AmbiguousIfClone<()> for T {}
         struct IsClone;
-        impl<T: ?Sized + Clone> AmbiguousIfClone<IsClone> for T {}
+        impl<T: Clone> AmbiguousIfClone<IsClone> for T {}
         <Config as AmbiguousIfClone<_>>::check();
         <crate::ldap::Endpoint as AmbiguousIfClone<_>>::check();
         <crate::secret::Secret as AmbiguousIfClone<_>>::check();
