@@ -775,7 +775,7 @@ pub enum DeltaMode {
 }
 
 /// The source, resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SourceConfig {
     pub endpoint: Endpoint,
     pub base_dn: String,
@@ -790,7 +790,7 @@ pub struct SourceConfig {
 }
 
 /// The target, resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TargetConfig {
     pub endpoint: Endpoint,
     /// The OU absync manages; it touches nothing outside it.
@@ -799,8 +799,9 @@ pub struct TargetConfig {
     pub anchor_prefix: String,
 }
 
-/// The whole configuration, resolved and checked.
-#[derive(Debug, Clone)]
+/// The whole configuration, resolved and checked. Not `Clone`: it holds
+/// the passwords; the daemon shares one (`Arc`) with its runs.
+#[derive(Debug)]
 pub struct Config {
     pub file: PathBuf,
     pub source: SourceConfig,

@@ -98,9 +98,37 @@ pub fn describe(uid: u32, login_uid: Option<u32>, name: impl Fn(u32) -> String) 
     }
 }
 
+/// Makes this process non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`): no core
+/// dump holds its memory (the passwords), users other than root cannot
+/// attach a debugger to it or read its `/proc/PID/mem` and `environ` (its
+/// `/proc/PID` files belong to root). Called first thing by the binary.
+pub fn forbid_core_dumps() -> std::io::Result<()> {
+    nix::sys::prctl::set_dumpable(false).map_err(std::io::Error::from)
+}
+
+/// Whether this process may be dumped (`PR_GET_DUMPABLE`).
+pub fn dumpable() -> std::io::Result<bool> {
+    nix::sys::prctl::get_dumpable().map_err(std::io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_forbid_core_dumps_the_process_is_not_dumpable() {
+        // A forked child, so the test harness itself stays dumpable.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ok = dumpable().unwrap() && forbid_core_dumps().is_ok() && !dumpable().unwrap();
+                unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
 
     fn names(uid: u32) -> String {
         match uid {

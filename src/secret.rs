@@ -2,25 +2,48 @@
 //!
 //! [`Secret`] has no `Display`, and its `Debug` prints a placeholder, so a
 //! password cannot reach a log line, an error message or the journal by
-//! accident.
+//! accident. Its memory is overwritten with zeros when it is dropped
+//! (`zeroize`), and it cannot be cloned: there is one copy of each password
+//! in the process, where the configuration holds it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// A password held in memory. Its `Debug` output is redacted.
-#[derive(Clone, PartialEq, Eq)]
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// A password held in memory. Its `Debug` output is redacted, its bytes
+/// are zeroed on drop, and it is deliberately not `Clone`.
+#[derive(PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
+    /// Takes the value over; a `String` is moved in without a copy.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
 
-    /// The password itself, for the one place that needs it: the bind.
+    /// The password itself, borrowed, for the one place that needs it: the
+    /// bind. Pass it on as `&str`; never copy it into a `String`.
     pub fn expose(&self) -> &str {
         &self.0
     }
 }
+
+impl Zeroize for Secret {
+    /// Overwrites the whole buffer (its capacity, not only its length) with
+    /// zeros and empties it.
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -114,7 +137,9 @@ pub fn read_password_file(path: &Path) -> Result<(Secret, Option<String>), Secre
     if meta.len() > MAX_PASSWORD_FILE {
         return Err(SecretError::TooLarge { path: path_buf() });
     }
-    let mut raw = String::new();
+    // Zeroed on drop: the file's text holds the password too. Sized for
+    // the largest read up front, so no growth leaves a copy behind.
+    let mut raw = zeroize::Zeroizing::new(String::with_capacity(MAX_PASSWORD_FILE as usize + 1));
     file.take(MAX_PASSWORD_FILE + 1)
         .read_to_string(&mut raw)
         .map_err(read_err)?;
@@ -153,6 +178,25 @@ mod tests {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?}"), "Secret(***)");
         assert!(!format!("{:?}", Some(&s)).contains("hunter2"));
+    }
+
+    #[test]
+    fn zeroize_overwrites_the_whole_buffer_and_drop_does_it() {
+        // The type promises zeroing on drop (checked by the compiler
+        // through the marker trait) ...
+        fn zeroed_on_drop<T: ZeroizeOnDrop>() {}
+        zeroed_on_drop::<Secret>();
+        // ... and its Drop is `zeroize`, which leaves every byte of the
+        // buffer zero. Looked at through the live allocation (reading
+        // freed memory would be undefined behaviour).
+        let mut s = Secret::new(String::with_capacity(32) + "hunter2");
+        let (ptr, cap) = (s.0.as_ptr(), s.0.capacity());
+        s.zeroize();
+        assert_eq!(s.expose(), "");
+        assert_eq!(s.0.as_ptr(), ptr, "zeroize keeps the allocation");
+        // SAFETY: `ptr` is the still-live allocation of `s.0`, `cap` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr, cap) };
+        assert!(bytes.iter().all(|&b| b == 0), "{bytes:?}");
     }
 
     #[test]

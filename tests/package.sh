@@ -27,6 +27,7 @@ mode() { stat -c '%U:%G %a' "$1"; }
 # The state directory is systemd's (StateDirectory=), not the package's.
 grep -qx 'StateDirectory=absync' "$unit" || fail "the unit has no StateDirectory=absync"
 grep -qx 'User=absync' "$unit" || fail "the unit does not run as absync"
+grep -qx 'LimitCORE=0' "$unit" || fail "the unit allows core dumps (no LimitCORE=0)"
 grep -q '^LoadCredential=source.pw:/etc/absync/source.pw$' "$unit" || fail "no LoadCredential for source.pw"
 # The shipped configuration points the CLI at the service's control socket.
 grep -q '^socket = "/run/absync/absync.sock"' /etc/absync/absync.toml \

@@ -3,9 +3,13 @@
 //! which server, what failed and why.
 //!
 //! It never chases referrals: the search continuation references Active
-//! Directory returns from the domain root are collected, not followed (and
-//! never reach `SearchEntry::construct`, which panics on them).
+//! Directory returns from the domain root are collected, not followed.
+//!
+//! Server data is hostile: ldap3's parsers panic on malformed messages, and
+//! `contain` keeps every call into ldap3 from panicking. A malformed message
+//! is an [`LdapError::Malformed`] naming the server; the run ends (exit 2).
 
+pub mod contain;
 pub mod syncrepl;
 
 use std::collections::HashSet;
@@ -17,6 +21,8 @@ use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry, SearchStream};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+
+use self::contain::{guard, Broken};
 
 use crate::secret::Secret;
 
@@ -32,8 +38,8 @@ pub enum Transport {
     Plain,
 }
 
-/// Where and how to connect and bind.
-#[derive(Debug, Clone)]
+/// Where and how to connect and bind. Not `Clone`: it holds a password.
+#[derive(Debug)]
 pub struct Endpoint {
     pub url: String,
     pub bind_dn: String,
@@ -94,6 +100,14 @@ pub enum LdapError {
     },
     #[error("{url}: {what}: {detail}")]
     Protocol {
+        url: String,
+        what: String,
+        detail: String,
+    },
+    /// The server sent something the LDAP parser cannot read: the
+    /// connection is not trusted further, and the run ends.
+    #[error("{url}: {what}: malformed message from the server: {detail}")]
+    Malformed {
         url: String,
         what: String,
         detail: String,
@@ -283,6 +297,8 @@ pub struct Conn {
     ldap: ldap3::Ldap,
     url: String,
     timeout: Duration,
+    /// Set when a malformed message stopped the connection's driver.
+    broken: Broken,
 }
 
 /// The outcome of a finished search.
@@ -332,36 +348,71 @@ impl Drop for PagedSearch {
 async fn read_ahead(
     mut stream: SearchStream<'static, String, Vec<String>>,
     tx: tokio::sync::mpsc::Sender<Ahead>,
-    url: String,
+    link: Link,
     base: String,
     timeout: Duration,
 ) {
+    let what = || format!("search under \"{base}\"");
     loop {
-        let next = tokio::time::timeout(timeout, stream.next()).await;
+        let next = tokio::time::timeout(timeout, guard(stream.next())).await;
         let item = match next {
             Err(_) => Ahead::Failed(LdapError::Timeout {
-                url: url.clone(),
+                url: link.url.clone(),
                 secs: timeout.as_secs(),
                 what: format!("searching {base}"),
             }),
-            Ok(Err(e)) => Ahead::Failed(LdapError::Protocol {
-                url: url.clone(),
-                what: format!("search under \"{base}\""),
-                detail: e.to_string(),
-            }),
-            Ok(Ok(None)) => break,
-            // EntriesOnly drops references and intermediates; checked again
-            // because SearchEntry::construct panics on a reference.
-            Ok(Ok(Some(re))) if re.is_ref() || re.is_intermediate() => continue,
-            Ok(Ok(Some(re))) => Ahead::Entry(SearchEntry::construct(re)),
+            Ok(Err(panic)) => Ahead::Failed(link.malformed(what(), panic)),
+            Ok(Ok(Err(e))) => Ahead::Failed(link.failed(what(), e)),
+            Ok(Ok(Ok(None))) => break,
+            // EntriesOnly drops references and intermediates; checked
+            // again: they are not entries.
+            Ok(Ok(Ok(Some(re)))) if re.is_ref() || re.is_intermediate() => continue,
+            Ok(Ok(Ok(Some(re)))) => match contain::entry(re) {
+                Ok(e) => Ahead::Entry(e),
+                Err(detail) => Ahead::Failed(link.malformed(what(), detail)),
+            },
         };
         let failed = matches!(item, Ahead::Failed(_));
         if tx.send(item).await.is_err() || failed {
             return;
         }
     }
-    let res = stream.finish().await;
-    let _ = tx.send(Ahead::Done(res)).await;
+    let item = match guard(stream.finish()).await {
+        Ok(res) => Ahead::Done(res),
+        Err(panic) => Ahead::Failed(link.malformed(what(), panic)),
+    };
+    let _ = tx.send(item).await;
+}
+
+/// A connection's server and whether a malformed message broke it: what
+/// turns ldap3's errors into ours.
+#[derive(Clone)]
+pub(crate) struct Link {
+    url: String,
+    broken: Broken,
+}
+
+impl Link {
+    pub(crate) fn malformed(&self, what: String, detail: String) -> LdapError {
+        LdapError::Malformed {
+            url: self.url.clone(),
+            what,
+            detail,
+        }
+    }
+
+    /// An ldap3 error: the malformed message behind it when one stopped
+    /// the connection (the error itself then only says it ended).
+    pub(crate) fn failed(&self, what: String, e: ldap3::LdapError) -> LdapError {
+        match self.broken.get() {
+            Some(panic) => self.malformed(what, panic.clone()),
+            None => LdapError::Protocol {
+                url: self.url.clone(),
+                what,
+                detail: e.to_string(),
+            },
+        }
+    }
 }
 
 impl PagedSearch {
@@ -533,25 +584,29 @@ impl Conn {
                 settings = settings.set_starttls(ep.transport == Transport::StartTls);
             }
         }
-        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &ep.url)
+        contain::quiet_ldap3_panics();
+        let link = Link {
+            url: ep.url.clone(),
+            broken: Broken::default(),
+        };
+        let (conn, mut ldap) = guard(LdapConnAsync::with_settings(settings, &ep.url))
             .await
+            .map_err(|panic| link.malformed("connecting".into(), panic))?
             .map_err(|e| classify_connect_error(ep, e))?;
         let url = ep.url.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.drive().await {
-                tracing::debug!(error = %e, "LDAP connection ended");
-            }
-        });
+        tokio::spawn(contain::drive(conn, link.broken.clone()));
         ldap.with_timeout(ep.timeout);
-        let res = ldap
-            .simple_bind(&ep.bind_dn, ep.password.expose())
+        // The password is passed borrowed (ldap3 encodes it for the wire).
+        let res = guard(ldap.simple_bind(&ep.bind_dn, ep.password.expose()))
             .await
+            .map_err(|panic| link.malformed("binding".into(), panic))?
             .map_err(|e| match e {
                 ldap3::LdapError::Timeout { .. } => LdapError::Timeout {
                     url: url.clone(),
                     secs: ep.timeout.as_secs(),
                     what: "binding".into(),
                 },
+                _ if link.broken.get().is_some() => link.failed("binding".into(), e),
                 other => LdapError::Connect {
                     url: url.clone(),
                     detail: other.to_string(),
@@ -569,6 +624,7 @@ impl Conn {
             ldap,
             url,
             timeout: ep.timeout,
+            broken: link.broken,
         })
     }
 
@@ -587,11 +643,20 @@ impl Conn {
         self.ldap.clone()
     }
 
-    /// The handle for the next operation, with the configured timeout (in
+    /// The server and the state of the connection, for errors.
+    pub(crate) fn link(&self) -> Link {
+        Link {
+            url: self.url.clone(),
+            broken: self.broken.clone(),
+        }
+    }
+
+    /// A handle for the next operation, with the configured timeout (in
     /// ldap3 a timeout applies to one operation only).
-    fn op(&mut self) -> &mut ldap3::Ldap {
-        self.ldap.with_timeout(self.timeout);
-        &mut self.ldap
+    fn op(&self) -> ldap3::Ldap {
+        let mut ldap = self.ldap.clone();
+        ldap.with_timeout(self.timeout);
+        ldap
     }
 
     /// Sends several adds at once on this connection (pipelined: the server
@@ -605,14 +670,15 @@ impl Conn {
             let attrs = add_bytes(attrs);
             tasks.push((
                 dn.clone(),
-                tokio::spawn(async move { ldap.add(&dn, attrs).await }),
+                tokio::spawn(async move { guard(ldap.add(&dn, attrs)).await }),
             ));
         }
         let mut out = Vec::with_capacity(tasks.len());
         for (dn, task) in tasks {
             out.push(match task.await {
-                Ok(Ok(res)) => self.check("add", &dn, res),
-                Ok(Err(e)) => Err(self.op_error("add", &dn, e)),
+                Ok(Ok(Ok(res))) => self.check("add", &dn, res),
+                Ok(Ok(Err(e))) => Err(self.op_error("add", &dn, e)),
+                Ok(Err(panic)) => Err(self.link().malformed(format!("add \"{dn}\""), panic)),
                 Err(e) => Err(LdapError::Protocol {
                     url: self.url.clone(),
                     what: format!("add \"{dn}\""),
@@ -630,11 +696,21 @@ impl Conn {
                 secs: self.timeout.as_secs(),
                 what: format!("{op} {dn}"),
             },
-            other => LdapError::Protocol {
-                url: self.url.clone(),
-                what: format!("{op} \"{dn}\""),
-                detail: other.to_string(),
-            },
+            other => self.link().failed(format!("{op} \"{dn}\""), other),
+        }
+    }
+
+    /// Runs one ldap3 operation; a panic in its parsing is a
+    /// [`LdapError::Malformed`] for `op` on `dn`.
+    async fn guarded<T>(
+        &self,
+        op: &'static str,
+        dn: &str,
+        f: impl std::future::Future<Output = ldap3::result::Result<T>>,
+    ) -> Result<T, LdapError> {
+        match guard(f).await {
+            Ok(r) => r.map_err(|e| self.op_error(op, dn, e)),
+            Err(panic) => Err(self.link().malformed(format!("{op} \"{dn}\""), panic)),
         }
     }
 
@@ -668,15 +744,18 @@ impl Conn {
         ];
         let mut ldap = self.ldap.clone();
         ldap.with_timeout(self.timeout);
-        let stream = ldap
-            .streaming_search_with(adapters, base, scope, filter, attrs)
-            .await
-            .map_err(|e| self.op_error("search under", base, e))?;
+        let stream = self
+            .guarded(
+                "search under",
+                base,
+                ldap.streaming_search_with(adapters, base, scope, filter, attrs),
+            )
+            .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
         let task = tokio::spawn(read_ahead(
             stream,
             tx,
-            self.url.clone(),
+            self.link(),
             base.to_string(),
             self.timeout,
         ));
@@ -698,19 +777,23 @@ impl Conn {
         attrs: &[&str],
     ) -> Result<Option<SearchEntry>, LdapError> {
         let res = self
-            .op()
-            .search(dn, Scope::Base, "(objectClass=*)", attrs)
-            .await
-            .map_err(|e| self.op_error("read", dn, e))?;
+            .guarded(
+                "read",
+                dn,
+                self.op().search(dn, Scope::Base, "(objectClass=*)", attrs),
+            )
+            .await?;
         if res.1.rc == 32 {
             return Ok(None);
         }
         let (entries, result) = (res.0, res.1);
         self.check("read", dn, result)?;
-        Ok(entries
+        entries
             .into_iter()
             .find(|e| !e.is_ref() && !e.is_intermediate())
-            .map(SearchEntry::construct))
+            .map(contain::entry)
+            .transpose()
+            .map_err(|detail| self.link().malformed(format!("read \"{dn}\""), detail))
     }
 
     pub async fn add(&mut self, dn: &str, attrs: AddAttrs) -> Result<(), LdapError> {
@@ -735,20 +818,14 @@ impl Conn {
         dn: &str,
         attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)>,
     ) -> Result<(), LdapError> {
-        let res = self
-            .op()
-            .add(dn, attrs)
-            .await
-            .map_err(|e| self.op_error("add", dn, e))?;
+        let res = self.guarded("add", dn, self.op().add(dn, attrs)).await?;
         self.check("add", dn, res)
     }
 
     pub async fn modify(&mut self, dn: &str, mods: Vec<Mod<String>>) -> Result<(), LdapError> {
         let res = self
-            .op()
-            .modify(dn, mods)
-            .await
-            .map_err(|e| self.op_error("modify", dn, e))?;
+            .guarded("modify", dn, self.op().modify(dn, mods))
+            .await?;
         self.check("modify", dn, res)
     }
 
@@ -760,24 +837,22 @@ impl Conn {
         new_parent: Option<&str>,
     ) -> Result<(), LdapError> {
         let res = self
-            .op()
-            .modifydn(dn, new_rdn, true, new_parent)
-            .await
-            .map_err(|e| self.op_error("rename", dn, e))?;
+            .guarded(
+                "rename",
+                dn,
+                self.op().modifydn(dn, new_rdn, true, new_parent),
+            )
+            .await?;
         self.check("rename", dn, res)
     }
 
     pub async fn delete(&mut self, dn: &str) -> Result<(), LdapError> {
-        let res = self
-            .op()
-            .delete(dn)
-            .await
-            .map_err(|e| self.op_error("delete", dn, e))?;
+        let res = self.guarded("delete", dn, self.op().delete(dn)).await?;
         self.check("delete", dn, res)
     }
 
     pub async fn unbind(mut self) {
-        let _ = self.ldap.unbind().await;
+        let _ = guard(self.ldap.unbind()).await;
     }
 }
 

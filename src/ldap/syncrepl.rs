@@ -1,7 +1,9 @@
 //! RFC 4533 content synchronisation (refreshOnly) on the source: the search
 //! that returns only what changed since a cookie, and the parsing of the
 //! protocol's messages. The values are parsed here, defensively, rather than
-//! with ldap3's parsers, which panic on malformed input from a server.
+//! with ldap3's parsers, which panic on malformed input from a server; the
+//! entries go through [`contain::entry`] and every ldap3 call through
+//! [`contain::guard`] (see `contain`).
 
 use std::time::Duration;
 
@@ -9,7 +11,8 @@ use ldap3::asn1::{parse_tag, StructureTag, TagClass, Types, PL};
 use ldap3::controls::{RawControl, SyncRequest};
 use ldap3::{ResultEntry, Scope, SearchEntry, SearchStream};
 
-use crate::ldap::{Conn, LdapError};
+use crate::ldap::contain::{self, guard};
+use crate::ldap::{Conn, LdapError, Link};
 
 pub const SYNC_STATE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.2";
 pub const SYNC_DONE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.3";
@@ -169,6 +172,7 @@ fn control_value<'c>(ctrls: &'c [ldap3::controls::Control], oid: &str) -> Option
 /// A refreshOnly sync search in progress.
 pub struct SyncSearch {
     stream: SearchStream<'static, String, Vec<String>>,
+    link: Link,
     url: String,
     base: String,
     timeout: Duration,
@@ -178,14 +182,18 @@ impl SyncSearch {
     fn malformed(&self, what: &str) -> LdapError {
         LdapError::Protocol {
             url: self.url.clone(),
-            what: format!("content synchronisation under \"{}\"", self.base),
+            what: self.what(),
             detail: format!("malformed {what} from the server"),
         }
     }
 
+    fn what(&self) -> String {
+        format!("content synchronisation under \"{}\"", self.base)
+    }
+
     /// The next message, or `None` when the server has sent them all.
     pub async fn next(&mut self) -> Result<Option<SyncMessage>, LdapError> {
-        let next = tokio::time::timeout(self.timeout, self.stream.next()).await;
+        let next = tokio::time::timeout(self.timeout, guard(self.stream.next())).await;
         let re = match next {
             Err(_) => {
                 return Err(LdapError::Timeout {
@@ -194,15 +202,10 @@ impl SyncSearch {
                     what: format!("content synchronisation under {}", self.base),
                 })
             }
-            Ok(Err(e)) => {
-                return Err(LdapError::Protocol {
-                    url: self.url.clone(),
-                    what: format!("content synchronisation under \"{}\"", self.base),
-                    detail: e.to_string(),
-                })
-            }
-            Ok(Ok(None)) => return Ok(None),
-            Ok(Ok(Some(re))) => re,
+            Ok(Err(panic)) => return Err(self.link.malformed(self.what(), panic)),
+            Ok(Ok(Err(e))) => return Err(self.link.failed(self.what(), e)),
+            Ok(Ok(Ok(None))) => return Ok(None),
+            Ok(Ok(Ok(Some(re)))) => re,
         };
         if re.is_ref() {
             return Ok(Some(SyncMessage::Other));
@@ -222,14 +225,18 @@ impl SyncSearch {
         Ok(Some(match state {
             Some((0, uuid)) => SyncMessage::Present(uuid),
             Some((3, uuid)) => SyncMessage::Deleted(uuid),
-            _ => SyncMessage::Changed(SearchEntry::construct(re)),
+            _ => SyncMessage::Changed(
+                contain::entry(re).map_err(|detail| self.link.malformed(self.what(), detail))?,
+            ),
         }))
     }
 
     /// Ends the search: the new cookie and the phase the server used. A
     /// refusal keeps its result code (4096: the cookie is too old).
     pub async fn finish(mut self) -> Result<SyncDone, LdapError> {
-        let res = self.stream.finish().await;
+        let res = guard(self.stream.finish())
+            .await
+            .map_err(|panic| self.link.malformed(self.what(), panic))?;
         if res.rc != 0 {
             return Err(LdapError::Operation {
                 url: self.url.clone(),
@@ -265,17 +272,18 @@ impl Conn {
             ..Default::default()
         };
         let mut ldap = self.handle();
-        let stream = ldap
-            .with_controls(RawControl::from(request))
-            .streaming_search(base, Scope::Subtree, filter, attrs)
-            .await
-            .map_err(|e| LdapError::Protocol {
-                url: self.url().to_string(),
-                what: format!("content synchronisation under \"{base}\""),
-                detail: e.to_string(),
-            })?;
+        let link = self.link();
+        let what = || format!("content synchronisation under \"{base}\"");
+        let stream = guard(
+            ldap.with_controls(RawControl::from(request))
+                .streaming_search(base, Scope::Subtree, filter, attrs),
+        )
+        .await
+        .map_err(|panic| link.malformed(what(), panic))?
+        .map_err(|e| link.failed(what(), e))?;
         Ok(SyncSearch {
             stream,
+            link,
             url: self.url().to_string(),
             base: base.to_string(),
             timeout: self.timeout(),

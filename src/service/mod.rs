@@ -115,7 +115,7 @@ pub async fn serve(
         watcher: control::watch_files(&cfg, sender.clone()),
         loaded: file_hashes(&cfg),
         config_file,
-        cfg,
+        cfg: Arc::new(cfg),
         status,
         notifier,
         sender,
@@ -178,7 +178,8 @@ enum Wake {
 /// The daemon's loop and what it keeps between runs.
 struct Daemon {
     config_file: PathBuf,
-    cfg: Config,
+    /// Shared with the run in flight, never copied: it holds the passwords.
+    cfg: Arc<Config>,
     /// The files as they were when the configuration in force was loaded:
     /// a reload journals them as "before".
     loaded: FileHashes,
@@ -319,7 +320,7 @@ impl Daemon {
         } else {
             "running a sync"
         });
-        let mut run = spawn_run(self.cfg.clone(), opts);
+        let mut run = spawn_run(Arc::clone(&self.cfg), opts);
         let mut stopping = false;
         let result = loop {
             tokio::select! {
@@ -427,7 +428,10 @@ fn merge(
 
 /// The run's state database connection stays on one thread: the run gets a
 /// thread and a small runtime of its own.
-fn spawn_run(cfg: Config, opts: Options) -> tokio::task::JoinHandle<Result<Outcome, RunError>> {
+fn spawn_run(
+    cfg: Arc<Config>,
+    opts: Options,
+) -> tokio::task::JoinHandle<Result<Outcome, RunError>> {
     tokio::task::spawn_blocking(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -484,7 +488,7 @@ fn fixed_at_start(old: &Config, new: &Config) -> Vec<String> {
 /// (`before`, as they were when loaded) and of the candidate (`after`).
 fn reload(
     path: &Path,
-    cfg: &mut Config,
+    cfg: &mut Arc<Config>,
     loaded: &mut FileHashes,
     status: &StatusFile,
     notifier: &dyn Notifier,
@@ -497,7 +501,7 @@ fn reload(
             let after = file_hashes(&new);
             let fixed = fixed_at_start(cfg, &new);
             if fixed.is_empty() {
-                *cfg = new;
+                *cfg = Arc::new(new);
             } else {
                 record.outcome = "rejected".into();
                 record.error = Some(format!(
@@ -542,6 +546,23 @@ fn reload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The configuration (it holds the passwords) cannot be copied, so a
+    /// run can only borrow the daemon's: this fails to compile if `Config`,
+    /// `Endpoint` or `Secret` ever implements `Clone` (the "ambiguous
+    /// impl" check of static_assertions' `assert_not_impl_any!`).
+    #[test]
+    fn the_config_and_its_passwords_are_not_clone() {
+        trait AmbiguousIfClone<A> {
+            fn check() {}
+        }
+        impl<T: ?Sized> AmbiguousIfClone<()> for T {}
+        struct IsClone;
+        impl<T: Clone> AmbiguousIfClone<IsClone> for T {}
+        <Config as AmbiguousIfClone<_>>::check();
+        <crate::ldap::Endpoint as AmbiguousIfClone<_>>::check();
+        <crate::secret::Secret as AmbiguousIfClone<_>>::check();
+    }
 
     #[test]
     fn a_full_run_is_due_when_none_went_to_its_end_or_the_last_is_old() {

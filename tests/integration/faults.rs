@@ -825,3 +825,105 @@ async fn a_locked_out_service_account_is_named_as_locked_out() {
         sam_tool(tb, "samba-tool", &["user", "delete", &name], "");
     });
 }
+
+/// The source behind a proxy that can turn one of its answers into a
+/// malformed message; the config points at it (and stays so: a change of
+/// the config would make the next run a full one).
+async fn source_mangling(env: &SyncEnv) -> (crate::common::proxy::Mangler, String) {
+    let tb = env.tb;
+    let url = tb.get("SOURCE_URL").to_string();
+    let upstream: std::net::SocketAddr = url.trim_start_matches("ldaps://").parse().unwrap();
+    let ca = tb.path("SOURCE_CA");
+    let dir = ca.parent().unwrap();
+    let ip = upstream.ip().to_string();
+    let mangler = crate::common::proxy::mangle_on(
+        &ip,
+        upstream,
+        &ip,
+        (&ca, &dir.join("source.pem"), &dir.join("source.key")),
+    )
+    .await;
+    let proxy = format!("ldaps://{ip}:{}", mangler.port);
+    replace_in_config(env, &url, &proxy);
+    (mangler, proxy)
+}
+
+/// ldap3's parsers panic on malformed server data. A source that sends a
+/// malformed entry (in a delta, RFC 4533, and in a full read) or a
+/// malformed search result ends the run with exit 2 and an error that
+/// names the server, never a panic; nothing in AD changes; the next run
+/// against a sound server converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_from_the_source_ends_the_run_cleanly_never_a_panic() {
+    use crate::common::proxy::Mangle;
+    let env = SyncEnv::new("fault-malformed", 81, 30, 2, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-F", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    let (proxy, url) = source_mangling(&env).await;
+    let env_ref = &env;
+    tokio::task::block_in_place(|| env_ref.sync_ok());
+    // A change for a delta to carry: its one entry is mangled.
+    let people = env.source_people("(objectClass=nhsPerson)").await;
+    let (_, person) = people
+        .iter()
+        .find(|(_, p)| p["nhsodscode"][0] == codes[0])
+        .unwrap();
+    env.change_source(&format!(
+        "dn: {}\nchangetype: modify\nreplace: title\ntitle: Malformed Survivor\n-\n\n",
+        person["dn"][0]
+    ));
+    let before = env.ad_objects().await;
+    let delta = "content synchronisation under";
+    let attrs = "the attribute list is not a SEQUENCE";
+    proxy.set(Some(Mangle::Entry(1)));
+    malformed_run(&env, &url, &["sync"], &[delta, attrs]);
+    assert_unchanged(&before, &env.ad_objects().await);
+    // A sound server again: the change arrives.
+    proxy.set(None);
+    let again = tokio::task::block_in_place(|| env_ref.sync_ok());
+    assert!(
+        summary_line(&again, "added").contains("modified 1"),
+        "{again:?}"
+    );
+    let before = env.ad_objects().await;
+    assert!(
+        before
+            .values()
+            .any(|o| o.get("title").is_some_and(|t| t == &["Malformed Survivor"])),
+        "the change arrived"
+    );
+    // A full read: an entry in the middle; then a search result that
+    // ldap3's connection driver cannot parse.
+    proxy.set(Some(Mangle::Entry(5)));
+    malformed_run(&env, &url, &["sync", "--full"], &["search under", attrs]);
+    proxy.set(Some(Mangle::Done(1)));
+    let library = "the LDAP library could not parse it (result code)";
+    malformed_run(&env, &url, &["sync", "--full"], &[library]);
+    assert_unchanged(&before, &env.ad_objects().await);
+    proxy.set(None);
+    tokio::task::block_in_place(|| env_ref.sync_ok());
+    assert_unchanged(&before, &env.ad_objects().await);
+}
+
+/// Runs `args` against a source that mangles an answer, and checks the
+/// run's end: exit 2, the server's URL and `details` in the error, no
+/// panic.
+fn malformed_run(env: &SyncEnv, url: &str, args: &[&str], details: &[&str]) {
+    let r = tokio::task::block_in_place(|| env.absync(args));
+    assert_eq!(r.code, 2, "{r:?}");
+    let error = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("absync: "))
+        .unwrap_or_else(|| panic!("no error in {r:?}"));
+    assert!(
+        error.contains(&format!("{url}: "))
+            && error.contains("malformed message from the server")
+            && details.iter().all(|d| error.contains(d)),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
+    assert!(!r.stderr.contains("RUST_BACKTRACE"), "{r:?}");
+    // The connection's end is put down to the message that ended it.
+    assert!(!r.stderr.contains("premature end"), "{r:?}");
+}

@@ -211,3 +211,87 @@ async fn absync_refuses_to_sync_as_root_unless_told() {
     assert!(plan.status.success());
     env.sync_ok();
 }
+
+/// The owner of `/proc/PID/status` and the real uid it gives.
+fn proc_owner_and_uid(pid: u32) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(format!("/proc/{pid}/status"))
+        .unwrap()
+        .uid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap();
+    (owner, uid)
+}
+
+/// `cmd…` as the user nobody (setpriv execs it: the child is the command).
+fn as_nobody(cmd: &[&str]) -> std::process::Child {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .args(cmd)
+        .env("ABSYNC_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)")
+}
+
+/// absync makes itself non-dumpable before anything else (no core dump
+/// holds a password; nobody but root can ptrace it or read its memory).
+/// The kernel shows it: a non-dumpable process's `/proc/PID` files belong
+/// to root, whoever runs it. Here absync runs as nobody and waits on a
+/// control socket that never answers; a plain `sleep` run the same way
+/// is the control.
+#[test]
+fn absync_is_not_dumpable_and_its_proc_files_belong_to_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(crate::common::unique("dumpable"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = crate::common::testbed::repo_root();
+    let socket = dir.join("absync.sock");
+    let example = std::fs::read_to_string(root.join("examples/absync.toml")).unwrap();
+    let config = dir.join("absync.toml");
+    std::fs::write(
+        &config,
+        example
+            .replace("/var/lib/absync", dir.join("state").to_str().unwrap())
+            .replace("/run/absync/absync.sock", socket.to_str().unwrap()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    let control = as_nobody(&["sleep", "60"]);
+    let mut absync = as_nobody(&[
+        env!("CARGO_BIN_EXE_absync"),
+        "--config",
+        config.to_str().unwrap(),
+        "resync",
+    ]);
+    // absync is past its start once it connects; it then waits for the
+    // answer.
+    let (conn, _) = listener.accept().unwrap();
+    let nobody = proc_owner_and_uid(control.id());
+    let seen = proc_owner_and_uid(absync.id());
+    let (mut control, _) = (control, conn);
+    let _ = control.kill();
+    let _ = absync.kill();
+    let _ = (control.wait(), absync.wait());
+    assert_ne!(nobody.1, 0, "the control runs as nobody: {nobody:?}");
+    assert_eq!(
+        nobody.0, nobody.1,
+        "a dumpable process owns its /proc/PID files"
+    );
+    assert_eq!(seen.1, nobody.1, "absync runs as nobody: {seen:?}");
+    assert_eq!(
+        seen.0, 0,
+        "absync's /proc/PID files belong to root: not dumpable"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -587,6 +587,8 @@ async fn in_process_the_schedule_fires_and_a_trigger_runs_at_once() {
 fn the_systemd_unit_verifies_and_is_hardened() {
     let root = crate::common::testbed::repo_root();
     let unit = std::fs::read_to_string(root.join("systemd/absync.service")).unwrap();
+    // No core dump holds the passwords.
+    assert!(unit.lines().any(|l| l == "LimitCORE=0"), "{unit}");
     // Checked as installed, with the binary where the package puts it.
     let dir = std::env::temp_dir().join(crate::common::unique("unit"));
     std::fs::create_dir_all(&dir).unwrap();

@@ -76,6 +76,11 @@ fn init_logging(level: &str) {
 }
 
 fn main() -> ExitCode {
+    // Before anything holds a password: no core dump, no ptrace by others.
+    if let Err(e) = absync::os::forbid_core_dumps() {
+        eprintln!("absync: cannot disable core dumps (prctl PR_SET_DUMPABLE): {e}");
+        return ExitCode::from(EXIT_COULD_NOT_RUN);
+    }
     let cli = cli::Cli::parse();
     init_logging(log_level(cli.quiet, cli.verbose));
     let runtime = match tokio::runtime::Builder::new_multi_thread()

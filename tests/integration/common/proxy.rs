@@ -231,3 +231,140 @@ fn ldap_result(id: Vec<u8>, tag: u8, rc: u8, text: &str) -> Vec<u8> {
     body.extend(tlv(tag, &result));
     tlv(0x30, &body)
 }
+
+/// What [`mangle_on`] breaks in the server's answers (counted over every
+/// connection, 1-based).
+#[derive(Clone, Copy, Debug)]
+pub enum Mangle {
+    /// The `nth` SearchResultEntry: its attribute list becomes an OCTET
+    /// STRING (ldap3's `SearchEntry::construct` panics on it).
+    Entry(usize),
+    /// The `nth` SearchResultDone: its resultCode becomes an OCTET STRING
+    /// (ldap3's connection driver panics on it).
+    Done(usize),
+}
+
+/// A proxy that mangles what it is set to (see [`mangle_on`]).
+pub struct Mangler {
+    pub port: u16,
+    mode: std::sync::Arc<std::sync::Mutex<Option<Mangle>>>,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Mangler {
+    /// From now on, mangle as `mode` says (counting afresh), or, with
+    /// `None`, forward everything as it is.
+    pub fn set(&self, mode: Option<Mangle>) {
+        *self.mode.lock().unwrap() = mode;
+        self.seen.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A TLS-terminating proxy on `ip` in front of the LDAPS server
+/// `upstream` (as [`answer_on`]) that forwards every request and every
+/// answer, but, once set to, rewrites the one answer a [`Mangle`] names
+/// into a malformed message: a broken or malicious server.
+pub async fn mangle_on(
+    ip: &str,
+    upstream: SocketAddr,
+    upstream_name: &str,
+    tls: (&std::path::Path, &std::path::Path, &std::path::Path),
+) -> Mangler {
+    use std::sync::atomic::Ordering;
+
+    let (acceptor, connector) = tls_ends(tls.0, tls.1, tls.2);
+    let name = rustls_pki_types::ServerName::try_from(upstream_name.to_string()).unwrap();
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let mangler = Mangler {
+        port: listener.local_addr().unwrap().port(),
+        mode: Default::default(),
+        seen: Default::default(),
+    };
+    let (mode, seen) = (mangler.mode.clone(), mangler.seen.clone());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (acceptor, connector, name) = (acceptor.clone(), connector.clone(), name.clone());
+            let (mode, seen) = (mode.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(client) = acceptor.accept(client).await else {
+                    return;
+                };
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let Ok(server) = connector.connect(name, server).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = tokio::io::split(client);
+                let (mut sr, mut sw) = tokio::io::split(server);
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                // Answers, one LDAPMessage at a time.
+                while let Some(mut msg) = read_message(&mut sr).await {
+                    let (id, op) = message_id_and_op(&msg);
+                    let target = match *mode.lock().unwrap() {
+                        Some(Mangle::Entry(n)) => Some((0x64, n)),
+                        Some(Mangle::Done(n)) => Some((0x65, n)),
+                        None => None,
+                    };
+                    if let Some((tag, nth)) = target {
+                        if op == tag && seen.fetch_add(1, Ordering::SeqCst) + 1 == nth {
+                            msg = malformed(id, op);
+                        }
+                    }
+                    if cw.write_all(&msg).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    mangler
+}
+
+/// A SearchResultEntry whose attribute list is an OCTET STRING, or a
+/// SearchResultDone whose resultCode is one.
+fn malformed(id: Vec<u8>, op: u8) -> Vec<u8> {
+    let content = if op == 0x64 {
+        let mut c = tlv(0x04, b"cn=mangled,ou=People");
+        c.extend(tlv(0x04, b"not a SEQUENCE"));
+        c
+    } else {
+        let mut c = tlv(0x04, b"0");
+        c.extend(tlv(0x04, b""));
+        c.extend(tlv(0x04, b""));
+        c
+    };
+    let mut body = tlv(0x02, &id);
+    body.extend(tlv(op, &content));
+    tlv(0x30, &body)
+}
+
+/// The proxy's two TLS ends: towards the client with `cert`/`key`, towards
+/// the server trusting `ca`.
+fn tls_ends(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> (tokio_rustls::TlsAcceptor, tokio_rustls::TlsConnector) {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    (
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_cfg)),
+        tokio_rustls::TlsConnector::from(absync::ldap::tls_config(ca).unwrap()),
+    )
+}
