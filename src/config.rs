@@ -405,6 +405,9 @@ pub struct RawTarget {
     pub allow_plaintext: bool,
     #[serde(default = "default_timeout")]
     pub timeout_secs: Spanned<u64>,
+    /// The forest's global catalog (`ldaps://dc1.example:3269`), searched
+    /// for address collisions instead of the domain.
+    pub global_catalog: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -588,6 +591,93 @@ mod tests {
         }
         // An @ after the host (a path) is not user information.
         assert!(!super::has_userinfo("ldap://[::1]:3890/o=x@y"));
+    }
+
+    #[test]
+    fn a_global_catalog_is_the_targets_account_at_another_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = "password_file = \"source.pw\"";
+        let none = config_with(dir.path(), "ldap://[::1]:3890", pw);
+        assert!(super::Config::load(&none)
+            .unwrap()
+            .target
+            .global_catalog
+            .is_none());
+        let line = format!("{pw}\nglobal_catalog = \" ldaps://dc1.example:3269 \"");
+        let path = config_with(dir.path(), "ldap://[::1]:3890", &line);
+        let cfg = super::Config::load(&path).unwrap();
+        let (t, gc) = (&cfg.target.endpoint, cfg.target.global_catalog.unwrap());
+        assert_eq!(gc.url, "ldaps://dc1.example:3269");
+        assert_eq!(gc.transport, crate::ldap::Transport::Ldaps);
+        assert_eq!(gc.bind_dn, t.bind_dn);
+        assert_eq!(gc.ca_file, t.ca_file);
+        assert_eq!(gc.timeout, t.timeout);
+        assert_eq!(gc.password.expose(), t.password.expose());
+    }
+
+    #[test]
+    fn a_global_catalog_url_is_checked_as_the_targets_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = "password_file = \"source.pw\"";
+        let cases = [
+            ("ldaps://[::1]@0.0.0.0:3269", "has user information"),
+            (
+                "ldaps://user:hunter2@dc1.example:3269",
+                "has user information",
+            ),
+            (
+                "ldap://dc1.example:3268",
+                "\"ldap://dc1.example:3268\" is plain-text LDAP",
+            ),
+            ("https://dc1.example", "is not an LDAP URL"),
+        ];
+        for (url, want) in cases {
+            let line = format!("{pw}\nglobal_catalog = \"{url}\"");
+            let path = config_with(dir.path(), "ldap://[::1]:3890", &line);
+            let e = super::Config::load(&path).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("{}:11: target.global_catalog: ", path.display()))
+                    && e.contains(want),
+                "{url}: {e}"
+            );
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        // Plain text when the target allows it (the connection then refuses
+        // any address but loopback, as for the target's own URL).
+        let line = format!("{pw}\nallow_plaintext = true\nglobal_catalog = \"ldap://[::1]:3268\"");
+        let path = config_with(dir.path(), "ldap://[::1]:3890", &line);
+        let gc = super::Config::load(&path)
+            .unwrap()
+            .target
+            .global_catalog
+            .unwrap();
+        assert_eq!(gc.transport, crate::ldap::Transport::Plain);
+        let line = format!(
+            "{pw}\nallow_plaintext = true\nglobal_catalog = \"ldap://[::1]@10.0.0.1:3268\""
+        );
+        let path = config_with(dir.path(), "ldap://[::1]:3890", &line);
+        let e = super::Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("target.global_catalog: has user information"),
+            "{e}"
+        );
+        let line =
+            format!("{pw}\nallow_plaintext = true\nglobal_catalog = \"ldap://10.0.0.1:3268\"");
+        let path = config_with(dir.path(), "ldap://[::1]:3890", &line);
+        let gc = super::Config::load(&path)
+            .unwrap()
+            .target
+            .global_catalog
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let refused = rt.block_on(crate::ldap::Conn::connect(&gc)).err().unwrap();
+        assert!(
+            matches!(refused, crate::ldap::LdapError::PlainRefused { .. }),
+            "{refused}"
+        );
     }
 
     #[test]
@@ -797,6 +887,9 @@ pub struct TargetConfig {
     pub base_dn: String,
     pub anchor_attribute: String,
     pub anchor_prefix: String,
+    /// The global catalog the address collision search asks, with the
+    /// target's account, CA and timeout; `None`: the domain is searched.
+    pub global_catalog: Option<Endpoint>,
 }
 
 /// The whole configuration, resolved and checked. Not `Clone`: it holds
@@ -890,7 +983,7 @@ impl Resolver<'_> {
     fn endpoint(
         &self,
         section: &str,
-        url: &Spanned<String>,
+        (url, url_key): (&Spanned<String>, &str),
         bind_dn: &Spanned<String>,
         password: (&Option<Spanned<String>>, &Option<Spanned<String>>),
         ca_file: &Option<Spanned<String>>,
@@ -904,7 +997,7 @@ impl Resolver<'_> {
             // Not quoted: the text before @ may be a password.
             return Err(self.err(
                 url.span(),
-                &format!("{section}.url"),
+                url_key,
                 "has user information (text before @ in host:port), which is refused: it \
                  would hide the real host (ldap://[::1]@0.0.0.0 connects to 0.0.0.0), and the \
                  account is bind_dn with password_file"
@@ -928,7 +1021,7 @@ impl Resolver<'_> {
             } else {
                 return Err(self.err(
                     url.span(),
-                    &format!("{section}.url"),
+                    url_key,
                     format!(
                         "\"{u}\" is plain-text LDAP, which would send the password in clear; \
                          use ldaps://, or set starttls = true, or (loopback tests only) \
@@ -939,7 +1032,7 @@ impl Resolver<'_> {
         } else {
             return Err(self.err(
                 url.span(),
-                &format!("{section}.url"),
+                url_key,
                 format!("\"{u}\" is not an LDAP URL (ldaps://host:port)"),
             ));
         };
@@ -1071,7 +1164,7 @@ impl Config {
         let s = &raw.source;
         let source_endpoint = r.endpoint(
             "source",
-            &s.url,
+            (&s.url, "source.url"),
             &s.bind_dn,
             (&s.password_file, &s.password_credential),
             &s.ca_file,
@@ -1110,7 +1203,7 @@ impl Config {
         let t = &raw.target;
         let target_endpoint = r.endpoint(
             "target",
-            &t.url,
+            (&t.url, "target.url"),
             &t.bind_dn,
             (&t.password_file, &t.password_credential),
             &t.ca_file,
@@ -1132,6 +1225,7 @@ impl Config {
             base_dn: r.dn(&t.base_dn, "target.base_dn")?,
             anchor_attribute: r.attr(&t.anchor_attribute, "target.anchor_attribute")?,
             anchor_prefix: prefix,
+            global_catalog: resolve_global_catalog(t, &r)?,
         };
         let mapping_file = r.existing_file(&raw.mapping.file, "mapping.file")?;
         let agreements_file = r.existing_file(&raw.agreements.file, "agreements.file")?;
@@ -1197,6 +1291,31 @@ impl Config {
             warnings,
         })
     }
+}
+
+/// `[target] global_catalog`: an endpoint with the target's account,
+/// password, CA and timeout. Its URL is checked as `target.url` is (no user
+/// information; plain text only when allowed, and then only to loopback);
+/// `starttls` applies when it is an `ldap://` URL. The password is read
+/// again (an `Endpoint` owns its own); the warnings about its file were
+/// given for the target.
+fn resolve_global_catalog(t: &RawTarget, r: &Resolver<'_>) -> Result<Option<Endpoint>, FileError> {
+    let Some(url) = &t.global_catalog else {
+        return Ok(None);
+    };
+    let starttls = t.starttls && url.get_ref().trim().starts_with("ldap://");
+    let endpoint = r.endpoint(
+        "target",
+        (url, "target.global_catalog"),
+        &t.bind_dn,
+        (&t.password_file, &t.password_credential),
+        &t.ca_file,
+        starttls,
+        t.allow_plaintext,
+        &t.timeout_secs,
+        &mut Vec::new(),
+    )?;
+    Ok(Some(endpoint))
 }
 
 /// `[journal] signing_key` or `signing_key_credential`: read and parsed. The

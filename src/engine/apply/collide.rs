@@ -5,19 +5,30 @@
 //! misroutes mail to an address two objects share, so such a write is
 //! withheld and journaled as a conflict naming the other object.
 //!
-//! The addresses of a whole add window go to the target in one search (an
+//! With `[target] global_catalog`, the search goes to the global catalog
+//! instead (the whole forest: every domain, and the configuration naming
+//! context), on a connection made when the first search needs it and kept
+//! for the run. The catalog holds a partial copy of each object, which may
+//! lack the anchor attribute, so its hits are told apart by DN: outside the
+//! managed and quarantine OUs, someone else's; inside them, read again on
+//! the target, whose anchor says whose.
+//!
+//! The addresses of a whole add window go to the server in one search (an
 //! OR filter of at most [`PER_SEARCH`] addresses), so the initial load pays
 //! one indexed search per window, not one per object.
 //!
-//! **Invariant:** only reads the target. An object carrying absync's anchor
-//! (the object itself, or another source entry's contact) is never a
-//! collision here: duplicates between source entries are left as they were.
+//! **Invariant:** only reads the target (and the global catalog). An object
+//! in the managed or quarantine OU carrying absync's anchor (the object
+//! itself, or another source entry's contact) is never a collision here:
+//! duplicates between source entries are left as they were. (The domain
+//! search reads the anchor of every hit itself, so there an object
+//! carrying it is not a collision anywhere in the domain.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ldap3::{Scope, SearchEntry};
 
-use crate::ldap::{values_of, LdapError};
+use crate::ldap::{values_of, Conn, LdapError};
 use crate::state::journal::Record;
 use crate::state::{Attrs, ObjectRow};
 
@@ -106,12 +117,49 @@ pub(super) fn first_collision(
         .find_map(|a| holders.get(a).map(|dn| (a.clone(), dn.clone())))
 }
 
+/// The addresses an entry holds, as attributes: its `mail` and
+/// `proxyAddresses`.
+fn held_by(e: &SearchEntry) -> Attrs {
+    let mut held: Attrs = Attrs::new();
+    held.insert(MAIL.into(), values_of(e, MAIL));
+    held.insert(PROXY.into(), values_of(e, PROXY));
+    held
+}
+
+/// Every entry a subtree search from `base` for `filter` returns on `conn`
+/// (continuation references dropped: the search stays on that server).
+async fn search_all(
+    conn: &mut Conn,
+    base: &str,
+    filter: &str,
+    names: &[String],
+) -> Result<Vec<SearchEntry>, LdapError> {
+    let mut found = Vec::new();
+    let mut search = conn
+        .paged_search(base, Scope::Subtree, filter, names.to_vec(), 200)
+        .await?;
+    while let Some(e) = search.next().await? {
+        found.push(e);
+    }
+    search.finish().await?;
+    Ok(found)
+}
+
 impl Applier<'_, '_> {
     /// Whether `e` is absync's: it carries the anchor prefix.
     fn owned(&self, e: &SearchEntry) -> bool {
         values_of(e, &self.target.anchor_attribute)
             .iter()
             .any(|v| v.starts_with(&self.target.anchor_prefix))
+    }
+
+    /// The attributes a collision search asks for.
+    fn collision_attrs(&self) -> Vec<String> {
+        vec![
+            MAIL.to_string(),
+            PROXY.to_string(),
+            self.target.anchor_attribute.clone(),
+        ]
     }
 
     /// The base of a domain-wide search: the domain naming context of the
@@ -134,9 +182,76 @@ impl Applier<'_, '_> {
         Ok(nc)
     }
 
+    /// The connection to the global catalog: made at the first collision
+    /// search that needs it, then kept for the rest of the run. `None`
+    /// when none is configured.
+    async fn global_catalog(&mut self) -> Result<Option<&mut Conn>, LdapError> {
+        let Some(ep) = &self.target.global_catalog else {
+            return Ok(None);
+        };
+        let conn = match self.gc.take() {
+            Some(conn) => conn,
+            None => {
+                let conn = Conn::connect(ep).await?;
+                tracing::debug!(url = %conn.url(), "connected to the global catalog");
+                conn
+            }
+        };
+        Ok(Some(self.gc.insert(conn)))
+    }
+
+    /// The objects absync does not own that match `filter` in the domain
+    /// (the target's connection): DN and addresses.
+    async fn domain_hits(&mut self, filter: &str) -> Result<Vec<(String, Attrs)>, LdapError> {
+        let base = self.domain_base().await?;
+        let names = self.collision_attrs();
+        let found = search_all(&mut self.conn, &base, filter, &names).await?;
+        Ok(found
+            .into_iter()
+            .filter(|e| !self.owned(e))
+            .map(|e| {
+                let held = held_by(&e);
+                (e.dn, held)
+            })
+            .collect())
+    }
+
+    /// The objects absync does not own that match `filter` anywhere in the
+    /// forest, through the global catalog (base "", as AD's global catalog
+    /// searches are). It holds a partial copy of each object, which may
+    /// lack the anchor attribute: a hit outside the managed and quarantine
+    /// OUs is someone else's; one inside them is read again on the target,
+    /// where the anchor says whose it is (and gone since: no hit).
+    async fn catalog_hits(
+        &mut self,
+        filter: &str,
+    ) -> Result<Option<Vec<(String, Attrs)>>, LdapError> {
+        let names = self.collision_attrs();
+        let Some(gc) = self.global_catalog().await? else {
+            return Ok(None);
+        };
+        let found = search_all(gc, "", filter, &names).await?;
+        let containers = self.containers();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut hits = Vec::with_capacity(found.len());
+        for e in found {
+            if !containers.iter().any(|c| crate::dn::is_within(&e.dn, c)) {
+                hits.push((e.dn.clone(), held_by(&e)));
+                continue;
+            }
+            if let Some(live) = self.conn.read(&e.dn, &names).await? {
+                if !self.owned(&live) {
+                    hits.push((live.dn.clone(), held_by(&live)));
+                }
+            }
+        }
+        Ok(Some(hits))
+    }
+
     /// Which of `addrs` an object absync does not own already holds,
-    /// anywhere in the domain: address → that object's DN (the first by
-    /// name when several do). One search per [`PER_SEARCH`] addresses.
+    /// anywhere in the domain, or in the forest when a global catalog is
+    /// configured: address → that object's DN (the first by name when
+    /// several do). One search per [`PER_SEARCH`] addresses.
     pub(super) async fn holders(
         &mut self,
         addrs: &BTreeSet<String>,
@@ -145,41 +260,33 @@ impl Applier<'_, '_> {
         if addrs.is_empty() {
             return Ok(out);
         }
-        let base = self.domain_base().await?;
-        let names = vec![
-            MAIL.to_string(),
-            PROXY.to_string(),
-            self.target.anchor_attribute.clone(),
-        ];
         let list: Vec<&String> = addrs.iter().collect();
         let started = std::time::Instant::now();
         for chunk in list.chunks(PER_SEARCH) {
             let filter = filter_for(chunk.iter().copied());
-            let mut search = self
-                .conn
-                .paged_search(&base, Scope::Subtree, &filter, names.clone(), 200)
-                .await?;
-            while let Some(e) = search.next().await? {
-                if self.owned(&e) {
-                    continue;
-                }
-                let mut held: Attrs = Attrs::new();
-                held.insert(MAIL.into(), values_of(&e, MAIL));
-                held.insert(PROXY.into(), values_of(&e, PROXY));
+            let hits = match self.catalog_hits(&filter).await? {
+                Some(hits) => hits,
+                None => self.domain_hits(&filter).await?,
+            };
+            for (dn, held) in hits {
                 for a in addresses(&held).intersection(addrs) {
-                    let dn = out.entry(a.clone()).or_insert_with(|| e.dn.clone());
-                    if e.dn < *dn {
-                        *dn = e.dn.clone();
+                    let holder = out.entry(a.clone()).or_insert_with(|| dn.clone());
+                    if dn < *holder {
+                        *holder = dn.clone();
                     }
                 }
             }
-            search.finish().await?;
         }
+        let (searched, server) = match &self.gc {
+            Some(gc) => ("the global catalog", gc.url()),
+            None => ("the domain", self.conn.url()),
+        };
         tracing::debug!(
             addresses = addrs.len(),
             held = out.len(),
+            server,
             ms = started.elapsed().as_millis() as u64,
-            "searched the domain for the addresses"
+            "searched {searched} for the addresses"
         );
         Ok(out)
     }

@@ -94,6 +94,9 @@ pub struct Applier<'a, 'o> {
     /// The domain naming context the address collision searches run in,
     /// once known.
     domain: Option<String>,
+    /// The connection to the global catalog, once a collision search has
+    /// needed it (at most one per run).
+    gc: Option<Conn>,
 }
 
 /// How many adds are sent to the target at once. Samba answers a pipelined
@@ -126,6 +129,7 @@ impl<'a, 'o> Applier<'a, 'o> {
             retry: Vec::new(),
             pending: Vec::new(),
             domain: None,
+            gc: None,
         }
     }
 }
@@ -149,6 +153,9 @@ impl Applier<'_, '_> {
 
     /// Ends the session with the target.
     pub async fn unbind(self) {
+        if let Some(gc) = self.gc {
+            gc.unbind().await;
+        }
         self.conn.unbind().await;
     }
 

@@ -96,7 +96,36 @@ async fn check(cfg: &Config, checks: &mut Checks) -> anyhow::Result<()> {
         )?;
     }
     target.unbind().await;
+    if let Some(gc) = &cfg.target.global_catalog {
+        let detail = global_catalog(gc)
+            .await
+            .with_context(|| format!("global catalog {}", gc.url))?;
+        checks.pass("catalog", &gc.url, &detail)?;
+    }
     Ok(())
+}
+
+/// The global catalog accepts the target's account and answers a search of
+/// the whole forest (base "", as the collision search asks; a domain
+/// controller's ordinary port refuses that base).
+async fn global_catalog(gc: &absync::ldap::Endpoint) -> anyhow::Result<String> {
+    let mut conn = Conn::connect(gc).await?;
+    let mut search = conn
+        .paged_search(
+            "",
+            ldap3::Scope::Subtree,
+            "(mail=absync-check.invalid)",
+            vec!["mail".into()],
+            1,
+        )
+        .await?;
+    while search.next().await?.is_some() {}
+    search.finish().await?;
+    conn.unbind().await;
+    Ok(format!(
+        "bound as {}; answers searches of the whole forest",
+        gc.bind_dn
+    ))
 }
 
 /// The three input files, and what they hold.
