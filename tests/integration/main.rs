@@ -7,6 +7,7 @@ mod common;
 mod compliance;
 mod crash;
 mod delta;
+mod dnform;
 mod evidence;
 mod faults;
 mod hostile;
