@@ -95,6 +95,15 @@ async fn full_runs_after_convergence_write_nothing_on_names_with_every_dn_specia
         .count();
     assert!(respelled > 0, "AD spells every DN as absync does: {ad:?}");
     drop(snap);
+    // An auditor who copies the name as AD shows it finds the person.
+    let ann = ad
+        .values()
+        .find(|o| o["sn"] == ["Mid+dle"])
+        .expect("Ann Mid+dle in AD");
+    assert!(ann["dn"][0].contains("Mid\\+dle"), "{ann:?}");
+    let history = env.absync(&["journal", "history", &ann["dn"][0]]);
+    assert_eq!(history.code, 0, "{history:?}");
+    assert!(history.stdout.contains(" add "), "{history:?}");
 
     let before = env.ad_objects().await;
     let usn = highest_usn(tb).await;
