@@ -66,6 +66,97 @@ fn write_tmp(text: &str) -> std::path::PathBuf {
     p
 }
 
+/// A DN as its parts: RDNs of one to three (attribute type, value)
+/// assertions, the values with every character RFC 4514 treats specially.
+fn dn_parts() -> impl Strategy<Value = Vec<Vec<(String, String)>>> {
+    let value = prop_oneof![
+        nasty(),
+        "[ #]?[a-zA-Z\\u{e9}\\u{4e2d},+\"\\\\<>;=#\\x00 ]{0,10}[ ]?",
+    ];
+    let ava = ("(cn|CN|sn|ou|OU|dc|uid|givenName)", value);
+    proptest::collection::vec(proptest::collection::vec(ava, 1..4), 0..4)
+}
+
+/// The DN as absync writes it: `escape_value`, RDNs joined by `,`.
+fn absync_spelling(dn: &[Vec<(String, String)>]) -> String {
+    dn.iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|(t, v)| format!("{t}={}", crate::dn::escape_value(v)))
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The same DN spelled another valid RFC 4514 way, each choice taken from
+/// `pick`: type case, spaces around separators, AVA order, and per
+/// character raw (where allowed), `\c` (where allowed) or hex pairs in
+/// either case.
+fn other_spelling(dn: &[Vec<(String, String)>], pick: &mut impl Iterator<Item = u8>) -> String {
+    let mut next = || pick.next().unwrap_or(0);
+    let mut rdns = Vec::new();
+    for rdn in dn {
+        let mut avas: Vec<String> = Vec::new();
+        for (t, v) in rdn {
+            let t: String = t
+                .chars()
+                .map(|c| {
+                    if next().is_multiple_of(2) {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                })
+                .collect();
+            let space = |n: u8| if n.is_multiple_of(3) { " " } else { "" };
+            let (s1, s2) = (space(next()), space(next()));
+            avas.push(format!("{t}{s1}={s2}{}", spell_value(v, &mut next)));
+        }
+        let turn = usize::from(next()) % avas.len().max(1);
+        avas.rotate_left(turn);
+        let sep = if next().is_multiple_of(3) { " + " } else { "+" };
+        rdns.push(avas.join(sep));
+    }
+    let sep = if next().is_multiple_of(3) { " , " } else { "," };
+    rdns.join(sep)
+}
+
+fn spell_value(v: &str, next: &mut impl FnMut() -> u8) -> String {
+    let chars: Vec<char> = v.chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        let special = ",+\"\\<>;=".contains(c);
+        let must = special
+            || c == '\0'
+            || (i == 0 && (c == ' ' || c == '#'))
+            || (i + 1 == chars.len() && c == ' ');
+        let may_pair = special || c == ' ' || c == '#';
+        let hex = |upper: bool| -> String {
+            c.encode_utf8(&mut [0u8; 4])
+                .bytes()
+                .map(|b| {
+                    if upper {
+                        format!("\\{b:02X}")
+                    } else {
+                        format!("\\{b:02x}")
+                    }
+                })
+                .collect()
+        };
+        match next() % 4 {
+            0 | 1 if !must => out.push(c),
+            2 if may_pair => {
+                out.push('\\');
+                out.push(c);
+            }
+            n => out.push_str(&hex(n % 2 == 0)),
+        }
+    }
+    out
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -84,30 +175,68 @@ proptest! {
     }
 
     #[test]
-    fn dn_normal_form_matches_its_definition(rdns in proptest::collection::vec((nasty(), nasty()), 0..4), raw in nasty()) {
-        // The definition, spelled out with one string per step.
-        fn reference(dn: &str) -> String {
-            crate::dn::split_rdns(dn)
-                .iter()
-                .map(|rdn| match rdn.split_once('=') {
-                    Some((attr, value)) => format!(
-                        "{}={}",
-                        attr.trim().to_lowercase(),
-                        crate::dn::escape_value(&crate::dn::unescape_value(value.trim())).to_lowercase()
-                    ),
-                    None => rdn.to_lowercase(),
-                })
-                .collect::<Vec<_>>()
-                .join(",")
+    fn every_spelling_of_a_dn_normalises_to_one_form(
+        dn in dn_parts(),
+        choices in proptest::collection::vec(any::<u8>(), 1..64),
+    ) {
+        // absync's spelling (escape_value), and another as AD or any RFC
+        // 4514 writer may spell it: backslash-char or hex pairs, upper or
+        // lower hex, any attribute type case, spaces around separators, the
+        // AVAs of a multi-valued RDN in another order.
+        let ours = absync_spelling(&dn);
+        let theirs = other_spelling(&dn, &mut choices.iter().copied().cycle());
+        let n = crate::dn::normalize(&ours);
+        prop_assert_eq!(&crate::dn::normalize(&theirs), &n, "{} vs {}", ours, theirs);
+        prop_assert!(crate::engine::diff::same_dn(&theirs, &ours));
+        // The normal form is a fixed point.
+        prop_assert_eq!(crate::dn::normalize(&n), n.clone());
+        // And the structure survives: as many RDNs, the first one's value.
+        prop_assert_eq!(crate::dn::split_rdns(&theirs).len(), dn.len().max(1));
+        if let Some(first) = dn.first().filter(|r| r.len() == 1) {
+            prop_assert_eq!(crate::dn::rdn_value(&theirs), first[0].1.clone());
         }
-        let dn = rdns
-            .iter()
-            .map(|(a, v)| format!("{a}={}", crate::dn::escape_value(v)))
-            .collect::<Vec<_>>()
-            .join(",");
-        for d in [dn.as_str(), raw.as_str(), "CN=Smith\\, Jr.,OU=NHS Directory,DC=sync,DC=test",
-                  "cn=ΣΑΣ\\2C Ó,ou=Σx", " CN = \\20a\\5c\\ ,DC=x", "\\", "=,"] {
-            prop_assert_eq!(crate::dn::normalize(d), reference(d), "{}", d);
+    }
+
+    #[test]
+    fn different_dns_normalise_differently(a in dn_parts(), b in dn_parts(), extra in nasty()) {
+        // Equal normal forms exactly when the names are equal as AD
+        // compares them: types and values without case, AVAs in any order.
+        let key = |dn: &[Vec<(String, String)>]| -> Vec<Vec<(String, String)>> {
+            dn.iter()
+                .map(|rdn| {
+                    let mut avas: Vec<_> = rdn
+                        .iter()
+                        .map(|(t, v)| (t.to_lowercase(), v.to_lowercase()))
+                        .collect();
+                    avas.sort();
+                    avas
+                })
+                .collect()
+        };
+        let norm = |dn: &[Vec<(String, String)>]| crate::dn::normalize(&absync_spelling(dn));
+        prop_assert_eq!(norm(&a) == norm(&b), key(&a) == key(&b), "{:?} vs {:?}", a, b);
+        // A value changed in one place is another name.
+        if let Some(rdn) = a.first() {
+            let mut c = a.clone();
+            c[0][0].1.push_str(&extra);
+            c[0][0].1.push('x');
+            prop_assert_ne!(norm(&a), norm(&c));
+            // So is one value of a multi-valued RDN split off as its own RDN.
+            if rdn.len() > 1 {
+                let mut d = a.clone();
+                let last = d[0].pop().unwrap_or_default();
+                d.insert(0, vec![last]);
+                prop_assert_ne!(norm(&a), norm(&d));
+            }
+        }
+    }
+
+    #[test]
+    fn dn_normal_form_is_stable_on_any_input(raw in nasty(), dn in dn_parts()) {
+        for d in [raw.clone(), absync_spelling(&dn), format!("cn={raw},{}", absync_spelling(&dn))] {
+            let n = crate::dn::normalize(&d);
+            prop_assert_eq!(crate::dn::normalize(&n), n.clone(), "{:?}", d);
+            prop_assert_eq!(crate::dn::normalize(&d.to_ascii_uppercase()), crate::dn::normalize(&d.to_ascii_lowercase()));
         }
     }
 

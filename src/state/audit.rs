@@ -87,10 +87,26 @@ pub fn resolve(s: &Snapshot, who: &str) -> Result<Vec<String>, StateError> {
         "SELECT DISTINCT anchor FROM journal WHERE anchor = ?1"
     };
     let mut stmt = s.conn.prepare(q).map_err(|e| s.db_err(e))?;
-    let rows = stmt
-        .query_map([who], |r| r.get::<_, String>(0))
-        .map_err(|e| s.db_err(e))?;
-    rows.collect::<Result<_, _>>().map_err(|e| s.db_err(e))
+    // A DN as AD spells it finds the records absync wrote with its own
+    // spelling of the same name, and the other way round.
+    let asked = if who.contains('=') {
+        crate::dn::spellings(who)
+    } else {
+        vec![who.to_string()]
+    };
+    let mut out: Vec<String> = Vec::new();
+    for w in &asked {
+        let rows = stmt
+            .query_map([w], |r| r.get::<_, String>(0))
+            .map_err(|e| s.db_err(e))?;
+        for a in rows {
+            let a = a.map_err(|e| s.db_err(e))?;
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The whole life of the objects for `who`, in order.
@@ -459,6 +475,24 @@ pub fn describe_changes(r: &Record) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dn_finds_its_records_however_it_is_spelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Snapshot::open(dir.path()).unwrap();
+        let mut r = crate::state::journal::Record::new(1, "add", "applied", "test");
+        r.anchor = Some("a1".into());
+        r.dn = Some("cn=Ann Mid\\2bdle\\3b,OU=X".into());
+        s.journal(&[r]).unwrap();
+        for asked in [
+            "cn=Ann Mid\\2bdle\\3b,OU=X",
+            "CN=Ann Mid\\+dle\\;,OU=X",
+            "CN=ann mid\\+dle\\3B, ou=x",
+        ] {
+            assert_eq!(resolve(&s, asked).unwrap(), vec!["a1"], "{asked}");
+        }
+        assert!(resolve(&s, "CN=Ann Middle,OU=X").unwrap().is_empty());
+    }
 
     #[test]
     fn times_compare_as_text_in_time_order() {

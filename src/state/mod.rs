@@ -371,6 +371,10 @@ impl Snapshot {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         Self::bring_up_to_date(&conn, &path)?;
+        let fixed = object::refresh_dn_norms(&conn).map_err(db)?;
+        if fixed > 0 {
+            tracing::info!("state database: corrected the normal form of {fixed} stored names");
+        }
         Ok(Snapshot {
             conn,
             path,

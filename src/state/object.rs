@@ -43,3 +43,82 @@ pub struct Intent {
     pub after: Option<ObjectRow>,
     pub reason: String,
 }
+
+/// Brings each object's stored normal name (`dn_norm`, which name lookups
+/// and the one-object-per-name rule use) in line with
+/// [`crate::dn::normalize`]: a database written by an absync whose normal
+/// form was wrong (`\+d` read as a hex pair) holds stale ones. Changes
+/// nothing when all agree; returns how many it corrected.
+pub(crate) fn refresh_dn_norms(conn: &rusqlite::Connection) -> rusqlite::Result<usize> {
+    let mut stale = Vec::new();
+    {
+        let mut s = conn.prepare("SELECT anchor, dn, dn_norm FROM objects")?;
+        let mut rows = s.query([])?;
+        while let Some(r) = rows.next()? {
+            let (dn, norm): (String, String) = (r.get(1)?, r.get(2)?);
+            let now = crate::dn::normalize(&dn);
+            if now != norm {
+                stale.push((r.get::<_, String>(0)?, now));
+            }
+        }
+    }
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    // unchecked: called on opening, outside any other transaction.
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut set = tx.prepare("UPDATE objects SET dn_norm = ?2 WHERE anchor = ?1")?;
+        // Placeholders first (no normal form lacks `=`), so that a stale
+        // value another row's new one equals cannot trip the UNIQUE rule.
+        for (anchor, _) in &stale {
+            set.execute([anchor.as_str(), &format!("stale:{anchor}")])?;
+        }
+        for (anchor, norm) in &stale {
+            set.execute([anchor.as_str(), norm.as_str()])?;
+        }
+    }
+    tx.commit()?;
+    Ok(stale.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::state::{ObjectRow, Snapshot};
+
+    #[test]
+    fn stale_normal_names_are_corrected_on_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |anchor: &str, dn: &str| ObjectRow {
+            anchor: anchor.into(),
+            dn: dn.into(),
+            ..Default::default()
+        };
+        {
+            let s = Snapshot::open(dir.path()).unwrap();
+            s.commit("a1", Some(&row("a1", "CN=Ann Mid\\+dle,OU=X")), 1, &[])
+                .unwrap();
+            s.commit("a2", Some(&row("a2", "CN=Bob,OU=X")), 1, &[])
+                .unwrap();
+            // What the old normal form stored for a1 (`\+d` as byte 0x0d).
+            s.conn
+                .execute(
+                    "UPDATE objects SET dn_norm = 'cn=ann mi\rle,ou=x' WHERE anchor = 'a1'",
+                    [],
+                )
+                .unwrap();
+            assert_eq!(s.holder_of("cn=Ann Mid\\2bdle,ou=x").unwrap(), None);
+        }
+        let s = Snapshot::open(dir.path()).unwrap();
+        assert_eq!(
+            s.holder_of("cn=Ann Mid\\2bdle,ou=x").unwrap().as_deref(),
+            Some("a1")
+        );
+        assert_eq!(s.holder_of("cn=bob,ou=x").unwrap().as_deref(), Some("a2"));
+        assert_eq!(
+            super::refresh_dn_norms(&s.conn).unwrap(),
+            0,
+            "all agree now"
+        );
+    }
+}

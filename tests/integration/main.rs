@@ -9,6 +9,7 @@ mod compliance;
 mod crash;
 mod delta;
 mod escape;
+mod dnform;
 mod evidence;
 mod faults;
 mod hostile;
