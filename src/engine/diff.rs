@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::config::TargetConfig;
 use crate::engine::map::Mapping;
-use crate::engine::scope::Verdict;
+use crate::engine::scope::{SourceEntry, Verdict};
 use crate::state::journal::AttrChange;
 use crate::state::runs::Counts;
 use crate::state::{Attrs, ObjectRow, StateError};
@@ -72,6 +72,13 @@ pub enum Planned {
     /// An add or a new name: the target's unowned objects must be read
     /// first (see [`Planner::plan_step`]).
     NeedsTarget(Draft),
+}
+
+/// The first step of planning an entry: held, or done with.
+enum Admitted {
+    Held(SourceEntry, BTreeSet<String>),
+    /// Nothing to do, or a rejection (boxed: rejections are rare).
+    Done(Option<Box<Change>>),
 }
 
 /// An entry planned up to the conflict checks.
@@ -231,6 +238,75 @@ pub fn attr_changes(before: &Attrs, after: &Attrs) -> BTreeMap<String, AttrChang
         .collect()
 }
 
+/// An anchor as anchors are compared for being the same: folded to lower
+/// case (AD matches anchors without regard to case).
+pub fn fold(anchor: &str) -> String {
+    anchor.to_lowercase()
+}
+
+/// How many entries in scope claim each anchor (folded): what the pull's
+/// pre-pass counts when the source does not keep its anchors unique.
+#[derive(Debug, Default)]
+pub struct Tally(HashMap<String, u32>);
+
+impl Tally {
+    pub fn add(&mut self, anchor: &str) {
+        *self.0.entry(fold(anchor)).or_default() += 1;
+    }
+
+    /// The anchors claimed more than once.
+    pub fn disputed(&self) -> Disputed {
+        Disputed(
+            self.0
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(a, n)| (a.clone(), *n))
+                .collect(),
+        )
+    }
+
+    /// Takes out of what a delta says is gone the anchors an entry in scope
+    /// still claims (compared without regard to case): an entry that left
+    /// the filter carrying another person's anchor does not remove that
+    /// person's object. The next full pull settles them. Returns how many
+    /// were kept.
+    pub fn keep_claimed(&self, gone: &mut HashSet<String>) -> usize {
+        let before = gone.len();
+        gone.retain(|a| !self.0.contains_key(&fold(a)));
+        before - gone.len()
+    }
+}
+
+/// Anchors (folded) that more than one entry in scope claims, with how many
+/// claim each. Every entry claiming one is refused, whichever is read
+/// first: neither takes over the object absync holds for the anchor.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Disputed(HashMap<String, u32>);
+
+impl Disputed {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many entries claim this folded anchor, if more than one do.
+    fn claims(&self, folded: &str) -> Option<u32> {
+        self.0.get(folded).copied()
+    }
+}
+
+/// Why an entry claiming a disputed anchor is refused.
+fn disputed_reason(claims: u32) -> String {
+    let none = if claims == 2 { "neither" } else { "none" };
+    format!(
+        "{claims} source entries claim this anchor (compared without regard to case); \
+         {none} is copied until the source is corrected"
+    )
+}
+
 /// Objects in the managed OU that absync does not own, found by one search
 /// at the start of a run.
 #[derive(Debug, Default, Clone)]
@@ -281,6 +357,12 @@ pub struct Planner<'a> {
     known_folded: Option<HashSet<String>>,
     /// Anchors a delta pull's present phase named as unchanged.
     present: HashSet<String>,
+    /// Anchors (folded) more than one entry in scope claims, from the
+    /// pull's pre-pass: every entry claiming one is refused.
+    disputed: Disputed,
+    /// The disputed anchors this run read: the objects absync holds under
+    /// them stay as they are (never modified, renamed, hidden or deleted).
+    disputed_read: HashSet<String>,
     /// Why an anchor was seen but not held (leaver, left scope).
     not_held: HashMap<String, String>,
     /// Rows a full reconcile corrected from the live target: `Some` replaces
@@ -309,11 +391,42 @@ impl<'a> Planner<'a> {
             held_folded: HashMap::new(),
             known_folded: None,
             present: HashSet::new(),
+            disputed: Disputed::default(),
+            disputed_read: HashSet::new(),
             not_held: HashMap::new(),
             overlay: HashMap::new(),
             pulled_per_org: HashMap::new(),
             name_attrs: name_attributes(mapping),
         }
+    }
+
+    /// The anchors more than one entry in scope claims (the pull's
+    /// pre-pass).
+    pub fn set_disputed(&mut self, disputed: Disputed) {
+        self.disputed = disputed;
+    }
+
+    /// The disputed anchors, handed on to a fresh planner.
+    pub fn take_disputed(&mut self) -> Disputed {
+        std::mem::take(&mut self.disputed)
+    }
+
+    /// Why an entry with `anchor` is refused for claiming a disputed anchor
+    /// (`None`: it does not). The anchor is remembered as read.
+    fn dispute(&mut self, anchor: &str) -> Option<String> {
+        if self.disputed.is_empty() {
+            return None;
+        }
+        let folded = fold(anchor);
+        let claims = self.disputed.claims(&folded)?;
+        self.disputed_read.insert(folded);
+        Some(disputed_reason(claims))
+    }
+
+    /// Whether a disputed entry of this run claims `anchor`: its object
+    /// stays as it is.
+    fn disputed_held(&self, anchor: &str) -> bool {
+        !self.disputed_read.is_empty() && self.disputed_read.contains(&fold(anchor))
     }
 
     /// Uses `row` instead of the snapshot's row for `anchor` (`None`: as if
@@ -372,7 +485,7 @@ impl<'a> Planner<'a> {
     /// of this run that is held already has. Anchors refused are not
     /// remembered, so a newcomer read first never displaces the holder.
     fn case_twin(&mut self, anchor: &str, known: bool) -> Result<Option<String>, StateError> {
-        let folded = anchor.to_lowercase();
+        let folded = fold(anchor);
         if let Some(other) = self.held_folded.get(&folded) {
             if other != anchor {
                 return Ok(Some(
@@ -398,7 +511,7 @@ impl<'a> Planner<'a> {
             self.snapshot.for_each_kept(
                 &|a| {
                     if !matches!(overlay.get(a), Some(None)) {
-                        all.borrow_mut().insert(a.to_lowercase());
+                        all.borrow_mut().insert(fold(a));
                     }
                     false
                 },
@@ -407,7 +520,7 @@ impl<'a> Planner<'a> {
             let mut all = all.into_inner();
             for (a, row) in overlay {
                 if row.is_some() {
-                    all.insert(a.to_lowercase());
+                    all.insert(fold(a));
                 }
             }
             self.known_folded = Some(all);
@@ -424,35 +537,10 @@ impl<'a> Planner<'a> {
         verdict: Verdict,
         counts: &mut Counts,
     ) -> Result<Planned, StateError> {
-        let (entry, agreements) = match verdict {
-            Verdict::Hold {
-                entry,
-                agreements,
-                dropped,
-            } => {
-                counts.dropped_attributes += dropped as u64;
-                (entry, agreements)
-            }
-            Verdict::Leaver { anchor, org } => {
-                counts.leavers += 1;
-                *self.pulled_per_org.entry(org).or_default() += 1;
-                self.not_held.insert(anchor, "leaver".into());
-                return Ok(Planned::Done(None));
-            }
-            Verdict::OutOfScope { anchor, .. } => {
-                counts.out_of_scope += 1;
-                self.not_held.insert(anchor, "left scope".into());
-                return Ok(Planned::Done(None));
-            }
-            Verdict::Invalid { dn, reason } => {
-                return Ok(Planned::Done(reject("", dn, reason, counts)))
-            }
+        let (entry, agreements) = match self.admit(verdict, counts) {
+            Admitted::Held(entry, agreements) => (entry, agreements),
+            Admitted::Done(done) => return Ok(Planned::Done(done.map(|c| *c))),
         };
-        counts.in_scope += 1;
-        if !self.seen.insert(entry.anchor.clone()) {
-            let why = "another source entry has the same anchor".to_string();
-            return Ok(Planned::Done(reject(&entry.anchor, entry.dn, why, counts)));
-        }
         let agreements: Vec<String> = agreements.into_iter().collect();
         let mapped = match self.mapping.map(&entry) {
             Ok(m) => m,
@@ -523,6 +611,59 @@ impl<'a> Planner<'a> {
             return Ok(Planned::NeedsTarget(draft));
         }
         Ok(Planned::Done(self.finish(draft, counts)))
+    }
+
+    /// The first step of planning an entry: an entry that may be held, or
+    /// what its verdict comes to (nothing to do, or a rejection). An entry
+    /// claiming a disputed anchor is refused, whatever its verdict; so is
+    /// the second entry with an anchor this run has read.
+    fn admit(&mut self, verdict: Verdict, counts: &mut Counts) -> Admitted {
+        let (anchor, dn) = match &verdict {
+            Verdict::Hold { entry, .. } => (&entry.anchor, &entry.dn),
+            Verdict::Leaver { anchor, dn, .. } | Verdict::OutOfScope { anchor, dn, .. } => {
+                (anchor, dn)
+            }
+            Verdict::Invalid { dn, reason } => {
+                return Admitted::Done(
+                    reject("", dn.clone(), reason.clone(), counts).map(Box::new),
+                );
+            }
+        };
+        if let Some(why) = self.dispute(anchor) {
+            if matches!(verdict, Verdict::Hold { .. }) {
+                counts.in_scope += 1;
+            }
+            self.seen.insert(anchor.clone());
+            return Admitted::Done(reject(anchor, dn.clone(), why, counts).map(Box::new));
+        }
+        let (entry, agreements) = match verdict {
+            Verdict::Hold {
+                entry,
+                agreements,
+                dropped,
+            } => {
+                counts.dropped_attributes += dropped as u64;
+                (entry, agreements)
+            }
+            Verdict::Leaver { anchor, org, .. } => {
+                counts.leavers += 1;
+                *self.pulled_per_org.entry(org).or_default() += 1;
+                self.not_held.insert(anchor, "leaver".into());
+                return Admitted::Done(None);
+            }
+            Verdict::OutOfScope { anchor, .. } => {
+                counts.out_of_scope += 1;
+                self.not_held.insert(anchor, "left scope".into());
+                return Admitted::Done(None);
+            }
+            Verdict::Invalid { .. } => return Admitted::Done(None),
+        };
+        counts.in_scope += 1;
+        if !self.seen.insert(entry.anchor.clone()) {
+            let why = "another source entry has the same anchor".to_string();
+            return Admitted::Done(reject(&entry.anchor, entry.dn, why, counts).map(Box::new));
+        }
+        Admitted::Held(entry, agreements)
     }
 
     /// The objects absync does not own in its OU, once read.
@@ -666,7 +807,10 @@ impl<'a> Planner<'a> {
         let grants = agreements.grants();
         let mut out = Vec::new();
         let mut visit = |row: ObjectRow| {
-            if self.seen.contains(&row.anchor) || self.present.contains(&row.anchor) {
+            if self.seen.contains(&row.anchor)
+                || self.present.contains(&row.anchor)
+                || self.disputed_held(&row.anchor)
+            {
                 return Ok(());
             }
             let reason = self.reason_for(&row, &grants, agreements);
@@ -677,7 +821,9 @@ impl<'a> Planner<'a> {
         // in a no-change run that is all of them.
         let unseen = |anchor: &str| {
             self.overlay.contains_key(anchor)
-                || !(self.seen.contains(anchor) || self.present.contains(anchor))
+                || !(self.seen.contains(anchor)
+                    || self.present.contains(anchor)
+                    || self.disputed_held(anchor))
         };
         self.snapshot
             .for_each_kept(&unseen, &mut |row| match self.overlay.get(&row.anchor) {
@@ -710,7 +856,7 @@ impl<'a> Planner<'a> {
         let mut out = Vec::new();
         let mut listed = HashSet::new();
         for anchor in anchors {
-            if self.seen.contains(anchor) {
+            if self.seen.contains(anchor) || self.disputed_held(anchor) {
                 continue;
             }
             if let Some(row) = self.snapshot.get(anchor)? {
@@ -720,7 +866,10 @@ impl<'a> Planner<'a> {
             }
         }
         self.snapshot.for_each_hidden(&mut |row| {
-            if !listed.contains(&row.anchor) && !self.seen.contains(&row.anchor) {
+            if !listed.contains(&row.anchor)
+                && !self.seen.contains(&row.anchor)
+                && !self.disputed_held(&row.anchor)
+            {
                 out.push((row, None));
             }
             Ok(())
@@ -732,10 +881,9 @@ impl<'a> Planner<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::scope::SourceEntry;
 
     /// The snapshot as the planner asks it, in memory.
-    struct Rows(BTreeMap<String, ObjectRow>);
+    pub(super) struct Rows(BTreeMap<String, ObjectRow>);
 
     impl Known for Rows {
         fn get(&self, anchor: &str) -> Result<Option<ObjectRow>, StateError> {
@@ -771,9 +919,9 @@ mod tests {
         }
     }
 
-    const BASE: &str = "OU=NHS,DC=x";
+    pub(super) const BASE: &str = "OU=NHS,DC=x";
 
-    fn mapping() -> Mapping {
+    pub(super) fn mapping() -> Mapping {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.toml");
         std::fs::write(
@@ -786,7 +934,7 @@ mod tests {
         Mapping::load(&p).unwrap()
     }
 
-    fn hold(anchor: &str, sn: &str, mail: &str) -> Verdict {
+    pub(super) fn hold(anchor: &str, sn: &str, mail: &str) -> Verdict {
         let attrs = [("sn", sn), ("mail", mail)]
             .iter()
             .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
@@ -803,7 +951,7 @@ mod tests {
         }
     }
 
-    fn victim() -> Rows {
+    pub(super) fn victim() -> Rows {
         let row = ObjectRow {
             anchor: "emp-v".into(),
             dn: format!("cn=Victim,{BASE}"),
@@ -956,5 +1104,144 @@ mod tests {
         let mut adopted = before.clone();
         adopted.org = String::new();
         assert_eq!(update_reason(&adopted, &after, &names), "scope changed");
+    }
+}
+
+#[cfg(test)]
+mod disputed_tests {
+    use super::*;
+    use crate::agreements::Agreements;
+
+    fn disputed(anchors: &[&str]) -> Disputed {
+        let mut t = Tally::default();
+        for a in anchors {
+            t.add(a);
+        }
+        t.disputed()
+    }
+
+    #[test]
+    fn the_tally_keeps_the_anchors_claimed_more_than_once_without_regard_to_case() {
+        let d = disputed(&[
+            "emp-1", "EMP-1", "emp-2", "emp-3", "emp-3", "Emp-3", "ÉMP-4", "émp-4",
+        ]);
+        assert_eq!(d.len(), 3);
+        assert_eq!(d.claims("emp-1"), Some(2));
+        assert_eq!(d.claims("emp-2"), None);
+        assert_eq!(d.claims("emp-3"), Some(3));
+        assert_eq!(d.claims("émp-4"), Some(2));
+        assert!(disputed(&["a", "b"]).is_empty());
+        // What a delta says is gone, unless an entry in scope claims it.
+        let mut t = Tally::default();
+        t.add("emp-1");
+        let mut gone: HashSet<String> = ["EMP-1".to_string(), "emp-2".to_string()].into();
+        assert_eq!(t.keep_claimed(&mut gone), 1);
+        assert_eq!(gone, ["emp-2".to_string()].into());
+        assert!(disputed_reason(2).starts_with("2 source entries claim this anchor"));
+        assert!(disputed_reason(2).contains("neither is copied"));
+        assert!(disputed_reason(3).contains("none is copied"));
+    }
+
+    fn agreements() -> Agreements {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(
+            &p,
+            "[[agreement]]\nid = \"DSA-1\"\ntitle = \"t\"\norganisations = [\"RX1\"]\n\
+             attributes = [\"sn\", \"mail\"]\nvalid_from = 2000-01-01\nvalid_until = 2999-01-01\n",
+        )
+        .unwrap();
+        Agreements::load(&p, time::macros::date!(2026 - 06 - 01)).unwrap()
+    }
+
+    /// Plans `entries` in order against the victim's snapshot with `emp-v`
+    /// disputed; returns the changes and the unseen objects after a full
+    /// pull.
+    fn run(entries: Vec<Verdict>) -> (Vec<Option<Change>>, Vec<String>, Counts) {
+        let (rows, m) = (super::tests::victim(), super::tests::mapping());
+        let mut p = Planner::new(&rows, &m, super::tests::BASE, Some(Unowned::default()));
+        p.set_disputed(disputed(&["emp-v", "EMP-V"]));
+        let mut counts = Counts::default();
+        let changes = entries
+            .into_iter()
+            .map(|v| p.plan(v, &mut counts).unwrap())
+            .collect();
+        let unseen = p.unseen(&agreements()).unwrap();
+        let listed = p
+            .unseen_listed(&agreements(), &["emp-v".to_string()].into())
+            .unwrap();
+        let mut names: Vec<String> = unseen.into_iter().map(|(r, _)| r.anchor).collect();
+        names.extend(
+            listed
+                .into_iter()
+                .map(|(r, _)| format!("listed {}", r.anchor)),
+        );
+        (changes, names, counts)
+    }
+
+    fn why(c: &Option<Change>) -> &str {
+        match c {
+            Some(Change {
+                kind: Kind::Reject { why, .. },
+                ..
+            }) => why,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    use super::tests::hold;
+
+    #[test]
+    fn every_entry_claiming_a_disputed_anchor_is_refused_whichever_comes_first() {
+        let attacker = || hold("emp-v", "Mallory", "attacker@evil.example");
+        let upper = || hold("EMP-V", "Mallory", "attacker@evil.example");
+        let own = || hold("emp-v", "Victim", "victim@nhs.net");
+        for order in [
+            vec![attacker(), own()],
+            vec![own(), attacker()],
+            vec![upper(), own()],
+            vec![own(), upper()],
+            vec![upper(), attacker(), own()],
+        ] {
+            let n = order.len();
+            let (changes, unseen, counts) = run(order);
+            for c in &changes {
+                assert!(why(c).contains("claim this anchor"), "{c:?}");
+            }
+            // The victim's object is neither written nor removed.
+            assert!(unseen.is_empty(), "{unseen:?}");
+            assert_eq!(counts.rejected, n as u64);
+            assert_eq!(counts.in_scope, n as u64);
+        }
+    }
+
+    #[test]
+    fn a_leaver_claiming_a_disputed_anchor_is_refused_and_hides_nothing() {
+        let leaver = Verdict::Leaver {
+            anchor: "EMP-V".into(),
+            dn: "uid=m1,ou=People,o=nhs".into(),
+            org: "RX1".into(),
+        };
+        let (changes, unseen, counts) = run(vec![leaver]);
+        assert!(why(&changes[0]).contains("2 source entries claim"));
+        assert!(unseen.is_empty(), "{unseen:?}");
+        assert_eq!(counts.leavers, 0);
+    }
+
+    #[test]
+    fn a_dispute_the_main_pass_does_not_read_leaves_the_usual_removal() {
+        // The source changed between the two passes: nobody claims emp-v.
+        let (changes, unseen, _) = run(vec![hold("new-1", "Ann", "ann@nhs.net")]);
+        assert!(matches!(
+            changes[0],
+            Some(Change {
+                kind: Kind::Add { .. },
+                ..
+            })
+        ));
+        assert_eq!(
+            unseen,
+            vec!["emp-v".to_string(), "listed emp-v".to_string()]
+        );
     }
 }

@@ -39,9 +39,17 @@ pub enum Verdict {
         dropped: usize,
     },
     /// The person has left (entry status says so).
-    Leaver { anchor: String, org: String },
+    Leaver {
+        anchor: String,
+        dn: String,
+        org: String,
+    },
     /// The entry's organisation is not covered by an agreement in force.
-    OutOfScope { anchor: String, org: String },
+    OutOfScope {
+        anchor: String,
+        dn: String,
+        org: String,
+    },
     /// The entry cannot be handled at all; the reason says why.
     Invalid { dn: String, reason: String },
 }
@@ -93,6 +101,24 @@ fn is_uuid(v: &str) -> bool {
         })
 }
 
+/// The anchor of an entry, as every stage reads it: the one value of
+/// `attribute`, trimmed, that passes [`check_anchor`]. `Err` says why the
+/// entry has none (the reason a rejection journals).
+pub fn anchor_value(
+    attribute: &str,
+    attrs: &std::collections::HashMap<String, Vec<String>>,
+) -> Result<String, String> {
+    match get(attrs, attribute).map(Vec::as_slice) {
+        Some([a]) if !a.trim().is_empty() => {
+            let a = a.trim();
+            check_anchor(attribute, a).map_err(|why| format!("{attribute} (the anchor) {why}"))?;
+            Ok(a.to_string())
+        }
+        Some([]) | None => Err(format!("no {attribute} (the anchor)")),
+        Some(_) => Err(format!("several values of {attribute} (the anchor)")),
+    }
+}
+
 /// Case-insensitive lookup in ldap3's attribute map (servers return names
 /// in their own spelling: `entryUUID`, `entryuuid`).
 fn get<'a>(
@@ -121,28 +147,9 @@ impl Scope {
     }
 
     pub fn judge(&self, raw: ldap3::SearchEntry) -> Verdict {
-        let anchor = match get(&raw.attrs, &self.anchor_attribute).map(Vec::as_slice) {
-            Some([a]) if !a.trim().is_empty() => {
-                if let Err(why) = check_anchor(&self.anchor_attribute, a.trim()) {
-                    return Verdict::Invalid {
-                        dn: raw.dn,
-                        reason: format!("{} (the anchor) {why}", self.anchor_attribute),
-                    };
-                }
-                a.trim().to_string()
-            }
-            Some([]) | None => {
-                return Verdict::Invalid {
-                    dn: raw.dn,
-                    reason: format!("no {} (the anchor)", self.anchor_attribute),
-                }
-            }
-            Some(_) => {
-                return Verdict::Invalid {
-                    dn: raw.dn,
-                    reason: format!("several values of {} (the anchor)", self.anchor_attribute),
-                }
-            }
+        let anchor = match anchor_value(&self.anchor_attribute, &raw.attrs) {
+            Ok(a) => a,
+            Err(reason) => return Verdict::Invalid { dn: raw.dn, reason },
         };
         let org = match get(&raw.attrs, &self.org_attribute).map(Vec::as_slice) {
             Some([o]) => o.trim().to_uppercase(),
@@ -160,14 +167,22 @@ impl Scope {
             }
         };
         let Some(grant) = self.grants.get(&org) else {
-            return Verdict::OutOfScope { anchor, org };
+            return Verdict::OutOfScope {
+                anchor,
+                dn: raw.dn,
+                org,
+            };
         };
         if let Some(status) = get(&raw.attrs, &self.status_attribute) {
             if status
                 .iter()
                 .any(|s| self.leaver_values.contains(&s.trim().to_lowercase()))
             {
-                return Verdict::Leaver { anchor, org };
+                return Verdict::Leaver {
+                    anchor,
+                    dn: raw.dn,
+                    org,
+                };
             }
         }
         let org_attr = self.org_attribute.to_lowercase();

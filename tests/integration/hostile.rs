@@ -271,11 +271,10 @@ async fn a_shared_or_missing_anchor_is_refused_without_harming_others() {
         base += 1;
     }
     assert_eq!(base, 5);
-    // One of the two sharing an anchor is held (the first read), the other
-    // refused; the one without is refused; each refusal says why.
-    let shared = &ad["E-SHARED"];
-    assert!(["First", "Second"].contains(&shared["sn"][0].as_str()));
-    assert_eq!(ad.len(), 6, "{ad:?}");
+    // Neither of the two sharing an anchor is held, whichever is read
+    // first; the one without is refused; each refusal says why.
+    assert!(!ad.contains_key("E-SHARED"), "{ad:?}");
+    assert_eq!(ad.len(), 5, "{ad:?}");
     let snap = env.snapshot();
     let records = snap.records(snap.runs(1).unwrap()[0].id).unwrap();
     let rejects: Vec<String> = records
@@ -283,11 +282,12 @@ async fn a_shared_or_missing_anchor_is_refused_without_harming_others() {
         .filter(|r| r.op == "reject")
         .map(|r| r.error.clone().unwrap_or_default())
         .collect();
-    assert_eq!(rejects.len(), 2, "{records:?}");
-    assert!(
-        rejects
-            .iter()
-            .any(|e| e.contains("another source entry has the same anchor")),
+    assert_eq!(rejects.len(), 3, "{records:?}");
+    let shared = "2 source entries claim this anchor (compared without regard to case); \
+                  neither is copied until the source is corrected";
+    assert_eq!(
+        rejects.iter().filter(|e| *e == shared).count(),
+        2,
         "{rejects:?}"
     );
     assert!(
@@ -297,7 +297,7 @@ async fn a_shared_or_missing_anchor_is_refused_without_harming_others() {
         "{rejects:?}"
     );
     assert!(
-        summary_line(&run, "rejected").contains("rejected 2"),
+        summary_line(&run, "rejected").contains("rejected 3"),
         "{run:?}"
     );
 }
@@ -347,13 +347,14 @@ async fn an_anchor_that_differs_only_by_case_never_takes_over_anothers_contact()
         .find(|r| r.anchor.as_deref() == Some("EMP-VICTIM-1"))
         .unwrap_or_else(|| panic!("nothing journaled for the attacker: {records:?}"));
     assert_eq!(refused.op, "reject", "{refused:?}");
-    // Whether the holder was read before it in this run or not.
+    // Whether the holder was read before it in this run or not: two
+    // entries claim the anchor, compared without regard to case.
     assert!(
         refused
             .error
             .as_deref()
             .unwrap_or("")
-            .ends_with("anchor differs from this one only by case"),
+            .starts_with("2 source entries claim this anchor"),
         "{refused:?}"
     );
     assert!(refused.dn.as_deref().unwrap_or("").starts_with("uid=m1,"));
@@ -441,4 +442,159 @@ async fn a_mapping_that_writes_the_ownership_marker_is_refused_with_its_line() {
         );
     }
     assert_unchanged(&before, &env.ad_objects().await);
+}
+
+/// The journal of the latest run: (op, DN, error) of every record for
+/// `anchor` (compared without regard to case), in the order journaled.
+fn records_for(env: &SyncEnv, anchor: &str) -> Vec<(String, String, String)> {
+    let snap = env.snapshot();
+    let run = snap.runs(1).unwrap()[0].id;
+    snap.records(run)
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            r.anchor
+                .as_deref()
+                .is_some_and(|a| a.eq_ignore_ascii_case(anchor))
+        })
+        .map(|r| (r.op, r.dn.unwrap_or_default(), r.error.unwrap_or_default()))
+        .collect()
+}
+
+/// Source entries that copy another person's anchor (`employeeNumber`, which
+/// users may be able to write), byte for byte or in upper case, and that the
+/// source returns before the holder's entry: every entry claiming the anchor
+/// is refused with a journaled reason, in a delta and in a full pull; the
+/// holder's contact is neither written nor removed; no contact is made for
+/// the copies; once they are gone, runs are as before.
+#[tokio::test]
+async fn an_entry_that_copies_another_persons_anchor_never_takes_over_their_contact() {
+    let env = SyncEnv::new("hostile-anchor-dupe", 97, 3, 1, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    let ods = codes[0].clone();
+    env.write_agreements(&[("DSA-H", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    env.set_config_line("anchor_attribute", "\"employeeNumber\"");
+    let person = |uid: &str, sn: &str, number: &str, mail: &str, leaver: bool| {
+        let extra = vec![("employeeNumber", number.into()), ("mail", mail.into())];
+        let text = ldif(
+            &env.source_base,
+            &Case {
+                uid: uid.into(),
+                given: "Vic".into(),
+                sn: sn.into(),
+                ods: ods.clone(),
+                extra,
+            },
+        );
+        // A leaver is outside the filter, (!(nhsEntryStatus=leaver)).
+        match leaver {
+            true => text.replace("nhsEntryStatus: active", "nhsEntryStatus: leaver"),
+            false => text,
+        }
+    };
+    // slapd (mdb) returns entries in the order they were added: the copies
+    // are added first, outside the filter, and brought into it later.
+    let bad = "attacker@evil.example";
+    env.change_source(&person("m0", "Mallory", "emp-victim-1", bad, true));
+    env.change_source(&person("m1", "Mallory", "EMP-VICTIM-1", bad, true));
+    env.change_source(&person(
+        "v1",
+        "Victim",
+        "emp-victim-1",
+        "vic.victim@nhs.net",
+        false,
+    ));
+    env.sync_ok();
+    let before = env.ad_objects().await;
+    let victim = by_anchor(&before)["emp-victim-1"].clone();
+    assert_eq!(victim["mail"], vec!["vic.victim@nhs.net"]);
+    assert_eq!(before.len(), 4, "{before:?}");
+    let activate = |uid: &str, status: &str| {
+        env.change_source(&format!(
+            "dn: uid={uid},ou=People,{}\nchangetype: modify\nreplace: nhsEntryStatus\n\
+             nhsEntryStatus: {status}\n\n",
+            env.source_base
+        ))
+    };
+    let refused = |records: &[(String, String, String)], claims: &str| {
+        assert!(!records.is_empty());
+        for (op, dn, error) in records {
+            assert_eq!(op, "reject", "{records:?}");
+            assert!(
+                error.starts_with(&format!("{claims} source entries claim this anchor"))
+                    && error.ends_with("is copied until the source is corrected"),
+                "{records:?}"
+            );
+            assert!(!dn.is_empty(), "{records:?}");
+        }
+    };
+    let uids = |records: &[(String, String, String)]| -> Vec<String> {
+        records
+            .iter()
+            .map(|(_, dn, _)| dn.split(',').next().unwrap().to_string())
+            .collect()
+    };
+
+    for (copy, others) in [("m0", "m1"), ("m1", "m0")] {
+        activate(others, "leaver");
+        activate(copy, "active");
+        // A delta (modifyTimestamp: the anchor is not entryUUID), then a
+        // full pull.
+        for args in [&["sync"][..], &["sync", "--full"][..]] {
+            let run = env.absync(args);
+            assert_eq!(run.code, 0, "{args:?}: {run:?}");
+            assert_unchanged(&before, &env.ad_objects().await);
+            let records = records_for(&env, "emp-victim-1");
+            refused(&records, "2");
+            // The copy is read first, and refused like the holder (which a
+            // delta reads again while it is younger than the watermark's
+            // margin, five minutes).
+            let read = uids(&records);
+            assert_eq!(read[0], format!("uid={copy}"), "{args:?}: {records:?}");
+            if args.len() == 2 {
+                assert_eq!(read, vec![format!("uid={copy}"), "uid=v1".into()]);
+            }
+        }
+    }
+    // Both copies at once.
+    activate("m0", "active");
+    let run = env.absync(&["sync", "--full"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_unchanged(&before, &env.ad_objects().await);
+    let records = records_for(&env, "emp-victim-1");
+    refused(&records, "3");
+    assert_eq!(uids(&records), vec!["uid=m0", "uid=m1", "uid=v1"]);
+
+    // The copies go: the holder is read again as before, nothing removed.
+    for uid in ["m0", "m1"] {
+        env.change_source(&format!(
+            "dn: uid={uid},ou=People,{}\nchangetype: delete\n\n",
+            env.source_base
+        ));
+    }
+    for args in [&["sync"][..], &["sync", "--full"][..]] {
+        let run = env.absync(args);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        assert!(
+            summary_line(&run, "pulled").contains("rejected 0"),
+            "{run:?}"
+        );
+        assert_unchanged(&before, &env.ad_objects().await);
+        assert_eq!(records_for(&env, "emp-victim-1"), vec![], "{args:?}");
+    }
+    // And the holder's own changes land again.
+    env.change_source(&format!(
+        "dn: uid=v1,ou=People,{}\nchangetype: modify\nreplace: mail\nmail: vic.new@nhs.net\n\n",
+        env.source_base
+    ));
+    env.sync_ok();
+    let after = env.ad_objects().await;
+    assert_eq!(after.len(), 4);
+    assert_eq!(
+        by_anchor(&after)["emp-victim-1"]["mail"],
+        vec!["vic.new@nhs.net"]
+    );
+    let records = records_for(&env, "emp-victim-1");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].0, "modify", "{records:?}");
 }

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use crate::engine::cx::RunCx;
-use crate::engine::diff::Planner;
+use crate::engine::diff::{Planner, Tally};
 use crate::engine::outcome::{PullReport, RunError};
 use crate::engine::stages::Stages;
 use crate::ldap::Conn;
@@ -59,6 +59,11 @@ pub(crate) async fn read<'a>(
     let key = query::scope_key(filter, &attrs, &cx.inputs.agreements, cx.files);
     let stored = cx.snapshot.source_cookie()?;
     let mut mode = query::choose(&cx.cfg.source, cx.opts.full, stored.as_ref(), &key);
+    let claims = prepass(cx, st, source, filter, report).await?;
+    // Kept only for a timestamp delta, which tells what left the filter.
+    let claims = claims.filter(
+        |_| matches!(&mode, PullMode::Delta { from } if from.kind == CookieKind::Timestamp),
+    );
     let ask = Ask {
         filter,
         attrs: &attrs,
@@ -66,7 +71,17 @@ pub(crate) async fn read<'a>(
     };
     if let PullMode::Delta { from } = &mode {
         match ask.delta(cx, st, source, from, report).await? {
-            Ok((gone, cookie)) => {
+            Ok((mut gone, cookie)) => {
+                if let (Some(gone), Some(claims)) = (gone.as_mut(), &claims) {
+                    let kept = claims.keep_claimed(gone);
+                    if kept > 0 {
+                        tracing::warn!(
+                            kept,
+                            "entries that left the filter carry anchors that entries in \
+                             scope claim: their objects stay until the next full pull"
+                        );
+                    }
+                }
                 read.gone = gone;
                 read.next_cookie = Some(cookie);
             }
@@ -77,6 +92,35 @@ pub(crate) async fn read<'a>(
         read.next_cookie = ask.full(cx, st, source, why, report).await?;
     }
     Ok(read)
+}
+
+/// The pre-pass, when the source does not keep anchors unique (any anchor
+/// attribute but entryUUID): the anchors in scope are counted, and those
+/// several entries claim are handed to the planner, which refuses every
+/// entry claiming one. Returns the count (`None`: no pre-pass).
+async fn prepass(
+    cx: &RunCx<'_>,
+    st: &mut Stages<'_, '_, '_>,
+    source: &mut Conn,
+    filter: &str,
+    report: &mut PullReport,
+) -> Result<Option<Tally>, RunError> {
+    if query::anchors_unique(&cx.cfg.source) {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let claims = query::claims(source, &cx.cfg.source, filter)
+        .await
+        .map_err(|e| RunError::incomplete(0, e))?;
+    report.source_time += started.elapsed();
+    let disputed = claims.disputed();
+    tracing::info!(
+        disputed = disputed.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "counted the anchors in scope: entries claiming one that several claim are refused"
+    );
+    st.planner.set_disputed(disputed);
+    Ok(Some(claims))
 }
 
 impl SourceRead {
@@ -168,12 +212,14 @@ impl Ask<'_> {
                 // What the delta applied is in the snapshot: a fresh
                 // planner sees it as done.
                 st.applier.flush(cx.snapshot, st.counts).await?;
+                let disputed = st.planner.take_disputed();
                 *st.planner = Planner::new(
                     cx.snapshot,
                     &cx.inputs.mapping,
                     &cx.cfg.target.base_dn,
                     None,
                 );
+                st.planner.set_disputed(disputed);
                 st.counts.reset_pull();
                 Ok(Err(why))
             }

@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::agreements::Agreements;
 use crate::config::{DeltaMode, SourceConfig};
+use crate::engine::diff::Tally;
+use crate::engine::scope::anchor_value;
 use crate::ldap::{first_value, Conn, LdapError, PagedSearch};
 use crate::state::runs::FileHashes;
 use crate::state::SourceCookie;
@@ -84,8 +86,45 @@ pub fn choose(
 /// RFC 4533 names entries by entryUUID: content synchronisation works only
 /// with that anchor, and only when the configuration allows it.
 pub fn rfc4533_possible(source: &SourceConfig) -> bool {
-    matches!(source.delta, DeltaMode::Auto | DeltaMode::Sync)
-        && source.anchor_attribute.eq_ignore_ascii_case("entryUUID")
+    matches!(source.delta, DeltaMode::Auto | DeltaMode::Sync) && anchors_unique(source)
+}
+
+/// The source keeps entryUUIDs unique; any other anchor attribute (such as
+/// `employeeNumber`) may hold one value in several entries, some of which
+/// the source's users may write.
+pub fn anchors_unique(source: &SourceConfig) -> bool {
+    source.anchor_attribute.eq_ignore_ascii_case("entryUUID")
+}
+
+/// The pre-pass of a pull whose anchors the source does not keep unique:
+/// the anchor of every entry in scope (same base, scope and filter as the
+/// pull, nothing else asked for), and those more than one entry claims,
+/// compared without regard to case. It reads the whole scope, also before a
+/// delta, so a newcomer claiming an unchanged entry's anchor is caught.
+pub async fn claims(
+    conn: &mut Conn,
+    source: &SourceConfig,
+    filter: &str,
+) -> Result<Tally, LdapError> {
+    let attr = &source.anchor_attribute;
+    let mut search = conn
+        .paged_search(
+            &source.base_dn,
+            Scope::Subtree,
+            filter,
+            vec![attr.clone()],
+            source.page_size,
+        )
+        .await?;
+    let mut tally = Tally::default();
+    while let Some(e) = search.next().await? {
+        // An entry without a valid anchor is rejected as invalid anyway.
+        if let Ok(anchor) = anchor_value(attr, &e.attrs) {
+            tally.add(&anchor);
+        }
+    }
+    search.finish().await?;
+    Ok(tally)
 }
 
 /// `modifyTimestamp` deltas, when RFC 4533 is not used.
