@@ -759,6 +759,12 @@ impl<'a> Planner<'a> {
         self.seen.contains(anchor)
     }
 
+    /// Whether this run read the entry with this anchor: planned it, or
+    /// found it a leaver or out of scope.
+    pub fn has_read(&self, anchor: &str) -> bool {
+        self.seen.contains(anchor) || self.not_held.contains_key(anchor)
+    }
+
     /// A delta's present phase: the entry is unchanged since the cookie.
     /// It counts as read, for its organisation too.
     pub fn mark_present(&mut self, anchor: String) -> Result<(), StateError> {

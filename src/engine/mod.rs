@@ -254,6 +254,14 @@ async fn run_inner(
     };
     let decided = removals::decide(unseen, &found, &facts, &rules);
     let stopped = removals::carry_out(cx, &mut applier, decided, counts).await?;
+    if cx.live {
+        // Conflicts of people read this run and not met again are over
+        // (after a full pull, everyone in scope was read).
+        let gone = read.gone.as_ref();
+        applier.settle_conflicts(cx.snapshot, |a| {
+            gone.is_none_or(|g| g.contains(a)) || planner.has_read(a)
+        })?;
+    }
 
     finish(cx, applier, source, read, stopped.is_some(), counts).await?;
     Ok(stopped)

@@ -196,6 +196,7 @@ pub fn render(state_dir: &Path) -> String {
             managed(&mut registry, &s, state_dir);
             agreements(&mut registry, &s);
             compliance(&mut registry, &s);
+            conflicts(&mut registry, &s);
         }
         Err(e) => tracing::warn!(error = %e, "metrics: cannot read the state"),
     }
@@ -374,6 +375,28 @@ fn compliance(registry: &mut Registry, s: &Snapshot) {
             unowned,
         );
     }
+}
+
+/// The open conflicts (people whose contact an object absync does not own
+/// keeps out): how many, and how long the oldest has stood. No label per
+/// conflict: `absync status` lists them.
+fn conflicts(registry: &mut Registry, s: &Snapshot) {
+    let Ok(open) = s.open_conflicts() else {
+        return;
+    };
+    gauge(
+        registry,
+        "absync_open_conflicts",
+        "People whose contact is withheld because an object absync does not own holds its name or address",
+        i64::try_from(open.len()).unwrap_or(i64::MAX),
+    );
+    let now = time::OffsetDateTime::now_utc();
+    gauge(
+        registry,
+        "absync_oldest_conflict_age_seconds",
+        "How long the oldest open conflict has stood (0: none open)",
+        open.first().map_or(0, |c| c.age_seconds(now)),
+    );
 }
 
 /// What the daemon's status file says.

@@ -569,11 +569,11 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("state");
         state(&dir);
-        // Version 5 as an older absync left it: without version 6's totals.
+        // Version 6 as an older absync left it: without version 7's open
+        // conflicts.
         let older = SCHEMA_VERSION - 1;
         let c = Connection::open(dir.join("absync.db")).unwrap();
-        c.execute_batch("DROP TABLE metrics_totals; DROP INDEX journal_agreements")
-            .unwrap();
+        c.execute_batch("DROP TABLE conflicts").unwrap();
         c.pragma_update(None, "user_version", older).unwrap();
         drop(c);
         let before = files(&dir);

@@ -10,6 +10,7 @@
 
 mod access;
 pub mod audit;
+pub mod conflicts;
 pub mod journal;
 pub mod object;
 pub mod report;
@@ -98,7 +99,7 @@ pub enum StateError {
 }
 
 /// The schema this absync writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Version 1; later versions are steps from it.
 const SCHEMA: &str = "
@@ -444,6 +445,11 @@ impl Snapshot {
             // The metrics' totals, carried on from the runs kept so far.
             conn.execute_batch(totals::SCHEMA_V6)?;
             totals::seed(conn)?;
+        }
+        if version <= 6 {
+            // The open conflicts, carried on from the journal.
+            conn.execute_batch(conflicts::SCHEMA_V7)?;
+            conflicts::seed(conn)?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(())

@@ -520,15 +520,15 @@ fn last_at(s: &Snapshot, to: &str) -> Result<i64, StateError> {
 
 /// Conflicts open at `to`: per person, the conflict that is their last
 /// record up to then, counting only conflicts and changes AD accepted. A
-/// conflict is journaled again on every run that still meets it; a later
-/// change that landed (the name taken over once the other object went)
-/// closes it.
+/// conflict is journaled when it opens and when it changes; its resolution
+/// (outcome `resolved`), or a later change that landed (journals from
+/// before conflicts were resolved), closes it.
 fn open_conflicts(s: &Snapshot, to: &str) -> Result<Capped<Conflict>, StateError> {
     let last = last_at(s, to)?;
     let cond = format!(
         "id IN (SELECT max(id) FROM journal WHERE anchor IS NOT NULL AND id <= ?1
                 AND (op = 'conflict' OR ({STATE_OPS})) GROUP BY anchor)
-         AND op = 'conflict'"
+         AND op = 'conflict' AND outcome != 'resolved'"
     );
     let mut out = Capped::default();
     s.each_where(&cond, &[&last], &mut |r| {
@@ -799,6 +799,25 @@ mod tests {
                 )
             ]
         );
+    }
+
+    #[test]
+    fn a_resolved_conflict_is_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Snapshot::open(dir.path()).unwrap();
+        for (t, r) in [
+            (DAY1, change("conflict", "withheld", "a", &["DSA-1"])),
+            (DAY1, change("conflict", "withheld", "b", &["DSA-1"])),
+            (DAY2, change("conflict", "resolved", "a", &["DSA-1"])),
+        ] {
+            append_at(&s.conn, &r, t).unwrap();
+        }
+        let open = |to: &str| -> Vec<String> {
+            let c = open_conflicts(&s, to).unwrap();
+            c.items.into_iter().map(|c| c.anchor).collect()
+        };
+        assert_eq!(open("2026-03-03T00:00:00.000000Z"), ["a", "b"]);
+        assert_eq!(open("2026-03-05T00:00:00.000000Z"), ["b"]);
     }
 
     #[test]

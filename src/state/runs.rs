@@ -235,7 +235,7 @@ impl Snapshot {
                 ("hide", "applied") => Some(&mut c.hidden),
                 ("restore", "applied") => Some(&mut c.restored),
                 ("drift", _) => Some(&mut c.drift),
-                ("conflict", _) => Some(&mut c.conflicts),
+                ("conflict", "withheld") => Some(&mut c.conflicts),
                 (_, "failed") => Some(&mut c.failed),
                 _ => None,
             };

@@ -178,9 +178,11 @@ async fn an_address_held_elsewhere_in_the_domain_withholds_the_add_and_the_modif
     let runs = snap.runs(10).unwrap();
     let run2 = snap.records(runs[0].id).unwrap();
     let c2 = conflicts(&run2);
+    // p1's and p2's conflicts stand (counted, not journaled again); p3's
+    // is new.
     assert_eq!(
         c2.keys().cloned().collect::<BTreeSet<_>>(),
-        [p1.clone(), p2.clone(), p3.clone()].into(),
+        [p3.clone()].into(),
         "{c2:#?}"
     );
     assert!(
@@ -212,6 +214,21 @@ async fn an_address_held_elsewhere_in_the_domain_withholds_the_add_and_the_modif
         summary_line(&third, "conflicts").contains("conflicts 0, failed 0"),
         "{third:?}"
     );
+    // Each conflict's end is journaled, naming the object it was with.
+    let run3 = snap.records(snap.runs(1).unwrap()[0].id).unwrap();
+    let c3 = conflicts(&run3);
+    assert_eq!(c3.len(), 3, "{c3:#?}");
+    for (p, with) in [(&p1, &user_dn), (&p2, &contact_dn), (&p3, &user_dn)] {
+        let r = c3[p][0];
+        assert_eq!(
+            (r.outcome.as_str(), r.reason.as_str()),
+            ("resolved", "conflict resolved")
+        );
+        assert_eq!(
+            r.old_dn.as_deref().map(str::to_lowercase),
+            Some(with.to_lowercase())
+        );
+    }
     let ad = by_anchor(&env.ad_objects().await);
     assert_eq!(ad.keys().cloned().collect::<BTreeSet<_>>(), expected);
     assert_eq!(ad[&p1]["mail"], vec![x.clone()]);

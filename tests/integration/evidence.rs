@@ -219,12 +219,13 @@ async fn every_journal_command_and_status_leave_a_read_only_copy_byte_for_byte_a
 }
 
 /// Sets the database back to schema 4, as an absync of that version left
-/// it (without version 5's index and version 6's totals).
+/// it (without version 5's index, version 6's totals and version 7's open
+/// conflicts).
 fn make_schema_4(db: &Path) {
     let c = rusqlite::Connection::open(db).unwrap();
     c.execute_batch(
         "DROP INDEX journal_checkpoint; DROP TABLE metrics_totals; DROP INDEX journal_agreements;
-         PRAGMA user_version = 4;",
+         DROP TABLE conflicts; PRAGMA user_version = 4;",
     )
     .unwrap();
 }

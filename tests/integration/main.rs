@@ -6,6 +6,7 @@ mod cli;
 mod collide;
 mod common;
 mod compliance;
+mod conflicts;
 mod crash;
 mod delta;
 mod dnform;

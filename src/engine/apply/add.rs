@@ -110,18 +110,17 @@ impl Applier<'_, '_> {
             return Ok(adds);
         }
         let mut free = Vec::with_capacity(adds.len());
-        let mut records = Vec::new();
         for ((after, reason), addrs) in adds.into_iter().zip(&each) {
             match first_collision(addrs, &holders) {
                 Some((addr, other)) => {
                     tracing::warn!(anchor = %after.anchor, dn = %after.dn, with = %other,
                         "add withheld: another object has the address");
-                    records.push(self.collision_record(&after, &addr, &other, counts));
+                    let r = self.collision_record(&after, &addr, &other, counts);
+                    self.conflict(snapshot, r, "address")?;
                 }
                 None => free.push((after, reason)),
             }
         }
-        snapshot.journal(&records)?;
         Ok(free)
     }
 
@@ -161,7 +160,7 @@ impl Applier<'_, '_> {
                         r.error = Some(format!(
                             "an object absync does not own already has this name ({e})"
                         ));
-                        snapshot.journal(&[r])?;
+                        self.conflict(snapshot, r, "name")?;
                         snapshot.clear_intent(&anchor)?;
                         Ok(())
                     }

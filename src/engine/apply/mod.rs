@@ -32,6 +32,7 @@ use crate::state::{Intent, ObjectRow, Snapshot, StateError};
 
 mod add;
 mod collide;
+mod conflict;
 mod dry;
 mod guard;
 mod recover;
@@ -97,6 +98,8 @@ pub struct Applier<'a, 'o> {
     /// The connection to the global catalog, once a collision search has
     /// needed it (at most one per run).
     gc: Option<Conn>,
+    /// Anchors met in conflict this run (see `conflict.rs`).
+    met: HashSet<String>,
 }
 
 /// How many adds are sent to the target at once. Samba answers a pipelined
@@ -130,6 +133,7 @@ impl<'a, 'o> Applier<'a, 'o> {
             pending: Vec::new(),
             domain: None,
             gc: None,
+            met: HashSet::new(),
         }
     }
 }
@@ -229,12 +233,19 @@ impl Applier<'_, '_> {
                 agreements,
             } => {
                 self.retry.push((anchor.clone(), what.clone()));
+                // The planner's: its name (the other object's DN is the
+                // contact's), or its mail, held in the OU.
+                let kind = if crate::engine::diff::same_dn(&dn, &with) {
+                    "name"
+                } else {
+                    "mail"
+                };
                 let mut r = self.record(&anchor, "conflict", "withheld", "conflict");
                 r.dn = Some(dn);
                 r.old_dn = Some(with);
                 r.error = Some(what);
                 r.agreements = agreements;
-                snapshot.journal(&[r])?;
+                self.conflict(snapshot, r, kind)?;
             }
             // Journaled once per run by the caller, not per object.
             Kind::Withheld { .. } => {}

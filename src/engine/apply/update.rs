@@ -65,7 +65,7 @@ impl Applier<'_, '_> {
                 ..before.clone()
             };
             let r = self.collision_record(&row, &addr, &other, counts);
-            snapshot.journal(&[r])?;
+            self.conflict(snapshot, r, "address")?;
             return Ok(());
         }
         let intent = self.intent(&anchor, "update", Some(&before), Some(&after), reason);

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use absync::service::DaemonStatus;
+use absync::state::conflicts::age_text;
 use absync::state::runs::Run;
 use absync::state::{ReadFrom, Snapshot, StateError, StateLock};
 use absync::text::Shown;
@@ -54,6 +55,7 @@ pub fn run(
     }
     attention(&snapshot, state_dir)?;
     compliance(&snapshot)?;
+    conflicts(&snapshot)?;
     runs(&snapshot, state_dir, limit)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -81,6 +83,7 @@ fn as_json(
         "bytes": absync::state::bytes_on_disk(state_dir),
         "daemon": DaemonStatus::read(state_dir),
         "deletes_held": held,
+        "conflicts": conflicts_json(snapshot)?,
         "runs": runs,
     });
     outln!("{out}")?;
@@ -175,6 +178,62 @@ fn compliance(snapshot: &Snapshot) -> anyhow::Result<()> {
         )?,
     }
     Ok(())
+}
+
+/// How many open conflicts `status` lists (the oldest).
+const CONFLICTS_SHOWN: usize = 5;
+
+/// The open conflicts: how many, and the oldest with their age.
+fn conflicts(snapshot: &Snapshot) -> anyhow::Result<()> {
+    let open = snapshot.open_conflicts()?;
+    if open.is_empty() {
+        return Ok(outln!("conflicts  none open")?);
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let more = if open.len() > CONFLICTS_SHOWN {
+        format!("; the {CONFLICTS_SHOWN} oldest")
+    } else {
+        String::new()
+    };
+    outln!(
+        "conflicts  {} open (retried every run; absync journal history ANCHOR tells each){more}:",
+        open.len()
+    )?;
+    for c in open.iter().take(CONFLICTS_SHOWN) {
+        outln!(
+            "           open {} (since {}, run {})  {}  {}  {} held by {}",
+            age_text(c.age_seconds(now)),
+            print::short_time(&c.opened_at),
+            c.opened_run,
+            Shown(&c.anchor),
+            Shown(&c.dn),
+            Shown(&c.collision.kind),
+            Shown(&c.collision.with)
+        )?;
+    }
+    Ok(())
+}
+
+/// The open conflicts for `--format json`: `open` (how many),
+/// `oldest_age_seconds`, and `oldest` (at most 20, the oldest first, each
+/// with its `age_seconds`).
+fn conflicts_json(snapshot: &Snapshot) -> anyhow::Result<serde_json::Value> {
+    let open = snapshot.open_conflicts()?;
+    let now = time::OffsetDateTime::now_utc();
+    let oldest: Vec<serde_json::Value> = open
+        .iter()
+        .take(20)
+        .map(|c| {
+            let mut v = serde_json::to_value(c).unwrap_or_default();
+            v["age_seconds"] = c.age_seconds(now).into();
+            v
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "open": open.len(),
+        "oldest_age_seconds": open.first().map_or(0, |c| c.age_seconds(now)),
+        "oldest": oldest,
+    }))
 }
 
 /// The last `limit` runs, newest first.
