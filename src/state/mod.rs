@@ -353,10 +353,6 @@ impl Snapshot {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         Self::bring_up_to_date(&conn, &path)?;
-        let fixed = object::refresh_dn_norms(&conn).map_err(db)?;
-        if fixed > 0 {
-            tracing::info!("state database: corrected the normal form of {fixed} stored names");
-        }
         Ok(Snapshot {
             conn,
             path,
@@ -450,6 +446,11 @@ impl Snapshot {
             // The open conflicts, carried on from the journal.
             conn.execute_batch(conflicts::SCHEMA_V7)?;
             conflicts::seed(conn)?;
+            // Names stored under the old, wrong normal form.
+            let fixed = object::refresh_dn_norms(conn)?;
+            if fixed > 0 {
+                tracing::info!("state database: corrected the normal form of {fixed} stored names");
+            }
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(())

@@ -47,8 +47,10 @@ pub struct Intent {
 /// Brings each object's stored normal name (`dn_norm`, which name lookups
 /// and the one-object-per-name rule use) in line with
 /// [`crate::dn::normalize`]: a database written by an absync whose normal
-/// form was wrong (`\+d` read as a hex pair) holds stale ones. Changes
-/// nothing when all agree; returns how many it corrected.
+/// form was wrong (`\+d` read as a hex pair, schema 6 and before) holds
+/// stale ones. Runs once, in the migration to schema 7, inside its
+/// transaction. Changes nothing when all agree; returns how many it
+/// corrected.
 pub(crate) fn refresh_dn_norms(conn: &rusqlite::Connection) -> rusqlite::Result<usize> {
     let mut stale = Vec::new();
     {
@@ -65,10 +67,8 @@ pub(crate) fn refresh_dn_norms(conn: &rusqlite::Connection) -> rusqlite::Result<
     if stale.is_empty() {
         return Ok(0);
     }
-    // unchecked: called on opening, outside any other transaction.
-    let tx = conn.unchecked_transaction()?;
     {
-        let mut set = tx.prepare("UPDATE objects SET dn_norm = ?2 WHERE anchor = ?1")?;
+        let mut set = conn.prepare("UPDATE objects SET dn_norm = ?2 WHERE anchor = ?1")?;
         // Placeholders first (no normal form lacks `=`), so that a stale
         // value another row's new one equals cannot trip the UNIQUE rule.
         for (anchor, _) in &stale {
@@ -78,7 +78,6 @@ pub(crate) fn refresh_dn_norms(conn: &rusqlite::Connection) -> rusqlite::Result<
             set.execute([anchor.as_str(), norm.as_str()])?;
         }
     }
-    tx.commit()?;
     Ok(stale.len())
 }
 
@@ -87,7 +86,7 @@ mod tests {
     use crate::state::{ObjectRow, Snapshot};
 
     #[test]
-    fn stale_normal_names_are_corrected_on_opening() {
+    fn stale_normal_names_are_corrected_by_the_migration_to_schema_7() {
         let dir = tempfile::tempdir().unwrap();
         let row = |anchor: &str, dn: &str| ObjectRow {
             anchor: anchor.into(),
@@ -108,6 +107,11 @@ mod tests {
                 )
                 .unwrap();
             assert_eq!(s.holder_of("cn=Ann Mid\\2bdle,ou=x").unwrap(), None);
+            // A schema 6 database (no conflicts table yet), as the old
+            // absync left it.
+            s.conn
+                .execute_batch("DROP TABLE conflicts; PRAGMA user_version = 6;")
+                .unwrap();
         }
         let s = Snapshot::open(dir.path()).unwrap();
         assert_eq!(
