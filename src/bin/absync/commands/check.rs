@@ -131,6 +131,7 @@ async fn global_catalog(gc: &absync::ldap::Endpoint) -> anyhow::Result<String> {
 /// The three input files, and what they hold.
 fn check_inputs(cfg: &Config, inputs: &Inputs, checks: &mut Checks) -> std::io::Result<()> {
     checks.pass("config", &cfg.file.display().to_string(), "ok")?;
+    checks.pass("retention", "journal.retention", &retention(cfg))?;
     checks.pass(
         "mapping",
         &cfg.mapping_file.display().to_string(),
@@ -151,6 +152,21 @@ fn check_inputs(cfg: &Config, inputs: &Inputs, checks: &mut Checks) -> std::io::
             inputs.agreements.grants().len()
         ),
     )
+}
+
+/// The retention and the time before which a run now would prune records.
+fn retention(cfg: &Config) -> String {
+    let r = &cfg.journal_retention;
+    let cut = r.before(time::OffsetDateTime::now_utc());
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    let mut line = format!(
+        "{r}: a run now would prune the records from before {}",
+        cut.format(&format).unwrap_or_default()
+    );
+    if let Some(dir) = &cfg.journal_archive_dir {
+        line.push_str(&format!(", archived first in {}", dir.display()));
+    }
+    line
 }
 
 /// The container `dn` exists, and the bound account may create `class`
