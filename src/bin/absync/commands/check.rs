@@ -131,7 +131,6 @@ async fn global_catalog(gc: &absync::ldap::Endpoint) -> anyhow::Result<String> {
 /// The three input files, and what they hold.
 fn check_inputs(cfg: &Config, inputs: &Inputs, checks: &mut Checks) -> std::io::Result<()> {
     checks.pass("config", &cfg.file.display().to_string(), "ok")?;
-    checks.pass("retention", "journal.retention", &retention(cfg))?;
     checks.pass(
         "mapping",
         &cfg.mapping_file.display().to_string(),
@@ -151,7 +150,8 @@ fn check_inputs(cfg: &Config, inputs: &Inputs, checks: &mut Checks) -> std::io::
             in_force.join(", "),
             inputs.agreements.grants().len()
         ),
-    )
+    )?;
+    checks.pass("retention", "journal.retention", &retention(cfg))
 }
 
 /// The retention and the time before which a run now would prune records.
