@@ -249,6 +249,11 @@ pub struct ServiceConfig {
 pub struct RawJournal {
     #[serde(default = "default_retention")]
     pub retention: Spanned<String>,
+    /// A retention under one year is refused unless this says so.
+    #[serde(default)]
+    pub allow_short_retention: bool,
+    /// Where pruned records are written first (JSONL, verifiable).
+    pub archive_dir: Option<Spanned<String>>,
     /// The private key (PKCS#8 PEM) that signs each run's head and each
     /// prune; outside the state directory.
     pub signing_key: Option<Spanned<String>>,
@@ -262,6 +267,8 @@ impl Default for RawJournal {
     fn default() -> Self {
         RawJournal {
             retention: default_retention(),
+            allow_short_retention: false,
+            archive_dir: None,
             signing_key: None,
             signing_key_credential: None,
             public_key: None,
@@ -307,37 +314,9 @@ fn default_delete_grace() -> Spanned<String> {
     spanned("7d".into())
 }
 
-/// Parses a duration written as a number and a unit: `30s`, `15m`, `12h`,
-/// `7d`, `2w`, `1y` (365 days); `0` alone means none.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("\"{t}\" has no unit; write e.g. 30m, 12h, 7d"))?;
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("\"{t}\" does not start with a number"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        "y" => 365 * 86_400,
-        _ => {
-            return Err(format!(
-                "\"{t}\": unknown unit \"{unit}\" (s, m, h, d, w, y)"
-            ))
-        }
-    };
-    n.checked_mul(secs)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("\"{t}\" is too long"))
-}
+/// Schedules' and timeouts' durations (`30m`, `1h30m`): see [`crate::period`].
+pub use crate::period::parse_duration;
+pub use crate::period::Period;
 
 /// The safety rails, resolved.
 #[derive(Debug, Clone)]
@@ -345,7 +324,7 @@ pub struct SafetyConfig {
     pub max_deletes: u64,
     pub max_delete_percent: f64,
     /// How long a removed object stays hidden before it is deleted.
-    pub delete_grace: Duration,
+    pub delete_grace: Period,
     /// Where hidden objects are moved; `None` hides in place (mapping [hide]).
     pub quarantine_ou: Option<String>,
 }
@@ -374,6 +353,8 @@ pub struct RawSource {
     pub allow_plaintext: bool,
     #[serde(default = "default_timeout")]
     pub timeout_secs: Spanned<u64>,
+    /// The same as a duration (`45s`, `1m30s`), instead of `timeout_secs`.
+    pub timeout: Option<Spanned<String>>,
     /// Attribute saying whether a person is still in post, and its values
     /// that mean "has left".
     #[serde(default = "default_status_attribute")]
@@ -405,6 +386,8 @@ pub struct RawTarget {
     pub allow_plaintext: bool,
     #[serde(default = "default_timeout")]
     pub timeout_secs: Spanned<u64>,
+    /// The same as a duration (`45s`, `1m30s`), instead of `timeout_secs`.
+    pub timeout: Option<Spanned<String>>,
     /// The forest's global catalog (`ldaps://dc1.example:3269`), searched
     /// for address collisions instead of the domain.
     pub global_catalog: Option<Spanned<String>>,
@@ -424,7 +407,6 @@ pub struct RawState {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
     use std::time::Duration;
 
     #[test]
@@ -538,7 +520,7 @@ mod tests {
     /// A whole configuration whose source is `source_url` (plain text
     /// allowed) and whose target's password is `target_password` (a
     /// `password_file = ...` or `password_credential = ...` line).
-    fn config_with(
+    pub(super) fn config_with(
         dir: &std::path::Path,
         source_url: &str,
         target_password: &str,
@@ -804,16 +786,6 @@ mod tests {
             assert!(e.message.contains(says), "{schedule}: {e}");
         }
     }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert!(parse_duration("7").unwrap_err().contains("no unit"));
-        assert!(parse_duration("7x").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("d").is_err());
-    }
 }
 
 fn spanned<T>(v: T) -> Spanned<T> {
@@ -904,7 +876,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub safety: SafetyConfig,
     /// Journal records older than this are pruned (the chain stays whole).
-    pub journal_retention: Duration,
+    pub journal_retention: Period,
+    /// Where pruned records are written first, when set.
+    pub journal_archive_dir: Option<PathBuf>,
     /// Signs each run's head and each prune, when configured.
     pub journal_signer: Option<Signer>,
     /// What `journal verify` checks signatures with by default.
@@ -989,7 +963,7 @@ impl Resolver<'_> {
         ca_file: &Option<Spanned<String>>,
         starttls: bool,
         allow_plaintext: bool,
-        timeout: &Spanned<u64>,
+        timeout: (&Spanned<u64>, &Option<Spanned<String>>),
         warnings: &mut Vec<String>,
     ) -> Result<Endpoint, FileError> {
         let u = url.get_ref().trim();
@@ -1084,21 +1058,47 @@ impl Resolver<'_> {
             self.err(pw_span.clone(), &pw_key, msg)
         })?;
         warnings.extend(warning);
-        if *timeout.get_ref() == 0 {
-            return Err(self.err(
-                timeout.span(),
-                &format!("{section}.timeout_secs"),
-                "must be at least 1".into(),
-            ));
-        }
+        let timeout = self.timeout(section, timeout)?;
         Ok(Endpoint {
             url: u.to_string(),
             bind_dn: self.dn(bind_dn, &format!("{section}.bind_dn"))?,
             password,
             ca_file: ca,
             transport,
-            timeout: Duration::from_secs(*timeout.get_ref()),
+            timeout,
         })
+    }
+
+    /// `timeout_secs = 30` or `timeout = "1m30s"` (not both): at least 1 s.
+    fn timeout(
+        &self,
+        section: &str,
+        (secs, text): (&Spanned<u64>, &Option<Spanned<String>>),
+    ) -> Result<Duration, FileError> {
+        let (d, span, key) = match text {
+            // A default's span is empty: `timeout_secs` was not written.
+            Some(t) if !secs.span().is_empty() => {
+                return Err(self.err(
+                    t.span(),
+                    &format!("{section}.timeout"),
+                    "set timeout or timeout_secs, not both".into(),
+                ))
+            }
+            Some(t) => {
+                let key = format!("{section}.timeout");
+                let d = parse_duration(t.get_ref()).map_err(|m| self.err(t.span(), &key, m))?;
+                (d, t.span(), key)
+            }
+            None => (
+                Duration::from_secs(*secs.get_ref()),
+                secs.span(),
+                format!("{section}.timeout_secs"),
+            ),
+        };
+        if d < Duration::from_secs(1) {
+            return Err(self.err(span, &key, "must be at least 1 second".into()));
+        }
+        Ok(d)
     }
 }
 
@@ -1170,7 +1170,7 @@ impl Config {
             &s.ca_file,
             s.starttls,
             s.allow_plaintext,
-            &s.timeout_secs,
+            (&s.timeout_secs, &s.timeout),
             &mut warnings,
         )?;
         let filter = s.filter.get_ref().trim().to_string();
@@ -1209,7 +1209,7 @@ impl Config {
             &t.ca_file,
             t.starttls,
             t.allow_plaintext,
-            &t.timeout_secs,
+            (&t.timeout_secs, &t.timeout),
             &mut warnings,
         )?;
         let prefix = t.anchor_prefix.get_ref().clone();
@@ -1231,7 +1231,7 @@ impl Config {
         let agreements_file = r.existing_file(&raw.agreements.file, "agreements.file")?;
         let state_dir = r.path(&raw.state.dir);
         let sf = &raw.safety;
-        let delete_grace = parse_duration(sf.delete_grace.get_ref())
+        let delete_grace = Period::parse(sf.delete_grace.get_ref())
             .map_err(|m| r.err(sf.delete_grace.span(), "safety.delete_grace", m))?;
         let pct = *sf.max_delete_percent.get_ref();
         if !(0.0..=100.0).contains(&pct) {
@@ -1261,15 +1261,8 @@ impl Config {
             delete_grace,
             quarantine_ou,
         };
-        let journal_retention = parse_duration(raw.journal.retention.get_ref())
-            .map_err(|m| r.err(raw.journal.retention.span(), "journal.retention", m))?;
-        if journal_retention.is_zero() {
-            return Err(r.err(
-                raw.journal.retention.span(),
-                "journal.retention",
-                "must be longer than 0 (records are evidence)".into(),
-            ));
-        }
+        let journal_retention = resolve_retention(&raw.journal, &r)?;
+        let journal_archive_dir = raw.journal.archive_dir.as_ref().map(|d| r.path(d));
         let service = resolve_service(&raw, &r, &state_dir)?;
         let journal_signer = resolve_signer(&raw.journal, &r, &state_dir, &mut warnings)?;
         let journal_public_key = match &raw.journal.public_key {
@@ -1285,12 +1278,42 @@ impl Config {
             state_dir,
             safety,
             journal_retention,
+            journal_archive_dir,
             journal_signer,
             journal_public_key,
             service,
             warnings,
         })
     }
+}
+
+/// `[journal] retention`: a calendar period, more than 0, and at least a
+/// year unless `allow_short_retention` says otherwise (records are
+/// evidence; `7d` typed for `7y` would erase them).
+fn resolve_retention(j: &RawJournal, r: &Resolver<'_>) -> Result<Period, FileError> {
+    let (text, span) = (j.retention.get_ref(), j.retention.span());
+    let key = "journal.retention";
+    let p = Period::parse(text).map_err(|m| r.err(span.clone(), key, m))?;
+    if p.is_zero() {
+        return Err(r.err(
+            span,
+            key,
+            "must be longer than 0 (records are evidence)".into(),
+        ));
+    }
+    if p.under_a_year() && !j.allow_short_retention {
+        return Err(r.err(
+            span,
+            key,
+            format!(
+                "\"{}\" is under one year, and pruning deletes evidence for good; \
+                 write e.g. \"7y\", or set allow_short_retention = true in [journal] \
+                 if records should really go this soon",
+                text.trim()
+            ),
+        ));
+    }
+    Ok(p)
 }
 
 /// `[target] global_catalog`: an endpoint with the target's account,
@@ -1312,7 +1335,7 @@ fn resolve_global_catalog(t: &RawTarget, r: &Resolver<'_>) -> Result<Option<Endp
         &t.ca_file,
         starttls,
         t.allow_plaintext,
-        &t.timeout_secs,
+        (&t.timeout_secs, &t.timeout),
         &mut Vec::new(),
     )?;
     Ok(Some(endpoint))
@@ -1482,5 +1505,159 @@ impl ServiceView {
             state_dir,
             service,
         })
+    }
+}
+
+/// The durations of the configuration: retention and grace as calendar
+/// periods, timeouts and schedules on the clock.
+#[cfg(test)]
+mod duration_keys {
+    use super::tests::config_with;
+    use super::{Config, Period};
+    use std::time::Duration;
+
+    /// A whole configuration with `extra` appended (new sections) and
+    /// `target` lines in `[target]`; the load's result.
+    fn load(dir: &std::path::Path, target: &str, extra: &str) -> Result<Config, String> {
+        let pw = format!("password_file = \"source.pw\"\n{target}");
+        let path = config_with(dir, "ldap://[::1]:3890", pw.trim_end());
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}{extra}\n")).unwrap();
+        Config::load(&path).map_err(|e| e.to_string())
+    }
+
+    /// `file:line: ` of the last line of `dir`'s config that starts with `key`.
+    fn at(dir: &std::path::Path, key: &str) -> String {
+        let file = dir.join("absync.toml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let line = lines.iter().rposition(|l| l.starts_with(key)).unwrap() + 1;
+        format!("{}:{line}: ", file.display())
+    }
+
+    #[test]
+    fn a_bare_m_in_retention_or_grace_is_refused_naming_minutes_and_months() {
+        let dir = tempfile::tempdir().unwrap();
+        for (extra, key) in [
+            ("[journal]\nretention = \"6m\"", "journal.retention"),
+            ("[safety]\ndelete_grace = \"6m\"", "safety.delete_grace"),
+            (
+                "[journal]\nallow_short_retention = true\nretention = \"1y6m\"",
+                "journal.retention",
+            ),
+        ] {
+            let e = load(dir.path(), "", extra).unwrap_err();
+            let field = key.split('.').nth(1).unwrap();
+            assert!(
+                e.starts_with(&format!("{}{key}: ", at(dir.path(), field))),
+                "{e}"
+            );
+            assert!(e.contains("minutes") && e.contains("months"), "{e}");
+            assert!(e.contains("\"6mo\""), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_retention_under_a_year_needs_the_explicit_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        for short in ["7d", "52w", "11mo", "1s"] {
+            let e = load(
+                dir.path(),
+                "",
+                &format!("[journal]\nretention = \"{short}\""),
+            )
+            .unwrap_err();
+            assert!(
+                e.starts_with(&format!(
+                    "{}journal.retention: ",
+                    at(dir.path(), "retention")
+                )) && e.contains("under one year")
+                    && e.contains("allow_short_retention = true"),
+                "{short}: {e}"
+            );
+            let allowed =
+                format!("[journal]\nretention = \"{short}\"\nallow_short_retention = true");
+            let cfg = load(dir.path(), "", &allowed).unwrap();
+            assert_eq!(cfg.journal_retention, Period::parse(short).unwrap());
+        }
+        for long in ["7y", "1y", "12mo", "18mo", "365d"] {
+            let cfg = load(
+                dir.path(),
+                "",
+                &format!("[journal]\nretention = \"{long}\""),
+            )
+            .unwrap();
+            assert_eq!(cfg.journal_retention, Period::parse(long).unwrap());
+        }
+        // The default: seven calendar years.
+        let cfg = load(dir.path(), "", "").unwrap();
+        assert_eq!(cfg.journal_retention, Period::months(84));
+        assert_eq!(cfg.safety.delete_grace, Period::parse("7d").unwrap());
+        assert!(cfg.journal_archive_dir.is_none());
+        let e = load(dir.path(), "", "[journal]\nretention = \"0\"").unwrap_err();
+        assert!(e.contains("longer than 0"), "{e}");
+        let cfg = load(dir.path(), "", "[journal]\narchive_dir = \"archive\"").unwrap();
+        assert_eq!(cfg.journal_archive_dir, Some(dir.path().join("archive")));
+    }
+
+    #[test]
+    fn grace_takes_calendar_months() {
+        let dir = tempfile::tempdir().unwrap();
+        let grace = |g: &str| {
+            load(dir.path(), "", &format!("[safety]\ndelete_grace = \"{g}\""))
+                .map(|c| c.safety.delete_grace)
+        };
+        assert_eq!(grace("1mo"), Ok(Period::months(1)));
+        assert_eq!(grace("0"), Ok(Period::ZERO));
+        assert_eq!(
+            grace("2w"),
+            Ok(Period::exact(Duration::from_secs(14 * 86_400)))
+        );
+        assert!(grace("7").unwrap_err().contains("no unit"));
+    }
+
+    #[test]
+    fn timeouts_take_compound_durations() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = load(dir.path(), "timeout = \"1m30s\"", "").unwrap();
+        assert_eq!(cfg.target.endpoint.timeout, Duration::from_secs(90));
+        assert_eq!(cfg.source.endpoint.timeout, Duration::from_secs(30));
+        let cfg = load(dir.path(), "timeout = \"2m\"", "").unwrap();
+        assert_eq!(cfg.target.endpoint.timeout, Duration::from_secs(120));
+        let cfg = load(dir.path(), "timeout_secs = 45", "").unwrap();
+        assert_eq!(cfg.target.endpoint.timeout, Duration::from_secs(45));
+        for (line, says) in [
+            (
+                "timeout = \"500ms\"",
+                "target.timeout: must be at least 1 second",
+            ),
+            (
+                "timeout_secs = 0",
+                "target.timeout_secs: must be at least 1 second",
+            ),
+            ("timeout = \"soon\"", "target.timeout: \"soon\""),
+            (
+                "timeout_secs = 45\ntimeout = \"1m\"",
+                "target.timeout: set timeout or timeout_secs, not both",
+            ),
+        ] {
+            let e = load(dir.path(), line, "").unwrap_err();
+            let key = says.split(':').next().unwrap().split('.').nth(1).unwrap();
+            assert!(e.starts_with(&at(dir.path(), key)), "{line}: {e}");
+            assert!(e.contains(says), "{line}: {e}");
+        }
+        let cfg = load(
+            dir.path(),
+            "",
+            "[schedule]\ninterval = \"1h30m\"\nfull_every = \"1w 12h\"",
+        )
+        .unwrap();
+        assert!(
+            matches!(cfg.service.schedule, super::Schedule::Interval(d) if d == Duration::from_secs(5400))
+        );
+        assert_eq!(
+            cfg.service.full_every,
+            Duration::from_secs(7 * 86_400 + 12 * 3600)
+        );
     }
 }

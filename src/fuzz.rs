@@ -699,7 +699,7 @@ template = "{givenName} {sn}"
         let safety = SafetyConfig {
             max_deletes: 0,
             max_delete_percent: 0.0,
-            delete_grace: std::time::Duration::ZERO,
+            delete_grace: crate::period::Period::ZERO,
             quarantine_ou: None,
         };
         let rules = Rules {

@@ -160,6 +160,7 @@ fn the_foundations_know_nothing_of_the_rooms_above_them() {
         "failpoint",
         "os",
         "text",
+        "period",
         "ldap",
     ] {
         let found = crossings(room, &["engine", "state", "service"]);
@@ -213,6 +214,7 @@ fn scope_map_diff_render_the_delete_decision_and_the_report_do_no_io_and_read_no
         "report::chart",
         "report::html",
         "report::sections",
+        "period",
     ] {
         let code = &modules[module];
         for sign in IMPURE {

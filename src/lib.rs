@@ -15,8 +15,9 @@
 //! - [`service`]: `absync run`, the scheduled service, its control socket
 //!   and metrics.
 //! - [`seal`]: the journal's signing key; [`os`]: who runs absync.
-//! - [`dn`], [`secret`], [`failpoint`], [`text`]: distinguished names,
-//!   passwords, crash-test hooks, characters that hide or control text.
+//! - [`dn`], [`secret`], [`failpoint`], [`text`], [`period`]: distinguished
+//!   names, passwords, crash-test hooks, characters that hide or control
+//!   text, durations.
 //!
 //! The command line lives in `src/bin/absync/`.
 
@@ -43,6 +44,7 @@ pub mod service;
 pub mod dn;
 pub mod failpoint;
 pub mod os;
+pub mod period;
 pub mod seal;
 pub mod secret;
 pub mod text;

@@ -120,14 +120,17 @@ pub async fn run(
     };
     if let Some(id) = run_id {
         let signer = cfg.journal_signer.as_ref();
-        if result.is_ok() {
-            crate::state::retention::prune(&snapshot, cfg.journal_retention, id, signer)?;
-        }
-        let text = match &result {
-            Err(e) => format!("failed: {e}"),
-            Ok(_) => status.text(),
+        let pruned = match &result {
+            Ok(_) => prune(cfg, &snapshot, id),
+            Err(_) => Ok(()),
+        };
+        let text = match (&result, &pruned) {
+            (Err(e), _) => format!("failed: {e}"),
+            (Ok(_), Err(e)) => format!("failed: {e}"),
+            (Ok(_), Ok(())) => status.text(),
         };
         snapshot.end_run(id, &text, &counts, signer)?;
+        pruned?;
     }
     result?;
     Ok(Outcome {
@@ -137,6 +140,22 @@ pub async fn run(
         status,
         pull,
     })
+}
+
+/// Retention, at the end of a run that went through: records older than
+/// `[journal] retention` go (archived first when `archive_dir` is set),
+/// never this run's own.
+fn prune(cfg: &Config, snapshot: &Snapshot, run_id: i64) -> Result<(), RunError> {
+    let p = crate::state::retention::Prune {
+        before: cfg
+            .journal_retention
+            .before(time::OffsetDateTime::now_utc()),
+        run_id,
+        signer: cfg.journal_signer.as_ref(),
+        archive_dir: cfg.journal_archive_dir.as_deref(),
+    };
+    crate::state::retention::prune(snapshot, &p)?;
+    Ok(())
 }
 
 /// The state for a run: a real run opens it to write (migrating an older

@@ -84,6 +84,11 @@ pub enum StateError {
     },
     #[error("writing the output: {0}")]
     Output(String),
+    #[error("journal archive {path}: {source}; nothing was pruned")]
+    Archive {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "the state directory {dir} is in use by another absync ({holder}); a daemon takes \
          `absync resync`, or wait for the other run to end"
@@ -260,7 +265,18 @@ impl StateLock {
             path: path.clone(),
             source,
         };
-        let mut file = access::open_private(&path)?;
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            access::open_file(
+                &path,
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600),
+            )?
+        };
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -316,7 +332,7 @@ impl Snapshot {
             path: dir.to_path_buf(),
             source,
         };
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         access::refuse_symlinks(dir)?;
         std::fs::create_dir_all(dir).map_err(derr)?;
         access::refuse_foreign_owner(dir)?;
@@ -334,12 +350,20 @@ impl Snapshot {
         // The database (and the WAL and index files SQLite creates with
         // the same mode) for absync's user only; an empty file is a new
         // database to SQLite.
-        access::open_private(&path)?
-            .set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|source| StateError::Dir {
-                path: path.clone(),
-                source,
-            })?;
+        access::open_file(
+            &path,
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600),
+        )?
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|source| StateError::Dir {
+            path: path.clone(),
+            source,
+        })?;
         let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
             | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
             | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;

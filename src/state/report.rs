@@ -303,6 +303,8 @@ impl ReportData {
                 message: rec.error.clone().unwrap_or_default(),
             }),
             ("override", _) => self.overrides.push(override_of(&r)),
+            // Recorded again before a prune: the terms did not change.
+            ("agreements", _) if carried(&r) => *terms = terms_of(&r),
             ("agreements", _) => self.terms.push(terms_change(&r, terms)),
             ("reload", _) => self.reloads.push(Note {
                 record: r.id,
@@ -374,6 +376,15 @@ fn terms_before(s: &Snapshot, from: &str) -> Result<BTreeMap<String, Value>, Sta
         Ok(())
     })?;
     Ok(out)
+}
+
+/// An `agreements` record that a prune wrote again (it names the one it
+/// carries over).
+fn carried(r: &Stored) -> bool {
+    r.record
+        .detail
+        .as_ref()
+        .is_some_and(|d| d.get("carried_from").is_some())
 }
 
 fn terms_of(r: &Stored) -> BTreeMap<String, Value> {

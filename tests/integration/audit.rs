@@ -905,7 +905,7 @@ async fn retention_prunes_old_records_and_the_chain_still_verifies() {
     let text = std::fs::read_to_string(env.config_path()).unwrap();
     std::fs::write(
         env.config_path(),
-        format!("{text}\n[journal]\nretention = \"2s\"\n"),
+        format!("{text}\n[journal]\nretention = \"2s\"\nallow_short_retention = true\n"),
     )
     .unwrap();
     env.sync_ok();

@@ -446,12 +446,13 @@ async fn check_as_json_lists_each_check_and_the_error_that_stopped_them() {
             "config",
             "mapping",
             "agreements",
+            "retention",
             "source",
             "target",
             "target OU"
         ]
     );
-    assert_eq!(j["checks"][5]["subject"], env.target_ou.as_str());
+    assert_eq!(j["checks"][6]["subject"], env.target_ou.as_str());
 
     let domain = &env.target_ou[env.target_ou.find("DC=").unwrap()..];
     let users = format!("CN=Users,{domain}");
@@ -460,7 +461,7 @@ async fn check_as_json_lists_each_check_and_the_error_that_stopped_them() {
     assert_eq!(bad.code, 2, "{bad:?}");
     let j: serde_json::Value = serde_json::from_str(&bad.stdout).unwrap();
     assert_eq!(j["ok"], false);
-    assert_eq!(j["checks"].as_array().unwrap().len(), 5, "{j}");
+    assert_eq!(j["checks"].as_array().unwrap().len(), 6, "{j}");
     assert!(
         j["error"]
             .as_str()

@@ -249,7 +249,7 @@ async fn the_counters_keep_rising_across_a_prune() {
     let text = std::fs::read_to_string(env.config_path()).unwrap();
     std::fs::write(
         env.config_path(),
-        format!("{text}\n[journal]\nretention = \"1s\"\n"),
+        format!("{text}\n[journal]\nretention = \"1s\"\nallow_short_retention = true\n"),
     )
     .unwrap();
     let state = env.state_dir();
@@ -271,6 +271,7 @@ async fn the_counters_keep_rising_across_a_prune() {
         .unix_timestamp();
     assert_eq!(until, expected as u64, "{first}");
     let mut last = (added, 1);
+    let gauge = "absync_agreement_valid_until_timestamp_seconds{agreement=\"DSA-PR\"}";
     for run in 2..=4 {
         std::thread::sleep(Duration::from_millis(1100));
         env.sync_ok();
@@ -281,8 +282,22 @@ async fn the_counters_keep_rising_across_a_prune() {
             "{last:?} -> {now:?}:\n{m}"
         );
         assert_eq!(now, (added, run), "{m}");
+        // The terms went with the records older than a second, and were
+        // recorded again first: the gauge stays.
+        assert_eq!(value(&m, gauge), until, "{m}");
         last = now;
     }
+    // Each prune kept the run that pruned: the journal starts with the
+    // last run's own start.
+    let kept = env.snapshot().stored_where("1", &[]).unwrap();
+    assert_eq!(
+        (kept[0].record.run_id, kept[0].record.op.as_str()),
+        (4, "run"),
+        "{:?}",
+        kept.iter()
+            .map(|r| (r.id, r.record.run_id, &r.record.op))
+            .collect::<Vec<_>>()
+    );
     let kept = env.snapshot().runs(100).unwrap();
     assert!(kept.len() < 4, "the prune removed runs: {kept:?}");
     // The gauges beside them.

@@ -18,6 +18,7 @@ mod identity;
 mod interfaces;
 mod ops;
 mod report;
+mod retention;
 mod robust;
 mod safety;
 mod security;

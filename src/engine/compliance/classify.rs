@@ -13,8 +13,8 @@
 //! period is over. Any other object is not absync's: listed with the
 //! values that look like NHS data, never a violation of absync's.
 
+use crate::period::Period;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -123,7 +123,7 @@ pub struct Policy<'a> {
     /// (lower-case): the organisation and the anchor.
     always: [String; 3],
     target_anchor: String,
-    grace: Duration,
+    grace: Period,
     pub now: OffsetDateTime,
 }
 
@@ -136,7 +136,7 @@ impl<'a> Policy<'a> {
         org_attribute: &str,
         source_anchor: &str,
         target_anchor: &str,
-        grace: Duration,
+        grace: Period,
         now: OffsetDateTime,
     ) -> Policy<'a> {
         let mut targets: Vec<&str> = mapping.rules.iter().map(|r| r.target.as_str()).collect();
@@ -258,8 +258,7 @@ impl<'a> Policy<'a> {
         let rfc3339 = &time::format_description::well_known::Rfc3339;
         let until = OffsetDateTime::parse(at, rfc3339)
             .ok()
-            .and_then(|t| t.checked_add(time::Duration::try_from(self.grace).ok()?))
-            .map(time_text)
+            .map(|t| time_text(self.grace.after(t)))
             .unwrap_or_else(|| "-".into());
         format!("hidden since {at} ({why}); its grace period ends {until}")
     }
@@ -408,7 +407,7 @@ mod tests {
     use crate::state::Hidden;
     use time::macros::{date, datetime};
 
-    const DAY: Duration = Duration::from_secs(86_400);
+    const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
 
     /// Loaded once: tests run in parallel, and each would write the file.
     fn mapping() -> Mapping {
@@ -484,7 +483,7 @@ value = "TRUE"
             "nhsOdsCode",
             "entryUUID",
             "adminDescription",
-            DAY * 30,
+            Period::exact(DAY * 30),
             now(),
         );
         p.judge(seen, row)
@@ -577,7 +576,7 @@ value = "TRUE"
             "nhsOdsCode",
             "entryUUID",
             "adminDescription",
-            DAY,
+            Period::exact(DAY),
             now(),
         );
         let f = p.judge(

@@ -7,8 +7,8 @@
 //! in [`Rules::now`], what the source and the state said comes in
 //! [`Facts`] and the reasons.
 
+use crate::period::Period;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::Duration;
 
 use time::OffsetDateTime;
 
@@ -308,20 +308,20 @@ fn hidden_row(rules: &Rules<'_>, row: &ObjectRow, reason: &str) -> ObjectRow {
 }
 
 /// Whether an object hidden at `hidden.at` has waited out `grace` by `now`
-/// (an unreadable time counts as over).
-pub(crate) fn grace_over(hidden: &Hidden, grace: Duration, now: OffsetDateTime) -> bool {
+/// (an unreadable time counts as over; months count on the calendar).
+pub(crate) fn grace_over(hidden: &Hidden, grace: Period, now: OffsetDateTime) -> bool {
     let Ok(at) = OffsetDateTime::parse(&hidden.at, &time::format_description::well_known::Rfc3339)
     else {
         return true;
     };
-    now - at >= grace
+    now >= grace.after(at)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const DAY: Duration = Duration::from_secs(86_400);
+    const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
 
     fn mapping() -> &'static Mapping {
         static M: std::sync::OnceLock<Mapping> = std::sync::OnceLock::new();
@@ -338,7 +338,7 @@ mod tests {
         SafetyConfig {
             max_deletes,
             max_delete_percent,
-            delete_grace: DAY * grace_days as u32,
+            delete_grace: Period::exact(DAY * grace_days as u32),
             quarantine_ou: Some("OU=Quarantine,DC=example,DC=org".into()),
         }
     }

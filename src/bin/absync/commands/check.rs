@@ -150,7 +150,23 @@ fn check_inputs(cfg: &Config, inputs: &Inputs, checks: &mut Checks) -> std::io::
             in_force.join(", "),
             inputs.agreements.grants().len()
         ),
-    )
+    )?;
+    checks.pass("retention", "journal.retention", &retention(cfg))
+}
+
+/// The retention and the time before which a run now would prune records.
+fn retention(cfg: &Config) -> String {
+    let r = &cfg.journal_retention;
+    let cut = r.before(time::OffsetDateTime::now_utc());
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    let mut line = format!(
+        "{r}: a run now would prune the records from before {}",
+        cut.format(&format).unwrap_or_default()
+    );
+    if let Some(dir) = &cfg.journal_archive_dir {
+        line.push_str(&format!(", archived first in {}", dir.display()));
+    }
+    line
 }
 
 /// The container `dn` exists, and the bound account may create `class`
