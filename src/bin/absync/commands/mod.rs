@@ -29,7 +29,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // files: an admin in the absync group can use them.
     let view = || load_view(file);
     match cli.command {
-        Command::Check { format } => check::run(&config()?, format).await,
+        Command::Check { format, offline } => {
+            check::run(&config_path(file)?, offline, format).await
+        }
         Command::Sync {
             dry_run,
             format,
