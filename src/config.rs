@@ -127,15 +127,16 @@ fn missing_field(message: &str) -> Option<&str> {
 
 /// A missing key, named with its section: `[source] base_dn is missing`,
 /// at the line of the section's header. The parser's span is the table
-/// that lacks the key: a section (its header starts the span) or the whole
-/// file (a section or key missing at the top level).
+/// that lacks the key: a section (its header starts the span), or empty
+/// for the top level (a section or key missing there).
 fn missing(
     path: &Path,
     text: &str,
     span: Option<std::ops::Range<usize>>,
     field: &str,
 ) -> FileError {
-    let whole = |s: &std::ops::Range<usize>| s.start == 0 && s.end >= text.trim_end().len();
+    // The parser gives the top level an empty span.
+    let whole = |s: &std::ops::Range<usize>| s.is_empty();
     let header = span.filter(|s| !whole(s)).and_then(|s| {
         let line = line_of(text, s.start);
         // The header as written (`[source]`, `[[agreement]]`), without a

@@ -521,3 +521,202 @@ mod tests {
         assert_eq!(names, ["cn", "displayname", "sn", "surname"]);
     }
 }
+
+/// `check --offline` on the files alone: no server, no password file.
+#[cfg(test)]
+mod offline {
+    use super::*;
+    use time::Duration;
+
+    /// A configuration whose password files do not exist (offline reads
+    /// none), the shipped mapping, and `agreements`.
+    fn files(agreements: &str, extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/nhs-to-ad-contact.toml");
+        std::fs::write(dir.path().join("agreements.toml"), agreements).unwrap();
+        let config = dir.path().join("absync.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[source]\nurl = \"ldap://127.0.0.1:1\"\nallow_plaintext = true\n\
+                 bind_dn = \"cn=r,o=nhs\"\npassword_file = \"no-such.pw\"\n\
+                 base_dn = \"ou=People,o=nhs\"\n{extra}\n\
+                 [target]\nurl = \"ldap://127.0.0.1:2\"\nallow_plaintext = true\n\
+                 bind_dn = \"CN=svc,DC=x\"\npassword_file = \"no-such.pw\"\n\
+                 base_dn = \"OU=NHS,DC=x\"\n\
+                 [mapping]\nfile = \"{}\"\n[agreements]\nfile = \"agreements.toml\"\n\
+                 [state]\ndir = \"state\"\n[safety]\ndelete_grace = \"0\"\n",
+                mapping.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (dir, config)
+    }
+
+    fn agreement(id: &str, orgs: &str, attrs: &str, until: i64) -> String {
+        let today = absync::agreements::today();
+        format!(
+            "[[agreement]]\nid = \"{id}\"\ntitle = \"t\"\norganisations = [{orgs}]\n\
+             attributes = [{attrs}]\nvalid_from = {}\nvalid_until = {}\n",
+            today - Duration::days(400),
+            today + Duration::days(until)
+        )
+    }
+
+    const ATTRS: &str = "\"givenName\", \"sn\", \"cn\", \"displayName\", \"mail\", \"title\", \
+        \"nhsWorkArea\", \"telephoneNumber\", \"mobile\", \"employeeNumber\", \"nhsJobRole\", \"uid\"";
+
+    async fn check(agreements: &str, extra: &str) -> Vec<Finding> {
+        let (_dir, config) = files(agreements, extra);
+        gather(&config, true).await
+    }
+
+    fn has(f: &[Finding], severity: Severity, text: &str) -> bool {
+        f.iter()
+            .any(|f| f.severity == severity && f.detail.contains(text))
+    }
+
+    #[tokio::test]
+    async fn a_good_configuration_passes_without_servers_or_passwords() {
+        let f = check(&agreement("DSA-1", "\"RX1\"", ATTRS, 300), "").await;
+        assert_eq!(preflight::worst(&f), Severity::Ok, "{f:#?}");
+        assert!(has(&f, Severity::Ok, "1 in force today: DSA-1"), "{f:#?}");
+    }
+
+    #[tokio::test]
+    async fn each_bad_configuration_of_the_issue_is_named() {
+        let f = check(&agreement("DSA-OLD", "\"RX1\"", ATTRS, -1), "").await;
+        assert!(
+            has(&f, Severity::Fatal, "no agreement is in force today"),
+            "{f:#?}"
+        );
+        assert!(
+            has(&f, Severity::Warning, "agreement DSA-OLD ended"),
+            "{f:#?}"
+        );
+        let f = check("", "").await;
+        assert!(has(&f, Severity::Fatal, "holds no [[agreement]]"), "{f:#?}");
+        let f = check(&agreement("DSA-NONE", "", ATTRS, 300), "").await;
+        assert!(has(&f, Severity::Fatal, "names no organisations"), "{f:#?}");
+        let typo = ATTRS.replace("\"mobile\"", "\"mobil\"");
+        let f = check(&agreement("DSA-1", "\"RX1\"", &typo, 300), "").await;
+        assert_eq!(preflight::worst(&f), Severity::Warning, "{f:#?}");
+        assert!(
+            has(
+                &f,
+                Severity::Warning,
+                "allows mobil, which the mapping never reads (a typo for mobile?)"
+            ),
+            "{f:#?}"
+        );
+        assert!(
+            has(
+                &f,
+                Severity::Warning,
+                "reads mobile, which no agreement in force allows"
+            ),
+            "{f:#?}"
+        );
+        let twice = [
+            agreement("DSA-1", "\"RX1\", \"RX2\"", ATTRS, 300),
+            agreement("DSA-2", "\"RX2\"", ATTRS, 300),
+        ]
+        .concat();
+        let f = check(&twice, "").await;
+        assert!(
+            has(
+                &f,
+                Severity::Warning,
+                "RX2 is named by DSA-1 and DSA-2 at the same time"
+            ),
+            "{f:#?}"
+        );
+        let f = check(&agreement("DSA-1", "\"RX1\"", ATTRS, 30), "").await;
+        assert!(has(&f, Severity::Warning, "agreement DSA-1 ends"), "{f:#?}");
+        assert!(has(&f, Severity::Warning, "(in 30 days)"), "{f:#?}");
+        let f = check(&agreement("DSA-1", "\"RX1\"", ATTRS, 31), "").await;
+        assert_eq!(preflight::worst(&f), Severity::Ok, "{f:#?}");
+        // The window is the configuration's.
+        let (_dir, config) = files(&agreement("DSA-1", "\"RX1\"", ATTRS, 31), "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replace(
+            "file = \"agreements.toml\"",
+            "file = \"agreements.toml\"\nwarn_days = 60",
+        );
+        std::fs::write(&config, text).unwrap();
+        let f = gather(&config, true).await;
+        assert!(has(&f, Severity::Warning, "(in 31 days)"), "{f:#?}");
+    }
+
+    #[tokio::test]
+    async fn every_problem_is_reported_in_one_pass() {
+        let all = [
+            agreement("DSA-NONE", "", ATTRS, 300),
+            agreement(
+                "DSA-1",
+                "\"RX1\"",
+                &ATTRS.replace("\"mobile\"", "\"mobil\""),
+                10,
+            ),
+            agreement("DSA-2", "\"RX1\"", ATTRS, 300),
+        ]
+        .concat();
+        let f = check(&all, "").await;
+        for (severity, text) in [
+            (Severity::Fatal, "names no organisations"),
+            (Severity::Warning, "allows mobil"),
+            (Severity::Warning, "RX1 is named by DSA-1 and DSA-2"),
+            (Severity::Warning, "agreement DSA-1 ends"),
+        ] {
+            assert!(has(&f, severity, text), "{text}: {f:#?}");
+        }
+        // A bad mapping and a bad agreements file are both named.
+        let (dir, config) = files("[[agreement]]\nid = \"X\"\n", "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let bad = dir.path().join("bad-mapping.toml");
+        std::fs::write(&bad, "object_class = [\"contact\"]\n").unwrap();
+        let text = text.replace(
+            &format!(
+                "file = \"{}\"",
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("mappings/nhs-to-ad-contact.toml")
+                    .display()
+            ),
+            "file = \"bad-mapping.toml\"",
+        );
+        std::fs::write(&config, text).unwrap();
+        let f = gather(&config, true).await;
+        let fatal: Vec<&str> = f
+            .iter()
+            .filter(|f| f.severity == Severity::Fatal)
+            .map(|f| f.check.as_str())
+            .collect();
+        assert_eq!(fatal, ["mapping", "agreements"], "{f:#?}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_key_is_named_with_its_section() {
+        let (_dir, config) = files(&agreement("DSA-1", "\"RX1\"", ATTRS, 300), "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text.replace("base_dn = \"ou=People,o=nhs\"\n", "")).unwrap();
+        let f = gather(&config, true).await;
+        assert!(
+            has(&f, Severity::Fatal, ":1: [source] base_dn is missing"),
+            "{f:#?}"
+        );
+        let (_dir, config) = files(&agreement("DSA-1", "\"RX1\"", ATTRS, 300), "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text.replace("[state]\ndir = \"state\"\n", "")).unwrap();
+        let f = gather(&config, true).await;
+        assert!(
+            has(
+                &f,
+                Severity::Fatal,
+                "state is missing: the file has no [state] section"
+            ),
+            "{f:#?}"
+        );
+    }
+}

@@ -146,11 +146,15 @@ fn status(
             ),
             Err(e) => health::unknown(&e),
         }),
-        (Some(dir), false) => status::run(&dir, ReadFrom::Given, None, runs, json),
+        (Some(dir), false) => {
+            let days = absync::config::DEFAULT_WARN_DAYS;
+            status::run(&dir, ReadFrom::Given, None, runs, json, days)
+        }
         (None, false) => {
             let view = load_view(file)?;
             let ou = Some(view.target_base_dn.as_str());
-            status::run(&view.state_dir, ReadFrom::Live, ou, runs, json)
+            let days = view.agreements_warn_days;
+            status::run(&view.state_dir, ReadFrom::Live, ou, runs, json, days)
         }
     }
 }
