@@ -16,6 +16,7 @@ mod hostile;
 mod identity;
 mod interfaces;
 mod ops;
+mod preflight;
 mod report;
 mod robust;
 mod safety;
