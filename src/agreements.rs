@@ -234,9 +234,11 @@ impl Agreements {
             .collect()
     }
 
-    /// Why an organisation that was in scope is not any more: its agreement
-    /// ended, or it was taken out of an agreement that is still in force.
-    pub fn why_out_of_scope(&self, org: &str, previous_agreements: &[String]) -> &'static str {
+    /// Why an organisation that was in scope is not any more: its
+    /// agreement ended (`agreement DSA-1 ended 2026-12-01`: each agreement
+    /// it was held under, with the last day it was in force), or it was
+    /// taken out of an agreement that is still in force.
+    pub fn why_out_of_scope(&self, org: &str, previous_agreements: &[String]) -> String {
         let org = org.to_uppercase();
         let still_in_force: Vec<&Agreement> = self
             .all
@@ -244,16 +246,98 @@ impl Agreements {
             .filter(|a| previous_agreements.contains(&a.id) && a.in_force(self.day))
             .collect();
         if still_in_force.is_empty() {
-            "agreement expired"
+            self.ended(previous_agreements)
         } else if still_in_force
             .iter()
             .all(|a| !a.organisations.contains(&org))
         {
-            "organisation removed"
+            "organisation removed".into()
         } else {
-            "left scope"
+            "left scope".into()
         }
     }
+
+    /// `agreement DSA-1 ended 2026-12-01, DSA-2 ended 2026-11-30`: the
+    /// agreements named, none of them in force. One no longer in the file
+    /// is named as such; with none named, `agreement expired`.
+    fn ended(&self, ids: &[String]) -> String {
+        let parts: Vec<String> = ids
+            .iter()
+            .map(|id| match self.all.iter().find(|a| &a.id == id) {
+                Some(a) if a.valid_until < self.day => format!("{id} ended {}", a.valid_until),
+                Some(a) => format!("{id} in force from {}", a.valid_from),
+                None => format!("{id} no longer in the agreements file"),
+            })
+            .collect();
+        if parts.is_empty() {
+            return AGREEMENT_EXPIRED.into();
+        }
+        format!("agreement {}", parts.join(", "))
+    }
+
+    /// The organisations `a` covers that no agreement covers on the day
+    /// after `a` ends: their contacts are deleted when it ends.
+    pub fn lost_at_end(&self, a: &Agreement) -> BTreeSet<String> {
+        let Some(after) = a.valid_until.next_day() else {
+            return BTreeSet::new();
+        };
+        a.organisations
+            .iter()
+            .filter(|org| {
+                !self
+                    .all
+                    .iter()
+                    .any(|b| b.in_force(after) && b.organisations.contains(*org))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The agreements as the journal keeps their terms ([`Agreements::terms`]),
+    /// read back; an entry that does not parse is left out.
+    pub fn from_terms(terms: &serde_json::Value, day: Date) -> Agreements {
+        let fmt = time::macros::format_description!("[year]-[month]-[day]");
+        let date = |v: &serde_json::Value| Date::parse(v.as_str().unwrap_or_default(), &fmt).ok();
+        let set = |v: &serde_json::Value| -> BTreeSet<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        };
+        let all = terms
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                Some(Agreement {
+                    id: a["id"].as_str()?.to_string(),
+                    title: a["title"].as_str().unwrap_or_default().to_string(),
+                    organisations: set(&a["organisations"]),
+                    attributes: set(&a["attributes"]),
+                    valid_from: date(&a["valid_from"])?,
+                    valid_until: date(&a["valid_until"])?,
+                })
+            })
+            .collect();
+        Agreements { all, day }
+    }
+}
+
+/// The reason of a removal whose agreement ended, when the agreements it
+/// was held under are not known.
+pub const AGREEMENT_EXPIRED: &str = "agreement expired";
+
+/// Whether a removal's reason says no agreement in force covers the
+/// object any more (its agreement ended, or its organisation was taken
+/// out of it): it may not be held, hidden or not.
+pub fn no_agreement_covers(reason: &str) -> bool {
+    reason == AGREEMENT_EXPIRED
+        || reason == "organisation removed"
+        || (reason.starts_with("agreement ")
+            && (reason.contains(" ended ")
+                || reason.contains(" no longer in the agreements file")
+                || reason.contains(" in force from ")))
 }
 
 /// Today's date (UTC).
@@ -319,8 +403,34 @@ valid_until = 2026-06-30
         assert_eq!(a.org_filter("nhsOdsCode"), None);
         assert_eq!(
             a.why_out_of_scope("RX1", &["DSA-2026-014".into()]),
-            "agreement expired"
+            "agreement DSA-2026-014 ended 2026-12-31"
         );
+        assert_eq!(
+            a.why_out_of_scope("RX2", &["DSA-2026-014".into(), "DSA-GONE".into()]),
+            "agreement DSA-2026-014 ended 2026-12-31, DSA-GONE no longer in the agreements file"
+        );
+        assert_eq!(a.why_out_of_scope("RX2", &[]), "agreement expired");
+        for reason in [
+            a.why_out_of_scope("RX1", &["DSA-2026-014".into()]),
+            a.why_out_of_scope("RX1", &[]),
+            "organisation removed".into(),
+        ] {
+            assert!(no_agreement_covers(&reason), "{reason}");
+        }
+        assert!(!no_agreement_covers("left scope"));
+        assert!(!no_agreement_covers("leaver"));
+    }
+
+    #[test]
+    fn an_agreements_end_loses_the_organisations_no_other_covers() {
+        let a = Agreements::load(&write("two.toml", TWO), date!(2026 - 03 - 01)).unwrap();
+        // DSA-015 ends first: RX2 stays covered by DSA-014.
+        assert!(a.lost_at_end(&a.all[1]).is_empty());
+        let lost: Vec<String> = a.lost_at_end(&a.all[0]).into_iter().collect();
+        assert_eq!(lost, ["RX1", "RX2"]);
+        // The journaled terms read back as they were.
+        let back = Agreements::from_terms(&a.terms(), a.day);
+        assert_eq!(back.all, a.all);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use crate::ldap::{Endpoint, Transport};
 use crate::seal::Signer;
-use crate::secret::{read_password_file, SecretError};
+use crate::secret::{read_password_file, Secret, SecretError};
 
 /// A problem in one of absync's input files, located.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +90,9 @@ pub fn parse_toml_file<T: serde::de::DeserializeOwned>(
         return Err(not_toml(path, &text, &e));
     }
     let value = toml::from_str::<T>(&text).map_err(|e| {
+        if let Some(field) = missing_field(e.message()) {
+            return missing(path, &text, e.span(), field);
+        }
         let line = e.span().map(|s| line_of(&text, s.start));
         // TOML without a [table] up to that line (`name = 1234`, one line)
         // may still be a secret: what it says is left out. A document with
@@ -111,6 +114,52 @@ pub fn parse_toml_file<T: serde::de::DeserializeOwned>(
         FileError::new(path, line, key.as_deref(), e.message().to_string())
     })?;
     Ok((value, text))
+}
+
+/// The key serde's "missing field `x`" names. The name is absync's (a
+/// field it expects), never text of the file.
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")?
+        .split_once('`')
+        .map(|(f, _)| f)
+}
+
+/// A missing key, named with its section: `[source] base_dn is missing`,
+/// at the line of the section's header. The parser's span is the table
+/// that lacks the key: a section (its header starts the span), or empty
+/// for the top level (a section or key missing there).
+fn missing(
+    path: &Path,
+    text: &str,
+    span: Option<std::ops::Range<usize>>,
+    field: &str,
+) -> FileError {
+    // The parser gives the top level an empty span.
+    let whole = |s: &std::ops::Range<usize>| s.is_empty();
+    let header = span.filter(|s| !whole(s)).and_then(|s| {
+        let line = line_of(text, s.start);
+        // The header as written (`[source]`, `[[agreement]]`), without a
+        // comment after it.
+        let head = text.lines().nth(line - 1)?.split('#').next()?.trim();
+        (head.starts_with('[') && head.ends_with(']')).then(|| (line, head.to_string()))
+    });
+    match header {
+        Some((line, section)) => FileError::new(
+            path,
+            Some(line),
+            None,
+            format!("{section} {field} is missing"),
+        ),
+        None => FileError::new(
+            path,
+            None,
+            None,
+            format!(
+                "{field} is missing: the file has no [{field}] section (or top-level {field} key)"
+            ),
+        ),
+    }
 }
 
 /// A syntax error: line, column and the parser's words for what it
@@ -171,7 +220,7 @@ pub struct RawConfig {
     pub source: RawSource,
     pub target: RawTarget,
     pub mapping: RawFileRef,
-    pub agreements: RawFileRef,
+    pub agreements: RawAgreementsRef,
     pub state: RawState,
     #[serde(default)]
     pub safety: RawSafety,
@@ -397,6 +446,36 @@ pub struct RawTarget {
 #[serde(deny_unknown_fields)]
 pub struct RawFileRef {
     pub file: Spanned<String>,
+}
+
+/// `[agreements]`: the file, and how many days before an agreement ends
+/// `check`, `status` and every run warn about it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgreementsRef {
+    pub file: Spanned<String>,
+    #[serde(default = "default_warn_days")]
+    pub warn_days: Spanned<u32>,
+}
+
+/// Days before an agreement ends from which its end is announced.
+pub const DEFAULT_WARN_DAYS: u32 = 30;
+
+fn default_warn_days() -> Spanned<u32> {
+    spanned(DEFAULT_WARN_DAYS)
+}
+
+/// `[agreements] warn_days`, checked: at most ten years.
+fn warn_days(a: &RawAgreementsRef, r: &Resolver<'_>) -> Result<u32, FileError> {
+    let d = *a.warn_days.get_ref();
+    if d > 3650 {
+        return Err(r.err(
+            a.warn_days.span(),
+            "agreements.warn_days",
+            format!("{d} is out of range (0 to 3650 days)"),
+        ));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Deserialize)]
@@ -873,6 +952,9 @@ pub struct Config {
     pub target: TargetConfig,
     pub mapping_file: PathBuf,
     pub agreements_file: PathBuf,
+    /// An agreement's end is announced (check, status, each run's log)
+    /// from this many days before it (`[agreements] warn_days`).
+    pub agreements_warn_days: u32,
     pub state_dir: PathBuf,
     pub safety: SafetyConfig,
     /// Journal records older than this are pruned (the chain stays whole).
@@ -892,6 +974,8 @@ struct Resolver<'a> {
     file: &'a Path,
     dir: &'a Path,
     text: &'a str,
+    /// Read the passwords and the signing key (`false`: `check --offline`).
+    secrets: bool,
 }
 
 impl Resolver<'_> {
@@ -951,6 +1035,71 @@ impl Resolver<'_> {
             ));
         }
         Ok(a.to_string())
+    }
+
+    /// The endpoint's password: from `password_file`, or from the systemd
+    /// credential `password_credential` (exactly one of them). Without
+    /// `secrets`, only which one is given is checked, and the password is
+    /// empty.
+    fn password(
+        &self,
+        section: &str,
+        password: (&Option<Spanned<String>>, &Option<Spanned<String>>),
+        warnings: &mut Vec<String>,
+    ) -> Result<Secret, FileError> {
+        if !self.secrets {
+            return match password {
+                (Some(_), None) => Ok(Secret::new(String::new())),
+                (None, Some(c)) => {
+                    let key = format!("{section}.password_credential");
+                    plain_name(c.get_ref()).map_err(|m| self.err(c.span(), &key, m))?;
+                    Ok(Secret::new(String::new()))
+                }
+                _ => Err(FileError::new(
+                    self.file,
+                    None,
+                    Some(&format!("{section}.password_file")),
+                    "give exactly one of password_file and password_credential".into(),
+                )),
+            };
+        }
+        let (pw_path, pw_span, pw_key) = match password {
+            (Some(f), None) => (self.path(f), f.span(), format!("{section}.password_file")),
+            (None, Some(c)) => {
+                let key = format!("{section}.password_credential");
+                plain_name(c.get_ref()).map_err(|m| self.err(c.span(), &key, m))?;
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    self.err(
+                        c.span(),
+                        &key,
+                        "CREDENTIALS_DIRECTORY is not set: a credential is handed over by \
+                         systemd (LoadCredential=); outside systemd use password_file"
+                            .into(),
+                    )
+                })?;
+                (PathBuf::from(dir).join(c.get_ref()), c.span(), key)
+            }
+            _ => {
+                return Err(FileError::new(
+                    self.file,
+                    None,
+                    Some(&format!("{section}.password_file")),
+                    "give exactly one of password_file and password_credential".into(),
+                ))
+            }
+        };
+        let (password, warning) = read_password_file(&pw_path).map_err(|e| {
+            let msg = match e {
+                SecretError::Read { source, .. } => {
+                    format!("cannot read {}: {source}", pw_path.display())
+                }
+                SecretError::Empty { .. } => format!("{} is empty", pw_path.display()),
+                other => other.to_string(),
+            };
+            self.err(pw_span.clone(), &pw_key, msg)
+        })?;
+        warnings.extend(warning);
+        Ok(password)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1022,42 +1171,7 @@ impl Resolver<'_> {
                 ))
             }
         };
-        let (pw_path, pw_span, pw_key) = match password {
-            (Some(f), None) => (self.path(f), f.span(), format!("{section}.password_file")),
-            (None, Some(c)) => {
-                let key = format!("{section}.password_credential");
-                plain_name(c.get_ref()).map_err(|m| self.err(c.span(), &key, m))?;
-                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                    self.err(
-                        c.span(),
-                        &key,
-                        "CREDENTIALS_DIRECTORY is not set: a credential is handed over by \
-                         systemd (LoadCredential=); outside systemd use password_file"
-                            .into(),
-                    )
-                })?;
-                (PathBuf::from(dir).join(c.get_ref()), c.span(), key)
-            }
-            _ => {
-                return Err(FileError::new(
-                    self.file,
-                    None,
-                    Some(&format!("{section}.password_file")),
-                    "give exactly one of password_file and password_credential".into(),
-                ))
-            }
-        };
-        let (password, warning) = read_password_file(&pw_path).map_err(|e| {
-            let msg = match e {
-                SecretError::Read { source, .. } => {
-                    format!("cannot read {}: {source}", pw_path.display())
-                }
-                SecretError::Empty { .. } => format!("{} is empty", pw_path.display()),
-                other => other.to_string(),
-            };
-            self.err(pw_span.clone(), &pw_key, msg)
-        })?;
-        warnings.extend(warning);
+        let password = self.password(section, password, warnings)?;
         let timeout = self.timeout(section, timeout)?;
         Ok(Endpoint {
             url: u.to_string(),
@@ -1140,6 +1254,18 @@ impl Config {
 
     /// Loads, parses and resolves a configuration file.
     pub fn load(file: &Path) -> Result<Config, FileError> {
+        Config::load_with(file, true)
+    }
+
+    /// The same without reading a password or the signing key (for `check
+    /// --offline`): every password is empty, which `Conn::connect` refuses
+    /// to send, and no signer is set. Everything else is checked as
+    /// [`Config::load`] checks it.
+    pub fn load_offline(file: &Path) -> Result<Config, FileError> {
+        Config::load_with(file, false)
+    }
+
+    fn load_with(file: &Path, secrets: bool) -> Result<Config, FileError> {
         let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
         let (raw, text): (RawConfig, String) = parse_toml_file(&file)?;
         let mut warnings = Vec::new();
@@ -1160,6 +1286,7 @@ impl Config {
             file: &file,
             dir: &dir,
             text: &text,
+            secrets,
         };
         let s = &raw.source;
         let source_endpoint = r.endpoint(
@@ -1264,7 +1391,11 @@ impl Config {
         let journal_retention = resolve_retention(&raw.journal, &r)?;
         let journal_archive_dir = raw.journal.archive_dir.as_ref().map(|d| r.path(d));
         let service = resolve_service(&raw, &r, &state_dir)?;
-        let journal_signer = resolve_signer(&raw.journal, &r, &state_dir, &mut warnings)?;
+        let journal_signer = match secrets {
+            true => resolve_signer(&raw.journal, &r, &state_dir, &mut warnings)?,
+            false => None,
+        };
+        let agreements_warn_days = warn_days(&raw.agreements, &r)?;
         let journal_public_key = match &raw.journal.public_key {
             Some(p) => Some(r.existing_file(p, "journal.public_key")?),
             None => None,
@@ -1275,6 +1406,7 @@ impl Config {
             target,
             mapping_file,
             agreements_file,
+            agreements_warn_days,
             state_dir,
             safety,
             journal_retention,
@@ -1483,6 +1615,8 @@ pub struct ServiceView {
     pub state_dir: PathBuf,
     pub target_base_dn: String,
     pub service: ServiceConfig,
+    /// `[agreements] warn_days`.
+    pub agreements_warn_days: u32,
 }
 
 impl ServiceView {
@@ -1496,11 +1630,13 @@ impl ServiceView {
             file: &file,
             dir: &dir,
             text: &text,
+            secrets: false,
         };
         let state_dir = r.path(&raw.state.dir);
         let service = resolve_service(&raw, &r, &state_dir)?;
         Ok(ServiceView {
             target_base_dn: r.dn(&raw.target.base_dn, "target.base_dn")?,
+            agreements_warn_days: warn_days(&raw.agreements, &r)?,
             file,
             state_dir,
             service,

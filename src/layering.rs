@@ -210,6 +210,7 @@ fn scope_map_diff_render_the_delete_decision_and_the_report_do_no_io_and_read_no
         "engine::render",
         "engine::removals::decide",
         "engine::compliance::classify",
+        "engine::preflight",
         "report",
         "report::chart",
         "report::html",

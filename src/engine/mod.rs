@@ -32,6 +32,8 @@ pub mod removals;
 
 pub mod apply;
 pub mod compliance;
+pub mod expiry;
+pub mod preflight;
 pub mod render;
 
 pub use cx::{file_hashes, load_inputs, Inputs, Mode, Options, Watch, Watcher};
@@ -72,6 +74,7 @@ pub async fn run(
         _ => None,
     };
     let snapshot = open_state(cfg, mode)?;
+    expiry::announce(&inputs.agreements, cfg.agreements_warn_days, &snapshot);
     // Holding the lock, no other process runs: a run still marked running
     // died with its process. Closed before this run starts.
     if mode == Mode::Apply {

@@ -558,6 +558,17 @@ fn bind_text(rc: u32, text: &str) -> String {
 impl Conn {
     /// Connects, sets up TLS as the endpoint asks, and binds.
     pub async fn connect(ep: &Endpoint) -> Result<Conn, LdapError> {
+        // An empty password would be an unauthenticated bind, which servers
+        // may accept: never sent (a configuration loaded for `check
+        // --offline` holds no password).
+        if ep.password.expose().is_empty() {
+            return Err(LdapError::Bind {
+                url: ep.url.clone(),
+                dn: ep.bind_dn.clone(),
+                rc: 49,
+                text: "no password (an unauthenticated bind is never sent)".into(),
+            });
+        }
         let mut settings = LdapConnSettings::new().set_conn_timeout(ep.timeout);
         match ep.transport {
             Transport::Plain => {

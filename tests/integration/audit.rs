@@ -252,9 +252,9 @@ async fn an_auditor_can_answer_what_when_under_which_agreement_and_who_held_what
     assert!(under_b.iter().any(|r| r["op"] == "add"));
     let purge: Vec<&serde_json::Value> = under_b.iter().filter(|r| r["op"] == "delete").collect();
     assert!(!purge.is_empty());
-    assert!(purge
-        .iter()
-        .all(|r| r["reason"] == "agreement expired" && r["run_id"] == 3));
+    assert!(purge.iter().all(|r| r["reason"]
+        == format!("agreement DSA-AUD-B ended {}", day(-1)).as_str()
+        && r["run_id"] == 3));
     assert_eq!(
         purge.len(),
         org_b.len(),
@@ -482,7 +482,7 @@ async fn exports_open_in_a_spreadsheet_and_redaction_hides_personal_values() {
     );
     assert!(redacted.stdout.contains("sha256:"));
     assert!(
-        redacted.stdout.contains("agreement expired"),
+        redacted.stdout.contains("agreement DSA-AUD-B ended"),
         "reasons stay"
     );
 }

@@ -427,32 +427,49 @@ async fn plan_detailed_exitcode_and_json_summaries_tell_scripts_what_a_run_does(
 }
 
 #[tokio::test]
-async fn check_as_json_lists_each_check_and_the_error_that_stopped_them() {
+async fn check_as_json_lists_each_finding_and_goes_on_after_a_fatal_one() {
     let env = env("cli-check-json").await;
     let ok = env.absync(&["check", "--format", "json"]);
     assert_eq!(ok.code, 0, "{ok:?}");
     let j: serde_json::Value = serde_json::from_str(&ok.stdout).unwrap();
     assert_eq!(j["ok"], true);
+    assert_eq!(j["fatal"], 0);
     assert!(j["error"].is_null());
-    let names: Vec<&str> = j["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["check"].as_str().unwrap())
-        .collect();
+    let passed = |j: &serde_json::Value| -> Vec<String> {
+        j["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["severity"] == "ok")
+            .map(|c| c["check"].as_str().unwrap().to_string())
+            .collect()
+    };
     assert_eq!(
-        names,
+        passed(&j),
         [
             "config",
             "mapping",
             "agreements",
             "retention",
             "source",
+            "source base",
+            "source",
+            "source",
             "target",
-            "target OU"
+            "target OU",
+            "schema"
         ]
     );
-    assert_eq!(j["checks"][6]["subject"], env.target_ou.as_str());
+    // The agreement ends tomorrow: a warning, named.
+    assert!(j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["severity"] == "warning"
+            && c["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("agreement DSA-C ends {}", day(1)))));
 
     let domain = &env.target_ou[env.target_ou.find("DC=").unwrap()..];
     let users = format!("CN=Users,{domain}");
@@ -461,7 +478,7 @@ async fn check_as_json_lists_each_check_and_the_error_that_stopped_them() {
     assert_eq!(bad.code, 2, "{bad:?}");
     let j: serde_json::Value = serde_json::from_str(&bad.stdout).unwrap();
     assert_eq!(j["ok"], false);
-    assert_eq!(j["checks"].as_array().unwrap().len(), 6, "{j}");
+    assert_eq!(j["fatal"], 1, "{j}");
     assert!(
         j["error"]
             .as_str()
@@ -469,6 +486,8 @@ async fn check_as_json_lists_each_check_and_the_error_that_stopped_them() {
             .contains("may not create contact objects"),
         "{j}"
     );
+    // The schema is still checked after the OU failed.
+    assert_eq!(passed(&j).last().map(String::as_str), Some("schema"), "{j}");
     assert!(
         bad.stderr.contains("may not create contact objects"),
         "{bad:?}"

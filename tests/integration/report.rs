@@ -311,7 +311,7 @@ fn check_html(env: &SyncEnv, html: &str, victim: &str) {
     // Agreement B's end, as a change of its terms and as deletes.
     assert!(html.contains(&format!("valid_until {} → {}", day(30), day(-1))));
     assert!(
-        html.contains("<td>agreement expired</td>"),
+        html.contains(&format!("<td>agreement DSA-REP-B ended {}</td>", day(-1))),
         "deletes by reason"
     );
     // The conflict is open, the hostile name escaped.

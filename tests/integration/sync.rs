@@ -289,9 +289,11 @@ async fn agreement_changes_remove_organisations_attributes_and_everything_on_exp
         .filter(|r| r.op == "delete")
         .map(|r| r.reason.as_str())
         .collect();
+    // A delete whose agreement ended names it and its last day.
+    let ended = format!("agreement DSA-B ended {}", day(-1));
     assert_eq!(
         reasons,
-        BTreeSet::from(["agreement expired", "organisation removed"])
+        BTreeSet::from([ended.as_str(), "organisation removed"])
     );
     assert!(records.iter().any(|r| r.op == "modify"
         && r.changes

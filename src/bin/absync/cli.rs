@@ -18,6 +18,7 @@ would stop on a safety rail (an error that stops the plan is 2 as well, with
 a message on stderr).
 status --check (a Nagios/Icinga plugin): 0 OK, 1 WARNING, 2 CRITICAL,
 3 UNKNOWN.
+check: 0 no fatal problem (warnings are printed), 2 a fatal problem.
 Other commands: 0 done, 1 what they check failed (audit, journal verify),
 2 could not run. A reader that closes the pipe early (| head -1) ends any
 command quietly with exit 0 (sync: with its run's code).
@@ -47,12 +48,18 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Check configuration, mapping and agreements; bind to both servers;
-    /// check the target OU exists and the account may create objects there.
+    /// Check configuration, mapping and agreements against each other;
+    /// then both servers (bind, source base and a sample of entries,
+    /// target OUs, rights and schema). Reports every problem in one pass:
+    /// exit 2 when one is fatal, 0 otherwise (warnings printed).
     Check {
         /// How to print the checks: a line each, or one JSON object.
         #[arg(long, value_enum, default_value = "table")]
         format: CheckFormat,
+        /// Check only the files: no server contacted, no password read
+        /// (for the admin's CI).
+        #[arg(long)]
+        offline: bool,
     },
     /// Run one synchronisation.
     Sync {

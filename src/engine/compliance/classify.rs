@@ -602,7 +602,7 @@ value = "TRUE"
         assert_eq!(f.org.as_deref(), Some("RX2"));
         assert_eq!(
             f.reason,
-            "agreement expired: no agreement in force covers RX2 (held under DSA-2)"
+            "agreement DSA-2 ended 2026-02-28: no agreement in force covers RX2 (held under DSA-2)"
         );
         // Taken out of an agreement still in force.
         let mut r = row("RX3", None);

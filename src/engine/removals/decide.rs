@@ -94,7 +94,7 @@ pub struct Stop {
 /// The reasons that leave no agreement in force for an object: it may not
 /// be held, hidden or not.
 fn no_longer_agreed(reason: &str) -> bool {
-    reason == "agreement expired" || reason == "organisation removed"
+    crate::agreements::no_agreement_covers(reason)
 }
 
 /// Decides what becomes of each managed object the run did not see (with
@@ -605,7 +605,10 @@ mod tests {
     fn an_expired_agreement_deletes_at_once_despite_a_grace_period() {
         let s = safety(1000, 100.0, 7);
         let unseen = vec![
-            (row("visible", "RX9"), Some("agreement expired".to_string())),
+            (
+                row("visible", "RX9"),
+                Some("agreement DSA-9 ended 2026-12-01".to_string()),
+            ),
             (
                 hidden("hidden", "RX9", 1),
                 Some("organisation removed".to_string()),
@@ -632,7 +635,7 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                ("visible", "agreement expired", true),
+                ("visible", "agreement DSA-9 ended 2026-12-01", true),
                 ("hidden", "organisation removed", true),
                 ("leaver", "leaver", false)
             ]

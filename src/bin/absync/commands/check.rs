@@ -1,84 +1,308 @@
-//! `absync check`: the input files parse, both servers accept the bind,
-//! and the account may create objects in the target's containers.
+//! `absync check`: every problem in one pass. The input files and how they
+//! fit together ([`absync::engine::preflight`]); then, unless `--offline`,
+//! each server: the source (bind, base, a sample of entries) and the
+//! target (bind, containers, schema), each checked whatever the other
+//! found. Exit 2 when any finding is fatal, else 0 (warnings printed).
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
 use absync::config::Config;
+use absync::engine::expiry;
+use absync::engine::preflight::{self, Finding, Severity};
 use absync::engine::{self, Inputs};
 use absync::ldap::Conn;
+use absync::state::{ReadFrom, Snapshot, StateError};
 use absync::text::Shown;
 use anyhow::Context;
 
 use crate::cli::CheckFormat;
 use crate::out::outln;
 
-/// The checks passed so far: printed as they pass (a line each), or kept
-/// for one JSON object at the end.
-struct Checks {
-    format: CheckFormat,
-    passed: Vec<serde_json::Value>,
+/// How many source entries the sample reads.
+const SAMPLE: usize = 20;
+
+/// Checks everything it can, prints the findings (a line each, fatal ones
+/// on stderr; or one JSON object) and exits 2 when one is fatal.
+pub async fn run(file: &Path, offline: bool, format: CheckFormat) -> anyhow::Result<ExitCode> {
+    let findings = gather(file, offline).await;
+    print(&findings, format)?;
+    Ok(match preflight::worst(&findings) {
+        Severity::Fatal => ExitCode::from(2),
+        _ => ExitCode::SUCCESS,
+    })
 }
 
-impl Checks {
-    /// `name` (config, source, target OU...) passed for `subject` (a file,
-    /// a URL, a DN): `detail` says what was found.
-    fn pass(&mut self, name: &str, subject: &str, detail: &str) -> std::io::Result<()> {
-        match self.format {
-            CheckFormat::Table => outln!("{name:<11} {}: {}", Shown(subject), Shown(detail)),
-            CheckFormat::Json => {
-                self.passed.push(serde_json::json!({
-                    "check": name,
-                    "subject": subject,
-                    "detail": detail,
-                }));
-                Ok(())
-            }
+async fn gather(file: &Path, offline: bool) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let subject = file.display().to_string();
+    let cfg = match Config::load_offline(file) {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(Finding::fatal("config", &subject, e.to_string()));
+            return out;
+        }
+    };
+    let cfg_subject = cfg.file.display().to_string();
+    out.push(Finding::ok("config", &cfg_subject, "ok"));
+    for w in &cfg.warnings {
+        out.push(Finding::warning("config", &cfg_subject, w.clone()));
+    }
+    if let Some(inputs) = inputs(&cfg, &mut out) {
+        let mut endings = expiry::ending(&inputs.agreements, cfg.agreements_warn_days);
+        count_contacts(&cfg, &mut endings, &mut out);
+        let file = cfg.agreements_file.display().to_string();
+        out.extend(preflight::inputs(&cfg.source, &inputs, &file, &endings));
+        out.push(Finding::ok(
+            "retention",
+            "journal.retention",
+            retention(&cfg),
+        ));
+        if !offline {
+            servers(&cfg.file, &inputs, &mut out).await;
+        }
+    } else if !offline {
+        out.push(Finding::warning(
+            "servers",
+            &cfg_subject,
+            "not checked: the input files above must be put right first",
+        ));
+    }
+    out
+}
+
+/// The mapping and the agreements, each checked on its own (both are
+/// reported), then together with the configuration.
+fn inputs(cfg: &Config, out: &mut Vec<Finding>) -> Option<Inputs> {
+    let mapping_file = cfg.mapping_file.display().to_string();
+    let agreements_file = cfg.agreements_file.display().to_string();
+    let mapping = engine::map::Mapping::load_for(&cfg.mapping_file, &cfg.target.anchor_attribute);
+    let agreements =
+        absync::agreements::Agreements::load(&cfg.agreements_file, absync::agreements::today());
+    match &mapping {
+        Ok(m) => out.push(Finding::ok(
+            "mapping",
+            &mapping_file,
+            format!("ok ({} attributes)", m.rules.len()),
+        )),
+        Err(e) => out.push(Finding::fatal("mapping", &mapping_file, e.to_string())),
+    }
+    if let Err(e) = &agreements {
+        out.push(Finding::fatal(
+            "agreements",
+            &agreements_file,
+            e.to_string(),
+        ));
+    }
+    let (Ok(mapping), Ok(agreements)) = (mapping, agreements) else {
+        return None;
+    };
+    // The load a run makes, for its checks across the files.
+    if let Err(e) = engine::load_inputs(cfg) {
+        out.push(Finding::fatal(
+            "config",
+            &cfg.file.display().to_string(),
+            e.to_string(),
+        ));
+    }
+    Some(Inputs {
+        mapping,
+        agreements,
+    })
+}
+
+/// How many contacts each ending's end deletes, from the state (read
+/// only) when there is one.
+fn count_contacts(cfg: &Config, endings: &mut [expiry::Ending], out: &mut Vec<Finding>) {
+    if endings.is_empty() {
+        return;
+    }
+    let counted = Snapshot::open_read_only(&cfg.state_dir, ReadFrom::Live)
+        .and_then(|s| expiry::count(endings, &s));
+    match counted {
+        Ok(()) | Err(StateError::Missing { .. }) => {}
+        Err(e) => out.push(Finding::warning(
+            "state",
+            &cfg.state_dir.display().to_string(),
+            format!("cannot count the contacts of ending agreements: {e}"),
+        )),
+    }
+}
+
+/// The servers, with the passwords read: the source, then the target; a
+/// failure on one does not stop the other's checks.
+async fn servers(file: &Path, inputs: &Inputs, out: &mut Vec<Finding>) {
+    let cfg = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(Finding::fatal(
+                "config",
+                &file.display().to_string(),
+                format!("{e} (servers not checked)"),
+            ));
+            return;
+        }
+    };
+    source(&cfg, inputs, out).await;
+    target(&cfg, inputs, out).await;
+    if let Some(gc) = &cfg.target.global_catalog {
+        match global_catalog(gc)
+            .await
+            .with_context(|| format!("global catalog {}", gc.url))
+        {
+            Ok(detail) => out.push(Finding::ok("catalog", &gc.url, detail)),
+            Err(e) => out.push(Finding::fatal("catalog", &gc.url, format!("{e:#}"))),
         }
     }
 }
 
-/// Checks the inputs, then each server, printing a line per check; as
-/// JSON, one object: `ok`, the checks that passed, and the `error` that
-/// stopped them (also on stderr, exit 2).
-pub async fn run(cfg: &Config, format: CheckFormat) -> anyhow::Result<ExitCode> {
-    let mut checks = Checks {
-        format,
-        passed: Vec::new(),
+/// The source: the bind, the base, and a sample of entries.
+async fn source(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
+    let ep = &cfg.source.endpoint;
+    let mut conn = match Conn::connect(ep).await {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(Finding::fatal("source", &ep.url, e.to_string()));
+            return;
+        }
     };
-    let result = check(cfg, &mut checks).await;
-    if format == CheckFormat::Json {
-        let object = serde_json::json!({
-            "ok": result.is_ok(),
-            "checks": checks.passed,
-            "error": result.as_ref().err().map(|e| format!("{e:#}")),
-        });
-        let mut out = crate::out::stdout();
-        serde_json::to_writer_pretty(&mut out, &object)?;
-        writeln!(out)?;
-        out.flush()?;
+    out.push(Finding::ok(
+        "source",
+        &ep.url,
+        format!("bound as {}", ep.bind_dn),
+    ));
+    let base = &cfg.source.base_dn;
+    match conn.read(base, &["objectClass"]).await {
+        Ok(Some(_)) => {
+            out.push(Finding::ok("source base", base, "exists"));
+            if let Err(e) = sample(&mut conn, cfg, inputs, out).await {
+                out.push(Finding::fatal("source", base, e.to_string()));
+            }
+        }
+        Ok(None) => out.push(Finding::fatal(
+            "source base",
+            base,
+            "[source] base_dn does not exist on the source: a run reads nothing",
+        )),
+        Err(e) => out.push(Finding::fatal("source base", base, e.to_string())),
     }
-    result?;
-    Ok(ExitCode::SUCCESS)
+    conn.unbind().await;
 }
 
-async fn check(cfg: &Config, checks: &mut Checks) -> anyhow::Result<()> {
-    let inputs = engine::load_inputs(cfg)?;
-    check_inputs(cfg, &inputs, checks)?;
-    let source = Conn::connect(&cfg.source.endpoint).await?;
-    let bound = |dn: &str| format!("bound as {dn}");
-    checks.pass(
-        "source",
-        &cfg.source.endpoint.url,
-        &bound(&cfg.source.endpoint.bind_dn),
-    )?;
-    source.unbind().await;
-    let mut target = Conn::connect(&cfg.target.endpoint).await?;
-    checks.pass(
+/// A sample of the entries the source filter selects carries the anchor
+/// and the organisation attribute; some entry of the organisations in
+/// force is there.
+async fn sample(
+    conn: &mut Conn,
+    cfg: &Config,
+    inputs: &Inputs,
+    out: &mut Vec<Finding>,
+) -> Result<(), absync::ldap::LdapError> {
+    let s = &cfg.source;
+    let attrs = vec![s.anchor_attribute.clone(), s.org_attribute.clone()];
+    let entries = first_entries(conn, &s.base_dn, &s.filter, attrs, SAMPLE).await?;
+    let n = entries.len();
+    if n == 0 {
+        out.push(Finding::warning(
+            "source",
+            &s.base_dn,
+            format!(
+                "no entry matches [source] filter {}: a run copies nothing",
+                s.filter
+            ),
+        ));
+        return Ok(());
+    }
+    let mut fatal = false;
+    for (key, attr) in [
+        ("anchor_attribute", &s.anchor_attribute),
+        ("org_attribute", &s.org_attribute),
+    ] {
+        let lacking = entries
+            .iter()
+            .filter(|e| absync::ldap::first_value(e, attr).is_none())
+            .count();
+        let what = format!("{attr} ([source] {key})");
+        let finding = match lacking {
+            0 => Finding::ok(
+                "source",
+                &s.base_dn,
+                format!("{n} sampled entries carry {what}"),
+            ),
+            l if l == n => {
+                fatal = true;
+                Finding::fatal(
+                    "source",
+                    &s.base_dn,
+                    format!("none of {n} sampled entries carries {what}: a run holds nobody"),
+                )
+            }
+            l => Finding::warning(
+                "source",
+                &s.base_dn,
+                format!("{l} of {n} sampled entries lack {what}: a run rejects them"),
+            ),
+        };
+        out.push(finding);
+    }
+    if let (false, Some(filter)) = (fatal, engine::pull::query::filter(s, &inputs.agreements)) {
+        let any = first_entries(
+            conn,
+            &s.base_dn,
+            &filter,
+            vec![s.anchor_attribute.clone()],
+            1,
+        )
+        .await?;
+        if any.is_empty() {
+            out.push(Finding::warning(
+                "source",
+                &s.base_dn,
+                "no entry of the organisations in force matches: a run copies nothing",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// At most `max` entries of a search (the rest is not read).
+async fn first_entries(
+    conn: &mut Conn,
+    base: &str,
+    filter: &str,
+    attrs: Vec<String>,
+    max: usize,
+) -> Result<Vec<ldap3::SearchEntry>, absync::ldap::LdapError> {
+    let page = u32::try_from(max).unwrap_or(u32::MAX);
+    let mut search = conn
+        .paged_search(base, ldap3::Scope::Subtree, filter, attrs, page)
+        .await?;
+    let mut out = Vec::new();
+    while out.len() < max {
+        match search.next().await? {
+            Some(e) => out.push(e),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// The target: the bind, each container, the schema.
+async fn target(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
+    let ep = &cfg.target.endpoint;
+    let mut conn = match Conn::connect(ep).await {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(Finding::fatal("target", &ep.url, e.to_string()));
+            return;
+        }
+    };
+    out.push(Finding::ok(
         "target",
-        &cfg.target.endpoint.url,
-        &bound(&cfg.target.endpoint.bind_dn),
-    )?;
+        &ep.url,
+        format!("bound as {}", ep.bind_dn),
+    ));
     let class = inputs
         .mapping
         .object_class
@@ -88,21 +312,87 @@ async fn check(cfg: &Config, checks: &mut Checks) -> anyhow::Result<()> {
     let mut containers = vec![("target OU", cfg.target.base_dn.clone())];
     containers.extend(cfg.safety.quarantine_ou.clone().map(|q| ("quarantine", q)));
     for (what, dn) in containers {
-        may_create(&mut target, cfg, what, &dn, &class).await?;
-        checks.pass(
-            what,
-            &dn,
-            &format!("exists; {class} objects may be created"),
-        )?;
+        out.push(match may_create(&mut conn, cfg, what, &dn, &class).await {
+            Ok(()) => Finding::ok(what, &dn, format!("exists; {class} objects may be created")),
+            Err(e) => Finding::fatal(what, &dn, format!("{e:#}")),
+        });
     }
-    target.unbind().await;
-    if let Some(gc) = &cfg.target.global_catalog {
-        let detail = global_catalog(gc)
-            .await
-            .with_context(|| format!("global catalog {}", gc.url))?;
-        checks.pass("catalog", &gc.url, &detail)?;
+    out.push(match schema(&mut conn, cfg, inputs).await {
+        Ok(f) => f,
+        Err(e) => Finding::fatal("schema", &ep.url, format!("{e:#}")),
+    });
+    conn.unbind().await;
+}
+
+/// The target's schema (its subschema entry's attributeTypes) defines
+/// every attribute the mapping writes, and the anchor attribute.
+async fn schema(conn: &mut Conn, cfg: &Config, inputs: &Inputs) -> anyhow::Result<Finding> {
+    let root = conn
+        .read("", &["subschemaSubentry"])
+        .await?
+        .context("the root DSE cannot be read")?;
+    let sub = absync::ldap::first_value(&root, "subschemaSubentry")
+        .context("the root DSE names no subschemaSubentry")?;
+    let entry = conn
+        .read(&sub, &["attributeTypes"])
+        .await?
+        .with_context(|| format!("the subschema {sub} cannot be read"))?;
+    let known = defined_names(&absync::ldap::values_of(&entry, "attributeTypes"));
+    let m = &inputs.mapping;
+    let mut written: Vec<String> = m.rules.iter().map(|r| r.target.clone()).collect();
+    written.push(m.rdn_attribute.clone());
+    written.extend(m.hide.iter().map(|(a, _)| a.clone()));
+    written.push(cfg.target.anchor_attribute.clone());
+    let missing: Vec<&str> = written
+        .iter()
+        .filter(|a| !known.contains(&a.to_lowercase()))
+        .map(String::as_str)
+        .collect();
+    let url = &cfg.target.endpoint.url;
+    Ok(if missing.is_empty() {
+        Finding::ok(
+            "schema",
+            url,
+            format!(
+                "defines the {} attributes the mapping writes",
+                written.len()
+            ),
+        )
+    } else {
+        Finding::fatal(
+            "schema",
+            url,
+            format!(
+                "the target's schema ({sub}) does not define {}, which the mapping writes: \
+                 every add would be refused",
+                missing.join(", ")
+            ),
+        )
+    })
+}
+
+/// The names (lower-case) in attribute type descriptions (RFC 4512):
+/// `NAME 'cn'` or `NAME ( 'cn' 'commonName' )`.
+fn defined_names(types: &[String]) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for t in types {
+        let Some((_, rest)) = t.split_once(" NAME ") else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let names = match rest.strip_prefix('(') {
+            Some(list) => list.split(')').next().unwrap_or_default(),
+            None => rest.split(' ').next().unwrap_or_default(),
+        };
+        out.extend(
+            names
+                .split('\'')
+                .enumerate()
+                .filter(|(i, n)| i % 2 == 1 && !n.is_empty())
+                .map(|(_, n)| n.to_lowercase()),
+        );
     }
-    Ok(())
+    out
 }
 
 /// The global catalog accepts the target's account and answers a search of
@@ -126,32 +416,6 @@ async fn global_catalog(gc: &absync::ldap::Endpoint) -> anyhow::Result<String> {
         "bound as {}; answers searches of the whole forest",
         gc.bind_dn
     ))
-}
-
-/// The three input files, and what they hold.
-fn check_inputs(cfg: &Config, inputs: &Inputs, checks: &mut Checks) -> std::io::Result<()> {
-    checks.pass("config", &cfg.file.display().to_string(), "ok")?;
-    checks.pass(
-        "mapping",
-        &cfg.mapping_file.display().to_string(),
-        &format!("ok ({} attributes)", inputs.mapping.rules.len()),
-    )?;
-    let in_force: Vec<&str> = inputs
-        .agreements
-        .in_force()
-        .map(|a| a.id.as_str())
-        .collect();
-    checks.pass(
-        "agreements",
-        &cfg.agreements_file.display().to_string(),
-        &format!(
-            "ok ({} in force today: {}; {} organisations)",
-            in_force.len(),
-            in_force.join(", "),
-            inputs.agreements.grants().len()
-        ),
-    )?;
-    checks.pass("retention", "journal.retention", &retention(cfg))
 }
 
 /// The retention and the time before which a run now would prune records.
@@ -197,4 +461,282 @@ async fn may_create(
         );
     }
     Ok(())
+}
+
+/// Table: a line per finding on stdout (`WARNING:` before a warning), the
+/// fatal ones on stderr, and a count at the end. JSON: one object, `ok`,
+/// the counts, every finding with its severity, and `error` (the fatal
+/// findings, joined; also on stderr).
+fn print(findings: &[Finding], format: CheckFormat) -> anyhow::Result<()> {
+    let fatal: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Fatal)
+        .collect();
+    let warnings = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+        .count();
+    let line = |f: &Finding| {
+        let tag = match f.severity {
+            Severity::Ok => "",
+            Severity::Warning => "WARNING: ",
+            Severity::Fatal => "FATAL: ",
+        };
+        format!(
+            "{:<11} {}: {tag}{}",
+            f.check,
+            Shown(&f.subject),
+            Shown(&f.detail)
+        )
+    };
+    match format {
+        CheckFormat::Table => {
+            for f in findings {
+                match f.severity {
+                    Severity::Fatal => eprintln!("{}", line(f)),
+                    _ => outln!("{}", line(f))?,
+                }
+            }
+            if !fatal.is_empty() || warnings > 0 {
+                eprintln!(
+                    "absync: check found {} fatal problem(s) and {warnings} warning(s)",
+                    fatal.len()
+                );
+            }
+        }
+        CheckFormat::Json => {
+            let error: Vec<String> = fatal.iter().map(|f| line(f)).collect();
+            for e in &error {
+                eprintln!("{e}");
+            }
+            let object = serde_json::json!({
+                "ok": fatal.is_empty(),
+                "fatal": fatal.len(),
+                "warnings": warnings,
+                "checks": findings,
+                "error": (!error.is_empty()).then(|| error.join("; ")),
+            });
+            let mut out = crate::out::stdout();
+            serde_json::to_writer_pretty(&mut out, &object)?;
+            writeln!(out)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribute_type_names_are_read_from_their_descriptions() {
+        let types = [
+            "( 2.5.4.3 NAME 'cn' SYNTAX '1.3.6.1.4.1.1466.115.121.1.15' SINGLE-VALUE )".to_string(),
+            "( 2.5.4.4 NAME ( 'sn' 'surname' ) SUP name )".to_string(),
+            "( 1.2.840.113556.1.2.13 NAME 'displayName' SYNTAX '1.3.6.1.4.1.1466.115.121.1.15' )"
+                .to_string(),
+        ];
+        let names: Vec<String> = defined_names(&types).into_iter().collect();
+        assert_eq!(names, ["cn", "displayname", "sn", "surname"]);
+    }
+}
+
+/// `check --offline` on the files alone: no server, no password file.
+#[cfg(test)]
+mod offline {
+    use super::*;
+    use time::Duration;
+
+    /// A configuration whose password files do not exist (offline reads
+    /// none), the shipped mapping, and `agreements`.
+    fn files(agreements: &str, extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/nhs-to-ad-contact.toml");
+        std::fs::write(dir.path().join("agreements.toml"), agreements).unwrap();
+        let config = dir.path().join("absync.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[source]\nurl = \"ldap://127.0.0.1:1\"\nallow_plaintext = true\n\
+                 bind_dn = \"cn=r,o=nhs\"\npassword_file = \"no-such.pw\"\n\
+                 base_dn = \"ou=People,o=nhs\"\n{extra}\n\
+                 [target]\nurl = \"ldap://127.0.0.1:2\"\nallow_plaintext = true\n\
+                 bind_dn = \"CN=svc,DC=x\"\npassword_file = \"no-such.pw\"\n\
+                 base_dn = \"OU=NHS,DC=x\"\n\
+                 [mapping]\nfile = \"{}\"\n[agreements]\nfile = \"agreements.toml\"\n\
+                 [state]\ndir = \"state\"\n[safety]\ndelete_grace = \"0\"\n",
+                mapping.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (dir, config)
+    }
+
+    fn agreement(id: &str, orgs: &str, attrs: &str, until: i64) -> String {
+        let today = absync::agreements::today();
+        format!(
+            "[[agreement]]\nid = \"{id}\"\ntitle = \"t\"\norganisations = [{orgs}]\n\
+             attributes = [{attrs}]\nvalid_from = {}\nvalid_until = {}\n",
+            today - Duration::days(400),
+            today + Duration::days(until)
+        )
+    }
+
+    const ATTRS: &str = "\"givenName\", \"sn\", \"cn\", \"displayName\", \"mail\", \"title\", \
+        \"nhsWorkArea\", \"telephoneNumber\", \"mobile\", \"employeeNumber\", \"nhsJobRole\", \"uid\"";
+
+    async fn check(agreements: &str, extra: &str) -> Vec<Finding> {
+        let (_dir, config) = files(agreements, extra);
+        gather(&config, true).await
+    }
+
+    fn has(f: &[Finding], severity: Severity, text: &str) -> bool {
+        f.iter()
+            .any(|f| f.severity == severity && f.detail.contains(text))
+    }
+
+    #[tokio::test]
+    async fn a_good_configuration_passes_without_servers_or_passwords() {
+        let f = check(&agreement("DSA-1", "\"RX1\"", ATTRS, 300), "").await;
+        assert_eq!(preflight::worst(&f), Severity::Ok, "{f:#?}");
+        assert!(has(&f, Severity::Ok, "1 in force today: DSA-1"), "{f:#?}");
+    }
+
+    #[tokio::test]
+    async fn each_bad_configuration_of_the_issue_is_named() {
+        let f = check(&agreement("DSA-OLD", "\"RX1\"", ATTRS, -1), "").await;
+        assert!(
+            has(&f, Severity::Fatal, "no agreement is in force today"),
+            "{f:#?}"
+        );
+        assert!(
+            has(&f, Severity::Warning, "agreement DSA-OLD ended"),
+            "{f:#?}"
+        );
+        let f = check("", "").await;
+        assert!(has(&f, Severity::Fatal, "holds no [[agreement]]"), "{f:#?}");
+        let f = check(&agreement("DSA-NONE", "", ATTRS, 300), "").await;
+        assert!(has(&f, Severity::Fatal, "names no organisations"), "{f:#?}");
+        let typo = ATTRS.replace("\"mobile\"", "\"mobil\"");
+        let f = check(&agreement("DSA-1", "\"RX1\"", &typo, 300), "").await;
+        assert_eq!(preflight::worst(&f), Severity::Warning, "{f:#?}");
+        assert!(
+            has(
+                &f,
+                Severity::Warning,
+                "allows mobil, which the mapping never reads (a typo for mobile?)"
+            ),
+            "{f:#?}"
+        );
+        assert!(
+            has(
+                &f,
+                Severity::Warning,
+                "reads mobile, which no agreement in force allows"
+            ),
+            "{f:#?}"
+        );
+        let twice = [
+            agreement("DSA-1", "\"RX1\", \"RX2\"", ATTRS, 300),
+            agreement("DSA-2", "\"RX2\"", ATTRS, 300),
+        ]
+        .concat();
+        let f = check(&twice, "").await;
+        assert!(
+            has(
+                &f,
+                Severity::Warning,
+                "RX2 is named by DSA-1 and DSA-2 at the same time"
+            ),
+            "{f:#?}"
+        );
+        let f = check(&agreement("DSA-1", "\"RX1\"", ATTRS, 30), "").await;
+        assert!(has(&f, Severity::Warning, "agreement DSA-1 ends"), "{f:#?}");
+        assert!(has(&f, Severity::Warning, "(in 30 days)"), "{f:#?}");
+        let f = check(&agreement("DSA-1", "\"RX1\"", ATTRS, 31), "").await;
+        assert_eq!(preflight::worst(&f), Severity::Ok, "{f:#?}");
+        // The window is the configuration's.
+        let (_dir, config) = files(&agreement("DSA-1", "\"RX1\"", ATTRS, 31), "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replace(
+            "file = \"agreements.toml\"",
+            "file = \"agreements.toml\"\nwarn_days = 60",
+        );
+        std::fs::write(&config, text).unwrap();
+        let f = gather(&config, true).await;
+        assert!(has(&f, Severity::Warning, "(in 31 days)"), "{f:#?}");
+    }
+
+    #[tokio::test]
+    async fn every_problem_is_reported_in_one_pass() {
+        let all = [
+            agreement("DSA-NONE", "", ATTRS, 300),
+            agreement(
+                "DSA-1",
+                "\"RX1\"",
+                &ATTRS.replace("\"mobile\"", "\"mobil\""),
+                10,
+            ),
+            agreement("DSA-2", "\"RX1\"", ATTRS, 300),
+        ]
+        .concat();
+        let f = check(&all, "").await;
+        for (severity, text) in [
+            (Severity::Fatal, "names no organisations"),
+            (Severity::Warning, "allows mobil"),
+            (Severity::Warning, "RX1 is named by DSA-1 and DSA-2"),
+            (Severity::Warning, "agreement DSA-1 ends"),
+        ] {
+            assert!(has(&f, severity, text), "{text}: {f:#?}");
+        }
+        // A bad mapping and a bad agreements file are both named.
+        let (dir, config) = files("[[agreement]]\nid = \"X\"\n", "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let bad = dir.path().join("bad-mapping.toml");
+        std::fs::write(&bad, "object_class = [\"contact\"]\n").unwrap();
+        let text = text.replace(
+            &format!(
+                "file = \"{}\"",
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("mappings/nhs-to-ad-contact.toml")
+                    .display()
+            ),
+            "file = \"bad-mapping.toml\"",
+        );
+        std::fs::write(&config, text).unwrap();
+        let f = gather(&config, true).await;
+        let fatal: Vec<&str> = f
+            .iter()
+            .filter(|f| f.severity == Severity::Fatal)
+            .map(|f| f.check.as_str())
+            .collect();
+        assert_eq!(fatal, ["mapping", "agreements"], "{f:#?}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_key_is_named_with_its_section() {
+        let (_dir, config) = files(&agreement("DSA-1", "\"RX1\"", ATTRS, 300), "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text.replace("base_dn = \"ou=People,o=nhs\"\n", "")).unwrap();
+        let f = gather(&config, true).await;
+        assert!(
+            has(&f, Severity::Fatal, ":1: [source] base_dn is missing"),
+            "{f:#?}"
+        );
+        let (_dir, config) = files(&agreement("DSA-1", "\"RX1\"", ATTRS, 300), "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text.replace("[state]\ndir = \"state\"\n", "")).unwrap();
+        let f = gather(&config, true).await;
+        assert!(
+            has(
+                &f,
+                Severity::Fatal,
+                "state is missing: the file has no [state] section"
+            ),
+            "{f:#?}"
+        );
+    }
 }

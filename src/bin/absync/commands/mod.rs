@@ -29,7 +29,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // files: an admin in the absync group can use them.
     let view = || load_view(file);
     match cli.command {
-        Command::Check { format } => check::run(&config()?, format).await,
+        Command::Check { format, offline } => {
+            check::run(&config_path(file)?, offline, format).await
+        }
         Command::Sync {
             dry_run,
             format,
@@ -144,11 +146,15 @@ fn status(
             ),
             Err(e) => health::unknown(&e),
         }),
-        (Some(dir), false) => status::run(&dir, ReadFrom::Given, None, runs, json),
+        (Some(dir), false) => {
+            let days = absync::config::DEFAULT_WARN_DAYS;
+            status::run(&dir, ReadFrom::Given, None, runs, json, days)
+        }
         (None, false) => {
             let view = load_view(file)?;
             let ou = Some(view.target_base_dn.as_str());
-            status::run(&view.state_dir, ReadFrom::Live, ou, runs, json)
+            let days = view.agreements_warn_days;
+            status::run(&view.state_dir, ReadFrom::Live, ou, runs, json, days)
         }
     }
 }

@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use absync::agreements::Agreements;
+use absync::engine::expiry;
 use absync::service::DaemonStatus;
 use absync::state::conflicts::age_text;
 use absync::state::runs::Run;
@@ -21,6 +23,7 @@ pub fn run(
     ou: Option<&str>,
     limit: u32,
     json: bool,
+    warn_days: u32,
 ) -> anyhow::Result<ExitCode> {
     let snapshot = match Snapshot::open_read_only(state_dir, from) {
         Err(StateError::Missing { .. }) if json => {
@@ -37,7 +40,7 @@ pub fn run(
         opened => opened?,
     };
     if json {
-        return as_json(&snapshot, state_dir, ou, limit);
+        return as_json(&snapshot, state_dir, ou, limit, warn_days);
     }
     let total = snapshot.count()?;
     let visible = snapshot.count_visible()?;
@@ -54,6 +57,9 @@ pub fn run(
         None => outln!("daemon     not running; next run not scheduled")?,
     }
     attention(&snapshot, state_dir)?;
+    for e in endings(&snapshot, warn_days)? {
+        outln!("agreement  {}", Shown(&e.text()))?;
+    }
     compliance(&snapshot)?;
     conflicts(&snapshot)?;
     runs(&snapshot, state_dir, limit)?;
@@ -62,12 +68,14 @@ pub fn run(
 
 /// The same as one JSON object on stdout: `state_dir`, `ou`, `managed`,
 /// `hidden`, `bytes`, `daemon` (its status file, `null` when none runs),
-/// `deletes_held` and `runs` (newest first).
+/// `deletes_held`, `agreements_ending` (id, until, days_left,
+/// organisations, contacts) and `runs` (newest first).
 fn as_json(
     snapshot: &Snapshot,
     state_dir: &Path,
     ou: Option<&str>,
     limit: u32,
+    warn_days: u32,
 ) -> anyhow::Result<ExitCode> {
     let total = snapshot.count()?;
     let visible = snapshot.count_visible()?;
@@ -84,6 +92,7 @@ fn as_json(
         "daemon": DaemonStatus::read(state_dir),
         "deletes_held": held,
         "conflicts": conflicts_json(snapshot)?,
+        "agreements_ending": endings(snapshot, warn_days)?,
         "runs": runs,
     });
     outln!("{out}")?;
@@ -151,6 +160,20 @@ fn attention(snapshot: &Snapshot, state_dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The agreements of the latest journaled terms (status reads no
+/// agreements file) that end within `warn_days` days or have ended, with
+/// the contacts absync holds that their end deletes.
+fn endings(snapshot: &Snapshot, warn_days: u32) -> anyhow::Result<Vec<expiry::Ending>> {
+    let Some(terms) = absync::state::audit::terms_at(snapshot, None)? else {
+        return Ok(Vec::new());
+    };
+    let detail = terms.record.detail.unwrap_or_default();
+    let agreements = Agreements::from_terms(&detail["agreements"], absync::agreements::today());
+    let mut out = expiry::ending(&agreements, warn_days);
+    expiry::count(&mut out, snapshot)?;
+    Ok(out)
 }
 
 /// What the last full run's compliance check found, and when.
