@@ -83,8 +83,17 @@ pub async fn run(
     // The files in force: recorded with the run, and the key a delta's
     // cookie belongs to.
     let files = file_hashes(cfg);
+    // A backup put back as the state: this run is full, and journals it.
+    let restored = match mode {
+        Mode::Apply => snapshot.restored_from()?,
+        Mode::Plan(_) => None,
+    };
+    let opts = Options {
+        full: opts.full || restored.is_some(),
+        ..opts
+    };
     let run_id = match mode {
-        Mode::Apply => Some(start_run(&snapshot, &opts, &files, &inputs)?),
+        Mode::Apply => Some(start_run(&snapshot, &opts, &files, &inputs, restored)?),
         Mode::Plan(_) => None,
     };
     let cx = RunCx {
@@ -174,16 +183,20 @@ fn open_state(cfg: &Config, mode: Mode) -> Result<Snapshot, RunError> {
 
 /// Starts a real run's row and record; a resync's requester is journaled,
 /// and so are the agreements' terms when the file changed since they were
-/// last journaled.
+/// last journaled, and the restore of a backup (`restored`: its mark).
 fn start_run(
     snapshot: &Snapshot,
     opts: &Options,
     files: &FileHashes,
     inputs: &Inputs,
+    restored: Option<serde_json::Value>,
 ) -> Result<i64, RunError> {
     let kind = if opts.full { "full" } else { "sync" };
     let id = snapshot.start_run(kind, files)?;
     let mut records = Vec::new();
+    if let Some(mark) = &restored {
+        records.push(crate::state::backup::restore_record(id, mark));
+    }
     if let Some(who) = &opts.requested_by {
         let mut r = Record::new(
             id,
@@ -211,7 +224,10 @@ fn start_run(
         }));
         records.push(r);
     }
-    snapshot.journal(&records)?;
+    match restored {
+        Some(_) => snapshot.journal_restored(&records)?,
+        None => snapshot.journal(&records)?,
+    }
     Ok(id)
 }
 

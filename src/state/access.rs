@@ -408,40 +408,16 @@ pub(crate) fn check_schema(conn: &Connection, dir: &Path, path: &Path) -> Result
 }
 
 /// Before a writer migrates an existing database: a copy of it as it is
-/// (`absync.db.pre-vN-TIME.bak` next to it, mode 0600), by `VACUUM INTO`,
-/// which writes a consistent copy while others may read.
+/// (`absync.db.pre-vN-TIME.bak` next to it, mode 0600), by SQLite's online
+/// backup, as `absync state backup` takes one (see `state::backup`).
 pub(crate) fn backup(conn: &Connection, path: &Path) -> Result<PathBuf, StateError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let stamp = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
             "[year][month][day]T[hour][minute][second]Z"
         ))
         .unwrap_or_default();
     let bak = path.with_file_name(format!("absync.db.pre-v{SCHEMA_VERSION}-{stamp}.bak"));
-    let io = |source| StateError::Dir {
-        path: bak.clone(),
-        source,
-    };
-    // Created empty first, for its mode: VACUUM INTO fills an empty file.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&bak)
-        .map_err(io)?;
-    let target = bak.to_str().ok_or_else(|| {
-        io(std::io::Error::new(
-            ErrorKind::InvalidInput,
-            "the path is not UTF-8",
-        ))
-    })?;
-    if let Err(source) = conn.execute("VACUUM INTO ?1", [target]) {
-        let _ = std::fs::remove_file(&bak);
-        return Err(StateError::Db {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
+    crate::state::backup::copy(conn, path, &bak)?;
     Ok(bak)
 }
 
@@ -596,6 +572,9 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, older, "the copy is the database before the migration");
+        let mut wal = baks[0].clone().into_os_string();
+        wal.push("-wal");
+        assert!(!Path::new(&wal).exists(), "the copy is one file");
         drop(s);
         Connection::open(dir.join("absync.db"))
             .unwrap()

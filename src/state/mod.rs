@@ -10,6 +10,7 @@
 
 mod access;
 pub mod audit;
+pub mod backup;
 pub mod conflicts;
 pub mod journal;
 pub mod object;
@@ -54,6 +55,8 @@ pub enum StateError {
         found: i64,
         known: i64,
     },
+    #[error("{path} already exists: a backup never replaces a file; give a new name")]
+    Exists { path: PathBuf },
     #[error("no journal in {dir}")]
     Missing { dir: PathBuf },
     #[error("permission denied reading {path}: run as {who}, or give a copy with --state")]

@@ -26,6 +26,7 @@ mod security;
 mod service;
 mod signing;
 mod smoke;
+mod state;
 mod sync;
 mod terms;
 mod truth;

@@ -116,6 +116,12 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// The state database: a consistent backup (while absync runs),
+    /// compaction.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Run as a service: sync on the schedule until stopped (SIGTERM);
     /// reload on SIGHUP or when a configuration file changes.
     Run,
@@ -359,6 +365,22 @@ pub enum JournalCommand {
         #[arg(long)]
         redact: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum StateCommand {
+    /// Write a consistent copy of the state database (snapshot and journal)
+    /// to FILE with SQLite's online backup, while the daemon runs or not;
+    /// then verify the copy's journal. FILE is created (mode 0600), never
+    /// replaced. Exit 1 if the copy's journal does not verify.
+    Backup {
+        /// The file to write (must not exist).
+        file: PathBuf,
+    },
+    /// Give back the space pruning freed (SQLite's VACUUM). Needs the state
+    /// to itself: refused while the daemon or a sync runs. Changes no
+    /// record.
+    Compact,
 }
 
 #[cfg(test)]

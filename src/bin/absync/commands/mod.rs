@@ -18,6 +18,7 @@ mod health;
 mod init;
 mod journal;
 mod service;
+mod state;
 mod status;
 mod sync;
 
@@ -81,6 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bom,
             command,
         } => journal_command(file, state, bom, command),
+        Command::State { command } => state::run(&load_view(file)?.state_dir, command),
         Command::Run => {
             refuse_root()?;
             service::run(config_path(file)?).await
