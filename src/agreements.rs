@@ -56,6 +56,38 @@ impl Agreement {
 pub struct Agreements {
     pub all: Vec<Agreement>,
     pub day: Date,
+    /// The organisations the source says are closed (ODS code → the
+    /// successor's, when recorded): out of scope whatever names them.
+    /// Empty unless `[source.organisations]` is configured and was read.
+    pub closed: BTreeMap<String, Option<String>>,
+}
+
+/// The reason journaled for the people of a closed organisation.
+pub const ORGANISATION_CLOSED: &str = "organisation closed";
+
+/// An agreement (in force or still to come) that names a closed
+/// organisation: what `check`, `status` and the log warn of.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NamesClosed {
+    pub agreement: String,
+    /// The closed organisation's ODS code.
+    pub organisation: String,
+    /// Its successor's ODS code, when the source records one.
+    pub successor: Option<String>,
+}
+
+impl std::fmt::Display for NamesClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "agreement {} names {}, which is closed",
+            self.agreement, self.organisation
+        )?;
+        match &self.successor {
+            Some(s) => write!(f, " (its successor is {s})"),
+            None => write!(f, " (no successor recorded)"),
+        }
+    }
 }
 
 /// What may be held about one organisation's staff.
@@ -188,7 +220,11 @@ impl Agreements {
                 valid_until,
             });
         }
-        Ok(Agreements { all, day })
+        Ok(Agreements {
+            all,
+            day,
+            closed: BTreeMap::new(),
+        })
     }
 
     /// The agreements in force on the run's day.
@@ -196,11 +232,43 @@ impl Agreements {
         self.all.iter().filter(move |a| a.in_force(self.day))
     }
 
+    /// Every organisation an agreement not yet ended names (in force or
+    /// still to come): the ones whose status is worth reading.
+    pub fn named(&self) -> BTreeSet<String> {
+        self.all
+            .iter()
+            .filter(|a| a.valid_until >= self.day)
+            .flat_map(|a| a.organisations.iter().cloned())
+            .collect()
+    }
+
+    /// Each agreement not yet ended that names a closed organisation.
+    pub fn names_closed(&self) -> Vec<NamesClosed> {
+        let mut out = Vec::new();
+        for a in self.all.iter().filter(|a| a.valid_until >= self.day) {
+            for org in &a.organisations {
+                if let Some(successor) = self.closed.get(org) {
+                    out.push(NamesClosed {
+                        agreement: a.id.clone(),
+                        organisation: org.clone(),
+                        successor: successor.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Per organisation in scope today: allowed attributes and agreements.
+    /// A closed organisation is in scope under no agreement.
     pub fn grants(&self) -> BTreeMap<String, OrgGrant> {
         let mut out: BTreeMap<String, OrgGrant> = BTreeMap::new();
         for a in self.in_force() {
-            for org in &a.organisations {
+            for org in a
+                .organisations
+                .iter()
+                .filter(|o| !self.closed.contains_key(*o))
+            {
                 let g = out.entry(org.clone()).or_default();
                 g.attributes.extend(a.attributes.iter().cloned());
                 g.agreements.insert(a.id.clone());
@@ -235,7 +303,8 @@ impl Agreements {
     }
 
     /// Why an organisation that was in scope is not any more: its agreement
-    /// ended, or it was taken out of an agreement that is still in force.
+    /// ended, or it was taken out of an agreement that is still in force,
+    /// or it closed while an agreement in force still names it.
     pub fn why_out_of_scope(&self, org: &str, previous_agreements: &[String]) -> &'static str {
         let org = org.to_uppercase();
         let still_in_force: Vec<&Agreement> = self
@@ -250,6 +319,8 @@ impl Agreements {
             .all(|a| !a.organisations.contains(&org))
         {
             "organisation removed"
+        } else if self.closed.contains_key(&org) {
+            ORGANISATION_CLOSED
         } else {
             "left scope"
         }

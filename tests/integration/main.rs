@@ -16,6 +16,7 @@ mod hostile;
 mod identity;
 mod interfaces;
 mod ops;
+mod orgstatus;
 mod report;
 mod robust;
 mod safety;

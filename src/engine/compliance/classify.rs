@@ -469,6 +469,7 @@ value = "TRUE"
                 a("DSA-2", &["RX2"], &["sn"], date!(2026 - 02 - 28)),
             ],
             day: date!(2026 - 03 - 01),
+            closed: Default::default(),
         }
     }
 

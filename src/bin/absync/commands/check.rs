@@ -18,6 +18,7 @@ use crate::out::outln;
 struct Checks {
     format: CheckFormat,
     passed: Vec<serde_json::Value>,
+    warnings: Vec<String>,
 }
 
 impl Checks {
@@ -36,6 +37,17 @@ impl Checks {
             }
         }
     }
+
+    /// Something worth fixing that does not fail the check.
+    fn warn(&mut self, text: &str) -> std::io::Result<()> {
+        match self.format {
+            CheckFormat::Table => outln!("{:<11} {}", "warning", Shown(text)),
+            CheckFormat::Json => {
+                self.warnings.push(text.to_string());
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Checks the inputs, then each server, printing a line per check; as
@@ -45,12 +57,14 @@ pub async fn run(cfg: &Config, format: CheckFormat) -> anyhow::Result<ExitCode> 
     let mut checks = Checks {
         format,
         passed: Vec::new(),
+        warnings: Vec::new(),
     };
     let result = check(cfg, &mut checks).await;
     if format == CheckFormat::Json {
         let object = serde_json::json!({
             "ok": result.is_ok(),
             "checks": checks.passed,
+            "warnings": checks.warnings,
             "error": result.as_ref().err().map(|e| format!("{e:#}")),
         });
         let mut out = crate::out::stdout();
@@ -63,15 +77,16 @@ pub async fn run(cfg: &Config, format: CheckFormat) -> anyhow::Result<ExitCode> 
 }
 
 async fn check(cfg: &Config, checks: &mut Checks) -> anyhow::Result<()> {
-    let inputs = engine::load_inputs(cfg)?;
+    let mut inputs = engine::load_inputs(cfg)?;
     check_inputs(cfg, &inputs, checks)?;
-    let source = Conn::connect(&cfg.source.endpoint).await?;
+    let mut source = Conn::connect(&cfg.source.endpoint).await?;
     let bound = |dn: &str| format!("bound as {dn}");
     checks.pass(
         "source",
         &cfg.source.endpoint.url,
         &bound(&cfg.source.endpoint.bind_dn),
     )?;
+    organisations(cfg, &mut inputs, &mut source, checks).await?;
     source.unbind().await;
     let mut target = Conn::connect(&cfg.target.endpoint).await?;
     checks.pass(
@@ -126,6 +141,43 @@ async fn global_catalog(gc: &absync::ldap::Endpoint) -> anyhow::Result<String> {
         "bound as {}; answers searches of the whole forest",
         gc.bind_dn
     ))
+}
+
+/// With `[source.organisations]`: the status of the organisations the
+/// agreements name, and a warning for each agreement naming a closed one.
+async fn organisations(
+    cfg: &Config,
+    inputs: &mut Inputs,
+    source: &mut Conn,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let Some(orgs) = &cfg.source.organisations else {
+        return Ok(());
+    };
+    let named = inputs.agreements.named();
+    let statuses = engine::organisations::read(source, orgs, &named, cfg.source.page_size)
+        .await
+        .with_context(|| format!("reading the organisations under {}", orgs.base_dn))?;
+    checks.pass(
+        "orgs",
+        &orgs.base_dn,
+        &format!(
+            "{} of the {} organisations the agreements name found; {} closed",
+            statuses.read,
+            named.len(),
+            statuses.closed.len()
+        ),
+    )?;
+    for why in &statuses.skipped {
+        checks.warn(why)?;
+    }
+    inputs.agreements.closed = statuses.closed;
+    for n in inputs.agreements.names_closed() {
+        checks.warn(&format!(
+            "{n}: its people are out of scope; the agreement may need amending"
+        ))?;
+    }
+    Ok(())
 }
 
 /// The three input files, and what they hold.

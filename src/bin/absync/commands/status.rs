@@ -53,6 +53,7 @@ pub fn run(
         None => outln!("daemon     not running; next run not scheduled")?,
     }
     attention(&snapshot, state_dir)?;
+    closed_organisations(&snapshot)?;
     compliance(&snapshot)?;
     runs(&snapshot, state_dir, limit)?;
     Ok(ExitCode::SUCCESS)
@@ -81,6 +82,9 @@ fn as_json(
         "bytes": absync::state::bytes_on_disk(state_dir),
         "daemon": DaemonStatus::read(state_dir),
         "deletes_held": held,
+        "names_closed": absync::engine::organisations::last(snapshot)?
+            .map(|(_, list)| list)
+            .unwrap_or_default(),
         "runs": runs,
     });
     outln!("{out}")?;
@@ -146,6 +150,23 @@ fn attention(snapshot: &Snapshot, state_dir: &Path) -> anyhow::Result<()> {
                 Shown(&last.status)
             )?;
         }
+    }
+    Ok(())
+}
+
+/// A line per agreement that names a closed organisation, as the last run
+/// that read the organisations' status found.
+fn closed_organisations(snapshot: &Snapshot) -> anyhow::Result<()> {
+    let Some((at, list)) = absync::engine::organisations::last(snapshot)? else {
+        return Ok(());
+    };
+    for n in list {
+        outln!(
+            "warning    {}: its people are out of scope; the agreement may need amending \
+             (since {})",
+            Shown(&n.to_string()),
+            print::short_time(&at)
+        )?;
     }
     Ok(())
 }
