@@ -453,6 +453,36 @@ valid_until = 2026-06-30
     }
 
     #[test]
+    fn a_closed_organisation_is_granted_to_no_one_and_named_as_closed() {
+        let mut a = Agreements::load(&write("closed.toml", TWO), date!(2026 - 03 - 01)).unwrap();
+        a.closed.insert("RX2".into(), Some("RX9".into()));
+        assert_eq!(a.grants().keys().collect::<Vec<_>>(), ["RX1"]);
+        assert_eq!(a.org_filter("nhsOdsCode").unwrap(), "(nhsOdsCode=RX1)");
+        assert_eq!(
+            a.why_out_of_scope("RX2", &["DSA-2026-014".into()]),
+            ORGANISATION_CLOSED
+        );
+        let named: Vec<String> = a.names_closed().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            named,
+            [
+                "agreement DSA-2026-014 names RX2, which is closed (its successor is RX9)",
+                "agreement DSA-2026-015 names RX2, which is closed (its successor is RX9)",
+            ]
+        );
+        // An agreement that has ended names nothing any more.
+        a.day = date!(2026 - 07 - 01);
+        assert_eq!(a.names_closed().len(), 1);
+        assert_eq!(a.named(), ["RX1".to_string(), "RX2".to_string()].into());
+        // An expired agreement still says so, closed or not.
+        a.day = date!(2027 - 01 - 01);
+        assert_eq!(
+            a.why_out_of_scope("RX2", &["DSA-2026-014".into()]),
+            "agreement expired"
+        );
+    }
+
+    #[test]
     fn organisation_removed_versus_agreement_expired() {
         let text = TWO.replace("[\"RX1\", \"rx2\"]", "[\"RX2\"]");
         let a = Agreements::load(&write("removed.toml", &text), date!(2026 - 03 - 01)).unwrap();

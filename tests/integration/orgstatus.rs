@@ -174,3 +174,77 @@ async fn a_closed_organisations_people_leave_with_their_reason_and_check_and_sta
         "no agreement names a closed organisation"
     );
 }
+
+/// With a grace period: the closed organisation's people are hidden in the
+/// quarantine OU with the reason `organisation closed` (not deleted), and
+/// the compliance check is content with them there; one who moved to a
+/// successor an agreement covers simply stays. `audit` flags the closed
+/// organisation's contacts until the run has hidden them.
+#[tokio::test]
+async fn with_a_grace_period_a_closed_organisations_people_wait_in_quarantine() {
+    let env = SyncEnv::new("orgstatus-grace", 1808, 140, 7, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    let (closed, successor) = (codes[CLOSED].clone(), codes[SUCCESSOR].clone());
+    env.write_agreements(&[("DSA-OG", &codes, ALL_ATTRS, &day(-1), &day(60))]);
+    env.sync_ok();
+    let active = "(&(objectClass=nhsPerson)(!(nhsEntryStatus=leaver)))";
+    let of_closed = env
+        .source_people(&format!("(&{active}(nhsOdsCode={closed}))"))
+        .await;
+    assert!(of_closed.len() >= 3, "the seed gives the closed org people");
+    let (mover, mover_attrs) = of_closed.iter().next().unwrap();
+    env.change_source(&format!(
+        "dn: {}\nchangetype: modify\nreplace: nhsOdsCode\nnhsOdsCode: {successor}\n-\n",
+        mover_attrs["dn"][0]
+    ));
+    let quarantine = env.new_quarantine().await;
+    *env.safety.lock().unwrap() = format!(
+        "[safety]\nmax_deletes = 1000\nmax_delete_percent = 100\ndelete_grace = \"7d\"\n\
+         quarantine_ou = \"{quarantine}\"\n"
+    );
+    env.write_config("nhs-to-ad-contact.toml", &organisations_section(&env));
+
+    // Before the run: audit sees the closed organisation's contacts as not
+    // covered (the mover's too: the state still files it under the closed
+    // organisation).
+    let audit = env.absync(&["audit", "--format", "json"]);
+    assert_eq!(audit.code, 1, "{audit:?}");
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&audit.stdout).unwrap();
+    let flagged: Vec<&serde_json::Value> =
+        findings.iter().filter(|f| f["violation"] == true).collect();
+    assert_eq!(flagged.len(), of_closed.len(), "{flagged:?}");
+    assert!(flagged
+        .iter()
+        .all(|f| f["reason"].as_str().unwrap().starts_with(&format!(
+            "organisation closed: no agreement in force covers {closed}"
+        ))));
+
+    let r = env.absync(&["sync", "--full"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let guids = env.ad_guids().await;
+    let s = Snapshot::open_read_only(&env.state_dir(), ReadFrom::Live).unwrap();
+    let hides = s.stored_where("op = 'hide'", &[]).unwrap();
+    assert_eq!(hides.len(), of_closed.len() - 1, "{hides:?}");
+    assert!(hides
+        .iter()
+        .all(|h| h.record.reason == "organisation closed"));
+    assert!(s.stored_where("op = 'delete'", &[]).unwrap().is_empty());
+    for anchor in of_closed.keys().filter(|a| *a != mover) {
+        let (dn, _) = &guids[anchor];
+        assert!(dn.ends_with(&quarantine), "{dn} is in quarantine");
+    }
+    // The mover stays, now under the successor.
+    let (dn, _) = &guids[mover];
+    assert!(!dn.ends_with(&quarantine), "{dn}");
+    let moved = s
+        .stored_where("op IN ('modify', 'rename') AND anchor = ?1", &[mover])
+        .unwrap();
+    assert_eq!(moved.last().unwrap().record.reason, "moved organisation");
+    assert_eq!(
+        moved.last().unwrap().record.org.as_deref(),
+        Some(successor.as_str())
+    );
+    // The full run's compliance check and audit: nothing wrong.
+    let audit = env.absync(&["audit"]);
+    assert_eq!(audit.code, 0, "{audit:?}");
+}

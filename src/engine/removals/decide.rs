@@ -622,6 +622,69 @@ mod tests {
         );
     }
 
+    /// RXC closed (its successor RXS, which no agreement covers): its
+    /// people go through the grace period with the reason `organisation
+    /// closed`; one who moved to RXS is named as such, and warned of.
+    #[test]
+    fn a_closed_organisations_people_are_hidden_with_their_reason() {
+        let s = safety(1000, 100.0, 7);
+        let facts = Facts {
+            closed: [("RXC".to_string(), Some("RXS".to_string()))].into(),
+            ..full_pull(&[("RX1", 9)], 14)
+        };
+        let found: Found = [
+            ("RXC-0".to_string(), ("RXC".to_string(), false)),
+            ("RXC-1".to_string(), ("RXS".to_string(), false)),
+            ("RXC-2".to_string(), ("RX9".to_string(), false)),
+            ("RXC-3".to_string(), ("RXC".to_string(), true)),
+        ]
+        .into();
+        let d = decide(gone("RXC", 5), &found, &facts, &rules(&s, None));
+        assert!(d.held.is_empty() && d.stop.is_none(), "{d:?}");
+        let hidden: Vec<(&str, &str)> = d
+            .release
+            .iter()
+            .map(|c| match &c.kind {
+                Kind::Hide { after, .. } => (
+                    c.anchor.as_str(),
+                    after.hidden.as_ref().unwrap().reason.as_str(),
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let moved = "moved to RXS, the successor of closed RXC, which no agreement covers: \
+                     the agreement may need amending";
+        assert_eq!(
+            hidden,
+            [
+                ("RXC-0", "organisation closed"),
+                ("RXC-1", moved),
+                ("RXC-2", "left scope"),
+                ("RXC-3", "leaver"),
+                ("RXC-4", "deleted from source"),
+            ]
+        );
+        assert_eq!(
+            d.warnings,
+            [format!(
+                "CN=Person RXC-1,OU=NHS,DC=example,DC=org (RXC-1): {moved}"
+            )]
+        );
+        // Moved into a closed organisation: out of scope for the same reason.
+        let found: Found = [("RX1-0".to_string(), ("RXC".to_string(), false))].into();
+        let d = decide(gone("RX1", 1), &found, &facts, &rules(&s, None));
+        assert_eq!(d.release[0].reason, "organisation closed");
+        // Without a recorded successor, every one still there is closed.
+        let facts = Facts {
+            closed: [("RXC".to_string(), None)].into(),
+            ..facts
+        };
+        let found: Found = [("RXC-0".to_string(), ("RXC".to_string(), false))].into();
+        let d = decide(gone("RXC", 1), &found, &facts, &rules(&s, None));
+        assert_eq!(d.release[0].reason, "organisation closed");
+        assert!(d.warnings.is_empty());
+    }
+
     #[test]
     fn a_hidden_object_waits_out_its_grace_period_then_counts_against_the_threshold() {
         let s = safety(1, 100.0, 7);
