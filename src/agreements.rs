@@ -74,6 +74,10 @@ pub struct NamesClosed {
     pub organisation: String,
     /// Its successor's ODS code, when the source records one.
     pub successor: Option<String>,
+    /// Whether an agreement in force covers the successor (its people
+    /// stay in scope when they move there).
+    #[serde(default)]
+    pub successor_covered: bool,
 }
 
 impl std::fmt::Display for NamesClosed {
@@ -84,7 +88,8 @@ impl std::fmt::Display for NamesClosed {
             self.agreement, self.organisation
         )?;
         match &self.successor {
-            Some(s) => write!(f, " (its successor is {s})"),
+            Some(s) if self.successor_covered => write!(f, " (its successor is {s})"),
+            Some(s) => write!(f, " (its successor is {s}, which no agreement covers)"),
             None => write!(f, " (no successor recorded)"),
         }
     }
@@ -244,6 +249,7 @@ impl Agreements {
 
     /// Each agreement not yet ended that names a closed organisation.
     pub fn names_closed(&self) -> Vec<NamesClosed> {
+        let grants = self.grants();
         let mut out = Vec::new();
         for a in self.all.iter().filter(|a| a.valid_until >= self.day) {
             for org in &a.organisations {
@@ -252,6 +258,9 @@ impl Agreements {
                         agreement: a.id.clone(),
                         organisation: org.clone(),
                         successor: successor.clone(),
+                        successor_covered: successor
+                            .as_ref()
+                            .is_some_and(|s| grants.contains_key(s)),
                     });
                 }
             }
@@ -466,10 +475,21 @@ valid_until = 2026-06-30
         assert_eq!(
             named,
             [
-                "agreement DSA-2026-014 names RX2, which is closed (its successor is RX9)",
-                "agreement DSA-2026-015 names RX2, which is closed (its successor is RX9)",
+                "agreement DSA-2026-014 names RX2, which is closed (its successor is RX9, which \
+                 no agreement covers)",
+                "agreement DSA-2026-015 names RX2, which is closed (its successor is RX9, which \
+                 no agreement covers)",
             ]
         );
+        a.closed.insert("RX2".into(), Some("RX1".into()));
+        assert_eq!(
+            a.names_closed()[0].to_string(),
+            "agreement DSA-2026-014 names RX2, which is closed (its successor is RX1)"
+        );
+        a.closed.insert("RX2".into(), None);
+        assert!(a.names_closed()[0]
+            .to_string()
+            .ends_with("(no successor recorded)"));
         // An agreement that has ended names nothing any more.
         a.day = date!(2026 - 07 - 01);
         assert_eq!(a.names_closed().len(), 1);

@@ -121,8 +121,8 @@ async fn a_closed_organisations_people_leave_with_their_reason_and_check_and_sta
 
     // check and status warn, naming the successor.
     let warning = format!(
-        "agreement DSA-OS names {closed}, which is closed (its successor is {successor}): \
-         its people are out of scope; the agreement may need amending"
+        "agreement DSA-OS names {closed}, which is closed (its successor is {successor}, which \
+         no agreement covers): its people are out of scope; the agreement may need amending"
     );
     let check = env.absync(&["check"]);
     assert_eq!(
@@ -151,7 +151,8 @@ async fn a_closed_organisations_people_leave_with_their_reason_and_check_and_sta
     assert_eq!(
         v["names_closed"],
         serde_json::json!([{
-            "agreement": "DSA-OS", "organisation": closed, "successor": successor
+            "agreement": "DSA-OS", "organisation": closed, "successor": successor,
+            "successor_covered": false
         }])
     );
 
@@ -247,4 +248,12 @@ async fn with_a_grace_period_a_closed_organisations_people_wait_in_quarantine() 
     // The full run's compliance check and audit: nothing wrong.
     let audit = env.absync(&["audit"]);
     assert_eq!(audit.code, 0, "{audit:?}");
+    // The successor is covered: status says so by naming it plainly.
+    let status = env.absync(&["status"]);
+    assert!(
+        status.stdout.contains(&format!(
+            "agreement DSA-OG names {closed}, which is closed (its successor is {successor}):"
+        )),
+        "{status:?}"
+    );
 }
