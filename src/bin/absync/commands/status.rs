@@ -80,11 +80,11 @@ fn as_json(
         "managed": visible,
         "hidden": total - visible,
         "bytes": absync::state::bytes_on_disk(state_dir),
-        "daemon": DaemonStatus::read(state_dir),
-        "deletes_held": held,
         "names_closed": absync::engine::organisations::last(snapshot)?
             .map(|(_, list)| list)
             .unwrap_or_default(),
+        "daemon": DaemonStatus::read(state_dir),
+        "deletes_held": held,
         "runs": runs,
     });
     outln!("{out}")?;
