@@ -56,6 +56,43 @@ impl Agreement {
 pub struct Agreements {
     pub all: Vec<Agreement>,
     pub day: Date,
+    /// The organisations the source says are closed (ODS code → the
+    /// successor's, when recorded): out of scope whatever names them.
+    /// Empty unless `[source.organisations]` is configured and was read.
+    pub closed: BTreeMap<String, Option<String>>,
+}
+
+/// The reason journaled for the people of a closed organisation.
+pub const ORGANISATION_CLOSED: &str = "organisation closed";
+
+/// An agreement (in force or still to come) that names a closed
+/// organisation: what `check`, `status` and the log warn of.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NamesClosed {
+    pub agreement: String,
+    /// The closed organisation's ODS code.
+    pub organisation: String,
+    /// Its successor's ODS code, when the source records one.
+    pub successor: Option<String>,
+    /// Whether an agreement in force covers the successor (its people
+    /// stay in scope when they move there).
+    #[serde(default)]
+    pub successor_covered: bool,
+}
+
+impl std::fmt::Display for NamesClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "agreement {} names {}, which is closed",
+            self.agreement, self.organisation
+        )?;
+        match &self.successor {
+            Some(s) if self.successor_covered => write!(f, " (its successor is {s})"),
+            Some(s) => write!(f, " (its successor is {s}, which no agreement covers)"),
+            None => write!(f, " (no successor recorded)"),
+        }
+    }
 }
 
 /// What may be held about one organisation's staff.
@@ -188,7 +225,11 @@ impl Agreements {
                 valid_until,
             });
         }
-        Ok(Agreements { all, day })
+        Ok(Agreements {
+            all,
+            day,
+            closed: BTreeMap::new(),
+        })
     }
 
     /// The agreements in force on the run's day.
@@ -196,11 +237,47 @@ impl Agreements {
         self.all.iter().filter(move |a| a.in_force(self.day))
     }
 
+    /// Every organisation an agreement not yet ended names (in force or
+    /// still to come): the ones whose status is worth reading.
+    pub fn named(&self) -> BTreeSet<String> {
+        self.all
+            .iter()
+            .filter(|a| a.valid_until >= self.day)
+            .flat_map(|a| a.organisations.iter().cloned())
+            .collect()
+    }
+
+    /// Each agreement not yet ended that names a closed organisation.
+    pub fn names_closed(&self) -> Vec<NamesClosed> {
+        let grants = self.grants();
+        let mut out = Vec::new();
+        for a in self.all.iter().filter(|a| a.valid_until >= self.day) {
+            for org in &a.organisations {
+                if let Some(successor) = self.closed.get(org) {
+                    out.push(NamesClosed {
+                        agreement: a.id.clone(),
+                        organisation: org.clone(),
+                        successor: successor.clone(),
+                        successor_covered: successor
+                            .as_ref()
+                            .is_some_and(|s| grants.contains_key(s)),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Per organisation in scope today: allowed attributes and agreements.
+    /// A closed organisation is in scope under no agreement.
     pub fn grants(&self) -> BTreeMap<String, OrgGrant> {
         let mut out: BTreeMap<String, OrgGrant> = BTreeMap::new();
         for a in self.in_force() {
-            for org in &a.organisations {
+            for org in a
+                .organisations
+                .iter()
+                .filter(|o| !self.closed.contains_key(*o))
+            {
                 let g = out.entry(org.clone()).or_default();
                 g.attributes.extend(a.attributes.iter().cloned());
                 g.agreements.insert(a.id.clone());
@@ -237,7 +314,8 @@ impl Agreements {
     /// Why an organisation that was in scope is not any more: its
     /// agreement ended (`agreement DSA-1 ended 2026-12-01`: each agreement
     /// it was held under, with the last day it was in force), or it was
-    /// taken out of an agreement that is still in force.
+    /// taken out of an agreement that is still in force, or it closed while
+    /// an agreement in force still names it.
     pub fn why_out_of_scope(&self, org: &str, previous_agreements: &[String]) -> String {
         let org = org.to_uppercase();
         let still_in_force: Vec<&Agreement> = self
@@ -252,6 +330,8 @@ impl Agreements {
             .all(|a| !a.organisations.contains(&org))
         {
             "organisation removed".into()
+        } else if self.closed.contains_key(&org) {
+            ORGANISATION_CLOSED.into()
         } else {
             "left scope".into()
         }
@@ -320,7 +400,11 @@ impl Agreements {
                 })
             })
             .collect();
-        Agreements { all, day }
+        Agreements {
+            all,
+            day,
+            closed: Default::default(),
+        }
     }
 }
 
@@ -488,6 +572,47 @@ valid_until = 2026-06-30
         assert!(
             msg.contains("types2.toml:6") && msg.contains("valid_from"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_closed_organisation_is_granted_to_no_one_and_named_as_closed() {
+        let mut a = Agreements::load(&write("closed.toml", TWO), date!(2026 - 03 - 01)).unwrap();
+        a.closed.insert("RX2".into(), Some("RX9".into()));
+        assert_eq!(a.grants().keys().collect::<Vec<_>>(), ["RX1"]);
+        assert_eq!(a.org_filter("nhsOdsCode").unwrap(), "(nhsOdsCode=RX1)");
+        assert_eq!(
+            a.why_out_of_scope("RX2", &["DSA-2026-014".into()]),
+            ORGANISATION_CLOSED
+        );
+        let named: Vec<String> = a.names_closed().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            named,
+            [
+                "agreement DSA-2026-014 names RX2, which is closed (its successor is RX9, which \
+                 no agreement covers)",
+                "agreement DSA-2026-015 names RX2, which is closed (its successor is RX9, which \
+                 no agreement covers)",
+            ]
+        );
+        a.closed.insert("RX2".into(), Some("RX1".into()));
+        assert_eq!(
+            a.names_closed()[0].to_string(),
+            "agreement DSA-2026-014 names RX2, which is closed (its successor is RX1)"
+        );
+        a.closed.insert("RX2".into(), None);
+        assert!(a.names_closed()[0]
+            .to_string()
+            .ends_with("(no successor recorded)"));
+        // An agreement that has ended names nothing any more.
+        a.day = date!(2026 - 07 - 01);
+        assert_eq!(a.names_closed().len(), 1);
+        assert_eq!(a.named(), ["RX1".to_string(), "RX2".to_string()].into());
+        // An expired agreement still says so, closed or not.
+        a.day = date!(2027 - 01 - 01);
+        assert_eq!(
+            a.why_out_of_scope("RX2", &["DSA-2026-014".into()]),
+            "agreement DSA-2026-014 ended 2026-12-31"
         );
     }
 

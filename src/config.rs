@@ -413,6 +413,24 @@ pub struct RawSource {
     /// How a run after the first reads only what changed.
     #[serde(default)]
     pub delta: DeltaMode,
+    /// `[source.organisations]`: where the organisations' entries are, and
+    /// which of their values say an organisation closed.
+    pub organisations: Option<RawOrganisations>,
+}
+
+/// `[source.organisations]`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOrganisations {
+    pub base_dn: Spanned<String>,
+    #[serde(default = "default_any_filter")]
+    pub filter: Spanned<String>,
+    /// Default: `[source] org_attribute`.
+    pub code_attribute: Option<Spanned<String>>,
+    pub status_attribute: Spanned<String>,
+    #[serde(default = "default_closed_values")]
+    pub closed_values: Vec<String>,
+    pub successor_attribute: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -897,6 +915,12 @@ fn default_status_attribute() -> Spanned<String> {
 fn default_leaver_values() -> Vec<String> {
     vec!["leaver".into()]
 }
+fn default_any_filter() -> Spanned<String> {
+    spanned("(objectClass=*)".into())
+}
+fn default_closed_values() -> Vec<String> {
+    vec!["closed".into()]
+}
 
 /// How runs after the first read only what changed in the source.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -928,6 +952,23 @@ pub struct SourceConfig {
     pub leaver_values: Vec<String>,
     /// How runs after the first read only the changes.
     pub delta: DeltaMode,
+    /// Where the organisations' status is read, when configured.
+    pub organisations: Option<OrganisationsConfig>,
+}
+
+/// `[source.organisations]`, resolved: the organisation entries (under
+/// `base_dn`, matching `filter`), the attribute holding an entry's ODS
+/// code, the status attribute and its values meaning closed (lower-case),
+/// and the attribute naming the successor's ODS code, if the source keeps
+/// one.
+#[derive(Debug, Clone)]
+pub struct OrganisationsConfig {
+    pub base_dn: String,
+    pub filter: String,
+    pub code_attribute: String,
+    pub status_attribute: String,
+    pub closed_values: Vec<String>,
+    pub successor_attribute: Option<String>,
 }
 
 /// The target, resolved.
@@ -1326,6 +1367,7 @@ impl Config {
             status_attribute: r.attr(&s.status_attribute, "source.status_attribute")?,
             leaver_values: s.leaver_values.iter().map(|v| v.to_lowercase()).collect(),
             delta: s.delta,
+            organisations: resolve_organisations(s, &r)?,
         };
         let t = &raw.target;
         let target_endpoint = r.endpoint(
@@ -1454,6 +1496,52 @@ fn resolve_retention(j: &RawJournal, r: &Resolver<'_>) -> Result<Period, FileErr
 /// `starttls` applies when it is an `ldap://` URL. The password is read
 /// again (an `Endpoint` owns its own); the warnings about its file were
 /// given for the target.
+/// `[source.organisations]`: DN, filter and attribute names checked like
+/// `[source]`'s; at least one closed value.
+fn resolve_organisations(
+    s: &RawSource,
+    r: &Resolver<'_>,
+) -> Result<Option<OrganisationsConfig>, FileError> {
+    let Some(o) = &s.organisations else {
+        return Ok(None);
+    };
+    let key = |k: &str| format!("source.organisations.{k}");
+    let filter = o.filter.get_ref().trim().to_string();
+    if ldap3::parse_filter(&filter).is_err() {
+        return Err(r.err(
+            o.filter.span(),
+            &key("filter"),
+            format!("\"{filter}\" is not a valid LDAP filter (RFC 4515)"),
+        ));
+    }
+    let closed_values: Vec<String> = o
+        .closed_values
+        .iter()
+        .map(|v| v.trim().to_lowercase())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if closed_values.is_empty() {
+        return Err(r.err(
+            0..0,
+            &key("closed_values"),
+            "names no value: list the status values that mean closed".into(),
+        ));
+    }
+    let code = o.code_attribute.as_ref().unwrap_or(&s.org_attribute);
+    Ok(Some(OrganisationsConfig {
+        base_dn: r.dn(&o.base_dn, &key("base_dn"))?,
+        filter,
+        code_attribute: r.attr(code, &key("code_attribute"))?,
+        status_attribute: r.attr(&o.status_attribute, &key("status_attribute"))?,
+        closed_values,
+        successor_attribute: o
+            .successor_attribute
+            .as_ref()
+            .map(|a| r.attr(a, &key("successor_attribute")))
+            .transpose()?,
+    }))
+}
+
 fn resolve_global_catalog(t: &RawTarget, r: &Resolver<'_>) -> Result<Option<Endpoint>, FileError> {
     let Some(url) = &t.global_catalog else {
         return Ok(None);

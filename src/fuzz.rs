@@ -394,6 +394,7 @@ template = "{givenName} {sn}"
                 agreement("DSA-2", "RX2", &["givenname", "sn", "mail"]),
             ],
             day: day(2026),
+            closed: Default::default(),
         }
     }
 
@@ -415,6 +416,7 @@ template = "{givenName} {sn}"
             status_attribute: "nhsEntryStatus".into(),
             leaver_values: vec!["leaver".into()],
             delta: Default::default(),
+            organisations: None,
         }
     }
 
@@ -695,6 +697,7 @@ template = "{givenName} {sn}"
             emptied: Default::default(),
             managed_at_start: held_at_start,
             hidden_at_start: 0,
+            closed: Default::default(),
         };
         let safety = SafetyConfig {
             max_deletes: 0,

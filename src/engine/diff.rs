@@ -792,11 +792,13 @@ impl<'a> Planner<'a> {
             // Re-adopted by a full reconcile: ask the source.
             None
         } else if !grants.contains_key(&row.org) {
-            Some(
-                agreements
-                    .why_out_of_scope(&row.org, &row.agreements)
-                    .to_string(),
-            )
+            let why = agreements.why_out_of_scope(&row.org, &row.agreements);
+            // A closed organisation's people may have gone to its
+            // successor, or left: the source is asked.
+            if why == crate::agreements::ORGANISATION_CLOSED && row.hidden.is_none() {
+                return None;
+            }
+            Some(why.to_string())
         } else {
             self.not_held.get(&row.anchor).cloned()
         }

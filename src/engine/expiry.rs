@@ -174,6 +174,7 @@ mod tests {
         let on = |day| Agreements {
             all: all.clone(),
             day,
+            closed: Default::default(),
         };
         // 31 days ahead: not yet (the ended one is always named).
         let e = ending(&on(date!(2026 - 11 - 30)), 30);

@@ -28,6 +28,7 @@ pub mod map;
 pub mod diff;
 mod known;
 
+pub mod organisations;
 pub mod removals;
 
 pub mod apply;
@@ -67,7 +68,7 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> Result<Outcome, RunError> {
     let started = Instant::now();
-    let inputs = load_inputs(cfg)?;
+    let mut inputs = load_inputs(cfg)?;
     // One writer per state directory; plans only read.
     let _lock = match mode {
         Mode::Apply if !opts.lock_held => Some(StateLock::acquire(&cfg.state_dir)?),
@@ -96,6 +97,11 @@ pub async fn run(
         Mode::Apply => Some(start_run(&snapshot, &opts, &files, &inputs, restored)?),
         Mode::Plan(_) => None,
     };
+    // Closed organisations leave the scope before anything is read.
+    let closures = organisations::settle(cfg, &mut inputs.agreements).await;
+    if let (Ok(()), Some(id)) = (&closures, run_id) {
+        organisations::journal(&snapshot, id, &inputs.agreements)?;
+    }
     let cx = RunCx {
         cfg,
         inputs: &inputs,
@@ -121,9 +127,14 @@ pub async fn run(
     let span = tracing::info_span!("run", run_id = cx.run_id);
     let mut counts = Counts::default();
     let mut pull = PullReport::default();
-    let result = run_inner(&cx, plan, &mut counts, &mut pull)
-        .instrument(span)
-        .await;
+    let result = match closures {
+        Ok(()) => {
+            run_inner(&cx, plan, &mut counts, &mut pull)
+                .instrument(span)
+                .await
+        }
+        Err(e) => Err(e),
+    };
     let status = match &result {
         Ok(Some(why)) => Status::Withheld(why.clone()),
         Ok(None) if counts.failed > 0 => Status::Failures,

@@ -281,6 +281,7 @@ copy = "mobile"
             org_attribute: "nhsOdsCode".into(),
             anchor_attribute: "entryUUID".into(),
             page_size: 10,
+            organisations: None,
             status_attribute: "nhsEntryStatus".into(),
             leaver_values: vec![],
             delta: crate::config::DeltaMode::Off,

@@ -17,6 +17,7 @@ mod hostile;
 mod identity;
 mod interfaces;
 mod ops;
+mod orgstatus;
 mod preflight;
 mod report;
 mod retention;

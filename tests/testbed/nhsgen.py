@@ -14,7 +14,8 @@ Deterministic from a seed: the same arguments always give the same LDIF.
       renames of the source entry itself (modrdn to a new uid; the entryUUID
       stays, so the target contact must not change).
   nhsgen.py orgs --seed S --orgs M
-      The organisations' ODS codes, one per line with status and type
+      The organisations' ODS codes, one per line with status, type, name and
+      successor (a closed organisation's; "-" for the others), tab-separated
       (to write agreements against).
 
 Layout under BASE (default o=nhs):
@@ -26,7 +27,8 @@ organisations is an attribute change, as in the NHS Directory.
 The data holds the awkward values real directories hold: apostrophes,
 accents and Welsh/Irish names, DN-special characters, two people with the
 same name in one organisation, over-long job titles, several phone numbers,
-missing mail, leavers, closed organisations, non-UK mobiles.
+missing mail, leavers, closed organisations (every 7th, with the ODS code of
+its successor in nhsSuccessorOdsCode), non-UK mobiles.
 """
 
 import argparse
@@ -154,6 +156,11 @@ class Directory:
             }
             if kind == "site":
                 org["parent"] = code[:3]
+            # A closed organisation's staff went to a successor: the one
+            # generated before it (open, as i % 7 == 5). No random number is
+            # drawn, so everything else is as it was for the same seed.
+            if org["status"] == "closed":
+                org["successor"] = self.orgs[i - 1]["code"]
             self.orgs.append(org)
         self.people = [self._person(i) for i in range(n_people)]
         # Two people with the same name in one organisation (not just by chance).
@@ -226,6 +233,8 @@ class Directory:
                  f"nhsOrgStatus: {org['status']}", f"nhsOrgType: {org['type']}"]
         if "parent" in org:
             lines.append(f"nhsParentOdsCode: {org['parent']}")
+        if "successor" in org:
+            lines.append(f"nhsSuccessorOdsCode: {org['successor']}")
         return lines
 
     def person_attrs(self, p):
@@ -345,7 +354,8 @@ def main(argv):
                         args.deletes, args.leavers, args.moves, args.dn_renames)
     else:
         for org in d.orgs:
-            out.write(f"{org['code']}\t{org['status']}\t{org['type']}\t{org['name']}\n")
+            out.write(f"{org['code']}\t{org['status']}\t{org['type']}\t{org['name']}"
+                      f"\t{org.get('successor', '-')}\n")
 
 
 if __name__ == "__main__":

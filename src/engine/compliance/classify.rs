@@ -117,6 +117,10 @@ pub struct Finding {
 pub struct Policy<'a> {
     agreements: &'a Agreements,
     grants: BTreeMap<String, OrgGrant>,
+    /// What the agreements in force would grant the closed organisations
+    /// they name, were they open: what their people's hidden contacts are
+    /// judged by while they wait out the grace period.
+    closed_grants: BTreeMap<String, OrgGrant>,
     /// Target attribute (lower-case) → where the mapping takes it from.
     sources: BTreeMap<String, Vec<Vec<String>>>,
     /// Source attributes scope keeps whatever the agreements say
@@ -146,9 +150,17 @@ impl<'a> Policy<'a> {
             .into_iter()
             .filter_map(|t| Some((t.to_lowercase(), mapping.sources_of(t)?)))
             .collect();
+        let mut open = agreements.clone();
+        open.closed.clear();
+        let closed_grants = open
+            .grants()
+            .into_iter()
+            .filter(|(org, _)| agreements.closed.contains_key(org))
+            .collect();
         Policy {
             agreements,
             grants: agreements.grants(),
+            closed_grants,
             sources,
             always: [
                 org_attribute.to_lowercase(),
@@ -192,7 +204,10 @@ impl<'a> Policy<'a> {
     fn owned(&self, seen: &Seen, row: &ObjectRow, f: &mut Finding) -> (Class, String) {
         let org = &row.org;
         f.org = Some(org.clone());
-        let Some(grant) = self.grants.get(org) else {
+        // A closed organisation's people wait out the grace period hidden,
+        // as a leaver does.
+        let closed = || self.closed_grants.get(org).filter(|_| row.hidden.is_some());
+        let Some(grant) = self.grants.get(org).or_else(closed) else {
             let why = self.agreements.why_out_of_scope(org, &row.agreements);
             return (
                 Class::NotCovered,
@@ -468,6 +483,7 @@ value = "TRUE"
                 a("DSA-2", &["RX2"], &["sn"], date!(2026 - 02 - 28)),
             ],
             day: date!(2026 - 03 - 01),
+            closed: Default::default(),
         }
     }
 
@@ -626,6 +642,34 @@ value = "TRUE"
         assert_eq!(f.class, Class::PastGrace, "{f:?}");
         assert!(f.violation);
         assert!(f.reason.contains("(leaver)"), "{}", f.reason);
+    }
+
+    #[test]
+    fn a_closed_organisations_contact_is_a_violation_until_hidden_then_waits_its_grace() {
+        let mut a = agreements();
+        a.closed.insert("RX1".into(), Some("RX9".into()));
+        let m = mapping();
+        let p = Policy::new(
+            &a,
+            &m,
+            "nhsOdsCode",
+            "entryUUID",
+            "adminDescription",
+            crate::period::Period::exact(DAY * 30),
+            now(),
+        );
+        let f = p.judge(&seen(Some("a1"), ALLOWED), Some(&row("RX1", None)));
+        assert_eq!(f.class, Class::NotCovered, "{f:?}");
+        assert!(
+            f.reason
+                .starts_with("organisation closed: no agreement in force covers RX1"),
+            "{f:?}"
+        );
+        let f = p.judge(&seen(Some("a1"), ALLOWED), Some(&row("RX1", Some(10))));
+        assert_eq!(f.class, Class::Hidden, "{f:?}");
+        assert!(!f.violation);
+        let f = p.judge(&seen(Some("a1"), ALLOWED), Some(&row("RX1", Some(31))));
+        assert_eq!(f.class, Class::PastGrace, "{f:?}");
     }
 
     #[test]

@@ -29,14 +29,17 @@ pub const OP: &str = "compliance";
 
 /// `absync audit`: connects to the target with the configured account,
 /// checks that the containers exist, and judges every object in them by
-/// the agreements in force today, handing each finding to `on`. Writes
+/// the agreements in force today (closed organisations out, when their
+/// status is configured), handing each finding to `on`. Writes
 /// nothing, to the target or the state (opened read-only, as every reader
 /// does; with no state yet, nothing in the OUs has a row).
 pub async fn audit(
     cfg: &Config,
     on: &mut dyn FnMut(&Finding) -> Result<(), RunError>,
 ) -> Result<Tally, RunError> {
-    let inputs = load_inputs(cfg)?;
+    let mut inputs = load_inputs(cfg)?;
+    // A closed organisation is covered by no agreement, as in a run.
+    crate::engine::organisations::settle(cfg, &mut inputs.agreements).await?;
     let snapshot = match Snapshot::open_read_only(&cfg.state_dir, ReadFrom::Live) {
         Err(StateError::Missing { .. }) => None,
         opened => Some(opened?),

@@ -42,6 +42,8 @@ pub struct Facts {
     /// period). Their deletes count against the threshold, so they count in
     /// its base too: the share is of every managed object.
     pub hidden_at_start: u64,
+    /// Closed organisations (ODS code → the successor's, when recorded).
+    pub closed: BTreeMap<String, Option<String>>,
 }
 
 /// The settings the decision follows, and the time it is made at.
@@ -66,6 +68,9 @@ pub struct Decided {
     pub held: Vec<(Change, String)>,
     /// Set when anything is held back: what the run reports and journals.
     pub stop: Option<Stop>,
+    /// What an admin should hear of (the log): people who moved to the
+    /// successor of a closed organisation that no agreement covers.
+    pub warnings: Vec<String>,
 }
 
 /// The run status of a run that stopped at the deletion threshold.
@@ -108,9 +113,19 @@ pub fn decide(
     let mut removals: Vec<Change> = Vec::new();
     let mut guarded: Vec<(Change, String)> = Vec::new();
     let mut guard_notes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut warnings = Vec::new();
     for (row, reason) in unseen {
         let unhealthy = unhealthy(&row.org, facts);
-        let Some(change) = removal(row, reason, found, rules) else {
+        if let Some(why) = found_reason(&row, found, facts).filter(|_| reason.is_none()) {
+            if why.starts_with(MOVED_TO) {
+                warnings.push(format!(
+                    "{} ({}): {why}",
+                    crate::text::Shown(&row.dn),
+                    row.anchor
+                ));
+            }
+        }
+        let Some(change) = removal(row, reason, found, facts, rules) else {
             continue;
         };
         match unhealthy {
@@ -132,7 +147,10 @@ pub fn decide(
             .into_iter()
             .map(|(c, why)| (c, Some(format!("source unhealthy: {why}")), false)),
     );
-    let mut decided = Decided::default();
+    let mut decided = Decided {
+        warnings,
+        ..Decided::default()
+    };
     let mut by_threshold = 0;
     for (change, why, over) in candidates {
         let go = match (rules.allow_deletes, &why) {
@@ -161,6 +179,7 @@ fn removal(
     row: ObjectRow,
     reason: Option<String>,
     found: &Found,
+    facts: &Facts,
     rules: &Rules<'_>,
 ) -> Option<Change> {
     // With no agreement left to hold it under, nothing waits out a grace
@@ -182,12 +201,9 @@ fn removal(
             kind: Kind::Delete { before: row },
         });
     }
-    let reason = reason.unwrap_or_else(|| match found.get(&row.anchor) {
-        Some((_, true)) => "leaver".into(),
-        Some((org, false)) if org != &row.org => "left scope".into(),
-        Some(_) => "no longer matches the source filter".into(),
-        None => "deleted from source".into(),
-    });
+    let reason = reason
+        .or_else(|| found_reason(&row, found, facts))
+        .unwrap_or_else(|| "deleted from source".into());
     let kind = if rules.safety.delete_grace.is_zero() || unlawful {
         Kind::Delete {
             before: row.clone(),
@@ -202,6 +218,30 @@ fn removal(
         anchor: row.anchor,
         reason,
         kind,
+    })
+}
+
+/// How the reason of a person moved to a closed organisation's successor
+/// that no agreement covers begins.
+const MOVED_TO: &str = "moved to ";
+
+/// Why a visible unseen object went, from what the source said of its
+/// anchor; `None`: the source has no such entry.
+fn found_reason(row: &ObjectRow, found: &Found, facts: &Facts) -> Option<String> {
+    let closed = crate::agreements::ORGANISATION_CLOSED;
+    Some(match found.get(&row.anchor)? {
+        (_, true) => "leaver".into(),
+        (org, false) if org != &row.org => match facts.closed.get(&row.org) {
+            Some(Some(successor)) if successor == org && !facts.granted.contains(org) => format!(
+                "{MOVED_TO}{org}, the successor of closed {}, which no agreement covers: \
+                 the agreement may need amending",
+                row.org
+            ),
+            _ if facts.closed.contains_key(org) => closed.into(),
+            _ => "left scope".into(),
+        },
+        _ if facts.closed.contains_key(&row.org) => closed.into(),
+        _ => "no longer matches the source filter".into(),
     })
 }
 
@@ -368,6 +408,7 @@ mod tests {
             emptied: HashSet::new(),
             managed_at_start: managed,
             hidden_at_start: 0,
+            closed: Default::default(),
         }
     }
 
@@ -579,6 +620,69 @@ mod tests {
             (h.at.as_str(), h.reason.as_str()),
             ("2026-11-30T12:00:00.000000Z", "deleted from source")
         );
+    }
+
+    /// RXC closed (its successor RXS, which no agreement covers): its
+    /// people go through the grace period with the reason `organisation
+    /// closed`; one who moved to RXS is named as such, and warned of.
+    #[test]
+    fn a_closed_organisations_people_are_hidden_with_their_reason() {
+        let s = safety(1000, 100.0, 7);
+        let facts = Facts {
+            closed: [("RXC".to_string(), Some("RXS".to_string()))].into(),
+            ..full_pull(&[("RX1", 9)], 14)
+        };
+        let found: Found = [
+            ("RXC-0".to_string(), ("RXC".to_string(), false)),
+            ("RXC-1".to_string(), ("RXS".to_string(), false)),
+            ("RXC-2".to_string(), ("RX9".to_string(), false)),
+            ("RXC-3".to_string(), ("RXC".to_string(), true)),
+        ]
+        .into();
+        let d = decide(gone("RXC", 5), &found, &facts, &rules(&s, None));
+        assert!(d.held.is_empty() && d.stop.is_none(), "{d:?}");
+        let hidden: Vec<(&str, &str)> = d
+            .release
+            .iter()
+            .map(|c| match &c.kind {
+                Kind::Hide { after, .. } => (
+                    c.anchor.as_str(),
+                    after.hidden.as_ref().unwrap().reason.as_str(),
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let moved = "moved to RXS, the successor of closed RXC, which no agreement covers: \
+                     the agreement may need amending";
+        assert_eq!(
+            hidden,
+            [
+                ("RXC-0", "organisation closed"),
+                ("RXC-1", moved),
+                ("RXC-2", "left scope"),
+                ("RXC-3", "leaver"),
+                ("RXC-4", "deleted from source"),
+            ]
+        );
+        assert_eq!(
+            d.warnings,
+            [format!(
+                "CN=Person RXC-1,OU=NHS,DC=example,DC=org (RXC-1): {moved}"
+            )]
+        );
+        // Moved into a closed organisation: out of scope for the same reason.
+        let found: Found = [("RX1-0".to_string(), ("RXC".to_string(), false))].into();
+        let d = decide(gone("RX1", 1), &found, &facts, &rules(&s, None));
+        assert_eq!(d.release[0].reason, "organisation closed");
+        // Without a recorded successor, every one still there is closed.
+        let facts = Facts {
+            closed: [("RXC".to_string(), None)].into(),
+            ..facts
+        };
+        let found: Found = [("RXC-0".to_string(), ("RXC".to_string(), false))].into();
+        let d = decide(gone("RXC", 1), &found, &facts, &rules(&s, None));
+        assert_eq!(d.release[0].reason, "organisation closed");
+        assert!(d.warnings.is_empty());
     }
 
     #[test]

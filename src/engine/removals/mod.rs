@@ -52,6 +52,7 @@ impl Facts {
             emptied: Default::default(),
             managed_at_start,
             hidden_at_start,
+            closed: cx.inputs.agreements.closed.clone(),
         };
         if judge_health {
             return Ok(facts);
@@ -105,6 +106,9 @@ pub(crate) async fn carry_out(
     decided: Decided,
     counts: &mut Counts,
 ) -> Result<Option<String>, RunError> {
+    for w in &decided.warnings {
+        tracing::warn!("{w}");
+    }
     let released = decided.release.len();
     for change in decided.release {
         cx.opts.stop_point(counts, SOME_DELETES)?;

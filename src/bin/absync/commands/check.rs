@@ -187,7 +187,50 @@ async fn source(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
         )),
         Err(e) => out.push(Finding::fatal("source base", base, e.to_string())),
     }
+    if let Err(e) = organisations(cfg, inputs, &mut conn, out).await {
+        out.push(Finding::fatal("orgs", base, format!("{e:#}")));
+    }
     conn.unbind().await;
+}
+
+/// With `[source.organisations]`: the status of the organisations the
+/// agreements name; a warning for each agreement naming a closed one.
+async fn organisations(
+    cfg: &Config,
+    inputs: &Inputs,
+    source: &mut Conn,
+    out: &mut Vec<Finding>,
+) -> anyhow::Result<()> {
+    let Some(orgs) = &cfg.source.organisations else {
+        return Ok(());
+    };
+    let named = inputs.agreements.named();
+    let statuses = engine::organisations::read(source, orgs, &named, cfg.source.page_size)
+        .await
+        .with_context(|| format!("reading the organisations under {}", orgs.base_dn))?;
+    out.push(Finding::ok(
+        "orgs",
+        &orgs.base_dn,
+        format!(
+            "{} of the {} organisations the agreements name found; {} closed",
+            statuses.read,
+            named.len(),
+            statuses.closed.len()
+        ),
+    ));
+    for why in &statuses.skipped {
+        out.push(Finding::warning("orgs", &orgs.base_dn, why.clone()));
+    }
+    let mut agreements = inputs.agreements.clone();
+    agreements.closed = statuses.closed;
+    for n in agreements.names_closed() {
+        out.push(Finding::warning(
+            "agreement",
+            &cfg.agreements_file.display().to_string(),
+            format!("{n}: its people are out of scope; the agreement may need amending"),
+        ));
+    }
+    Ok(())
 }
 
 /// A sample of the entries the source filter selects carries the anchor

@@ -60,6 +60,7 @@ pub fn run(
     for e in endings(&snapshot, warn_days)? {
         outln!("agreement  {}", Shown(&e.text()))?;
     }
+    closed_organisations(&snapshot)?;
     compliance(&snapshot)?;
     conflicts(&snapshot)?;
     runs(&snapshot, state_dir, limit)?;
@@ -89,6 +90,9 @@ fn as_json(
         "managed": visible,
         "hidden": total - visible,
         "bytes": absync::state::bytes_on_disk(state_dir),
+        "names_closed": absync::engine::organisations::last(snapshot)?
+            .map(|(_, list)| list)
+            .unwrap_or_default(),
         "daemon": DaemonStatus::read(state_dir),
         "deletes_held": held,
         "conflicts": conflicts_json(snapshot)?,
@@ -174,6 +178,23 @@ fn endings(snapshot: &Snapshot, warn_days: u32) -> anyhow::Result<Vec<expiry::En
     let mut out = expiry::ending(&agreements, warn_days);
     expiry::count(&mut out, snapshot)?;
     Ok(out)
+}
+
+/// A line per agreement that names a closed organisation, as the last run
+/// that read the organisations' status found.
+fn closed_organisations(snapshot: &Snapshot) -> anyhow::Result<()> {
+    let Some((at, list)) = absync::engine::organisations::last(snapshot)? else {
+        return Ok(());
+    };
+    for n in list {
+        outln!(
+            "warning    {}: its people are out of scope; the agreement may need amending \
+             (since {})",
+            Shown(&n.to_string()),
+            print::short_time(&at)
+        )?;
+    }
+    Ok(())
 }
 
 /// What the last full run's compliance check found, and when.
