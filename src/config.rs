@@ -183,6 +183,17 @@ pub struct RawConfig {
     pub daemon: RawDaemon,
     #[serde(default)]
     pub metrics: RawMetrics,
+    pub mail_domains: Option<RawMailDomains>,
+}
+
+/// `[mail_domains]`: the domains a contact's addresses may be in
+/// ([`crate::maildomains`]); without it, any address is copied.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMailDomains {
+    pub allow: Spanned<Vec<String>>,
+    /// "drop" (the default) or "refuse".
+    pub outside: Option<Spanned<String>>,
 }
 
 /// `[schedule]`: when `absync run` syncs.
@@ -912,6 +923,8 @@ pub struct Config {
     pub service: ServiceConfig,
     /// Things worth telling the admin that do not stop a run.
     pub warnings: Vec<String>,
+    /// The mail domains a contact's addresses may be in; `None`: any.
+    pub mail_domains: Option<crate::maildomains::MailDomains>,
 }
 
 struct Resolver<'a> {
@@ -1276,6 +1289,7 @@ impl Config {
             Some(p) => Some(r.existing_file(p, "journal.public_key")?),
             None => None,
         };
+        let mail_domains = resolve_mail_domains(&raw, &r)?;
         Ok(Config {
             file,
             source,
@@ -1289,8 +1303,33 @@ impl Config {
             journal_public_key,
             service,
             warnings,
+            mail_domains,
         })
     }
+}
+
+/// `[mail_domains]`, checked: each entry a domain, `outside` drop or refuse.
+fn resolve_mail_domains(
+    raw: &RawConfig,
+    r: &Resolver<'_>,
+) -> Result<Option<crate::maildomains::MailDomains>, FileError> {
+    use crate::maildomains::{MailDomains, Outside};
+    let Some(m) = &raw.mail_domains else {
+        return Ok(None);
+    };
+    let outside = match &m.outside {
+        None => Outside::Drop,
+        Some(o) => Outside::parse(o.get_ref()).ok_or_else(|| {
+            r.err(
+                o.span(),
+                "mail_domains.outside",
+                format!("\"{}\": use \"drop\" or \"refuse\"", o.get_ref()),
+            )
+        })?,
+    };
+    MailDomains::new(m.allow.get_ref(), outside)
+        .map(Some)
+        .map_err(|why| r.err(m.allow.span(), "mail_domains.allow", why))
 }
 
 /// `[target] global_catalog`: an endpoint with the target's account,

@@ -160,6 +160,7 @@ fn the_foundations_know_nothing_of_the_rooms_above_them() {
         "failpoint",
         "os",
         "text",
+        "maildomains",
         "ldap",
     ] {
         let found = crossings(room, &["engine", "state", "service"]);
@@ -203,8 +204,10 @@ const IMPURE: &[&str] = &[
 fn scope_map_diff_render_the_delete_decision_and_the_report_do_no_io_and_read_no_clock() {
     let modules = modules();
     for module in [
+        "maildomains",
         "engine::scope",
         "engine::map",
+        "engine::screen",
         "engine::diff",
         "engine::render",
         "engine::removals::decide",

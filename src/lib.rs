@@ -16,7 +16,8 @@
 //!   and metrics.
 //! - [`seal`]: the journal's signing key; [`os`]: who runs absync.
 //! - [`dn`], [`secret`], [`failpoint`], [`text`]: distinguished names,
-//!   passwords, crash-test hooks, characters that hide or control text.
+//!   passwords, crash-test hooks, characters that hide or control text;
+//!   [`maildomains`]: the mail domains a contact's addresses may be in.
 //!
 //! The command line lives in `src/bin/absync/`.
 
@@ -42,6 +43,7 @@ pub mod service;
 // Small parts everyone may use.
 pub mod dn;
 pub mod failpoint;
+pub mod maildomains;
 pub mod os;
 pub mod seal;
 pub mod secret;
