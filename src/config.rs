@@ -605,6 +605,52 @@ mod tests {
     }
 
     #[test]
+    fn mail_domains_are_read_and_checked_naming_key_and_line() {
+        use crate::maildomains::Outside;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = "password_file = \"source.pw\"";
+        let path = config_with(dir.path(), "ldap://[::1]:3890", pw);
+        let base = std::fs::read_to_string(&path).unwrap();
+        assert!(super::Config::load(&path).unwrap().mail_domains.is_none());
+        let with = |tail: &str| {
+            std::fs::write(&path, format!("{base}[mail_domains]\n{tail}")).unwrap();
+            super::Config::load(&path)
+        };
+        let m = with("allow = [\"NHS.net\", \"nhs.uk\"]\n")
+            .unwrap()
+            .mail_domains
+            .unwrap();
+        assert_eq!(m.allowed(), ["nhs.net", "nhs.uk"]);
+        assert_eq!(m.outside, Outside::Drop);
+        let m = with("allow = [\"nhs.net\"]\noutside = \"refuse\"\n").unwrap();
+        assert_eq!(m.mail_domains.unwrap().outside, Outside::Refuse);
+        let line = base.lines().count() + 2;
+        for (tail, says) in [
+            (
+                "allow = [\"*.nhs.uk\"]\n",
+                format!("{line}: mail_domains.allow: \"*.nhs.uk\": write the domain alone"),
+            ),
+            (
+                "allow = [\"nhs.net\"]\noutside = \"quarantine\"\n",
+                format!(
+                    "{}: mail_domains.outside: \"quarantine\": use \"drop\" or \"refuse\"",
+                    line + 1
+                ),
+            ),
+            (
+                "allow = []\n",
+                format!("{line}: mail_domains.allow: names no domain"),
+            ),
+        ] {
+            let e = with(tail).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("{}:{says}", path.display())),
+                "{tail}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn a_global_catalog_is_the_targets_account_at_another_url() {
         let dir = tempfile::tempdir().unwrap();
         let pw = "password_file = \"source.pw\"";

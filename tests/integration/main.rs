@@ -15,6 +15,7 @@ mod faults;
 mod hostile;
 mod identity;
 mod interfaces;
+mod maildomains;
 mod ops;
 mod report;
 mod robust;

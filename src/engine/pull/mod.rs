@@ -12,6 +12,7 @@
 
 pub mod delta;
 pub mod query;
+pub mod survey;
 
 use std::collections::HashSet;
 use std::time::Instant;

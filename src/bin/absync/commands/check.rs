@@ -65,13 +65,16 @@ pub async fn run(cfg: &Config, format: CheckFormat) -> anyhow::Result<ExitCode> 
 async fn check(cfg: &Config, checks: &mut Checks) -> anyhow::Result<()> {
     let inputs = engine::load_inputs(cfg)?;
     check_inputs(cfg, &inputs, checks)?;
-    let source = Conn::connect(&cfg.source.endpoint).await?;
+    let mut source = Conn::connect(&cfg.source.endpoint).await?;
     let bound = |dn: &str| format!("bound as {dn}");
     checks.pass(
         "source",
         &cfg.source.endpoint.url,
         &bound(&cfg.source.endpoint.bind_dn),
     )?;
+    if let Some(domains) = &cfg.mail_domains {
+        mail_domains(&mut source, cfg, &inputs, domains, checks).await?;
+    }
     source.unbind().await;
     let mut target = Conn::connect(&cfg.target.endpoint).await?;
     checks.pass(
@@ -102,6 +105,40 @@ async fn check(cfg: &Config, checks: &mut Checks) -> anyhow::Result<()> {
             .with_context(|| format!("global catalog {}", gc.url))?;
         checks.pass("catalog", &gc.url, &detail)?;
     }
+    Ok(())
+}
+
+/// How many source entries in scope the mail-domain list would change
+/// (see `engine::pull::survey`).
+async fn mail_domains(
+    source: &mut Conn,
+    cfg: &Config,
+    inputs: &Inputs,
+    domains: &absync::maildomains::MailDomains,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let s = engine::pull::survey::mail_domains(source, cfg, inputs, domains)
+        .await
+        .context("counting the addresses outside [mail_domains]")?;
+    use absync::maildomains::Outside;
+    let mut what = Vec::new();
+    if s.dropped > 0 || domains.outside == Outside::Drop {
+        what.push(format!("{} would be written without it", s.dropped));
+    }
+    if s.refused > 0 || domains.outside == Outside::Refuse {
+        what.push(format!("{} would be refused", s.refused));
+    }
+    checks.pass(
+        "mail",
+        &domains.allowed().join(", "),
+        &format!(
+            "{} source entries in scope have an address outside these domains \
+             (outside = \"{}\": {})",
+            s.dropped + s.refused,
+            domains.outside.as_str(),
+            what.join(", ")
+        ),
+    )?;
     Ok(())
 }
 
