@@ -170,10 +170,9 @@ impl MailDomains {
         }
         let mut allowed = Vec::new();
         for d in domains {
-            if d.starts_with("*.") {
+            if let Some(bare) = d.strip_prefix("*.") {
                 return Err(format!(
-                    "\"{d}\": write the domain alone ({}); its sub-domains are allowed with it",
-                    &d[2..]
+                    "\"{d}\": write the domain alone ({bare}); its sub-domains are allowed with it"
                 ));
             }
             let ascii = normalize_domain(d).map_err(|why| format!("\"{d}\" is {why}"))?;
