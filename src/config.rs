@@ -232,6 +232,17 @@ pub struct RawConfig {
     pub daemon: RawDaemon,
     #[serde(default)]
     pub metrics: RawMetrics,
+    pub mail_domains: Option<RawMailDomains>,
+}
+
+/// `[mail_domains]`: the domains a contact's addresses may be in
+/// ([`crate::maildomains`]); without it, any address is copied.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMailDomains {
+    pub allow: Spanned<Vec<String>>,
+    /// "drop" (the default) or "refuse".
+    pub outside: Option<Spanned<String>>,
 }
 
 /// `[schedule]`: when `absync run` syncs.
@@ -673,6 +684,52 @@ mod tests {
     }
 
     #[test]
+    fn mail_domains_are_read_and_checked_naming_key_and_line() {
+        use crate::maildomains::Outside;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = "password_file = \"source.pw\"";
+        let path = config_with(dir.path(), "ldap://[::1]:3890", pw);
+        let base = std::fs::read_to_string(&path).unwrap();
+        assert!(super::Config::load(&path).unwrap().mail_domains.is_none());
+        let with = |tail: &str| {
+            std::fs::write(&path, format!("{base}[mail_domains]\n{tail}")).unwrap();
+            super::Config::load(&path)
+        };
+        let m = with("allow = [\"NHS.net\", \"nhs.uk\"]\n")
+            .unwrap()
+            .mail_domains
+            .unwrap();
+        assert_eq!(m.allowed(), ["nhs.net", "nhs.uk"]);
+        assert_eq!(m.outside, Outside::Drop);
+        let m = with("allow = [\"nhs.net\"]\noutside = \"refuse\"\n").unwrap();
+        assert_eq!(m.mail_domains.unwrap().outside, Outside::Refuse);
+        let line = base.lines().count() + 2;
+        for (tail, says) in [
+            (
+                "allow = [\"*.nhs.uk\"]\n",
+                format!("{line}: mail_domains.allow: \"*.nhs.uk\": write the domain alone"),
+            ),
+            (
+                "allow = [\"nhs.net\"]\noutside = \"quarantine\"\n",
+                format!(
+                    "{}: mail_domains.outside: \"quarantine\": use \"drop\" or \"refuse\"",
+                    line + 1
+                ),
+            ),
+            (
+                "allow = []\n",
+                format!("{line}: mail_domains.allow: names no domain"),
+            ),
+        ] {
+            let e = with(tail).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("{}:{says}", path.display())),
+                "{tail}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn a_global_catalog_is_the_targets_account_at_another_url() {
         let dir = tempfile::tempdir().unwrap();
         let pw = "password_file = \"source.pw\"";
@@ -1009,6 +1066,8 @@ pub struct Config {
     pub service: ServiceConfig,
     /// Things worth telling the admin that do not stop a run.
     pub warnings: Vec<String>,
+    /// The mail domains a contact's addresses may be in; `None`: any.
+    pub mail_domains: Option<crate::maildomains::MailDomains>,
 }
 
 struct Resolver<'a> {
@@ -1442,6 +1501,7 @@ impl Config {
             Some(p) => Some(r.existing_file(p, "journal.public_key")?),
             None => None,
         };
+        let mail_domains = resolve_mail_domains(&raw, &r)?;
         Ok(Config {
             file,
             source,
@@ -1457,6 +1517,7 @@ impl Config {
             journal_public_key,
             service,
             warnings,
+            mail_domains,
         })
     }
 }
@@ -1488,6 +1549,30 @@ fn resolve_retention(j: &RawJournal, r: &Resolver<'_>) -> Result<Period, FileErr
         ));
     }
     Ok(p)
+}
+
+/// `[mail_domains]`, checked: each entry a domain, `outside` drop or refuse.
+fn resolve_mail_domains(
+    raw: &RawConfig,
+    r: &Resolver<'_>,
+) -> Result<Option<crate::maildomains::MailDomains>, FileError> {
+    use crate::maildomains::{MailDomains, Outside};
+    let Some(m) = &raw.mail_domains else {
+        return Ok(None);
+    };
+    let outside = match &m.outside {
+        None => Outside::Drop,
+        Some(o) => Outside::parse(o.get_ref()).ok_or_else(|| {
+            r.err(
+                o.span(),
+                "mail_domains.outside",
+                format!("\"{}\": use \"drop\" or \"refuse\"", o.get_ref()),
+            )
+        })?,
+    };
+    MailDomains::new(m.allow.get_ref(), outside)
+        .map(Some)
+        .map_err(|why| r.err(m.allow.span(), "mail_domains.allow", why))
 }
 
 /// `[target] global_catalog`: an endpoint with the target's account,

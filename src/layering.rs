@@ -161,6 +161,7 @@ fn the_foundations_know_nothing_of_the_rooms_above_them() {
         "os",
         "text",
         "period",
+        "maildomains",
         "ldap",
     ] {
         let found = crossings(room, &["engine", "state", "service"]);
@@ -204,8 +205,10 @@ const IMPURE: &[&str] = &[
 fn scope_map_diff_render_the_delete_decision_and_the_report_do_no_io_and_read_no_clock() {
     let modules = modules();
     for module in [
+        "maildomains",
         "engine::scope",
         "engine::map",
+        "engine::screen",
         "engine::diff",
         "engine::render",
         "engine::removals::decide",

@@ -17,7 +17,8 @@
 //! - [`seal`]: the journal's signing key; [`os`]: who runs absync.
 //! - [`dn`], [`secret`], [`failpoint`], [`text`], [`period`]: distinguished
 //!   names, passwords, crash-test hooks, characters that hide or control
-//!   text, durations.
+//!   text, durations; [`maildomains`]: the mail domains a contact's
+//!   addresses may be in.
 //!
 //! The command line lives in `src/bin/absync/`.
 
@@ -43,6 +44,7 @@ pub mod service;
 // Small parts everyone may use.
 pub mod dn;
 pub mod failpoint;
+pub mod maildomains;
 pub mod os;
 pub mod period;
 pub mod seal;

@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use crate::config::TargetConfig;
 use crate::engine::map::Mapping;
 use crate::engine::scope::{SourceEntry, Verdict};
+use crate::engine::screen::{screen, Dropped, Screened};
+use crate::maildomains::MailDomains;
 use crate::state::journal::AttrChange;
 use crate::state::runs::Counts;
 use crate::state::{Attrs, ObjectRow, StateError};
@@ -87,6 +89,32 @@ pub struct Draft {
     is_new_name: bool,
     before: Option<ObjectRow>,
     after: ObjectRow,
+    /// Addresses the mail-domain screen dropped, if any.
+    dropped: Option<Dropped>,
+}
+
+/// A change's reason, with what the mail-domain screen dropped when the
+/// change writes it: always for an add, for an update when one of the
+/// dropped attributes changes (a contact whose address was dropped before
+/// and stays dropped does not repeat it).
+fn with_dropped(
+    reason: &str,
+    dropped: Option<&Dropped>,
+    changed: Option<&BTreeMap<String, AttrChange>>,
+) -> String {
+    let Some(d) = dropped else {
+        return reason.to_string();
+    };
+    let writes = changed.is_none_or(|c| {
+        d.attributes
+            .iter()
+            .any(|a| c.keys().any(|k| k.eq_ignore_ascii_case(a)))
+    });
+    if writes {
+        format!("{reason}; {}", d.note)
+    } else {
+        reason.to_string()
+    }
 }
 
 /// A source entry that cannot become an object, counted and explained.
@@ -372,6 +400,8 @@ pub struct Planner<'a> {
     pub pulled_per_org: HashMap<String, u64>,
     /// The target attributes that carry the name (see [`name_attributes`]).
     name_attrs: BTreeSet<String>,
+    /// The mail-domain allow-list, when configured.
+    mail_domains: Option<&'a MailDomains>,
 }
 
 impl<'a> Planner<'a> {
@@ -397,7 +427,15 @@ impl<'a> Planner<'a> {
             overlay: HashMap::new(),
             pulled_per_org: HashMap::new(),
             name_attrs: name_attributes(mapping),
+            mail_domains: None,
         }
+    }
+
+    /// Holds every mapped object's addresses to `domains` (`None`: any
+    /// address is copied).
+    pub fn with_mail_domains(mut self, domains: Option<&'a MailDomains>) -> Self {
+        self.mail_domains = domains;
+        self
     }
 
     /// The anchors more than one entry in scope claims (the pull's
@@ -546,6 +584,16 @@ impl<'a> Planner<'a> {
             Ok(m) => m,
             Err(why) => return Ok(Planned::Done(reject(&entry.anchor, entry.dn, why, counts))),
         };
+        let (mapped, dropped) = match self.mail_domains {
+            None => (mapped, None),
+            Some(domains) => match screen(self.mapping, domains, &entry, mapped) {
+                Screened::Clean(m) => (m, None),
+                Screened::Dropped(m, d) => (m, Some(d)),
+                Screened::Refused(why) => {
+                    return Ok(Planned::Done(reject(&entry.anchor, entry.dn, why, counts)))
+                }
+            },
+        };
         let before = self.row(&entry.anchor)?;
         if let Some(why) = self.case_twin(&entry.anchor, before.is_some())? {
             return Ok(Planned::Done(reject(&entry.anchor, entry.dn, why, counts)));
@@ -604,6 +652,7 @@ impl<'a> Planner<'a> {
                 hidden: None,
             },
             before,
+            dropped,
         };
         // A new name or a new object must not collide with what absync
         // does not own: that needs the target's list, read on first need.
@@ -678,6 +727,7 @@ impl<'a> Planner<'a> {
             is_new_name,
             before,
             after,
+            dropped,
         } = draft;
         let empty = Unowned::default();
         let unowned = self.unowned.as_ref().unwrap_or(&empty);
@@ -725,15 +775,16 @@ impl<'a> Planner<'a> {
         match before {
             None => Some(Change {
                 anchor: after.anchor.clone(),
-                reason: "new entry".into(),
+                reason: with_dropped("new entry", dropped.as_ref(), None),
                 kind: Kind::Add { after },
             }),
             Some(before) if before == after => None,
             Some(before) => {
                 let reason = update_reason(&before, &after, &self.name_attrs);
+                let changed = attr_changes(&before.attrs, &after.attrs);
                 Some(Change {
                     anchor: after.anchor.clone(),
-                    reason: reason.into(),
+                    reason: with_dropped(reason, dropped.as_ref(), Some(&changed)),
                     kind: Kind::Update { before, after },
                 })
             }
@@ -1011,6 +1062,84 @@ mod tests {
             .unwrap();
         assert!(refused(&attacker).is_some(), "{attacker:?}");
         assert_eq!(counts.rejected, 2);
+    }
+
+    #[test]
+    fn an_outside_address_is_dropped_or_refused_as_configured_and_said_once() {
+        use crate::maildomains::{MailDomains, Outside};
+        let m = mapping();
+        let rows = Rows(BTreeMap::new());
+        let drop = MailDomains::new(&["nhs.net".into()], Outside::Drop).unwrap();
+        let mut p =
+            Planner::new(&rows, &m, BASE, Some(Unowned::default())).with_mail_domains(Some(&drop));
+        let mut counts = Counts::default();
+        let add = p
+            .plan(hold("a1", "Spoof", "ann@nhs.net.evil.example"), &mut counts)
+            .unwrap()
+            .unwrap();
+        let Kind::Add { after } = &add.kind else {
+            panic!("{add:?}")
+        };
+        assert!(!after.attrs.contains_key("mail"), "{after:?}");
+        assert_eq!(
+            add.reason,
+            "new entry; mail dropped (domain nhs.net.evil.example is not an allowed mail domain)"
+        );
+
+        // Held before with that address dropped: a change elsewhere does
+        // not repeat it; the address turning outside says so.
+        let held = |mail: Option<&str>| ObjectRow {
+            anchor: "a1".into(),
+            dn: format!("cn=Spoof,{BASE}"),
+            org: "RX1".into(),
+            agreements: vec!["DSA-1".into()],
+            attrs: mail
+                .map(|v| [("mail".to_string(), vec![v.to_string()])].into())
+                .unwrap_or_default(),
+            hidden: None,
+        };
+        let rows = Rows([("a1".to_string(), held(None))].into());
+        let mut p =
+            Planner::new(&rows, &m, BASE, Some(Unowned::default())).with_mail_domains(Some(&drop));
+        assert_eq!(
+            p.plan(hold("a1", "Spoof", "x@gmail.com"), &mut counts)
+                .unwrap(),
+            None
+        );
+        let rows = Rows([("a1".to_string(), held(Some("ann@nhs.net")))].into());
+        let mut p =
+            Planner::new(&rows, &m, BASE, Some(Unowned::default())).with_mail_domains(Some(&drop));
+        let update = p
+            .plan(hold("a1", "Spoof", "ann@gmail.com"), &mut counts)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            update.reason,
+            "attributes changed; mail dropped (domain gmail.com is not an allowed mail domain)"
+        );
+
+        // Refused: the reject path, counted.
+        let refuse = MailDomains::new(&["nhs.net".into()], Outside::Refuse).unwrap();
+        let rows = Rows(BTreeMap::new());
+        let mut p = Planner::new(&rows, &m, BASE, Some(Unowned::default()))
+            .with_mail_domains(Some(&refuse));
+        let mut counts = Counts::default();
+        let c = p
+            .plan(hold("a2", "Odd", "a@b@nhs.net"), &mut counts)
+            .unwrap();
+        let why = refused(&c).unwrap_or_else(|| panic!("{c:?}"));
+        assert!(
+            why.contains("mail: not a well-formed mail address (several @)"),
+            "{why}"
+        );
+        assert_eq!(counts.rejected, 1);
+        let ok = p
+            .plan(hold("a3", "Fine", "a@NHS.net"), &mut counts)
+            .unwrap();
+        assert!(
+            matches!(ok, Some(Change { kind: Kind::Add { .. }, ref reason, .. }) if reason == "new entry"),
+            "{ok:?}"
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! - [`reconcile`]: a full run's comparison of the live target with the
 //!   snapshot.
 //! - [`pull`] (stage 1): the source read, full or delta.
-//! - [`stages`]: one entry through [`scope`] (2), [`map`] (3), [`diff`] (4)
-//!   and [`apply`] (5).
+//! - [`stages`]: one entry through [`scope`] (2), [`map`] (3) with the
+//!   mail-domain [`screen`], [`diff`] (4) and [`apply`] (5).
 //! - [`removals`]: what was not seen: hide or delete, through the rails.
 //! - [`render`]: a plan as a table, LDIF or JSON.
 //! - [`compliance`]: a full run's last step, and `absync audit`: is
@@ -24,6 +24,7 @@ mod stages;
 pub mod scope;
 
 pub mod map;
+pub mod screen;
 
 pub mod diff;
 mod known;
@@ -261,7 +262,8 @@ async fn run_inner(
         &cx.inputs.mapping,
         &cx.cfg.target.base_dn,
         None,
-    );
+    )
+    .with_mail_domains(cx.cfg.mail_domains.as_ref());
     if cx.opts.full {
         reconcile::run(&mut applier, &mut planner, cx.snapshot, cx.live, counts).await?;
         cx.opts.stop_point(counts, NO_DELETES)?;

@@ -16,6 +16,7 @@ mod faults;
 mod hostile;
 mod identity;
 mod interfaces;
+mod maildomains;
 mod ops;
 mod orgstatus;
 mod preflight;

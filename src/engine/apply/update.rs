@@ -196,12 +196,14 @@ impl Applier<'_, '_> {
             // A rename's attribute changes are journaled as such, or as
             // the move to another organisation when it came with one.
             let moved = !before.org.is_empty() && !before.org.eq_ignore_ascii_case(&after.org);
-            let why = match reason {
-                RENAMED_IN_SOURCE if moved => MOVED_ORGANISATION,
-                RENAMED_IN_SOURCE => "attributes changed",
-                _ => reason,
+            // (What follows the reason, such as the addresses the mail
+            // domains dropped, stays.)
+            let why = match reason.strip_prefix(RENAMED_IN_SOURCE) {
+                Some(rest) if moved => format!("{MOVED_ORGANISATION}{rest}"),
+                Some(rest) => format!("attributes changed{rest}"),
+                None => reason.to_string(),
             };
-            let mut r = self.record(&after.anchor, "modify", "applied", why);
+            let mut r = self.record(&after.anchor, "modify", "applied", &why);
             r.dn = Some(dn.to_string());
             r.agreements = after.agreements.clone();
             r.changes = changes;

@@ -12,6 +12,7 @@
 
 pub mod delta;
 pub mod query;
+pub mod survey;
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -218,7 +219,8 @@ impl Ask<'_> {
                     &cx.inputs.mapping,
                     &cx.cfg.target.base_dn,
                     None,
-                );
+                )
+                .with_mail_domains(cx.cfg.mail_domains.as_ref());
                 st.planner.set_disputed(disputed);
                 st.counts.reset_pull();
                 Ok(Err(why))

@@ -190,6 +190,11 @@ async fn source(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
     if let Err(e) = organisations(cfg, inputs, &mut conn, out).await {
         out.push(Finding::fatal("orgs", base, format!("{e:#}")));
     }
+    if let Some(domains) = &cfg.mail_domains {
+        if let Err(e) = mail_domains(&mut conn, cfg, inputs, domains, out).await {
+            out.push(Finding::warning("mail", base, format!("{e:#}")));
+        }
+    }
     conn.unbind().await;
 }
 
@@ -230,6 +235,40 @@ async fn organisations(
             format!("{n}: its people are out of scope; the agreement may need amending"),
         ));
     }
+    Ok(())
+}
+
+/// With `[mail_domains]`: how many source entries in scope have an
+/// address outside the list (a floor: see the README).
+async fn mail_domains(
+    source: &mut Conn,
+    cfg: &Config,
+    inputs: &Inputs,
+    domains: &absync::maildomains::MailDomains,
+    out: &mut Vec<Finding>,
+) -> anyhow::Result<()> {
+    use absync::maildomains::Outside;
+    let s = engine::pull::survey::mail_domains(source, cfg, inputs, domains)
+        .await
+        .context("counting the addresses outside [mail_domains]")?;
+    let mut what = Vec::new();
+    if s.dropped > 0 || domains.outside == Outside::Drop {
+        what.push(format!("{} would be written without it", s.dropped));
+    }
+    if s.refused > 0 || domains.outside == Outside::Refuse {
+        what.push(format!("{} would be refused", s.refused));
+    }
+    out.push(Finding::ok(
+        "mail",
+        &domains.allowed().join(", "),
+        format!(
+            "{} source entries in scope have an address outside these domains \
+             (outside = \"{}\": {})",
+            s.dropped + s.refused,
+            domains.outside.as_str(),
+            what.join(", ")
+        ),
+    ));
     Ok(())
 }
 
