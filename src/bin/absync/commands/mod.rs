@@ -17,6 +17,7 @@ mod check;
 mod health;
 mod init;
 mod journal;
+mod man;
 mod service;
 mod status;
 mod sync;
@@ -116,7 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => audit::run(&config()?, format, hide_covered, bom).await,
         Command::Init { path } => init::run(&path),
         Command::Completions { shell } => init::completions(shell),
-        Command::Man => init::man(),
+        Command::Man { dir } => man::run(dir.as_deref()),
     }
 }
 
