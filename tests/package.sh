@@ -13,13 +13,14 @@ debian/build >/dev/null
 deb=$(ls -t target/debian/absync_*.deb | head -1)
 # lintian: no error (E:). Warnings are shown, not fatal.
 command -v lintian >/dev/null || fail "lintian is not installed (apt-get install lintian)"
-lint=$(lintian --no-tag-display-limit "$deb" 2>&1 || true)
+lint=$(lintian --tag-display-limit 0 "$deb" 2>&1 | grep -E '^[A-Z]: ' || true)
 if echo "$lint" | grep -q '^E:'; then fail "lintian reports errors:
 $lint"; fi
 [ -z "$lint" ] || echo "package: lintian (no errors): $(echo "$lint" | wc -l) other tags:
 $lint"
-dpkg-deb -c "$deb" | grep -q ' ./usr/share/doc/absync/changelog.Debian.gz$' || fail "no changelog.Debian.gz"
-dpkg-deb -c "$deb" | grep -q ' ./usr/share/doc/absync/copyright$' || fail "no copyright file"
+contents=$(dpkg-deb -c "$deb")
+grep -q ' ./usr/share/doc/absync/changelog.Debian.gz$' <<<"$contents" || fail "no changelog.Debian.gz"
+grep -q ' ./usr/share/doc/absync/copyright$' <<<"$contents" || fail "no copyright file"
 echo "package: installing $deb"
 export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 install -y -q "./$deb" >/dev/null
