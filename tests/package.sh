@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the Debian package, installs it on this machine (as root), checks
-# what an admin relies on (binary, user, unit, configuration, man page),
-# then purges it. Run by tests/run; needs root.
+# Builds the Debian package, checks it with lintian (no error may be
+# reported), installs it on this machine (as root), checks what an admin
+# relies on (binary, user, unit, configuration, man pages, completions),
+# then purges it and checks that the journal and the user are kept. Run by
+# tests/run; needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail() { echo "package: FAIL: $*" >&2; exit 1; }
@@ -9,6 +11,16 @@ fail() { echo "package: FAIL: $*" >&2; exit 1; }
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 debian/build >/dev/null
 deb=$(ls -t target/debian/absync_*.deb | head -1)
+# lintian: no error (E:). Warnings are shown, not fatal.
+command -v lintian >/dev/null || fail "lintian is not installed (apt-get install lintian)"
+lint=$(lintian --tag-display-limit 0 "$deb" 2>&1 | grep -E '^[A-Z]: ' || true)
+if echo "$lint" | grep -q '^E:'; then fail "lintian reports errors:
+$lint"; fi
+[ -z "$lint" ] || echo "package: lintian (no errors): $(echo "$lint" | wc -l) other tags:
+$lint"
+contents=$(dpkg-deb -c "$deb")
+grep -q ' ./usr/share/doc/absync/changelog.Debian.gz$' <<<"$contents" || fail "no changelog.Debian.gz"
+grep -q ' ./usr/share/doc/absync/copyright$' <<<"$contents" || fail "no copyright file"
 echo "package: installing $deb"
 export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 install -y -q "./$deb" >/dev/null
@@ -28,25 +40,56 @@ mode() { stat -c '%U:%G %a' "$1"; }
 grep -qx 'StateDirectory=absync' "$unit" || fail "the unit has no StateDirectory=absync"
 grep -qx 'User=absync' "$unit" || fail "the unit does not run as absync"
 grep -qx 'LimitCORE=0' "$unit" || fail "the unit allows core dumps (no LimitCORE=0)"
+# A daemon that cannot start (exit 2: a broken configuration) is not
+# restarted every 30 s forever.
+grep -qx 'RestartPreventExitStatus=2' "$unit" || fail "the unit restarts a daemon that exits 2"
+[ "$(mode /etc/absync/certs)" = "root:root 755" ] || fail "/etc/absync/certs is $(mode /etc/absync/certs)"
 grep -q '^LoadCredential=source.pw:/etc/absync/source.pw$' "$unit" || fail "no LoadCredential for source.pw"
 # The shipped configuration points the CLI at the service's control socket.
 grep -q '^socket = "/run/absync/absync.sock"' /etc/absync/absync.toml \
   || fail "the shipped configuration does not name /run/absync/absync.sock"
-# A bind password the admin put in place stays root's alone when the
-# package is configured again (reinstall, upgrade).
+# The admin's files keep the owners and modes the admin gave them when the
+# package is configured again (reinstall, upgrade): a bind password stays
+# root's alone, and a file of the admin's own is not chmodded (no
+# recursive chmod of /etc/absync); the package's own files keep theirs
+# (dpkg-statoverride), for the service to read.
 install -m 0600 -o root -g root /dev/null /etc/absync/source.pw
 echo not-a-real-password > /etc/absync/source.pw
+install -m 0600 -o root -g root /dev/null /etc/absync/site-notes.toml
+install -m 0644 -o root -g root /dev/null /etc/absync/certs/extra-ca.pem
 apt-get -o DPkg::Lock::Timeout=600 install --reinstall -y -q "./$deb" >/dev/null
 [ "$(mode /etc/absync/source.pw)" = "root:root 600" ] \
   || fail "/etc/absync/source.pw is $(mode /etc/absync/source.pw) after a reinstall"
-[ "$(mode /etc/absync/absync.toml)" = "root:absync 640" ] \
-  || fail "/etc/absync/absync.toml is $(mode /etc/absync/absync.toml) after a reinstall"
-rm -f /etc/absync/source.pw
+[ "$(mode /etc/absync/site-notes.toml)" = "root:root 600" ] \
+  || fail "the admin's /etc/absync/site-notes.toml is $(mode /etc/absync/site-notes.toml) after a reinstall"
+[ "$(mode /etc/absync/certs/extra-ca.pem)" = "root:root 644" ] \
+  || fail "the admin's CA file is $(mode /etc/absync/certs/extra-ca.pem) after a reinstall"
+for f in /etc/absync/absync.toml /etc/absync/agreements.toml /etc/absync/mappings/nhs-to-ad-contact.toml; do
+  [ "$(mode "$f")" = "root:absync 640" ] || fail "$f is $(mode "$f") after a reinstall"
+done
+[ "$(mode /etc/absync)" = "root:absync 750" ] || fail "/etc/absync is $(mode /etc/absync) after a reinstall"
+rm -f /etc/absync/source.pw /etc/absync/site-notes.toml /etc/absync/certs/extra-ca.pem
 for f in /etc/absync/agreements.toml /etc/absync/mappings/nhs-to-ad-contact.toml \
-         /usr/share/man/man1/absync.1.gz /usr/share/bash-completion/completions/absync \
-         /usr/share/doc/absync/README.md; do
+         /usr/share/man/man1/absync.1.gz /usr/share/man/man1/absync-sync.1.gz \
+         /usr/share/man/man5/absync.toml.5.gz \
+         /usr/share/bash-completion/completions/absync \
+         /usr/share/zsh/vendor-completions/_absync \
+         /usr/share/fish/vendor_completions.d/absync.fish \
+         /usr/share/doc/absync/README.md /usr/share/doc/absync/changelog.Debian.gz \
+         /usr/share/doc/absync/copyright; do
   [ -f "$f" ] || fail "missing $f"
 done
+# The pages an admin asks for, found by man itself, with what they need.
+page=$(MANWIDTH=80 man -P cat absync-sync 2>&1) || fail "man absync-sync: $page"
+for s in 'EXIT STATUS' ENVIRONMENT FILES '--allow-deletes'; do
+  echo "$page" | grep -q -- "$s" || fail "man absync-sync has no $s"
+done
+page=$(MANWIDTH=80 man -P cat 5 absync.toml 2>&1) || fail "man 5 absync.toml: $page"
+echo "$page" | grep -q 'quarantine_ou' || fail "man 5 absync.toml does not describe quarantine_ou"
+page=$(MANWIDTH=80 man -P cat absync 2>&1) || fail "man absync: $page"
+echo "$page" | grep -q 'absync-journal(1)' || fail "man absync does not list absync-journal(1)"
+bash -c '. /usr/share/bash-completion/completions/absync && complete -p absync' >/dev/null \
+  || fail "the bash completion does not load"
 dpkg-query -W -f='${Conffiles}\n' absync | grep -q /etc/absync/absync.toml || fail "config is not a conffile"
 out=$(systemd-analyze verify --man=no "$unit" 2>&1) || fail "systemd-analyze verify: $out"
 [ -z "$out" ] || fail "systemd-analyze verify: $out"
@@ -130,7 +173,6 @@ cleanup() {
   [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
   userdel "$admin" 2>/dev/null || true
   rm -rf "$creds" /var/lib/absync /run/absync /etc/absync/certs/source-ca.pem /etc/absync/certs/ad-ca.pem
-  rmdir /etc/absync/certs 2>/dev/null || true
   rm -f "${log:-}"
   [ -f /etc/absync/absync.toml.shipped ] && mv /etc/absync/absync.toml.shipped /etc/absync/absync.toml
   true
@@ -172,10 +214,35 @@ echo "$out" | grep -q 'held back 0' || fail "deletes still held: $out"
   || fail "no override by $admin in the journal"
 /usr/bin/absync --config /etc/absync/absync.toml status --check | grep -q '^ABSYNC OK' \
   || fail "status --check after the release: $(/usr/bin/absync --config /etc/absync/absync.toml status --check)"
-cleanup; daemon=; trap - EXIT
+# Keep the journal this run wrote, for the purge below.
+kill "$daemon"; wait "$daemon" 2>/dev/null || true; daemon=
+keep=$(mktemp -d /tmp/absync-pkg-state.XXXXXX)
+cp -a /var/lib/absync/. "$keep/"
+cleanup; trap 'rm -rf "$keep"' EXIT
 echo "package: the daemon ran as absync with CREDENTIALS_DIRECTORY; $admin released held deletes with resync"
 
-apt-get -o DPkg::Lock::Timeout=600 purge -y -q absync >/dev/null
-! getent passwd absync >/dev/null || fail "user absync left after purge"
+# Purge keeps the evidence: the state directory with its journal, and the
+# system user that owns it; it says where the journal is.
+install -d -o absync -g absync -m 0700 /var/lib/absync
+cp -a "$keep/." /var/lib/absync/
+trap 'rm -rf "$keep" /var/lib/absync; userdel absync 2>/dev/null || true' EXIT
+before=$(sha256sum /var/lib/absync/absync.db | cut -d' ' -f1)
+out=$(apt-get -o DPkg::Lock::Timeout=600 purge -y -q absync 2>&1) || fail "purge: $out"
 [ ! -e /usr/bin/absync ] || fail "/usr/bin/absync left after purge"
-echo "package: ok ($deb: installed, checked, purged; unit exposure $score)"
+echo "$out" | grep -q 'The journal is kept in /var/lib/absync/absync.db' \
+  || fail "purge does not say where the journal is: $out"
+getent passwd absync >/dev/null || fail "purge removed the system user absync"
+[ "$(stat -c '%U:%G %a' /var/lib/absync)" = "absync:absync 700" ] \
+  || fail "/var/lib/absync after purge: $(stat -c '%U:%G %a' /var/lib/absync 2>&1)"
+[ "$(sha256sum /var/lib/absync/absync.db | cut -d' ' -f1)" = "$before" ] \
+  || fail "purge changed the journal"
+! dpkg-statoverride --list | grep -q ' /etc/absync' || fail "statoverrides left after purge"
+# Installed again over the kept state: the journal is still intact.
+apt-get -o DPkg::Lock::Timeout=600 install -y -q "./$deb" >/dev/null
+out=$(/usr/bin/absync journal --state /var/lib/absync verify 2>&1) \
+  || fail "journal verify after purge and reinstall: $out"
+echo "$out" | grep -q intact || fail "journal verify after purge and reinstall: $out"
+apt-get -o DPkg::Lock::Timeout=600 purge -y -q absync >/dev/null
+rm -rf /var/lib/absync "$keep"
+userdel absync 2>/dev/null || true
+echo "package: ok ($deb: lintian clean of errors, installed, checked, purged keeping the journal; unit exposure $score)"

@@ -589,6 +589,11 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     let unit = std::fs::read_to_string(root.join("systemd/absync.service")).unwrap();
     // No core dump holds the passwords.
     assert!(unit.lines().any(|l| l == "LimitCORE=0"), "{unit}");
+    // A daemon that cannot start is not restarted every 30 s forever.
+    assert!(
+        unit.lines().any(|l| l == "RestartPreventExitStatus=2"),
+        "{unit}"
+    );
     // Checked as installed, with the binary where the package puts it.
     let dir = std::env::temp_dir().join(crate::common::unique("unit"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -619,6 +624,30 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{out}"));
     assert!(score <= 2.0, "exposure {score} > 2.0:\n{out}");
+}
+
+/// The unit's RestartPreventExitStatus=2 relies on this: `absync run` exits
+/// 2 at once, naming the file and line, when its configuration is refused,
+/// whereas a run that fails (see the backoff test below) never ends it.
+#[test]
+fn the_daemon_exits_2_at_once_on_a_broken_configuration() {
+    let dir = std::env::temp_dir().join(crate::common::unique("broken"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("absync.toml");
+    std::fs::write(
+        &path,
+        "[source]\nurl = \"ldaps://127.0.0.1:1\"\nbind_dn = 12\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_absync"))
+        .args(["--config", path.to_str().unwrap(), "run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("absync.toml:3: bind_dn"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "not at once");
 }
 
 #[test]

@@ -5,10 +5,11 @@
 set -euo pipefail
 
 # chromium and fonts-dejavu-core: the report test looks at `journal report`'s
-# page in headless Chromium.
+# page in headless Chromium. lintian and man-db: the package test
+# (tests/package.sh) checks the .deb and its manual pages.
 PKGS=(slapd ldap-utils samba samba-ad-dc samba-ad-provision samba-dsdb-modules
       samba-vfs-modules winbind ldb-tools openssl python3 time procps iproute2
-      chromium fonts-dejavu-core)
+      chromium fonts-dejavu-core lintian man-db)
 
 missing=()
 for p in "${PKGS[@]}"; do

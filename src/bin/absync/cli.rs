@@ -150,8 +150,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff).
-    Man,
+    /// Print the manual page absync(1) (roff).
+    Man {
+        /// Write every page into DIR instead: absync.1, one page per
+        /// subcommand (absync-sync.1, ...) and absync.toml.5.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Is anything in the managed or quarantine OU that no agreement
     /// allows? Reads every object there and says, for each, whether it is
     /// covered, hidden, not covered or past its grace period (violations),

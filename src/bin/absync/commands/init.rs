@@ -1,4 +1,4 @@
-//! `absync init`, `completions` and `man`: what needs no configuration.
+//! `absync init` and `completions`: what needs no configuration.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -50,13 +50,6 @@ pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, "absync", &mut script);
     out::stdout().write_all(&script)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn man() -> anyhow::Result<ExitCode> {
-    let mut page = Vec::new();
-    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-    out::stdout().write_all(&page)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -17,6 +17,7 @@ mod check;
 mod health;
 mod init;
 mod journal;
+mod man;
 mod service;
 mod state;
 mod status;
@@ -120,7 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => audit::run(&config()?, format, hide_covered, bom).await,
         Command::Init { path } => init::run(&path),
         Command::Completions { shell } => init::completions(shell),
-        Command::Man => init::man(),
+        Command::Man { dir } => man::run(dir.as_deref()),
     }
 }
 
