@@ -205,6 +205,7 @@ fn scope_map_diff_render_the_delete_decision_and_the_report_do_no_io_and_read_no
     for module in [
         "engine::scope",
         "engine::map",
+        "engine::phone",
         "engine::diff",
         "engine::render",
         "engine::removals::decide",
