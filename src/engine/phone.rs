@@ -264,6 +264,30 @@ mod tests {
         assert_eq!(GB.apply(&spaced(MAX_INPUT + 1)), spaced(MAX_INPUT + 1));
     }
 
+    proptest::proptest! {
+        /// Any text, phone-like or not: no panic, and the value written is
+        /// a number in E.164 (perhaps with an extension) or the input as
+        /// written (keep) or nothing (drop).
+        #[test]
+        fn any_value_is_e164_or_as_written(
+            v in proptest::prop_oneof![
+                "[0-9 +()x.#*-]{0,30}",
+                "(\\+44|0044|0)? ?\\(?[0-9]{1,5}\\)? ?[0-9 -]{3,12}( (ext|x) ?[0-9]{1,6})?",
+                proptest::prelude::any::<String>(),
+            ]
+        ) {
+            let (k, d) = (GB.apply(&v), GB_DROP.apply(&v));
+            if d.is_empty() {
+                proptest::prop_assert_eq!(k, v.trim());
+            } else {
+                proptest::prop_assert_eq!(&k, &d);
+                let number = d.split(" ext. ").next().unwrap_or("");
+                proptest::prop_assert!(number.starts_with('+'), "{:?} -> {:?}", v, d);
+                proptest::prop_assert!(number[1..].chars().all(|c| c.is_ascii_digit()), "{:?}", d);
+            }
+        }
+    }
+
     /// The cost of the transform, printed (run with `--nocapture`): the
     /// first use (libphonenumber's metadata loads) and 10,000 numbers.
     #[test]
