@@ -209,6 +209,7 @@ fn scope_map_diff_render_the_delete_decision_and_the_report_do_no_io_and_read_no
         "engine::scope",
         "engine::map",
         "engine::screen",
+        "engine::phone",
         "engine::diff",
         "engine::render",
         "engine::removals::decide",

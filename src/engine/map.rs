@@ -5,7 +5,8 @@
 //! attribute), `template` (`"{givenName} {sn}"`), `first_of` (the first
 //! template that yields something), `value` (a constant). Then it applies
 //! `transform`s, keeps `values = "all" | "first" | "rest"`, and truncates to
-//! `max_length`, which Active Directory enforces.
+//! `max_length`, which Active Directory enforces. The `phone` transform
+//! reads `[phone]` (region, invalid: [`crate::engine::phone`]).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::{line_of, parse_toml_file, FileError};
+use crate::engine::phone::{Invalid, Phone};
 use crate::engine::scope::SourceEntry;
 
 #[derive(Debug, Deserialize)]
@@ -25,6 +27,15 @@ struct RawMapping {
     #[serde(default)]
     attributes: BTreeMap<String, Spanned<RawRule>>,
     hide: Option<RawHide>,
+    phone: Option<Spanned<RawPhone>>,
+}
+
+/// `[phone]`: how the `phone` transform reads numbers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPhone {
+    region: Option<String>,
+    invalid: Option<String>,
 }
 
 /// `[hide]`: how to hide an object in place during its grace period.
@@ -69,8 +80,9 @@ pub enum Transform {
     Trim,
     Lower,
     Upper,
-    /// Telephone numbers to E.164 (`01632 960123` → `+441632960123`).
-    Phone,
+    /// Telephone numbers to E.164 (`0161 496 0000` → `+441614960000`);
+    /// invalid ones kept or dropped.
+    Phone(Phone),
     /// The part of a mail address before the `@`.
     LocalPart,
     /// Only the characters Exchange allows in an alias (mailNickname).
@@ -78,12 +90,12 @@ pub enum Transform {
 }
 
 impl Transform {
-    fn parse(s: &str) -> Option<Transform> {
+    fn parse(s: &str, phone: Phone) -> Option<Transform> {
         Some(match s {
             "trim" => Transform::Trim,
             "lower" => Transform::Lower,
             "upper" => Transform::Upper,
-            "phone" => Transform::Phone,
+            "phone" => Transform::Phone(phone),
             "local_part" => Transform::LocalPart,
             "alias" => Transform::Alias,
             _ => return None,
@@ -95,7 +107,7 @@ impl Transform {
             Transform::Trim => v.trim().to_string(),
             Transform::Lower => v.to_lowercase(),
             Transform::Upper => v.to_uppercase(),
-            Transform::Phone => normalize_phone(v),
+            Transform::Phone(p) => p.apply(v),
             Transform::LocalPart => v.split('@').next().unwrap_or("").to_string(),
             Transform::Alias => v
                 .chars()
@@ -107,34 +119,21 @@ impl Transform {
     }
 }
 
-/// E.164 for UK and international numbers; anything that does not look
-/// like a phone number is kept as written (trimmed), never dropped.
-pub fn normalize_phone(v: &str) -> String {
-    let trimmed = v.trim();
-    let plus = trimmed.starts_with('+');
-    let digits: String = trimmed.chars().filter(|c| c.is_ascii_digit()).collect();
-    let junk = trimmed
-        .chars()
-        .any(|c| !(c.is_ascii_digit() || " +-().".contains(c)));
-    if junk || digits.len() < 7 || digits.len() > 15 {
-        return trimmed.to_string();
-    }
-    if plus {
-        format!("+{digits}")
-    } else if let Some(rest) = digits.strip_prefix("00") {
-        format!("+{rest}")
-    } else if let Some(rest) = digits.strip_prefix('0') {
-        format!("+44{rest}")
-    } else {
-        trimmed.to_string()
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Values {
     All,
     First,
     Rest,
+}
+
+impl Values {
+    fn pick<T>(self, all: &[T]) -> &[T] {
+        match self {
+            Values::All => all,
+            Values::First => &all[..all.len().min(1)],
+            Values::Rest => all.get(1..).unwrap_or(&[]),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -372,6 +371,14 @@ impl Rule {
             s.trim().to_string()
         }
     }
+
+    /// Whether the rule drops invalid telephone numbers: then `values`
+    /// picks among the numbers left (the first valid one is the first).
+    fn drops_invalid(&self) -> bool {
+        self.transforms
+            .iter()
+            .any(|t| matches!(t, Transform::Phone(p) if p.invalid == Invalid::Drop))
+    }
 }
 
 /// The target's default anchor attribute, which holds absync's ownership
@@ -544,6 +551,14 @@ impl Mapping {
             ));
         }
         let tie_breakers = parse_all(&raw.rdn.tie_breakers, "rdn.tie_breakers")?;
+        let phone = match &raw.phone {
+            None => Phone::default(),
+            Some(p) => {
+                let r = p.get_ref();
+                Phone::parse(r.region.as_deref(), r.invalid.as_deref())
+                    .map_err(|(key, m)| err(p.span(), &key, m))?
+            }
+        };
         let rdn_attribute = raw.rdn.attribute.get_ref().trim().to_string();
         let mut rules = Vec::new();
         for (target, spanned) in &raw.attributes {
@@ -584,7 +599,7 @@ impl Mapping {
                 .transform
                 .iter()
                 .map(|t| {
-                    Transform::parse(t).ok_or_else(|| {
+                    Transform::parse(t, phone).ok_or_else(|| {
                         e(format!(
                             "unknown transform \"{t}\" (trim, lower, upper, phone, local_part, alias)"
                         ))
@@ -718,15 +733,21 @@ impl Mapping {
         let mut attrs = BTreeMap::new();
         for rule in &self.rules {
             let mut vals: Vec<String> = match &rule.source {
-                Source::Copy(a) => {
-                    let all = entry.values(a);
-                    let picked = match rule.values {
-                        Values::All => all,
-                        Values::First => &all[..all.len().min(1)],
-                        Values::Rest => all.get(1..).unwrap_or(&[]),
-                    };
-                    picked.iter().map(|v| rule.finish_value(v)).collect()
+                Source::Copy(a) if rule.drops_invalid() => {
+                    let valid: Vec<String> = entry
+                        .values(a)
+                        .iter()
+                        .map(|v| rule.finish_value(v))
+                        .filter(|v| !v.is_empty())
+                        .collect();
+                    rule.values.pick(&valid).to_vec()
                 }
+                Source::Copy(a) => rule
+                    .values
+                    .pick(entry.values(a))
+                    .iter()
+                    .map(|v| rule.finish_value(v))
+                    .collect(),
                 Source::FirstOf(ts) => ts
                     .iter()
                     .map(|t| t.render(entry))
@@ -820,7 +841,7 @@ first_of = ["{description}", "Job: {nhsJobRole}"]
             ("mail", &["  Sian.OBrien@NHS.net "]),
             (
                 "telephoneNumber",
-                &["01632 960123", "+44 (1632) 960-124", "ext 42"],
+                &["0161 496 0123", "+44 (161) 496-0124", "ext 42"],
             ),
             ("title", &["Associate Director of Nursing"]),
             ("nhsJobRole", &["R8000:Clinical"]),
@@ -829,8 +850,8 @@ first_of = ["{description}", "Job: {nhsJobRole}"]
         assert_eq!(o.rdn_value, "Siân O'Brien");
         assert_eq!(o.attrs["displayName"], vec!["Siân O'Brien"]);
         assert_eq!(o.attrs["mail"], vec!["sian.obrien@nhs.net"]);
-        assert_eq!(o.attrs["telephoneNumber"], vec!["+441632960123"]);
-        assert_eq!(o.attrs["otherTelephone"], vec!["+441632960124", "ext 42"]);
+        assert_eq!(o.attrs["telephoneNumber"], vec!["+441614960123"]);
+        assert_eq!(o.attrs["otherTelephone"], vec!["+441614960124", "ext 42"]);
         assert_eq!(o.attrs["title"], vec!["Associate"]);
         assert_eq!(o.attrs["company"], vec!["NHS"]);
         assert_eq!(o.attrs["info"], vec!["Job: R8000:Clinical"]);
@@ -915,13 +936,74 @@ first_of = ["{description}", "Job: {nhsJobRole}"]
     }
 
     #[test]
-    fn phone_normalisation_keeps_what_it_does_not_understand() {
-        assert_eq!(normalize_phone("01632 960123"), "+441632960123");
-        assert_eq!(normalize_phone("+33 6 12 34 56 78"), "+33612345678");
-        assert_eq!(normalize_phone("0033 6 12 34 56 78"), "+33612345678");
-        assert_eq!(normalize_phone("(01632) 960 123"), "+441632960123");
-        assert_eq!(normalize_phone("ext. 4410"), "ext. 4410");
-        assert_eq!(normalize_phone("123"), "123");
+    fn phone_numbers_follow_the_mappings_region_and_invalid_mode() {
+        let e = entry(&[
+            ("givenName", &["Ann"]),
+            ("sn", &["Lee"]),
+            (
+                "telephoneNumber",
+                &[
+                    "0161-958807",
+                    "+44 (0)161 496 0000",
+                    "06 12 34 56 78",
+                    "ext 42",
+                ],
+            ),
+        ]);
+        // No [phone]: read as British, invalid numbers kept as written.
+        let o = mapping(M).map(&e).unwrap();
+        assert_eq!(o.attrs["telephoneNumber"], vec!["0161-958807"]);
+        assert_eq!(
+            o.attrs["otherTelephone"],
+            vec!["+441614960000", "06 12 34 56 78", "ext 42"]
+        );
+        // Dropped: the first valid number is the first.
+        let o = mapping(&format!("{M}[phone]\ninvalid = \"drop\"\n"))
+            .map(&e)
+            .unwrap();
+        assert_eq!(o.attrs["telephoneNumber"], vec!["+441614960000"]);
+        assert!(!o.attrs.contains_key("otherTelephone"), "{o:?}");
+        // Another region reads national numbers as that country's.
+        let o = mapping(&format!("{M}[phone]\nregion = \"fr\"\n"))
+            .map(&e)
+            .unwrap();
+        assert_eq!(
+            o.attrs["otherTelephone"],
+            vec!["+441614960000", "+33612345678", "ext 42"]
+        );
+        // Nothing valid: no attribute at all.
+        let none = entry(&[("uid", &["1"]), ("telephoneNumber", &["0161-958807"])]);
+        let o = mapping(&format!("{M}[phone]\ninvalid = \"drop\"\n"))
+            .map(&none)
+            .unwrap();
+        assert!(!o.attrs.contains_key("telephoneNumber"), "{o:?}");
+        assert!(!o.attrs.contains_key("otherTelephone"), "{o:?}");
+    }
+
+    #[test]
+    fn phone_settings_errors_name_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("phone.toml");
+        let head =
+            "object_class = [\"contact\"]\n[rdn]\nattribute = \"cn\"\nfirst_of = [\"{sn}\"]\n";
+        for (tail, says) in [
+            (
+                "[phone]\nregion = \"UK\"\n",
+                ":5: phone.region: unknown region \"UK\"",
+            ),
+            (
+                "[phone]\ninvalid = \"delete\"\n",
+                ":5: phone.invalid: invalid = \"delete\": use keep or drop",
+            ),
+            (
+                "[phone]\nregoin = \"GB\"\n",
+                ":6: regoin: unknown field `regoin`",
+            ),
+        ] {
+            std::fs::write(&p, format!("{head}{tail}")).unwrap();
+            let msg = Mapping::load(&p).unwrap_err().to_string();
+            assert!(msg.starts_with(&format!("{}{says}", p.display())), "{msg}");
+        }
     }
 
     #[test]

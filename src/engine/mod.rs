@@ -24,6 +24,7 @@ mod stages;
 pub mod scope;
 
 pub mod map;
+pub mod phone;
 pub mod screen;
 
 pub mod diff;

@@ -160,14 +160,19 @@ async fn source_changes_become_modifies_renames_adds_and_deletes_with_reasons() 
         after[source_renamed]["usnchanged"],
         ad[source_renamed]["usnchanged"]
     );
-    // Phone numbers (allowed here) in E.164: the first in telephoneNumber,
-    // the rest in the multi-valued otherTelephone.
+    // Phone numbers (allowed here): the first in telephoneNumber, the rest
+    // in the multi-valued otherTelephone. Valid ones in E.164: the test
+    // bed's national and "+44 (0)" forms, mobiles and foreign mobiles.
+    // Invalid ones as written: "(01632) …" (a range never allocated) and
+    // "0161-" with a digit short (nhsgen.py).
     let e164 = |v: &str| {
+        if v.starts_with("(01632) ") || v.starts_with("0161-") {
+            return v.to_string();
+        }
+        let v = v.replacen("(0)", "", 1);
         let digits: String = v.chars().filter(char::is_ascii_digit).collect();
-        if v.trim_start().starts_with('+') {
+        if v.starts_with('+') {
             format!("+{digits}")
-        } else if let Some(rest) = digits.strip_prefix("00") {
-            format!("+{rest}")
         } else {
             format!("+44{}", &digits[1..])
         }

@@ -37,6 +37,14 @@ import random
 import string
 import sys
 
+# Ofcom's ranges for drama (numbers never given to anyone) that
+# libphonenumber counts as valid: area code and the local prefix of
+# 1,000 numbers (0113 496 0000-0999, ...).
+DRAMA_RANGES = [("0113", "496"), ("0114", "496"), ("0116", "496"), ("0117", "496"),
+                ("0118", "496"), ("0121", "496"), ("0131", "496"), ("0141", "496"),
+                ("0151", "496"), ("0161", "496"), ("0191", "498"), ("020", "7946"),
+                ("029", "2018")]
+
 GIVEN = [
     "Amelia", "Oliver", "Isla", "George", "Ava", "Noah", "Mia", "Arthur", "Grace", "Leo",
     "Freya", "Oscar", "Lily", "Harry", "Evie", "Jack", "Rosie", "Charlie", "Ivy", "Thomas",
@@ -195,7 +203,8 @@ class Directory:
             p["phones"].append(self._uk_phone())
         r = rng.random()
         if r < 0.6:
-            p["mobile"] = f"07{rng.randrange(100, 1000)} {rng.randrange(100000, 1000000)}"
+            # 07400-07449: allocated mobile ranges, so valid numbers.
+            p["mobile"] = f"07{400 + rng.randrange(100, 1000) % 50} {rng.randrange(100000, 1000000)}"
         elif r < 0.65:
             p["mobile"] = rng.choice(
                 ["+33 6 12 34 56 78", "+1 (202) 555-0143", "+353 87 123 4567", "+91 98765 43210"]
@@ -207,10 +216,16 @@ class Directory:
         return f"{i + 1:07d}"
 
     def _uk_phone(self):
+        """A landline as people write them: two valid forms (national, and
+        international with the "(0)" people add), and two invalid ones
+        (absync keeps them as written): the 01632 drama range, which was
+        never allocated, and a Manchester number a digit short."""
         rng = self.rng
         n = rng.randrange(100000, 1000000)
-        return rng.choice([f"01632 {n}", f"+44 1632 {n}", f"(01632) {n // 1000} {n % 1000:03d}",
-                           f"0161-{n}"])
+        area, local = DRAMA_RANGES[(n // 1000) % len(DRAMA_RANGES)]
+        line = f"{local} {n % 1000:04d}"
+        return rng.choice([f"{area} {line}", f"+44 (0){area[1:]} {line}",
+                           f"(01632) {n // 1000} {n % 1000:03d}", f"0161-{n}"])
 
     def _derive(self, p):
         """Attributes computed from others: cn, displayName, mail."""
