@@ -387,7 +387,7 @@ mod tests {
         /// Any sub-domain of an allowed domain is allowed, in any case.
         #[test]
         fn sub_domains_of_an_allowed_domain_are_allowed(
-            local in "[a-z0-9][a-z0-9._+-]{0,10}[a-z0-9]",
+            local in "[a-z0-9]{1,4}([._+-][a-z0-9]{1,4}){0,3}",
             labels in proptest::collection::vec(label(), 0..4),
             upper in any::<bool>(),
         ) {
@@ -397,7 +397,6 @@ mod tests {
             domain.push_str("nhs.uk");
             let address = format!("{local}@{domain}");
             let address = if upper { address.to_uppercase() } else { address };
-            prop_assume!(!address.contains(".."));
             prop_assert_eq!(m.check_address(&address), Ok(()));
         }
 

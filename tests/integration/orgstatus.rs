@@ -133,7 +133,7 @@ async fn a_closed_organisations_people_leave_with_their_reason_and_check_and_sta
         check
             .stdout
             .lines()
-            .any(|l| l.starts_with("warning") && l.contains(&warning)),
+            .any(|l| l.starts_with("agreement") && l.contains(&format!("WARNING: {warning}"))),
         "{check:?}"
     );
     assert!(check.stdout.contains("1 closed"), "{check:?}");

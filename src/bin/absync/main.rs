@@ -42,14 +42,19 @@ fn init_logging(level: &str) {
     let wanted = std::env::var("ABSYNC_LOG").unwrap_or_else(|_| level.into());
     // The file watcher's own events stay quiet unless asked for by name: at
     // trace level it logs every event in the watched directories, and a log
-    // written into one of them would feed itself.
-    let directives = if wanted.contains("notify") {
-        wanted
-    } else {
-        format!("{wanted},notify=warn")
-    };
+    // written into one of them would feed itself. The LDAP library's own
+    // warnings (answers arriving for a search absync stopped reading, a
+    // send on a connection the server closed) are its driver's bookkeeping:
+    // absync reports every failure that matters itself, so they are shown
+    // only when asked for by name too.
+    let mut directives = wanted.clone();
+    for (name, level) in [("notify", "warn"), ("ldap3", "error")] {
+        if !wanted.contains(name) {
+            directives.push_str(&format!(",{name}={level}"));
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=warn,ldap3=error"));
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         if let Ok(journald) = tracing_journald::layer() {
             tracing_subscriber::registry()
