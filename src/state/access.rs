@@ -141,6 +141,22 @@ pub(crate) fn open_file(path: &Path, opts: &mut OpenOptions) -> Result<File, Sta
     Ok(file)
 }
 
+/// A file of absync's own in the state directory, opened for reading and
+/// writing and created mode 0600 when absent (never truncated, no link
+/// followed): the database and the lock file.
+pub(crate) fn open_private(path: &Path) -> Result<File, StateError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    open_file(
+        path,
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600),
+    )
+}
+
 /// The state directory itself, opened without following a symlink
 /// (`O_DIRECTORY | O_NOFOLLOW`): what its mode is set on and its owner
 /// read from, so both are the directory's and not a link's target.

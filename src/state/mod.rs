@@ -268,18 +268,7 @@ impl StateLock {
             path: path.clone(),
             source,
         };
-        let mut file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            access::open_file(
-                &path,
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o600),
-            )?
-        };
+        let mut file = access::open_private(&path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -335,7 +324,7 @@ impl Snapshot {
             path: dir.to_path_buf(),
             source,
         };
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::PermissionsExt;
         access::refuse_symlinks(dir)?;
         std::fs::create_dir_all(dir).map_err(derr)?;
         access::refuse_foreign_owner(dir)?;
@@ -353,20 +342,12 @@ impl Snapshot {
         // The database (and the WAL and index files SQLite creates with
         // the same mode) for absync's user only; an empty file is a new
         // database to SQLite.
-        access::open_file(
-            &path,
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600),
-        )?
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|source| StateError::Dir {
-            path: path.clone(),
-            source,
-        })?;
+        access::open_private(&path)?
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| StateError::Dir {
+                path: path.clone(),
+                source,
+            })?;
         let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
             | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
             | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
