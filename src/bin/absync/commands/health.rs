@@ -54,9 +54,6 @@ pub fn unknown(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(State::Unknown as u8)
 }
 
-/// An agreement ending within this many days is a warning.
-pub const AGREEMENT_WARN_DAYS: i64 = 30;
-
 /// What the check looks at.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
@@ -78,6 +75,12 @@ pub struct Facts {
     pub broken: Option<String>,
     /// (agreement id, days until its valid_until; negative: past).
     pub agreements: Vec<(String, i64)>,
+    /// An agreement ending within this many days is a warning
+    /// (`[agreements] warn_days`).
+    pub warn_days: i64,
+    /// Agreements naming a closed organisation, as the last run that read
+    /// the organisations' status found them.
+    pub names_closed: Vec<String>,
     pub managed: u64,
 }
 
@@ -113,12 +116,15 @@ pub fn assess(f: &Facts, max_age: Duration) -> (State, Vec<String>) {
     for (id, days) in &f.agreements {
         if *days < 0 {
             found.push((State::Critical, format!("agreement {id} has expired")));
-        } else if *days <= AGREEMENT_WARN_DAYS {
+        } else if *days <= f.warn_days {
             found.push((
                 State::Warning,
                 format!("agreement {id} ends in {days} days"),
             ));
         }
+    }
+    for n in &f.names_closed {
+        found.push((State::Warning, n.clone()));
     }
     let failures = f.daemon_failures.max(f.failed_in_a_row);
     if failures >= 2 {
@@ -141,18 +147,19 @@ fn perfdata(f: &Facts, max_age: Duration) -> String {
     let ending = f.agreements.iter().map(|(_, d)| *d).min();
     format!(
         "last_completed_age={age};;{} failures={};2 withheld={};;1 managed={} \
-         daemon_running={} agreement_days_left={};{AGREEMENT_WARN_DAYS};0",
+         daemon_running={} agreement_days_left={};{};0",
         max_age.as_secs(),
         f.daemon_failures.max(f.failed_in_a_row),
         f.withheld,
         f.managed,
         u8::from(f.daemon_running),
         ending.map(|d| d.to_string()).unwrap_or_else(|| "U".into()),
+        f.warn_days,
     )
 }
 
 /// Reads the facts; an error means the state could not be read (UNKNOWN).
-fn gather(snapshot: &Snapshot, state_dir: &Path) -> anyhow::Result<Facts> {
+fn gather(snapshot: &Snapshot, state_dir: &Path, warn_days: u32) -> anyhow::Result<Facts> {
     let runs = snapshot.runs(50)?;
     let now = time::OffsetDateTime::now_utc();
     let rfc = &time::format_description::well_known::Rfc3339;
@@ -176,6 +183,10 @@ fn gather(snapshot: &Snapshot, state_dir: &Path) -> anyhow::Result<Facts> {
             .and_then(|r| r.counts.as_ref())
             .map_or(0, |c| c.withheld),
         managed: snapshot.count_visible()?,
+        warn_days: i64::from(warn_days),
+        names_closed: absync::engine::organisations::last(snapshot)?
+            .map(|(_, list)| list.iter().map(|n| n.to_string()).collect())
+            .unwrap_or_default(),
         ..Default::default()
     };
     if let Some(d) = DaemonStatus::read(state_dir) {
@@ -211,10 +222,10 @@ fn agreements(snapshot: &Snapshot, today: time::Date) -> anyhow::Result<Vec<(Str
 
 /// Prints the plugin line (and one line per further reason) and returns
 /// the plugin exit code.
-pub fn check(state_dir: &Path, from: ReadFrom, max_age: Duration) -> ExitCode {
+pub fn check(state_dir: &Path, from: ReadFrom, max_age: Duration, warn_days: u32) -> ExitCode {
     let facts = Snapshot::open_read_only(state_dir, from)
         .map_err(anyhow::Error::from)
-        .and_then(|s| gather(&s, state_dir));
+        .and_then(|s| gather(&s, state_dir, warn_days));
     let (state, reasons, perf) = match facts {
         Err(e) => (
             State::Unknown,
@@ -262,6 +273,7 @@ mod tests {
             last_status: Some("ok".into()),
             managed: 10,
             agreements: vec![("DSA-1".into(), 300)],
+            warn_days: 30,
             ..Default::default()
         }
     }
@@ -271,6 +283,29 @@ mod tests {
     #[test]
     fn a_recent_good_run_is_ok() {
         assert_eq!(assess(&good(), DAY), (State::Ok, vec![]));
+    }
+
+    #[test]
+    fn the_warning_window_is_the_configured_one_and_a_closed_organisation_warns() {
+        let ending = |warn_days| Facts {
+            agreements: vec![("DSA-1".into(), 45)],
+            warn_days,
+            ..good()
+        };
+        assert_eq!(assess(&ending(30), DAY).0, State::Ok);
+        assert_eq!(
+            assess(&ending(60), DAY),
+            (
+                State::Warning,
+                vec!["agreement DSA-1 ends in 45 days".into()]
+            )
+        );
+        let closed = "agreement DSA-1 names RX1, which is closed (no successor recorded)";
+        let f = Facts {
+            names_closed: vec![closed.into()],
+            ..good()
+        };
+        assert_eq!(assess(&f, DAY), (State::Warning, vec![closed.to_string()]));
     }
 
     #[test]

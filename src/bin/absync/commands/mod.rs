@@ -140,12 +140,14 @@ fn status(
             &dir,
             ReadFrom::Given,
             max_age.unwrap_or(health::DEFAULT_MAX_AGE),
+            absync::config::DEFAULT_WARN_DAYS,
         )),
         (None, true) => Ok(match load_view(file) {
             Ok(view) => health::check(
                 &view.state_dir,
                 ReadFrom::Live,
                 max_age.unwrap_or_else(|| health::max_age(&view.service.schedule)),
+                view.agreements_warn_days,
             ),
             Err(e) => health::unknown(&e),
         }),
