@@ -69,7 +69,7 @@ async fn answer(mut stream: TcpStream, dir: PathBuf) {
     let text = |t: &str| (t.to_string(), t.len());
     let (status, (body, length)) = match route(&head) {
         Route::Metrics { with_body } => {
-            let metrics = tokio::task::spawn_blocking(move || render(&dir))
+            let metrics = tokio::task::spawn_blocking(move || render_in_daemon(&dir))
                 .await
                 .unwrap_or_default();
             let length = metrics.len();
@@ -179,8 +179,25 @@ fn epoch(text: &str) -> Option<i64> {
         .map(|t| t.unix_timestamp())
 }
 
-/// The metrics text (OpenMetrics 1.0, which Prometheus reads).
+/// The metrics text (OpenMetrics 1.0, which Prometheus reads), as a
+/// reader outside the daemon sees it: a run still marked running with no
+/// process holding the state lock died.
 pub fn render(state_dir: &Path) -> String {
+    render_with(state_dir, None)
+}
+
+/// The metrics text as the daemon serves it. The daemon holds the state
+/// lock for its whole life and closes dead runs at each run's start, so a
+/// run marked running is its own; it does not ask `/proc/locks`, which the
+/// unit's `ProcSubset=pid` hides (every scrape during a run would otherwise
+/// show that run as died).
+pub fn render_in_daemon(state_dir: &Path) -> String {
+    render_with(state_dir, Some(true))
+}
+
+/// `lock_held`: whether a process holds the state lock, when the caller
+/// knows; otherwise the kernel's lock table is asked.
+fn render_with(state_dir: &Path, lock_held: Option<bool>) -> String {
     let mut registry = Registry::default();
     registry.register(
         "absync_build",
@@ -192,7 +209,7 @@ pub fn render(state_dir: &Path) -> String {
     match Snapshot::open_read_only(state_dir, ReadFrom::Live) {
         Ok(s) => {
             totals(&mut registry, &s);
-            last_run(&mut registry, &s, state_dir);
+            last_run(&mut registry, &s, state_dir, lock_held);
             managed(&mut registry, &s, state_dir);
             agreements(&mut registry, &s);
             compliance(&mut registry, &s);
@@ -250,11 +267,12 @@ fn totals(registry: &mut Registry, s: &Snapshot) {
 
 /// Gauges of the latest run (one row read), as a reader sees it: still
 /// marked running with no process holding the state lock, it died.
-fn last_run(registry: &mut Registry, s: &Snapshot, state_dir: &Path) {
+fn last_run(registry: &mut Registry, s: &Snapshot, state_dir: &Path, lock_held: Option<bool>) {
     let Some(last) = s.runs(1).ok().and_then(|r| r.into_iter().next()) else {
         return;
     };
-    let last = last.seen(crate::state::StateLock::holder(state_dir).is_some());
+    let held = lock_held.unwrap_or_else(|| crate::state::StateLock::holder(state_dir).is_some());
+    let last = last.seen(held);
     gauge_f64(
         registry,
         "absync_last_run_duration_seconds",
@@ -551,6 +569,22 @@ mod tests {
         assert_eq!(p.open_fds, 7);
         assert_eq!(p.start_time, 1_700_000_010.0);
         assert!(ProcSelf::read().is_some(), "this process's own /proc/self");
+    }
+
+    #[test]
+    fn a_run_in_progress_is_the_daemons_own_and_died_only_to_a_reader_without_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = crate::state::Snapshot::open(dir.path()).unwrap();
+            let files = crate::state::runs::FileHashes::default();
+            s.start_run("full", &files).unwrap();
+        }
+        // No process holds the lock: to a reader the run died.
+        assert!(render(dir.path()).contains("\nabsync_last_run_failed 1\n"));
+        // The daemon, which holds the lock, serves its own run as running
+        // without asking /proc/locks (hidden by the unit's ProcSubset=pid).
+        let served = render_in_daemon(dir.path());
+        assert!(served.contains("\nabsync_last_run_failed 0\n"), "{served}");
     }
 
     #[test]

@@ -195,6 +195,10 @@ impl Snapshot {
         }
         tx.execute("DELETE FROM journal_meta WHERE key = ?1", [MARK])
             .map_err(db)?;
+        // The copy's cookie starts where the backup stopped: with it gone,
+        // every run is full until one completes, even if this one fails
+        // before it reads the source.
+        tx.execute("DELETE FROM source_cookie", []).map_err(db)?;
         tx.commit().map_err(db)
     }
 }
@@ -401,10 +405,20 @@ mod tests {
         let s = Snapshot::open(&back).unwrap();
         let mark = s.restored_from().unwrap().unwrap();
         assert_eq!(mark["last_run"], 2);
+        // The copy's cookie, from before the runs it lacks.
+        let cookie = crate::state::SourceCookie {
+            kind: crate::state::CookieKind::Timestamp,
+            cookie: b"20260101000000Z".to_vec(),
+            scope_key: "k".into(),
+        };
+        s.finish_pull(Some(&cookie), &[], 2).unwrap();
         let run = s.start_run("full", &Default::default()).unwrap();
         let r = restore_record(run, &mark);
         assert!(r.reason.contains("its last run 2"), "{}", r.reason);
         s.journal_restored(&[r]).unwrap();
+        // Gone with the mark: a run that fails before its pull leaves the
+        // next one full too.
+        assert_eq!(s.source_cookie().unwrap(), None);
         s.end_run(run, "ok", &Default::default(), None).unwrap();
         assert_eq!(s.restored_from().unwrap(), None);
         assert_eq!(records(&verify(&s, &Evidence::default()).unwrap()), 9);

@@ -145,12 +145,17 @@ fn archive(s: &Snapshot, dir: &Path, last: i64) -> Result<PathBuf, StateError> {
         .map_err(err(&part))?;
     let mut out = std::io::BufWriter::new(file);
     s.each_where("id <= ?1", &[&last], &mut |r| {
-        let line = serde_json::to_string(&r).unwrap_or_default();
+        let line = serde_json::to_string(&r)
+            .map_err(|e| err(&part)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         writeln!(out, "{line}").map_err(err(&part))
     })?;
     let file = out.into_inner().map_err(|e| err(&part)(e.into_error()))?;
     file.sync_all().map_err(err(&part))?;
-    std::fs::rename(&part, &path).map_err(err(&path))?;
+    // Never over an archive already there (the same ids after a restore
+    // from a backup, or another instance's directory): it may be the only
+    // copy of what it holds. A hard link fails when the name exists.
+    std::fs::hard_link(&part, &path).map_err(err(&path))?;
+    std::fs::remove_file(&part).map_err(err(&part))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(err(dir))?;
@@ -468,6 +473,35 @@ mod tests {
         assert_eq!(first.prev_hash, lines[2].hash, "the archives chain on");
         let verdict = crate::state::verify::verify_file(second.as_bytes(), &Default::default());
         assert!(matches!(verdict.unwrap(), Verdict::Intact { .. }));
+    }
+
+    #[test]
+    fn an_archive_already_there_is_never_replaced_and_nothing_is_pruned() {
+        let (dir, s) = state("archive-kept");
+        let archive = dir.path().join("archive");
+        std::fs::create_dir(&archive).unwrap();
+        // What a prune of the same ids wrote earlier (say, before the state
+        // was restored from a backup): the only copy of those records.
+        let name = "absync-journal-000000000001-000000000002.jsonl";
+        std::fs::write(archive.join(name), "earlier evidence\n").unwrap();
+        let old = s.start_run("sync", &Default::default()).unwrap();
+        s.journal(&[record(old, "add", "a", Some(object("a", "one")))])
+            .unwrap();
+        let run = s.start_run("sync", &Default::default()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let p = Prune {
+            before: OffsetDateTime::now_utc(),
+            run_id: run,
+            signer: None,
+            archive_dir: Some(&archive),
+        };
+        let e = prune(&s, &p).unwrap_err().to_string();
+        assert!(e.contains(name) && e.contains("nothing was pruned"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(archive.join(name)).unwrap(),
+            "earlier evidence\n"
+        );
+        assert_eq!(ops_of(&s).len(), 3, "nothing pruned");
     }
 
     #[test]
