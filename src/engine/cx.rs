@@ -143,8 +143,9 @@ pub(crate) const SOME_DELETES: &str =
 pub(crate) const CHANGES_DONE: &str =
     "every change was applied and journaled; the compliance check did not finish";
 
-/// A grace period needs somewhere to hide objects.
-fn check_hide_method(cfg: &Config, inputs: &Inputs) -> Result<(), FileError> {
+/// A grace period needs somewhere to hide objects: the check across the
+/// configuration and the mapping that [`load_inputs`] makes.
+pub fn check_hide_method(cfg: &Config, inputs: &Inputs) -> Result<(), FileError> {
     if !cfg.safety.delete_grace.is_zero()
         && cfg.safety.quarantine_ou.is_none()
         && inputs.mapping.hide.is_none()

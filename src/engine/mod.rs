@@ -39,7 +39,7 @@ pub mod expiry;
 pub mod preflight;
 pub mod render;
 
-pub use cx::{file_hashes, load_inputs, Inputs, Mode, Options, Watch, Watcher};
+pub use cx::{check_hide_method, file_hashes, load_inputs, Inputs, Mode, Options, Watch, Watcher};
 pub use outcome::{Outcome, PullReport, RunError, Status, EXIT_COULD_NOT_RUN};
 
 use std::io::Write;

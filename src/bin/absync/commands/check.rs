@@ -98,18 +98,19 @@ fn inputs(cfg: &Config, out: &mut Vec<Finding>) -> Option<Inputs> {
     let (Ok(mapping), Ok(agreements)) = (mapping, agreements) else {
         return None;
     };
-    // The load a run makes, for its checks across the files.
-    if let Err(e) = engine::load_inputs(cfg) {
+    let inputs = Inputs {
+        mapping,
+        agreements,
+    };
+    // The check a run makes across the files, on what was just loaded.
+    if let Err(e) = engine::check_hide_method(cfg, &inputs) {
         out.push(Finding::fatal(
             "config",
             &cfg.file.display().to_string(),
             e.to_string(),
         ));
     }
-    Some(Inputs {
-        mapping,
-        agreements,
-    })
+    Some(inputs)
 }
 
 /// How many contacts each ending's end deletes, from the state (read
