@@ -86,26 +86,11 @@ pub async fn answer_on(
     key: &std::path::Path,
     refuse: Refuse,
 ) -> u16 {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls_pki_types::ServerName;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    let client_cfg = absync::ldap::tls_config(ca).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
-    let connector = tokio_rustls::TlsConnector::from(client_cfg);
+    let (acceptor, connector) = tls_ends(ca, cert, key);
     let name = ServerName::try_from(upstream_name.to_string()).unwrap();
     let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -116,13 +101,9 @@ pub async fn answer_on(
             let (acceptor, connector, name) = (acceptor.clone(), connector.clone(), name.clone());
             let (seen, refuse) = (seen.clone(), refuse.clone());
             tokio::spawn(async move {
-                let Ok(client) = acceptor.accept(client).await else {
-                    return;
-                };
-                let Ok(server) = TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let Ok(server) = connector.connect(name, server).await else {
+                let Some((client, server)) =
+                    bridge(&acceptor, &connector, name, client, upstream).await
+                else {
                     return;
                 };
                 let (mut cr, cw) = tokio::io::split(client);
@@ -286,13 +267,9 @@ pub async fn mangle_on(
             let (acceptor, connector, name) = (acceptor.clone(), connector.clone(), name.clone());
             let (mode, seen) = (mode.clone(), seen.clone());
             tokio::spawn(async move {
-                let Ok(client) = acceptor.accept(client).await else {
-                    return;
-                };
-                let Ok(server) = TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let Ok(server) = connector.connect(name, server).await else {
+                let Some((client, server)) =
+                    bridge(&acceptor, &connector, name, client, upstream).await
+                else {
                     return;
                 };
                 let (mut cr, mut cw) = tokio::io::split(client);
@@ -340,6 +317,24 @@ fn malformed(id: Vec<u8>, op: u8) -> Vec<u8> {
     let mut body = tlv(0x02, &id);
     body.extend(tlv(op, &content));
     tlv(0x30, &body)
+}
+
+/// One connection through the proxy: TLS with the client, then a TLS
+/// connection to the server (`None` if either fails).
+async fn bridge(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    connector: &tokio_rustls::TlsConnector,
+    name: rustls_pki_types::ServerName<'static>,
+    client: TcpStream,
+    upstream: SocketAddr,
+) -> Option<(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    tokio_rustls::client::TlsStream<TcpStream>,
+)> {
+    let client = acceptor.accept(client).await.ok()?;
+    let server = TcpStream::connect(upstream).await.ok()?;
+    let server = connector.connect(name, server).await.ok()?;
+    Some((client, server))
 }
 
 /// The proxy's two TLS ends: towards the client with `cert`/`key`, towards
