@@ -376,6 +376,11 @@ fn default_delete_grace() -> Spanned<String> {
 
 /// Schedules' and timeouts' durations (`30m`, `1h30m`): see [`crate::period`].
 pub use crate::period::parse_duration;
+
+/// How long a server that failed is avoided before it is preferred again.
+pub const DEFAULT_FAILBACK: Duration = Duration::from_secs(600);
+/// How long a change sent to a DC that went down waits for that DC.
+pub const DEFAULT_SETTLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub use crate::period::Period;
 
 /// The safety rails, resolved.
@@ -392,7 +397,12 @@ pub struct SafetyConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
-    pub url: Spanned<String>,
+    /// One server; `urls` lists several.
+    pub url: Option<Spanned<String>>,
+    /// The servers, tried in order.
+    pub urls: Option<Spanned<Vec<Spanned<String>>>>,
+    /// How long a server that failed is avoided (default 10m).
+    pub failback_after: Option<Spanned<String>>,
     pub bind_dn: Spanned<String>,
     pub password_file: Option<Spanned<String>>,
     /// A systemd credential (LoadCredential=) holding the password.
@@ -447,7 +457,15 @@ pub struct RawOrganisations {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
-    pub url: Spanned<String>,
+    /// One domain controller; `urls` lists several.
+    pub url: Option<Spanned<String>>,
+    /// The domain controllers, tried in order.
+    pub urls: Option<Spanned<Vec<Spanned<String>>>>,
+    /// How long a DC that failed is avoided (default 10m).
+    pub failback_after: Option<Spanned<String>>,
+    /// How long a change sent to a DC that went down waits for that DC to
+    /// settle it before it is settled on another (default 1h).
+    pub settle_timeout: Option<Spanned<String>>,
     pub bind_dn: Spanned<String>,
     pub password_file: Option<Spanned<String>>,
     /// A systemd credential (LoadCredential=) holding the password.
@@ -729,6 +747,70 @@ mod tests {
         }
     }
 
+    /// The configuration of `config_with` with `[target] url = ...`
+    /// replaced by `servers` (and whatever else the target section needs).
+    fn target_servers(dir: &std::path::Path, servers: &str) -> Result<super::Config, String> {
+        let path = config_with(dir, "ldap://[::1]:3890", "password_file = \"source.pw\"");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("url = \"ldaps://dc.example:636\"", servers);
+        std::fs::write(&path, text).unwrap();
+        super::Config::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_side_lists_several_servers_in_order_each_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = target_servers(
+            dir.path(),
+            "urls = [\"ldaps://dc1.example:636\", \" ldaps://dc2.example:636 \"]\n\
+             failback_after = \"2m\"\nsettle_timeout = \"30m\"",
+        )
+        .unwrap();
+        let t = &cfg.target;
+        assert_eq!(
+            t.endpoint.urls,
+            ["ldaps://dc1.example:636", "ldaps://dc2.example:636"]
+        );
+        assert_eq!(t.endpoint.url(), "ldaps://dc1.example:636");
+        assert_eq!(t.endpoint.failback_after, Duration::from_secs(120));
+        assert_eq!(t.settle_timeout, Duration::from_secs(1800));
+        // One url is a list of one, with the defaults.
+        let one = target_servers(dir.path(), "url = \"ldaps://dc1.example:636\"").unwrap();
+        assert_eq!(one.target.endpoint.urls, ["ldaps://dc1.example:636"]);
+        assert_eq!(one.target.endpoint.failback_after, super::DEFAULT_FAILBACK);
+        assert_eq!(one.target.settle_timeout, super::DEFAULT_SETTLE_TIMEOUT);
+        let cases = [
+            (
+                "url = \"ldaps://a:636\"\nurls = [\"ldaps://b:636\"]",
+                "target.urls: set url (one server) or urls (several), not both",
+            ),
+            ("urls = []", "target.urls: is empty"),
+            (
+                "urls = [\"ldaps://a:636\", \"ldaps://a:636\"]",
+                "target.urls[2]: \"ldaps://a:636\" is listed twice",
+            ),
+            (
+                "urls = [\"ldaps://a:636\", \"ldap://b:389\"]",
+                "target.urls[2]: \"ldap://b:389\" is plain-text LDAP",
+            ),
+            (
+                "urls = [\"ldaps://a:636\", \"ldaps://u:hunter2@b:636\"]",
+                "target.urls[2]: has user information",
+            ),
+            (
+                "urls = [\"ldaps://a:636\"]\nsettle_timeout = \"soon\"",
+                "target.settle_timeout: ",
+            ),
+            ("", "target.urls: [target] url is missing"),
+        ];
+        for (servers, want) in cases {
+            let e = target_servers(dir.path(), servers).unwrap_err();
+            assert!(e.contains(want), "{servers}: {e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
     #[test]
     fn a_global_catalog_is_the_targets_account_at_another_url() {
         let dir = tempfile::tempdir().unwrap();
@@ -743,7 +825,7 @@ mod tests {
         let path = config_with(dir.path(), "ldap://[::1]:3890", &line);
         let cfg = super::Config::load(&path).unwrap();
         let (t, gc) = (&cfg.target.endpoint, cfg.target.global_catalog.unwrap());
-        assert_eq!(gc.url, "ldaps://dc1.example:3269");
+        assert_eq!(gc.url(), "ldaps://dc1.example:3269");
         assert_eq!(gc.transport, crate::ldap::Transport::Ldaps);
         assert_eq!(gc.bind_dn, t.bind_dn);
         assert_eq!(gc.ca_file, t.ca_file);
@@ -1039,6 +1121,9 @@ pub struct TargetConfig {
     /// The global catalog the address collision search asks, with the
     /// target's account, CA and timeout; `None`: the domain is searched.
     pub global_catalog: Option<Endpoint>,
+    /// How long a change sent to a DC that then failed waits for that DC
+    /// (see `engine::apply::recover`).
+    pub settle_timeout: Duration,
 }
 
 /// The whole configuration, resolved and checked. Not `Clone`: it holds
@@ -1202,11 +1287,63 @@ impl Resolver<'_> {
         Ok(password)
     }
 
+    /// A side's servers: `url` (one) or `urls` (several, tried in order),
+    /// not both, none twice; each with the key errors name.
+    fn server_list<'s>(
+        &self,
+        section: &str,
+        url: &'s Option<Spanned<String>>,
+        urls: &'s Option<Spanned<Vec<Spanned<String>>>>,
+    ) -> Result<Vec<(&'s Spanned<String>, String)>, FileError> {
+        let list: Vec<(&Spanned<String>, String)> = match (url, urls) {
+            (Some(_), Some(l)) => {
+                return Err(self.err(
+                    l.span(),
+                    &format!("{section}.urls"),
+                    "set url (one server) or urls (several), not both".into(),
+                ))
+            }
+            (Some(u), None) => vec![(u, format!("{section}.url"))],
+            (None, Some(l)) => l
+                .get_ref()
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (u, format!("{section}.urls[{}]", i + 1)))
+                .collect(),
+            (None, None) => {
+                return Err(FileError::new(
+                    self.file,
+                    None,
+                    Some(&format!("{section}.urls")),
+                    format!("[{section}] url is missing: name the server (url = \"ldaps://host:636\") or servers (urls = [...])"),
+                ))
+            }
+        };
+        if let (None, Some(l)) = (url, urls) {
+            if l.get_ref().is_empty() {
+                return Err(self.err(
+                    l.span(),
+                    &format!("{section}.urls"),
+                    "is empty: name at least one server".into(),
+                ));
+            }
+        }
+        for (i, (u, key)) in list.iter().enumerate() {
+            let text = u.get_ref().trim();
+            if list[..i].iter().any(|(v, _)| v.get_ref().trim() == text) {
+                return Err(self.err(u.span(), key, format!("\"{text}\" is listed twice")));
+            }
+        }
+        Ok(list)
+    }
+
+    /// One side's servers, account, CA and timeouts. Every server uses the
+    /// same transport (all `ldaps://`, or all `ldap://` with StartTLS).
     #[allow(clippy::too_many_arguments)]
     fn endpoint(
         &self,
         section: &str,
-        (url, url_key): (&Spanned<String>, &str),
+        urls: &[(&Spanned<String>, String)],
         bind_dn: &Spanned<String>,
         password: (&Option<Spanned<String>>, &Option<Spanned<String>>),
         ca_file: &Option<Spanned<String>>,
@@ -1215,6 +1352,58 @@ impl Resolver<'_> {
         timeout: (&Spanned<u64>, &Option<Spanned<String>>),
         warnings: &mut Vec<String>,
     ) -> Result<Endpoint, FileError> {
+        let mut checked = Vec::with_capacity(urls.len());
+        let mut transport = None;
+        for (url, key) in urls {
+            let t = self.transport(section, (url, key), starttls, allow_plaintext)?;
+            if transport.is_some_and(|first| first != t) {
+                return Err(self.err(
+                    url.span(),
+                    key,
+                    "uses another scheme than the first server: every server of a side is \
+                     ldaps://, or every one ldap:// with StartTLS"
+                        .into(),
+                ));
+            }
+            transport = Some(t);
+            checked.push(url.get_ref().trim().to_string());
+        }
+        let transport = transport.unwrap_or(Transport::Ldaps);
+        let ca = match ca_file {
+            Some(c) => Some(self.existing_file(c, &format!("{section}.ca_file"))?),
+            None if transport == Transport::Plain => None,
+            None => {
+                return Err(FileError::new(
+                    self.file,
+                    None,
+                    Some(&format!("{section}.ca_file")),
+                    "missing: the PEM file of the CA that signs the server's certificate".into(),
+                ))
+            }
+        };
+        let password = self.password(section, password, warnings)?;
+        let timeout = self.timeout(section, timeout)?;
+        Ok(Endpoint {
+            urls: checked,
+            bind_dn: self.dn(bind_dn, &format!("{section}.bind_dn"))?,
+            password,
+            ca_file: ca,
+            transport,
+            timeout,
+            failback_after: DEFAULT_FAILBACK,
+            health: Default::default(),
+        })
+    }
+
+    /// One server's URL checked: no user information, a known scheme, and
+    /// plain text only when allowed.
+    fn transport(
+        &self,
+        section: &str,
+        (url, url_key): (&Spanned<String>, &str),
+        starttls: bool,
+        allow_plaintext: bool,
+    ) -> Result<Transport, FileError> {
         let u = url.get_ref().trim();
         if has_userinfo(u) {
             // Not quoted: the text before @ may be a password.
@@ -1259,28 +1448,25 @@ impl Resolver<'_> {
                 format!("\"{u}\" is not an LDAP URL (ldaps://host:port)"),
             ));
         };
-        let ca = match ca_file {
-            Some(c) => Some(self.existing_file(c, &format!("{section}.ca_file"))?),
-            None if transport == Transport::Plain => None,
-            None => {
-                return Err(FileError::new(
-                    self.file,
-                    None,
-                    Some(&format!("{section}.ca_file")),
-                    "missing: the PEM file of the CA that signs the server's certificate".into(),
-                ))
-            }
+        Ok(transport)
+    }
+
+    /// An optional duration (`10m`, `1h30m`), at least 1 s; `default` when
+    /// not written.
+    fn duration_or(
+        &self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, FileError> {
+        let Some(v) = v else {
+            return Ok(default);
         };
-        let password = self.password(section, password, warnings)?;
-        let timeout = self.timeout(section, timeout)?;
-        Ok(Endpoint {
-            url: u.to_string(),
-            bind_dn: self.dn(bind_dn, &format!("{section}.bind_dn"))?,
-            password,
-            ca_file: ca,
-            transport,
-            timeout,
-        })
+        let d = parse_duration(v.get_ref()).map_err(|m| self.err(v.span(), key, m))?;
+        if d < Duration::from_secs(1) {
+            return Err(self.err(v.span(), key, "must be at least 1 second".into()));
+        }
+        Ok(d)
     }
 
     /// `timeout_secs = 30` or `timeout = "1m30s"` (not both): at least 1 s.
@@ -1389,9 +1575,9 @@ impl Config {
             secrets,
         };
         let s = &raw.source;
-        let source_endpoint = r.endpoint(
+        let mut source_endpoint = r.endpoint(
             "source",
-            (&s.url, "source.url"),
+            &r.server_list("source", &s.url, &s.urls)?,
             &s.bind_dn,
             (&s.password_file, &s.password_credential),
             &s.ca_file,
@@ -1400,6 +1586,8 @@ impl Config {
             (&s.timeout_secs, &s.timeout),
             &mut warnings,
         )?;
+        source_endpoint.failback_after =
+            r.duration_or(&s.failback_after, "source.failback_after", DEFAULT_FAILBACK)?;
         let filter = s.filter.get_ref().trim().to_string();
         if ldap3::parse_filter(&filter).is_err() {
             return Err(r.err(
@@ -1429,9 +1617,9 @@ impl Config {
             organisations: resolve_organisations(s, &r)?,
         };
         let t = &raw.target;
-        let target_endpoint = r.endpoint(
+        let mut target_endpoint = r.endpoint(
             "target",
-            (&t.url, "target.url"),
+            &r.server_list("target", &t.url, &t.urls)?,
             &t.bind_dn,
             (&t.password_file, &t.password_credential),
             &t.ca_file,
@@ -1448,7 +1636,14 @@ impl Config {
                 "must be non-empty, without * ( ) or \\".into(),
             ));
         }
+        target_endpoint.failback_after =
+            r.duration_or(&t.failback_after, "target.failback_after", DEFAULT_FAILBACK)?;
         let target = TargetConfig {
+            settle_timeout: r.duration_or(
+                &t.settle_timeout,
+                "target.settle_timeout",
+                DEFAULT_SETTLE_TIMEOUT,
+            )?,
             endpoint: target_endpoint,
             base_dn: r.dn(&t.base_dn, "target.base_dn")?,
             anchor_attribute: r.attr(&t.anchor_attribute, "target.anchor_attribute")?,
@@ -1634,7 +1829,7 @@ fn resolve_global_catalog(t: &RawTarget, r: &Resolver<'_>) -> Result<Option<Endp
     let starttls = t.starttls && url.get_ref().trim().starts_with("ldap://");
     let endpoint = r.endpoint(
         "target",
-        (url, "target.global_catalog"),
+        &[(url, "target.global_catalog".to_string())],
         &t.bind_dn,
         (&t.password_file, &t.password_credential),
         &t.ca_file,

@@ -401,12 +401,14 @@ template = "{givenName} {sn}"
     fn source() -> crate::config::SourceConfig {
         crate::config::SourceConfig {
             endpoint: crate::ldap::Endpoint {
-                url: "ldaps://127.0.0.1".into(),
+                urls: vec!["ldaps://127.0.0.1".into()],
                 bind_dn: "cn=absync".into(),
                 password: crate::secret::Secret::new("unused"),
                 ca_file: None,
                 transport: crate::ldap::Transport::Ldaps,
                 timeout: std::time::Duration::from_secs(1),
+                failback_after: crate::config::DEFAULT_FAILBACK,
+                health: Default::default(),
             },
             base_dn: "ou=People,o=nhs".into(),
             filter: "(objectClass=person)".into(),

@@ -342,7 +342,7 @@ async fn open_target<'a, 'o>(
             return Err(RunError::MissingContainer {
                 what,
                 dn: dn.to_string(),
-                url: cfg.target.endpoint.url.clone(),
+                url: applier.conn().url().to_string(),
             });
         }
     }

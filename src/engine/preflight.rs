@@ -269,12 +269,14 @@ copy = "mobile"
     fn source() -> SourceConfig {
         SourceConfig {
             endpoint: crate::ldap::Endpoint {
-                url: "ldap://127.0.0.1".into(),
+                urls: vec!["ldap://127.0.0.1".into()],
                 bind_dn: "cn=x".into(),
                 password: crate::secret::Secret::new(String::new()),
                 ca_file: None,
                 transport: crate::ldap::Transport::Plain,
                 timeout: std::time::Duration::from_secs(1),
+                failback_after: crate::config::DEFAULT_FAILBACK,
+                health: Default::default(),
             },
             base_dn: "o=nhs".into(),
             filter: "(objectClass=*)".into(),

@@ -10,6 +10,7 @@
 //! is an [`LdapError::Malformed`] naming the server; the run ends (exit 2).
 
 pub mod contain;
+pub mod servers;
 pub mod syncrepl;
 
 use std::collections::HashSet;
@@ -38,17 +39,37 @@ pub enum Transport {
     Plain,
 }
 
-/// Where and how to connect and bind. Not `Clone`: it holds a password.
+/// Where and how to connect and bind: one side's servers, in order of
+/// preference, and the one account on all of them. Not `Clone`: it holds a
+/// password.
 #[derive(Debug)]
 pub struct Endpoint {
-    pub url: String,
+    /// At least one (the configuration refuses an empty list).
+    pub urls: Vec<String>,
     pub bind_dn: String,
     pub password: Secret,
     /// PEM file of the CA(s) that sign the server's certificate.
     pub ca_file: Option<PathBuf>,
     pub transport: Transport,
-    /// Applies to connecting and to every single operation.
+    /// Applies to connecting and to every single operation, per server.
     pub timeout: Duration,
+    /// How long a server that failed is avoided before it is tried first
+    /// again.
+    pub failback_after: Duration,
+    /// What each server last did (see [`servers`]).
+    pub health: servers::Health,
+}
+
+impl Endpoint {
+    /// The preferred server: the one errors about the side as a whole name.
+    pub fn url(&self) -> &str {
+        self.urls.first().map_or("", String::as_str)
+    }
+
+    /// Each server's state, in the configured order.
+    pub fn states(&self) -> Vec<servers::ServerState> {
+        self.health.states(&self.urls)
+    }
 }
 
 /// A failure talking to a directory server. Each names the server; none
@@ -71,6 +92,9 @@ pub enum LdapError {
     PlainRefused { url: String },
     #[error("{url}: cannot connect: {detail}")]
     Connect { url: String, detail: String },
+    /// Every server of a side failed; each failure names its server.
+    #[error("no server answered ({} tried): {}", tried.len(), join_errors(tried))]
+    NoServer { tried: Vec<LdapError> },
     #[error("{url}: TLS handshake failed: {detail}{hint}")]
     Tls {
         url: String,
@@ -114,7 +138,49 @@ pub enum LdapError {
     },
 }
 
+fn join_errors(tried: &[LdapError]) -> String {
+    tried
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl LdapError {
+    /// Whether another server of the side may do better: the server is
+    /// down, unreachable, slow, busy or its TLS is wrong. Not a refused
+    /// password (the account is the same on every server, and trying each
+    /// one only locks it out sooner), a configuration error, or a server
+    /// that sent a malformed message (the run ends).
+    pub fn fails_over(&self) -> bool {
+        match self {
+            LdapError::Connect { .. }
+            | LdapError::Tls { .. }
+            | LdapError::Timeout { .. }
+            | LdapError::Protocol { .. }
+            | LdapError::NoServer { .. } => true,
+            LdapError::Bind { rc, .. } => *rc != 49,
+            LdapError::Operation { rc, .. } => matches!(rc, 51 | 52 | 80 | 81),
+            _ => false,
+        }
+    }
+
+    /// The server the error is about, when it names one.
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            LdapError::Url { url, .. }
+            | LdapError::PlainRefused { url }
+            | LdapError::Connect { url, .. }
+            | LdapError::Tls { url, .. }
+            | LdapError::Bind { url, .. }
+            | LdapError::Timeout { url, .. }
+            | LdapError::Operation { url, .. }
+            | LdapError::Protocol { url, .. }
+            | LdapError::Malformed { url, .. } => Some(url),
+            _ => None,
+        }
+    }
+
     /// The LDAP result code of a refused operation, if that is what this is.
     pub fn result_code(&self) -> Option<u32> {
         match self {
@@ -192,8 +258,8 @@ fn is_loopback_url(url: &str) -> bool {
 
 /// Turns ldap3's I/O-level errors into messages an admin can act on:
 /// a refused connection, an unknown CA, a certificate for another name.
-fn classify_connect_error(ep: &Endpoint, err: ldap3::LdapError) -> LdapError {
-    let url = ep.url.clone();
+fn classify_connect_error(ep: &Endpoint, url: &str, err: ldap3::LdapError) -> LdapError {
+    let url = url.to_string();
     match err {
         ldap3::LdapError::Io { source } => {
             if let Some(tls) = source
@@ -556,14 +622,51 @@ fn bind_text(rc: u32, text: &str) -> String {
 }
 
 impl Conn {
-    /// Connects, sets up TLS as the endpoint asks, and binds.
+    /// Connects to the first of the side's servers that answers and binds,
+    /// in the order [`servers::Health::order`] gives; each failure is
+    /// remembered. A failure no other server can mend (a refused password,
+    /// a configuration error) ends the attempt at once; when every server
+    /// failed, the error names each one.
     pub async fn connect(ep: &Endpoint) -> Result<Conn, LdapError> {
+        let mut tried = Vec::new();
+        for url in ep.health.order(&ep.urls, ep.failback_after) {
+            match Conn::connect_to(ep, &url).await {
+                Ok(conn) => {
+                    ep.health.up(&url, None);
+                    if !tried.is_empty() {
+                        tracing::warn!(
+                            server = %url,
+                            failed = %join_errors(&tried),
+                            "connected to another server"
+                        );
+                    }
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    ep.health.down(&url, &e.to_string());
+                    if !e.fails_over() {
+                        return Err(e);
+                    }
+                    tried.push(e);
+                }
+            }
+        }
+        Err(match tried.len() {
+            1 => tried.remove(0),
+            _ => LdapError::NoServer { tried },
+        })
+    }
+
+    /// Connects to one server of the side, sets up TLS as the endpoint
+    /// asks (the certificate checked against this server's host name), and
+    /// binds.
+    pub async fn connect_to(ep: &Endpoint, url: &str) -> Result<Conn, LdapError> {
         // An empty password would be an unauthenticated bind, which servers
         // may accept: never sent (a configuration loaded for `check
         // --offline` holds no password).
         if ep.password.expose().is_empty() {
             return Err(LdapError::Bind {
-                url: ep.url.clone(),
+                url: url.to_string(),
                 dn: ep.bind_dn.clone(),
                 rc: 49,
                 text: "no password (an unauthenticated bind is never sent)".into(),
@@ -572,20 +675,20 @@ impl Conn {
         let mut settings = LdapConnSettings::new().set_conn_timeout(ep.timeout);
         match ep.transport {
             Transport::Plain => {
-                if !is_loopback_url(&ep.url) {
+                if !is_loopback_url(url) {
                     return Err(LdapError::PlainRefused {
-                        url: ep.url.clone(),
+                        url: url.to_string(),
                     });
                 }
             }
             Transport::Ldaps | Transport::StartTls => {
                 let scheme_ok = match ep.transport {
-                    Transport::Ldaps => ep.url.starts_with("ldaps://"),
-                    _ => ep.url.starts_with("ldap://"),
+                    Transport::Ldaps => url.starts_with("ldaps://"),
+                    _ => url.starts_with("ldap://"),
                 };
                 if !scheme_ok {
                     return Err(LdapError::Url {
-                        url: ep.url.clone(),
+                        url: url.to_string(),
                         detail: "use ldaps:// for LDAPS, or ldap:// with StartTLS".into(),
                     });
                 }
@@ -597,14 +700,14 @@ impl Conn {
         }
         contain::quiet_ldap3_panics();
         let link = Link {
-            url: ep.url.clone(),
+            url: url.to_string(),
             broken: Broken::default(),
         };
-        let (conn, mut ldap) = guard(LdapConnAsync::with_settings(settings, &ep.url))
+        let (conn, mut ldap) = guard(LdapConnAsync::with_settings(settings, url))
             .await
             .map_err(|panic| link.malformed("connecting".into(), panic))?
-            .map_err(|e| classify_connect_error(ep, e))?;
-        let url = ep.url.clone();
+            .map_err(|e| classify_connect_error(ep, url, e))?;
+        let url = url.to_string();
         tokio::spawn(contain::drive(conn, link.broken.clone()));
         ldap.with_timeout(ep.timeout);
         // The password is passed borrowed (ldap3 encodes it for the wire).

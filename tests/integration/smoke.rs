@@ -74,7 +74,7 @@ async fn paged_search_returns_every_entry_where_an_unpaged_one_stops_at_1000() {
 async fn conn_ldap3(ep: &absync::ldap::Endpoint) -> ldap3::Ldap {
     let cfg = absync::ldap::tls_config(ep.ca_file.as_ref().unwrap()).unwrap();
     let settings = ldap3::LdapConnSettings::new().set_config(cfg);
-    let (conn, mut ldap) = ldap3::LdapConnAsync::with_settings(settings, &ep.url)
+    let (conn, mut ldap) = ldap3::LdapConnAsync::with_settings(settings, ep.url())
         .await
         .unwrap();
     ldap3::drive!(conn);
@@ -268,7 +268,7 @@ async fn search_from_the_domain_root_collects_references_without_panicking() {
 async fn plain_text_is_refused_unless_allowed_and_loopback() {
     let tb = testbed();
     let mut ep = tb.source_sync();
-    ep.url = tb.get("SOURCE_LDAP_URL").to_string();
+    ep.urls = vec![tb.get("SOURCE_LDAP_URL").to_string()];
     // ldap:// with the LDAPS transport is a configuration mistake.
     let err = Conn::connect(&ep).await.err().unwrap();
     assert!(matches!(err, LdapError::Url { .. }), "{err}");
@@ -276,11 +276,11 @@ async fn plain_text_is_refused_unless_allowed_and_loopback() {
     ep.transport = Transport::Plain;
     Conn::connect(&ep).await.expect("plain bind on loopback");
     // Explicitly allowed but not loopback: refused before connecting.
-    ep.url = "ldap://192.0.2.1:389".into();
+    ep.urls = vec!["ldap://192.0.2.1:389".into()];
     let err = Conn::connect(&ep).await.err().unwrap();
     assert!(matches!(err, LdapError::PlainRefused { .. }), "{err}");
     // StartTLS upgrades the plain port and verifies the certificate.
-    ep.url = tb.get("SOURCE_LDAP_URL").to_string();
+    ep.urls = vec![tb.get("SOURCE_LDAP_URL").to_string()];
     ep.transport = Transport::StartTls;
     Conn::connect(&ep).await.expect("StartTLS bind");
 }

@@ -123,7 +123,7 @@ impl Applier<'_, '_> {
         // `add_many` answers each request it was given; a missing answer
         // would be a failure, never a success.
         let unanswered = || LdapError::Protocol {
-            url: self.target.endpoint.url.clone(),
+            url: self.conn.url().to_string(),
             what: "add".into(),
             detail: "no answer to a pipelined add".into(),
         };

@@ -50,7 +50,7 @@ pub async fn audit(
             return Err(RunError::MissingContainer {
                 what,
                 dn: dn.to_string(),
-                url: cfg.target.endpoint.url.clone(),
+                url: conn.url().to_string(),
             });
         }
     }

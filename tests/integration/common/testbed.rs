@@ -133,12 +133,14 @@ impl Testbed {
 
     fn endpoint(&self, url: &str, dn: &str, pw_key: &str, ca: &str) -> Endpoint {
         Endpoint {
-            url: self.get(url).to_string(),
+            urls: vec![self.get(url).to_string()],
             bind_dn: self.get(dn).to_string(),
             password: self.password(pw_key),
             ca_file: Some(self.path(ca)),
             transport: Transport::Ldaps,
             timeout: Duration::from_secs(30),
+            failback_after: absync::config::DEFAULT_FAILBACK,
+            health: Default::default(),
         }
     }
 

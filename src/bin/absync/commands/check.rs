@@ -150,10 +150,10 @@ async fn servers(file: &Path, inputs: &Inputs, out: &mut Vec<Finding>) {
     if let Some(gc) = &cfg.target.global_catalog {
         match global_catalog(gc)
             .await
-            .with_context(|| format!("global catalog {}", gc.url))
+            .with_context(|| format!("global catalog {}", gc.url()))
         {
-            Ok(detail) => out.push(Finding::ok("catalog", &gc.url, detail)),
-            Err(e) => out.push(Finding::fatal("catalog", &gc.url, format!("{e:#}"))),
+            Ok(detail) => out.push(Finding::ok("catalog", gc.url(), detail)),
+            Err(e) => out.push(Finding::fatal("catalog", gc.url(), format!("{e:#}"))),
         }
     }
 }
@@ -164,13 +164,13 @@ async fn source(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
     let mut conn = match Conn::connect(ep).await {
         Ok(c) => c,
         Err(e) => {
-            out.push(Finding::fatal("source", &ep.url, e.to_string()));
+            out.push(Finding::fatal("source", ep.url(), e.to_string()));
             return;
         }
     };
     out.push(Finding::ok(
         "source",
-        &ep.url,
+        ep.url(),
         format!("bound as {}", ep.bind_dn),
     ));
     let base = &cfg.source.base_dn;
@@ -377,13 +377,13 @@ async fn target(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
     let mut conn = match Conn::connect(ep).await {
         Ok(c) => c,
         Err(e) => {
-            out.push(Finding::fatal("target", &ep.url, e.to_string()));
+            out.push(Finding::fatal("target", ep.url(), e.to_string()));
             return;
         }
     };
     out.push(Finding::ok(
         "target",
-        &ep.url,
+        ep.url(),
         format!("bound as {}", ep.bind_dn),
     ));
     let class = inputs
@@ -402,7 +402,7 @@ async fn target(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
     }
     out.push(match schema(&mut conn, cfg, inputs).await {
         Ok(f) => f,
-        Err(e) => Finding::fatal("schema", &ep.url, format!("{e:#}")),
+        Err(e) => Finding::fatal("schema", ep.url(), format!("{e:#}")),
     });
     conn.unbind().await;
 }
@@ -431,7 +431,7 @@ async fn schema(conn: &mut Conn, cfg: &Config, inputs: &Inputs) -> anyhow::Resul
         .filter(|a| !known.contains(&a.to_lowercase()))
         .map(String::as_str)
         .collect();
-    let url = &cfg.target.endpoint.url;
+    let url = cfg.target.endpoint.url();
     Ok(if missing.is_empty() {
         Finding::ok(
             "schema",
