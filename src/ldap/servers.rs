@@ -30,6 +30,8 @@ pub struct ServerState {
     pub error: Option<String>,
     /// RFC 3339: when it was last tried.
     pub checked_at: Option<String>,
+    /// The server the side's last connection went to.
+    pub in_use: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +46,14 @@ struct Seen {
 /// The servers' health, shared by every connection to one side.
 #[derive(Debug, Default)]
 pub struct Health {
-    seen: Mutex<HashMap<String, Seen>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    seen: HashMap<String, Seen>,
+    /// The server the last connection went to.
+    current: Option<String>,
 }
 
 fn now_text() -> String {
@@ -54,17 +63,18 @@ fn now_text() -> String {
 }
 
 impl Health {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Seen>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         // A panic while holding the lock leaves plain data behind: use it.
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut seen)
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut inner)
     }
 
     /// The server answered and bound.
     pub fn up(&self, url: &str, name: Option<String>) {
-        self.with(|s| {
-            let name = name.or_else(|| s.get(url).and_then(|e| e.name.clone()));
-            s.insert(
+        self.with(|i| {
+            let name = name.or_else(|| i.seen.get(url).and_then(|e| e.name.clone()));
+            i.current = Some(url.to_string());
+            i.seen.insert(
                 url.to_string(),
                 Seen {
                     up: true,
@@ -79,8 +89,8 @@ impl Health {
 
     /// Names the server (an AD DC's `dsServiceName`) once it is known.
     pub fn name(&self, url: &str, name: &str) {
-        self.with(|s| {
-            if let Some(e) = s.get_mut(url) {
+        self.with(|i| {
+            if let Some(e) = i.seen.get_mut(url) {
                 e.name = Some(name.to_string());
             }
         });
@@ -88,9 +98,9 @@ impl Health {
 
     /// The server failed (`why`, without any password).
     pub fn down(&self, url: &str, why: &str) {
-        self.with(|s| {
-            let name = s.get(url).and_then(|e| e.name.clone());
-            s.insert(
+        self.with(|i| {
+            let name = i.seen.get(url).and_then(|e| e.name.clone());
+            i.seen.insert(
                 url.to_string(),
                 Seen {
                     up: false,
@@ -106,10 +116,10 @@ impl Health {
     /// The order to try `urls` in now.
     pub fn order(&self, urls: &[String], failback_after: Duration) -> Vec<String> {
         let now = Instant::now();
-        self.with(|s| {
+        self.with(|i| {
             let failed: Vec<Option<Instant>> = urls
                 .iter()
-                .map(|u| s.get(u).filter(|e| !e.up).map(|e| e.at))
+                .map(|u| i.seen.get(u).filter(|e| !e.up).map(|e| e.at))
                 .collect();
             order(urls, &failed, failback_after, now)
         })
@@ -117,15 +127,17 @@ impl Health {
 
     /// Each configured server's state, in the configured order.
     pub fn states(&self, urls: &[String]) -> Vec<ServerState> {
-        self.with(|s| {
+        self.with(|i| {
+            let current = i.current.as_deref();
             urls.iter()
-                .map(|u| match s.get(u) {
+                .map(|u| match i.seen.get(u) {
                     Some(e) => ServerState {
                         url: u.clone(),
                         up: Some(e.up),
                         name: e.name.clone(),
                         error: e.error.clone(),
                         checked_at: Some(e.at_text.clone()),
+                        in_use: current == Some(u.as_str()),
                     },
                     None => ServerState {
                         url: u.clone(),
@@ -133,6 +145,7 @@ impl Health {
                         name: None,
                         error: None,
                         checked_at: None,
+                        in_use: false,
                     },
                 })
                 .collect()
@@ -233,6 +246,7 @@ mod tests {
         assert_eq!(s[1].up, Some(true));
         assert_eq!(s[1].name.as_deref(), Some("CN=NTDS Settings,CN=DC2"));
         assert_eq!(s[2].up, None);
+        assert!(s[1].in_use && !s[0].in_use && !s[2].in_use);
         assert_eq!(
             h.order(&urls(), Duration::from_secs(600)),
             ["ldaps://dc2", "ldaps://dc3", "ldaps://dc1"]
