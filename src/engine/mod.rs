@@ -36,6 +36,7 @@ pub mod removals;
 pub mod apply;
 pub mod compliance;
 pub mod expiry;
+pub mod failover;
 pub mod preflight;
 pub mod render;
 
@@ -129,14 +130,19 @@ pub async fn run(
     let span = tracing::info_span!("run", run_id = cx.run_id);
     let mut counts = Counts::default();
     let mut pull = PullReport::default();
+    let mut lost = Vec::new();
     let result = match closures {
         Ok(()) => {
-            run_inner(&cx, plan, &mut counts, &mut pull)
+            run_moving_on(&cx, plan, &mut counts, &mut pull, &mut lost)
                 .instrument(span)
                 .await
         }
         Err(e) => Err(e),
     };
+    let servers = failover::Servers::gather(cfg, lost);
+    if let Some(text) = servers.text() {
+        tracing::warn!("{text}");
+    }
     let status = match &result {
         Ok(Some(why)) => Status::Withheld(why.clone()),
         Ok(None) if counts.failed > 0 => Status::Failures,
@@ -154,7 +160,8 @@ pub async fn run(
             (Ok(_), Err(e)) => format!("failed: {e}"),
             (Ok(_), Ok(())) => status.text(),
         };
-        snapshot.end_run(id, &text, &counts, signer)?;
+        let servers = serde_json::to_value(&servers).unwrap_or_default();
+        snapshot.end_run_naming(id, &text, &counts, servers, signer)?;
         pruned?;
     }
     result?;
@@ -164,7 +171,47 @@ pub async fn run(
         duration: started.elapsed(),
         status,
         pull,
+        servers,
     })
+}
+
+/// [`run_inner`], started again on the next server when a server of a
+/// side with several fails during a real run (see [`failover`]); each lost
+/// server is noted in `lost`. A plan is not started again (its output is
+/// half written): connecting already moved past servers that were down.
+async fn run_moving_on(
+    cx: &RunCx<'_>,
+    plan: Option<PlanOut<'_>>,
+    counts: &mut Counts,
+    report: &mut PullReport,
+    lost: &mut Vec<failover::Move>,
+) -> Result<Option<String>, RunError> {
+    if plan.is_some() {
+        return run_inner(cx, plan, counts, report).await;
+    }
+    let servers = cx.cfg.source.endpoint.urls.len() + cx.cfg.target.endpoint.urls.len();
+    loop {
+        let result = run_inner(cx, None, counts, report).await;
+        let Err(e) = &result else { return result };
+        let Some((side, ep, url)) = failover::failed_server(cx.cfg, e) else {
+            return result;
+        };
+        // Each server but the first of each side may take over once.
+        if lost.len() + 2 >= servers {
+            return result;
+        }
+        let why = e.to_string();
+        ep.health.down(&url, &why);
+        tracing::warn!(side, server = %url, error = %why, "lost a server during the run; its steps start again on the next one");
+        lost.push(failover::Move {
+            side,
+            from: url,
+            why,
+        });
+        counts.reset_pull();
+        *report = PullReport::default();
+        cx.snapshot.accepted_by(None);
+    }
 }
 
 /// Retention, at the end of a run that went through: records older than
@@ -337,6 +384,11 @@ async fn open_target<'a, 'o>(
         cx.run_id,
         plan,
     );
+    let server = applier.identify().await?;
+    if let Some(name) = &server.name {
+        cfg.target.endpoint.health.name(&server.url, name);
+    }
+    cx.snapshot.accepted_by(Some(server.label().to_string()));
     for (what, dn) in cfg.containers() {
         if !applier.exists(dn).await? {
             return Err(RunError::MissingContainer {

@@ -17,6 +17,8 @@ pub struct Outcome {
     pub duration: Duration,
     pub status: Status,
     pub pull: PullReport,
+    /// The servers used, and any failover.
+    pub servers: crate::engine::failover::Servers,
 }
 
 /// How the source was read, for the summary and the log.
@@ -78,13 +80,24 @@ impl Outcome {
             .map(|id| format!(" run {id}"))
             .unwrap_or_default();
         let verb = if what == "plan" { "would be " } else { "" };
-        let recovered = if c.recovered > 0 {
+        let mut recovered = if c.recovered > 0 {
             format!("; recovered after an interrupted run {}", c.recovered)
         } else {
             String::new()
         };
+        if c.waiting > 0 {
+            recovered.push_str(&format!(
+                "; left alone, waiting for the DC a change went to {}",
+                c.waiting
+            ));
+        }
+        let servers = self
+            .servers
+            .text()
+            .map(|t| format!("\n  {t}"))
+            .unwrap_or_default();
         format!(
-            "absync {what}{run}: {} in {:.1} s\n  {}\n  pulled {}, in scope {}, out of scope {}, leavers {}, rejected {}, attributes dropped {}\n  {verb}added {}, modified {}, renamed {}, deleted {}; hidden {}, restored {}, held back {}, drift {}; conflicts {}, failed {}{recovered}",
+            "absync {what}{run}: {} in {:.1} s\n  {}{servers}\n  pulled {}, in scope {}, out of scope {}, leavers {}, rejected {}, attributes dropped {}\n  {verb}added {}, modified {}, renamed {}, deleted {}; hidden {}, restored {}, held back {}, drift {}; conflicts {}, failed {}{recovered}",
             self.status.text(),
             self.duration.as_secs_f64(),
             self.pull.text(),

@@ -910,6 +910,16 @@ impl Conn {
             .map_err(|detail| self.link().malformed(format!("read \"{dn}\""), detail))
     }
 
+    /// The server's own name from its root DSE: an AD DC's `dsServiceName`
+    /// (its NTDS Settings object, the same whatever address reaches it);
+    /// `None` from a server without one.
+    pub async fn server_name(&mut self) -> Result<Option<String>, LdapError> {
+        Ok(self
+            .read("", &["dsServiceName"])
+            .await?
+            .and_then(|e| first_value(&e, "dsServiceName")))
+    }
+
     pub async fn add(&mut self, dn: &str, attrs: AddAttrs) -> Result<(), LdapError> {
         self.add_raw(dn, add_bytes(attrs)).await
     }

@@ -175,6 +175,7 @@ fn open_copy(path: &Path) -> Result<Snapshot, StateError> {
         conn,
         path: path.to_path_buf(),
         _scratch: None,
+        accepted_by: Default::default(),
     })
 }
 

@@ -21,7 +21,7 @@ pub mod totals;
 pub mod verify;
 
 pub use access::{read_small, replace_file, ReadFrom};
-pub use object::{Attrs, Hidden, Intent, ObjectRow};
+pub use object::{Attrs, Hidden, Intent, ObjectRow, SentTo};
 
 use std::path::{Path, PathBuf};
 
@@ -107,7 +107,7 @@ pub enum StateError {
 }
 
 /// The schema this absync writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// Version 1; later versions are steps from it.
 const SCHEMA: &str = "
@@ -313,9 +313,18 @@ pub struct Snapshot {
     /// Where a reader copied an evidence copy with a write-ahead log to
     /// (removed when dropped, after the connection).
     _scratch: Option<tempfile::TempDir>,
+    /// The target server (an AD DC's name, else its URL) the changes
+    /// committed now were accepted by: stored with each object.
+    accepted_by: std::cell::RefCell<Option<String>>,
 }
 
 impl Snapshot {
+    /// Names the target server the changes committed from now on were
+    /// accepted by; returns the one named before.
+    pub fn accepted_by(&self, server: Option<String>) -> Option<String> {
+        self.accepted_by.replace(server)
+    }
+
     /// Opens (creating if needed) the state database in `dir`, to write:
     /// `sync`, the daemon (after taking the [`StateLock`]) and plans. An
     /// older schema is migrated, after a copy of the database is kept.
@@ -365,6 +374,7 @@ impl Snapshot {
             conn,
             path,
             _scratch: None,
+            accepted_by: Default::default(),
         })
     }
 
@@ -379,6 +389,7 @@ impl Snapshot {
             conn: opened.conn,
             path: opened.path,
             _scratch: opened.scratch,
+            accepted_by: Default::default(),
         })
     }
 
@@ -459,6 +470,10 @@ impl Snapshot {
             if fixed > 0 {
                 tracing::info!("state database: corrected the normal form of {fixed} stored names");
             }
+        }
+        if version <= 7 && !object::has_column(conn, "objects", "dc")? {
+            // Which target server accepted each object's last change.
+            conn.execute_batch("ALTER TABLE objects ADD COLUMN dc TEXT;")?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(())
@@ -809,11 +824,12 @@ impl Snapshot {
                     .hidden
                     .as_ref()
                     .and_then(|h| serde_json::to_string(h).ok());
+                let dc = self.accepted_by.borrow().clone();
                 tx.prepare_cached(
-                    "INSERT INTO objects (anchor, dn, dn_norm, org, agreements, attrs, run_id, hidden)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                    "INSERT INTO objects (anchor, dn, dn_norm, org, agreements, attrs, run_id, hidden, dc)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                      ON CONFLICT(anchor) DO UPDATE SET dn = ?2, dn_norm = ?3, org = ?4,
-                       agreements = ?5, attrs = ?6, run_id = ?7, hidden = ?8",
+                       agreements = ?5, attrs = ?6, run_id = ?7, hidden = ?8, dc = ?9",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -824,7 +840,8 @@ impl Snapshot {
                         agreements,
                         attrs,
                         run_id,
-                        hidden
+                        hidden,
+                        dc
                     ])
                 })
                 .map_err(db)?;

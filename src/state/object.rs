@@ -42,6 +42,46 @@ pub struct Intent {
     /// The object after the change (none for a delete).
     pub after: Option<ObjectRow>,
     pub reason: String,
+    /// The target server the write was sent to (none: written before
+    /// absync knew several servers; settled on the server in use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<SentTo>,
+    /// RFC 3339: when the intent was committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+/// A target server: its URL and, for an AD DC, its `dsServiceName` (which
+/// names the DC whatever address reaches it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentTo {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl SentTo {
+    /// How the server is named to people: its DC name, else its URL.
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.url)
+    }
+}
+
+/// Whether `table` has a column `name` (a migration step run on a database
+/// that already has it adds nothing).
+pub(crate) fn has_column(
+    conn: &rusqlite::Connection,
+    table: &str,
+    name: &str,
+) -> rusqlite::Result<bool> {
+    let mut s = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    let names = s.query_map([table], |r| r.get::<_, String>(0))?;
+    for n in names {
+        if n?.eq_ignore_ascii_case(name) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Brings each object's stored normal name (`dn_norm`, which name lookups

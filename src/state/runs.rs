@@ -36,6 +36,9 @@ pub struct Counts {
     pub conflicts: u64,
     pub failed: u64,
     pub recovered: u64,
+    /// Objects left alone because their earlier change waits for the DC it
+    /// was sent to.
+    pub waiting: u64,
 }
 
 impl Counts {
@@ -178,8 +181,25 @@ impl Snapshot {
         counts: &Counts,
         signer: Option<&Signer>,
     ) -> Result<String, StateError> {
+        self.end_run_naming(run_id, status, counts, serde_json::Value::Null, signer)
+    }
+
+    /// [`Self::end_run`], the record naming the servers the run used
+    /// (`engine::failover::Servers`; null: not known).
+    pub fn end_run_naming(
+        &self,
+        run_id: i64,
+        status: &str,
+        counts: &Counts,
+        servers: serde_json::Value,
+        signer: Option<&Signer>,
+    ) -> Result<String, StateError> {
         let mut r = Record::new(run_id, "run", "ended", status);
-        r.detail = Some(serde_json::json!({ "status": status, "counts": counts }));
+        let mut detail = serde_json::json!({ "status": status, "counts": counts });
+        if !servers.is_null() {
+            detail["servers"] = servers;
+        }
+        r.detail = Some(detail);
         self.end_with(r, status, counts, signer)
     }
 
@@ -236,6 +256,7 @@ impl Snapshot {
                 ("restore", "applied") => Some(&mut c.restored),
                 ("drift", _) => Some(&mut c.drift),
                 ("conflict", "withheld") => Some(&mut c.conflicts),
+                ("settle", "waiting") => Some(&mut c.waiting),
                 (_, "failed") => Some(&mut c.failed),
                 _ => None,
             };

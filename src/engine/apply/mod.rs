@@ -19,7 +19,7 @@
 //! - `recover.rs`: settling the intents a crash left;
 //! - `dry.rs`: the dry run, which renders instead of writing.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::config::{SafetyConfig, TargetConfig};
 use crate::engine::diff::{Change, Kind};
@@ -28,7 +28,7 @@ use crate::engine::render::Format;
 use crate::ldap::{Conn, LdapError};
 use crate::state::journal::{AttrChange, Record};
 use crate::state::runs::Counts;
-use crate::state::{Intent, ObjectRow, Snapshot, StateError};
+use crate::state::{Intent, ObjectRow, SentTo, Snapshot, StateError};
 
 mod add;
 mod collide;
@@ -100,6 +100,11 @@ pub struct Applier<'a, 'o> {
     gc: Option<Conn>,
     /// Anchors met in conflict this run (see `conflict.rs`).
     met: HashSet<String>,
+    /// The target server this run reads and writes through.
+    server: SentTo,
+    /// Anchors whose earlier change waits for the server it was sent to
+    /// (see `recover.rs`), with what they wait for: left alone this run.
+    waiting: HashMap<String, String>,
 }
 
 /// How many adds are sent to the target at once. Samba answers a pipelined
@@ -123,6 +128,11 @@ impl<'a, 'o> Applier<'a, 'o> {
         plan: Option<PlanOut<'o>>,
     ) -> Self {
         Applier {
+            server: SentTo {
+                url: conn.url().to_string(),
+                name: None,
+            },
+            waiting: HashMap::new(),
             conn,
             target,
             safety,
@@ -191,7 +201,20 @@ impl Applier<'_, '_> {
             before: before.cloned(),
             after: after.cloned(),
             reason: reason.into(),
+            server: Some(self.server.clone()),
+            at: Some(crate::state::journal::now()),
         }
+    }
+
+    /// The target server this run writes through.
+    pub fn server(&self) -> &SentTo {
+        &self.server
+    }
+
+    /// Anchors left alone this run because their earlier change waits for
+    /// the server it was sent to, with what they wait for.
+    pub fn waiting(&self) -> &HashMap<String, String> {
+        &self.waiting
     }
 
     /// Applies one change. Entry-level refusals are journaled and counted;
@@ -203,6 +226,12 @@ impl Applier<'_, '_> {
         change: Change,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
+        if let Some(why) = self.waiting.get(&change.anchor) {
+            // Its last change may sit unreplicated on the server it went
+            // to: sending another now could make a twin (see recover.rs).
+            tracing::info!(anchor = %change.anchor, "left alone: {why}");
+            return Ok(());
+        }
         if let Kind::Add { after } = change.kind {
             self.pending.push((after, change.reason));
             if self.pending.len() >= ADD_WINDOW {

@@ -33,6 +33,13 @@ pub struct Live {
 impl Applier<'_, '_> {
     /// Whether the target holds an entry at `dn` (the containers absync
     /// writes in must exist before a run reads or plans anything).
+    /// Learns which DC this run writes through (its `dsServiceName`), so
+    /// that every intent names it.
+    pub async fn identify(&mut self) -> Result<&crate::state::SentTo, LdapError> {
+        self.server.name = self.conn.server_name().await?;
+        Ok(&self.server)
+    }
+
     pub async fn exists(&mut self, dn: &str) -> Result<bool, LdapError> {
         Ok(self.conn.read(dn, &["1.1"]).await?.is_some())
     }

@@ -136,6 +136,7 @@ mod tests {
             duration: std::time::Duration::from_millis(1500),
             status,
             pull: Default::default(),
+            servers: Default::default(),
         }
     }
 
