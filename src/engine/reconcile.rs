@@ -1,9 +1,11 @@
 //! A full run's first step: the live target compared with the snapshot.
-//! Each difference (missing, changed or unknown to the snapshot) is laid
-//! over the planner so the diff repairs it; a real run journals it as drift
-//! and corrects the snapshot first.
+//! Replication-conflict twins (two objects carrying one anchor) go first:
+//! one is kept (see `apply::twins`). Each difference (missing, changed or
+//! unknown to the snapshot) is laid over the planner so the diff repairs
+//! it; a real run journals it as drift and corrects the snapshot first,
+//! and records each object's objectGUID.
 
-use crate::engine::apply::Applier;
+use crate::engine::apply::{keeper, Applier, Owned};
 use crate::engine::diff::{attr_changes, same_dn, Planner};
 use crate::engine::outcome::RunError;
 use crate::state::journal::Record;
@@ -20,7 +22,34 @@ pub(crate) async fn run(
     live_run: bool,
     counts: &mut Counts,
 ) -> Result<(), RunError> {
-    let mut live = applier.scan_owned().await?;
+    let Owned {
+        objects: mut live,
+        twins,
+    } = applier.scan_owned().await?;
+    let guids = snapshot.guids()?;
+    for (anchor, mut objects) in twins {
+        let row = snapshot.get(&anchor)?;
+        let k = keeper(
+            guids.get(&anchor).map(String::as_str),
+            row.as_ref().map(|r| r.dn.as_str()),
+            &objects,
+        );
+        let kept = objects.remove(k);
+        for twin in &objects {
+            applier
+                .remove_twin(snapshot, &anchor, twin, &kept, counts)
+                .await?;
+        }
+        live.insert(anchor, kept);
+    }
+    // The objectGUIDs read, for the next run's twins.
+    let learnt: Vec<(String, String)> = live
+        .iter()
+        .filter_map(|(a, l)| {
+            let g = l.guid.as_ref().filter(|g| guids.get(a) != Some(*g))?;
+            Some((a.clone(), g.clone()))
+        })
+        .collect();
     let mut drift: Vec<(String, Option<ObjectRow>, Record)> = Vec::new();
     let record = |anchor: &str, reason: &str, dn: &str| {
         let mut r = Record::new(applier.run_id(), "drift", "detected", reason);
@@ -69,6 +98,9 @@ pub(crate) async fn run(
             snapshot.commit(&anchor, row.as_ref(), applier.run_id(), &[r])?;
         }
         planner.overlay(&anchor, row);
+    }
+    if live_run {
+        snapshot.set_guids(&learnt)?;
     }
     Ok(())
 }

@@ -350,6 +350,24 @@ pub fn values_of(e: &SearchEntry, name: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// An AD object's `objectGUID` in its usual text form
+/// (`6b29fc40-ca47-1067-b31d-00dd010662da`: the first three groups are
+/// stored little-endian). `None` when the entry has no 16-byte one.
+pub fn guid(e: &SearchEntry) -> Option<String> {
+    let bytes: Vec<u8> = e
+        .bin_attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("objectGUID"))
+        .and_then(|(_, v)| v.first().cloned())
+        // 16 random bytes are now and then valid UTF-8.
+        .or_else(|| first_value(e, "objectGUID").map(String::into_bytes))?;
+    let b: [u8; 16] = bytes.try_into().ok()?;
+    Some(format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
+    ))
+}
+
 /// The first value of an attribute of an entry (see [`values_of`]).
 pub fn first_value(e: &SearchEntry, name: &str) -> Option<String> {
     e.attrs
@@ -983,6 +1001,36 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_guid_reads_as_ad_writes_it() {
+        let raw = [
+            0x40, 0xfc, 0x29, 0x6b, 0x47, 0xca, 0x67, 0x10, 0xb3, 0x1d, 0x00, 0xdd, 0x01, 0x06,
+            0x62, 0xda,
+        ];
+        let mut e = SearchEntry {
+            dn: "CN=x".into(),
+            attrs: Default::default(),
+            bin_attrs: [("objectGUID".to_string(), vec![raw.to_vec()])].into(),
+        };
+        assert_eq!(
+            guid(&e).as_deref(),
+            Some("6b29fc40-ca47-1067-b31d-00dd010662da")
+        );
+        // Bytes that happen to be UTF-8 arrive as text.
+        let ascii = *b"0123456789abcdef";
+        e.bin_attrs.clear();
+        e.attrs.insert(
+            "objectguid".into(),
+            vec![String::from_utf8(ascii.to_vec()).unwrap()],
+        );
+        assert_eq!(
+            guid(&e).as_deref(),
+            Some("33323130-3534-3736-3839-616263646566")
+        );
+        e.attrs.insert("objectguid".into(), vec!["short".into()]);
+        assert_eq!(guid(&e), None);
+    }
 
     #[test]
     fn loopback_detection() {

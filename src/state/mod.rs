@@ -23,6 +23,7 @@ pub mod verify;
 pub use access::{read_small, replace_file, ReadFrom};
 pub use object::{Attrs, Hidden, Intent, ObjectRow, SentTo};
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -472,8 +473,12 @@ impl Snapshot {
             }
         }
         if version <= 7 && !object::has_column(conn, "objects", "dc")? {
-            // Which target server accepted each object's last change.
-            conn.execute_batch("ALTER TABLE objects ADD COLUMN dc TEXT;")?;
+            // Which target server accepted each object's last change, and
+            // the object's objectGUID (the same on every DC), once read.
+            conn.execute_batch(
+                "ALTER TABLE objects ADD COLUMN dc TEXT;
+                 ALTER TABLE objects ADD COLUMN guid TEXT;",
+            )?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(())
@@ -526,6 +531,29 @@ impl Snapshot {
             .and_then(|mut s| s.query_row([anchor], Self::raw_row).optional())
             .map_err(|e| self.db_err(e))?;
         row.map(Self::row_to_object).transpose()
+    }
+
+    /// The objectGUIDs known, by anchor (read by full runs).
+    pub fn guids(&self) -> Result<HashMap<String, String>, StateError> {
+        self.conn
+            .prepare("SELECT anchor, guid FROM objects WHERE guid IS NOT NULL")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Records the objectGUIDs read from the target, in one transaction.
+    pub fn set_guids(&self, guids: &[(String, String)]) -> Result<(), StateError> {
+        let db = |e| self.db_err(e);
+        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        for (anchor, guid) in guids {
+            tx.prepare_cached("UPDATE objects SET guid = ?2 WHERE anchor = ?1")
+                .and_then(|mut s| s.execute([anchor, guid]))
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)
     }
 
     /// The anchor of the managed object holding a DN, if any.

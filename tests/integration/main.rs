@@ -32,3 +32,4 @@ mod state;
 mod sync;
 mod terms;
 mod truth;
+mod twins;

@@ -16,7 +16,8 @@
 //! - `collide.rs`: addresses another object in the domain already has;
 //! - `update.rs`: renames, restores and modifies;
 //! - `remove.rs`: hides and deletes;
-//! - `recover.rs`: settling the intents a crash left;
+//! - `recover.rs`: settling the intents a crash left (on the DC they went to);
+//! - `twins.rs`: replication-conflict twins, one deleted;
 //! - `dry.rs`: the dry run, which renders instead of writing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -38,11 +39,13 @@ mod guard;
 mod recover;
 mod remove;
 mod target;
+mod twins;
 mod update;
 
 pub use dry::count_planned;
 pub use guard::{check_inside, OutsideOu, WriteError};
-pub use target::Live;
+pub use target::{Live, Owned};
+pub use twins::{is_conflict_name, keeper};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {

@@ -28,11 +28,33 @@ pub(crate) fn carries(e: &ldap3::SearchEntry, attr: &str, want: &str) -> bool {
 pub struct Live {
     pub dn: String,
     pub attrs: Attrs,
+    /// Its objectGUID, the same on every DC.
+    pub guid: Option<String>,
+}
+
+/// Every object carrying absync's anchor: one per anchor, and the anchors
+/// more than one object carries (replication-conflict twins: AD leaves
+/// both objects of a name created on two DCs, one renamed `CNF:`).
+#[derive(Debug, Default)]
+pub struct Owned {
+    pub objects: BTreeMap<String, Live>,
+    /// Every object of an anchor carried more than once.
+    pub twins: BTreeMap<String, Vec<Live>>,
+}
+
+impl Owned {
+    fn add(&mut self, anchor: &str, live: Live) {
+        if let Some(twins) = self.twins.get_mut(anchor) {
+            twins.push(live);
+        } else if let Some(first) = self.objects.remove(anchor) {
+            self.twins.insert(anchor.to_string(), vec![first, live]);
+        } else {
+            self.objects.insert(anchor.to_string(), live);
+        }
+    }
 }
 
 impl Applier<'_, '_> {
-    /// Whether the target holds an entry at `dn` (the containers absync
-    /// writes in must exist before a run reads or plans anything).
     /// Learns which DC this run writes through (its `dsServiceName`), so
     /// that every intent names it.
     pub async fn identify(&mut self) -> Result<&crate::state::SentTo, LdapError> {
@@ -40,6 +62,8 @@ impl Applier<'_, '_> {
         Ok(&self.server)
     }
 
+    /// Whether the target holds an entry at `dn` (the containers absync
+    /// writes in must exist before a run reads or plans anything).
     pub async fn exists(&mut self, dn: &str) -> Result<bool, LdapError> {
         Ok(self.conn.read(dn, &["1.1"]).await?.is_some())
     }
@@ -131,15 +155,17 @@ impl Applier<'_, '_> {
     }
 
     /// Every object carrying absync's anchor, as the target holds it, for a
-    /// full reconcile: anchor → DN and managed attributes.
-    pub async fn scan_owned(&mut self) -> Result<BTreeMap<String, Live>, LdapError> {
+    /// full reconcile: anchor → DN, managed attributes and objectGUID, and
+    /// apart the anchors more than one object carries.
+    pub async fn scan_owned(&mut self) -> Result<Owned, LdapError> {
         let filter = format!(
             "({}={}*)",
             self.target.anchor_attribute,
             ldap3::ldap_escape(self.target.anchor_prefix.as_str())
         );
-        let attrs = self.managed_names();
-        let mut out = BTreeMap::new();
+        let mut attrs = self.managed_names();
+        attrs.push("objectGUID".into());
+        let mut out = Owned::default();
         for base in self.containers() {
             let mut search = self
                 .conn
@@ -148,13 +174,12 @@ impl Applier<'_, '_> {
             while let Some(e) = search.next().await? {
                 for v in values_of(&e, &self.target.anchor_attribute) {
                     if let Some(anchor) = v.strip_prefix(&self.target.anchor_prefix) {
-                        out.insert(
-                            anchor.to_string(),
-                            Live {
-                                dn: e.dn.clone(),
-                                attrs: self.managed_attrs(&e),
-                            },
-                        );
+                        let live = Live {
+                            dn: e.dn.clone(),
+                            attrs: self.managed_attrs(&e),
+                            guid: crate::ldap::guid(&e),
+                        };
+                        out.add(anchor, live);
                     }
                 }
             }
