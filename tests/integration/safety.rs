@@ -204,6 +204,60 @@ async fn a_source_dropping_the_connection_after_the_first_page_deletes_nothing()
     assert_unchanged(&before, &env.ad_objects().await);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_lost_mid_pull_fails_over_to_the_next_server_and_deletes_after_a_whole_read() {
+    let (env, _) = synced("src-failover", 150, 2).await;
+    let before = env.ad_count().await;
+    let url = env.tb.get("SOURCE_URL").to_string();
+    let upstream: std::net::SocketAddr = url.trim_start_matches("ldaps://").parse().unwrap();
+    // The preferred server drops every connection after about a page.
+    let port = crate::common::proxy::cut_after(upstream, 30_000).await;
+    let dropping = format!("ldaps://127.0.0.1:{port}");
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let text = text.replacen(
+        &format!("url = \"{url}\""),
+        &format!("urls = [\"{dropping}\", \"{url}\"]"),
+        1,
+    );
+    std::fs::write(env.config_path(), text).unwrap();
+    env.set_config_line("page_size", "50");
+    // One person leaves the source: deleted only once a whole read saw it.
+    let people = env.source_people("(objectClass=nhsPerson)").await;
+    let (gone, gone_dn) = people
+        .iter()
+        .find(|(_, a)| a["nhsentrystatus"][0] == "active")
+        .map(|(u, a)| (u.clone(), a["dn"][0].clone()))
+        .unwrap();
+    env.change_source(&format!("dn: {gone_dn}\nchangetype: delete\n\n"));
+
+    let env_ref = &env;
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync", "--full"]));
+    assert_eq!(r.code, 0, "{r:?}");
+    // Lost during the read (not at connecting): the run started again.
+    assert!(r.stderr.contains("lost a server during the run"), "{r:?}");
+    assert!(r.stderr.contains("the source read ended early"), "{r:?}");
+    let line = summary_line(&r, "failed over");
+    assert!(line.contains(&format!("source {dropping}")), "{line}");
+    assert!(line.contains(&format!("used source {url}")), "{line}");
+    assert!(summary_line(&r, "added").contains("deleted 1"), "{r:?}");
+    let ad = by_anchor(&env.ad_objects().await);
+    assert!(!ad.contains_key(&gone));
+    assert_eq!(ad.len(), before - 1);
+    // The run's end record names the servers and the move.
+    let snap = env.snapshot();
+    let run = snap.runs(1).unwrap()[0].id;
+    let end = snap
+        .stored_where("run_id = ?1 AND op = 'run' AND outcome = 'ended'", &[&run])
+        .unwrap()
+        .remove(0)
+        .record;
+    let servers = &end.detail.unwrap()["servers"];
+    assert_eq!(servers["source"], url.as_str(), "{servers}");
+    assert_eq!(servers["moves"][0]["side"], "source", "{servers}");
+    assert_eq!(servers["moves"][0]["from"], dropping.as_str(), "{servers}");
+    assert_eq!(env.absync(&["journal", "verify"]).code, 0);
+}
+
 #[tokio::test]
 async fn an_organisation_returning_nothing_holds_its_deletes_while_others_flow() {
     let (env, codes) = synced("empty-org", 120, 3).await;

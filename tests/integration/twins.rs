@@ -85,6 +85,12 @@ async fn a_full_run_keeps_the_twin_the_snapshot_knows_and_deletes_the_other() {
     // Converged: another full run finds nothing to do.
     let again = env.absync(&["sync", "--full"]);
     assert_eq!(again.code, 0, "{again:?}");
-    assert!(summary_line(&again, "drift").contains("drift 0"), "{again:?}");
-    assert!(summary_line(&again, "added").contains(NO_WRITES), "{again:?}");
+    assert!(
+        summary_line(&again, "drift").contains("drift 0"),
+        "{again:?}"
+    );
+    assert!(
+        summary_line(&again, "added").contains(NO_WRITES),
+        "{again:?}"
+    );
 }
