@@ -927,3 +927,51 @@ fn malformed_run(env: &SyncEnv, url: &str, args: &[&str], details: &[&str]) {
     // The connection's end is put down to the message that ended it.
     assert!(!r.stderr.contains("premature end"), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_target_server_down_writes_nothing_and_names_each_one_tried() {
+    let (env, _) = synced("fault-all-down").await;
+    let before = env.ad_objects().await;
+    let runs_before = env.snapshot().runs(100).unwrap().len();
+    // One refuses connections, one never answers.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("ldaps://{}", refused.local_addr().unwrap());
+    drop(refused);
+    let stalled = format!("ldaps://127.0.0.1:{}", crate::common::proxy::stall().await);
+    let url = env.tb.get("TARGET_URL").to_string();
+    replace_in_config(
+        &env,
+        &format!("url = \"{url}\""),
+        &format!("urls = [\"{dead}\", \"{stalled}\"]\ntimeout = \"2s\""),
+    );
+    let env_ref = &env;
+    let r = tokio::task::block_in_place(|| env_ref.absync(&["sync"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("no server answered (2 tried)"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("{dead}: cannot connect: connection refused")),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("{stalled}: no answer within 2 s")),
+        "{r:?}"
+    );
+    assert_unchanged(&before, &env.ad_objects().await);
+    // The run is recorded as failed, naming both.
+    let snap = env.snapshot();
+    let runs = snap.runs(100).unwrap();
+    assert_eq!(runs.len(), runs_before + 1);
+    assert!(
+        runs[0].status.contains("no server answered"),
+        "{:?}",
+        runs[0]
+    );
+    // A live server in the list: the next run goes through it.
+    replace_in_config(&env, &format!("\"{stalled}\""), &format!("\"{url}\""));
+    let next = tokio::task::block_in_place(|| env_ref.sync_ok());
+    let line = summary_line(&next, "failed over");
+    assert!(line.contains(&format!("target {dead}")), "{line}");
+    assert!(line.contains(&format!("target {url}")), "{line}");
+}
