@@ -1,8 +1,12 @@
 //! `absync check`: every problem in one pass. The input files and how they
 //! fit together ([`absync::engine::preflight`]); then, unless `--offline`,
-//! each server: the source (bind, base, a sample of entries) and the
-//! target (bind, containers, schema), each checked whatever the other
-//! found. Exit 2 when any finding is fatal, else 0 (warnings printed).
+//! every server of each side on its own (bind, the host name its
+//! certificate was verified for, what its root DSE names it), and on the
+//! first of a side that works: for the source the base and a sample of
+//! entries, for the target the containers and the schema; each side
+//! checked whatever the other found. Exit 2 when any finding is fatal,
+//! else 0 (warnings printed): a side is fatal only when none of its
+//! servers works (see [`preflight::server_failed`]).
 
 use std::io::Write;
 use std::path::Path;
@@ -12,7 +16,7 @@ use absync::config::Config;
 use absync::engine::expiry;
 use absync::engine::preflight::{self, Finding, Severity};
 use absync::engine::{self, Inputs};
-use absync::ldap::Conn;
+use absync::ldap::{Conn, Endpoint, LdapError};
 use absync::state::{ReadFrom, Snapshot, StateError};
 use absync::text::Shown;
 use anyhow::Context;
@@ -158,21 +162,71 @@ async fn servers(file: &Path, inputs: &Inputs, out: &mut Vec<Finding>) {
     }
 }
 
-/// The source: the bind, the base, and a sample of entries.
-async fn source(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
-    let ep = &cfg.source.endpoint;
-    let mut conn = match Conn::connect(ep).await {
-        Ok(c) => c,
-        Err(e) => {
-            out.push(Finding::fatal("source", ep.url(), e.to_string()));
-            return;
+/// Every server of a side, all at once, each on its own
+/// (`Conn::connect_to`, not a run's failover): a finding per server, in
+/// the configured order ([`preflight::server_reached`],
+/// [`preflight::server_failed`]), and a connection to the first that
+/// works, for the checks that need one.
+async fn reach(side: &str, ep: &Endpoint, out: &mut Vec<Finding>) -> Option<Conn> {
+    let tries = ep.urls.iter().map(|url| async move {
+        let mut conn = Conn::connect_to(ep, url).await?;
+        let name = server_name(&mut conn).await;
+        Ok::<_, LdapError>((conn, name))
+    });
+    let results = futures_util::future::join_all(tries).await;
+    let first = results.iter().position(Result::is_ok);
+    let mut kept = None;
+    for (i, (url, result)) in ep.urls.iter().zip(results).enumerate() {
+        match result {
+            Ok((conn, name)) => {
+                out.push(preflight::server_reached(side, ep, url, name.as_deref()));
+                match kept {
+                    None => kept = Some(conn),
+                    Some(_) => conn.unbind().await,
+                }
+            }
+            Err(e) => out.push(preflight::server_failed(side, url, &e, i, first)),
         }
+    }
+    kept
+}
+
+/// What a server's root DSE says it is: an AD DC's host name and
+/// `dsServiceName`, or a vendor's name and version (OpenLDAP gives none).
+async fn server_name(conn: &mut Conn) -> Option<String> {
+    let root = conn.read("", &ROOT_NAMES).await.ok()??;
+    root_name(&root)
+}
+
+/// The root DSE attributes that name a server.
+const ROOT_NAMES: [&str; 4] = [
+    "dnsHostName",
+    "dsServiceName",
+    "vendorName",
+    "vendorVersion",
+];
+
+fn root_name(root: &ldap3::SearchEntry) -> Option<String> {
+    let get = |a: &str| absync::ldap::first_value(root, a).filter(|v| !v.trim().is_empty());
+    match (get("dnsHostName"), get("dsServiceName")) {
+        (Some(host), Some(service)) => return Some(format!("DC {host} ({service})")),
+        (Some(host), None) => return Some(format!("server {host}")),
+        (None, Some(service)) => return Some(format!("DC {service}")),
+        (None, None) => {}
+    }
+    let vendor: Vec<String> = [get("vendorName"), get("vendorVersion")]
+        .into_iter()
+        .flatten()
+        .collect();
+    (!vendor.is_empty()).then(|| vendor.join(" "))
+}
+
+/// The source: each server, then on the first that works the base and a
+/// sample of entries.
+async fn source(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
+    let Some(mut conn) = reach("source", &cfg.source.endpoint, out).await else {
+        return;
     };
-    out.push(Finding::ok(
-        "source",
-        ep.url(),
-        format!("bound as {}", ep.bind_dn),
-    ));
     let base = &cfg.source.base_dn;
     match conn.read(base, &["objectClass"]).await {
         Ok(Some(_)) => {
@@ -371,21 +425,12 @@ async fn first_entries(
     Ok(out)
 }
 
-/// The target: the bind, each container, the schema.
+/// The target: each server, then on the first that works each container
+/// and the schema.
 async fn target(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
-    let ep = &cfg.target.endpoint;
-    let mut conn = match Conn::connect(ep).await {
-        Ok(c) => c,
-        Err(e) => {
-            out.push(Finding::fatal("target", ep.url(), e.to_string()));
-            return;
-        }
+    let Some(mut conn) = reach("target", &cfg.target.endpoint, out).await else {
+        return;
     };
-    out.push(Finding::ok(
-        "target",
-        ep.url(),
-        format!("bound as {}", ep.bind_dn),
-    ));
     let class = inputs
         .mapping
         .object_class
@@ -402,7 +447,7 @@ async fn target(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
     }
     out.push(match schema(&mut conn, cfg, inputs).await {
         Ok(f) => f,
-        Err(e) => Finding::fatal("schema", ep.url(), format!("{e:#}")),
+        Err(e) => Finding::fatal("schema", conn.url(), format!("{e:#}")),
     });
     conn.unbind().await;
 }
@@ -431,7 +476,7 @@ async fn schema(conn: &mut Conn, cfg: &Config, inputs: &Inputs) -> anyhow::Resul
         .filter(|a| !known.contains(&a.to_lowercase()))
         .map(String::as_str)
         .collect();
-    let url = cfg.target.endpoint.url();
+    let url = conn.url();
     Ok(if missing.is_empty() {
         Finding::ok(
             "schema",
@@ -611,6 +656,29 @@ fn print(findings: &[Finding], format: CheckFormat) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_is_named_by_what_its_root_dse_says() {
+        let entry = |attrs: &[(&str, &str)]| ldap3::SearchEntry {
+            dn: String::new(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+                .collect(),
+            bin_attrs: Default::default(),
+        };
+        let dc = entry(&[
+            ("dnsHostName", "dc1.sync.test"),
+            ("dsServiceName", "CN=NTDS Settings,CN=DC1"),
+        ]);
+        assert_eq!(
+            root_name(&dc).as_deref(),
+            Some("DC dc1.sync.test (CN=NTDS Settings,CN=DC1)")
+        );
+        let vendor = entry(&[("vendorName", "Acme"), ("vendorVersion", "9.1")]);
+        assert_eq!(root_name(&vendor).as_deref(), Some("Acme 9.1"));
+        assert_eq!(root_name(&entry(&[("namingContexts", "o=nhs")])), None);
+    }
 
     #[test]
     fn attribute_type_names_are_read_from_their_descriptions() {
