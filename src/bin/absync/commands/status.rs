@@ -137,10 +137,19 @@ fn daemon(d: &DaemonStatus) -> std::io::Result<()> {
             Shown(e)
         )?;
     }
-    for (side, list) in d.servers.sides() {
+    // A line per server, the URLs in one column.
+    let url = |s: &ServerState| Shown(&s.url).to_string();
+    let sides = d.servers.sides();
+    let width = sides
+        .iter()
+        .flat_map(|(_, list)| list.iter())
+        .map(|s| url(s).chars().count())
+        .max()
+        .unwrap_or(0);
+    for (side, list) in sides {
         for (i, s) in list.iter().enumerate() {
             let head = if i == 0 { side } else { "" };
-            outln!("{head:<10} {}  {}", Shown(&s.url), server_state(s))?;
+            outln!("{head:<10} {:<width$}  {}", url(s), server_state(s))?;
         }
     }
     Ok(())
