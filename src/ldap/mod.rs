@@ -237,18 +237,29 @@ pub fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, LdapError
     Ok(Arc::new(config))
 }
 
-fn is_loopback_url(url: &str) -> bool {
+/// The host of an LDAP URL (`ldaps://dc1.example.org:636/` gives
+/// `dc1.example.org`, `ldaps://[::1]:636` gives `::1`): the name its
+/// certificate is verified against. With user information (an `@`, which
+/// the configuration refuses) the whole authority is returned.
+pub fn url_host(url: &str) -> &str {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.contains('@') {
+        return host;
+    }
+    if let Some(h) = host.strip_prefix('[') {
+        h.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+    }
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let host = url_host(url);
     if host.contains('@') {
         // user@host: the host is after the @ (the configuration refuses it).
         return false;
     }
-    let host = if let Some(h) = host.strip_prefix('[') {
-        h.split(']').next().unwrap_or("")
-    } else {
-        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
-    };
     host == "localhost"
         || host
             .parse::<std::net::IpAddr>()
@@ -1041,6 +1052,14 @@ mod tests {
         assert!(!is_loopback_url("ldap://10.0.0.1"));
         assert!(!is_loopback_url("ldap://[::1]@0.0.0.0:389"));
         assert!(!is_loopback_url("ldap://127.0.0.1@10.0.0.1"));
+    }
+
+    #[test]
+    fn the_host_of_a_url_is_the_name_its_certificate_must_carry() {
+        assert_eq!(url_host("ldaps://dc1.example.org:636"), "dc1.example.org");
+        assert_eq!(url_host("ldaps://dc1.example.org/"), "dc1.example.org");
+        assert_eq!(url_host("ldap://[::1]:389/"), "::1");
+        assert_eq!(url_host("ldaps://127.0.0.1"), "127.0.0.1");
     }
 
     #[test]

@@ -15,10 +15,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// What one server last did, as `status` and the metrics show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// What one server last did, as `status` and the metrics show it (the
+/// daemon keeps it in `daemon.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerState {
     pub url: String,
     /// `None` until the server was first tried.

@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::service::accept::{serve_clients, READ_TIMEOUT};
 use crate::service::protocol::DaemonError;
-use crate::service::status::DaemonStatus;
+use crate::service::status::{DaemonStatus, Servers};
 use crate::state::{ReadFrom, Snapshot};
 
 /// The longest request head read.
@@ -440,6 +440,35 @@ fn daemon(registry: &mut Registry, state_dir: &Path) {
         "1 while a new configuration was refused",
         i64::from(d.config_error.is_some()),
     );
+    servers(registry, &d.servers);
+}
+
+/// Each side's servers as the daemon last saw them. `absync_server_up` is
+/// 1 or 0 for a server tried at least once; one not tried yet has no
+/// sample (unknown is not down). `absync_server_in_use` is 1 for the
+/// server the side's last connection went to, 0 for the others.
+fn servers(registry: &mut Registry, servers: &Servers) {
+    let up = Family::<Labels, Gauge>::default();
+    let in_use = Family::<Labels, Gauge>::default();
+    for (side, list) in servers.sides() {
+        for s in list {
+            let labels = vec![("side", side.to_string()), ("url", label(&s.url))];
+            if let Some(u) = s.up {
+                up.get_or_create(&labels).set(i64::from(u));
+            }
+            in_use.get_or_create(&labels).set(i64::from(s.in_use));
+        }
+    }
+    registry.register(
+        "absync_server_up",
+        "1 when the server answered and bound at its last try, 0 when it failed (a server not tried yet has no sample)",
+        up,
+    );
+    registry.register(
+        "absync_server_in_use",
+        "1 for the server the side's last connection went to",
+        in_use,
+    );
 }
 
 /// The process, from `/proc/self` (Linux): the standard `process_*`
@@ -551,6 +580,39 @@ mod tests {
         assert_eq!(r("DELETE /metrics HTTP/1.1\r\n\r\n"), Route::NotAllowed);
         assert_eq!(r(""), Route::Bad);
         assert_eq!(r("GET\r\n\r\n"), Route::Bad);
+    }
+
+    #[test]
+    fn each_server_tried_has_its_health_and_the_one_in_use_is_marked() {
+        let health = crate::ldap::servers::Health::default();
+        let urls: Vec<String> = ["ldaps://dc1:636", "ldaps://dc\"2\n:636", "ldaps://dc3:636"]
+            .map(String::from)
+            .to_vec();
+        health.down(&urls[0], "connection refused");
+        health.up(&urls[1], None);
+        let servers = Servers {
+            source: Vec::new(),
+            target: health.states(&urls),
+        };
+        let mut registry = Registry::default();
+        super::servers(&mut registry, &servers);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for line in [
+            "absync_server_up{side=\"target\",url=\"ldaps://dc1:636\"} 0\n",
+            // A hostile URL cannot end the label or the line.
+            "absync_server_up{side=\"target\",url=\"ldaps://dc\\\"2\\n:636\"} 1\n",
+            "absync_server_in_use{side=\"target\",url=\"ldaps://dc\\\"2\\n:636\"} 1\n",
+            "absync_server_in_use{side=\"target\",url=\"ldaps://dc1:636\"} 0\n",
+            "absync_server_in_use{side=\"target\",url=\"ldaps://dc3:636\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+        // Not tried yet: no up sample (unknown is not down).
+        assert!(
+            !text.contains("absync_server_up{side=\"target\",url=\"ldaps://dc3:636\"}"),
+            "{text}"
+        );
     }
 
     #[test]

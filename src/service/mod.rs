@@ -15,7 +15,7 @@ pub mod protocol;
 pub mod status;
 
 pub use protocol::{DaemonError, Notifier, Report, Silent, Systemd, Trigger};
-pub use status::DaemonStatus;
+pub use status::{DaemonStatus, Servers};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,10 @@ fn in_text(d: Duration) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
+
+/// How often a run's server states are copied to `daemon.json` (only
+/// when they changed).
+const SERVERS_EVERY: Duration = Duration::from_secs(5);
 
 /// Loads and checks a configuration the way a run would.
 fn load(path: &Path) -> Result<Config, FileError> {
@@ -105,6 +109,7 @@ pub async fn serve(
             since: now_text(),
             config_file: config_file.display().to_string(),
             metrics: metrics.as_ref().map(|(_, a)| a.to_string()),
+            servers: Servers::of(&cfg),
             ..Default::default()
         },
     );
@@ -164,6 +169,19 @@ impl StatusFile {
         let out = f(&mut s);
         s.write(&self.dir);
         out
+    }
+
+    /// Sets the servers' states, writing the file only when they changed.
+    fn set_servers(&self, servers: Servers) {
+        let changed = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .servers
+            != servers;
+        if changed {
+            self.update(|s| s.servers = servers);
+        }
     }
 }
 
@@ -246,11 +264,13 @@ impl Daemon {
 
     fn show_idle(&self, full_due: bool) {
         let next = in_text(self.next.saturating_duration_since(Instant::now()));
+        let servers = Servers::of(&self.cfg);
         self.status.update(|s| {
             s.state = "idle".into();
             s.progress = 0;
             s.next_run = Some(next.clone());
             s.next_run_full = full_due;
+            s.servers = servers;
         });
         self.notifier.status(&format!("idle; next run {next}"));
     }
@@ -322,9 +342,13 @@ impl Daemon {
         });
         let mut run = spawn_run(Arc::clone(&self.cfg), opts);
         let mut stopping = false;
+        // The servers the run connects to (or fails over from) show in
+        // status and the metrics within seconds, not only after the run.
+        let mut servers = tokio::time::interval(SERVERS_EVERY);
         let result = loop {
             tokio::select! {
                 r = &mut run => break r,
+                _ = servers.tick() => self.status.set_servers(Servers::of(&self.cfg)),
                 _ = self.stop.changed(), if !stopping => {
                     // Finish the entry in flight, then stop: the run ends
                     // with everything it applied recorded.

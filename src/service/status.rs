@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Config;
+use crate::ldap::servers::ServerState;
+
 /// What `absync status` and the metrics show about a running daemon; kept
 /// in `STATE_DIR/daemon.json` while it runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +29,35 @@ pub struct DaemonStatus {
     pub config_file: String,
     /// Where the Prometheus metrics are served, if they are.
     pub metrics: Option<String>,
+    /// Each side's servers as the daemon last saw them (absent in the
+    /// file of an older daemon).
+    #[serde(default)]
+    pub servers: Servers,
+}
+
+/// Each side's servers, in the configured order: up, down (with why) or
+/// not tried yet, the one the side's last connection went to, and the
+/// name a server gave (`absync status`, `absync_server_up`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Servers {
+    pub source: Vec<ServerState>,
+    pub target: Vec<ServerState>,
+}
+
+impl Servers {
+    /// What the configuration's endpoints remember (the daemon keeps them
+    /// from run to run).
+    pub fn of(cfg: &Config) -> Servers {
+        Servers {
+            source: cfg.source.endpoint.states(),
+            target: cfg.target.endpoint.states(),
+        }
+    }
+
+    /// Each side with its servers: `("source", ...)`, `("target", ...)`.
+    pub fn sides(&self) -> [(&'static str, &[ServerState]); 2] {
+        [("source", &self.source), ("target", &self.target)]
+    }
 }
 
 impl DaemonStatus {
@@ -54,5 +86,36 @@ impl DaemonStatus {
         if let Err(e) = written {
             tracing::warn!("cannot write {}: {e}", Self::path(state_dir).display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_go_through_the_file_and_an_older_daemons_file_still_reads() {
+        let health = crate::ldap::servers::Health::default();
+        let urls = vec!["ldaps://dc1:636".to_string(), "ldaps://dc2:636".to_string()];
+        health.down(&urls[0], "cannot connect");
+        health.up(&urls[1], Some("CN=NTDS Settings,CN=DC2".into()));
+        let status = DaemonStatus {
+            pid: 7,
+            servers: Servers {
+                source: Vec::new(),
+                target: health.states(&urls),
+            },
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&status).unwrap();
+        let back: DaemonStatus = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, status);
+        assert_eq!(back.servers.target[0].up, Some(false));
+        assert!(back.servers.target[1].in_use);
+        // A status file written before the servers were kept.
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        old.as_object_mut().unwrap().remove("servers");
+        let read: DaemonStatus = serde_json::from_value(old).unwrap();
+        assert_eq!(read.servers, Servers::default());
     }
 }

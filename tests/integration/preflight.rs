@@ -1,6 +1,7 @@
 //! `absync check` against the real servers: every problem in one pass,
 //! the checks only the servers can answer, and an agreement's end
-//! announced 30 days ahead in `check`, `status` and a run's log.
+//! announced 30 days ahead in `check`, `status` and a run's log; with
+//! several servers per side, a finding for each.
 
 use crate::common::check::{day, expected_anchors, ALL_ATTRS};
 use crate::common::env::SyncEnv;
@@ -148,4 +149,129 @@ async fn online_checks_name_an_organisation_attribute_typo_and_a_missing_base() 
         r.stdout.contains("exists; contact objects may be created"),
         "{r:?}"
     );
+}
+
+/// Each side's servers in the configuration, as `urls` instead of `url`.
+fn set_urls(env: &SyncEnv, live: &str, urls: &[&str]) {
+    let list: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    edit_config(
+        env,
+        &format!("url = \"{live}\""),
+        &format!("urls = [{}]", list.join(", ")),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tries_every_server_of_each_side_and_fails_only_a_side_with_none_working() {
+    let env = SyncEnv::new("pre-servers", 53, 10, 1, "nhs-to-ad-contact.toml").await;
+    let orgs = env.org_codes();
+    env.write_agreements(&[("DSA-S", &orgs, ALL_ATTRS, &day(-1), &day(300))]);
+    let source = env.tb.get("SOURCE_URL").to_string();
+    let target = env.tb.get("TARGET_URL").to_string();
+    // Nothing listens on port 1: a source server that is down.
+    let dead = "ldaps://127.0.0.1:1";
+    // The real DC reached at 127.0.0.1: its certificate names its own
+    // address, localhost and its host name, not 127.0.0.1.
+    let upstream = target.trim_start_matches("ldaps://").parse().unwrap();
+    let port = crate::common::proxy::forward_on("127.0.0.1", upstream, usize::MAX).await;
+    let misnamed = format!("ldaps://127.0.0.1:{port}");
+    set_urls(&env, &source, &[dead, &source]);
+    set_urls(&env, &target, &[&target, &misnamed]);
+    let env = &env;
+
+    let r = tokio::task::block_in_place(|| env.absync(&["check"]));
+    assert_eq!(r.code, 0, "one server of each side works: {r:?}");
+    let line = |url: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {url}: ")))
+            .unwrap_or_else(|| panic!("no line for {url}: {r:?}"))
+            .to_string()
+    };
+    let down = line(dead);
+    assert!(
+        down.starts_with("source")
+            && down.contains(": WARNING: down: ")
+            && down.contains("connection refused")
+            && down.ends_with("a run uses the other servers meanwhile"),
+        "{down}"
+    );
+    let up = line(&source);
+    let host = source
+        .trim_start_matches("ldaps://")
+        .split(':')
+        .next()
+        .unwrap();
+    assert!(
+        up.contains(&format!(
+            "bound as {} (LDAPS, certificate verified for {host})",
+            env.tb.get("SOURCE_SYNC_DN")
+        )),
+        "{up}"
+    );
+    let dc = line(&target);
+    assert!(dc.starts_with("target") && !dc.contains("WARNING"), "{dc}");
+    assert!(
+        dc.to_lowercase().contains(&format!(
+            "; dc {} (cn=ntds settings,cn=",
+            env.tb.get("TARGET_HOST").to_lowercase()
+        )),
+        "the DC's name: {dc}"
+    );
+    let wrong = line(&misnamed);
+    assert!(
+        wrong.contains(": WARNING: ")
+            && wrong.contains("does not name the host in the URL")
+            && wrong.contains("name it in urls by a host name its certificate carries"),
+        "{wrong}"
+    );
+    // The one-connection checks ran on the servers that work.
+    assert!(
+        r.stdout.contains("sampled entries carry entryUUID"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("exists; contact objects may be created"),
+        "{r:?}"
+    );
+
+    // The same as JSON: a finding per server.
+    let json = tokio::task::block_in_place(|| env.absync(&["check", "--format", "json"]));
+    assert_eq!(json.code, 0, "{json:?}");
+    let j: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let severity = |check: &str, url: &str| {
+        j["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == check && f["subject"] == url)
+            .map(|f| f["severity"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {check} finding for {url}: {j}"))
+    };
+    assert_eq!(severity("source", dead), "warning");
+    assert_eq!(severity("source", &source), "ok");
+    assert_eq!(severity("target", &target), "ok");
+    assert_eq!(severity("target", &misnamed), "warning");
+    assert_eq!(j["ok"], true);
+
+    // No source server works: each is fatal, and the target is still checked.
+    edit_config(
+        env,
+        &format!("urls = [\"{dead}\", \"{source}\"]"),
+        &format!("urls = [\"{dead}\", \"ldaps://127.0.0.1:2\"]"),
+    );
+    let r = tokio::task::block_in_place(|| env.absync(&["check"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    for url in [dead, "ldaps://127.0.0.1:2"] {
+        assert!(
+            r.stderr
+                .contains(&format!("source      {url}: FATAL: {url}: cannot connect")),
+            "{url}: {r:?}"
+        );
+    }
+    assert!(
+        r.stdout.contains("exists; contact objects may be created"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("check found 2 fatal problem(s)"), "{r:?}");
 }

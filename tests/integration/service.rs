@@ -1,6 +1,7 @@
 //! The service: `absync run` as a subprocess (as systemd runs it, with a
 //! NOTIFY_SOCKET the test reads) and in-process; resync, reload, status,
-//! metrics, lock, shutdown; and the systemd unit checked offline.
+//! metrics (each server's health among them), lock, shutdown; and the
+//! systemd unit checked offline.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
@@ -740,6 +741,106 @@ async fn a_failing_source_is_retried_with_backoff_and_shows_in_status_and_metric
             "{metrics}"
         );
         assert!(d.log().contains("connection refused"), "{}", d.log());
+        d.signal("TERM");
+        assert!(d.wait_exit(Duration::from_secs(30)).success());
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_shows_each_servers_health_in_status_and_metrics() {
+    let env = SyncEnv::new("daemon-servers", 66, 10, 1, "nhs-to-ad-contact.toml").await;
+    let codes = env.org_codes();
+    env.write_agreements(&[("DSA-H", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    service_config(&env, "\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    // The first source server is down (nothing listens on port 1); the
+    // second is the real one.
+    let dead = "ldaps://127.0.0.1:1";
+    let source = env.tb.get("SOURCE_URL").to_string();
+    let target = env.tb.get("TARGET_URL").to_string();
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        text.replacen(
+            &format!("url = \"{source}\""),
+            &format!("urls = [\"{dead}\", \"{source}\"]"),
+            1,
+        ),
+    )
+    .unwrap();
+    let env = &env;
+    tokio::task::block_in_place(|| {
+        let mut d = Daemon::start(env);
+        d.expect("READY=1");
+        let first = wait_for("the first run", || {
+            env.snapshot()
+                .runs(1)
+                .ok()?
+                .first()
+                .filter(|r| r.ended_at.is_some())
+                .cloned()
+        });
+        assert_eq!(first.status, "ok", "failed over to the second: {}", d.log());
+        let status = wait_for("the servers in status", || {
+            let s = env.absync(&["status"]);
+            s.stdout.contains("up, in use").then_some(s)
+        });
+        // A line per server under its side, the URLs in one column.
+        let lines: Vec<&str> = status.stdout.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("source     {dead} ")))
+            .unwrap_or_else(|| panic!("no source servers: {status:?}"));
+        let said = |i: usize, url: &str| {
+            let rest = lines[at + i].get(11..).unwrap_or_default();
+            let state = rest.strip_prefix(url).map(str::trim_start);
+            state.unwrap_or_else(|| panic!("{url} not on line {i}: {status:?}"))
+        };
+        let down = said(0, dead);
+        assert!(
+            down.starts_with("DOWN: ")
+                && down.contains("connection refused")
+                && down.contains("; tried 20"),
+            "{status:?}"
+        );
+        assert!(
+            said(1, &source).starts_with("up, in use; checked 20"),
+            "{status:?}"
+        );
+        assert!(lines[at + 2].starts_with("target     "), "{status:?}");
+        assert!(said(2, &target).starts_with("up, in use"), "{status:?}");
+
+        let port: u16 = status
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("metrics    http://127.0.0.1:"))
+            .and_then(|l| l.strip_suffix("/metrics"))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics address in {status:?}"));
+        let metrics = http_get(port, "/metrics");
+        for line in [
+            format!("absync_server_up{{side=\"source\",url=\"{dead}\"}} 0\n"),
+            format!("absync_server_up{{side=\"source\",url=\"{source}\"}} 1\n"),
+            format!("absync_server_up{{side=\"target\",url=\"{target}\"}} 1\n"),
+            format!("absync_server_in_use{{side=\"source\",url=\"{dead}\"}} 0\n"),
+            format!("absync_server_in_use{{side=\"source\",url=\"{source}\"}} 1\n"),
+            format!("absync_server_in_use{{side=\"target\",url=\"{target}\"}} 1\n"),
+        ] {
+            assert!(metrics.contains(&line), "{line}{metrics}");
+        }
+
+        let json = env.absync(&["status", "--format", "json"]);
+        let j: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+        let servers = &j["daemon"]["servers"];
+        assert_eq!(servers["source"][0]["url"], dead, "{j}");
+        assert_eq!(servers["source"][0]["up"], false, "{j}");
+        assert!(
+            servers["source"][0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("connection refused")),
+            "{j}"
+        );
+        assert_eq!(servers["source"][1]["in_use"], true, "{j}");
+        assert_eq!(servers["target"][0]["up"], true, "{j}");
         d.signal("TERM");
         assert!(d.wait_exit(Duration::from_secs(30)).success());
     });

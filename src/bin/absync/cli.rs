@@ -49,9 +49,12 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Check configuration, mapping and agreements against each other;
-    /// then both servers (bind, source base and a sample of entries,
-    /// target OUs, rights and schema). Reports every problem in one pass:
-    /// exit 2 when one is fatal, 0 otherwise (warnings printed).
+    /// then every server of both sides (bind, the host name its certificate
+    /// was verified for, which server it is), and on the first of each side
+    /// that works the source base and a sample of entries, the target OUs,
+    /// rights and schema. Reports every problem in one pass: exit 2 when
+    /// one is fatal (a side with no server working among them), 0
+    /// otherwise (warnings printed: a server down while another works).
     Check {
         /// How to print the checks: a line each, or one JSON object.
         #[arg(long, value_enum, default_value = "table")]

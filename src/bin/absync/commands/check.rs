@@ -1,8 +1,12 @@
 //! `absync check`: every problem in one pass. The input files and how they
 //! fit together ([`absync::engine::preflight`]); then, unless `--offline`,
-//! each server: the source (bind, base, a sample of entries) and the
-//! target (bind, containers, schema), each checked whatever the other
-//! found. Exit 2 when any finding is fatal, else 0 (warnings printed).
+//! every server of each side on its own (bind, the host name its
+//! certificate was verified for, what its root DSE names it), and on the
+//! first of a side that works: for the source the base and a sample of
+//! entries, for the target the containers and the schema; each side
+//! checked whatever the other found. Exit 2 when any finding is fatal,
+//! else 0 (warnings printed): a side is fatal only when none of its
+//! servers works (see [`server_failed`]).
 
 use std::io::Write;
 use std::path::Path;
@@ -12,7 +16,7 @@ use absync::config::Config;
 use absync::engine::expiry;
 use absync::engine::preflight::{self, Finding, Severity};
 use absync::engine::{self, Inputs};
-use absync::ldap::Conn;
+use absync::ldap::{Conn, Endpoint, LdapError, Transport};
 use absync::state::{ReadFrom, Snapshot, StateError};
 use absync::text::Shown;
 use anyhow::Context;
@@ -158,21 +162,140 @@ async fn servers(file: &Path, inputs: &Inputs, out: &mut Vec<Finding>) {
     }
 }
 
-/// The source: the bind, the base, and a sample of entries.
-async fn source(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
-    let ep = &cfg.source.endpoint;
-    let mut conn = match Conn::connect(ep).await {
-        Ok(c) => c,
-        Err(e) => {
-            out.push(Finding::fatal("source", ep.url(), e.to_string()));
-            return;
+/// Every server of a side, all at once, each on its own
+/// (`Conn::connect_to`, not a run's failover): a finding per server, in
+/// the configured order ([`server_reached`], [`server_failed`]), and a connection to the first that
+/// works, for the checks that need one.
+async fn reach(side: &str, ep: &Endpoint, out: &mut Vec<Finding>) -> Option<Conn> {
+    let tries = ep.urls.iter().map(|url| async move {
+        let mut conn = Conn::connect_to(ep, url).await?;
+        let name = server_name(&mut conn).await;
+        Ok::<_, LdapError>((conn, name))
+    });
+    let results = futures_util::future::join_all(tries).await;
+    let first = results.iter().position(Result::is_ok);
+    let mut kept = None;
+    for (i, (url, result)) in ep.urls.iter().zip(results).enumerate() {
+        match result {
+            Ok((conn, name)) => {
+                out.push(server_reached(side, ep, url, name.as_deref()));
+                match kept {
+                    None => kept = Some(conn),
+                    Some(_) => conn.unbind().await,
+                }
+            }
+            Err(e) => out.push(server_failed(side, url, &e, i, first)),
         }
+    }
+    kept
+}
+
+/// What a server's root DSE says it is: an AD DC's host name and
+/// `dsServiceName`, or a vendor's name and version (OpenLDAP gives none).
+async fn server_name(conn: &mut Conn) -> Option<String> {
+    let root = conn.read("", &ROOT_NAMES).await.ok()??;
+    root_name(&root)
+}
+
+/// The root DSE attributes that name a server.
+const ROOT_NAMES: [&str; 4] = [
+    "dnsHostName",
+    "dsServiceName",
+    "vendorName",
+    "vendorVersion",
+];
+
+fn root_name(root: &ldap3::SearchEntry) -> Option<String> {
+    let get = |a: &str| absync::ldap::first_value(root, a).filter(|v| !v.trim().is_empty());
+    match (get("dnsHostName"), get("dsServiceName")) {
+        (Some(host), Some(service)) => return Some(format!("DC {host} ({service})")),
+        (Some(host), None) => return Some(format!("server {host}")),
+        (None, Some(service)) => return Some(format!("DC {service}")),
+        (None, None) => {}
+    }
+    let vendor: Vec<String> = [get("vendorName"), get("vendorVersion")]
+        .into_iter()
+        .flatten()
+        .collect();
+    (!vendor.is_empty()).then(|| vendor.join(" "))
+}
+
+/// One server of a side that bound (`check` tries each one on its own):
+/// as whom, over what (the host name its certificate was verified for),
+/// and what the server calls itself (`name`: an AD DC's host name and
+/// `dsServiceName`, when its root DSE gives them).
+fn server_reached(side: &str, ep: &Endpoint, url: &str, name: Option<&str>) -> Finding {
+    let host = absync::ldap::url_host(url);
+    let over = match ep.transport {
+        Transport::Ldaps => format!("LDAPS, certificate verified for {host}"),
+        Transport::StartTls => format!("StartTLS, certificate verified for {host}"),
+        Transport::Plain => "plain text, allowed on loopback".to_string(),
     };
-    out.push(Finding::ok(
-        "source",
-        ep.url(),
-        format!("bound as {}", ep.bind_dn),
-    ));
+    let mut detail = format!("bound as {} ({over})", ep.bind_dn);
+    if let Some(name) = name {
+        detail.push_str("; ");
+        detail.push_str(name);
+    }
+    Finding::ok(side, url, detail)
+}
+
+/// One server of a side that failed, `index` in its list; `first_working`:
+/// the first server of the side (in the configured order) that bound, if
+/// any. A side is fatal only when no server works: a server that is down
+/// while another answers is a warning (a patch night does not fail
+/// `check`). A server whose certificate does not verify is skipped by a
+/// run, so it is a warning naming the fix. A failure a run does not fail
+/// over from (a refused password: the account is the same everywhere; a
+/// malformed answer) ends every run that reaches the server before one
+/// that works: fatal when it comes first, else a warning.
+fn server_failed(
+    side: &str,
+    url: &str,
+    err: &LdapError,
+    index: usize,
+    first_working: Option<usize>,
+) -> Finding {
+    let Some(working) = first_working else {
+        return Finding::fatal(side, url, err.to_string());
+    };
+    if !err.fails_over() {
+        let why = match err {
+            LdapError::Bind { .. } => {
+                " (the account is the same on every server: a refused password is not \
+                 tried elsewhere)"
+            }
+            _ => "",
+        };
+        let stops = format!("a run that reaches this server stops there{why}");
+        return if index < working {
+            Finding::fatal(
+                side,
+                url,
+                format!("{err}; {stops}, and it comes before the first server that works"),
+            )
+        } else {
+            Finding::warning(side, url, format!("{err}; {stops}"))
+        };
+    }
+    let detail = match err {
+        LdapError::Tls { .. } => format!(
+            "{err}; a run skips this server until its certificate verifies: name it in urls by \
+             a host name its certificate carries, or fix the certificate or ca_file"
+        ),
+        LdapError::Connect { .. } | LdapError::Timeout { .. } => {
+            format!("down: {err}; a run uses the other servers meanwhile")
+        }
+        _ => format!("{err}; a run uses the other servers meanwhile"),
+    };
+    Finding::warning(side, url, detail)
+}
+
+/// The source: each server, then on the first that works the base and a
+/// sample of entries.
+async fn source(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
+    let Some(mut conn) = reach("source", &cfg.source.endpoint, out).await else {
+        return;
+    };
     let base = &cfg.source.base_dn;
     match conn.read(base, &["objectClass"]).await {
         Ok(Some(_)) => {
@@ -371,21 +494,12 @@ async fn first_entries(
     Ok(out)
 }
 
-/// The target: the bind, each container, the schema.
+/// The target: each server, then on the first that works each container
+/// and the schema.
 async fn target(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
-    let ep = &cfg.target.endpoint;
-    let mut conn = match Conn::connect(ep).await {
-        Ok(c) => c,
-        Err(e) => {
-            out.push(Finding::fatal("target", ep.url(), e.to_string()));
-            return;
-        }
+    let Some(mut conn) = reach("target", &cfg.target.endpoint, out).await else {
+        return;
     };
-    out.push(Finding::ok(
-        "target",
-        ep.url(),
-        format!("bound as {}", ep.bind_dn),
-    ));
     let class = inputs
         .mapping
         .object_class
@@ -402,7 +516,7 @@ async fn target(cfg: &Config, inputs: &Inputs, out: &mut Vec<Finding>) {
     }
     out.push(match schema(&mut conn, cfg, inputs).await {
         Ok(f) => f,
-        Err(e) => Finding::fatal("schema", ep.url(), format!("{e:#}")),
+        Err(e) => Finding::fatal("schema", conn.url(), format!("{e:#}")),
     });
     conn.unbind().await;
 }
@@ -431,7 +545,7 @@ async fn schema(conn: &mut Conn, cfg: &Config, inputs: &Inputs) -> anyhow::Resul
         .filter(|a| !known.contains(&a.to_lowercase()))
         .map(String::as_str)
         .collect();
-    let url = cfg.target.endpoint.url();
+    let url = conn.url();
     Ok(if missing.is_empty() {
         Finding::ok(
             "schema",
@@ -611,6 +725,136 @@ fn print(findings: &[Finding], format: CheckFormat) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_is_named_by_what_its_root_dse_says() {
+        let entry = |attrs: &[(&str, &str)]| ldap3::SearchEntry {
+            dn: String::new(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+                .collect(),
+            bin_attrs: Default::default(),
+        };
+        let dc = entry(&[
+            ("dnsHostName", "dc1.sync.test"),
+            ("dsServiceName", "CN=NTDS Settings,CN=DC1"),
+        ]);
+        assert_eq!(
+            root_name(&dc).as_deref(),
+            Some("DC dc1.sync.test (CN=NTDS Settings,CN=DC1)")
+        );
+        let vendor = entry(&[("vendorName", "Acme"), ("vendorVersion", "9.1")]);
+        assert_eq!(root_name(&vendor).as_deref(), Some("Acme 9.1"));
+        assert_eq!(root_name(&entry(&[("namingContexts", "o=nhs")])), None);
+    }
+
+    fn down(url: &str) -> LdapError {
+        LdapError::Connect {
+            url: url.into(),
+            detail: "connection refused (is the server running and the port right?)".into(),
+        }
+    }
+
+    #[test]
+    fn a_server_down_while_another_works_is_a_warning_and_fatal_only_when_none_works() {
+        let e = down("ldaps://dc2:636");
+        let f = server_failed("target", "ldaps://dc2:636", &e, 1, Some(0));
+        assert_eq!(f.severity, Severity::Warning, "{f:?}");
+        assert!(f
+            .detail
+            .starts_with("down: ldaps://dc2:636: cannot connect: connection refused"));
+        assert!(
+            f.detail.ends_with("a run uses the other servers meanwhile"),
+            "{f:?}"
+        );
+        // Before the one that works: still only a warning (a run fails over).
+        let f = server_failed("target", "ldaps://dc2:636", &e, 0, Some(1));
+        assert_eq!(f.severity, Severity::Warning, "{f:?}");
+        // None works: fatal, worded as a run's error.
+        let f = server_failed("target", "ldaps://dc2:636", &e, 1, None);
+        assert_eq!(f.severity, Severity::Fatal);
+        assert_eq!(f.detail, e.to_string());
+    }
+
+    #[test]
+    fn a_certificate_for_another_name_is_a_warning_naming_the_fix() {
+        let e = LdapError::Tls {
+            url: "ldaps://10.0.0.2:636".into(),
+            detail: "invalid peer certificate: NotValidForName".into(),
+            hint: " (the certificate does not name the host in the URL)".into(),
+        };
+        let f = server_failed("source", "ldaps://10.0.0.2:636", &e, 1, Some(0));
+        assert_eq!(f.severity, Severity::Warning);
+        assert!(
+            f.detail.contains("does not name the host in the URL"),
+            "{f:?}"
+        );
+        assert!(
+            f.detail
+                .contains("name it in urls by a host name its certificate carries"),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_password_before_the_first_working_server_is_fatal() {
+        let e = LdapError::Bind {
+            url: "ldaps://dc1:636".into(),
+            dn: "CN=svc".into(),
+            rc: 49,
+            text: "invalid credentials".into(),
+        };
+        // A run tries dc1 first and stops there: every run fails.
+        let f = server_failed("target", "ldaps://dc1:636", &e, 0, Some(1));
+        assert_eq!(f.severity, Severity::Fatal, "{f:?}");
+        assert!(
+            f.detail
+                .contains("a run that reaches this server stops there"),
+            "{f:?}"
+        );
+        assert!(
+            f.detail
+                .contains("comes before the first server that works"),
+            "{f:?}"
+        );
+        // After a working one: a run reaches it only when failing over.
+        let f = server_failed("target", "ldaps://dc1:636", &e, 2, Some(1));
+        assert_eq!(f.severity, Severity::Warning, "{f:?}");
+        assert!(
+            f.detail.contains("refused password is not tried elsewhere"),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn a_server_reached_says_as_whom_over_what_and_which_server() {
+        let mut ep = Endpoint {
+            urls: vec!["ldap://127.0.0.1".into()],
+            bind_dn: "cn=x".into(),
+            password: absync::secret::Secret::new(String::new()),
+            ca_file: None,
+            transport: Transport::Plain,
+            timeout: std::time::Duration::from_secs(1),
+            failback_after: absync::config::DEFAULT_FAILBACK,
+            health: Default::default(),
+        };
+        let f = server_reached("source", &ep, "ldap://127.0.0.1", None);
+        assert_eq!(f.severity, Severity::Ok);
+        assert_eq!(f.detail, "bound as cn=x (plain text, allowed on loopback)");
+        ep.transport = Transport::Ldaps;
+        let f = server_reached(
+            "target",
+            &ep,
+            "ldaps://dc1.example.org:636",
+            Some("DC dc1.example.org"),
+        );
+        assert_eq!(
+            f.detail,
+            "bound as cn=x (LDAPS, certificate verified for dc1.example.org); DC dc1.example.org"
+        );
+        assert_eq!(f.subject, "ldaps://dc1.example.org:636");
+    }
 
     #[test]
     fn attribute_type_names_are_read_from_their_descriptions() {

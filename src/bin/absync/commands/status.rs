@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use absync::agreements::Agreements;
 use absync::engine::expiry;
+use absync::ldap::servers::ServerState;
 use absync::service::DaemonStatus;
 use absync::state::conflicts::age_text;
 use absync::state::runs::Run;
@@ -68,7 +69,8 @@ pub fn run(
 }
 
 /// The same as one JSON object on stdout: `state_dir`, `ou`, `managed`,
-/// `hidden`, `bytes`, `daemon` (its status file, `null` when none runs),
+/// `hidden`, `bytes`, `daemon` (its status file, `null` when none runs;
+/// `daemon.servers`: each side's servers as it last saw them),
 /// `deletes_held`, `agreements_ending` (id, until, days_left,
 /// organisations, contacts) and `runs` (newest first).
 fn as_json(
@@ -135,7 +137,52 @@ fn daemon(d: &DaemonStatus) -> std::io::Result<()> {
             Shown(e)
         )?;
     }
+    // A line per server, the URLs in one column.
+    let url = |s: &ServerState| Shown(&s.url).to_string();
+    let sides = d.servers.sides();
+    let width = sides
+        .iter()
+        .flat_map(|(_, list)| list.iter())
+        .map(|s| url(s).chars().count())
+        .max()
+        .unwrap_or(0);
+    for (side, list) in sides {
+        for (i, s) in list.iter().enumerate() {
+            let head = if i == 0 { side } else { "" };
+            outln!("{head:<10} {:<width$}  {}", url(s), server_state(s))?;
+        }
+    }
     Ok(())
+}
+
+/// One server as the daemon last saw it: up (in use, its name, when it
+/// was checked), down (why, when it was tried), or not tried yet; every
+/// value through [`Shown`].
+fn server_state(s: &ServerState) -> String {
+    let Some(up) = s.up else {
+        return "not tried yet".to_string();
+    };
+    let mut parts = vec![match (up, s.in_use) {
+        (true, true) => "up, in use".to_string(),
+        (true, false) => "up".to_string(),
+        (false, in_use) => format!(
+            "DOWN{}: {}",
+            if in_use {
+                " (the last connection went to it)"
+            } else {
+                ""
+            },
+            Shown(s.error.as_deref().unwrap_or("-"))
+        ),
+    }];
+    if let Some(name) = &s.name {
+        parts.push(Shown(name).to_string());
+    }
+    if let Some(at) = &s.checked_at {
+        let what = if up { "checked" } else { "tried" };
+        parts.push(format!("{what} {}", Shown(&print::short_time(at))));
+    }
+    parts.join("; ")
 }
 
 /// The last `limit` runs, newest first, as a reader shows them: a run
@@ -314,4 +361,33 @@ fn runs(snapshot: &Snapshot, state_dir: &Path, limit: u32) -> anyhow::Result<()>
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(up: Option<bool>, in_use: bool, error: Option<&str>) -> ServerState {
+        ServerState {
+            url: "ldaps://dc1:636".into(),
+            up,
+            name: up.map(|_| "CN=NTDS Settings,CN=DC1".into()),
+            error: error.map(String::from),
+            checked_at: up.map(|_| "2026-11-30T09:00:00.5Z".into()),
+            in_use,
+        }
+    }
+
+    #[test]
+    fn a_server_shows_up_down_or_not_tried_with_its_name_and_time() {
+        assert_eq!(
+            server_state(&state(Some(true), true, None)),
+            "up, in use; CN=NTDS Settings,CN=DC1; checked 2026-11-30T09:00:00Z"
+        );
+        assert_eq!(
+            server_state(&state(Some(false), false, Some("refused\u{1b}[2J"))),
+            "DOWN: refused\\u{1b}[2J; CN=NTDS Settings,CN=DC1; tried 2026-11-30T09:00:00Z"
+        );
+        assert_eq!(server_state(&state(None, false, None)), "not tried yet");
+    }
 }
