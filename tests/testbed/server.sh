@@ -17,6 +17,7 @@
 #   partition  the two DCs stop replicating with each other (both get
 #              DISABLE_INBOUND_REPL and DISABLE_OUTBOUND_REPL); SERVER is
 #              dc1 or dc2 (either names the pair). Both must be running.
+#              DIR/partitioned marks it until heal.
 #   heal       undoes partition, and replicates the domain NC both ways at
 #              once (a change made during the partition would otherwise wait
 #              for the next change on its DC or the periodic pull, 300 s).
@@ -114,10 +115,13 @@ case $action in
     if status; then echo "server: $server is up"; else echo "server: $server is down"; exit 1; fi ;;
   partition|heal)
     [ "$kind" = target ] || die "$action is for the DCs (dc1, dc2), not $server"
+    # DIR/partitioned marks a partition (even a half-made one) until heal.
     if [ "$action" = partition ]; then
+      touch "$top/partitioned"
       dsa_options +; echo "server: dc1 and dc2 partitioned (no replication either way)"
     else
       dsa_options -; replicate_dcs
+      rm -f "$top/partitioned"
       echo "server: dc1 and dc2 healed (replicating again; the domain NC replicated both ways)"
     fi ;;
   replicate)
