@@ -90,19 +90,27 @@ dsa_options() {
   for s in dc1 dc2; do
     "$0" "$top" status "$s" >/dev/null || die "$s is not running; start it before partition or heal"
   done
+  # The two DCs at once; on one DC one option after the other (each is a
+  # read-modify-write of its NTDS Settings' options).
+  local jobs=() job failed=0
   for dc in dc1 dc2; do
-    for opt in DISABLE_INBOUND_REPL DISABLE_OUTBOUND_REPL; do
-      "$here/target.sh" drs "$top/target" drs options "$dc.sync.test" "--dsa-option=$sign$opt" >/dev/null
-    done
+    (for opt in DISABLE_INBOUND_REPL DISABLE_OUTBOUND_REPL; do
+       "$here/target.sh" drs "$top/target" drs options "$dc.sync.test" "--dsa-option=$sign$opt" >/dev/null
+     done) & jobs+=($!)
   done
+  for job in "${jobs[@]}"; do wait "$job" || failed=1; done
+  [ "$failed" = 0 ] || exit 2
 }
 
 # replicate_dcs: the domain NC, both ways, now (both DCs must run).
 replicate_dcs() {
   local base
   base=$(sed -n "s/^TARGET_BASE_DN='\(.*\)'$/\1/p" "$top/target/target.env")
-  "$here/target.sh" drs "$top/target" drs replicate dc2.sync.test dc1.sync.test "$base" >/dev/null
-  "$here/target.sh" drs "$top/target" drs replicate dc1.sync.test dc2.sync.test "$base" >/dev/null
+  "$here/target.sh" drs "$top/target" drs replicate dc2.sync.test dc1.sync.test "$base" >/dev/null &
+  local one=$!
+  "$here/target.sh" drs "$top/target" drs replicate dc1.sync.test dc2.sync.test "$base" >/dev/null \
+    || { wait "$one"; exit 2; }
+  wait "$one" || exit 2
 }
 
 case $action in

@@ -699,7 +699,7 @@ join() {
   [[ $dir == *[\'$'\n']* ]] && die "DIR must not contain quotes or newlines"
   # shellcheck disable=SC1091
   . "$dir1/target.env"
-  local t0 t_join t_ready
+  local t0 t_join t_ready t_repl
   t0=$(now)
   local sam="$dir/samba" ca=$TARGET_CA
   local conf="$sam/etc/smb.conf" log="$sam/log/samba.log"
@@ -739,11 +739,14 @@ join() {
   flock -u "$LOCKFD"; exec {LOCKFD}>&-
   spn_update "$dir"
   cat "$dir1/target.env" > "$dir/target.env"   # for drs (until step 5)
-  local nc
+  # All six at once: each is mostly samba-tool starting up.
+  local nc jobs=() job
   for nc in "$BASE_DN" "CN=Configuration,$BASE_DN" "$SCHEMA_DN"; do
-    drs "$dir" drs replicate "$HOST2" "$HOST" "$nc"
-    drs "$dir" drs replicate "$HOST" "$HOST2" "$nc"
+    drs "$dir" drs replicate "$HOST2" "$HOST" "$nc" & jobs+=($!)
+    drs "$dir" drs replicate "$HOST" "$HOST2" "$nc" & jobs+=($!)
   done
+  for job in "${jobs[@]}"; do wait "$job" || die "the first replication between $HOST and $HOST2 failed"; done
+  t_repl=$(now)
 
   # 4. What DC1 holds is on DC2: the OUs and the service account with its
   #    rights (check_rights, on DC2), and the Exchange schema if DC1 has it.
@@ -781,7 +784,7 @@ ENV
   echo "target: second DC $HOST2 of $REALM ready (pid $pid)"
   echo "  url:     $url"
   echo "  env:     $dir/target.env"
-  echo "  time:    joined after $(elapsed "$t0" "$t_join") s, LDAPS ready after $(elapsed "$t0" "$t_ready") s, replicated and checked, total $(elapsed "$t0" "$t_end") s"
+  echo "  time:    joined after $(elapsed "$t0" "$t_join") s, LDAPS ready after $(elapsed "$t0" "$t_ready") s, replicated after $(elapsed "$t0" "$t_repl") s, checked, total $(elapsed "$t0" "$t_end") s"
 }
 
 # Starts the already provisioned domain in DIR again (after stop, or after

@@ -46,8 +46,9 @@ fi
 mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
 t0=$(date +%s.%N)
 
-# If anything below fails, stop what was started: no stray daemons.
-trap '"$here/down.sh" "$dir" >/dev/null 2>&1 || true' ERR
+# If anything below fails, stop what was started: no stray daemons (once a
+# start still running in the background has ended).
+trap 'wait; "$here/down.sh" "$dir" >/dev/null 2>&1 || true' ERR
 
 loads=()
 if [ "$people" -gt 0 ]; then
@@ -60,9 +61,14 @@ if [ "$people" -gt 0 ]; then
 fi
 
 if [ "$replicas" = 1 ]; then
-  "$here/source.sh" start "$dir/source" --replica "$dir/source2" ${loads[@]+"${loads[@]}"}
+  # The sources start alongside the DCs (its output follows theirs).
+  "$here/source.sh" start "$dir/source" --replica "$dir/source2" ${loads[@]+"${loads[@]}"} \
+    >"$dir/up-source.log" 2>&1 &
+  source_job=$!
   "$here/target.sh" start "$dir/target" --replicas ${ip[@]+"${ip[@]}"} ${exchange[@]+"${exchange[@]}"}
   "$here/target.sh" join "$dir/target2" "$dir/target"
+  wait "$source_job" || { cat "$dir/up-source.log" >&2; false; }
+  cat "$dir/up-source.log"
 else
   "$here/source.sh" start "$dir/source" ${loads[@]+"${loads[@]}"}
   "$here/target.sh" start "$dir/target" ${ip[@]+"${ip[@]}"} ${exchange[@]+"${exchange[@]}"}
