@@ -330,3 +330,29 @@ async fn with_source1_killed_source2_serves_and_source1_catches_up_when_it_is_ba
     let caught_up = tb.wait_present(Server::Source1, &dn("3000002")).await;
     eprintln!("failover: source1 answered {back:?} after its start, caught up {caught_up:?} later");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_dcs_replicate_nothing_until_healed() {
+    let tb = bed();
+    let _bed = tb.ensure_all_up().await;
+    let ou = tb.new_target_ou("failover-partition").await;
+    tb.wait_present(Server::Dc2, &ou).await;
+
+    tokio::task::block_in_place(|| tb.partition());
+    let dn = format!("CN=added during the partition,{ou}");
+    add_contact(tb, Server::Dc1, &dn, "added during the partition").await;
+    // Unpartitioned, it arrives within a second (notify interval 1 s).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut admin2 = connect(tb, Server::Dc2, true).await;
+    assert!(
+        admin2.read(&dn, &["1.1"]).await.unwrap().is_none(),
+        "{dn} reached dc2 through the partition"
+    );
+
+    // heal replicates at once.
+    tokio::task::block_in_place(|| tb.heal());
+    assert!(
+        admin2.read(&dn, &["1.1"]).await.unwrap().is_some(),
+        "{dn} is not on dc2 after heal"
+    );
+}

@@ -3,8 +3,11 @@
 # controller (realm SYNC.TEST, host dc1.sync.test) serving only LDAP/LDAPS on
 # one loopback address.
 #
-#   target.sh start DIR [--ip 127.0.0.N] [--exchange-schema]
+#   target.sh start DIR [--ip 127.0.0.N] [--exchange-schema] [--replicas]
+#   target.sh join DIR2 DIR1 [--ip 127.0.0.N]
 #   target.sh stop DIR
+#   target.sh restart DIR
+#   target.sh drs DIR SAMBA-TOOL-ARGS...
 #
 # start provisions a fresh domain in DIR (which must not exist or be empty),
 # starts Samba with a minimal smb.conf (only the ldap service, every path under
@@ -21,6 +24,21 @@
 # Without --ip it takes the first of 127.0.0.2..254 where nothing listens on
 # the LDAP ports, so several test beds can run at once (Samba's ports are
 # fixed: 389, 636, 3268, 3269).
+#
+# --replicas prepares the DC for a second DC of the domain: the services a
+# join and replication need (ldap, cldap, rpc, kdc, drepl, kcc),
+# `dreplsrv:notify_interval = 1` (a change reaches the other DC in about a
+# second), SPNs (samba_spnupdate), and name resolution without DNS or
+# /etc/hosts: Samba runs with Debian's nss_wrapper and resolv_wrapper
+# preloaded (cwrap), reading host and DNS records from DIR/cwrap.
+# join DIR2 DIR1 then joins dc2.sync.test (netbios DC2) to that domain in
+# DIR2, on its own address with its own certificate from DIR1's CA, starts
+# it, forces the first replication both ways for the domain, configuration
+# and schema NCs, and checks on DC2 what start set up on DC1 (the OUs, the
+# service account and its rights, the Exchange schema). DIR2/target.env
+# describes DC2; DIR1/target.env gains TARGET2_* keys.
+# drs runs samba-tool (e.g. `drs replicate`, `drs options`) as the domain
+# administrator with DIR's smb.conf and cwrap.
 #
 # stop signals only the process group of the PID in DIR's pid file and leaves
 # DIR in place. The one file outside DIR is an empty lock file,
