@@ -295,24 +295,54 @@ start_replica() {
     echo "SOURCE2_SERVER_ID='2'"
   } >> "$dir/source.env"
 
-  wait_same "$dir" "ldap://$IP:$port1" "ldap://$IP:$port2"
+  ADMIN_PWF=$dir/secrets/source-admin.pw
+  wait_same "ldap://$IP:$port1" "ldap://$IP:$port2"
+  # One write from each side, as on providers that have served for a while:
+  # an entry added on the second and deleted on the first. This checks
+  # replication both ways, and puts both serverIDs in the contextCSN. Until
+  # a serverID first writes, cookies carry no CSN for it, and once it does,
+  # slapd answers such a cookie (on either provider) with a full reload
+  # (every entry, refreshDeletes false) instead of the changes since.
+  local check="cn=replication check,ou=Service Accounts,$SUFFIX"
+  printf 'dn: %s\nobjectClass: person\ncn: replication check\nsn: check\n' "$check" \
+    | ldap_admin_modify "ldap://$IP:$port2" -a
+  wait_entry "ldap://$IP:$port1" "$check" present
+  printf 'dn: %s\nchangetype: delete\n' "$check" | ldap_admin_modify "ldap://$IP:$port1"
+  wait_entry "ldap://$IP:$port2" "$check" absent
+  wait_same "ldap://$IP:$port1" "ldap://$IP:$port2"
   local t1; t1=$(date +%s.%N)
   printf 'source: second provider ready on ldaps://%s:%s, replicated in %.1fs\n' "$IP" "$tls_port2" \
     "$(python3 -c "print($t1-$t0)")"
 }
 
-# ldap_admin URL ARGS...: ldapsearch as the rootDN over plain LDAP (loopback).
+# ldap_admin URL ARGS...: ldapsearch as the rootDN over plain LDAP (loopback);
+# ldap_admin_modify URL ARGS...: ldapmodify likewise (LDIF on stdin).
 ldap_admin() {
   local url=$1; shift
   ldapsearch -LLL -o ldif-wrap=no -o nettimeout=5 -x -H "$url" -D "$ADMIN_DN" \
     -y "$ADMIN_PWF" "$@"
 }
+ldap_admin_modify() {
+  local url=$1; shift
+  ldapmodify -o nettimeout=5 -x -H "$url" -D "$ADMIN_DN" -y "$ADMIN_PWF" "$@" >/dev/null
+}
 
-# wait_same DIR URL1 URL2: waits until both providers hold the same
-# contextCSN vector and the same number of entries.
+# wait_entry URL DN present|absent: waits (30 s at most) until DN is there or gone.
+wait_entry() {
+  local url=$1 dn=$2 want=$3 deadline=$((SECONDS + 30)) found
+  while :; do
+    found=absent
+    ldap_admin "$url" -b "$dn" -s base 1.1 2>/dev/null | grep -q '^dn:' && found=present
+    [ "$found" = "$want" ] && return 0
+    [ "$SECONDS" -lt "$deadline" ] || die "$dn still not $want on $url after 30 s: replication fails"
+    sleep 0.05
+  done
+}
+
+# wait_same URL1 URL2: waits until both providers hold the same contextCSN
+# vector and the same number of entries.
 wait_same() {
-  local dir=$1 url1=$2 url2=$3 csn1 csn2 n1 n2
-  ADMIN_PWF=$dir/secrets/source-admin.pw
+  local url1=$1 url2=$2 csn1 csn2 n1 n2
   local deadline=$((SECONDS + 600))
   while :; do
     csn1=$(ldap_admin "$url1" -b "$SUFFIX" -s base contextCSN 2>/dev/null | grep '^contextCSN:' | sort || true)
