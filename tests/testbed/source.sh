@@ -21,7 +21,8 @@
 # ports, data and LDAPS certificate (DIR/tls/source2.pem, from the same CA, so
 # DIR/tls/ca.pem serves both). Data is loaded once, into the first; the
 # second fills by replication, and start returns once both hold the same
-# entries (same contextCSN and entry count). DIR2/source.env describes the
+# entries (same contextCSN and entry count) and one write from each has
+# reached the other (see start_replica). DIR2/source.env describes the
 # second (so restart DIR2 works); DIR/source.env also gets SOURCE2_* keys.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -48,8 +49,8 @@ stop() {
 
 # config_ldif DIR TLSDIR CERT SID PEER_URL ADMIN_PW: the cn=config of one
 # slapd whose state lives in DIR, with certificate TLSDIR/CERT.{pem,key}.
-# With SID (else empty), it is provider SID of a multi-provider pair that consumes
-# from PEER_URL (as the rootDN).
+# With SID (else empty), it is provider SID of a multi-provider pair and
+# consumes from PEER_URL (as the rootDN).
 config_ldif() {
   local dir=$1 tls=$2 cert=$3 sid=${4:-} peer=${5:-} admin_pw=${6:-}
   # Extra lines, appended to existing ones so that an absent one adds no
