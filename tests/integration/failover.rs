@@ -26,9 +26,13 @@ async fn connect(tb: &Testbed, server: Server, admin: bool) -> Conn {
     } else {
         tb.account_on(server)
     };
-    Conn::connect(&ep)
-        .await
-        .unwrap_or_else(|e| panic!("bind to {} ({}): {e}", server.name(), ep.url))
+    Conn::connect(&ep).await.unwrap_or_else(|e| {
+        panic!(
+            "bind to {} ({}): {e}",
+            server.name(),
+            tb.get(server.url_key())
+        )
+    })
 }
 
 /// Adds a contact as the service account, as absync would.
