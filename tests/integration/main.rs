@@ -12,6 +12,7 @@ mod delta;
 mod dnform;
 mod escape;
 mod evidence;
+mod failover;
 mod faults;
 mod hostile;
 mod identity;

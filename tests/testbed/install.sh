@@ -6,10 +6,11 @@ set -euo pipefail
 
 # chromium and fonts-dejavu-core: the report test looks at `journal report`'s
 # page in headless Chromium. lintian and man-db: the package test
-# (tests/package.sh) checks the .deb and its manual pages.
+# (tests/package.sh) checks the .deb and its manual pages. libnss-wrapper and
+# libresolv-wrapper: name resolution between the two DCs of up.sh --replicas.
 PKGS=(slapd ldap-utils samba samba-ad-dc samba-ad-provision samba-dsdb-modules
       samba-vfs-modules winbind ldb-tools openssl python3 time procps iproute2
-      chromium fonts-dejavu-core lintian man-db)
+      chromium fonts-dejavu-core lintian man-db libnss-wrapper libresolv-wrapper)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -3,8 +3,11 @@
 # controller (realm SYNC.TEST, host dc1.sync.test) serving only LDAP/LDAPS on
 # one loopback address.
 #
-#   target.sh start DIR [--ip 127.0.0.N] [--exchange-schema]
+#   target.sh start DIR [--ip 127.0.0.N] [--exchange-schema] [--replicas]
+#   target.sh join DIR2 DIR1 [--ip 127.0.0.N]
 #   target.sh stop DIR
+#   target.sh restart DIR
+#   target.sh drs DIR SAMBA-TOOL-ARGS...
 #
 # start provisions a fresh domain in DIR (which must not exist or be empty),
 # starts Samba with a minimal smb.conf (only the ldap service, every path under
@@ -21,6 +24,21 @@
 # Without --ip it takes the first of 127.0.0.2..254 where nothing listens on
 # the LDAP ports, so several test beds can run at once (Samba's ports are
 # fixed: 389, 636, 3268, 3269).
+#
+# --replicas prepares the DC for a second DC of the domain: the services a
+# join and replication need (ldap, cldap, rpc, kdc, drepl, kcc),
+# `dreplsrv:notify_interval = 1` (a change reaches the other DC in about a
+# second), SPNs (samba_spnupdate), and name resolution without DNS or
+# /etc/hosts: Samba runs with Debian's nss_wrapper and resolv_wrapper
+# preloaded (cwrap), reading host and DNS records from DIR/cwrap.
+# join DIR2 DIR1 then joins dc2.sync.test (netbios DC2) to that domain in
+# DIR2, on its own address with its own certificate from DIR1's CA, starts
+# it, forces the first replication both ways for the domain, configuration
+# and schema NCs, and checks on DC2 what start set up on DC1 (the OUs, the
+# service account and its rights, the Exchange schema). DIR2/target.env
+# describes DC2; DIR1/target.env gains TARGET2_* keys.
+# drs runs samba-tool (e.g. `drs replicate`, `drs options`) as the domain
+# administrator with DIR's smb.conf and cwrap.
 #
 # stop signals only the process group of the PID in DIR's pid file and leaves
 # DIR in place. The one file outside DIR is an empty lock file,
@@ -40,6 +58,12 @@ trap err_report ERR
 REALM=SYNC.TEST
 DOMAIN=SYNC
 HOST=dc1.sync.test
+# The second DC of a replicated pair (join).
+HOST2=dc2.sync.test
+# What two DCs of one domain need to join and replicate both ways: cldap for
+# the join, rpc for DRSUAPI, kdc for Kerberos between them, drepl to
+# replicate, kcc to wire up replication.
+REPLICA_SERVICES='ldap, cldap, rpc, kdc, drepl, kcc'
 BASE_DN='DC=sync,DC=test'
 OU_DN="OU=NHS Directory,$BASE_DN"
 # Where absync hides objects during their grace period before deleting them:
@@ -120,20 +144,226 @@ on_start_failure() {
   exit "$rc"
 }
 
+# check_ip IP: empty, or a loopback address 127.0.0.N.
+check_ip() {
+  local ip=$1
+  if [ -n "$ip" ] && ! [[ $ip =~ ^127\.0\.0\.([1-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-4])$ ]]; then
+    die "--ip must be a loopback address 127.0.0.N (N 1..254), not '$ip'"
+  fi
+}
+
+# lock_and_pick_ip [IP]: takes $IP_LOCK (fd in LOCKFD, held until the caller's
+# Samba listens) and sets PICKED_IP: IP if it is free, else the first free
+# one of 127.0.0.2..254. So two concurrent starts cannot choose the same
+# address before either listens.
+lock_and_pick_ip() {
+  local ip=$1 n
+  exec {LOCKFD}>>"$IP_LOCK"
+  flock -w 300 "$LOCKFD" || die "could not take $IP_LOCK within 300 s"
+  if [ -n "$ip" ]; then
+    ip_busy "$ip" && die "something already listens on $ip (ports $LDAP_PORTS); stop it or pick another --ip"
+  else
+    for n in $(seq 2 254); do ip_busy "127.0.0.$n" || { ip=127.0.0.$n; break; }; done
+    [ -n "$ip" ] || die "no free address in 127.0.0.2..254 (or something listens on all addresses on $LDAP_PORTS)"
+  fi
+  PICKED_IP=$ip
+}
+
+# smb_conf NETBIOS IP SAM TLSDIR CERT SERVICES: a minimal smb.conf, all state
+# under SAM, certificate TLSDIR/CERT.{pem,key} from the CA TLSDIR/ca.pem.
+smb_conf() {
+  local netbios=$1 ip=$2 sam=$3 tls=$4 cert=$5 services=$6 what='LDAP-only AD DC'
+  [ "$services" = ldap ] || what="AD DC ($services)"
+  cat <<CONF
+# Written by tests/testbed/target.sh: a throwaway $what on $ip.
+[global]
+	netbios name = $netbios
+	workgroup = $DOMAIN
+	realm = $REALM
+	server role = active directory domain controller
+	server services = $services
+	interfaces = $ip/8
+	bind interfaces only = yes
+
+	private dir = $sam/private
+	state directory = $sam/state
+	cache directory = $sam/cache
+	lock directory = $sam/lock
+	pid directory = $sam/run
+	ncalrpc dir = $sam/run/ncalrpc
+	winbindd socket directory = $sam/run/winbindd
+	ntp signd socket directory = $sam/run/ntp_signd
+	binddns dir = $sam/bind-dns
+	usershare path = $sam/usershares
+
+	logging = file
+	log file = $sam/log/samba.log
+	log level = 1
+	max log size = 0
+
+	load printers = no
+	printcap name = /dev/null
+	disable spoolss = yes
+
+	tls enabled = yes
+	tls keyfile = $tls/$cert.key
+	tls certfile = $tls/$cert.pem
+	tls cafile = $tls/ca.pem
+CONF
+}
+
+# The smb.conf lines a DC of a replicated pair adds.
+replica_conf() {
+  printf '\n\t# --replicas: replicate with the other DC of the domain, and quickly\n'
+  printf '\tdreplsrv:notify_interval = 1\n\tprefork children = 2\n'
+}
+
+# cwrap_setup DIR CWRAP: name resolution for the DC in DIR without DNS or
+# /etc/hosts: Samba and samba-tool run with Debian's nss_wrapper and
+# resolv_wrapper preloaded (see cwrap_exec), reading the host and DNS records
+# that add_host writes to CWRAP/cwrap (one set per domain, shared by its DCs).
+# Replication connects to <NTDS GUID>._msdcs.<realm>, which needs them.
+cwrap_setup() {
+  local dir=$1 cw=$2/cwrap lib
+  for lib in libnss_wrapper.so libresolv_wrapper.so; do
+    # The dynamic loader says so on stderr when it cannot preload a library.
+    [ -z "$(LD_PRELOAD=$lib /bin/true 2>&1)" ] \
+      || die "$lib is missing (install libnss-wrapper and libresolv-wrapper: tests/testbed/install.sh)"
+  done
+  mkdir -p "$cw" "$dir/samba/etc"
+  touch "$cw/hosts" "$cw/resolv-hosts"
+  cat > "$dir/samba/etc/cwrap.env" <<ENV
+LD_PRELOAD=libnss_wrapper.so:libresolv_wrapper.so
+NSS_WRAPPER_HOSTS=$cw/hosts
+NSS_WRAPPER_PASSWD=/etc/passwd
+NSS_WRAPPER_GROUP=/etc/group
+RESOLV_WRAPPER_HOSTS=$cw/resolv-hosts
+ENV
+}
+
+# ntds_guid DIR NAME: the objectGUID of DC NAME's NTDS Settings, read from
+# the local database in DIR.
+ntds_guid() {
+  local dir=$1 name=${2^^} guid
+  guid=$(ldbsearch -H "$dir/samba/private/sam.ldb" -s base \
+    -b "CN=NTDS Settings,CN=$name,CN=Servers,CN=Default-First-Site-Name,CN=Sites,CN=Configuration,$BASE_DN" \
+    objectGUID 2>/dev/null | sed -n 's/^objectGUID: //p')
+  [[ $guid =~ ^[0-9a-f-]{36}$ ]] || die "could not read the NTDS Settings objectGUID of $name from $dir"
+  printf %s "$guid"
+}
+
+# add_host DIR CWRAP NAME IP: the host and DNS records of the DC NAME (whose
+# database is in DIR) for cwrap: its name, and its replication name
+# <NTDS GUID>._msdcs.<realm>.
+add_host() {
+  local dir=$1 cw=$2/cwrap name=$3 ip=$4 guid dom=${REALM,,}
+  guid=$(ntds_guid "$dir" "$name")
+  echo "$ip $name.$dom $name $guid._msdcs.$dom" >> "$cw/hosts"
+  {
+    echo "A $name.$dom $ip"
+    echo "CNAME $guid._msdcs.$dom $name.$dom"
+    echo "SRV _ldap._tcp.dc._msdcs.$dom $name.$dom 389"
+    echo "SRV _ldap._tcp.$dom $name.$dom 389"
+    echo "SRV _kerberos._tcp.$dom $name.$dom 88"
+    echo "SRV _kerberos._udp.$dom $name.$dom 88"
+  } >> "$cw/resolv-hosts"
+}
+
+# cwrap_exec DIR CMD...: execs CMD with DIR's cwrap environment, if it has one.
+cwrap_exec() {
+  local dir=$1; shift
+  local vars=()
+  if [ -f "$dir/samba/etc/cwrap.env" ]; then mapfile -t vars < "$dir/samba/etc/cwrap.env"; fi
+  exec env ${vars[@]+"${vars[@]}"} "$@"
+}
+
+# spn_update DIR: registers the DC's service principal names (without them
+# the other DC's pulls fail with Kerberos "server unknown").
+spn_update() {
+  local dir=$1
+  (cwrap_exec "$dir" samba_spnupdate -s "$dir/samba/etc/smb.conf") \
+    >>"$dir/samba/log/spnupdate.log" 2>&1 </dev/null \
+    || { tail -n 20 "$dir/samba/log/spnupdate.log" >&2; die "samba_spnupdate failed"; }
+}
+
+# drs DIR ARGS...: samba-tool ARGS as the domain administrator, with DIR's
+# smb.conf and cwrap. The password goes by the environment (PASSWD), not argv.
+drs() {
+  local dir=$1; shift
+  local log="$dir/samba/log/drs.log" pwf
+  [ -f "$dir/target.env" ] || die "$dir holds no test-bed target (no target.env)"
+  pwf=$(sed -n "s/^TARGET_ADMIN_PASSWORD_FILE='\(.*\)'$/\1/p" "$dir/target.env")
+  echo "--- $(date -u +%FT%TZ) samba-tool $*" >> "$log"
+  if ! (PASSWD=$(cat "$pwf"); export PASSWD
+        cwrap_exec "$dir" samba-tool "$@" -s "$dir/samba/etc/smb.conf" -U Administrator) \
+        >>"$log" 2>&1 </dev/null; then
+    tail -n 15 "$log" >&2
+    die "samba-tool $* failed (log: $log)"
+  fi
+}
+
+# launch_samba DIR IP CA: starts the DC in DIR and waits until LDAPS answers
+# a rootDSE query with certificate verification (max 60 s, every 0.2 s).
+# Stops early if Samba died: samba -D returns 0 even when the daemon fails,
+# and may die before writing its pid file. Sets SAMBA_PID.
+launch_samba() {
+  local dir=$1 ip=$2 ca=$3
+  local sam="$dir/samba" log="$dir/samba/log/samba.log"
+  # stdio to files: the daemon must not hold the caller's pipes open; the lock
+  # fd is not inherited; its working directory is in DIR, not the caller's.
+  (cd "$sam" && cwrap_exec "$dir" samba -D -s "$sam/etc/smb.conf") \
+    </dev/null >>"$sam/log/samba.stdout" 2>&1 {LOCKFD}>&- \
+    || die "samba -D failed to start"
+  local pid='' ok=0 deadline=$((SECONDS + 60))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    [ -n "$pid" ] || pid=$(pid_of "$dir")
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      die "samba ($pid) exited during start-up"
+    fi
+    if grep -qs 'daemon failed to start' "$log"; then die "samba failed to start"; fi
+    if [ -z "$pid" ] && [ "$SECONDS" -gt $((deadline - 40)) ]; then
+      die "samba wrote no pid file in $sam/run within 20 s"
+    fi
+    if LDAPTLS_CACERT=$ca ldapsearch -H "ldaps://$ip" -x -b '' -s base -o nettimeout=5 \
+         dnsHostName >/dev/null 2>&1; then ok=1; break; fi
+    sleep 0.2
+  done
+  [ "$ok" = 1 ] || die "LDAPS on $ip did not answer within 60 s"
+  [ -n "$pid" ] || pid=$(pid_of "$dir")
+  [ -n "$pid" ] || die "samba answers but wrote no pid file in $sam/run"
+  SAMBA_PID=$pid
+}
+
+# ldap_as admin|svc ldapadd|ldapmodify|... ARGS: a simple bind over LDAPS to
+# $url, password read from its file (-y), certificate verified against $ca.
+# (url, ca, admin_pwf and svc_pwf are the caller's.)
+ldap_as() {
+  local who=$1 cmd=$2; shift 2
+  local bdn=$ADMIN_DN pwf=$admin_pwf
+  [ "$who" = svc ] && { bdn=$SVC_DN; pwf=$svc_pwf; }
+  LDAPTLS_CACERT=$ca "$cmd" -H "$url" -x -D "$bdn" -y "$pwf" -o nettimeout=10 "$@"
+}
+
+# expect_refused CMD...: the command must fail with "Insufficient access (50)".
+expect_refused() {
+  local out
+  if out=$("$@" 2>&1); then die "expected 'Insufficient access (50)' but it succeeded: $*"; fi
+  grep -q 'Insufficient access (50)' <<<"$out" || { echo "$out" >&2; die "expected 'Insufficient access (50)'"; }
+}
+
 # ---------------------------------------------------------------- start
 start() {
   local dir=$1; shift
-  local ip='' exchange=0
+  local ip='' exchange=0 replicas=0
   while [ $# -gt 0 ]; do
     case $1 in
       --ip) [ $# -ge 2 ] || die "--ip needs an address"; ip=$2; shift 2 ;;
       --exchange-schema) exchange=1; shift ;;
+      --replicas) replicas=1; shift ;;
       *) die "unknown option $1" ;;
     esac
   done
-  if [ -n "$ip" ] && ! [[ $ip =~ ^127\.0\.0\.([1-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-4])$ ]]; then
-    die "--ip must be a loopback address 127.0.0.N (N 1..254), not '$ip'"
-  fi
+  check_ip "$ip"
   if [ -e "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
     die "$dir is not empty; every start needs a fresh (missing or empty) directory"
   fi
@@ -177,58 +407,17 @@ start() {
 
   # 2. Pick the address and start Samba under a lock, so two concurrent starts
   #    cannot choose the same address before either listens.
-  local lockfd
-  exec {lockfd}>>"$IP_LOCK"
-  flock -w 300 "$lockfd" || die "could not take $IP_LOCK within 300 s"
-  if [ -n "$ip" ]; then
-    ip_busy "$ip" && die "something already listens on $ip (ports $LDAP_PORTS); stop it or pick another --ip"
-  else
-    local n
-    for n in $(seq 2 254); do ip_busy "127.0.0.$n" || { ip=127.0.0.$n; break; }; done
-    [ -n "$ip" ] || die "no free address in 127.0.0.2..254 (or something listens on all addresses on $LDAP_PORTS)"
-  fi
+  lock_and_pick_ip "$ip"; ip=$PICKED_IP
 
   "$here/tls.sh" "$dir/tls" target "$ip" "$HOST"
 
   # Replace provision's smb.conf (Debian defaults: /var/log, printers, every
   # AD service) with a minimal one: only the LDAP server, all state under DIR.
   mkdir -p "$sam/run" "$sam/cache" "$sam/lock"
-  cat > "$conf" <<EOF
-# Written by tests/testbed/target.sh: a throwaway LDAP-only AD DC on $ip.
-[global]
-	netbios name = DC1
-	workgroup = $DOMAIN
-	realm = $REALM
-	server role = active directory domain controller
-	server services = ldap
-	interfaces = $ip/8
-	bind interfaces only = yes
-
-	private dir = $sam/private
-	state directory = $sam/state
-	cache directory = $sam/cache
-	lock directory = $sam/lock
-	pid directory = $sam/run
-	ncalrpc dir = $sam/run/ncalrpc
-	winbindd socket directory = $sam/run/winbindd
-	ntp signd socket directory = $sam/run/ntp_signd
-	binddns dir = $sam/bind-dns
-	usershare path = $sam/usershares
-
-	logging = file
-	log file = $log
-	log level = 1
-	max log size = 0
-
-	load printers = no
-	printcap name = /dev/null
-	disable spoolss = yes
-
-	tls enabled = yes
-	tls keyfile = $dir/tls/target.key
-	tls certfile = $dir/tls/target.pem
-	tls cafile = $ca
-EOF
+  local services=ldap
+  [ "$replicas" = 0 ] || services=$REPLICA_SERVICES
+  smb_conf DC1 "$ip" "$sam" "$dir/tls" target "$services" > "$conf"
+  if [ "$replicas" = 1 ]; then replica_conf >> "$conf"; fi
   if [ "$exchange" = 1 ]; then
     printf '\n\t# --exchange-schema: allow schema changes over LDAP\n\tdsdb:schema update allowed = true\n' >> "$conf"
   fi
@@ -239,49 +428,18 @@ EOF
   trap on_start_failure EXIT
   trap 'exit 130' INT; trap 'exit 143' TERM   # so that EXIT runs on Ctrl-C/kill
 
-  # stdio to files: the daemon must not hold the caller's pipes open; the lock
-  # fd is not inherited; its working directory is in DIR, not the caller's.
-  (cd "$sam" && exec samba -D -s "$conf") </dev/null >>"$sam/log/samba.stdout" 2>&1 {lockfd}>&- \
-    || die "samba -D failed to start"
+  # --replicas: name resolution through cwrap (see cwrap_setup), from the
+  # first start on, so that this DC can reach a second one joined later.
+  if [ "$replicas" = 1 ]; then cwrap_setup "$dir" "$dir"; add_host "$dir" "$dir" dc1 "$ip"; fi
 
-  # 3. Wait until LDAPS answers a rootDSE query with certificate verification
-  #    (max 60 s, every 0.2 s). Stop early if Samba died: samba -D returns 0
-  #    even when the daemon fails, and may die before writing its pid file.
-  local pid='' ok=0 deadline=$((SECONDS + 60))
-  while [ "$SECONDS" -lt "$deadline" ]; do
-    [ -n "$pid" ] || pid=$(pid_of "$dir")
-    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
-      die "samba ($pid) exited during start-up"
-    fi
-    if grep -qs 'daemon failed to start' "$log"; then die "samba failed to start"; fi
-    if [ -z "$pid" ] && [ "$SECONDS" -gt $((deadline - 40)) ]; then
-      die "samba wrote no pid file in $sam/run within 20 s"
-    fi
-    if LDAPTLS_CACERT=$ca ldapsearch -H "ldaps://$ip" -x -b '' -s base -o nettimeout=5 \
-         dnsHostName >/dev/null 2>&1; then ok=1; break; fi
-    sleep 0.2
-  done
-  [ "$ok" = 1 ] || die "LDAPS on $ip did not answer within 60 s"
-  [ -n "$pid" ] || pid=$(pid_of "$dir")
-  [ -n "$pid" ] || die "samba answers but wrote no pid file in $sam/run"
+  # 3. Start Samba and wait until LDAPS answers.
+  launch_samba "$dir" "$ip" "$ca"
+  local pid=$SAMBA_PID
   t_ready=$(now)
-  flock -u "$lockfd"; exec {lockfd}>&-
+  flock -u "$LOCKFD"; exec {LOCKFD}>&-
+  if [ "$replicas" = 1 ]; then spn_update "$dir"; fi
 
   local url="ldaps://$ip:636"
-  # ldap_as admin|svc ldapadd|ldapmodify|... ARGS: a simple bind over LDAPS,
-  # password read from its file (-y), certificate verified against our CA.
-  ldap_as() {
-    local who=$1 cmd=$2; shift 2
-    local bdn=$ADMIN_DN pwf=$admin_pwf
-    [ "$who" = svc ] && { bdn=$SVC_DN; pwf=$svc_pwf; }
-    LDAPTLS_CACERT=$ca "$cmd" -H "$url" -x -D "$bdn" -y "$pwf" -o nettimeout=10 "$@"
-  }
-  # expect_refused CMD...: the command must fail with "Insufficient access (50)".
-  expect_refused() {
-    local out
-    if out=$("$@" 2>&1); then die "expected 'Insufficient access (50)' but it succeeded: $*"; fi
-    grep -q 'Insufficient access (50)' <<<"$out" || { echo "$out" >&2; die "expected 'Insufficient access (50)'"; }
-  }
 
   # 4. Optional Exchange schema extension (before anything uses it).
   if [ "$exchange" = 1 ]; then extend_schema; fi
@@ -537,6 +695,116 @@ EOF
   ldap_as svc ldapdelete "$dn"
 }
 
+# ---------------------------------------------------------------- join
+# join DIR2 DIR1 [--ip 127.0.0.N]: a second DC (dc2.sync.test) for the domain
+# of the DC in DIR1 (started with --replicas), in DIR2 on its own address.
+join() {
+  local dir=$1 dir1=$2; shift 2
+  local ip=''
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --ip) [ $# -ge 2 ] || die "--ip needs an address"; ip=$2; shift 2 ;;
+      *) die "unknown option $1" ;;
+    esac
+  done
+  check_ip "$ip"
+  [ -f "$dir1/target.env" ] || die "$dir1 holds no test-bed target (no target.env)"
+  [ -f "$dir1/samba/etc/cwrap.env" ] || die "$dir1 was not started with --replicas"
+  if [ -e "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
+    die "$dir is not empty; every join needs a fresh (missing or empty) directory"
+  fi
+  mkdir -p "$dir"; dir=$(cd "$dir" && pwd); dir1=$(cd "$dir1" && pwd)
+  [[ $dir == *[\'$'\n']* ]] && die "DIR must not contain quotes or newlines"
+  # shellcheck disable=SC1091
+  . "$dir1/target.env"
+  local t0 t_join t_ready t_repl
+  t0=$(now)
+  local sam="$dir/samba" ca=$TARGET_CA
+  local conf="$sam/etc/smb.conf" log="$sam/log/samba.log"
+  local admin_pwf=$TARGET_ADMIN_PASSWORD_FILE svc_pwf=$TARGET_SVC_PASSWORD_FILE
+  mkdir -p "$sam"/{etc,log,run,cache,lock}
+
+  # 1. The address, its certificate (from DC1's CA, so one CA file serves
+  #    both), a smb.conf like DC1's, and cwrap sharing DC1's records.
+  lock_and_pick_ip "$ip"; ip=$PICKED_IP
+  "$here/tls.sh" "$dir1/tls" target2 "$ip" "$HOST2"
+  smb_conf DC2 "$ip" "$sam" "$dir1/tls" target2 "$REPLICA_SERVICES" > "$conf"
+  replica_conf >> "$conf"
+  # The join refuses a DC's smb.conf without these shares (nothing serves
+  # them: there is no smbd).
+  printf '\n[sysvol]\n\tpath = %s\n\tread only = no\n' "$sam/state/sysvol" >> "$conf"
+  printf '\n[netlogon]\n\tpath = %s\n\tread only = no\n' "$sam/state/sysvol/${REALM,,}/scripts" >> "$conf"
+  cwrap_setup "$dir" "$dir1"
+  FAIL_DIR=$dir FAIL_LOG=$sam/log/join.log
+  trap on_start_failure EXIT
+  trap 'exit 130' INT; trap 'exit 143' TERM
+
+  # 2. Join (it replicates the whole domain from DC1), then its records.
+  if ! (PASSWD=$(cat "$admin_pwf"); export PASSWD
+        cwrap_exec "$dir" samba-tool domain join "$REALM" DC -s "$conf" -U Administrator \
+          --server="$TARGET_IP" --dns-backend=NONE) >"$sam/log/join.log" 2>&1 </dev/null; then
+    die "samba-tool domain join failed (log: $sam/log/join.log)"
+  fi
+  t_join=$(now)
+  add_host "$dir" "$dir1" "${HOST2%%.*}" "$ip"
+
+  # 3. Start, register its SPNs, then the first replication both ways: right
+  #    after a join only DC1 -> DC2 is wired, DC2 -> DC1 waits for the KCC.
+  FAIL_LOG=$log
+  launch_samba "$dir" "$ip" "$ca"
+  local pid=$SAMBA_PID
+  t_ready=$(now)
+  flock -u "$LOCKFD"; exec {LOCKFD}>&-
+  spn_update "$dir"
+  cat "$dir1/target.env" > "$dir/target.env"   # for drs (until step 5)
+  # All six at once: each is mostly samba-tool starting up.
+  local nc jobs=() job
+  for nc in "$BASE_DN" "CN=Configuration,$BASE_DN" "$SCHEMA_DN"; do
+    drs "$dir" drs replicate "$HOST2" "$HOST" "$nc" & jobs+=($!)
+    drs "$dir" drs replicate "$HOST" "$HOST2" "$nc" & jobs+=($!)
+  done
+  for job in "${jobs[@]}"; do wait "$job" || die "the first replication between $HOST and $HOST2 failed"; done
+  t_repl=$(now)
+
+  # 4. What DC1 holds is on DC2: the OUs and the service account with its
+  #    rights (check_rights, on DC2), and the Exchange schema if DC1 has it.
+  local url="ldaps://$ip:636" dn
+  for dn in "$OU_DN" "$QUARANTINE_DN" "$SVC_DN"; do
+    ldap_as admin ldapsearch -LLL -b "$dn" -s base 1.1 | grep -q '^dn:' \
+      || die "$dn is not on $HOST2 after the join"
+  done
+  check_rights
+  if [ "$TARGET_EXCHANGE_SCHEMA" = 1 ]; then check_exchange; fi
+
+  # 5. Environment: DIR2/target.env describes DC2 (as DC1's describes DC1, so
+  #    restart DIR2 works); DC1's gains TARGET2_* keys.
+  {
+    grep -vE '^TARGET_(IP|HOST|URL|PID|SAM_LDB)=' "$dir1/target.env"
+    echo "TARGET_IP='$ip'"
+    echo "TARGET_HOST='$HOST2'"
+    echo "TARGET_URL='$url'"
+    echo "TARGET_PID='$pid'"
+    echo "TARGET_SAM_LDB='$sam/private/sam.ldb'"
+  } > "$dir/target.env"
+  cat >> "$dir1/target.env" <<ENV
+TARGET_DIR='$dir1'
+TARGET_PID_FILE='$dir1/samba/run/samba.pid'
+TARGET2_DIR='$dir'
+TARGET2_IP='$ip'
+TARGET2_HOST='$HOST2'
+TARGET2_URL='$url'
+TARGET2_PID='$pid'
+TARGET2_PID_FILE='$sam/run/samba.pid'
+TARGET2_SAM_LDB='$sam/private/sam.ldb'
+ENV
+  trap - EXIT INT TERM
+  local t_end; t_end=$(now)
+  echo "target: second DC $HOST2 of $REALM ready (pid $pid)"
+  echo "  url:     $url"
+  echo "  env:     $dir/target.env"
+  echo "  time:    joined after $(elapsed "$t0" "$t_join") s, LDAPS ready after $(elapsed "$t0" "$t_ready") s, replicated after $(elapsed "$t0" "$t_repl") s, checked, total $(elapsed "$t0" "$t_end") s"
+}
+
 # Starts the already provisioned domain in DIR again (after stop, or after
 # it was killed), on the same address, and waits until LDAPS answers.
 restart() {
@@ -548,8 +816,8 @@ restart() {
   local sam="$dir/samba"
   # A killed Samba leaves its pid file; the new one writes its own.
   rm -f "$sam/run/samba.pid"
-  (cd "$sam" && exec samba -D -s "$sam/etc/smb.conf") </dev/null >>"$sam/log/samba.stdout" 2>&1 \
-    || die "samba -D failed to start"
+  (cd "$sam" && cwrap_exec "$dir" samba -D -s "$sam/etc/smb.conf") </dev/null \
+    >>"$sam/log/samba.stdout" 2>&1 || die "samba -D failed to start"
   local deadline=$((SECONDS + 60))
   until LDAPTLS_CACERT=$TARGET_CA ldapsearch -H "$TARGET_URL" -x -b '' -s base -o nettimeout=5 \
           dnsHostName >/dev/null 2>&1; do
@@ -560,11 +828,15 @@ restart() {
 }
 
 case ${1:-} in
-  start) [ $# -ge 2 ] || die "usage: target.sh start DIR [--ip 127.0.0.N] [--exchange-schema]"
+  start) [ $# -ge 2 ] || die "usage: target.sh start DIR [--ip 127.0.0.N] [--exchange-schema] [--replicas]"
          shift; start "$@" ;;
+  join)  [ $# -ge 3 ] || die "usage: target.sh join DIR2 DIR1 [--ip 127.0.0.N]"
+         shift; join "$@" ;;
   stop)  [ $# -eq 2 ] || die "usage: target.sh stop DIR"
          stop "$2" ;;
   restart) [ $# -eq 2 ] || die "usage: target.sh restart DIR"
          restart "$2" ;;
-  *) die "usage: target.sh start DIR [--ip 127.0.0.N] [--exchange-schema] | stop DIR | restart DIR" ;;
+  drs)   [ $# -ge 3 ] || die "usage: target.sh drs DIR SAMBA-TOOL-ARGS..."
+         shift; drs "$@" ;;
+  *) die "usage: target.sh start DIR [--ip 127.0.0.N] [--exchange-schema] [--replicas] | join DIR2 DIR1 [--ip 127.0.0.N] | stop DIR | restart DIR | drs DIR SAMBA-TOOL-ARGS..." ;;
 esac
