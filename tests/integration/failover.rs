@@ -9,12 +9,15 @@
 //! `ensure_all_up`.
 
 use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use absync::ldap::syncrepl::SyncMessage;
 use absync::ldap::{first_value, Conn};
 
-use crate::common::testbed::{Server, Testbed};
+use crate::common::check::*;
+use crate::common::env::{Run, SyncEnv};
+use crate::common::testbed::{Server, Testbed, REPLICATION_TIMEOUT};
 
 fn bed() -> &'static Testbed {
     tokio::task::block_in_place(Testbed::replicated)
@@ -49,6 +52,395 @@ async fn add_contact(tb: &Testbed, on: Server, dn: &str, cn: &str) {
     .await
     .unwrap_or_else(|e| panic!("adding {dn} on {}: {e}", on.name()));
     svc.unbind().await;
+}
+
+// ---------------------------------------------------------------------
+// absync across the DCs: the preferred DC down, a DC killed mid-run, an
+// add waiting for the DC it went to, and settle_timeout's twin.
+// ---------------------------------------------------------------------
+
+const MAPPING: &str = "nhs-to-ad-contact.toml";
+
+/// Points the environment's config at both servers of each side: the
+/// source's in order, the target's as `target` says.
+fn use_servers(env: &SyncEnv, target: [Server; 2]) {
+    let tb = env.tb;
+    let both = |a: &str, b: &str| format!("urls = [\"{}\", \"{}\"]", tb.get(a), tb.get(b));
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let mut out = Vec::new();
+    let mut seen_target = false;
+    for line in text.lines() {
+        if line == "[target]" {
+            seen_target = true;
+        }
+        if line.starts_with("url = ") || line.starts_with("urls = ") {
+            out.push(if seen_target {
+                both(target[0].url_key(), target[1].url_key())
+            } else {
+                both("SOURCE_URL", "SOURCE2_URL")
+            });
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    std::fs::write(env.config_path(), out.join("\n") + "\n").unwrap();
+}
+
+/// Adds `line` to the config's [target] section.
+fn target_line(env: &SyncEnv, line: &str) {
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let text = text.replacen("[target]\n", &format!("[target]\n{line}\n"), 1);
+    std::fs::write(env.config_path(), text).unwrap();
+}
+
+/// Every object carrying absync's anchor below `ou` on one DC: (anchor,
+/// DN), sorted.
+async fn owned_on(tb: &Testbed, on: Server, ou: &str) -> Vec<(String, String)> {
+    let mut conn = connect(tb, on, true).await;
+    let mut search = conn
+        .paged_search(
+            ou,
+            ldap3::Scope::Subtree,
+            "(adminDescription=absync:*)",
+            vec!["adminDescription".into()],
+            500,
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(e) = search.next().await.unwrap() {
+        let anchor = first_value(&e, "adminDescription").unwrap();
+        out.push((anchor.trim_start_matches("absync:").to_string(), e.dn));
+    }
+    search.finish().await.unwrap();
+    out.sort();
+    out
+}
+
+/// After replication, both DCs hold the same objects: each anchor once,
+/// none under a replication-conflict (`CNF:`) name. Returns the anchors.
+async fn assert_one_each_on_both(tb: &Testbed, ou: &str) -> BTreeSet<String> {
+    tokio::task::block_in_place(|| tb.replicate());
+    let start = Instant::now();
+    let (one, two) = loop {
+        let one = owned_on(tb, Server::Dc1, ou).await;
+        let two = owned_on(tb, Server::Dc2, ou).await;
+        let lower = |v: &[(String, String)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, d)| (a.clone(), d.to_lowercase()))
+                .collect()
+        };
+        if lower(&one) == lower(&two) || start.elapsed() > REPLICATION_TIMEOUT {
+            break (one, two);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(one.len(), two.len(), "dc1 {one:?}\ndc2 {two:?}");
+    let anchors: BTreeSet<String> = one.iter().map(|(a, _)| a.clone()).collect();
+    assert_eq!(anchors.len(), one.len(), "an anchor twice: {one:?}");
+    for (anchor, dn) in one.iter().chain(&two) {
+        assert!(!dn.contains("CNF:"), "{anchor}: a conflict name: {dn}");
+    }
+    anchors
+}
+
+/// The anchors the agreements cover (everyone in `codes`, not leavers).
+async fn expected(env: &SyncEnv, codes: &[String]) -> BTreeSet<String> {
+    let source = env.source_people("(objectClass=nhsPerson)").await;
+    expected_anchors(&source, codes)
+}
+
+/// An environment on the replicated bed using both servers of each side,
+/// its OU already on dc2.
+async fn replicated_env(tb: &'static Testbed, name: &str, people: u32) -> (SyncEnv, Vec<String>) {
+    let env = SyncEnv::new_on(tb, name, 61, people, 2, MAPPING).await;
+    let codes = env.org_codes();
+    tb.wait_present(Server::Dc2, &env.target_ou).await;
+    use_servers(&env, [Server::Dc1, Server::Dc2]);
+    (env, codes)
+}
+
+/// Runs `absync sync`, paused at `point` until `during` has run.
+fn sync_paused(env: &SyncEnv, point: &str, during: impl FnOnce()) -> (Run, std::time::Duration) {
+    let pause = env.dir.join("paused");
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_absync"))
+        .args(["--config", env.config_path().to_str().unwrap(), "sync"])
+        .env("ABSYNC_LOG", "warn")
+        .env("ABSYNC_PAUSEPOINT", format!("{point}:{}", pause.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while !pause.exists() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the run never reached {point}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    during();
+    let resumed = Instant::now();
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    (run, resumed.elapsed())
+}
+
+/// Each anchor's applied adds in the journal: every one exactly once.
+fn assert_added_once(env: &SyncEnv, anchors: &BTreeSet<String>) {
+    let snap = env.snapshot();
+    let adds = snap
+        .stored_where("op = 'add' AND outcome = 'applied'", &[])
+        .unwrap();
+    let mut per: std::collections::BTreeMap<String, usize> = Default::default();
+    for a in adds {
+        *per.entry(a.record.anchor.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        per.keys().cloned().collect::<BTreeSet<_>>(),
+        *anchors,
+        "journaled adds"
+    );
+    assert!(
+        per.values().all(|n| *n == 1),
+        "an add journaled twice: {per:?}"
+    );
+    assert_eq!(env.absync(&["journal", "verify"]).code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_dc1_down_at_the_start_the_run_uses_dc2_and_both_dcs_agree() {
+    let tb = bed();
+    let _bed = tb.ensure_all_up().await;
+    let (env, codes) = replicated_env(tb, "fo-start", 60).await;
+    env.write_agreements(&[("DSA-FO-1", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    let want = expected(&env, &codes).await;
+    tokio::task::block_in_place(|| tb.kill(Server::Dc1));
+    let t = Instant::now();
+    let r = tokio::task::block_in_place(|| env.absync(&["sync"]));
+    let took = t.elapsed();
+    assert_eq!(r.code, 0, "{r:?}");
+    let line = summary_line(&r, "failed over");
+    assert!(
+        line.contains(&format!("target {}", tb.get("TARGET_URL"))),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("target {}", tb.get("TARGET2_URL"))),
+        "{line}"
+    );
+    eprintln!("failover: a run with dc1 down from the start took {took:?}");
+    // Every object was written to dc2 and names it in the snapshot.
+    tokio::task::block_in_place(|| tb.start(Server::Dc1));
+    assert_eq!(assert_one_each_on_both(tb, &env.target_ou).await, want);
+    assert_added_once(&env, &want);
+    // dc1 back and preferred again: nothing to do.
+    let again = tokio::task::block_in_place(|| env.sync_ok());
+    assert!(
+        summary_line(&again, "added").contains(NO_WRITES),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_dc1_killed_mid_adds_the_run_moves_to_dc2_and_nothing_is_duplicated() {
+    let tb = bed();
+    let _bed = tb.ensure_all_up().await;
+    // Killed when dc1 had accepted the fourth window of adds (not yet
+    // committed), and when the fourth window's intents were recorded (the
+    // adds not yet sent: they wait for dc1).
+    for (name, point) in [
+        ("fo-mid-sent", "before-commit:4"),
+        ("fo-mid-intent", "after-intent:4"),
+    ] {
+        let (env, codes) = replicated_env(tb, name, 300).await;
+        env.write_agreements(&[("DSA-FO-2", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+        let want = expected(&env, &codes).await;
+        let (r, after_resume) =
+            tokio::task::block_in_place(|| sync_paused(&env, point, || tb.kill(Server::Dc1)));
+        assert_eq!(r.code, 0, "{point}: {r:?}");
+        assert!(r.stderr.contains("lost a server during the run"), "{r:?}");
+        let line = summary_line(&r, "failed over");
+        assert!(
+            line.contains(&format!("target {}", tb.get("TARGET_URL"))),
+            "{line}"
+        );
+        if point.starts_with("after-intent") {
+            let waiting = summary_line(&r, "waiting for the DC");
+            assert!(
+                waiting.ends_with("waiting for the DC a change went to 16"),
+                "{r:?}"
+            );
+        }
+        eprintln!(
+            "failover: dc1 killed at {point}: the run ended {after_resume:?} after resuming\n{}",
+            r.stderr
+        );
+        // dc1 back: the next run settles whatever waited for it, then adds
+        // what never landed.
+        tokio::task::block_in_place(|| tb.start(Server::Dc1));
+        let next = tokio::task::block_in_place(|| env.sync_ok());
+        assert!(!next.stderr.contains("waiting for"), "{next:?}");
+        assert_eq!(assert_one_each_on_both(tb, &env.target_ou).await, want);
+        assert_added_once(&env, &want);
+    }
+    // Undisturbed, for comparison: the same number of people, all up.
+    let (calm, calm_codes) = replicated_env(tb, "fo-mid-calm", 300).await;
+    calm.write_agreements(&[("DSA-FO-2", &calm_codes, ALL_ATTRS, &day(-1), &day(1))]);
+    let t = Instant::now();
+    tokio::task::block_in_place(|| calm.sync_ok());
+    eprintln!("failover: the same run undisturbed took {:?}", t.elapsed());
+}
+
+/// Syncs the first organisation, then, with the DCs partitioned, crashes a
+/// run right after dc1 accepted the adds of the second (kill -9 before the
+/// snapshot recorded them), and kills dc1. Returns the anchors of the
+/// second organisation (on dc1 only) and of everyone.
+async fn adds_stranded_on_dc1(
+    tb: &'static Testbed,
+    name: &str,
+) -> (SyncEnv, BTreeSet<String>, BTreeSet<String>) {
+    let (env, codes) = replicated_env(tb, name, 24).await;
+    env.write_agreements(&[("DSA-FO-3", &codes[..1], ALL_ATTRS, &day(-1), &day(1))]);
+    tokio::task::block_in_place(|| env.sync_ok());
+    let first = expected(&env, &codes[..1]).await;
+    let all = expected(&env, &codes).await;
+    let stranded: BTreeSet<String> = all.difference(&first).cloned().collect();
+    assert!(
+        !stranded.is_empty() && stranded.len() <= 16,
+        "one add window: {}",
+        stranded.len()
+    );
+    assert_one_each_on_both(tb, &env.target_ou).await;
+    tokio::task::block_in_place(|| tb.partition());
+    env.write_agreements(&[("DSA-FO-3", &codes, ALL_ATTRS, &day(-1), &day(1))]);
+    let crashed = Command::new(env!("CARGO_BIN_EXE_absync"))
+        .args(["--config", env.config_path().to_str().unwrap(), "sync"])
+        .env("ABSYNC_FAILPOINT", "before-commit:1")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&crashed.stderr).contains("failpoint before-commit:1 reached"),
+        "{crashed:?}"
+    );
+    let on_dc1: BTreeSet<String> = owned_on(tb, Server::Dc1, &env.target_ou)
+        .await
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    assert!(stranded.is_subset(&on_dc1), "dc1 accepted the adds");
+    tokio::task::block_in_place(|| tb.kill(Server::Dc1));
+    (env, stranded, all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_an_add_dc1_accepted_waits_for_dc1_and_is_settled_there_while_the_run_uses_dc2() {
+    let tb = bed();
+    let _bed = tb.ensure_all_up().await;
+    let (env, stranded, all) = adds_stranded_on_dc1(tb, "fo-wait").await;
+    // dc1 down, within settle_timeout: left alone, not sent again to dc2.
+    let r = tokio::task::block_in_place(|| env.absync(&["sync"]));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("waiting for CN=NTDS Settings,CN=DC1"),
+        "{r:?}"
+    );
+    let line = summary_line(&r, "waiting for the DC");
+    assert!(line.ends_with(&stranded.len().to_string()), "{line}");
+    let on_dc2 = owned_on(tb, Server::Dc2, &env.target_ou).await;
+    assert!(
+        on_dc2.iter().all(|(a, _)| !stranded.contains(a)),
+        "nothing re-added on dc2"
+    );
+    let snap = env.snapshot();
+    let waits = snap
+        .stored_where("op = 'settle' AND outcome = 'waiting'", &[])
+        .unwrap();
+    let waited: BTreeSet<String> = waits
+        .iter()
+        .filter_map(|s| s.record.anchor.clone())
+        .collect();
+    assert_eq!(waited, stranded);
+    drop(snap);
+    // dc1 answers again (still partitioned): a run through dc2 settles
+    // the adds on dc1, where they are, and sends nothing again.
+    tokio::task::block_in_place(|| tb.start(Server::Dc1));
+    use_servers(&env, [Server::Dc2, Server::Dc1]);
+    let settled = tokio::task::block_in_place(|| env.sync_ok());
+    assert!(
+        summary_line(&settled, "recovered after an interrupted run").contains(&format!(
+            "recovered after an interrupted run {}",
+            stranded.len()
+        )),
+        "{settled:?}"
+    );
+    assert!(
+        summary_line(&settled, "added").contains("added 0"),
+        "{settled:?}"
+    );
+    tokio::task::block_in_place(|| tb.heal());
+    assert_eq!(assert_one_each_on_both(tb, &env.target_ou).await, all);
+    assert_added_once(&env, &all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_dc1_down_past_settle_timeout_the_add_is_made_on_dc2_and_the_twin_removed() {
+    let tb = bed();
+    let _bed = tb.ensure_all_up().await;
+    let (env, stranded, all) = adds_stranded_on_dc1(tb, "fo-timeout").await;
+    target_line(&env, "settle_timeout = \"1s\"");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = tokio::task::block_in_place(|| env.sync_ok());
+    assert!(r.stderr.contains("settle_timeout has passed"), "{r:?}");
+    assert!(
+        summary_line(&r, "added").contains(&format!("added {}", stranded.len())),
+        "{r:?}"
+    );
+    // dc1 returns holding its own copies: AD keeps both of each name.
+    tokio::task::block_in_place(|| {
+        tb.start(Server::Dc1);
+        tb.heal();
+    });
+    let start = Instant::now();
+    loop {
+        let on_dc2 = owned_on(tb, Server::Dc2, &env.target_ou).await;
+        let twins = on_dc2.iter().filter(|(_, dn)| dn.contains("CNF:")).count();
+        if twins == stranded.len() {
+            break;
+        }
+        assert!(
+            start.elapsed() < REPLICATION_TIMEOUT,
+            "{twins} CNF twins on dc2: {on_dc2:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // A full run keeps the object the snapshot knows and deletes the twin.
+    let full = tokio::task::block_in_place(|| env.absync(&["sync", "--full"]));
+    assert_eq!(full.code, 0, "{full:?}");
+    let snap = env.snapshot();
+    let run = snap.runs(1).unwrap()[0].id;
+    let twins = snap.records(run).unwrap();
+    let deleted = twins
+        .iter()
+        .filter(|r| r.op == "twin" && r.outcome == "deleted")
+        .count();
+    let kept = twins
+        .iter()
+        .filter(|r| r.op == "twin" && r.outcome == "kept")
+        .count();
+    assert_eq!(
+        (deleted, kept),
+        (stranded.len(), stranded.len()),
+        "{twins:?}"
+    );
+    drop(snap);
+    assert_eq!(assert_one_each_on_both(tb, &env.target_ou).await, all);
+    assert_eq!(env.absync(&["journal", "verify"]).code, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
