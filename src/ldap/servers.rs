@@ -114,6 +114,16 @@ impl Health {
         });
     }
 
+    /// Takes over what `old` knows (a reloaded configuration keeps each
+    /// server's back-off and the one in use).
+    pub fn adopt(&self, old: &Health) {
+        let (seen, current) = old.with(|i| (i.seen.clone(), i.current.clone()));
+        self.with(|i| {
+            i.seen = seen;
+            i.current = current;
+        });
+    }
+
     /// The order to try `urls` in now.
     pub fn order(&self, urls: &[String], failback_after: Duration) -> Vec<String> {
         let now = Instant::now();
@@ -252,5 +262,9 @@ mod tests {
             h.order(&urls(), Duration::from_secs(600)),
             ["ldaps://dc2", "ldaps://dc3", "ldaps://dc1"]
         );
+        // A reloaded configuration keeps it.
+        let reloaded = Health::default();
+        reloaded.adopt(&h);
+        assert_eq!(reloaded.states(&urls()), h.states(&urls()));
     }
 }

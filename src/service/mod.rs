@@ -525,6 +525,16 @@ fn reload(
             let after = file_hashes(&new);
             let fixed = fixed_at_start(cfg, &new);
             if fixed.is_empty() {
+                // What each server last did is kept for the servers the
+                // new configuration still names.
+                new.source
+                    .endpoint
+                    .health
+                    .adopt(&cfg.source.endpoint.health);
+                new.target
+                    .endpoint
+                    .health
+                    .adopt(&cfg.target.endpoint.health);
                 *cfg = Arc::new(new);
             } else {
                 record.outcome = "rejected".into();
