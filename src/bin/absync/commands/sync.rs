@@ -114,6 +114,7 @@ fn summary_json(what: &str, outcome: &Outcome, code: u8) -> serde_json::Value {
             "source_seconds": p.source_time.as_secs_f64(),
         },
         "counts": outcome.counts,
+        "servers": outcome.servers,
     })
 }
 
