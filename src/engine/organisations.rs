@@ -300,4 +300,37 @@ mod tests {
         );
         assert_eq!(out.closed.get("RXX"), Some(&None));
     }
+
+    #[test]
+    fn the_last_organisations_record_is_found_through_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Snapshot::open(dir.path()).unwrap();
+        assert_eq!(last(&s).unwrap(), None);
+        let record = |run, names: serde_json::Value| {
+            let mut r = Record::new(run, OP, "detected", "closed");
+            r.detail = Some(serde_json::json!({ "names_closed": names }));
+            r
+        };
+        s.journal(&[
+            record(
+                1,
+                serde_json::json!([{"agreement": "DSA-1", "organisation": "RX1"}]),
+            ),
+            Record::new(1, "modify", "applied", "x"),
+            record(2, serde_json::json!([])),
+            Record::new(2, "modify", "applied", "x"),
+        ])
+        .unwrap();
+        let (_, list) = last(&s).unwrap().unwrap();
+        assert!(list.is_empty(), "the newest record: none named any more");
+        // The index is there after a migration from schema 8 too (step 9
+        // runs again harmlessly on a database that has it).
+        s.conn
+            .execute_batch("DROP INDEX journal_organisations; PRAGMA user_version = 8;")
+            .unwrap();
+        drop(s);
+        let s = Snapshot::open(dir.path()).unwrap();
+        assert!(last(&s).unwrap().is_some());
+        s.conn.execute_batch(crate::state::SCHEMA_V9).unwrap();
+    }
 }

@@ -205,7 +205,7 @@ CREATE INDEX journal_checkpoint ON journal(anchor, id) WHERE op = 'checkpoint';
 /// without a pass over the journal or the runs (their cost stays flat as
 /// the journal grows): the latest `organisations` record, and the latest
 /// runs of a mode (the last full runs' compliance checks). Idempotent.
-const SCHEMA_V9: &str = "
+pub(crate) const SCHEMA_V9: &str = "
 CREATE INDEX IF NOT EXISTS journal_organisations ON journal(id) WHERE op = 'organisations';
 CREATE INDEX IF NOT EXISTS runs_mode ON runs(mode, id);
 ";
