@@ -268,11 +268,19 @@ pub enum JournalCommand {
         #[arg(long, value_name = "FILE")]
         public: PathBuf,
     },
-    /// One line per run: status, counts, duration.
+    /// One line per run: status, counts, duration (the newest 50, unless
+    /// --since, --last or --all say otherwise).
     Runs {
-        /// Only runs started on or after this day (YYYY-MM-DD) or time.
+        /// Only runs started on or after this day (YYYY-MM-DD) or time
+        /// (all of them, unless --last is given too).
         #[arg(long)]
         since: Option<String>,
+        /// Only the newest N runs [default: 50 without --since].
+        #[arg(long, value_name = "N", conflicts_with = "all")]
+        last: Option<u32>,
+        /// Every run the journal holds.
+        #[arg(long)]
+        all: bool,
         /// Output format: a table for people, JSON or CSV for tools.
         #[arg(long, value_enum, default_value = "table")]
         format: Output,
