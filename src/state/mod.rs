@@ -496,6 +496,16 @@ impl Snapshot {
         Ok(())
     }
 
+    /// A read transaction (deferred: it takes no write lock and writes
+    /// nothing): until the guard is dropped, every query on this handle
+    /// sees the database as it was at the first read, so a run ending
+    /// meanwhile is not half seen. Ended (rolled back) when dropped.
+    pub(crate) fn consistent_read(&self) -> Result<rusqlite::Transaction<'_>, StateError> {
+        self.conn
+            .unchecked_transaction()
+            .map_err(|e| self.db_err(e))
+    }
+
     pub(crate) fn db_err(&self, source: rusqlite::Error) -> StateError {
         StateError::Db {
             path: self.path.clone(),

@@ -149,7 +149,7 @@ pub const CHECK_TAIL: i64 = 500;
 /// transaction: a run ending meanwhile is not half seen.
 pub fn verify_tail(s: &Snapshot, tail: i64) -> Result<Verdict, StateError> {
     let db = |e| s.db_err(e);
-    let _read = s.conn.unchecked_transaction().map_err(db)?;
+    let _read = s.consistent_read()?;
     // Two subqueries: `min(id), max(id)` in one would scan an index.
     let ends: Option<(i64, i64)> = s
         .conn
