@@ -171,9 +171,10 @@ pub fn verify_tail(s: &Snapshot, tail: i64) -> Result<Verdict, StateError> {
                     (SELECT run_id FROM journal WHERE id = ?1)",
             [from],
             |r| {
+                // A record missing there: the walk says so.
                 Ok((
                     r.get::<_, Option<String>>(0)?.unwrap_or_default(),
-                    r.get(1)?,
+                    r.get::<_, Option<i64>>(1)?.unwrap_or(0),
                 ))
             },
         )
@@ -882,6 +883,17 @@ mod tests {
         let v = verify_tail(&s, 30).unwrap();
         assert!(
             matches!(&v, Verdict::Broken { why, .. } if why.contains("run 41 in the runs table has no journaled start")),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn a_record_missing_where_the_tail_starts_is_broken() {
+        let (_dir, s) = journal(40); // records 1 to 160
+        edit(&s, "DELETE FROM journal WHERE id = 131");
+        let v = verify_tail(&s, 30).unwrap();
+        assert!(
+            matches!(&v, Verdict::Broken { record: 131, why } if why.contains("missing")),
             "{v}"
         );
     }

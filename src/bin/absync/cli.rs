@@ -192,7 +192,8 @@ pub enum Command {
         /// One line for a monitoring system (Nagios/Icinga plugin): exit 0
         /// OK, 1 WARNING (runs failing in a row, an agreement ending within
         /// 30 days), 2 CRITICAL (no run completed within --max-age, deletes
-        /// held, configuration refused, journal fails verify, an agreement
+        /// held, configuration refused, the journal's newest 500 records fail
+        /// verify (`journal verify` checks it all), an agreement
         /// expired), 3 UNKNOWN (the state cannot be read); with perfdata.
         #[arg(long, conflicts_with = "format")]
         check: bool,
