@@ -178,9 +178,11 @@ pub(crate) fn journal(
 /// when it never said anything.
 pub fn last(snapshot: &Snapshot) -> Result<Option<(String, Vec<NamesClosed>)>, StateError> {
     let mut found = None;
-    // Newest first along the primary key: stops at the first match.
-    let cond = "id = (SELECT id FROM journal WHERE op = ?1 ORDER BY id DESC LIMIT 1)";
-    snapshot.each_where(cond, &[&OP], &mut |s| {
+    // The newest, through the partial index on these records (schema 9;
+    // the operation written out, so that the index applies).
+    let cond = "id = (SELECT max(id) FROM journal INDEXED BY journal_organisations \
+                WHERE op = 'organisations')";
+    snapshot.each_where(cond, &[], &mut |s| {
         let list = s
             .record
             .detail
@@ -297,5 +299,38 @@ mod tests {
             &mut out,
         );
         assert_eq!(out.closed.get("RXX"), Some(&None));
+    }
+
+    #[test]
+    fn the_last_organisations_record_is_found_through_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Snapshot::open(dir.path()).unwrap();
+        assert_eq!(last(&s).unwrap(), None);
+        let record = |run, names: serde_json::Value| {
+            let mut r = Record::new(run, OP, "detected", "closed");
+            r.detail = Some(serde_json::json!({ "names_closed": names }));
+            r
+        };
+        s.journal(&[
+            record(
+                1,
+                serde_json::json!([{"agreement": "DSA-1", "organisation": "RX1"}]),
+            ),
+            Record::new(1, "modify", "applied", "x"),
+            record(2, serde_json::json!([])),
+            Record::new(2, "modify", "applied", "x"),
+        ])
+        .unwrap();
+        let (_, list) = last(&s).unwrap().unwrap();
+        assert!(list.is_empty(), "the newest record: none named any more");
+        // The index is there after a migration from schema 8 too (step 9
+        // runs again harmlessly on a database that has it).
+        s.conn
+            .execute_batch("DROP INDEX journal_organisations; PRAGMA user_version = 8;")
+            .unwrap();
+        drop(s);
+        let s = Snapshot::open(dir.path()).unwrap();
+        assert!(last(&s).unwrap().is_some());
+        s.conn.execute_batch(crate::state::SCHEMA_V9).unwrap();
     }
 }

@@ -55,14 +55,23 @@ pub fn parse_when(text: &str, end_of_day: bool) -> Result<String, String> {
     Ok(crate::state::journal::time_text(t))
 }
 
-/// Runs started at or after `since` (oldest first).
-pub fn runs(s: &Snapshot, since: Option<&str>) -> Result<Vec<Run>, StateError> {
-    let mut runs = s.runs(u32::MAX)?;
-    runs.reverse();
+/// Runs started at or after `since` (oldest first); with `last`, only the
+/// newest `last` of them (read alone, however many runs there are), and
+/// whether older ones were left out.
+pub fn runs(
+    s: &Snapshot,
+    since: Option<&str>,
+    last: Option<u32>,
+) -> Result<(Vec<Run>, bool), StateError> {
+    let limit = last.map_or(u32::MAX, |n| n.saturating_add(1));
+    let mut runs = s.runs(limit)?;
     if let Some(since) = since {
         runs.retain(|r| r.started_at.as_str() >= since);
     }
-    Ok(runs)
+    let more = last.is_some_and(|n| runs.len() > n as usize);
+    runs.truncate(last.map_or(usize::MAX, |n| n as usize));
+    runs.reverse();
+    Ok((runs, more))
 }
 
 /// A callback receiving records one at a time.
@@ -380,7 +389,7 @@ pub fn agreement(s: &Snapshot, id: &str, f: Each<'_, Stored>) -> Result<(), Stat
 pub fn config_changes(s: &Snapshot) -> Result<Vec<(Run, Vec<&'static str>)>, StateError> {
     let mut out = Vec::new();
     let mut prev: Option<crate::state::runs::FileHashes> = None;
-    for run in runs(s, None)? {
+    for run in runs(s, None, None)?.0 {
         let changed: Vec<&'static str> = match &prev {
             None => vec!["config", "mapping", "agreements"],
             Some(p) => [

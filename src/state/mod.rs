@@ -108,7 +108,7 @@ pub enum StateError {
 }
 
 /// The schema this absync writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// Version 1; later versions are steps from it.
 const SCHEMA: &str = "
@@ -199,6 +199,15 @@ CREATE INDEX objects_hidden ON objects(anchor) WHERE hidden IS NOT NULL;
 /// records were removed), found per anchor.
 const SCHEMA_V5: &str = "
 CREATE INDEX journal_checkpoint ON journal(anchor, id) WHERE op = 'checkpoint';
+";
+
+/// Version 9: what `status`, its `--check` and the metrics look up, found
+/// without a pass over the journal or the runs (their cost stays flat as
+/// the journal grows): the latest `organisations` record, and the latest
+/// runs of a mode (the last full runs' compliance checks). Idempotent.
+pub(crate) const SCHEMA_V9: &str = "
+CREATE INDEX IF NOT EXISTS journal_organisations ON journal(id) WHERE op = 'organisations';
+CREATE INDEX IF NOT EXISTS runs_mode ON runs(mode, id);
 ";
 
 /// A change the target accepted, to be recorded: the object's new row (or
@@ -480,8 +489,21 @@ impl Snapshot {
                  ALTER TABLE objects ADD COLUMN guid TEXT;",
             )?;
         }
+        if version <= 8 {
+            conn.execute_batch(SCHEMA_V9)?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(())
+    }
+
+    /// A read transaction (deferred: it takes no write lock and writes
+    /// nothing): until the guard is dropped, every query on this handle
+    /// sees the database as it was at the first read, so a run ending
+    /// meanwhile is not half seen. Ended (rolled back) when dropped.
+    pub(crate) fn consistent_read(&self) -> Result<rusqlite::Transaction<'_>, StateError> {
+        self.conn
+            .unchecked_transaction()
+            .map_err(|e| self.db_err(e))
     }
 
     pub(crate) fn db_err(&self, source: rusqlite::Error) -> StateError {

@@ -127,23 +127,100 @@ pub fn verify(s: &Snapshot, evidence: &Evidence) -> Result<Verdict, StateError> 
     let runs: HashMap<i64, Run> = s.runs(u32::MAX)?.into_iter().map(|r| (r.id, r)).collect();
     let mut walk = Walk::new(evidence, Some(&runs));
     walk.start_after(pruned_id, pruned_hash);
+    Ok(match walk_from(s, &mut walk, 0)? {
+        Some(broken) => broken,
+        None => walk.finish(),
+    })
+}
+
+/// How many of the newest records [`verify_tail`] walks: `status --check`
+/// (every minute, say) stays within a few tens of milliseconds however long
+/// the journal grows.
+pub const CHECK_TAIL: i64 = 500;
+
+/// `status --check`'s verify: the chain over the newest `tail` records
+/// (link by link, each hash recomputed, the searched columns held to the
+/// hashed record), the runs rows of the runs those records belong to held
+/// to their start and end records, and the last run's head hash among
+/// them. The first record of the window is taken as the chain has it: a
+/// record changed before the window is found by [`verify`] (`journal
+/// verify`), not here. When the window would reach the first record kept,
+/// or the last run's head is not in it, this is [`verify`]. One read
+/// transaction: a run ending meanwhile is not half seen.
+pub fn verify_tail(s: &Snapshot, tail: i64) -> Result<Verdict, StateError> {
+    let db = |e| s.db_err(e);
+    let _read = s.consistent_read()?;
+    // Two subqueries: `min(id), max(id)` in one would scan an index.
+    let ends: Option<(i64, i64)> = s
+        .conn
+        .query_row(
+            "SELECT (SELECT min(id) FROM journal), (SELECT max(id) FROM journal)",
+            [],
+            |r| Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?)),
+        )
+        .map_err(db)?;
+    let evidence = Evidence::default();
+    let from = match ends {
+        Some((first, last)) if last - tail.max(1) + 1 > first => last - tail.max(1) + 1,
+        _ => return verify(s, &evidence),
+    };
+    let (prev, first_run): (String, i64) = s
+        .conn
+        .query_row(
+            "SELECT (SELECT prev_hash FROM journal WHERE id = ?1),
+                    (SELECT run_id FROM journal WHERE id = ?1)",
+            [from],
+            |r| {
+                // A record missing there: the walk says so.
+                Ok((
+                    r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                    r.get::<_, Option<i64>>(1)?.unwrap_or(0),
+                ))
+            },
+        )
+        .map_err(db)?;
+    // The runs the window's records belong to (run ids only grow along
+    // the chain; 0 is a reload's, outside any run: then every run), and
+    // the newest run, whose head the window must hold.
+    let newest = s.runs(1)?.into_iter().next().map_or(0, |r| r.id);
+    let runs: HashMap<i64, Run> = s
+        .runs(u32::try_from(newest - first_run.min(newest) + 1).unwrap_or(u32::MAX))?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+    let mut walk = Walk::new(&evidence, Some(&runs));
+    walk.start_after(Some(from - 1), Some(prev));
+    walk.prune_vouched = true;
+    if let Some(broken) = walk_from(s, &mut walk, from)? {
+        return Ok(broken);
+    }
+    if !walk.head_seen {
+        // The last run's head is older than the window: the whole chain.
+        return verify(s, &evidence);
+    }
+    Ok(walk.finish())
+}
+
+/// Walks the records from id `from` on through `walk`; the first that does
+/// not fit, if any.
+fn walk_from(s: &Snapshot, walk: &mut Walk<'_>, from: i64) -> Result<Option<Verdict>, StateError> {
     let db = |e| s.db_err(e);
     let mut stmt = s
         .conn
         .prepare(&format!(
-            "SELECT {COLUMNS}, agreements, changes, mail FROM journal ORDER BY id"
+            "SELECT {COLUMNS}, agreements, changes, mail FROM journal WHERE id >= ?1 ORDER BY id"
         ))
         .map_err(db)?;
-    let mut rows = stmt.query([]).map_err(db)?;
+    let mut rows = stmt.query([from]).map_err(db)?;
     while let Some(row) = rows.next().map_err(db)? {
         let stored = match crate::state::journal::stored_from_row(row) {
             Ok(stored) => stored,
             Err(e) => {
                 let id: i64 = row.get(0).map_err(db)?;
-                return Ok(Verdict::Broken {
+                return Ok(Some(Verdict::Broken {
                     record: id,
                     why: format!("it cannot be read as a record (edited): {e}"),
-                });
+                }));
             }
         };
         let raw = Raw {
@@ -152,13 +229,13 @@ pub fn verify(s: &Snapshot, evidence: &Evidence) -> Result<Verdict, StateError> 
             mail: row.get(19).map_err(db)?,
         };
         if let Some(broken) = raw.check(&stored) {
-            return Ok(broken);
+            return Ok(Some(broken));
         }
         if let Some(broken) = walk.record(stored) {
-            return Ok(broken);
+            return Ok(Some(broken));
         }
     }
-    Ok(walk.finish())
+    Ok(None)
 }
 
 /// Verifies a JSONL export (`journal export --format jsonl`) on its own:
@@ -716,5 +793,122 @@ impl<'r> Walk<'r> {
             }
         }
         intact(unchecked_runs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::runs::Counts;
+
+    /// `runs` runs of a modify and a failed add each, ended.
+    fn journal(runs: usize) -> (tempfile::TempDir, Snapshot) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Snapshot::open(dir.path()).unwrap();
+        for _ in 0..runs {
+            let id = s.start_run("sync", &Default::default()).unwrap();
+            s.journal(&[
+                Record::new(id, "modify", "applied", "attributes changed"),
+                Record::new(id, "add", "failed", "new entry"),
+            ])
+            .unwrap();
+            s.end_run(id, "ok", &Counts::default(), None).unwrap();
+        }
+        (dir, s)
+    }
+
+    fn edit(s: &Snapshot, sql: &str) {
+        s.conn.execute_batch(sql).unwrap();
+    }
+
+    #[test]
+    fn the_tail_walks_only_the_newest_records_and_finds_an_edit_among_them() {
+        let (_dir, s) = journal(40); // 160 records
+        let tail = verify_tail(&s, 30).unwrap();
+        assert!(
+            matches!(tail, Verdict::Intact { records: 30, .. }),
+            "{tail}"
+        );
+        // An edit in the window: broken there, as the whole chain says.
+        edit(&s, "UPDATE journal SET reason = 'x' WHERE id = 150");
+        let broken = Verdict::Broken {
+            record: 150,
+            why: "its content does not match its hash (edited)".into(),
+        };
+        assert_eq!(verify_tail(&s, 30).unwrap(), broken);
+        assert_eq!(verify(&s, &Evidence::default()).unwrap(), broken);
+    }
+
+    #[test]
+    fn an_edit_before_the_tail_is_left_to_the_whole_verify() {
+        let (_dir, s) = journal(40);
+        edit(&s, "UPDATE journal SET reason = 'x' WHERE id = 10");
+        assert!(matches!(
+            verify_tail(&s, 30).unwrap(),
+            Verdict::Intact { .. }
+        ));
+        assert!(matches!(
+            verify(&s, &Evidence::default()).unwrap(),
+            Verdict::Broken { record: 10, .. }
+        ));
+    }
+
+    #[test]
+    fn the_tail_holds_the_runs_rows_of_its_runs_and_the_last_head() {
+        let (_dir, s) = journal(40);
+        edit(&s, "UPDATE runs SET status = 'ok, honest' WHERE id = 39");
+        let v = verify_tail(&s, 30).unwrap();
+        assert!(
+            matches!(&v, Verdict::Broken { why, .. } if why.contains("run 39 in the runs table differs")),
+            "{v}"
+        );
+        let (_dir, s) = journal(40);
+        // The last run's end (and its head) removed from the journal.
+        edit(
+            &s,
+            "DELETE FROM journal WHERE id = (SELECT max(id) FROM journal)",
+        );
+        let v = verify_tail(&s, 30).unwrap();
+        assert!(
+            matches!(&v, Verdict::Broken { why, .. } if why.contains("head hash is not in the journal")),
+            "{v}"
+        );
+        // A run inserted into the runs table without its records.
+        let (_dir, s) = journal(40);
+        edit(
+            &s,
+            "INSERT INTO runs (id, started_at, mode, status, config_hash, unix_user)
+             VALUES (41, '2026-01-01T00:00:00.000000Z', 'sync', 'running', '', 'x')",
+        );
+        let v = verify_tail(&s, 30).unwrap();
+        assert!(
+            matches!(&v, Verdict::Broken { why, .. } if why.contains("run 41 in the runs table has no journaled start")),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn a_record_missing_where_the_tail_starts_is_broken() {
+        let (_dir, s) = journal(40); // records 1 to 160
+        edit(&s, "DELETE FROM journal WHERE id = 131");
+        let v = verify_tail(&s, 30).unwrap();
+        assert!(
+            matches!(&v, Verdict::Broken { record: 131, why } if why.contains("missing")),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn a_journal_within_the_tail_is_verified_whole() {
+        let (_dir, s) = journal(5);
+        assert_eq!(
+            verify_tail(&s, 500).unwrap(),
+            verify(&s, &Evidence::default()).unwrap()
+        );
+        edit(&s, "UPDATE journal SET reason = 'x' WHERE id = 1");
+        assert!(matches!(
+            verify_tail(&s, 500).unwrap(),
+            Verdict::Broken { record: 1, .. }
+        ));
     }
 }

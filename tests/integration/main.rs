@@ -14,6 +14,7 @@ mod escape;
 mod evidence;
 mod failover;
 mod faults;
+mod flat;
 mod hostile;
 mod identity;
 mod interfaces;

@@ -192,7 +192,8 @@ pub enum Command {
         /// One line for a monitoring system (Nagios/Icinga plugin): exit 0
         /// OK, 1 WARNING (runs failing in a row, an agreement ending within
         /// 30 days), 2 CRITICAL (no run completed within --max-age, deletes
-        /// held, configuration refused, journal fails verify, an agreement
+        /// held, configuration refused, the journal's newest 500 records fail
+        /// verify (`journal verify` checks it all), an agreement
         /// expired), 3 UNKNOWN (the state cannot be read); with perfdata.
         #[arg(long, conflicts_with = "format")]
         check: bool,
@@ -268,11 +269,19 @@ pub enum JournalCommand {
         #[arg(long, value_name = "FILE")]
         public: PathBuf,
     },
-    /// One line per run: status, counts, duration.
+    /// One line per run: status, counts, duration (the newest 50, unless
+    /// --since, --last or --all say otherwise).
     Runs {
-        /// Only runs started on or after this day (YYYY-MM-DD) or time.
+        /// Only runs started on or after this day (YYYY-MM-DD) or time
+        /// (all of them, unless --last is given too).
         #[arg(long)]
         since: Option<String>,
+        /// Only the newest N runs [default: 50 without --since].
+        #[arg(long, value_name = "N", conflicts_with = "all")]
+        last: Option<u32>,
+        /// Every run the journal holds.
+        #[arg(long)]
+        all: bool,
         /// Output format: a table for people, JSON or CSV for tools.
         #[arg(long, value_enum, default_value = "table")]
         format: Output,

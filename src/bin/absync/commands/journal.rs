@@ -37,8 +37,18 @@ pub fn run(
             file: _,
         } => verify(&s, &public_key, expect_head),
         JournalCommand::Keygen { private, public } => keygen(&private, &public),
-        JournalCommand::Runs { since, format } => {
-            runs(&s, state_dir, since.as_deref(), (format, bom))
+        JournalCommand::Runs {
+            since,
+            last,
+            all,
+            format,
+        } => {
+            let last = match (all, last, &since) {
+                (true, _, _) | (false, None, Some(_)) => None,
+                (false, Some(n), _) => Some(n),
+                (false, None, None) => Some(RUNS_SHOWN),
+            };
+            runs(&s, state_dir, since.as_deref(), last, (format, bom))
         }
         JournalCommand::Show { run, format } => show(&s, run, (format, bom)),
         JournalCommand::History { who, format } => history(&s, &who, (format, bom)),
@@ -181,23 +191,35 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// The runs, oldest first. A run still marked running while no process
-/// holds the state lock died: it shows as such (reading never writes; the
-/// next run records it).
+/// How many runs `journal runs` shows without --since, --last or --all:
+/// its cost stays flat however many runs the journal holds.
+const RUNS_SHOWN: u32 = 50;
+
+/// The runs, oldest first (with `last`, the newest `last` of them; a line
+/// on stderr says when older ones were left out). A run still marked
+/// running while no process holds the state lock died: it shows as such
+/// (reading never writes; the next run records it).
 fn runs(
     s: &Snapshot,
     state_dir: &Path,
     since: Option<&str>,
+    last: Option<u32>,
     (format, bom): Form,
 ) -> anyhow::Result<ExitCode> {
     let since = since.map(|d| when(d, false)).transpose()?;
-    let runs = audit::runs(s, since.as_deref())?;
+    let (runs, more) = audit::runs(s, since.as_deref(), last)?;
     let alive = absync::state::StateLock::holder(state_dir).is_some();
     let mut p = Printer::stdout(format, print::RUNS_CSV_HEADER, bom)?;
     for r in runs {
         p.run(&r.seen(alive))?;
     }
     p.finish()?;
+    if more {
+        eprintln!(
+            "absync: the newest {} runs shown; older ones: --last N, --since DAY or --all",
+            last.unwrap_or_default()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
