@@ -943,18 +943,6 @@ mod source_failover {
         SystemTime::from(at)
     }
 
-    /// The `detail.servers` of the latest run's `run ended` record.
-    fn source_run_servers(env: &SyncEnv) -> (i64, serde_json::Value) {
-        let snap = env.snapshot();
-        let run = snap.runs(1).unwrap()[0].id;
-        let end = snap
-            .stored_where("run_id = ?1 AND op = 'run' AND outcome = 'ended'", &[&run])
-            .unwrap()
-            .remove(0)
-            .record;
-        (run, end.detail.unwrap()["servers"].clone())
-    }
-
     /// The journal's records for `anchor` with operation `op`, every run.
     fn source_journaled(env: &SyncEnv, anchor: &str, op: &str) -> Vec<i64> {
         env.snapshot()
@@ -1027,7 +1015,7 @@ mod source_failover {
         assert!(!held.contains(&gone));
         assert_eq!(ad[&changed]["title"], ["Failover Lead"]);
         // Deleted once, by this run; no other delete in the journal at all.
-        let (run, servers) = source_run_servers(&env);
+        let (run, servers) = env.last_run_servers();
         assert_eq!(source_journaled(&env, &gone, "delete"), [run]);
         let deletes = env
             .snapshot()
@@ -1076,7 +1064,7 @@ mod source_failover {
         let env = source_env(tb, "src-fo-delta", 60).await;
         let first = tokio::task::block_in_place(|| env.sync_ok());
         assert!(!first.stderr.contains("failed over"), "{first:?}");
-        let (_, servers) = source_run_servers(&env);
+        let (_, servers) = env.last_run_servers();
         assert_eq!(servers["source"], one.as_str(), "the cookie is source1's");
         let people = source_people_on(&env, Server::Source1).await;
         let (gone, gone_dn) = source_active(&people, 3);
@@ -1112,7 +1100,7 @@ mod source_failover {
         let source = source_people_on(&env, Server::Source2).await;
         let held: std::collections::BTreeSet<String> = ad.keys().cloned().collect();
         assert_eq!(held, expected_anchors(&source, &env.org_codes()));
-        let (run, servers) = source_run_servers(&env);
+        let (run, servers) = env.last_run_servers();
         assert_eq!(source_journaled(&env, &gone, "delete"), [run]);
         assert_eq!(servers["source"], two.as_str(), "{servers}");
         assert_eq!(servers["moves"][0]["side"], "source", "{servers}");

@@ -134,14 +134,7 @@ async fn resync_allow_deletes_releases_a_threshold_stop_journaled_with_the_reque
     let env = &env;
     tokio::task::block_in_place(|| {
         let mut d = Daemon::start(env);
-        let first = wait_for("the first run", || {
-            env.snapshot()
-                .runs(1)
-                .ok()?
-                .first()
-                .filter(|r| r.ended_at.is_some())
-                .cloned()
-        });
+        let first = wait_for("the first run", || env.latest_ended_run());
         assert_eq!(first.status, "ok", "{}", d.log());
         let before = env.ad_count_blocking();
 

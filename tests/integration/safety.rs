@@ -244,14 +244,7 @@ async fn a_source_lost_mid_pull_fails_over_to_the_next_server_and_deletes_after_
     assert!(!ad.contains_key(&gone));
     assert_eq!(ad.len(), before - 1);
     // The run's end record names the servers and the move.
-    let snap = env.snapshot();
-    let run = snap.runs(1).unwrap()[0].id;
-    let end = snap
-        .stored_where("run_id = ?1 AND op = 'run' AND outcome = 'ended'", &[&run])
-        .unwrap()
-        .remove(0)
-        .record;
-    let servers = &end.detail.unwrap()["servers"];
+    let (_, servers) = env.last_run_servers();
     assert_eq!(servers["source"], url.as_str(), "{servers}");
     assert_eq!(servers["moves"][0]["side"], "source", "{servers}");
     assert_eq!(servers["moves"][0]["from"], dropping.as_str(), "{servers}");

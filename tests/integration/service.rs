@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::check::*;
-use crate::common::env::SyncEnv;
+use crate::common::env::{Run, SyncEnv};
 
 /// A daemon started as systemd would, with a notify socket that is read
 /// all the time (as systemd does: an unread socket would block the sender).
@@ -195,14 +195,7 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
         d.expect("STATUS=idle; next run");
 
         // The first run starts at once.
-        let first = wait_for("the first run", || {
-            env.snapshot()
-                .runs(1)
-                .ok()?
-                .first()
-                .filter(|r| r.ended_at.is_some())
-                .cloned()
-        });
+        let first = wait_for("the first run", || env.latest_ended_run());
         assert_eq!(first.status, "ok", "{}", d.log());
         assert_eq!(first.mode, "full", "a fresh state starts with a full run");
         assert!(!by_anchor(&env.ad_objects_blocking()).is_empty());
@@ -226,13 +219,7 @@ async fn the_daemon_syncs_takes_resyncs_reloads_reports_and_stops_cleanly() {
         let status = env.absync(&["status"]);
         assert!(status.stdout.contains("daemon     pid"), "{status:?}");
         assert!(status.stdout.contains("next run   20"), "{status:?}");
-        let port: u16 = status
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("metrics    http://127.0.0.1:"))
-            .and_then(|l| l.strip_suffix("/metrics"))
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no metrics address in {status:?}"));
+        let port = metrics_port(&status);
         let metrics = http_get(port, "/metrics");
         assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
         assert!(
@@ -771,14 +758,7 @@ async fn the_daemon_shows_each_servers_health_in_status_and_metrics() {
     tokio::task::block_in_place(|| {
         let mut d = Daemon::start(env);
         d.expect("READY=1");
-        let first = wait_for("the first run", || {
-            env.snapshot()
-                .runs(1)
-                .ok()?
-                .first()
-                .filter(|r| r.ended_at.is_some())
-                .cloned()
-        });
+        let first = wait_for("the first run", || env.latest_ended_run());
         assert_eq!(first.status, "ok", "failed over to the second: {}", d.log());
         let status = wait_for("the servers in status", || {
             let s = env.absync(&["status"]);
@@ -809,13 +789,7 @@ async fn the_daemon_shows_each_servers_health_in_status_and_metrics() {
         assert!(lines[at + 2].starts_with("target     "), "{status:?}");
         assert!(said(2, &target).starts_with("up, in use"), "{status:?}");
 
-        let port: u16 = status
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("metrics    http://127.0.0.1:"))
-            .and_then(|l| l.strip_suffix("/metrics"))
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no metrics address in {status:?}"));
+        let port = metrics_port(&status);
         let metrics = http_get(port, "/metrics");
         for line in [
             format!("absync_server_up{{side=\"source\",url=\"{dead}\"}} 0\n"),
@@ -844,4 +818,15 @@ async fn the_daemon_shows_each_servers_health_in_status_and_metrics() {
         d.signal("TERM");
         assert!(d.wait_exit(Duration::from_secs(30)).success());
     });
+}
+
+/// The metrics port `absync status` names (`metrics    http://127.0.0.1:PORT/metrics`).
+fn metrics_port(status: &Run) -> u16 {
+    status
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("metrics    http://127.0.0.1:"))
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in {status:?}"))
 }

@@ -232,6 +232,30 @@ dir = "state"
     pub fn snapshot(&self) -> absync::state::Snapshot {
         absync::state::Snapshot::open(&self.state_dir()).unwrap()
     }
+
+    /// The latest run, once it has ended (`None` before the first run or
+    /// while it runs): what a test waiting for the daemon polls.
+    pub fn latest_ended_run(&self) -> Option<absync::state::runs::Run> {
+        self.snapshot()
+            .runs(1)
+            .ok()?
+            .into_iter()
+            .next()
+            .filter(|r| r.ended_at.is_some())
+    }
+
+    /// The latest run's id and the `detail.servers` of its `run ended`
+    /// record: the servers it used and each failover.
+    pub fn last_run_servers(&self) -> (i64, serde_json::Value) {
+        let snap = self.snapshot();
+        let run = snap.runs(1).unwrap()[0].id;
+        let end = snap
+            .stored_where("run_id = ?1 AND op = 'run' AND outcome = 'ended'", &[&run])
+            .unwrap()
+            .remove(0)
+            .record;
+        (run, end.detail.unwrap()["servers"].clone())
+    }
 }
 
 /// Every entry a paged search finds, read over a connection of its own.
