@@ -103,6 +103,8 @@ pub struct Applier<'a, 'o> {
     /// `queue.rs`), when [`CHECK_WINDOW`] are waiting, when another kind of
     /// change comes, and at [`Applier::flush`].
     queued: Vec<Change>,
+    /// Adds sent whose answers are not yet read (see `add.rs`).
+    in_flight: Vec<add::Flight>,
     /// The domain naming context the address collision searches run in,
     /// once known.
     domain: Option<String>,
@@ -156,6 +158,7 @@ impl<'a, 'o> Applier<'a, 'o> {
             retry: Vec::new(),
             pending: Vec::new(),
             queued: Vec::new(),
+            in_flight: Vec::new(),
             domain: None,
             gc: None,
             met: HashSet::new(),
@@ -252,7 +255,11 @@ impl Applier<'_, '_> {
             self.run_queued(snapshot, counts).await?;
             self.pending.push((after, change.reason));
             if self.pending.len() >= ADD_WINDOW {
-                self.flush(snapshot, counts).await?;
+                if self.plan.is_some() {
+                    self.send_adds(snapshot, counts).await?;
+                } else {
+                    self.advance_adds(snapshot, counts).await?;
+                }
             }
             return Ok(());
         }
@@ -366,20 +373,20 @@ impl Applier<'_, '_> {
         self.run_queued(snapshot, counts).await
     }
 
-    /// Sends the adds waiting for the add window (`pending`); in a dry run,
-    /// renders them.
+    /// Sends the adds waiting for the add window (`pending`) and reads
+    /// every answer; in a dry run, renders them.
     async fn send_adds(
         &mut self,
         snapshot: &Snapshot,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
+        if self.plan.is_none() {
+            return self.settle_adds(snapshot, counts).await;
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
         let adds = std::mem::take(&mut self.pending);
-        if self.plan.is_some() {
-            return self.dry_adds(adds, counts).await;
-        }
-        self.add_batch(snapshot, adds, counts).await
+        self.dry_adds(adds, counts).await
     }
 }
