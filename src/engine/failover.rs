@@ -96,17 +96,29 @@ fn passed_over(side: &'static str, states: &[ServerState]) -> Vec<Move> {
         .map(|s| Move {
             side,
             from: s.url.clone(),
-            why: s.error.clone().unwrap_or_default(),
+            why: why(&s.url, s.error.as_deref().unwrap_or_default()),
         })
         .collect()
 }
 
+/// A server's error without the server's URL it starts with (a move names
+/// the server already).
+pub fn why(url: &str, error: &str) -> String {
+    error
+        .strip_prefix(url)
+        .and_then(|e| e.strip_prefix(": "))
+        .unwrap_or(error)
+        .to_string()
+}
+
 /// The server a run error is about, when another server of its side may do
-/// better: which side, its endpoint, and the failed URL.
+/// better: which side, its endpoint, the failed URL and the server's error
+/// (not the run's: "no deletes were applied" would not be true of a run
+/// that goes on elsewhere).
 pub fn failed_server<'c>(
     cfg: &'c Config,
     err: &RunError,
-) -> Option<(&'static str, &'c Endpoint, String)> {
+) -> Option<(&'static str, &'c Endpoint, String, String)> {
     let e: &LdapError = match err {
         RunError::Ldap(e) => e,
         RunError::SourceIncomplete { cause, .. } => cause,
@@ -122,7 +134,7 @@ pub fn failed_server<'c>(
     ]
     .into_iter()
     .find(|(_, ep)| ep.urls.len() > 1 && ep.urls.iter().any(|u| u == url))
-    .map(|(side, ep)| (side, ep, url.to_string()))
+    .map(|(side, ep)| (side, ep, url.to_string(), e.to_string()))
 }
 
 #[cfg(test)]
@@ -152,6 +164,11 @@ mod tests {
         assert_eq!(moves[0].from, "ldaps://dc1");
         assert_eq!(moves[0].why, "connection refused");
         assert!(passed_over("target", &states[1..]).is_empty());
+        assert_eq!(
+            why("ldaps://dc1", "ldaps://dc1: cannot connect: refused"),
+            "cannot connect: refused"
+        );
+        assert_eq!(why("ldaps://dc1", "other text"), "other text");
     }
 
     #[test]

@@ -193,20 +193,19 @@ async fn run_moving_on(
     loop {
         let result = run_inner(cx, None, counts, report).await;
         let Err(e) = &result else { return result };
-        let Some((side, ep, url)) = failover::failed_server(cx.cfg, e) else {
+        let Some((side, ep, url, error)) = failover::failed_server(cx.cfg, e) else {
             return result;
         };
         // Each server but the first of each side may take over once.
         if lost.len() + 2 >= servers {
             return result;
         }
-        let why = e.to_string();
-        ep.health.down(&url, &why);
-        tracing::warn!(side, server = %url, error = %why, "lost a server during the run; its steps start again on the next one");
+        ep.health.down(&url, &error);
+        tracing::warn!(side, server = %url, error = %e, "lost a server during the run; its steps start again on the next one");
         lost.push(failover::Move {
             side,
+            why: failover::why(&url, &error),
             from: url,
-            why,
         });
         counts.reset_pull();
         *report = PullReport::default();

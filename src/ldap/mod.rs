@@ -510,9 +510,26 @@ impl Link {
             None => LdapError::Protocol {
                 url: self.url.clone(),
                 what,
-                detail: e.to_string(),
+                detail: lost_or(&e),
             },
         }
+    }
+}
+
+/// ldap3's words for a connection that went away ("op send error: channel
+/// closed", "premature end of search stream") said plainly, the library's
+/// text kept after them; any other error as it is.
+fn lost_or(e: &ldap3::LdapError) -> String {
+    let lost = matches!(
+        e,
+        ldap3::LdapError::OpSend { .. }
+            | ldap3::LdapError::EndOfStream
+            | ldap3::LdapError::ResultRecv { .. }
+    );
+    if lost {
+        format!("the connection was lost ({e})")
+    } else {
+        e.to_string()
     }
 }
 

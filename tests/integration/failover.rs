@@ -752,3 +752,426 @@ async fn partitioned_dcs_replicate_nothing_until_healed() {
         "{dn} is not on dc2 after heal"
     );
 }
+
+// ===========================================================================
+// Source failover (issue 16): absync itself with both slapd providers as its
+// source (`[source] urls = [source1, source2]`), against real servers killed
+// with SIGKILL: lost mid-pull, lost between runs (the delta goes on from the
+// stored cookie), both lost. Its tests and helpers live in the module below
+// (tests `failover::source_failover::…`, selected by
+// `-E 'test(/^failover::source/)'`), kept apart from the other tests here.
+// ===========================================================================
+
+mod source_failover {
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant, SystemTime};
+
+    use absync::ldap::{Conn, LdapError};
+    use ldap3::Scope;
+
+    use crate::common::check::*;
+    use crate::common::env::{Objects, Run, SyncEnv};
+    use crate::common::testbed::{Server, Testbed, REPLICATION_TIMEOUT};
+
+    /// A fresh environment on the replicated bed whose source is both
+    /// providers, source1 first, with an agreement covering every generated
+    /// organisation; returns once source2 holds the same people as source1.
+    async fn source_env(tb: &'static Testbed, name: &str, people: u32) -> SyncEnv {
+        let env = SyncEnv::new_on(tb, name, 16, people, 4, "nhs-to-ad-contact.toml").await;
+        let codes = env.org_codes();
+        env.write_agreements(&[("DSA-SRC-FO", &codes, ALL_ATTRS, &day(-1), &day(365))]);
+        let (one, two) = source_urls(tb);
+        let text = std::fs::read_to_string(env.config_path()).unwrap();
+        let line = format!("url = \"{one}\"");
+        assert!(text.contains(&line), "no {line} in the config");
+        let text = text.replacen(&line, &format!("urls = [\"{one}\", \"{two}\"]"), 1);
+        std::fs::write(env.config_path(), text).unwrap();
+        source_wait_replicated(&env).await;
+        env
+    }
+
+    /// The LDAPS URLs of source1 and source2.
+    fn source_urls(tb: &Testbed) -> (String, String) {
+        (
+            tb.get(Server::Source1.url_key()).to_string(),
+            tb.get(Server::Source2.url_key()).to_string(),
+        )
+    }
+
+    /// The environment's people as `on` holds them, read as its rootDN:
+    /// entryUUID → attributes (lower-case), the DN under "dn".
+    async fn source_people_on(env: &SyncEnv, on: Server) -> Objects {
+        source_people_read(env, on)
+            .await
+            .unwrap_or_else(|e| panic!("reading the people on {}: {e}", on.name()))
+    }
+
+    async fn source_people_read(env: &SyncEnv, on: Server) -> Result<Objects, LdapError> {
+        let mut conn = Conn::connect(&env.tb.admin_on(on)).await?;
+        let base = format!("ou=People,{}", env.source_base);
+        let attrs = vec!["*".to_string(), "entryUUID".to_string()];
+        let mut search = conn
+            .paged_search(
+                &base,
+                Scope::OneLevel,
+                "(objectClass=nhsPerson)",
+                attrs,
+                500,
+            )
+            .await?;
+        let mut out = Objects::new();
+        while let Some(e) = search.next().await? {
+            let mut attrs: std::collections::BTreeMap<String, Vec<String>> = e
+                .attrs
+                .into_iter()
+                .map(|(k, v)| (k.to_lowercase(), v))
+                .collect();
+            attrs.insert("dn".into(), vec![e.dn]);
+            out.insert(attrs["entryuuid"][0].clone(), attrs);
+        }
+        search.finish().await?;
+        conn.unbind().await;
+        Ok(out)
+    }
+
+    /// Waits until source2 holds the environment's people exactly as source1
+    /// does (attribute values included).
+    async fn source_wait_replicated(env: &SyncEnv) -> Duration {
+        let start = Instant::now();
+        loop {
+            let one = source_people_on(env, Server::Source1).await;
+            // The subtree itself may not have reached source2 yet.
+            let two = source_people_read(env, Server::Source2).await;
+            if two.as_ref().is_ok_and(|two| *two == one) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < REPLICATION_TIMEOUT,
+                "source2 still differs from source1 after {REPLICATION_TIMEOUT:?}: \
+                 {} people on source1, on source2 {:?}",
+                one.len(),
+                two.map(|t| t.len())
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An active person of the environment (the `n`th, in entryUUID order):
+    /// (entryUUID, DN).
+    fn source_active(people: &Objects, n: usize) -> (String, String) {
+        people
+            .iter()
+            .filter(|(_, a)| a["nhsentrystatus"][0] == "active")
+            .nth(n)
+            .map(|(u, a)| (u.clone(), a["dn"][0].clone()))
+            .expect("enough active people")
+    }
+
+    /// absync run as a child process that pauses at `point` (NAME:N, see
+    /// `ABSYNC_PAUSEPOINT`) until `resume` is called.
+    struct SourcePaused {
+        child: Child,
+        file: PathBuf,
+        started: Instant,
+        paused: Instant,
+    }
+
+    impl SourcePaused {
+        /// Starts `absync ARGS` and returns once it is paused at `point`.
+        fn start(env: &SyncEnv, args: &[&str], point: &str) -> SourcePaused {
+            let file = env.dir.join("paused");
+            let started = Instant::now();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_absync"))
+                .arg("--config")
+                .arg(env.config_path())
+                .args(args)
+                .env("ABSYNC_LOG", "warn")
+                .env("ABSYNC_PAUSEPOINT", format!("{point}:{}", file.display()))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run absync");
+            while !file.exists() {
+                if child.try_wait().unwrap().is_some() {
+                    let out = child.wait_with_output().unwrap();
+                    panic!(
+                        "absync ended before its pausepoint {point}: {}\n{}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(300),
+                    "absync did not reach its pausepoint {point}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            SourcePaused {
+                child,
+                file,
+                started,
+                paused: Instant::now(),
+            }
+        }
+
+        /// Lets the run go on and waits for it to end: the run, the moment
+        /// it was resumed and its wall time from start to end, the pause
+        /// left out.
+        fn resume(self) -> (Run, SystemTime, Duration) {
+            let resumed = SystemTime::now();
+            let pause = self.paused.elapsed();
+            std::fs::remove_file(&self.file).unwrap();
+            let out = self.child.wait_with_output().unwrap();
+            let took = self.started.elapsed().saturating_sub(pause);
+            let run = Run {
+                code: out.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            };
+            (run, resumed, took)
+        }
+    }
+
+    /// When the log line containing `text` was written (the log's RFC 3339
+    /// time stamp at the start of the line).
+    fn source_logged_at(r: &Run, text: &str) -> SystemTime {
+        let line = summary_line(r, text);
+        let stamp = line.split_whitespace().next().unwrap_or_default();
+        let at = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("no time stamp on {line:?}: {e}"));
+        SystemTime::from(at)
+    }
+
+    /// The `detail.servers` of the latest run's `run ended` record.
+    fn source_run_servers(env: &SyncEnv) -> (i64, serde_json::Value) {
+        let snap = env.snapshot();
+        let run = snap.runs(1).unwrap()[0].id;
+        let end = snap
+            .stored_where("run_id = ?1 AND op = 'run' AND outcome = 'ended'", &[&run])
+            .unwrap()
+            .remove(0)
+            .record;
+        (run, end.detail.unwrap()["servers"].clone())
+    }
+
+    /// The journal's records for `anchor` with operation `op`, every run.
+    fn source_journaled(env: &SyncEnv, anchor: &str, op: &str) -> Vec<i64> {
+        env.snapshot()
+            .stored_where("anchor = ?1 AND op = ?2", &[&anchor, &op])
+            .unwrap()
+            .into_iter()
+            .map(|s| s.record.run_id)
+            .collect()
+    }
+
+    fn source_sync_timed(env: &SyncEnv, args: &[&str]) -> (Run, Duration) {
+        let t = Instant::now();
+        let r = tokio::task::block_in_place(|| env.absync(args));
+        (r, t.elapsed())
+    }
+
+    /// Source1 is killed while a full pull is paused after its third page
+    /// of 50: the run starts again on source2, reads all of it there, and
+    /// deletes the one person gone from the source, exactly once, after the
+    /// whole read. (2,000 people: the pull reads at most 1,024 entries ahead
+    /// of the stages, so most of them are still to be read from source1
+    /// when it dies.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn source1_killed_mid_pull_the_run_reads_all_of_source2_and_deletes_once() {
+        let tb = super::bed();
+        let _bed = tb.ensure_all_up().await;
+        let (one, two) = source_urls(tb);
+        let env = source_env(tb, "src-fo-kill", 2000).await;
+        env.set_config_line("page_size", "50");
+        let (first, first_took) = source_sync_timed(&env, &["sync"]);
+        assert_eq!(first.code, 0, "{first:?}");
+        let people = source_people_on(&env, Server::Source1).await;
+
+        // One person leaves the source, another changes title.
+        let (gone, gone_dn) = source_active(&people, 7);
+        let (changed, changed_dn) = source_active(&people, 1500);
+        env.change_source(&format!(
+            "dn: {gone_dn}\nchangetype: delete\n\n\
+             dn: {changed_dn}\nchangetype: modify\nreplace: title\ntitle: Failover Lead\n-\n\n"
+        ));
+        source_wait_replicated(&env).await;
+
+        let (r, killed, resumed, took) = tokio::task::block_in_place(|| {
+            let paused = SourcePaused::start(&env, &["sync", "--full"], "page-end:3");
+            tb.kill(Server::Source1);
+            let killed = SystemTime::now();
+            assert!(!tb.is_up(Server::Source1), "source1 answers after SIGKILL");
+            let (r, resumed, took) = paused.resume();
+            (r, killed, resumed, took)
+        });
+        assert_eq!(r.code, 0, "{r:?}");
+        // Lost during the read, not at connecting: the run started again.
+        assert!(r.stderr.contains("lost a server during the run"), "{r:?}");
+        assert!(r.stderr.contains("the source read ended early"), "{r:?}");
+        let line = summary_line(&r, "failed over");
+        eprintln!("source failover: mid-pull: {line}");
+        assert!(line.contains(&format!("source {one} (")), "{line}");
+        assert!(line.contains(&format!("used source {two},")), "{line}");
+        let counts = summary_line(&r, "added");
+        assert!(
+            counts.contains("added 0, modified 1, renamed 0, deleted 1;"),
+            "{counts}"
+        );
+
+        // AD holds every person in scope on the source, the leaver gone.
+        let source = source_people_on(&env, Server::Source2).await;
+        let ad = by_anchor(&env.ad_objects().await);
+        let held: std::collections::BTreeSet<String> = ad.keys().cloned().collect();
+        assert_eq!(held, expected_anchors(&source, &env.org_codes()));
+        assert!(!held.contains(&gone));
+        assert_eq!(ad[&changed]["title"], ["Failover Lead"]);
+        // Deleted once, by this run; no other delete in the journal at all.
+        let (run, servers) = source_run_servers(&env);
+        assert_eq!(source_journaled(&env, &gone, "delete"), [run]);
+        let deletes = env
+            .snapshot()
+            .stored_where("op = 'delete'", &[])
+            .unwrap()
+            .len();
+        assert_eq!(deletes, 1, "only the leaver was ever deleted");
+        // The run's end record names the servers and the move.
+        assert_eq!(servers["source"], two.as_str(), "{servers}");
+        assert_eq!(servers["moves"].as_array().unwrap().len(), 1, "{servers}");
+        assert_eq!(servers["moves"][0]["side"], "source", "{servers}");
+        assert_eq!(servers["moves"][0]["from"], one.as_str(), "{servers}");
+        let verify = env.absync(&["journal", "verify"]);
+        assert_eq!(verify.code, 0, "{verify:?}");
+
+        // The same full run, undisturbed, with source1 back.
+        tokio::task::block_in_place(|| tb.start(Server::Source1));
+        source_wait_replicated(&env).await;
+        let (calm, calm_took) = source_sync_timed(&env, &["sync", "--full"]);
+        assert_eq!(calm.code, 0, "{calm:?}");
+        assert!(summary_line(&calm, "added").contains(NO_WRITES), "{calm:?}");
+        assert!(!calm.stderr.contains("failed over"), "{calm:?}");
+
+        let noticed = source_logged_at(&r, "lost a server during the run");
+        let after = |t: SystemTime| noticed.duration_since(t).unwrap_or_default();
+        eprintln!(
+            "source failover: {} in scope; first sync {first_took:?}; full run with source1 \
+             killed after page 3: {took:?} without the pause (source1 killed {:?} before the \
+             run was resumed; loss noticed {:?} after the kill, {:?} after the resume); the \
+             same full run undisturbed: {calm_took:?}",
+            held.len(),
+            resumed.duration_since(killed).unwrap_or_default(),
+            after(killed),
+            after(resumed),
+        );
+    }
+    /// A delta run after a source failover: the cookie of a run that read
+    /// source1 is used on source2 once source1 is killed. On this bed
+    /// source2 accepts it and sends exactly the changes since (a delta,
+    /// with its delete phase), not everything.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn source1_killed_between_runs_the_cookie_it_gave_serves_a_delta_on_source2() {
+        let tb = super::bed();
+        let _bed = tb.ensure_all_up().await;
+        let (one, two) = source_urls(tb);
+        let env = source_env(tb, "src-fo-delta", 60).await;
+        let first = tokio::task::block_in_place(|| env.sync_ok());
+        assert!(!first.stderr.contains("failed over"), "{first:?}");
+        let (_, servers) = source_run_servers(&env);
+        assert_eq!(servers["source"], one.as_str(), "the cookie is source1's");
+        let people = source_people_on(&env, Server::Source1).await;
+        let (gone, gone_dn) = source_active(&people, 3);
+        let (changed, changed_dn) = source_active(&people, 20);
+        env.change_source(&format!(
+            "dn: {changed_dn}\nchangetype: modify\nreplace: title\ntitle: Delta Lead\n-\n\n\
+             dn: {gone_dn}\nchangetype: delete\n\n"
+        ));
+        let took = source_wait_replicated(&env).await;
+        eprintln!("source failover: the changes reached source2 in {took:?}");
+
+        tokio::task::block_in_place(|| tb.kill(Server::Source1));
+        let r = tokio::task::block_in_place(|| env.absync(&["sync"]));
+        assert_eq!(r.code, 0, "{r:?}");
+        eprintln!("source failover: a delta run on source2:\n{}", r.stderr);
+        // Source1 was down at connecting: passed over, not lost mid-run.
+        assert!(!r.stderr.contains("lost a server during the run"), "{r:?}");
+        let line = summary_line(&r, "failed over");
+        assert!(line.contains(&format!("source {one} (")), "{line}");
+        assert!(line.contains(&format!("used source {two},")), "{line}");
+        let pull = summary_line(&r, "pull:");
+        assert!(pull.contains("pull: delta, 1 gone"), "{pull}");
+        let pulled = summary_line(&r, "pulled");
+        assert!(pulled.contains("pulled 1, in scope 1,"), "{pulled}");
+        let counts = summary_line(&r, "added");
+        assert!(
+            counts.contains("added 0, modified 1, renamed 0, deleted 1;"),
+            "{counts}"
+        );
+        let ad = by_anchor(&env.ad_objects().await);
+        assert_eq!(ad[&changed]["title"], ["Delta Lead"]);
+        assert!(!ad.contains_key(&gone));
+        let source = source_people_on(&env, Server::Source2).await;
+        let held: std::collections::BTreeSet<String> = ad.keys().cloned().collect();
+        assert_eq!(held, expected_anchors(&source, &env.org_codes()));
+        let (run, servers) = source_run_servers(&env);
+        assert_eq!(source_journaled(&env, &gone, "delete"), [run]);
+        assert_eq!(servers["source"], two.as_str(), "{servers}");
+        assert_eq!(servers["moves"][0]["side"], "source", "{servers}");
+        assert_eq!(servers["moves"][0]["from"], one.as_str(), "{servers}");
+        let verify = env.absync(&["journal", "verify"]);
+        assert_eq!(verify.code, 0, "{verify:?}");
+    }
+
+    /// Both source servers down: the run writes nothing, exits 2 and names
+    /// both servers, for a delta run and a full run alike.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn source_both_killed_the_run_exits_2_naming_both_and_writes_nothing() {
+        let tb = super::bed();
+        let _bed = tb.ensure_all_up().await;
+        let (one, two) = source_urls(tb);
+        let env = source_env(tb, "src-fo-none", 40).await;
+        tokio::task::block_in_place(|| env.sync_ok());
+        // A change waiting on the source: no run may write anything either.
+        let people = source_people_on(&env, Server::Source1).await;
+        let (_, dn) = source_active(&people, 2);
+        env.change_source(&format!(
+            "dn: {dn}\nchangetype: modify\nreplace: title\ntitle: Nobody Reads This\n-\n\n"
+        ));
+        source_wait_replicated(&env).await;
+        let before = env.ad_objects().await;
+        let runs_before = env.snapshot().runs(100).unwrap().len();
+
+        tokio::task::block_in_place(|| {
+            tb.kill(Server::Source1);
+            tb.kill(Server::Source2);
+        });
+        for args in [&["sync"][..], &["sync", "--full"]] {
+            let r = tokio::task::block_in_place(|| env.absync(args));
+            assert_eq!(r.code, 2, "{args:?}: {r:?}");
+            let msg = summary_line(&r, "no server answered");
+            assert!(msg.contains("no server answered (2 tried): "), "{msg}");
+            assert!(msg.contains(&format!("{one}: ")), "{msg}");
+            assert!(msg.contains(&format!("{two}: ")), "{msg}");
+            eprintln!("source failover: both sources down, {args:?}: {msg}");
+        }
+        assert_unchanged(&before, &env.ad_objects().await);
+        // Both runs are on record as failed, naming the servers, with no
+        // object record; the journal holds.
+        let snap = env.snapshot();
+        let runs = snap.runs(100).unwrap();
+        assert_eq!(runs.len(), runs_before + 2);
+        for run in &runs[..2] {
+            assert!(
+                run.status
+                    .starts_with("failed: no server answered (2 tried): "),
+                "{}",
+                run.status
+            );
+            let objects = snap
+                .stored_where("run_id = ?1 AND anchor IS NOT NULL", &[&run.id])
+                .unwrap();
+            assert!(objects.is_empty(), "{objects:?}");
+        }
+        let verify = env.absync(&["journal", "verify"]);
+        assert_eq!(verify.code, 0, "{verify:?}");
+    }
+}
