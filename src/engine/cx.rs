@@ -113,7 +113,7 @@ impl std::fmt::Debug for Watcher {
 }
 
 impl Options {
-    fn cancelled(&self) -> bool {
+    pub(crate) fn cancelled(&self) -> bool {
         self.cancel
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))

@@ -50,6 +50,10 @@ impl Stages<'_, '_, '_> {
         if let Some(p) = &self.opts.progress {
             p.store(self.counts.pulled, Ordering::Relaxed);
         }
+        if self.opts.cancelled() {
+            // A stop comes after the adds in flight are committed.
+            self.applier.quiesce(self.snapshot, self.counts).await?;
+        }
         self.opts.stop_point(self.counts, NO_DELETES)?;
         let verdict = self.scope.judge(raw);
         let change = match self.planner.plan_step(verdict, self.counts)? {

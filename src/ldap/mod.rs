@@ -387,6 +387,12 @@ pub fn first_value(e: &SearchEntry, name: &str) -> Option<String> {
         .and_then(|(_, v)| v.first().cloned())
 }
 
+/// An add sent by [`Conn::add_send`], its answer not yet read.
+pub struct AddSent {
+    dn: String,
+    task: tokio::task::JoinHandle<Result<ldap3::result::Result<ldap3::LdapResult>, String>>,
+}
+
 /// An open, bound connection.
 pub struct Conn {
     ldap: ldap3::Ldap,
@@ -823,30 +829,50 @@ impl Conn {
     /// gets the next request while it answers the last) and returns each
     /// one's outcome, in order.
     pub async fn add_many(&mut self, items: Vec<(String, AddAttrs)>) -> Vec<Result<(), LdapError>> {
-        let mut tasks = Vec::with_capacity(items.len());
-        for (dn, attrs) in items {
-            let mut ldap = self.ldap.clone();
-            ldap.with_timeout(self.timeout);
-            let attrs = add_bytes(attrs);
-            tasks.push((
-                dn.clone(),
-                tokio::spawn(async move { guard(ldap.add(&dn, attrs)).await }),
-            ));
-        }
-        let mut out = Vec::with_capacity(tasks.len());
-        for (dn, task) in tasks {
-            out.push(match task.await {
-                Ok(Ok(Ok(res))) => self.check("add", &dn, res),
-                Ok(Ok(Err(e))) => Err(self.op_error("add", &dn, e)),
-                Ok(Err(panic)) => Err(self.link().malformed(format!("add \"{dn}\""), panic)),
-                Err(e) => Err(LdapError::Protocol {
-                    url: self.url.clone(),
-                    what: format!("add \"{dn}\""),
-                    detail: e.to_string(),
-                }),
-            });
+        let sent: Vec<AddSent> = items
+            .into_iter()
+            .map(|(dn, attrs)| self.add_send(dn, attrs))
+            .collect();
+        let mut out = Vec::with_capacity(sent.len());
+        for add in sent {
+            out.push(self.add_answer(add).await);
         }
         out
+    }
+
+    /// Sends one add without waiting for its answer (read it with
+    /// [`Self::add_answer`]): several in flight on one connection keep the
+    /// server busy while the caller works.
+    pub fn add_send(&self, dn: String, attrs: AddAttrs) -> AddSent {
+        let mut ldap = self.ldap.clone();
+        ldap.with_timeout(self.timeout);
+        let attrs = add_bytes(attrs);
+        let name = dn.clone();
+        AddSent {
+            dn,
+            task: tokio::spawn(async move { guard(ldap.add(&name, attrs)).await }),
+        }
+    }
+
+    /// Whether the answer to a sent add has arrived (then
+    /// [`Self::add_answer`] does not wait).
+    pub fn add_answered(add: &AddSent) -> bool {
+        add.task.is_finished()
+    }
+
+    /// The outcome of a sent add, waiting for its answer.
+    pub async fn add_answer(&self, add: AddSent) -> Result<(), LdapError> {
+        let AddSent { dn, task } = add;
+        match task.await {
+            Ok(Ok(Ok(res))) => self.check("add", &dn, res),
+            Ok(Ok(Err(e))) => Err(self.op_error("add", &dn, e)),
+            Ok(Err(panic)) => Err(self.link().malformed(format!("add \"{dn}\""), panic)),
+            Err(e) => Err(LdapError::Protocol {
+                url: self.url.clone(),
+                what: format!("add \"{dn}\""),
+                detail: e.to_string(),
+            }),
+        }
     }
 
     fn op_error(&self, op: &'static str, dn: &str, e: ldap3::LdapError) -> LdapError {

@@ -1,10 +1,16 @@
 //! The add window: new objects go to the target [`ADD_WINDOW`] at a time,
 //! pipelined on one connection, and a name already taken is either
-//! adopted (ours, left by a crash) or journaled as a conflict.
+//! adopted (ours, left by a crash) or journaled as a conflict. The window
+//! does not drain between groups: a group is sent before the answers to
+//! the group before it are read and committed, so the server always has
+//! adds to work on while absync commits and plans (`advance_adds`).
 //!
-//! **Invariant:** the intents of a whole window are committed before any
-//! add is sent, and what the target accepted is committed together after;
-//! an add refused for a name absync does not own never touches that object.
+//! **Invariant:** the intents of a whole group are committed before any
+//! of its adds is sent, and what the target accepted is committed together
+//! after its answers arrived; an add refused for a name absync does not
+//! own never touches that object. A search on the connection (the next
+//! group's address check) is answered only after the adds before it, so
+//! it also marks when they are done.
 //!
 //! [`ADD_WINDOW`]: super::ADD_WINDOW
 
@@ -17,6 +23,14 @@ use crate::state::{Accepted, Attrs, Intent, ObjectRow, Snapshot};
 
 use super::collide::{addresses, first_collision};
 use super::{set, Applier, ApplyError, Refused, WriteError};
+
+/// An add of the window: sent, its answer not yet read, or refused before
+/// it was sent.
+pub(super) struct Flight {
+    after: ObjectRow,
+    reason: String,
+    sent: Result<crate::ldap::AddSent, WriteError>,
+}
 
 impl Applier<'_, '_> {
     /// The attributes an add sends for `after`.
@@ -39,32 +53,113 @@ impl Applier<'_, '_> {
             .await
     }
 
-    /// Adds several objects: their intents in one transaction, the adds
-    /// pipelined, then what the target accepted in one transaction. Each
-    /// refusal is then handled on its own, as for a single add.
+    /// Adds several objects now: [`Self::launch`], then [`Self::land`].
     pub(super) async fn add_batch(
         &mut self,
         snapshot: &Snapshot,
         adds: Vec<(ObjectRow, String)>,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
+        let flights = self.launch(snapshot, adds, counts).await?;
+        self.land(snapshot, flights, counts).await
+    }
+
+    /// One step of the continuous add window: the adds waiting
+    /// (`pending`) are launched, and only then are the answers to the adds
+    /// launched before them read and committed. The server works on the
+    /// new adds while absync commits the last ones and plans the next.
+    pub(super) async fn advance_adds(
+        &mut self,
+        snapshot: &Snapshot,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        let adds = std::mem::take(&mut self.pending);
+        let flights = self.launch(snapshot, adds, counts).await?;
+        let answered = std::mem::replace(&mut self.in_flight, flights);
+        self.land(snapshot, answered, counts).await
+    }
+
+    /// Ends the add window: what waits is launched, and every answer read
+    /// and committed.
+    pub(super) async fn settle_adds(
+        &mut self,
+        snapshot: &Snapshot,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        if !self.pending.is_empty() {
+            self.advance_adds(snapshot, counts).await?;
+        }
+        let answered = std::mem::take(&mut self.in_flight);
+        self.land(snapshot, answered, counts).await
+    }
+
+    /// Reads and commits the answers to the adds in flight, sending no
+    /// more (before a run stops).
+    pub async fn quiesce(
+        &mut self,
+        snapshot: &Snapshot,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        let answered = std::mem::take(&mut self.in_flight);
+        self.land(snapshot, answered, counts).await
+    }
+
+    /// Sends adds without waiting for their answers: those whose addresses
+    /// collide are withheld (one search for all), the intents of the
+    /// others committed in one transaction, then each sent (or refused
+    /// unsent when its DN is outside the containers).
+    async fn launch(
+        &mut self,
+        snapshot: &Snapshot,
+        adds: Vec<(ObjectRow, String)>,
+        counts: &mut Counts,
+    ) -> Result<Vec<Flight>, ApplyError> {
         let adds = self.withhold_collisions(snapshot, adds, counts).await?;
         if adds.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let intents: Vec<Intent> = adds
             .iter()
             .map(|(after, reason)| self.intent(&after.anchor, "add", None, Some(after), reason))
             .collect();
         snapshot.record_intents(&intents)?;
-        let requests = adds
-            .iter()
-            .map(|(after, _)| (after.dn.clone(), self.add_attrs(after)))
-            .collect();
-        let results = self.add_inside(requests).await;
+        Ok(adds
+            .into_iter()
+            .map(|(after, reason)| {
+                let sent = self.send_inside(after.dn.clone(), self.add_attrs(&after));
+                Flight {
+                    after,
+                    reason,
+                    sent,
+                }
+            })
+            .collect())
+    }
+
+    /// Reads the answers to launched adds, in order, and commits what the
+    /// target accepted in one transaction. Each refusal is then handled on
+    /// its own, as for a single add.
+    async fn land(
+        &mut self,
+        snapshot: &Snapshot,
+        flights: Vec<Flight>,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        if flights.is_empty() {
+            return Ok(());
+        }
         let mut accepted: Vec<(ObjectRow, Vec<Record>)> = Vec::new();
         let mut refused = Vec::new();
-        for ((after, reason), result) in adds.into_iter().zip(results) {
+        for Flight {
+            after,
+            reason,
+            sent,
+        } in flights
+        {
+            let result = match sent {
+                Ok(add) => self.conn.add_answer(add).await.map_err(WriteError::from),
+                Err(e) => Err(e),
+            };
             match result {
                 Ok(()) => {
                     let mut r = self.record(&after.anchor, "add", "applied", &reason);

@@ -10,7 +10,7 @@
 
 use ldap3::Mod;
 
-use crate::ldap::{AddAttrs, LdapError};
+use crate::ldap::{AddAttrs, AddSent, LdapError};
 
 use super::{Applier, ApplyError};
 
@@ -103,37 +103,11 @@ impl Applier<'_, '_> {
         Ok(self.conn.delete(dn).await?)
     }
 
-    /// Sends the adds whose DN is inside the containers, pipelined; the
-    /// others are refused without being sent. Outcomes in order.
-    pub(super) async fn add_inside(
-        &mut self,
-        requests: Vec<(String, AddAttrs)>,
-    ) -> Vec<Result<(), WriteError>> {
-        let checks: Vec<Result<(), OutsideOu>> = requests
-            .iter()
-            .map(|(dn, _)| self.inside("add", dn))
-            .collect();
-        let send = requests
-            .into_iter()
-            .zip(&checks)
-            .filter(|(_, c)| c.is_ok())
-            .map(|(r, _)| r)
-            .collect();
-        let mut sent = self.conn.add_many(send).await.into_iter();
-        // `add_many` answers each request it was given; a missing answer
-        // would be a failure, never a success.
-        let unanswered = || LdapError::Protocol {
-            url: self.conn.url().to_string(),
-            what: "add".into(),
-            detail: "no answer to a pipelined add".into(),
-        };
-        checks
-            .into_iter()
-            .map(|c| match c {
-                Ok(()) => Ok(sent.next().unwrap_or_else(|| Err(unanswered()))?),
-                Err(o) => Err(o.into()),
-            })
-            .collect()
+    /// Sends an add whose DN is inside the containers, without waiting
+    /// for its answer; one outside is refused without being sent.
+    pub(super) fn send_inside(&self, dn: String, attrs: AddAttrs) -> Result<AddSent, WriteError> {
+        self.inside("add", &dn)?;
+        Ok(self.conn.add_send(dn, attrs))
     }
 }
 

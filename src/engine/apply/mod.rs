@@ -14,6 +14,8 @@
 //! - `target.rs`: what the target holds (reads only);
 //! - `add.rs`: adds, pipelined [`ADD_WINDOW`] at a time;
 //! - `collide.rs`: addresses another object in the domain already has;
+//! - `queue.rs`: updates, hides and deletes, their objects found
+//!   [`CHECK_WINDOW`] at a time;
 //! - `update.rs`: renames, restores and modifies;
 //! - `remove.rs`: hides and deletes;
 //! - `recover.rs`: settling the intents a crash left (on the DC they went to);
@@ -36,6 +38,7 @@ mod collide;
 mod conflict;
 mod dry;
 mod guard;
+mod queue;
 mod recover;
 mod remove;
 mod target;
@@ -95,6 +98,13 @@ pub struct Applier<'a, 'o> {
     /// (pipelined on one connection) when [`ADD_WINDOW`] are waiting, when
     /// another kind of change comes, and at [`Applier::flush`].
     pending: Vec<(ObjectRow, String)>,
+    /// Updates, hides and deletes planned but not yet written: the target
+    /// is asked where their objects are in one search for the lot (see
+    /// `queue.rs`), when [`CHECK_WINDOW`] are waiting, when another kind of
+    /// change comes, and at [`Applier::flush`].
+    queued: Vec<Change>,
+    /// Adds sent whose answers are not yet read (see `add.rs`).
+    in_flight: Vec<add::Flight>,
     /// The domain naming context the address collision searches run in,
     /// once known.
     domain: Option<String>,
@@ -114,6 +124,9 @@ pub struct Applier<'a, 'o> {
 /// add as fast as a lone one, so the round trips and absync's own work
 /// overlap with the server's.
 pub const ADD_WINDOW: usize = 16;
+
+/// How many updates, hides and deletes share one ownership search.
+pub const CHECK_WINDOW: usize = 32;
 
 fn set(values: &[String]) -> HashSet<String> {
     values.iter().cloned().collect()
@@ -144,6 +157,8 @@ impl<'a, 'o> Applier<'a, 'o> {
             plan,
             retry: Vec::new(),
             pending: Vec::new(),
+            queued: Vec::new(),
+            in_flight: Vec::new(),
             domain: None,
             gc: None,
             met: HashSet::new(),
@@ -236,13 +251,29 @@ impl Applier<'_, '_> {
             return Ok(());
         }
         if let Kind::Add { after } = change.kind {
+            // Changes keep their order: queued writes go first.
+            self.run_queued(snapshot, counts).await?;
             self.pending.push((after, change.reason));
             if self.pending.len() >= ADD_WINDOW {
-                self.flush(snapshot, counts).await?;
+                if self.plan.is_some() {
+                    self.send_adds(snapshot, counts).await?;
+                } else {
+                    self.advance_adds(snapshot, counts).await?;
+                }
             }
             return Ok(());
         }
-        // Changes keep their order: waiting adds go first.
+        let change = match self.enqueue(change) {
+            Some(change) => change,
+            None => {
+                self.send_adds(snapshot, counts).await?;
+                if self.queued.len() >= CHECK_WINDOW {
+                    self.run_queued(snapshot, counts).await?;
+                }
+                return Ok(());
+            }
+        };
+        // Changes keep their order: waiting writes go first.
         self.flush(snapshot, counts).await?;
         if self.plan.is_some() {
             return self.dry(change, counts).await;
@@ -330,20 +361,32 @@ impl Applier<'_, '_> {
         Ok(())
     }
 
-    /// Sends the adds waiting for the add window (`pending`); in a dry run,
-    /// renders them.
+    /// Sends what waits: the adds of the add window (`pending`) and the
+    /// queued renames, modifies, hides and deletes; in a dry run, renders
+    /// them.
     pub async fn flush(
         &mut self,
         snapshot: &Snapshot,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
+        self.send_adds(snapshot, counts).await?;
+        self.run_queued(snapshot, counts).await
+    }
+
+    /// Sends the adds waiting for the add window (`pending`) and reads
+    /// every answer; in a dry run, renders them.
+    async fn send_adds(
+        &mut self,
+        snapshot: &Snapshot,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        if self.plan.is_none() {
+            return self.settle_adds(snapshot, counts).await;
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
         let adds = std::mem::take(&mut self.pending);
-        if self.plan.is_some() {
-            return self.dry_adds(adds, counts).await;
-        }
-        self.add_batch(snapshot, adds, counts).await
+        self.dry_adds(adds, counts).await
     }
 }

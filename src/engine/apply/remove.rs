@@ -41,8 +41,24 @@ impl Applier<'_, '_> {
         reason: &str,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
+        let found = self.locate(&before.anchor, Some(&before.dn)).await?;
+        self.hide_located(snapshot, before, after, reason, counts, found)
+            .await
+    }
+
+    /// [`Self::hide`] once the target was asked where the object is
+    /// (`found`: carrying absync's anchor).
+    pub(super) async fn hide_located(
+        &mut self,
+        snapshot: &Snapshot,
+        before: ObjectRow,
+        after: ObjectRow,
+        reason: &str,
+        counts: &mut Counts,
+        found: Option<(String, Attrs)>,
+    ) -> Result<(), ApplyError> {
         let anchor = before.anchor.clone();
-        let Some((dn, attrs)) = self.locate(&anchor, Some(&before.dn)).await? else {
+        let Some((dn, attrs)) = found else {
             return self.forget_absent(snapshot, &before, "hide", reason);
         };
         let before = ObjectRow {
@@ -111,8 +127,23 @@ impl Applier<'_, '_> {
         reason: &str,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
+        let found = self.locate(&before.anchor, Some(&before.dn)).await?;
+        self.delete_located(snapshot, before, reason, counts, found)
+            .await
+    }
+
+    /// [`Self::delete`] once the target was asked where the object is
+    /// (`found`: carrying absync's anchor).
+    pub(super) async fn delete_located(
+        &mut self,
+        snapshot: &Snapshot,
+        before: ObjectRow,
+        reason: &str,
+        counts: &mut Counts,
+        found: Option<(String, Attrs)>,
+    ) -> Result<(), ApplyError> {
         let anchor = before.anchor.clone();
-        let Some((dn, attrs)) = self.locate(&anchor, Some(&before.dn)).await? else {
+        let Some((dn, attrs)) = found else {
             return self.forget_absent(snapshot, &before, "delete", reason);
         };
         let current = ObjectRow {

@@ -14,7 +14,7 @@ use ldap3::Mod;
 use crate::engine::diff::{attr_changes, same_dn, MOVED_ORGANISATION, RENAMED_IN_SOURCE};
 use crate::state::journal::Record;
 use crate::state::runs::Counts;
-use crate::state::{ObjectRow, Snapshot};
+use crate::state::{Attrs, ObjectRow, Snapshot};
 
 use super::{set, Applier, ApplyError, Refused, WriteError};
 
@@ -45,8 +45,25 @@ impl Applier<'_, '_> {
             return Ok(());
         }
         // Never write to an object that does not carry our anchor.
-        let Some((current_dn, current_attrs)) = self.locate(&anchor, Some(&before.dn)).await?
-        else {
+        let found = self.locate(&anchor, Some(&before.dn)).await?;
+        self.update_located(snapshot, before, after, reason, counts, found)
+            .await
+    }
+
+    /// [`Self::update`] of an object that needs a write, once the target
+    /// was asked where it is: `found` is what [`Applier::locate`] (or
+    /// `locate_many`) answered, the object carrying absync's anchor.
+    pub(super) async fn update_located(
+        &mut self,
+        snapshot: &Snapshot,
+        before: ObjectRow,
+        after: ObjectRow,
+        reason: &str,
+        counts: &mut Counts,
+        found: Option<(String, Attrs)>,
+    ) -> Result<(), ApplyError> {
+        let anchor = after.anchor.clone();
+        let Some((current_dn, current_attrs)) = found else {
             // Gone from the target (deleted by hand): create it again.
             snapshot.commit(&anchor, None, self.run_id, &[])?;
             return Box::pin(self.add(snapshot, after, "missing from target", counts)).await;

@@ -114,6 +114,8 @@ pub(crate) async fn carry_out(
         cx.opts.stop_point(counts, SOME_DELETES)?;
         applier.apply(cx.snapshot, change, counts).await?;
     }
+    // The hides and deletes still queued for their ownership search.
+    applier.flush(cx.snapshot, counts).await?;
     counts.withheld = decided.held.len() as u64;
     let mut notes = Vec::new();
     if let Some(limit) = cx.opts.allow_deletes {
