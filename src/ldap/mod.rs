@@ -825,21 +825,6 @@ impl Conn {
         ldap
     }
 
-    /// Sends several adds at once on this connection (pipelined: the server
-    /// gets the next request while it answers the last) and returns each
-    /// one's outcome, in order.
-    pub async fn add_many(&mut self, items: Vec<(String, AddAttrs)>) -> Vec<Result<(), LdapError>> {
-        let sent: Vec<AddSent> = items
-            .into_iter()
-            .map(|(dn, attrs)| self.add_send(dn, attrs))
-            .collect();
-        let mut out = Vec::with_capacity(sent.len());
-        for add in sent {
-            out.push(self.add_answer(add).await);
-        }
-        out
-    }
-
     /// Sends one add without waiting for its answer (read it with
     /// [`Self::add_answer`]): several in flight on one connection keep the
     /// server busy while the caller works.
