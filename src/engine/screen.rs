@@ -44,6 +44,19 @@ pub struct Dropped {
 
 /// The values of address attributes the list does not allow, each with
 /// its attribute and why.
+/// The source attributes the mapping makes address attributes (`mail`,
+/// `targetAddress`, `proxyAddresses`) from.
+pub fn address_sources(mapping: &Mapping) -> BTreeSet<String> {
+    mapping
+        .rules
+        .iter()
+        .filter(|r| is_address_attribute(&r.target))
+        .filter_map(|r| mapping.sources_of(&r.target))
+        .flatten()
+        .flatten()
+        .collect()
+}
+
 fn outside(domains: &MailDomains, mapped: &Mapped) -> Vec<(String, String, Refusal)> {
     let mut out = Vec::new();
     for (attr, values) in &mapped.attrs {
@@ -87,14 +100,7 @@ pub fn screen(
         .iter()
         .map(|(_, v, _)| bare_address(v).unwrap_or(v).trim().to_lowercase())
         .collect();
-    let sources: BTreeSet<String> = mapping
-        .rules
-        .iter()
-        .filter(|r| is_address_attribute(&r.target))
-        .filter_map(|r| mapping.sources_of(&r.target))
-        .flatten()
-        .flatten()
-        .collect();
+    let sources = address_sources(mapping);
     let mut without = entry.clone();
     for (attr, values) in without.attrs.iter_mut() {
         if sources.contains(attr) {

@@ -11,9 +11,9 @@ use crate::engine::cx::Inputs;
 use crate::engine::map::Mapping;
 use crate::engine::pull::query;
 use crate::engine::scope::{Scope, Verdict};
-use crate::engine::screen::{screen, Screened};
+use crate::engine::screen::{self, screen, Screened};
 use crate::ldap::{Conn, LdapError};
-use crate::maildomains::{is_address_attribute, MailDomains};
+use crate::maildomains::MailDomains;
 
 /// What the survey found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,18 +30,11 @@ pub struct MailSurvey {
 /// agreement allows (lower-case).
 fn address_sources(mapping: &Mapping, inputs: &Inputs) -> Vec<String> {
     let allowed = inputs.agreements.allowed_attributes();
-    let mut out: Vec<String> = mapping
-        .rules
-        .iter()
-        .filter(|r| is_address_attribute(&r.target))
-        .filter_map(|r| mapping.sources_of(&r.target))
-        .flatten()
-        .flatten()
+    // A set: sorted, each once.
+    screen::address_sources(mapping)
+        .into_iter()
         .filter(|a| allowed.contains(a))
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+        .collect()
 }
 
 /// The filter of candidates: in scope, holding one of `attrs`, and no value
