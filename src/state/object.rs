@@ -51,6 +51,17 @@ pub struct Intent {
     pub at: Option<String>,
 }
 
+impl Intent {
+    /// The object's name: where the write would leave it, else where it
+    /// was.
+    pub fn dn(&self) -> Option<&str> {
+        self.after
+            .as_ref()
+            .or(self.before.as_ref())
+            .map(|o| o.dn.as_str())
+    }
+}
+
 /// A target server: its URL and, for an AD DC, its `dsServiceName` (which
 /// names the DC whatever address reaches it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -162,11 +162,7 @@ impl Applier<'_, '_> {
         tracing::warn!(anchor = intent.anchor, "{why}");
         counts.waiting += 1;
         let mut r = self.record(&intent.anchor, "settle", "waiting", &why);
-        r.dn = intent
-            .after
-            .as_ref()
-            .or(intent.before.as_ref())
-            .map(|o| o.dn.clone());
+        r.dn = intent.dn().map(str::to_string);
         r.detail = Some(serde_json::json!({ "server": sent, "intent_run": intent.run_id }));
         snapshot.journal(&[r])?;
         self.retry.push((intent.anchor.clone(), why.clone()));
@@ -182,12 +178,7 @@ impl Applier<'_, '_> {
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
         let anchor = intent.anchor.clone();
-        let hint = intent
-            .after
-            .as_ref()
-            .or(intent.before.as_ref())
-            .map(|o| o.dn.clone());
-        let found = self.locate(&anchor, hint.as_deref()).await?;
+        let found = self.locate(&anchor, intent.dn()).await?;
         let (row, records) = self.settle(intent, found);
         if !records.is_empty() {
             counts.recovered += 1;
