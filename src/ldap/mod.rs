@@ -387,8 +387,10 @@ pub fn first_value(e: &SearchEntry, name: &str) -> Option<String> {
         .and_then(|(_, v)| v.first().cloned())
 }
 
-/// An add sent by [`Conn::add_send`], its answer not yet read.
-pub struct AddSent {
+/// A write sent by [`Conn::add_send`], [`Conn::modify_send`] or
+/// [`Conn::delete_send`], its answer not yet read.
+pub struct Sent {
+    op: &'static str,
     dn: String,
     task: tokio::task::JoinHandle<Result<ldap3::result::Result<ldap3::LdapResult>, String>>,
 }
@@ -826,35 +828,59 @@ impl Conn {
     }
 
     /// Sends one add without waiting for its answer (read it with
-    /// [`Self::add_answer`]): several in flight on one connection keep the
+    /// [`Self::answer`]): several in flight on one connection keep the
     /// server busy while the caller works.
-    pub fn add_send(&self, dn: String, attrs: AddAttrs) -> AddSent {
-        let mut ldap = self.ldap.clone();
-        ldap.with_timeout(self.timeout);
+    pub fn add_send(&self, dn: String, attrs: AddAttrs) -> Sent {
         let attrs = add_bytes(attrs);
+        self.send("add", dn, move |mut ldap, dn| async move {
+            ldap.add(&dn, attrs).await
+        })
+    }
+
+    /// Sends one modify without waiting for its answer.
+    pub fn modify_send(&self, dn: String, mods: Vec<Mod<String>>) -> Sent {
+        self.send("modify", dn, move |mut ldap, dn| async move {
+            ldap.modify(&dn, mods).await
+        })
+    }
+
+    /// Sends one delete without waiting for its answer.
+    pub fn delete_send(&self, dn: String) -> Sent {
+        self.send("delete", dn, |mut ldap, dn| async move {
+            ldap.delete(&dn).await
+        })
+    }
+
+    /// Spawns `write` on a handle of this connection (with the timeout):
+    /// ldap3 sends the request at once and the task waits for its answer.
+    fn send<Fut>(
+        &self,
+        op: &'static str,
+        dn: String,
+        write: impl FnOnce(ldap3::Ldap, String) -> Fut + Send + 'static,
+    ) -> Sent
+    where
+        Fut: std::future::Future<Output = ldap3::result::Result<ldap3::LdapResult>> + Send,
+    {
+        let ldap = self.op();
         let name = dn.clone();
-        AddSent {
+        Sent {
+            op,
             dn,
-            task: tokio::spawn(async move { guard(ldap.add(&name, attrs)).await }),
+            task: tokio::spawn(async move { guard(write(ldap, name)).await }),
         }
     }
 
-    /// Whether the answer to a sent add has arrived (then
-    /// [`Self::add_answer`] does not wait).
-    pub fn add_answered(add: &AddSent) -> bool {
-        add.task.is_finished()
-    }
-
-    /// The outcome of a sent add, waiting for its answer.
-    pub async fn add_answer(&self, add: AddSent) -> Result<(), LdapError> {
-        let AddSent { dn, task } = add;
+    /// The outcome of a sent write, waiting for its answer.
+    pub async fn answer(&self, sent: Sent) -> Result<(), LdapError> {
+        let Sent { op, dn, task } = sent;
         match task.await {
-            Ok(Ok(Ok(res))) => self.check("add", &dn, res),
-            Ok(Ok(Err(e))) => Err(self.op_error("add", &dn, e)),
-            Ok(Err(panic)) => Err(self.link().malformed(format!("add \"{dn}\""), panic)),
+            Ok(Ok(Ok(res))) => self.check(op, &dn, res),
+            Ok(Ok(Err(e))) => Err(self.op_error(op, &dn, e)),
+            Ok(Err(panic)) => Err(self.link().malformed(format!("{op} \"{dn}\""), panic)),
             Err(e) => Err(LdapError::Protocol {
                 url: self.url.clone(),
-                what: format!("add \"{dn}\""),
+                what: format!("{op} \"{dn}\""),
                 detail: e.to_string(),
             }),
         }

@@ -1,5 +1,6 @@
-//! Crash at any point: an initial sync and a mixed change set (adds,
-//! modifies, renames, deletes, soft deletes) are killed again and again,
+//! Crash at any point: an initial sync, a mixed change set (adds,
+//! modifies, renames, deletes, soft deletes) and a window of modifies and
+//! deletes (sent 32 at a time) are killed again and again,
 //! at random moments (SIGKILL, offsets from a printed seed), at the moments
 //! around a snapshot commit and at the start and end of the pull's pages
 //! (failpoints). Every kill must interrupt a run (the failpoint fired, or
@@ -87,21 +88,26 @@ fn sync_killed(env: &SyncEnv, kill: &Kill) -> Duration {
 
 /// A lower bound on how often the intent and commit failpoints will be
 /// reached by the next run, from a dry run's plan: adds commit up to 16 at
-/// a time, every other write on its own. One less for a change in flight,
-/// which the next run settles instead of writing.
+/// a time, modifies in place and deletes up to 32 at a time (the window),
+/// every other write on its own. One less for a change in flight, which
+/// the next run settles instead of writing.
 fn writes_left(env: &SyncEnv) -> u64 {
     let plan = env.absync(&["sync", "--dry-run", "--format", "json"]);
     assert!(plan.code == 0 || plan.code == 3, "{plan:?}");
-    let (mut adds, mut others) = (0u64, 0u64);
+    let (mut adds, mut windowed, mut others) = (0u64, 0u64, 0u64);
     for line in plan.stdout.lines().filter(|l| l.starts_with('{')) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let in_place = v["dn"].as_str().map(str::to_lowercase)
+            == v["old_dn"].as_str().map(str::to_lowercase);
         match v["op"].as_str().unwrap_or_default() {
             "add" => adds += 1,
-            "update" | "restore" | "hide" | "delete" => others += 1,
+            "update" | "restore" if in_place => windowed += 1,
+            "delete" => windowed += 1,
+            "update" | "restore" | "hide" => others += 1,
             _ => {}
         }
     }
-    (adds.div_ceil(16) + others).saturating_sub(1)
+    (adds.div_ceil(16) + windowed / 32 + others).saturating_sub(1)
 }
 
 struct Matrix<'a> {
@@ -233,6 +239,31 @@ async fn kills_at_any_point_converge_on_the_next_run() {
         m.phase("changes", points, random, 0);
         env.sync_ok();
         assert_converged(env, &codes, "changes");
+
+        // Phase C: the window alone: modifies in place and deletes (no
+        // grace now, so the objects hidden in phase B are deleted too), which
+        // the target is sent up to 32 at a time, while the answers to the
+        // window before are committed.
+        env.set_safety(&format!(
+            "[safety]\nmax_deletes = 1000000\nmax_delete_percent = 100\ndelete_grace = \"0\"\nquarantine_ou = \"{quarantine}\"\n"
+        ));
+        let filter = "(&(objectClass=nhsPerson)(!(nhsEntryStatus=leaver)))";
+        let current = tokio::runtime::Handle::current().block_on(env.source_people(filter));
+        let dns: Vec<&String> = current.values().map(|a| &a["dn"][0]).collect();
+        let (modified, deleted) = (100 * scale as usize, 20 * scale as usize);
+        let mut ldif = String::new();
+        for (i, dn) in dns.iter().take(modified).enumerate() {
+            ldif += &format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: Window {i}\n-\n\n");
+        }
+        for dn in dns.iter().skip(modified).take(deleted) {
+            ldif += &format!("dn: {dn}\nchangetype: delete\n\n");
+        }
+        env.change_source(&ldif);
+        // Fewer kills: a window's writes reach the failpoints once per 32.
+        let (points, random) = if full { (12, 6) } else { (3, 1) };
+        m.phase("window", points, random, 0);
+        env.sync_ok();
+        assert_converged(env, &codes, "window");
         println!("crash matrix: {} kills, each interrupted a run", m.kills);
     });
 }

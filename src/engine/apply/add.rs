@@ -29,7 +29,7 @@ use super::{set, Applier, ApplyError, Refused, WriteError};
 pub(super) struct Flight {
     after: ObjectRow,
     reason: String,
-    sent: Result<crate::ldap::AddSent, WriteError>,
+    sent: Result<crate::ldap::Sent, WriteError>,
 }
 
 impl Applier<'_, '_> {
@@ -93,15 +93,16 @@ impl Applier<'_, '_> {
         self.land(snapshot, answered, counts).await
     }
 
-    /// Reads and commits the answers to the adds in flight, sending no
-    /// more (before a run stops).
+    /// Reads and commits the answers to the adds and the writes in
+    /// flight, sending no more (before a run stops).
     pub async fn quiesce(
         &mut self,
         snapshot: &Snapshot,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
         let answered = std::mem::take(&mut self.in_flight);
-        self.land(snapshot, answered, counts).await
+        self.land(snapshot, answered, counts).await?;
+        self.land_writes(snapshot, counts).await
     }
 
     /// Sends adds without waiting for their answers: those whose addresses
@@ -157,7 +158,7 @@ impl Applier<'_, '_> {
         } in flights
         {
             let result = match sent {
-                Ok(add) => self.conn.add_answer(add).await.map_err(WriteError::from),
+                Ok(add) => self.conn.answer(add).await.map_err(WriteError::from),
                 Err(e) => Err(e),
             };
             match result {

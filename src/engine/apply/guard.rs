@@ -10,7 +10,7 @@
 
 use ldap3::Mod;
 
-use crate::ldap::{AddAttrs, AddSent, LdapError};
+use crate::ldap::{AddAttrs, LdapError, Sent};
 
 use super::{Applier, ApplyError};
 
@@ -105,9 +105,27 @@ impl Applier<'_, '_> {
 
     /// Sends an add whose DN is inside the containers, without waiting
     /// for its answer; one outside is refused without being sent.
-    pub(super) fn send_inside(&self, dn: String, attrs: AddAttrs) -> Result<AddSent, WriteError> {
+    pub(super) fn send_inside(&self, dn: String, attrs: AddAttrs) -> Result<Sent, WriteError> {
         self.inside("add", &dn)?;
         Ok(self.conn.add_send(dn, attrs))
+    }
+
+    /// Sends a modify of `dn`, once it is found inside the containers,
+    /// without waiting for its answer.
+    pub(super) fn modify_inside(
+        &self,
+        dn: String,
+        mods: Vec<Mod<String>>,
+    ) -> Result<Sent, WriteError> {
+        self.inside("modify", &dn)?;
+        Ok(self.conn.modify_send(dn, mods))
+    }
+
+    /// Sends a delete of `dn`, once it is found inside the containers,
+    /// without waiting for its answer.
+    pub(super) fn delete_inside(&self, dn: String) -> Result<Sent, WriteError> {
+        self.inside("delete", &dn)?;
+        Ok(self.conn.delete_send(dn))
     }
 }
 

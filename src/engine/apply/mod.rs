@@ -105,6 +105,9 @@ pub struct Applier<'a, 'o> {
     queued: Vec<Change>,
     /// Adds sent whose answers are not yet read (see `add.rs`).
     in_flight: Vec<add::Flight>,
+    /// Modifies and deletes sent whose answers are not yet read (see
+    /// `queue.rs`).
+    writes: Vec<queue::Write>,
     /// The domain naming context the address collision searches run in,
     /// once known.
     domain: Option<String>,
@@ -118,6 +121,8 @@ pub struct Applier<'a, 'o> {
     /// Anchors whose earlier change waits for the server it was sent to
     /// (see `recover.rs`), with what they wait for: left alone this run.
     waiting: HashMap<String, String>,
+    /// The add window and the check window (see [`windows`]).
+    window: (usize, usize),
 }
 
 /// How many adds are sent to the target at once. Samba answers a pipelined
@@ -125,8 +130,23 @@ pub struct Applier<'a, 'o> {
 /// overlap with the server's.
 pub const ADD_WINDOW: usize = 16;
 
-/// How many updates, hides and deletes share one ownership search.
+/// How many updates, hides and deletes share one ownership search (and
+/// how many modifies and deletes are sent together).
 pub const CHECK_WINDOW: usize = 32;
+
+/// The window sizes in use: [`ADD_WINDOW`] and [`CHECK_WINDOW`], unless a
+/// benchmark's sweep sets `ABSYNC_WINDOW=ADDS,CHECKS` (not a setting: the
+/// defaults are what the sweep chose).
+fn windows() -> (usize, usize) {
+    let chosen = std::env::var("ABSYNC_WINDOW").ok().and_then(|v| {
+        let (adds, checks) = v.split_once(',')?;
+        Some((adds.trim().parse().ok()?, checks.trim().parse().ok()?))
+    });
+    match chosen {
+        Some((adds, checks)) if adds > 0 && checks > 0 => (adds, checks),
+        _ => (ADD_WINDOW, CHECK_WINDOW),
+    }
+}
 
 fn set(values: &[String]) -> HashSet<String> {
     values.iter().cloned().collect()
@@ -149,6 +169,7 @@ impl<'a, 'o> Applier<'a, 'o> {
                 name: None,
             },
             waiting: HashMap::new(),
+            window: windows(),
             conn,
             target,
             safety,
@@ -159,6 +180,7 @@ impl<'a, 'o> Applier<'a, 'o> {
             pending: Vec::new(),
             queued: Vec::new(),
             in_flight: Vec::new(),
+            writes: Vec::new(),
             domain: None,
             gc: None,
             met: HashSet::new(),
@@ -254,7 +276,7 @@ impl Applier<'_, '_> {
             // Changes keep their order: queued writes go first.
             self.run_queued(snapshot, counts).await?;
             self.pending.push((after, change.reason));
-            if self.pending.len() >= ADD_WINDOW {
+            if self.pending.len() >= self.window.0 {
                 if self.plan.is_some() {
                     self.send_adds(snapshot, counts).await?;
                 } else {
@@ -267,8 +289,8 @@ impl Applier<'_, '_> {
             Some(change) => change,
             None => {
                 self.send_adds(snapshot, counts).await?;
-                if self.queued.len() >= CHECK_WINDOW {
-                    self.run_queued(snapshot, counts).await?;
+                if self.queued.len() >= self.window.1 {
+                    self.advance_queued(snapshot, counts).await?;
                 }
                 return Ok(());
             }

@@ -1,26 +1,63 @@
-//! The ownership check of a window of writes: updates, hides and deletes
-//! wait in `Applier::queued` (up to [`CHECK_WINDOW`]), the target is asked
-//! where all their objects are in one search (`locate_many`), then each is
-//! written in order, as if it had been located on its own.
+//! The window of updates, hides and deletes: they wait in
+//! `Applier::queued` (up to [`CHECK_WINDOW`]), the target is asked where
+//! all their objects are in one search (`locate_many`), and the modifies
+//! in place and the deletes among them are then sent together, pipelined
+//! on the connection, while the answers to the window before are read and
+//! committed (`advance_queued`). Renames, hides and re-adds go one at a
+//! time, as if each had been located on its own, after every write sent
+//! before them is answered.
 //!
 //! **Invariant:** as before each single write, nothing is written to an
 //! object the target did not show carrying absync's anchor byte for byte,
 //! inside the containers, in a read made after the previous run's writes
-//! and before this write; each intent is still committed before its write.
+//! and before this write; the intents of a window's writes are committed
+//! (one transaction) before any of them is sent, and what the target
+//! accepted is committed after its answer (one transaction for the lot),
+//! so a crash anywhere leaves intents [`Applier::recover`] settles.
 //! One anchor is never twice in a window, so no write of the window moves
-//! another's object between the search and its write. (AD offers no
-//! assertion control to fold the check into the write: Samba 4.17 does not
-//! list RFC 4528's 1.3.6.1.1.12 among its controls, answers a critical one
-//! with unavailableCriticalExtension and ignores a non-critical one.)
+//! another's object between the search and its write, and the pipelined
+//! writes (a modify keeps the DN, a delete frees one) never race each
+//! other for a name. (AD offers no assertion control to fold the check
+//! into the write: Samba 4.17 does not list RFC 4528's 1.3.6.1.1.12 among
+//! its controls, answers a critical one with unavailableCriticalExtension
+//! and ignores a non-critical one.)
 //!
 //! [`CHECK_WINDOW`]: super::CHECK_WINDOW
 
-use crate::engine::diff::{Change, Kind};
+use crate::engine::diff::{attr_changes, same_dn, Change, Kind};
+use crate::ldap::Sent;
+use crate::state::journal::Record;
 use crate::state::runs::Counts;
-use crate::state::Snapshot;
+use crate::state::{Accepted, Attrs, Intent, ObjectRow, Snapshot};
 
 use super::update::needs_write;
-use super::{Applier, ApplyError};
+use super::{Applier, ApplyError, Refused, WriteError};
+
+/// A write of the window that can be pipelined: one request, on an object
+/// found where it was expected.
+pub(super) enum Ready {
+    /// A modify in place: the object as found, and as it is to be.
+    Modify { before: ObjectRow, after: ObjectRow },
+    /// A delete of the object as found.
+    Delete { before: ObjectRow },
+}
+
+/// A [`Ready`] write whose intent is committed and whose request is sent
+/// (or refused unsent), its answer not yet read.
+pub(super) struct Write {
+    ready: Ready,
+    reason: String,
+    sent: Result<Sent, WriteError>,
+}
+
+impl Ready {
+    fn anchor(&self) -> &str {
+        match self {
+            Ready::Modify { after, .. } => &after.anchor,
+            Ready::Delete { before } => &before.anchor,
+        }
+    }
+}
 
 impl Applier<'_, '_> {
     /// Takes an update, hide or delete into the queue (a real run only);
@@ -37,9 +74,21 @@ impl Applier<'_, '_> {
         None
     }
 
-    /// Finds the objects of the queued writes in one search, then writes
-    /// each in order.
+    /// Ends the window: the queued writes are sent and every write in
+    /// flight is answered and committed.
     pub(super) async fn run_queued(
+        &mut self,
+        snapshot: &Snapshot,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        self.advance_queued(snapshot, counts).await?;
+        self.land_writes(snapshot, counts).await
+    }
+
+    /// One step of the window: the queued writes' objects are found in
+    /// one search and the pipelined ones sent; only then are the answers
+    /// to the writes sent before them read and committed.
+    pub(super) async fn advance_queued(
         &mut self,
         snapshot: &Snapshot,
         counts: &mut Counts,
@@ -59,30 +108,263 @@ impl Applier<'_, '_> {
             })
             .collect();
         let mut found = self.locate_many(&wanted).await?;
+        let mut ready = Vec::new();
         for change in queued {
             let at = found.remove(&change.anchor).flatten();
-            let reason = change.reason;
-            match change.kind {
-                Kind::Update { before, after } if !needs_write(&before, &after) => {
-                    self.update(snapshot, before, after, &reason, counts)
-                        .await?
-                }
-                Kind::Update { before, after } => {
-                    self.update_located(snapshot, before, after, &reason, counts, at)
-                        .await?
-                }
-                Kind::Hide { before, after } => {
-                    self.hide_located(snapshot, before, after, &reason, counts, at)
-                        .await?
-                }
-                Kind::Delete { before } => {
-                    self.delete_located(snapshot, before, &reason, counts, at)
-                        .await?
-                }
-                // Only the kinds above are queued (`enqueue`).
-                _ => {}
+            if let Some(r) = self.ready(snapshot, change, at, &mut ready, counts).await? {
+                ready.push(r);
             }
         }
+        let sent = self.launch_writes(snapshot, ready)?;
+        let answered = std::mem::replace(&mut self.writes, sent);
+        self.land_sent(snapshot, answered, counts).await
+    }
+
+    /// A queued change, its object found at `at`: a write that can go with
+    /// the window's, or none once it was carried out here on its own
+    /// (after `earlier`, and every write in flight, so order is kept).
+    async fn ready(
+        &mut self,
+        snapshot: &Snapshot,
+        change: Change,
+        at: Option<(String, Attrs)>,
+        earlier: &mut Vec<(Ready, String)>,
+        counts: &mut Counts,
+    ) -> Result<Option<(Ready, String)>, ApplyError> {
+        let reason = change.reason;
+        match (change.kind, at) {
+            (Kind::Update { before, after }, _) if !needs_write(&before, &after) => {
+                self.update(snapshot, before, after, &reason, counts)
+                    .await?;
+            }
+            (Kind::Update { before, after }, Some((dn, attrs))) if same_dn(&dn, &after.dn) => {
+                let before = ObjectRow {
+                    dn,
+                    attrs,
+                    ..before
+                };
+                let modifies = !self.update_mods(&before, &after).is_empty();
+                if modifies && !self.withheld(snapshot, &before, &after, counts).await? {
+                    return Ok(Some((Ready::Modify { before, after }, reason)));
+                }
+                if !modifies {
+                    self.drain(snapshot, earlier, counts).await?;
+                    let at = Some((before.dn.clone(), before.attrs.clone()));
+                    self.update_located(snapshot, before, after, &reason, counts, at)
+                        .await?;
+                }
+            }
+            (Kind::Delete { before }, Some((dn, attrs))) => {
+                let before = ObjectRow {
+                    dn,
+                    attrs,
+                    ..before
+                };
+                return Ok(Some((Ready::Delete { before }, reason)));
+            }
+            (Kind::Delete { before }, None) => {
+                self.forget_absent(snapshot, &before, "delete", &reason)?;
+            }
+            (Kind::Update { before, after }, at) => {
+                self.drain(snapshot, earlier, counts).await?;
+                self.update_located(snapshot, before, after, &reason, counts, at)
+                    .await?;
+            }
+            (Kind::Hide { before, after }, at) => {
+                self.drain(snapshot, earlier, counts).await?;
+                self.hide_located(snapshot, before, after, &reason, counts, at)
+                    .await?;
+            }
+            // Only the kinds above are queued (`enqueue`).
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// Sends the writes gathered so far and waits for every write in
+    /// flight, before a write that must come after them.
+    async fn drain(
+        &mut self,
+        snapshot: &Snapshot,
+        earlier: &mut Vec<(Ready, String)>,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        let sent = self.launch_writes(snapshot, std::mem::take(earlier))?;
+        self.writes.extend(sent);
+        self.land_writes(snapshot, counts).await
+    }
+
+    /// Commits the intents of `ready` in one transaction, then sends each
+    /// (or refuses it unsent when its DN is outside the containers).
+    fn launch_writes(
+        &mut self,
+        snapshot: &Snapshot,
+        ready: Vec<(Ready, String)>,
+    ) -> Result<Vec<Write>, ApplyError> {
+        if ready.is_empty() {
+            return Ok(Vec::new());
+        }
+        let intents: Vec<Intent> = ready
+            .iter()
+            .map(|(r, reason)| match r {
+                Ready::Modify { before, after } => {
+                    self.intent(&after.anchor, "update", Some(before), Some(after), reason)
+                }
+                Ready::Delete { before } => {
+                    self.intent(&before.anchor, "delete", Some(before), None, reason)
+                }
+            })
+            .collect();
+        snapshot.record_intents(&intents)?;
+        Ok(ready
+            .into_iter()
+            .map(|(ready, reason)| {
+                let sent = match &ready {
+                    Ready::Modify { before, after } => {
+                        let mods = self.update_mods(before, after);
+                        self.modify_inside(before.dn.clone(), mods)
+                    }
+                    Ready::Delete { before } => self.delete_inside(before.dn.clone()),
+                };
+                Write {
+                    ready,
+                    reason,
+                    sent,
+                }
+            })
+            .collect())
+    }
+
+    /// Reads and commits the answers to every write in flight.
+    pub(super) async fn land_writes(
+        &mut self,
+        snapshot: &Snapshot,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        let answered = std::mem::take(&mut self.writes);
+        self.land_sent(snapshot, answered, counts).await
+    }
+
+    /// Reads the answers to `writes`, in order, and commits what the
+    /// target accepted in one transaction; each refusal is then journaled
+    /// on its own, as for a single write, and a lost connection ends the
+    /// run once what was accepted before it is committed.
+    async fn land_sent(
+        &mut self,
+        snapshot: &Snapshot,
+        writes: Vec<Write>,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut accepted: Vec<(String, Option<ObjectRow>, Vec<Record>)> = Vec::new();
+        let mut refused = Vec::new();
+        for Write {
+            ready,
+            reason,
+            sent,
+        } in writes
+        {
+            let result = match sent {
+                Ok(sent) => self.conn.answer(sent).await.map_err(WriteError::from),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => accepted.push(self.accepted(ready, &reason, counts)),
+                Err(e) => refused.push((ready, reason, e)),
+            }
+        }
+        let rows: Vec<Accepted<'_>> = accepted
+            .iter()
+            .map(|(anchor, after, records)| Accepted {
+                anchor,
+                after: after.as_ref(),
+                records,
+            })
+            .collect();
+        snapshot.commit_many(&rows, self.run_id)?;
+        for (ready, reason, e) in refused {
+            self.write_refused(snapshot, ready, &reason, e, counts)?;
+        }
         Ok(())
+    }
+
+    /// What the snapshot and the journal record of a write the target
+    /// took: the object's row (none once deleted) and the records.
+    fn accepted(
+        &self,
+        ready: Ready,
+        reason: &str,
+        counts: &mut Counts,
+    ) -> (String, Option<ObjectRow>, Vec<Record>) {
+        match ready {
+            Ready::Modify { before, after } => {
+                let records = self.modified(&before, &after, &before.dn, reason, counts);
+                let now = ObjectRow {
+                    dn: before.dn,
+                    attrs: after.attrs,
+                    org: after.org,
+                    agreements: after.agreements,
+                    hidden: None,
+                    ..before
+                };
+                (now.anchor.clone(), Some(now), records)
+            }
+            Ready::Delete { before } => {
+                let mut r = self.record(&before.anchor, "delete", "applied", reason);
+                r.dn = Some(before.dn.clone());
+                r.agreements = before.agreements.clone();
+                r.changes = attr_changes(&before.attrs, &Attrs::new());
+                counts.deleted += 1;
+                (before.anchor, None, vec![r])
+            }
+        }
+    }
+
+    /// A write of the window the target refused: journaled and retried
+    /// next run when the entry was refused; a failure of the connection
+    /// ends the run.
+    fn write_refused(
+        &mut self,
+        snapshot: &Snapshot,
+        ready: Ready,
+        reason: &str,
+        e: WriteError,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        if !e.is_entry_level() {
+            return Err(e.into());
+        }
+        let anchor = ready.anchor().to_string();
+        match &ready {
+            Ready::Modify { before, after } => {
+                // The snapshot learns what the target holds, as for a
+                // single modify refused.
+                snapshot.commit(&anchor, Some(before), self.run_id, &[])?;
+                let refused = Refused {
+                    anchor: &anchor,
+                    op: "modify",
+                    dn: &before.dn,
+                    old_dn: None,
+                    reason,
+                    agreements: &after.agreements,
+                    changes: attr_changes(&before.attrs, &after.attrs),
+                };
+                self.failed(snapshot, refused, &e, counts)
+            }
+            Ready::Delete { before } => {
+                let refused = Refused {
+                    anchor: &anchor,
+                    op: "delete",
+                    dn: &before.dn,
+                    old_dn: None,
+                    reason,
+                    agreements: &before.agreements,
+                    changes: attr_changes(&before.attrs, &Attrs::new()),
+                };
+                self.failed(snapshot, refused, &e, counts)
+            }
+        }
     }
 }

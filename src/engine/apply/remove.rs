@@ -17,7 +17,7 @@ use super::{Applier, ApplyError, Refused};
 impl Applier<'_, '_> {
     /// The object to hide or delete is already gone from the target: only
     /// the snapshot forgets it, and the journal says so.
-    fn forget_absent(
+    pub(super) fn forget_absent(
         &self,
         snapshot: &Snapshot,
         before: &ObjectRow,

@@ -73,16 +73,7 @@ impl Applier<'_, '_> {
             attrs: current_attrs,
             ..before
         };
-        if let Some((addr, other)) = self.collision(&before.attrs, &after.attrs).await? {
-            // Nothing is written, the rename included: the next run tries again.
-            tracing::warn!(anchor = %anchor, dn = %before.dn, with = %other,
-                "update withheld: another object has the address");
-            let row = ObjectRow {
-                agreements: after.agreements.clone(),
-                ..before.clone()
-            };
-            let r = self.collision_record(&row, &addr, &other, counts);
-            self.conflict(snapshot, r, "address")?;
+        if self.withheld(snapshot, &before, &after, counts).await? {
             return Ok(());
         }
         let intent = self.intent(&anchor, "update", Some(&before), Some(&after), reason);
@@ -133,6 +124,31 @@ impl Applier<'_, '_> {
         Ok(())
     }
 
+    /// Whether an update of the object found as `before` is withheld
+    /// because another object in the domain has an address it would gain
+    /// (then journaled as a conflict; nothing is written, a rename
+    /// included, and the next run tries again).
+    pub(super) async fn withheld(
+        &mut self,
+        snapshot: &Snapshot,
+        before: &ObjectRow,
+        after: &ObjectRow,
+        counts: &mut Counts,
+    ) -> Result<bool, ApplyError> {
+        let Some((addr, other)) = self.collision(&before.attrs, &after.attrs).await? else {
+            return Ok(false);
+        };
+        tracing::warn!(anchor = %after.anchor, dn = %before.dn, with = %other,
+            "update withheld: another object has the address");
+        let row = ObjectRow {
+            agreements: after.agreements.clone(),
+            ..before.clone()
+        };
+        let r = self.collision_record(&row, &addr, &other, counts);
+        self.conflict(snapshot, r, "address")?;
+        Ok(true)
+    }
+
     /// The rename half of an update (a restore when `before` is hidden).
     /// Returns its journal record when the target took it, or `None` when
     /// the target refused it (then the refusal is journaled here).
@@ -178,7 +194,7 @@ impl Applier<'_, '_> {
 
     /// The modifications an update sends: the changed managed attributes
     /// and, for a restore, the removal of the hide mark.
-    fn update_mods(&self, before: &ObjectRow, after: &ObjectRow) -> Vec<Mod<String>> {
+    pub(super) fn update_mods(&self, before: &ObjectRow, after: &ObjectRow) -> Vec<Mod<String>> {
         let mut mods: Vec<Mod<String>> = attr_changes(&before.attrs, &after.attrs)
             .into_iter()
             .map(|(k, c)| {
@@ -199,7 +215,7 @@ impl Applier<'_, '_> {
 
     /// The journal records of a modify the target took at `dn`: the changed
     /// attributes and, for a restore without a rename, the restore.
-    fn modified(
+    pub(super) fn modified(
         &self,
         before: &ObjectRow,
         after: &ObjectRow,
