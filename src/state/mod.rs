@@ -670,6 +670,17 @@ impl Snapshot {
     pub fn record_intents(&self, intents: &[Intent]) -> Result<(), StateError> {
         let db = |e| self.db_err(e);
         let tx = self.conn.unchecked_transaction().map_err(db)?;
+        self.intend_in(&tx, intents)?;
+        tx.commit().map_err(db)?;
+        crate::failpoint::hit("after-intent");
+        Ok(())
+    }
+
+    fn intend_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        intents: &[Intent],
+    ) -> Result<(), StateError> {
         for intent in intents {
             let payload = serde_json::to_string(intent).map_err(|e| StateError::Corrupt {
                 anchor: intent.anchor.clone(),
@@ -677,9 +688,30 @@ impl Snapshot {
             })?;
             tx.prepare_cached("INSERT OR REPLACE INTO intents (anchor, payload) VALUES (?1, ?2)")
                 .and_then(|mut s| s.execute(params![intent.anchor, payload]))
-                .map_err(db)?;
+                .map_err(|e| self.db_err(e))?;
         }
+        Ok(())
+    }
+
+    /// [`Self::commit_many`] and [`Self::record_intents`] in one
+    /// transaction: what the target accepted of one group of pipelined
+    /// writes, and the intents of the next group, committed before any of
+    /// it is sent.
+    pub fn commit_and_intend(
+        &self,
+        changes: &[Accepted<'_>],
+        run_id: i64,
+        intents: &[Intent],
+    ) -> Result<(), StateError> {
+        let db = |e| self.db_err(e);
+        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        for c in changes {
+            self.commit_in(&tx, c, run_id)?;
+        }
+        self.intend_in(&tx, intents)?;
+        crate::failpoint::hit("before-commit");
         tx.commit().map_err(db)?;
+        crate::failpoint::hit("after-commit");
         crate::failpoint::hit("after-intent");
         Ok(())
     }

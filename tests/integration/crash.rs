@@ -97,8 +97,8 @@ fn writes_left(env: &SyncEnv) -> u64 {
     let (mut adds, mut windowed, mut others) = (0u64, 0u64, 0u64);
     for line in plan.stdout.lines().filter(|l| l.starts_with('{')) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let in_place = v["dn"].as_str().map(str::to_lowercase)
-            == v["old_dn"].as_str().map(str::to_lowercase);
+        let in_place =
+            v["dn"].as_str().map(str::to_lowercase) == v["old_dn"].as_str().map(str::to_lowercase);
         match v["op"].as_str().unwrap_or_default() {
             "add" => adds += 1,
             "update" | "restore" if in_place => windowed += 1,
@@ -253,7 +253,8 @@ async fn kills_at_any_point_converge_on_the_next_run() {
         let (modified, deleted) = (100 * scale as usize, 20 * scale as usize);
         let mut ldif = String::new();
         for (i, dn) in dns.iter().take(modified).enumerate() {
-            ldif += &format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: Window {i}\n-\n\n");
+            ldif +=
+                &format!("dn: {dn}\nchangetype: modify\nreplace: title\ntitle: Window {i}\n-\n\n");
         }
         for dn in dns.iter().skip(modified).take(deleted) {
             ldif += &format!("dn: {dn}\nchangetype: delete\n\n");

@@ -1,9 +1,11 @@
 //! The add window: new objects go to the target [`ADD_WINDOW`] at a time,
 //! pipelined on one connection, and a name already taken is either
 //! adopted (ours, left by a crash) or journaled as a conflict. The window
-//! does not drain between groups: a group is sent before the answers to
-//! the group before it are read and committed, so the server always has
-//! adds to work on while absync commits and plans (`advance_adds`).
+//! does not drain between groups: two groups are in flight, and when the
+//! next is planned the answers to the older are read, what the target
+//! accepted of it and the next group's intents are committed in one
+//! transaction, and the next group is sent (`advance_adds`); the server
+//! always has adds to work on while absync reads, commits and plans.
 //!
 //! **Invariant:** the intents of a whole group are committed before any
 //! of its adds is sent, and what the target accepted is committed together
@@ -23,6 +25,16 @@ use crate::state::{Accepted, Attrs, Intent, ObjectRow, Snapshot};
 
 use super::collide::{addresses, first_collision};
 use super::{set, Applier, ApplyError, Refused, WriteError};
+
+/// How many groups of adds are in flight at most: the server works on the
+/// newer while the answers to the older are read and committed.
+const DEPTH: usize = 2;
+
+/// An add the target accepted, with its journal record.
+type Added = (ObjectRow, Vec<Record>);
+
+/// An add the target refused (or absync refused unsent), and why.
+type AddRefused = (ObjectRow, String, WriteError);
 
 /// An add of the window: sent, its answer not yet read, or refused before
 /// it was sent.
@@ -64,22 +76,40 @@ impl Applier<'_, '_> {
         self.land(snapshot, flights, counts).await
     }
 
-    /// One step of the continuous add window: the adds waiting
-    /// (`pending`) are launched, and only then are the answers to the adds
-    /// launched before them read and committed. The server works on the
-    /// new adds while absync commits the last ones and plans the next.
+    /// One step of the continuous add window: the answers to the oldest
+    /// group in flight (once [`DEPTH`] groups are) are read, what the
+    /// target accepted of it and the intents of the adds waiting
+    /// (`pending`) are committed in one transaction, and those adds are
+    /// sent. The server always has a group to work on while absync reads,
+    /// commits and plans.
     pub(super) async fn advance_adds(
         &mut self,
         snapshot: &Snapshot,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
         let adds = std::mem::take(&mut self.pending);
-        let flights = self.launch(snapshot, adds, counts).await?;
-        let answered = std::mem::replace(&mut self.in_flight, flights);
-        self.land(snapshot, answered, counts).await
+        let adds = self.withhold_collisions(snapshot, adds, counts).await?;
+        let oldest = if self.in_flight.len() >= DEPTH {
+            self.in_flight.pop_front().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let (accepted, refused) = self.answers(oldest).await;
+        if refused.iter().any(|(_, _, e)| !e.is_entry_level()) {
+            // The connection failed: nothing more is sent.
+            self.commit_added(snapshot, &accepted, &[], counts)?;
+            return self.refused_adds(snapshot, refused, counts).await;
+        }
+        let intents = self.add_intents(&adds);
+        self.commit_added(snapshot, &accepted, &intents, counts)?;
+        let group = self.send_group(adds);
+        if !group.is_empty() {
+            self.in_flight.push_back(group);
+        }
+        self.refused_adds(snapshot, refused, counts).await
     }
 
-    /// Ends the add window: what waits is launched, and every answer read
+    /// Ends the add window: what waits is sent, and every answer read
     /// and committed.
     pub(super) async fn settle_adds(
         &mut self,
@@ -89,8 +119,20 @@ impl Applier<'_, '_> {
         if !self.pending.is_empty() {
             self.advance_adds(snapshot, counts).await?;
         }
-        let answered = std::mem::take(&mut self.in_flight);
-        self.land(snapshot, answered, counts).await
+        self.land_adds(snapshot, counts).await
+    }
+
+    /// Reads and commits the answers to every group of adds in flight,
+    /// oldest first, sending no more.
+    pub(super) async fn land_adds(
+        &mut self,
+        snapshot: &Snapshot,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        while let Some(group) = self.in_flight.pop_front() {
+            self.land(snapshot, group, counts).await?;
+        }
+        Ok(())
     }
 
     /// Reads and commits the answers to the adds and the writes in
@@ -100,15 +142,35 @@ impl Applier<'_, '_> {
         snapshot: &Snapshot,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
-        let answered = std::mem::take(&mut self.in_flight);
-        self.land(snapshot, answered, counts).await?;
+        self.land_adds(snapshot, counts).await?;
         self.land_writes(snapshot, counts).await
+    }
+
+    /// What is committed before each add of `adds` is sent.
+    fn add_intents(&self, adds: &[(ObjectRow, String)]) -> Vec<Intent> {
+        adds.iter()
+            .map(|(after, reason)| self.intent(&after.anchor, "add", None, Some(after), reason))
+            .collect()
+    }
+
+    /// Sends each add (or refuses it unsent when its DN is outside the
+    /// containers), its intent already committed.
+    fn send_group(&self, adds: Vec<(ObjectRow, String)>) -> Vec<Flight> {
+        adds.into_iter()
+            .map(|(after, reason)| {
+                let sent = self.send_inside(after.dn.clone(), self.add_attrs(&after));
+                Flight {
+                    after,
+                    reason,
+                    sent,
+                }
+            })
+            .collect()
     }
 
     /// Sends adds without waiting for their answers: those whose addresses
     /// collide are withheld (one search for all), the intents of the
-    /// others committed in one transaction, then each sent (or refused
-    /// unsent when its DN is outside the containers).
+    /// others committed in one transaction, then each sent.
     async fn launch(
         &mut self,
         snapshot: &Snapshot,
@@ -119,22 +181,8 @@ impl Applier<'_, '_> {
         if adds.is_empty() {
             return Ok(Vec::new());
         }
-        let intents: Vec<Intent> = adds
-            .iter()
-            .map(|(after, reason)| self.intent(&after.anchor, "add", None, Some(after), reason))
-            .collect();
-        snapshot.record_intents(&intents)?;
-        Ok(adds
-            .into_iter()
-            .map(|(after, reason)| {
-                let sent = self.send_inside(after.dn.clone(), self.add_attrs(&after));
-                Flight {
-                    after,
-                    reason,
-                    sent,
-                }
-            })
-            .collect())
+        snapshot.record_intents(&self.add_intents(&adds))?;
+        Ok(self.send_group(adds))
     }
 
     /// Reads the answers to launched adds, in order, and commits what the
@@ -149,7 +197,15 @@ impl Applier<'_, '_> {
         if flights.is_empty() {
             return Ok(());
         }
-        let mut accepted: Vec<(ObjectRow, Vec<Record>)> = Vec::new();
+        let (accepted, refused) = self.answers(flights).await;
+        self.commit_added(snapshot, &accepted, &[], counts)?;
+        self.refused_adds(snapshot, refused, counts).await
+    }
+
+    /// The answers to a group of adds, in order: the objects the target
+    /// accepted, with their journal records, and the refusals.
+    async fn answers(&mut self, flights: Vec<Flight>) -> (Vec<Added>, Vec<AddRefused>) {
+        let mut accepted = Vec::new();
         let mut refused = Vec::new();
         for Flight {
             after,
@@ -173,6 +229,21 @@ impl Applier<'_, '_> {
                 Err(e) => refused.push((after, reason, e)),
             }
         }
+        (accepted, refused)
+    }
+
+    /// Commits the adds the target accepted, and with them (one
+    /// transaction) the intents of the next group, when there is one.
+    fn commit_added(
+        &self,
+        snapshot: &Snapshot,
+        accepted: &[Added],
+        intents: &[Intent],
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        if accepted.is_empty() && intents.is_empty() {
+            return Ok(());
+        }
         let rows: Vec<Accepted<'_>> = accepted
             .iter()
             .map(|(after, records)| Accepted {
@@ -181,8 +252,18 @@ impl Applier<'_, '_> {
                 records,
             })
             .collect();
-        snapshot.commit_many(&rows, self.run_id)?;
+        snapshot.commit_and_intend(&rows, self.run_id, intents)?;
         counts.added += accepted.len() as u64;
+        Ok(())
+    }
+
+    /// Handles each refused add in turn (see [`Self::add_refused`]).
+    async fn refused_adds(
+        &mut self,
+        snapshot: &Snapshot,
+        refused: Vec<AddRefused>,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
         for (after, reason, e) in refused {
             self.add_refused(snapshot, after, &reason, e, counts)
                 .await?;

@@ -104,10 +104,10 @@ pub struct Applier<'a, 'o> {
     /// change comes, and at [`Applier::flush`].
     queued: Vec<Change>,
     /// Adds sent whose answers are not yet read (see `add.rs`).
-    in_flight: Vec<add::Flight>,
+    in_flight: std::collections::VecDeque<Vec<add::Flight>>,
     /// Modifies and deletes sent whose answers are not yet read (see
     /// `queue.rs`).
-    writes: Vec<queue::Write>,
+    writes: std::collections::VecDeque<Vec<queue::Write>>,
     /// The domain naming context the address collision searches run in,
     /// once known.
     domain: Option<String>,
@@ -179,8 +179,8 @@ impl<'a, 'o> Applier<'a, 'o> {
             retry: Vec::new(),
             pending: Vec::new(),
             queued: Vec::new(),
-            in_flight: Vec::new(),
-            writes: Vec::new(),
+            in_flight: std::collections::VecDeque::new(),
+            writes: std::collections::VecDeque::new(),
             domain: None,
             gc: None,
             met: HashSet::new(),

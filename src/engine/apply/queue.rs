@@ -2,8 +2,8 @@
 //! `Applier::queued` (up to [`CHECK_WINDOW`]), the target is asked where
 //! all their objects are in one search (`locate_many`), and the modifies
 //! in place and the deletes among them are then sent together, pipelined
-//! on the connection, while the answers to the window before are read and
-//! committed (`advance_queued`). Renames, hides and re-adds go one at a
+//! on the connection, while the server still works on the window before
+//! (`advance_queued`, `send_window`). Renames, hides and re-adds go one at a
 //! time, as if each had been located on its own, after every write sent
 //! before them is answered.
 //!
@@ -14,10 +14,13 @@
 //! (one transaction) before any of them is sent, and what the target
 //! accepted is committed after its answer (one transaction for the lot),
 //! so a crash anywhere leaves intents [`Applier::recover`] settles.
-//! One anchor is never twice in a window, so no write of the window moves
-//! another's object between the search and its write, and the pipelined
-//! writes (a modify keeps the DN, a delete frees one) never race each
-//! other for a name. (AD offers no assertion control to fold the check
+//! One anchor is never twice in the windows queued and in flight, so no
+//! write of a window moves another's object between the search and its
+//! write, and the pipelined writes (a modify keeps the DN, a delete frees
+//! one) never race each other for a name. Two windows are in flight at
+//! most: when a third is ready, the answers to the oldest are read, and
+//! what the target accepted of it is committed in the transaction that
+//! commits the new window's intents. (AD offers no assertion control to fold the check
 //! into the write: Samba 4.17 does not list RFC 4528's 1.3.6.1.1.12 among
 //! its controls, answers a critical one with unavailableCriticalExtension
 //! and ignores a non-critical one.)
@@ -42,6 +45,17 @@ pub(super) enum Ready {
     Delete { before: ObjectRow },
 }
 
+/// How many windows of writes are in flight at most: the server works on
+/// the newer while the answers to the older are read and committed.
+const DEPTH: usize = 2;
+
+/// A write the target accepted: the anchor, its row (none once deleted)
+/// and its journal records.
+type Written = (String, Option<ObjectRow>, Vec<Record>);
+
+/// A write the target refused (or absync refused unsent), and why.
+type WriteRefused = (Ready, String, WriteError);
+
 /// A [`Ready`] write whose intent is committed and whose request is sent
 /// (or refused unsent), its answer not yet read.
 pub(super) struct Write {
@@ -61,13 +75,23 @@ impl Ready {
 
 impl Applier<'_, '_> {
     /// Takes an update, hide or delete into the queue (a real run only);
-    /// any other change, or one whose anchor is already queued, comes back.
+    /// any other change, or one whose anchor is already queued or in
+    /// flight, comes back (and goes once everything before it landed).
     pub(super) fn enqueue(&mut self, change: Change) -> Option<Change> {
         let queues = matches!(
             change.kind,
             Kind::Update { .. } | Kind::Hide { .. } | Kind::Delete { .. }
         );
-        if !queues || self.plan.is_some() || self.queued.iter().any(|c| c.anchor == change.anchor) {
+        let in_flight = self
+            .writes
+            .iter()
+            .flatten()
+            .any(|w| w.ready.anchor() == change.anchor);
+        if !queues
+            || self.plan.is_some()
+            || in_flight
+            || self.queued.iter().any(|c| c.anchor == change.anchor)
+        {
             return Some(change);
         }
         self.queued.push(change);
@@ -115,9 +139,37 @@ impl Applier<'_, '_> {
                 ready.push(r);
             }
         }
-        let sent = self.launch_writes(snapshot, ready)?;
-        let answered = std::mem::replace(&mut self.writes, sent);
-        self.land_sent(snapshot, answered, counts).await
+        self.send_window(snapshot, ready, counts).await
+    }
+
+    /// Sends the writes of a window: once [`DEPTH`] windows are in flight,
+    /// the answers to the oldest are read first, and what the target
+    /// accepted of it is committed with the new window's intents in one
+    /// transaction, before any of the new window is sent.
+    async fn send_window(
+        &mut self,
+        snapshot: &Snapshot,
+        ready: Vec<(Ready, String)>,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
+        let oldest = if self.writes.len() >= DEPTH {
+            self.writes.pop_front().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let (accepted, refused) = self.write_answers(oldest, counts).await;
+        if refused.iter().any(|(_, _, e)| !e.is_entry_level()) {
+            // The connection failed: nothing more is sent.
+            self.commit_written(snapshot, &accepted, &[])?;
+            return self.refused_writes(snapshot, refused, counts);
+        }
+        let intents = self.write_intents(&ready);
+        self.commit_written(snapshot, &accepted, &intents)?;
+        let window = self.send_writes(ready);
+        if !window.is_empty() {
+            self.writes.push_back(window);
+        }
+        self.refused_writes(snapshot, refused, counts)
     }
 
     /// A queued change, its object found at `at`: a write that can go with
@@ -189,22 +241,14 @@ impl Applier<'_, '_> {
         earlier: &mut Vec<(Ready, String)>,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
-        let sent = self.launch_writes(snapshot, std::mem::take(earlier))?;
-        self.writes.extend(sent);
+        self.send_window(snapshot, std::mem::take(earlier), counts)
+            .await?;
         self.land_writes(snapshot, counts).await
     }
 
-    /// Commits the intents of `ready` in one transaction, then sends each
-    /// (or refuses it unsent when its DN is outside the containers).
-    fn launch_writes(
-        &mut self,
-        snapshot: &Snapshot,
-        ready: Vec<(Ready, String)>,
-    ) -> Result<Vec<Write>, ApplyError> {
-        if ready.is_empty() {
-            return Ok(Vec::new());
-        }
-        let intents: Vec<Intent> = ready
+    /// What is committed before each write of `ready` is sent.
+    fn write_intents(&self, ready: &[(Ready, String)]) -> Vec<Intent> {
+        ready
             .iter()
             .map(|(r, reason)| match r {
                 Ready::Modify { before, after } => {
@@ -214,9 +258,13 @@ impl Applier<'_, '_> {
                     self.intent(&before.anchor, "delete", Some(before), None, reason)
                 }
             })
-            .collect();
-        snapshot.record_intents(&intents)?;
-        Ok(ready
+            .collect()
+    }
+
+    /// Sends each write of `ready` (or refuses it unsent when its DN is
+    /// outside the containers), its intent already committed.
+    fn send_writes(&self, ready: Vec<(Ready, String)>) -> Vec<Write> {
+        ready
             .into_iter()
             .map(|(ready, reason)| {
                 let sent = match &ready {
@@ -232,33 +280,32 @@ impl Applier<'_, '_> {
                     sent,
                 }
             })
-            .collect())
+            .collect()
     }
 
-    /// Reads and commits the answers to every write in flight.
+    /// Reads and commits the answers to every window in flight, oldest
+    /// first.
     pub(super) async fn land_writes(
         &mut self,
         snapshot: &Snapshot,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
-        let answered = std::mem::take(&mut self.writes);
-        self.land_sent(snapshot, answered, counts).await
+        while let Some(window) = self.writes.pop_front() {
+            let (accepted, refused) = self.write_answers(window, counts).await;
+            self.commit_written(snapshot, &accepted, &[])?;
+            self.refused_writes(snapshot, refused, counts)?;
+        }
+        Ok(())
     }
 
-    /// Reads the answers to `writes`, in order, and commits what the
-    /// target accepted in one transaction; each refusal is then journaled
-    /// on its own, as for a single write, and a lost connection ends the
-    /// run once what was accepted before it is committed.
-    async fn land_sent(
+    /// The answers to a window's writes, in order: what the snapshot and
+    /// the journal record of each the target accepted, and the refusals.
+    async fn write_answers(
         &mut self,
-        snapshot: &Snapshot,
         writes: Vec<Write>,
         counts: &mut Counts,
-    ) -> Result<(), ApplyError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let mut accepted: Vec<(String, Option<ObjectRow>, Vec<Record>)> = Vec::new();
+    ) -> (Vec<Written>, Vec<WriteRefused>) {
+        let mut accepted = Vec::new();
         let mut refused = Vec::new();
         for Write {
             ready,
@@ -275,6 +322,20 @@ impl Applier<'_, '_> {
                 Err(e) => refused.push((ready, reason, e)),
             }
         }
+        (accepted, refused)
+    }
+
+    /// Commits the writes the target accepted and, in the same
+    /// transaction, the intents of the next window.
+    fn commit_written(
+        &self,
+        snapshot: &Snapshot,
+        accepted: &[Written],
+        intents: &[Intent],
+    ) -> Result<(), ApplyError> {
+        if accepted.is_empty() && intents.is_empty() {
+            return Ok(());
+        }
         let rows: Vec<Accepted<'_>> = accepted
             .iter()
             .map(|(anchor, after, records)| Accepted {
@@ -283,7 +344,17 @@ impl Applier<'_, '_> {
                 records,
             })
             .collect();
-        snapshot.commit_many(&rows, self.run_id)?;
+        snapshot.commit_and_intend(&rows, self.run_id, intents)?;
+        Ok(())
+    }
+
+    /// Handles each refused write in turn (see [`Self::write_refused`]).
+    fn refused_writes(
+        &mut self,
+        snapshot: &Snapshot,
+        refused: Vec<WriteRefused>,
+        counts: &mut Counts,
+    ) -> Result<(), ApplyError> {
         for (ready, reason, e) in refused {
             self.write_refused(snapshot, ready, &reason, e, counts)?;
         }
@@ -292,12 +363,7 @@ impl Applier<'_, '_> {
 
     /// What the snapshot and the journal record of a write the target
     /// took: the object's row (none once deleted) and the records.
-    fn accepted(
-        &self,
-        ready: Ready,
-        reason: &str,
-        counts: &mut Counts,
-    ) -> (String, Option<ObjectRow>, Vec<Record>) {
+    fn accepted(&self, ready: Ready, reason: &str, counts: &mut Counts) -> Written {
         match ready {
             Ready::Modify { before, after } => {
                 let records = self.modified(&before, &after, &before.dn, reason, counts);
