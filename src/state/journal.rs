@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::seal::{self, Signer};
 use crate::state::object::ObjectRow;
+use crate::state::Prepared;
 
 /// The `prev_hash` of the first record ever written.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -502,11 +503,23 @@ impl<'a> Entry<'a> {
 pub(crate) struct Appender<'c> {
     conn: &'c Connection,
     head: Option<(i64, String)>,
+    insert: Prepared<'c>,
 }
 
 impl<'c> Appender<'c> {
     pub fn new(conn: &'c Connection) -> Appender<'c> {
-        Appender { conn, head: None }
+        Appender {
+            conn,
+            head: None,
+            insert: Prepared::new(
+                conn,
+                "INSERT INTO journal (id, run_id, at, anchor, dn, old_dn, op, outcome, reason,
+                                      agreements, changes, error, org, state, detail, prev_hash,
+                                      hash, mail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                         ?17, ?18)",
+            ),
+        }
     }
 
     pub fn append(&mut self, e: &Entry<'_>, at: &str) -> rusqlite::Result<()> {
@@ -517,34 +530,26 @@ impl<'c> Appender<'c> {
         let id = last_id + 1;
         let hash = chain_hash(&prev, &canonical_entry(id, at, e));
         let r = e.record;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO journal (id, run_id, at, anchor, dn, old_dn, op, outcome, reason,
-                                      agreements, changes, error, org, state, detail, prev_hash,
-                                      hash, mail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                         ?17, ?18)",
-            )?
-            .execute(params![
-                id,
-                r.run_id,
-                at,
-                r.anchor,
-                r.dn,
-                r.old_dn,
-                r.op,
-                r.outcome,
-                r.reason,
-                serde_json::to_string(&r.agreements).unwrap_or_default(),
-                serde_json::to_string(&r.changes).unwrap_or_default(),
-                r.error,
-                e.org,
-                e.state_column(),
-                r.detail.as_ref().map(|d| d.to_string()),
-                prev,
-                hash,
-                e.mail(),
-            ])?;
+        self.insert.get()?.execute(params![
+            id,
+            r.run_id,
+            at,
+            r.anchor,
+            r.dn,
+            r.old_dn,
+            r.op,
+            r.outcome,
+            r.reason,
+            serde_json::to_string(&r.agreements).unwrap_or_default(),
+            serde_json::to_string(&r.changes).unwrap_or_default(),
+            r.error,
+            e.org,
+            e.state_column(),
+            r.detail.as_ref().map(|d| d.to_string()),
+            prev,
+            hash,
+            e.mail(),
+        ])?;
         self.head = Some((id, hash));
         Ok(())
     }

@@ -316,6 +316,59 @@ impl StateLock {
 
 type RawRow = (String, String, String, String, String, Option<String>);
 
+/// A statement taken from the connection's cache at its first use and
+/// kept for the rest of a transaction: a batch runs it once per row
+/// without looking it up (and handing it back) each time.
+pub(crate) struct Prepared<'c> {
+    conn: &'c Connection,
+    sql: &'static str,
+    stmt: Option<rusqlite::CachedStatement<'c>>,
+}
+
+impl<'c> Prepared<'c> {
+    pub(crate) fn new(conn: &'c Connection, sql: &'static str) -> Prepared<'c> {
+        Prepared {
+            conn,
+            sql,
+            stmt: None,
+        }
+    }
+
+    pub(crate) fn get(&mut self) -> rusqlite::Result<&mut rusqlite::CachedStatement<'c>> {
+        let stmt = match self.stmt.take() {
+            Some(s) => s,
+            None => self.conn.prepare_cached(self.sql)?,
+        };
+        Ok(self.stmt.insert(stmt))
+    }
+}
+
+/// What a commit writes for each change, its statements prepared once per
+/// transaction.
+struct CommitWrites<'c> {
+    upsert: Prepared<'c>,
+    forget: Prepared<'c>,
+    clear_intent: Prepared<'c>,
+    journal: crate::state::journal::Appender<'c>,
+}
+
+impl<'c> CommitWrites<'c> {
+    fn new(conn: &'c Connection) -> CommitWrites<'c> {
+        CommitWrites {
+            upsert: Prepared::new(
+                conn,
+                "INSERT INTO objects (anchor, dn, dn_norm, org, agreements, attrs, run_id, hidden, dc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(anchor) DO UPDATE SET dn = ?2, dn_norm = ?3, org = ?4,
+                   agreements = ?5, attrs = ?6, run_id = ?7, hidden = ?8, dc = ?9",
+            ),
+            forget: Prepared::new(conn, "DELETE FROM objects WHERE anchor = ?1"),
+            clear_intent: Prepared::new(conn, "DELETE FROM intents WHERE anchor = ?1"),
+            journal: crate::state::journal::Appender::new(conn),
+        }
+    }
+}
+
 /// The state database.
 pub struct Snapshot {
     pub(crate) conn: Connection,
@@ -840,9 +893,9 @@ impl Snapshot {
         // unchecked: callers never nest transactions on this connection.
         let tx = self.conn.unchecked_transaction().map_err(db)?;
         {
-            let mut journal = crate::state::journal::Appender::new(&tx);
+            let mut writes = CommitWrites::new(&tx);
             for c in changes {
-                self.commit_in(&tx, &mut journal, c, run_id)?;
+                self.commit_in(&mut writes, c, run_id)?;
             }
         }
         crate::failpoint::hit("before-commit");
@@ -853,8 +906,7 @@ impl Snapshot {
 
     fn commit_in(
         &self,
-        tx: &rusqlite::Transaction<'_>,
-        journal: &mut crate::state::journal::Appender<'_>,
+        writes: &mut CommitWrites<'_>,
         change: &Accepted<'_>,
         run_id: i64,
     ) -> Result<(), StateError> {
@@ -880,10 +932,13 @@ impl Snapshot {
                 detail: e.to_string(),
             })?;
         match &held {
-            Some(h) => self.upsert(tx, h, run_id).map_err(db)?,
+            Some(h) => self.upsert(&mut writes.upsert, h, run_id).map_err(db)?,
             None => {
-                tx.prepare_cached("DELETE FROM objects WHERE anchor = ?1")
-                    .and_then(|mut s| s.execute([anchor]))
+                writes
+                    .forget
+                    .get()
+                    .map_err(db)?
+                    .execute([anchor])
                     .map_err(db)?;
             }
         }
@@ -893,12 +948,16 @@ impl Snapshot {
                 org: r.org.as_ref().or(org.as_ref()),
                 state: held.as_ref().map(State::Json),
             };
-            journal
+            writes
+                .journal
                 .append(&entry, &crate::state::journal::now())
                 .map_err(db)?;
         }
-        tx.prepare_cached("DELETE FROM intents WHERE anchor = ?1")
-            .and_then(|mut s| s.execute([anchor]))
+        writes
+            .clear_intent
+            .get()
+            .map_err(db)?
+            .execute([anchor])
             .map_err(db)?;
         Ok(())
     }
@@ -906,19 +965,13 @@ impl Snapshot {
     /// Writes an object's snapshot row, new or replacing the one held.
     fn upsert(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        upsert: &mut Prepared<'_>,
         h: &crate::state::journal::HeldJson<'_>,
         run_id: i64,
     ) -> rusqlite::Result<()> {
         let o = h.row;
         let dc = self.accepted_by.borrow();
-        tx.prepare_cached(
-            "INSERT INTO objects (anchor, dn, dn_norm, org, agreements, attrs, run_id, hidden, dc)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT(anchor) DO UPDATE SET dn = ?2, dn_norm = ?3, org = ?4,
-               agreements = ?5, attrs = ?6, run_id = ?7, hidden = ?8, dc = ?9",
-        )?
-        .execute(params![
+        upsert.get()?.execute(params![
             o.anchor,
             o.dn,
             crate::dn::normalize(&o.dn),
