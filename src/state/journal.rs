@@ -19,7 +19,6 @@ use sha2::{Digest, Sha256};
 
 use crate::seal::{self, Signer};
 use crate::state::object::ObjectRow;
-use crate::state::Prepared;
 
 /// The `prev_hash` of the first record ever written.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -386,6 +385,33 @@ pub(crate) fn append(conn: &Connection, r: &Record) -> rusqlite::Result<()> {
 /// carry the same time as its row in `runs`.
 pub(crate) fn append_at(conn: &Connection, r: &Record, at: &str) -> rusqlite::Result<()> {
     Appender::new(conn).append(&Entry::of(r), at)
+}
+
+/// A statement taken from the connection's cache at its first use and
+/// kept for the rest of a transaction: a batch runs it once per row
+/// without looking it up (and handing it back) each time.
+pub(crate) struct Prepared<'c> {
+    conn: &'c Connection,
+    sql: &'static str,
+    stmt: Option<rusqlite::CachedStatement<'c>>,
+}
+
+impl<'c> Prepared<'c> {
+    pub(crate) fn new(conn: &'c Connection, sql: &'static str) -> Prepared<'c> {
+        Prepared {
+            conn,
+            sql,
+            stmt: None,
+        }
+    }
+
+    pub(crate) fn get(&mut self) -> rusqlite::Result<&mut rusqlite::CachedStatement<'c>> {
+        let stmt = match self.stmt.take() {
+            Some(s) => s,
+            None => self.conn.prepare_cached(self.sql)?,
+        };
+        Ok(self.stmt.insert(stmt))
+    }
 }
 
 /// An object's row with the JSON of its lists written once, for its

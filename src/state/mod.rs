@@ -316,44 +316,18 @@ impl StateLock {
 
 type RawRow = (String, String, String, String, String, Option<String>);
 
-/// A statement taken from the connection's cache at its first use and
-/// kept for the rest of a transaction: a batch runs it once per row
-/// without looking it up (and handing it back) each time.
-pub(crate) struct Prepared<'c> {
-    conn: &'c Connection,
-    sql: &'static str,
-    stmt: Option<rusqlite::CachedStatement<'c>>,
-}
-
-impl<'c> Prepared<'c> {
-    pub(crate) fn new(conn: &'c Connection, sql: &'static str) -> Prepared<'c> {
-        Prepared {
-            conn,
-            sql,
-            stmt: None,
-        }
-    }
-
-    pub(crate) fn get(&mut self) -> rusqlite::Result<&mut rusqlite::CachedStatement<'c>> {
-        let stmt = match self.stmt.take() {
-            Some(s) => s,
-            None => self.conn.prepare_cached(self.sql)?,
-        };
-        Ok(self.stmt.insert(stmt))
-    }
-}
-
 /// What a commit writes for each change, its statements prepared once per
 /// transaction.
 struct CommitWrites<'c> {
-    upsert: Prepared<'c>,
-    forget: Prepared<'c>,
-    clear_intent: Prepared<'c>,
+    upsert: crate::state::journal::Prepared<'c>,
+    forget: crate::state::journal::Prepared<'c>,
+    clear_intent: crate::state::journal::Prepared<'c>,
     journal: crate::state::journal::Appender<'c>,
 }
 
 impl<'c> CommitWrites<'c> {
     fn new(conn: &'c Connection) -> CommitWrites<'c> {
+        use crate::state::journal::Prepared;
         CommitWrites {
             upsert: Prepared::new(
                 conn,
@@ -965,7 +939,7 @@ impl Snapshot {
     /// Writes an object's snapshot row, new or replacing the one held.
     fn upsert(
         &self,
-        upsert: &mut Prepared<'_>,
+        upsert: &mut crate::state::journal::Prepared<'_>,
         h: &crate::state::journal::HeldJson<'_>,
         run_id: i64,
     ) -> rusqlite::Result<()> {
