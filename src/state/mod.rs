@@ -316,6 +316,33 @@ impl StateLock {
 
 type RawRow = (String, String, String, String, String, Option<String>);
 
+/// What a commit writes for each change, its statements prepared once per
+/// transaction.
+struct CommitWrites<'c> {
+    upsert: crate::state::journal::Prepared<'c>,
+    forget: crate::state::journal::Prepared<'c>,
+    clear_intent: crate::state::journal::Prepared<'c>,
+    journal: crate::state::journal::Appender<'c>,
+}
+
+impl<'c> CommitWrites<'c> {
+    fn new(conn: &'c Connection) -> CommitWrites<'c> {
+        use crate::state::journal::Prepared;
+        CommitWrites {
+            upsert: Prepared::new(
+                conn,
+                "INSERT INTO objects (anchor, dn, dn_norm, org, agreements, attrs, run_id, hidden, dc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(anchor) DO UPDATE SET dn = ?2, dn_norm = ?3, org = ?4,
+                   agreements = ?5, attrs = ?6, run_id = ?7, hidden = ?8, dc = ?9",
+            ),
+            forget: Prepared::new(conn, "DELETE FROM objects WHERE anchor = ?1"),
+            clear_intent: Prepared::new(conn, "DELETE FROM intents WHERE anchor = ?1"),
+            journal: crate::state::journal::Appender::new(conn),
+        }
+    }
+}
+
 /// The state database.
 pub struct Snapshot {
     pub(crate) conn: Connection,
@@ -871,8 +898,11 @@ impl Snapshot {
         };
         // unchecked: callers never nest transactions on this connection.
         let tx = self.conn.unchecked_transaction().map_err(db)?;
-        for c in changes {
-            self.commit_in(&tx, c, run_id)?;
+        {
+            let mut writes = CommitWrites::new(&tx);
+            for c in changes {
+                self.commit_in(&mut writes, c, run_id)?;
+            }
         }
         crate::failpoint::hit("before-commit");
         tx.commit().map_err(db)?;
@@ -882,10 +912,11 @@ impl Snapshot {
 
     fn commit_in(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        writes: &mut CommitWrites<'_>,
         change: &Accepted<'_>,
         run_id: i64,
     ) -> Result<(), StateError> {
+        use crate::state::journal::{Entry, HeldJson, State};
         let Accepted {
             anchor,
             after,
@@ -898,51 +929,65 @@ impl Snapshot {
             None => self.get(anchor)?.map(|o| o.org),
         }
         .filter(|o| !o.is_empty());
-        match after {
-            Some(o) => {
-                let agreements = serde_json::to_string(&o.agreements).unwrap_or_default();
-                let attrs = serde_json::to_string(&o.attrs).unwrap_or_default();
-                let hidden = o
-                    .hidden
-                    .as_ref()
-                    .and_then(|h| serde_json::to_string(h).ok());
-                let dc = self.accepted_by.borrow().clone();
-                tx.prepare_cached(
-                    "INSERT INTO objects (anchor, dn, dn_norm, org, agreements, attrs, run_id, hidden, dc)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                     ON CONFLICT(anchor) DO UPDATE SET dn = ?2, dn_norm = ?3, org = ?4,
-                       agreements = ?5, attrs = ?6, run_id = ?7, hidden = ?8, dc = ?9",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        o.anchor,
-                        o.dn,
-                        crate::dn::normalize(&o.dn),
-                        o.org,
-                        agreements,
-                        attrs,
-                        run_id,
-                        hidden,
-                        dc
-                    ])
-                })
-                .map_err(db)?;
-            }
+        // The object's JSON, written once for its row and its records.
+        let held = after
+            .map(HeldJson::new)
+            .transpose()
+            .map_err(|e| StateError::Corrupt {
+                anchor: anchor.to_string(),
+                detail: e.to_string(),
+            })?;
+        match &held {
+            Some(h) => self.upsert(&mut writes.upsert, h, run_id).map_err(db)?,
             None => {
-                tx.prepare_cached("DELETE FROM objects WHERE anchor = ?1")
-                    .and_then(|mut s| s.execute([anchor]))
+                writes
+                    .forget
+                    .get()
+                    .map_err(db)?
+                    .execute([anchor])
                     .map_err(db)?;
             }
         }
         for r in records {
-            let mut r = r.clone();
-            r.org = r.org.or_else(|| org.clone());
-            r.state = after.cloned();
-            crate::state::journal::append(tx, &r).map_err(db)?;
+            let entry = Entry {
+                record: r,
+                org: r.org.as_ref().or(org.as_ref()),
+                state: held.as_ref().map(State::Json),
+            };
+            writes
+                .journal
+                .append(&entry, &crate::state::journal::now())
+                .map_err(db)?;
         }
-        tx.prepare_cached("DELETE FROM intents WHERE anchor = ?1")
-            .and_then(|mut s| s.execute([anchor]))
+        writes
+            .clear_intent
+            .get()
+            .map_err(db)?
+            .execute([anchor])
             .map_err(db)?;
+        Ok(())
+    }
+
+    /// Writes an object's snapshot row, new or replacing the one held.
+    fn upsert(
+        &self,
+        upsert: &mut crate::state::journal::Prepared<'_>,
+        h: &crate::state::journal::HeldJson<'_>,
+        run_id: i64,
+    ) -> rusqlite::Result<()> {
+        let o = h.row;
+        let dc = self.accepted_by.borrow();
+        upsert.get()?.execute(params![
+            o.anchor,
+            o.dn,
+            crate::dn::normalize(&o.dn),
+            o.org,
+            h.agreements,
+            h.attrs,
+            run_id,
+            h.hidden,
+            *dc
+        ])?;
         Ok(())
     }
 }
