@@ -730,16 +730,10 @@ impl Snapshot {
         run_id: i64,
         intents: &[Intent],
     ) -> Result<(), StateError> {
-        let db = |e| self.db_err(e);
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
-        for c in changes {
-            self.commit_in(&tx, c, run_id)?;
+        self.commit_with(changes, run_id, intents)?;
+        if !intents.is_empty() {
+            crate::failpoint::hit("after-intent");
         }
-        self.intend_in(&tx, intents)?;
-        crate::failpoint::hit("before-commit");
-        tx.commit().map_err(db)?;
-        crate::failpoint::hit("after-commit");
-        crate::failpoint::hit("after-intent");
         Ok(())
     }
 
@@ -891,11 +885,17 @@ impl Snapshot {
     /// [`Self::commit`] for several changes in one transaction (a pipelined
     /// batch the target accepted).
     pub fn commit_many(&self, changes: &[Accepted<'_>], run_id: i64) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let db = |source| StateError::Db {
-            path: path.clone(),
-            source,
-        };
+        self.commit_with(changes, run_id, &[])
+    }
+
+    /// One transaction: `changes` committed, then `intents` recorded.
+    fn commit_with(
+        &self,
+        changes: &[Accepted<'_>],
+        run_id: i64,
+        intents: &[Intent],
+    ) -> Result<(), StateError> {
+        let db = |e| self.db_err(e);
         // unchecked: callers never nest transactions on this connection.
         let tx = self.conn.unchecked_transaction().map_err(db)?;
         {
@@ -904,6 +904,7 @@ impl Snapshot {
                 self.commit_in(&mut writes, c, run_id)?;
             }
         }
+        self.intend_in(&tx, intents)?;
         crate::failpoint::hit("before-commit");
         tx.commit().map_err(db)?;
         crate::failpoint::hit("after-commit");
