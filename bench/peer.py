@@ -131,7 +131,8 @@ def compare(a_name, a, b_name, b, expected=()):
     diffs, examples = collections.Counter(), collections.defaultdict(list)
     for anchor in sorted(set(a) & set(b)):
         for attr in COMPARED:
-            va, vb = sorted(a[anchor].get(attr.lower(), [])), sorted(b[anchor].get(attr.lower(), []))
+            va = sorted(a[anchor].get(attr.lower(), []))
+            vb = sorted(b[anchor].get(attr.lower(), []))
             if va != vb:
                 diffs[attr] += 1
                 kind = attr in expected
