@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Client ceiling (issue 19): absync's own write rate, with a server that costs nothing.
+"""Client ceiling: absync's own write rate, with a server that costs nothing.
 
   python3 bench/ceiling.py [--people N] [--repeat R] [--dir DIR] [--keep]
   bench/run --ceiling [--ceiling-people N] [--repeat R]
