@@ -730,6 +730,9 @@ impl Snapshot {
         run_id: i64,
         intents: &[Intent],
     ) -> Result<(), StateError> {
+        if changes.is_empty() {
+            return self.record_intents(intents);
+        }
         self.commit_with(changes, run_id, intents)?;
         if !intents.is_empty() {
             crate::failpoint::hit("after-intent");

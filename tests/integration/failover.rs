@@ -167,6 +167,8 @@ fn sync_paused(env: &SyncEnv, point: &str, during: impl FnOnce()) -> (Run, std::
     let child = Command::new(env!("CARGO_BIN_EXE_absync"))
         .args(["--config", env.config_path().to_str().unwrap(), "sync"])
         .env("ABSYNC_LOG", "warn")
+        // Windows of 16 adds, so that 300 people make many of them.
+        .env("ABSYNC_WINDOW", "16,32")
         .env("ABSYNC_PAUSEPOINT", format!("{point}:{}", pause.display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -251,9 +253,10 @@ async fn target_dc1_down_at_the_start_the_run_uses_dc2_and_both_dcs_agree() {
 async fn target_dc1_killed_mid_adds_the_run_moves_to_dc2_and_nothing_is_duplicated() {
     let tb = bed();
     let _bed = tb.ensure_all_up().await;
-    // Killed when dc1 had accepted the fourth window of adds (not yet
-    // committed), and when the fourth window's intents were recorded (the
-    // adds not yet sent: they wait for dc1).
+    // Killed when dc1 had accepted a window of adds (not yet committed),
+    // and when the fourth window's intents were recorded (with what dc1
+    // accepted of the second): the third window, sent, and the fourth, not
+    // yet sent, wait for dc1.
     for (name, point) in [
         ("fo-mid-sent", "before-commit:4"),
         ("fo-mid-intent", "after-intent:4"),
@@ -273,7 +276,7 @@ async fn target_dc1_killed_mid_adds_the_run_moves_to_dc2_and_nothing_is_duplicat
         if point.starts_with("after-intent") {
             let waiting = summary_line(&r, "waiting for the DC");
             assert!(
-                waiting.ends_with("waiting for the DC a change went to 16"),
+                waiting.ends_with("waiting for the DC a change went to 32"),
                 "{r:?}"
             );
         }
