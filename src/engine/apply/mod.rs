@@ -277,8 +277,13 @@ impl Applier<'_, '_> {
             return Ok(());
         }
         if let Kind::Add { after } = change.kind {
-            // Changes keep their order: queued writes go first.
-            self.run_queued(snapshot, counts).await?;
+            // Changes keep their order where a name moves: a queued delete,
+            // hide or rename may free the name this add takes, so the queue
+            // goes first. A modify in place frees none, and an add touches
+            // no object that exists: those two kinds may overlap.
+            if self.queue_moves_names() {
+                self.run_queued(snapshot, counts).await?;
+            }
             self.pending.push((after, change.reason));
             if self.pending.len() >= self.window.0 {
                 if self.plan.is_some() {
@@ -292,7 +297,9 @@ impl Applier<'_, '_> {
         let change = match self.enqueue(change) {
             Some(change) => change,
             None => {
-                self.send_adds(snapshot, counts).await?;
+                // The adds before it may stay in their window: an add takes
+                // a name no object held when it was planned, which no later
+                // change of this run names.
                 if self.queued.len() >= self.window.1 {
                     self.advance_queued(snapshot, counts).await?;
                 }

@@ -98,6 +98,17 @@ impl Applier<'_, '_> {
         None
     }
 
+    /// Whether a queued change may free or take a name: anything but a
+    /// modify in place (a delete, a hide, a rename or a restore).
+    pub(super) fn queue_moves_names(&self) -> bool {
+        self.queued.iter().any(|c| match &c.kind {
+            Kind::Update { before, after } => {
+                before.hidden.is_some() || !same_dn(&before.dn, &after.dn)
+            }
+            _ => true,
+        })
+    }
+
     /// Ends the window: the queued writes are sent and every write in
     /// flight is answered and committed.
     pub(super) async fn run_queued(

@@ -111,6 +111,10 @@ pub(crate) async fn carry_out(
     }
     let released = decided.release.len();
     for change in decided.release {
+        if cx.opts.cancelled() {
+            // A stop comes after the writes in flight are committed.
+            applier.quiesce(cx.snapshot, counts).await?;
+        }
         cx.opts.stop_point(counts, SOME_DELETES)?;
         applier.apply(cx.snapshot, change, counts).await?;
     }
