@@ -103,6 +103,9 @@ pub struct Applier<'a, 'o> {
     /// `queue.rs`), when [`CHECK_WINDOW`] are waiting, when another kind of
     /// change comes, and at [`Applier::flush`].
     queued: Vec<Change>,
+    /// Whether a queued change frees or takes a name (see
+    /// `queue_moves_names`), noted as each is queued.
+    queue_moves: bool,
     /// Adds sent whose answers are not yet read (see `add.rs`).
     in_flight: std::collections::VecDeque<Vec<add::Flight>>,
     /// Modifies and deletes sent whose answers are not yet read (see
@@ -183,6 +186,7 @@ impl<'a, 'o> Applier<'a, 'o> {
             retry: Vec::new(),
             pending: Vec::new(),
             queued: Vec::new(),
+            queue_moves: false,
             in_flight: std::collections::VecDeque::new(),
             writes: std::collections::VecDeque::new(),
             domain: None,
