@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use ldap3::Scope;
 
-use crate::engine::diff::{same_dn, Unowned};
+use crate::engine::diff::Unowned;
 use crate::ldap::{values_of, LdapError};
 use crate::state::Attrs;
 
@@ -187,11 +187,19 @@ impl Applier<'_, '_> {
                         500,
                     )
                     .await?;
+                // Each name in its normal form once, not once per pair.
+                let mut by_dn: HashMap<String, Vec<&(String, String)>> = HashMap::new();
+                for w in chunk {
+                    by_dn
+                        .entry(crate::dn::normalize(&w.1))
+                        .or_default()
+                        .push(*w);
+                }
                 while let Some(e) = search.next().await? {
-                    for (anchor, hint) in chunk {
+                    let at = by_dn.get(&crate::dn::normalize(&e.dn));
+                    for (anchor, hint) in at.into_iter().flatten() {
                         let want = self.anchor_value(anchor);
-                        if same_dn(&e.dn, hint) && carries(&e, &self.target.anchor_attribute, &want)
-                        {
+                        if carries(&e, &self.target.anchor_attribute, &want) {
                             out.insert(
                                 anchor.clone(),
                                 Some((hint.clone(), self.managed_attrs(&e))),
