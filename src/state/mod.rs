@@ -723,15 +723,18 @@ impl Snapshot {
     /// [`Self::commit_many`] and [`Self::record_intents`] in one
     /// transaction: what the target accepted of one group of pipelined
     /// writes, and the intents of the next group, committed before any of
-    /// it is sent.
+    /// it is sent. With nothing accepted it is [`Self::record_intents`];
+    /// with nothing at all, nothing.
     pub fn commit_and_intend(
         &self,
         changes: &[Accepted<'_>],
         run_id: i64,
         intents: &[Intent],
     ) -> Result<(), StateError> {
-        if changes.is_empty() {
-            return self.record_intents(intents);
+        match (changes.is_empty(), intents.is_empty()) {
+            (true, true) => return Ok(()),
+            (true, false) => return self.record_intents(intents),
+            _ => {}
         }
         self.commit_with(changes, run_id, intents)?;
         if !intents.is_empty() {

@@ -26,10 +26,6 @@ use crate::state::{Accepted, Attrs, Intent, ObjectRow, Snapshot};
 use super::collide::{addresses, first_collision};
 use super::{set, Applier, ApplyError, Refused, WriteError};
 
-/// How many groups of adds are in flight at most: the server works on the
-/// newer while the answers to the older are read and committed.
-const DEPTH: usize = 2;
-
 /// An add the target accepted, with its journal record.
 type Added = (ObjectRow, Vec<Record>);
 
@@ -77,7 +73,7 @@ impl Applier<'_, '_> {
     }
 
     /// One step of the continuous add window: the answers to the oldest
-    /// group in flight (once [`DEPTH`] groups are) are read, what the
+    /// group in flight (once two groups are, `due`) are read, what the
     /// target accepted of it and the intents of the adds waiting
     /// (`pending`) are committed in one transaction, and those adds are
     /// sent. The server always has a group to work on while absync reads,
@@ -89,11 +85,7 @@ impl Applier<'_, '_> {
     ) -> Result<(), ApplyError> {
         let adds = std::mem::take(&mut self.pending);
         let adds = self.withhold_collisions(snapshot, adds, counts).await?;
-        let oldest = if self.in_flight.len() >= DEPTH {
-            self.in_flight.pop_front().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let oldest = super::due(&mut self.in_flight);
         let (accepted, refused) = self.answers(oldest).await;
         if refused.iter().any(|(_, _, e)| !e.is_entry_level()) {
             // The connection failed: nothing more is sent.
@@ -213,11 +205,7 @@ impl Applier<'_, '_> {
             sent,
         } in flights
         {
-            let result = match sent {
-                Ok(add) => self.conn.answer(add).await.map_err(WriteError::from),
-                Err(e) => Err(e),
-            };
-            match result {
+            match self.outcome(sent).await {
                 Ok(()) => {
                     let mut r = self.record(&after.anchor, "add", "applied", &reason);
                     r.dn = Some(after.dn.clone());
@@ -241,9 +229,6 @@ impl Applier<'_, '_> {
         intents: &[Intent],
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
-        if accepted.is_empty() && intents.is_empty() {
-            return Ok(());
-        }
         let rows: Vec<Accepted<'_>> = accepted
             .iter()
             .map(|(after, records)| Accepted {

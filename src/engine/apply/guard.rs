@@ -110,6 +110,12 @@ impl Applier<'_, '_> {
         Ok(self.conn.add_send(dn, attrs))
     }
 
+    /// The outcome of a pipelined write: its answer, once it came, or
+    /// why it was refused unsent.
+    pub(super) async fn outcome(&self, sent: Result<Sent, WriteError>) -> Result<(), WriteError> {
+        Ok(self.conn.answer(sent?).await?)
+    }
+
     /// Sends a modify of `dn`, once it is found inside the containers,
     /// without waiting for its answer.
     pub(super) fn modify_inside(

@@ -141,6 +141,21 @@ pub const ADD_WINDOW: usize = 64;
 /// how many modifies and deletes are sent together).
 pub const CHECK_WINDOW: usize = 32;
 
+/// How many groups of pipelined writes (of adds, or of modifies and
+/// deletes) are in flight at most: the server works on the newer while the
+/// answers to the older are read and committed.
+const IN_FLIGHT: usize = 2;
+
+/// The oldest group in flight once [`IN_FLIGHT`] groups are, for its
+/// answers to be read before the next group is sent; none before.
+fn due<T>(in_flight: &mut std::collections::VecDeque<Vec<T>>) -> Vec<T> {
+    if in_flight.len() >= IN_FLIGHT {
+        in_flight.pop_front().unwrap_or_default()
+    } else {
+        Vec::new()
+    }
+}
+
 /// The window sizes in use: [`ADD_WINDOW`] and [`CHECK_WINDOW`], unless a
 /// benchmark's sweep sets `ABSYNC_WINDOW=ADDS,CHECKS` (not a setting: the
 /// defaults are what the sweep chose).

@@ -3,8 +3,8 @@
 //! all their objects are in one search (`locate_many`), and the modifies
 //! in place and the deletes among them are then sent together, pipelined
 //! on the connection, while the server still works on the window before
-//! (`advance_queued`, `send_window`). Renames, hides and re-adds go one at a
-//! time, as if each had been located on its own, after every write sent
+//! (`advance_queued`, `send_window`). Renames, hides and re-adds go one at
+//! a time, as if each had been located on its own, after every write sent
 //! before them is answered.
 //!
 //! **Invariant:** as before each single write, nothing is written to an
@@ -20,10 +20,10 @@
 //! one) never race each other for a name. Two windows are in flight at
 //! most: when a third is ready, the answers to the oldest are read, and
 //! what the target accepted of it is committed in the transaction that
-//! commits the new window's intents. (AD offers no assertion control to fold the check
-//! into the write: Samba 4.17 does not list RFC 4528's 1.3.6.1.1.12 among
-//! its controls, answers a critical one with unavailableCriticalExtension
-//! and ignores a non-critical one.)
+//! commits the new window's intents. (AD offers no assertion control to
+//! fold the check into the write: Samba 4.17 does not list RFC 4528's
+//! 1.3.6.1.1.12 among its controls, answers a critical one with
+//! unavailableCriticalExtension and ignores a non-critical one.)
 //!
 //! [`CHECK_WINDOW`]: super::CHECK_WINDOW
 
@@ -44,10 +44,6 @@ pub(super) enum Ready {
     /// A delete of the object as found.
     Delete { before: ObjectRow },
 }
-
-/// How many windows of writes are in flight at most: the server works on
-/// the newer while the answers to the older are read and committed.
-const DEPTH: usize = 2;
 
 /// A write the target accepted: the anchor, its row (none once deleted)
 /// and its journal records.
@@ -162,7 +158,7 @@ impl Applier<'_, '_> {
         self.send_window(snapshot, ready, counts).await
     }
 
-    /// Sends the writes of a window: once [`DEPTH`] windows are in flight,
+    /// Sends the writes of a window: once two windows are in flight (`due`),
     /// the answers to the oldest are read first, and what the target
     /// accepted of it is committed with the new window's intents in one
     /// transaction, before any of the new window is sent.
@@ -172,11 +168,7 @@ impl Applier<'_, '_> {
         ready: Vec<(Ready, String)>,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
-        let oldest = if self.writes.len() >= DEPTH {
-            self.writes.pop_front().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let oldest = super::due(&mut self.writes);
         let (accepted, refused) = self.write_answers(oldest, counts).await;
         if refused.iter().any(|(_, _, e)| !e.is_entry_level()) {
             // The connection failed: nothing more is sent.
@@ -333,11 +325,7 @@ impl Applier<'_, '_> {
             sent,
         } in writes
         {
-            let result = match sent {
-                Ok(sent) => self.conn.answer(sent).await.map_err(WriteError::from),
-                Err(e) => Err(e),
-            };
-            match result {
+            match self.outcome(sent).await {
                 Ok(()) => accepted.push(self.accepted(ready, &reason, counts)),
                 Err(e) => refused.push((ready, reason, e)),
             }
@@ -353,9 +341,6 @@ impl Applier<'_, '_> {
         accepted: &[Written],
         intents: &[Intent],
     ) -> Result<(), ApplyError> {
-        if accepted.is_empty() && intents.is_empty() {
-            return Ok(());
-        }
         let rows: Vec<Accepted<'_>> = accepted
             .iter()
             .map(|(anchor, after, records)| Accepted {
