@@ -194,8 +194,16 @@ async fn by_modify_timestamp_a_delta_reads_the_changes_and_the_full_pull_finds_d
     let stored = env.snapshot().source_cookie().unwrap().unwrap();
     assert_eq!(stored.kind, absync::state::CookieKind::Timestamp);
     // The source was loaded moments ago, inside the watermark's margin: move
-    // the watermark to now, so the next delta sees only what changes next.
-    let now = time::OffsetDateTime::now_utc();
+    // the watermark past the second the load ended in (modifyTimestamp has
+    // one-second resolution and the delta reads `>=`), and wait for that
+    // second to begin, so the next delta sees only what changes next.
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap()
+        + time::Duration::seconds(1);
+    while time::OffsetDateTime::now_utc() < now {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let stamp = format!(
         "{:04}{:02}{:02}{:02}{:02}{:02}Z",
         now.year(),
