@@ -387,8 +387,13 @@ pub fn first_value(e: &SearchEntry, name: &str) -> Option<String> {
         .and_then(|(_, v)| v.first().cloned())
 }
 
-/// A write sent by [`Conn::add_send`], [`Conn::modify_send`] or
-/// [`Conn::delete_send`], its answer not yet read.
+/// The result code of a write [`Conn::rename_then_modify_send`] did not
+/// send (LDAP `other`).
+const NOT_SENT: u32 = 80;
+
+/// A write sent by [`Conn::add_send`], [`Conn::modify_send`],
+/// [`Conn::delete_send`] or [`Conn::rename_then_modify_send`], its answer
+/// not yet read.
 pub struct Sent {
     op: &'static str,
     dn: String,
@@ -849,6 +854,47 @@ impl Conn {
         self.send("delete", dn, |mut ldap, dn| async move {
             ldap.delete(&dn).await
         })
+    }
+
+    /// Sends a rename (`new_parent`: a move) and, when it is accepted, a
+    /// modify of the object at its new name `to`, without waiting for
+    /// either answer. The modify goes only after the rename's answer: were
+    /// the rename refused (the name taken), a modify of `to` would write to
+    /// the object holding it. Its [`Sent`] is read only after the rename's
+    /// was read as accepted.
+    pub fn rename_then_modify_send(
+        &self,
+        dn: String,
+        new_rdn: String,
+        new_parent: Option<String>,
+        to: String,
+        mods: Vec<Mod<String>>,
+    ) -> (Sent, Option<Sent>) {
+        let (done, accepted) = tokio::sync::oneshot::channel::<bool>();
+        let rename = self.send("rename", dn, move |mut ldap, dn| async move {
+            let res = ldap
+                .modifydn(&dn, &new_rdn, true, new_parent.as_deref())
+                .await;
+            let _ = done.send(matches!(&res, Ok(r) if r.rc == 0));
+            res
+        });
+        if mods.is_empty() {
+            return (rename, None);
+        }
+        let modify = self.send("modify", to, move |mut ldap, to| async move {
+            if accepted.await.unwrap_or(false) {
+                ldap.modify(&to, mods).await
+            } else {
+                Ok(ldap3::LdapResult {
+                    rc: NOT_SENT,
+                    matched: String::new(),
+                    text: "not sent: the rename before it was refused".into(),
+                    refs: Vec::new(),
+                    ctrls: Vec::new(),
+                })
+            }
+        });
+        (rename, Some(modify))
     }
 
     /// Spawns `write` on a handle of this connection (with the timeout):

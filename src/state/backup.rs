@@ -176,6 +176,7 @@ fn open_copy(path: &Path) -> Result<Snapshot, StateError> {
         path: path.to_path_buf(),
         _scratch: None,
         accepted_by: Default::default(),
+        writer: Default::default(),
     })
 }
 
@@ -190,7 +191,7 @@ impl Snapshot {
     /// removes the copy's mark, in one transaction.
     pub fn journal_restored(&self, records: &[Record]) -> Result<(), StateError> {
         let db = |e| self.db_err(e);
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         for r in records {
             crate::state::journal::append(&tx, r).map_err(db)?;
         }

@@ -154,7 +154,7 @@ impl Snapshot {
         let db = |e| self.db_err(e);
         let anchor = r.anchor.clone().unwrap_or_default();
         let dn = r.dn.clone().unwrap_or_default();
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         let at = now();
         let open = open_of(&tx, &anchor).map_err(db)?;
         let met = match &open {
@@ -220,7 +220,7 @@ impl Snapshot {
             "conflict": "resolved", "kind": open.collision.kind, "resolution": how,
             "opened_at": open.opened_at, "opened_run": open.opened_run,
         }));
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         append_at(&tx, &r, &now()).map_err(db)?;
         tx.execute("DELETE FROM conflicts WHERE anchor = ?1", [&open.anchor])
             .map_err(db)?;

@@ -19,6 +19,9 @@ pub mod retention;
 pub mod runs;
 pub mod totals;
 pub mod verify;
+mod writer;
+
+pub use writer::Landed;
 
 pub use access::{read_small, replace_file, ReadFrom};
 pub use object::{Attrs, Hidden, Intent, ObjectRow, SentTo};
@@ -56,6 +59,11 @@ pub enum StateError {
         found: i64,
         known: i64,
     },
+    #[error(
+        "state database {path}: the commit thread stopped with {pending} groups of accepted \
+         changes uncommitted; their intents remain, and the next run settles them"
+    )]
+    CommitThread { path: PathBuf, pending: usize },
     #[error("{path} already exists: a backup never replaces a file; give a new name")]
     Exists { path: PathBuf },
     #[error("no journal in {dir}")]
@@ -353,6 +361,9 @@ pub struct Snapshot {
     /// The target server (an AD DC's name, else its URL) the changes
     /// committed now were accepted by: stored with each object.
     accepted_by: std::cell::RefCell<Option<String>>,
+    /// The commit thread, once a group was handed to it (see
+    /// [`Self::hand_over`]).
+    writer: std::cell::RefCell<Option<writer::Writer>>,
 }
 
 impl Snapshot {
@@ -412,6 +423,7 @@ impl Snapshot {
             path,
             _scratch: None,
             accepted_by: Default::default(),
+            writer: Default::default(),
         })
     }
 
@@ -427,6 +439,7 @@ impl Snapshot {
             path: opened.path,
             _scratch: opened.scratch,
             accepted_by: Default::default(),
+            writer: Default::default(),
         })
     }
 
@@ -596,7 +609,7 @@ impl Snapshot {
     /// Records the objectGUIDs read from the target, in one transaction.
     pub fn set_guids(&self, guids: &[(String, String)]) -> Result<(), StateError> {
         let db = |e| self.db_err(e);
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         for (anchor, guid) in guids {
             tx.prepare_cached("UPDATE objects SET guid = ?2 WHERE anchor = ?1")
                 .and_then(|mut s| s.execute([anchor, guid]))
@@ -696,7 +709,7 @@ impl Snapshot {
     /// any of them is sent.
     pub fn record_intents(&self, intents: &[Intent]) -> Result<(), StateError> {
         let db = |e| self.db_err(e);
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         self.intend_in(&tx, intents)?;
         tx.commit().map_err(db)?;
         crate::failpoint::hit("after-intent");
@@ -720,30 +733,95 @@ impl Snapshot {
         Ok(())
     }
 
-    /// [`Self::commit_many`] and [`Self::record_intents`] in one
-    /// transaction: what the target accepted of one group of pipelined
-    /// writes, and the intents of the next group, committed before any of
-    /// it is sent. With nothing accepted it is [`Self::record_intents`];
-    /// with nothing at all, nothing.
-    pub fn commit_and_intend(
+    /// Commits the intents of the next group of pipelined writes (see
+    /// [`Self::record_intents`]), then hands what the target accepted of an
+    /// earlier group to the commit thread ([`Self::hand_over`]).
+    pub fn hand_over_and_intend(
         &self,
-        changes: &[Accepted<'_>],
+        landed: Vec<Landed>,
         run_id: i64,
         intents: &[Intent],
     ) -> Result<(), StateError> {
-        match (changes.is_empty(), intents.is_empty()) {
-            (true, true) => return Ok(()),
-            (true, false) => return self.record_intents(intents),
-            _ => {}
-        }
-        self.commit_with(changes, run_id, intents)?;
         if !intents.is_empty() {
-            crate::failpoint::hit("after-intent");
+            self.record_intents(intents)?;
+        }
+        self.hand_over(landed, run_id)
+    }
+
+    /// Hands what the target accepted of a group of writes to the commit
+    /// thread (started on first use, with a connection of its own): it is
+    /// committed in one transaction, after every group handed over before
+    /// it, while the run goes on. Every other write first waits for it
+    /// ([`Self::settle`]); so must a read that needs it.
+    pub fn hand_over(&self, landed: Vec<Landed>, run_id: i64) -> Result<(), StateError> {
+        if landed.is_empty() {
+            return Ok(());
+        }
+        if self.writer.borrow().is_none() {
+            let w = writer::Writer::start(self.second_connection()?)?;
+            self.writer.replace(Some(w));
+        }
+        let by = self.accepted_by.borrow().clone();
+        let refused = match self.writer.borrow().as_ref() {
+            Some(w) => w.hand_over(landed, run_id, by),
+            None => Err(landed),
+        };
+        // The thread is gone: settle says why; else commit here.
+        if let Err(landed) = refused {
+            self.settle()?;
+            let rows: Vec<Accepted<'_>> = landed.iter().map(Landed::accepted).collect();
+            self.commit_many(&rows, run_id)?;
         }
         Ok(())
     }
 
+    /// Waits until every group handed to the commit thread is committed;
+    /// the first failure to commit one, if any (then the thread ends).
+    pub fn settle(&self) -> Result<(), StateError> {
+        let settled = match self.writer.borrow().as_ref() {
+            Some(w) => w.settle(&self.path),
+            None => return Ok(()),
+        };
+        if settled.is_err() {
+            drop(self.writer.take());
+        }
+        settled
+    }
+
+    /// Another connection to this database, for the commit thread.
+    fn second_connection(&self) -> Result<Snapshot, StateError> {
+        let db = |source| StateError::Db {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = access::open_sqlite(&self.path, access::sqlite_path(dir, "absync.db"), flags)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
+        Ok(Snapshot {
+            conn,
+            path: self.path.clone(),
+            _scratch: None,
+            accepted_by: Default::default(),
+            writer: Default::default(),
+        })
+    }
+
+    /// A write transaction on this connection, once every group handed to
+    /// the commit thread is committed. Immediate: it takes the write lock
+    /// at once, so the journal's head it reads is the head it writes on.
+    pub(crate) fn write_tx(&self) -> Result<rusqlite::Transaction<'_>, StateError> {
+        self.settle()?;
+        rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.db_err(e))
+    }
+
     pub fn clear_intent(&self, anchor: &str) -> Result<(), StateError> {
+        self.settle()?;
         self.conn
             .prepare_cached("DELETE FROM intents WHERE anchor = ?1")
             .and_then(|mut s| s.execute([anchor]))
@@ -805,7 +883,7 @@ impl Snapshot {
         run_id: i64,
     ) -> Result<(), StateError> {
         let db = |e| self.db_err(e);
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         tx.execute("DELETE FROM source_cookie", []).map_err(db)?;
         if let Some(c) = cookie {
             tx.execute(
@@ -891,26 +969,15 @@ impl Snapshot {
     /// [`Self::commit`] for several changes in one transaction (a pipelined
     /// batch the target accepted).
     pub fn commit_many(&self, changes: &[Accepted<'_>], run_id: i64) -> Result<(), StateError> {
-        self.commit_with(changes, run_id, &[])
-    }
-
-    /// One transaction: `changes` committed, then `intents` recorded.
-    fn commit_with(
-        &self,
-        changes: &[Accepted<'_>],
-        run_id: i64,
-        intents: &[Intent],
-    ) -> Result<(), StateError> {
         let db = |e| self.db_err(e);
         // unchecked: callers never nest transactions on this connection.
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         {
             let mut writes = CommitWrites::new(&tx);
             for c in changes {
                 self.commit_in(&mut writes, c, run_id)?;
             }
         }
-        self.intend_in(&tx, intents)?;
         crate::failpoint::hit("before-commit");
         tx.commit().map_err(db)?;
         crate::failpoint::hit("after-commit");

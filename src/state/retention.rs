@@ -43,7 +43,7 @@ pub fn prune(s: &Snapshot, p: &Prune<'_>) -> Result<u64, StateError> {
         Some(dir) => Some(archive(s, dir, last_id)?),
         None => None,
     };
-    let tx = s.conn.unchecked_transaction().map_err(db)?;
+    let tx = s.write_tx()?;
     let checkpoints = checkpoint(s, &tx, last_id, run_id)?;
     carry_terms(s, &tx, last_id, run_id)?;
     let n = tx

@@ -139,7 +139,7 @@ impl Snapshot {
     pub fn start_run(&self, mode: &str, files: &FileHashes) -> Result<i64, StateError> {
         let who = Who::me();
         let db = |e| self.db_err(e);
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         let at = now();
         tx.execute(
             "INSERT INTO runs (started_at, mode, status, config_hash, mapping_hash,
@@ -280,7 +280,7 @@ impl Snapshot {
     ) -> Result<String, StateError> {
         let run_id = r.run_id;
         let db = |e| self.db_err(e);
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         let at = now();
         append_at(&tx, &r, &at).map_err(db)?;
         let (head_id, head_hash) = head(&tx).map_err(db)?;
@@ -314,7 +314,7 @@ impl Snapshot {
     /// run, such as a reload's).
     pub fn seal(&self, signer: &Signer, run_id: i64) -> Result<(), StateError> {
         let db = |e| self.db_err(e);
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         let sealed = append_seal(&tx, signer, run_id, &now()).map_err(db)?;
         tx.commit().map_err(db)?;
         log_sealed(run_id, &sealed);
@@ -324,7 +324,7 @@ impl Snapshot {
     /// Appends records outside an object change (conflicts, rejections).
     pub fn journal(&self, records: &[Record]) -> Result<(), StateError> {
         let db = |e| self.db_err(e);
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let tx = self.write_tx()?;
         for r in records {
             append(&tx, r).map_err(db)?;
         }

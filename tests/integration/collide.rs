@@ -484,3 +484,116 @@ async fn the_global_catalog_finds_an_address_held_outside_the_domain() {
     assert_eq!(quiet.code, 0, "{quiet:?}");
     assert!(!quiet.stderr.contains("global catalog"), "{quiet:?}");
 }
+
+/// A rename whose new name another object takes after the run planned it
+/// (it pauses once the window's intents are committed, before anything is
+/// sent): the rename, pipelined in the window, is refused and journaled,
+/// and the modify that was to follow it never reaches the object that now
+/// holds the name: it goes only after the rename is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_to_a_name_taken_meanwhile_is_refused_and_its_modify_never_reaches_the_holder() {
+    use std::process::{Command, Stdio};
+    let env = SyncEnv::new("rename-taken", 43, 30, 1, MAPPING).await;
+    let orgs = env.org_codes();
+    env.write_agreements(&[("DSA-R-001", &orgs, ALL_ATTRS, &day(-1), &day(1))]);
+    env.sync_ok();
+    let ad = by_anchor(&env.ad_objects().await);
+    let source = env.source_people("(objectClass=nhsPerson)").await;
+    let (anchor, held) = ad
+        .iter()
+        .find(|(a, o)| source.contains_key(*a) && o.contains_key("givenname"))
+        .expect("a held person with a given name");
+    let old_dn = held["dn"][0].clone();
+    let tag: String = crate::common::unique("t")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let sn = format!("Taken{tag}");
+    let new_dn = format!("CN={} {sn},{}", held["givenname"][0], env.target_ou);
+    env.change_source(&format!(
+        "dn: {}\nchangetype: modify\nreplace: sn\nsn: {sn}\n-\n\
+         replace: title\ntitle: Should Not Land\n-\n\n",
+        source[anchor]["dn"][0]
+    ));
+
+    let pause = env.dir.join("paused");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_absync"))
+        .args(["--config", env.config_path().to_str().unwrap(), "sync"])
+        .env("ABSYNC_LOG", "warn")
+        .env(
+            "ABSYNC_PAUSEPOINT",
+            format!("after-intent:1:{}", pause.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !pause.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "absync ended unpaused");
+        assert!(started.elapsed().as_secs() < 120, "never paused");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The council takes the name: a contact of its own, no anchor.
+    let mut admin = Conn::connect(&env.tb.target_admin()).await.unwrap();
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    admin
+        .add(
+            &new_dn,
+            vec![
+                ("objectClass".into(), set(&["contact"])),
+                ("description".into(), set(&["the council's own"])),
+            ],
+        )
+        .await
+        .unwrap();
+    admin.unbind().await;
+    let holder_before = read_all(&env, &new_dn).await;
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "an entry failed: {stderr}");
+
+    assert_eq!(
+        read_all(&env, &new_dn).await,
+        holder_before,
+        "the object holding the name is untouched"
+    );
+    let after = by_anchor(&env.ad_objects().await);
+    assert_eq!(after[anchor]["dn"][0], old_dn, "not renamed");
+    assert_eq!(
+        after[anchor].get("title"),
+        held.get("title"),
+        "not modified"
+    );
+    let snap = env.snapshot();
+    let run_id = snap.runs(1).unwrap()[0].id;
+    let mine: Vec<_> = snap
+        .records(run_id)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.anchor.as_deref() == Some(anchor.as_str()))
+        .collect();
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    let r = &mine[0];
+    assert_eq!(
+        (r.op.as_str(), r.outcome.as_str()),
+        ("rename", "failed"),
+        "{r:?}"
+    );
+    assert!(
+        r.dn.as_deref()
+            .unwrap_or_default()
+            .eq_ignore_ascii_case(&new_dn),
+        "{r:?}"
+    );
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("exists"),
+        "{r:?}"
+    );
+    assert!(snap.intents().unwrap().is_empty(), "nothing left to settle");
+}

@@ -2,14 +2,15 @@
 //! pipelined on one connection, and a name already taken is either
 //! adopted (ours, left by a crash) or journaled as a conflict. The window
 //! does not drain between groups: two groups are in flight, and when the
-//! next is planned the answers to the older are read, what the target
-//! accepted of it and the next group's intents are committed in one
-//! transaction, and the next group is sent (`advance_adds`); the server
-//! always has adds to work on while absync reads, commits and plans.
+//! next is planned the answers to the older are read, the next group's
+//! intents committed, the next group sent, and what the target accepted of
+//! the older handed to the commit thread (`advance_adds`): the server
+//! always has adds to work on while absync reads and plans, and the
+//! commits run on the other core.
 //!
 //! **Invariant:** the intents of a whole group are committed before any
 //! of its adds is sent, and what the target accepted is committed together
-//! after its answers arrived; an add refused for a name absync does not
+//! (one transaction, on the commit thread) after its answers arrived; an add refused for a name absync does not
 //! own never touches that object. A search on the connection (the next
 //! group's address check) is answered only after the adds before it, so
 //! it also marks when they are done.
@@ -21,7 +22,7 @@ use std::collections::{BTreeSet, HashSet};
 use crate::engine::diff::attr_changes;
 use crate::state::journal::Record;
 use crate::state::runs::Counts;
-use crate::state::{Accepted, Attrs, Intent, ObjectRow, Snapshot};
+use crate::state::{Attrs, Intent, Landed, ObjectRow, Snapshot};
 
 use super::collide::{addresses, first_collision};
 use super::{set, Applier, ApplyError, Refused, WriteError};
@@ -74,10 +75,10 @@ impl Applier<'_, '_> {
 
     /// One step of the continuous add window: the answers to the oldest
     /// group in flight (once two groups are, `due`) are read, what the
-    /// target accepted of it and the intents of the adds waiting
-    /// (`pending`) are committed in one transaction, and those adds are
-    /// sent. The server always has a group to work on while absync reads,
-    /// commits and plans.
+    /// target accepted of it handed to the commit thread, the intents of
+    /// the adds waiting (`pending`) committed, and those adds sent. The
+    /// server always has a group to work on while absync reads, commits
+    /// and plans.
     pub(super) async fn advance_adds(
         &mut self,
         snapshot: &Snapshot,
@@ -89,11 +90,11 @@ impl Applier<'_, '_> {
         let (accepted, refused) = self.answers(oldest).await;
         if refused.iter().any(|(_, _, e)| !e.is_entry_level()) {
             // The connection failed: nothing more is sent.
-            self.commit_added(snapshot, &accepted, &[], counts)?;
+            self.commit_added(snapshot, accepted, &[], counts)?;
             return self.refused_adds(snapshot, refused, counts).await;
         }
         let intents = self.add_intents(&adds);
-        self.commit_added(snapshot, &accepted, &intents, counts)?;
+        self.commit_added(snapshot, accepted, &intents, counts)?;
         let group = self.send_group(adds);
         if !group.is_empty() {
             self.in_flight.push_back(group);
@@ -128,14 +129,16 @@ impl Applier<'_, '_> {
     }
 
     /// Reads and commits the answers to the adds and the writes in
-    /// flight, sending no more (before a run stops).
+    /// flight, sending no more, and waits until they are committed
+    /// (before a run stops).
     pub async fn quiesce(
         &mut self,
         snapshot: &Snapshot,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
         self.land_adds(snapshot, counts).await?;
-        self.land_writes(snapshot, counts).await
+        self.land_writes(snapshot, counts).await?;
+        Ok(snapshot.settle()?)
     }
 
     /// What is committed before each add of `adds` is sent.
@@ -178,7 +181,7 @@ impl Applier<'_, '_> {
     }
 
     /// Reads the answers to launched adds, in order, and commits what the
-    /// target accepted in one transaction. Each refusal is then handled on
+    /// target accepted (one transaction, on the commit thread). Each refusal is then handled on
     /// its own, as for a single add.
     async fn land(
         &mut self,
@@ -190,7 +193,7 @@ impl Applier<'_, '_> {
             return Ok(());
         }
         let (accepted, refused) = self.answers(flights).await;
-        self.commit_added(snapshot, &accepted, &[], counts)?;
+        self.commit_added(snapshot, accepted, &[], counts)?;
         self.refused_adds(snapshot, refused, counts).await
     }
 
@@ -220,25 +223,25 @@ impl Applier<'_, '_> {
         (accepted, refused)
     }
 
-    /// Commits the adds the target accepted, and with them (one
-    /// transaction) the intents of the next group, when there is one.
+    /// Commits the intents of the next group, when there is one, then
+    /// hands the adds the target accepted to the commit thread.
     fn commit_added(
         &self,
         snapshot: &Snapshot,
-        accepted: &[Added],
+        accepted: Vec<Added>,
         intents: &[Intent],
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
-        let rows: Vec<Accepted<'_>> = accepted
-            .iter()
-            .map(|(after, records)| Accepted {
-                anchor: &after.anchor,
+        counts.added += accepted.len() as u64;
+        let landed = accepted
+            .into_iter()
+            .map(|(after, records)| Landed {
+                anchor: after.anchor.clone(),
                 after: Some(after),
                 records,
             })
             .collect();
-        snapshot.commit_and_intend(&rows, self.run_id, intents)?;
-        counts.added += accepted.len() as u64;
+        snapshot.hand_over_and_intend(landed, self.run_id, intents)?;
         Ok(())
     }
 

@@ -1,6 +1,8 @@
 //! Stage 5, apply: executes planned changes against the target over LDAPS as
 //! the service account, and records each accepted change in the snapshot
-//! and the journal (stage 6) in one transaction.
+//! and the journal (stage 6) in one transaction: pipelined groups on the
+//! commit thread (`state::writer`), which every other write and the end of
+//! the stage wait for.
 //!
 //! **Invariants:** absync writes only to objects inside its OU that carry
 //! its anchor (checked on the target before every rename, modify and
@@ -414,15 +416,17 @@ impl Applier<'_, '_> {
     }
 
     /// Sends what waits: the adds of the add window (`pending`) and the
-    /// queued renames, modifies, hides and deletes; in a dry run, renders
-    /// them.
+    /// queued renames, modifies, hides and deletes, and waits until what
+    /// the target accepted is committed; in a dry run, renders them.
     pub async fn flush(
         &mut self,
         snapshot: &Snapshot,
         counts: &mut Counts,
     ) -> Result<(), ApplyError> {
         self.send_adds(snapshot, counts).await?;
-        self.run_queued(snapshot, counts).await
+        self.run_queued(snapshot, counts).await?;
+        // What follows reads the snapshot: every group handed over is in.
+        Ok(snapshot.settle()?)
     }
 
     /// Sends the adds waiting for the add window (`pending`) and reads

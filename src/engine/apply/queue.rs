@@ -1,29 +1,33 @@
 //! The window of updates, hides and deletes: they wait in
 //! `Applier::queued` (up to [`CHECK_WINDOW`]), the target is asked where
 //! all their objects are in one search (`locate_many`), and the modifies
-//! in place and the deletes among them are then sent together, pipelined
-//! on the connection, while the server still works on the window before
-//! (`advance_queued`, `send_window`). Renames, hides and re-adds go one at
-//! a time, as if each had been located on its own, after every write sent
-//! before them is answered.
+//! in place, the renames (each with its modify) and the deletes among them
+//! are then sent together, pipelined on the connection, while the server
+//! still works on the window before (`advance_queued`, `send_window`).
+//! Hides, restores, re-adds and a rename to a name a write of the window
+//! holds until it is answered go one at a time, as if each had been
+//! located on its own, after every write sent before them is answered.
 //!
 //! **Invariant:** as before each single write, nothing is written to an
 //! object the target did not show carrying absync's anchor byte for byte,
 //! inside the containers, in a read made after the previous run's writes
 //! and before this write; the intents of a window's writes are committed
 //! (one transaction) before any of them is sent, and what the target
-//! accepted is committed after its answer (one transaction for the lot),
-//! so a crash anywhere leaves intents [`Applier::recover`] settles.
-//! One anchor is never twice in the windows queued and in flight, so no
-//! write of a window moves another's object between the search and its
-//! write, and the pipelined writes (a modify keeps the DN, a delete frees
-//! one) never race each other for a name. Two windows are in flight at
-//! most: when a third is ready, the answers to the oldest are read, and
-//! what the target accepted of it is committed in the transaction that
-//! commits the new window's intents. (AD offers no assertion control to
-//! fold the check into the write: Samba 4.17 does not list RFC 4528's
-//! 1.3.6.1.1.12 among its controls, answers a critical one with
-//! unavailableCriticalExtension and ignores a non-critical one.)
+//! accepted is handed to the commit thread after its answer (one
+//! transaction for the lot), so a crash anywhere leaves intents
+//! [`Applier::recover`] settles. One anchor is never twice in the windows
+//! queued and in flight, so no write of a window moves another's object
+//! between the search and its write. The pipelined writes never race each
+//! other for a name: a modify keeps its name, a delete frees one, and a
+//! rename takes a name no write in flight holds; a rename's modify is sent
+//! only once the rename is accepted, so it never reaches an object that
+//! holds the name a refused rename wanted. Two windows are in flight at
+//! most: when a third is ready, the answers to the oldest are read, the new
+//! window's intents committed, and what the target accepted of the oldest
+//! handed over. (AD offers no assertion control to fold the check into the
+//! write: Samba 4.17 does not list RFC 4528's 1.3.6.1.1.12 among its
+//! controls, answers a critical one with unavailableCriticalExtension and
+//! ignores a non-critical one.)
 //!
 //! [`CHECK_WINDOW`]: super::CHECK_WINDOW
 
@@ -31,7 +35,7 @@ use crate::engine::diff::{attr_changes, same_dn, Change, Kind};
 use crate::ldap::Sent;
 use crate::state::journal::Record;
 use crate::state::runs::Counts;
-use crate::state::{Accepted, Attrs, Intent, ObjectRow, Snapshot};
+use crate::state::{Attrs, Intent, Landed, ObjectRow, Snapshot};
 
 use super::update::needs_write;
 use super::{Applier, ApplyError, Refused, WriteError};
@@ -43,6 +47,9 @@ pub(super) enum Ready {
     Modify { before: ObjectRow, after: ObjectRow },
     /// A delete of the object as found.
     Delete { before: ObjectRow },
+    /// A rename (or move) of the object as found, not hidden, to
+    /// `after.dn`, then the modify of its changed attributes there.
+    Rename { before: ObjectRow, after: ObjectRow },
 }
 
 /// A write the target accepted: the anchor, its row (none once deleted)
@@ -58,6 +65,8 @@ pub(super) struct Write {
     ready: Ready,
     reason: String,
     sent: Result<Sent, WriteError>,
+    /// A rename's modify, sent once the rename is accepted.
+    then: Option<Sent>,
 }
 
 /// Whether a change may free or take a name: anything but a modify in
@@ -74,8 +83,17 @@ fn moves_names(change: &Change) -> bool {
 impl Ready {
     fn anchor(&self) -> &str {
         match self {
-            Ready::Modify { after, .. } => &after.anchor,
+            Ready::Modify { after, .. } | Ready::Rename { after, .. } => &after.anchor,
             Ready::Delete { before } => &before.anchor,
+        }
+    }
+
+    /// The name the object holds until this write is answered.
+    fn holds(&self) -> &str {
+        match self {
+            Ready::Modify { before, .. }
+            | Ready::Delete { before }
+            | Ready::Rename { before, .. } => &before.dn,
         }
     }
 }
@@ -159,9 +177,9 @@ impl Applier<'_, '_> {
     }
 
     /// Sends the writes of a window: once two windows are in flight (`due`),
-    /// the answers to the oldest are read first, and what the target
-    /// accepted of it is committed with the new window's intents in one
-    /// transaction, before any of the new window is sent.
+    /// the answers to the oldest are read first; the new window's intents
+    /// are committed before any of it is sent, and what the target
+    /// accepted of the oldest is handed to the commit thread.
     async fn send_window(
         &mut self,
         snapshot: &Snapshot,
@@ -172,11 +190,11 @@ impl Applier<'_, '_> {
         let (accepted, refused) = self.write_answers(oldest, counts).await;
         if refused.iter().any(|(_, _, e)| !e.is_entry_level()) {
             // The connection failed: nothing more is sent.
-            self.commit_written(snapshot, &accepted, &[])?;
+            self.commit_written(snapshot, accepted, &[])?;
             return self.refused_writes(snapshot, refused, counts);
         }
         let intents = self.write_intents(&ready);
-        self.commit_written(snapshot, &accepted, &intents)?;
+        self.commit_written(snapshot, accepted, &intents)?;
         let window = self.send_writes(ready);
         if !window.is_empty() {
             self.writes.push_back(window);
@@ -229,6 +247,18 @@ impl Applier<'_, '_> {
             (Kind::Delete { before }, None) => {
                 self.forget_absent(snapshot, &before, "delete", &reason)?;
             }
+            (Kind::Update { before, after }, Some((dn, attrs)))
+                if before.hidden.is_none() && !self.held_in_window(&after.dn, earlier) =>
+            {
+                let before = ObjectRow {
+                    dn,
+                    attrs,
+                    ..before
+                };
+                if !self.withheld(snapshot, &before, &after, counts).await? {
+                    return Ok(Some((Ready::Rename { before, after }, reason)));
+                }
+            }
             (Kind::Update { before, after }, at) => {
                 self.drain(snapshot, earlier, counts).await?;
                 self.update_located(snapshot, before, after, &reason, counts, at)
@@ -243,6 +273,15 @@ impl Applier<'_, '_> {
             _ => {}
         }
         Ok(None)
+    }
+
+    /// Whether a write gathered for the window (`earlier`) or in flight
+    /// holds the name `dn` until it is answered: a rename to it waits for
+    /// them (in a window, it could reach the server first and be refused).
+    fn held_in_window(&self, dn: &str, earlier: &[(Ready, String)]) -> bool {
+        let holds = |r: &Ready| same_dn(r.holds(), dn);
+        earlier.iter().any(|(r, _)| holds(r))
+            || self.writes.iter().flatten().any(|w| holds(&w.ready))
     }
 
     /// Sends the writes gathered so far and waits for every write in
@@ -263,7 +302,7 @@ impl Applier<'_, '_> {
         ready
             .iter()
             .map(|(r, reason)| match r {
-                Ready::Modify { before, after } => {
+                Ready::Modify { before, after } | Ready::Rename { before, after } => {
                     self.intent(&after.anchor, "update", Some(before), Some(after), reason)
                 }
                 Ready::Delete { before } => {
@@ -279,17 +318,25 @@ impl Applier<'_, '_> {
         ready
             .into_iter()
             .map(|(ready, reason)| {
-                let sent = match &ready {
+                let (sent, then) = match &ready {
                     Ready::Modify { before, after } => {
                         let mods = self.update_mods(before, after);
-                        self.modify_inside(before.dn.clone(), mods)
+                        (self.modify_inside(before.dn.clone(), mods), None)
                     }
-                    Ready::Delete { before } => self.delete_inside(before.dn.clone()),
+                    Ready::Delete { before } => (self.delete_inside(before.dn.clone()), None),
+                    Ready::Rename { before, after } => {
+                        let mods = self.update_mods(before, after);
+                        match self.rename_inside(before.dn.clone(), after.dn.clone(), mods) {
+                            Ok((sent, then)) => (Ok(sent), then),
+                            Err(e) => (Err(e), None),
+                        }
+                    }
                 };
                 Write {
                     ready,
                     reason,
                     sent,
+                    then,
                 }
             })
             .collect()
@@ -304,7 +351,7 @@ impl Applier<'_, '_> {
     ) -> Result<(), ApplyError> {
         while let Some(window) = self.writes.pop_front() {
             let (accepted, refused) = self.write_answers(window, counts).await;
-            self.commit_written(snapshot, &accepted, &[])?;
+            self.commit_written(snapshot, accepted, &[])?;
             self.refused_writes(snapshot, refused, counts)?;
         }
         Ok(())
@@ -323,33 +370,75 @@ impl Applier<'_, '_> {
             ready,
             reason,
             sent,
+            then,
         } in writes
         {
-            match self.outcome(sent).await {
-                Ok(()) => accepted.push(self.accepted(ready, &reason, counts)),
-                Err(e) => refused.push((ready, reason, e)),
+            if let Err(e) = self.outcome(sent).await {
+                refused.push((ready, reason, e));
+                continue;
+            }
+            match (ready, then) {
+                (Ready::Rename { before, after }, Some(modify)) => {
+                    match self.outcome(Ok(modify)).await {
+                        Ok(()) => {
+                            let ready = Ready::Rename { before, after };
+                            accepted.push(self.accepted(ready, &reason, counts));
+                        }
+                        Err(e) => {
+                            // The rename is kept; the modify is refused.
+                            let (kept, moved) = self.renamed_only(before, &after, &reason, counts);
+                            accepted.push(kept);
+                            refused.push((
+                                Ready::Modify {
+                                    before: moved,
+                                    after,
+                                },
+                                reason,
+                                e,
+                            ));
+                        }
+                    }
+                }
+                (ready, _) => accepted.push(self.accepted(ready, &reason, counts)),
             }
         }
         (accepted, refused)
     }
 
-    /// Commits the writes the target accepted and, in the same
-    /// transaction, the intents of the next window.
+    /// A rename the target took whose modify it refused: what the snapshot
+    /// and the journal record of the rename, and the object as it now is.
+    fn renamed_only(
+        &self,
+        before: ObjectRow,
+        after: &ObjectRow,
+        reason: &str,
+        counts: &mut Counts,
+    ) -> (Written, ObjectRow) {
+        let records = vec![self.renamed(&before, after, reason, counts)];
+        let moved = ObjectRow {
+            dn: after.dn.clone(),
+            ..before
+        };
+        ((moved.anchor.clone(), Some(moved.clone()), records), moved)
+    }
+
+    /// Commits the intents of the next window, then hands the writes the
+    /// target accepted to the commit thread.
     fn commit_written(
         &self,
         snapshot: &Snapshot,
-        accepted: &[Written],
+        accepted: Vec<Written>,
         intents: &[Intent],
     ) -> Result<(), ApplyError> {
-        let rows: Vec<Accepted<'_>> = accepted
-            .iter()
-            .map(|(anchor, after, records)| Accepted {
+        let landed = accepted
+            .into_iter()
+            .map(|(anchor, after, records)| Landed {
                 anchor,
-                after: after.as_ref(),
+                after,
                 records,
             })
             .collect();
-        snapshot.commit_and_intend(&rows, self.run_id, intents)?;
+        snapshot.hand_over_and_intend(landed, self.run_id, intents)?;
         Ok(())
     }
 
@@ -369,28 +458,33 @@ impl Applier<'_, '_> {
     /// What the snapshot and the journal record of a write the target
     /// took: the object's row (none once deleted) and the records.
     fn accepted(&self, ready: Ready, reason: &str, counts: &mut Counts) -> Written {
-        match ready {
-            Ready::Modify { before, after } => {
-                let records = self.modified(&before, &after, &before.dn, reason, counts);
-                let now = ObjectRow {
-                    dn: before.dn,
-                    attrs: after.attrs,
-                    org: after.org,
-                    agreements: after.agreements,
-                    hidden: None,
-                    ..before
-                };
-                (now.anchor.clone(), Some(now), records)
-            }
+        let (before, after, renamed) = match ready {
+            Ready::Modify { before, after } => (before, after, false),
+            Ready::Rename { before, after } => (before, after, true),
             Ready::Delete { before } => {
                 let mut r = self.record(&before.anchor, "delete", "applied", reason);
                 r.dn = Some(before.dn.clone());
                 r.agreements = before.agreements.clone();
                 r.changes = attr_changes(&before.attrs, &Attrs::new());
                 counts.deleted += 1;
-                (before.anchor, None, vec![r])
+                return (before.anchor, None, vec![r]);
             }
+        };
+        let mut records = Vec::new();
+        if renamed {
+            records.push(self.renamed(&before, &after, reason, counts));
         }
+        let dn = if renamed { &after.dn } else { &before.dn }.clone();
+        records.extend(self.modified(&before, &after, &dn, reason, counts));
+        let now = ObjectRow {
+            dn,
+            attrs: after.attrs,
+            org: after.org,
+            agreements: after.agreements,
+            hidden: None,
+            ..before
+        };
+        (now.anchor.clone(), Some(now), records)
     }
 
     /// A write of the window the target refused: journaled and retried
@@ -421,6 +515,18 @@ impl Applier<'_, '_> {
                     reason,
                     agreements: &after.agreements,
                     changes: attr_changes(&before.attrs, &after.attrs),
+                };
+                self.failed(snapshot, refused, &e, counts)
+            }
+            Ready::Rename { before, after } => {
+                let refused = Refused {
+                    anchor: &anchor,
+                    op: "rename",
+                    dn: &after.dn,
+                    old_dn: Some(&before.dn),
+                    reason,
+                    agreements: &after.agreements,
+                    changes: Default::default(),
                 };
                 self.failed(snapshot, refused, &e, counts)
             }

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use ldap3::Mod;
 
 use crate::engine::diff::{attr_changes, same_dn, MOVED_ORGANISATION, RENAMED_IN_SOURCE};
+use crate::ldap::Sent;
 use crate::state::journal::Record;
 use crate::state::runs::Counts;
 use crate::state::{Attrs, ObjectRow, Snapshot};
@@ -160,21 +161,8 @@ impl Applier<'_, '_> {
         reason: &str,
         counts: &mut Counts,
     ) -> Result<Option<Record>, ApplyError> {
-        let restore = before.hidden.is_some();
         match self.move_to(&before.dn, &after.dn).await {
-            Ok(()) => {
-                let op = if restore { "restore" } else { "rename" };
-                let mut r = self.record(&after.anchor, op, "applied", reason);
-                r.dn = Some(after.dn.clone());
-                r.old_dn = Some(before.dn.clone());
-                r.agreements = after.agreements.clone();
-                if restore {
-                    counts.restored += 1;
-                } else {
-                    counts.renamed += 1;
-                }
-                Ok(Some(r))
-            }
+            Ok(()) => Ok(Some(self.renamed(before, after, reason, counts))),
             Err(e) if e.is_entry_level() => {
                 let refused = Refused {
                     anchor: &after.anchor,
@@ -256,6 +244,16 @@ impl Applier<'_, '_> {
     /// Renames or moves (new parent) an object, when both names are
     /// inside the containers.
     pub(super) async fn move_to(&mut self, from: &str, to: &str) -> Result<(), WriteError> {
+        let (new_rdn, new_parent) = self.rename_args(from, to)?;
+        Ok(self
+            .conn
+            .rename(from, &new_rdn, new_parent.as_deref())
+            .await?)
+    }
+
+    /// The new RDN and, for a move, the new parent of a rename from `from`
+    /// to `to`, when both names are inside the containers.
+    fn rename_args(&self, from: &str, to: &str) -> Result<(String, Option<String>), WriteError> {
         self.inside("rename", from)?;
         self.inside("rename", to)?;
         let new_rdn = crate::dn::first_rdn(to).to_string();
@@ -263,9 +261,44 @@ impl Applier<'_, '_> {
         let new_parent = (crate::dn::normalize(&crate::dn::parent(from))
             != crate::dn::normalize(&parent))
         .then_some(parent);
+        Ok((new_rdn, new_parent))
+    }
+
+    /// Sends a rename from `from` to `to` and then, once it is accepted, a
+    /// modify of `mods` at `to`, without waiting for the answers (see
+    /// `Conn::rename_then_modify_send`); both names inside the containers.
+    pub(super) fn rename_inside(
+        &self,
+        from: String,
+        to: String,
+        mods: Vec<Mod<String>>,
+    ) -> Result<(Sent, Option<Sent>), WriteError> {
+        let (new_rdn, new_parent) = self.rename_args(&from, &to)?;
         Ok(self
             .conn
-            .rename(from, &new_rdn, new_parent.as_deref())
-            .await?)
+            .rename_then_modify_send(from, new_rdn, new_parent, to, mods))
+    }
+
+    /// The journal record of a rename (a restore, when `before` is hidden)
+    /// the target took.
+    pub(super) fn renamed(
+        &self,
+        before: &ObjectRow,
+        after: &ObjectRow,
+        reason: &str,
+        counts: &mut Counts,
+    ) -> Record {
+        let restore = before.hidden.is_some();
+        let op = if restore { "restore" } else { "rename" };
+        let mut r = self.record(&after.anchor, op, "applied", reason);
+        r.dn = Some(after.dn.clone());
+        r.old_dn = Some(before.dn.clone());
+        r.agreements = after.agreements.clone();
+        if restore {
+            counts.restored += 1;
+        } else {
+            counts.renamed += 1;
+        }
+        r
     }
 }
