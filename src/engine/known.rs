@@ -8,7 +8,14 @@ impl Known for Snapshot {
     fn get(&self, anchor: &str) -> Result<Option<ObjectRow>, StateError> {
         Snapshot::get(self, anchor)
     }
+    /// A name found held is asked again once the commit thread is done: a
+    /// rename the target answered may be waiting there, and the name it
+    /// freed is then free, whatever the thread's pace.
     fn holder_of(&self, dn: &str) -> Result<Option<String>, StateError> {
+        if Snapshot::holder_of(self, dn)?.is_none() {
+            return Ok(None);
+        }
+        self.settle()?;
         Snapshot::holder_of(self, dn)
     }
     fn org_of(&self, anchor: &str) -> Result<Option<String>, StateError> {

@@ -193,6 +193,9 @@ async fn run_moving_on(
     loop {
         let result = run_inner(cx, None, counts, report).await;
         let Err(e) = &result else { return result };
+        // What the failed attempt handed to the commit thread lands
+        // before anything is read again.
+        cx.snapshot.settle()?;
         let Some((side, ep, url, error)) = failover::failed_server(cx.cfg, e) else {
             return result;
         };

@@ -400,6 +400,29 @@ pub struct Sent {
     task: tokio::task::JoinHandle<Result<ldap3::result::Result<ldap3::LdapResult>, String>>,
 }
 
+/// A write sent only once the write before it was accepted (see
+/// [`Conn::rename_then_modify_send`]). Dropped unread (the run ended
+/// first), it is called off: one not yet sent never is.
+pub struct SentAfter(Option<Sent>);
+
+impl SentAfter {
+    /// The write, to read its answer.
+    pub fn into_sent(mut self) -> Sent {
+        // Invariant: built holding its write, which only this takes.
+        self.0
+            .take()
+            .expect("a SentAfter holds its write until read")
+    }
+}
+
+impl Drop for SentAfter {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.task.abort();
+        }
+    }
+}
+
 /// An open, bound connection.
 pub struct Conn {
     ldap: ldap3::Ldap,
@@ -869,7 +892,7 @@ impl Conn {
         new_parent: Option<String>,
         to: String,
         mods: Vec<Mod<String>>,
-    ) -> (Sent, Option<Sent>) {
+    ) -> (Sent, Option<SentAfter>) {
         let (done, accepted) = tokio::sync::oneshot::channel::<bool>();
         let rename = self.send("rename", dn, move |mut ldap, dn| async move {
             let res = ldap
@@ -894,7 +917,7 @@ impl Conn {
                 })
             }
         });
-        (rename, Some(modify))
+        (rename, Some(SentAfter(Some(modify))))
     }
 
     /// Spawns `write` on a handle of this connection (with the timeout):

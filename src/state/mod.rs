@@ -829,8 +829,10 @@ impl Snapshot {
         Ok(())
     }
 
-    /// Intents left by an interrupted run.
+    /// Intents left by an interrupted run (once every group handed to the
+    /// commit thread is committed, and its intents cleared).
     pub fn intents(&self) -> Result<Vec<Intent>, StateError> {
+        self.settle()?;
         let mut stmt = self
             .conn
             .prepare("SELECT anchor, payload FROM intents ORDER BY anchor")

@@ -32,7 +32,7 @@
 //! [`CHECK_WINDOW`]: super::CHECK_WINDOW
 
 use crate::engine::diff::{attr_changes, same_dn, Change, Kind};
-use crate::ldap::Sent;
+use crate::ldap::{Sent, SentAfter};
 use crate::state::journal::Record;
 use crate::state::runs::Counts;
 use crate::state::{Attrs, Intent, Landed, ObjectRow, Snapshot};
@@ -66,7 +66,7 @@ pub(super) struct Write {
     reason: String,
     sent: Result<Sent, WriteError>,
     /// A rename's modify, sent once the rename is accepted.
-    then: Option<Sent>,
+    then: Option<SentAfter>,
 }
 
 /// Whether a change may free or take a name: anything but a modify in
@@ -379,7 +379,7 @@ impl Applier<'_, '_> {
             }
             match (ready, then) {
                 (Ready::Rename { before, after }, Some(modify)) => {
-                    match self.outcome(Ok(modify)).await {
+                    match self.outcome(Ok(modify.into_sent())).await {
                         Ok(()) => {
                             let ready = Ready::Rename { before, after };
                             accepted.push(self.accepted(ready, &reason, counts));

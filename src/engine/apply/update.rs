@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use ldap3::Mod;
 
 use crate::engine::diff::{attr_changes, same_dn, MOVED_ORGANISATION, RENAMED_IN_SOURCE};
-use crate::ldap::Sent;
+use crate::ldap::{Sent, SentAfter};
 use crate::state::journal::Record;
 use crate::state::runs::Counts;
 use crate::state::{Attrs, ObjectRow, Snapshot};
@@ -272,7 +272,7 @@ impl Applier<'_, '_> {
         from: String,
         to: String,
         mods: Vec<Mod<String>>,
-    ) -> Result<(Sent, Option<Sent>), WriteError> {
+    ) -> Result<(Sent, Option<SentAfter>), WriteError> {
         let (new_rdn, new_parent) = self.rename_args(&from, &to)?;
         Ok(self
             .conn
