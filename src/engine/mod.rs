@@ -139,6 +139,17 @@ pub async fn run(
         }
         Err(e) => Err(e),
     };
+    // What the run handed to the commit thread lands before its end is
+    // journaled. A run that failed keeps its own error; a commit that
+    // failed as well is logged beside it.
+    let result = match (result, snapshot.settle()) {
+        (r, Ok(())) => r,
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Err(e), Err(c)) => {
+            tracing::error!(error = %c, "what the target accepted could not all be committed");
+            Err(e)
+        }
+    };
     let servers = failover::Servers::gather(cfg, lost);
     if let Some(text) = servers.text() {
         tracing::warn!("{text}");

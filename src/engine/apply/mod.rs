@@ -105,9 +105,6 @@ pub struct Applier<'a, 'o> {
     /// `queue.rs`), when [`CHECK_WINDOW`] are waiting, when another kind of
     /// change comes, and at [`Applier::flush`].
     queued: Vec<Change>,
-    /// Whether a queued change frees or takes a name (see
-    /// `queue_moves_names`), noted as each is queued.
-    queue_moves: bool,
     /// Adds sent whose answers are not yet read (see `add.rs`).
     in_flight: std::collections::VecDeque<Vec<add::Flight>>,
     /// Modifies and deletes sent whose answers are not yet read (see
@@ -203,7 +200,6 @@ impl<'a, 'o> Applier<'a, 'o> {
             retry: Vec::new(),
             pending: Vec::new(),
             queued: Vec::new(),
-            queue_moves: false,
             in_flight: std::collections::VecDeque::new(),
             writes: std::collections::VecDeque::new(),
             domain: None,
@@ -298,13 +294,11 @@ impl Applier<'_, '_> {
             return Ok(());
         }
         if let Kind::Add { after } = change.kind {
-            // Changes keep their order where a name moves: a queued delete,
-            // hide or rename may free the name this add takes, so the queue
-            // goes first. A modify in place frees none, and an add touches
-            // no object that exists: those two kinds may overlap.
-            if self.queue_moves_names() {
-                self.run_queued(snapshot, counts).await?;
-            }
+            // An add and the queued changes overlap: the planner gives an
+            // add only a name no managed object holds in the snapshot, and
+            // a delete, hide or rename frees its old name there only once
+            // the target answered it (its commit; see `Known::holder_of`),
+            // so no add races a change in flight for a name.
             self.pending.push((after, change.reason));
             if self.pending.len() >= self.window.0 {
                 if self.plan.is_some() {

@@ -69,17 +69,6 @@ pub(super) struct Write {
     then: Option<SentAfter>,
 }
 
-/// Whether a change may free or take a name: anything but a modify in
-/// place (a delete, a hide, a rename or a restore).
-fn moves_names(change: &Change) -> bool {
-    match &change.kind {
-        Kind::Update { before, after } => {
-            before.hidden.is_some() || !same_dn(&before.dn, &after.dn)
-        }
-        _ => true,
-    }
-}
-
 impl Ready {
     fn anchor(&self) -> &str {
         match self {
@@ -119,16 +108,8 @@ impl Applier<'_, '_> {
         {
             return Some(change);
         }
-        self.queue_moves |= moves_names(&change);
         self.queued.push(change);
         None
-    }
-
-    /// Whether a queued change may free or take a name (see
-    /// [`moves_names`]); noted as each is queued, so that asking before
-    /// every add costs nothing.
-    pub(super) fn queue_moves_names(&self) -> bool {
-        self.queue_moves
     }
 
     /// Ends the window: the queued writes are sent and every write in
@@ -154,7 +135,6 @@ impl Applier<'_, '_> {
             return Ok(());
         }
         let queued = std::mem::take(&mut self.queued);
-        self.queue_moves = false;
         let wanted: Vec<(String, String)> = queued
             .iter()
             .filter_map(|c| match &c.kind {
