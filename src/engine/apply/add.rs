@@ -10,10 +10,10 @@
 //!
 //! **Invariant:** the intents of a whole group are committed before any
 //! of its adds is sent, and what the target accepted is committed together
-//! (one transaction, on the commit thread) after its answers arrived; an add refused for a name absync does not
-//! own never touches that object. A search on the connection (the next
-//! group's address check) is answered only after the adds before it, so
-//! it also marks when they are done.
+//! (one transaction, on the commit thread) after its answers arrived; an
+//! add refused for a name absync does not own never touches that object.
+//! A search on the connection (the next group's address check) is answered
+//! only after the adds before it, so it also marks when they are done.
 //!
 //! [`ADD_WINDOW`]: super::ADD_WINDOW
 
@@ -181,8 +181,8 @@ impl Applier<'_, '_> {
     }
 
     /// Reads the answers to launched adds, in order, and commits what the
-    /// target accepted (one transaction, on the commit thread). Each refusal is then handled on
-    /// its own, as for a single add.
+    /// target accepted (one transaction, on the commit thread). Each
+    /// refusal is then handled on its own, as for a single add.
     async fn land(
         &mut self,
         snapshot: &Snapshot,

@@ -74,9 +74,9 @@ impl Applier<'_, '_> {
     ) -> Result<(), ApplyError> {
         let mut others: HashMap<String, Option<Conn>> = HashMap::new();
         let now = time::OffsetDateTime::now_utc();
-        // After a failover, groups the failed attempt handed over land
-        // first: their intents are then cleared, not settled twice.
-        snapshot.settle()?;
+        // `intents` waits for the commit thread first: after a failover,
+        // the groups the failed attempt handed over land, and their
+        // intents are cleared, not settled twice.
         for intent in snapshot.intents()? {
             match place(&intent, &self.server, now, self.target.settle_timeout) {
                 Place::Here => self.settle_on(snapshot, &intent, counts).await?,
